@@ -1,0 +1,227 @@
+//! AWS credentials for signing: the aws-config default chain (env, profile, SSO, assume-role,
+//! credential_process, IMDS) loaded once, kept, and re-read when they near expiry or when a login
+//! failure suggests they went stale.
+
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use tokio::sync::Mutex;
+
+/// Credentials this close to expiry are re-read before use, so a token is never signed with
+/// credentials that die while it is in flight.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// The HTTP client for every AWS call (SSO, STS, IMDS, SSM): rustls on ring, the one crypto
+/// provider this binary uses.
+pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::{tls, Builder};
+    Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// Loads the SDK configuration the normal way, honouring `--profile` and `--region`.
+pub async fn load_sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+    if let Some(profile) = profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    loader.load().await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("no AWS credentials provider is configured")]
+    NoProvider,
+    #[error("could not load AWS credentials")]
+    Load(#[source] aws_credential_types::provider::error::CredentialsError),
+    #[error("the AWS credentials expired at {0} and no fresh ones could be loaded")]
+    Expired(humantime_lite::Rfc3339),
+}
+
+/// A credentials provider with one cached value.
+pub struct CredentialSource {
+    provider: SharedCredentialsProvider,
+    current: Mutex<Option<Credentials>>,
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialSource").finish_non_exhaustive()
+    }
+}
+
+impl CredentialSource {
+    pub fn new(provider: SharedCredentialsProvider) -> Self {
+        CredentialSource {
+            provider,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// From a loaded SDK config; fails when the config has no provider at all.
+    pub fn from_sdk_config(config: &SdkConfig) -> Result<Self, CredentialsError> {
+        config
+            .credentials_provider()
+            .map(Self::new)
+            .ok_or(CredentialsError::NoProvider)
+    }
+
+    /// Fixed credentials (tests, the simulator's demo).
+    pub fn fixed(credentials: Credentials) -> Self {
+        Self::new(SharedCredentialsProvider::new(credentials))
+    }
+
+    /// The cached credentials, re-read first when absent or close to expiry.
+    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+        let mut current = self.current.lock().await;
+        if let Some(creds) = current.as_ref() {
+            let fresh = creds
+                .expiry()
+                .is_none_or(|exp| SystemTime::now() + EXPIRY_MARGIN < exp);
+            if fresh {
+                return Ok(creds.clone());
+            }
+        }
+        let creds = self.load().await?;
+        *current = Some(creds.clone());
+        Ok(creds)
+    }
+
+    /// Drops the cached credentials and loads them again (after an IAM login failure).
+    pub async fn reload(&self) -> Result<Credentials, CredentialsError> {
+        let mut current = self.current.lock().await;
+        let creds = self.load().await?;
+        *current = Some(creds.clone());
+        Ok(creds)
+    }
+
+    async fn load(&self) -> Result<Credentials, CredentialsError> {
+        let creds = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(CredentialsError::Load)?;
+        if let Some(exp) = creds.expiry() {
+            if exp <= SystemTime::now() {
+                return Err(CredentialsError::Expired(humantime_lite::Rfc3339(exp)));
+            }
+        }
+        tracing::debug!(
+            access_key_id = %mask_key_id(creds.access_key_id()),
+            expires = ?creds.expiry().map(humantime_lite::Rfc3339),
+            "loaded AWS credentials"
+        );
+        Ok(creds)
+    }
+}
+
+/// An access key id shortened to its first four and last four characters: enough to tell which
+/// identity signed, too little to use.
+pub fn mask_key_id(id: &str) -> String {
+    if id.len() > 12 && id.is_ascii() {
+        format!("{}…{}", &id[..4], &id[id.len() - 4..])
+    } else {
+        "…".to_owned()
+    }
+}
+
+/// RFC 3339 formatting of a `SystemTime` without another dependency.
+pub mod humantime_lite {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub struct Rfc3339(pub SystemTime);
+
+    impl std::fmt::Display for Rfc3339 {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let secs = self
+                .0
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let dt = aws_smithy_types_lite(secs);
+            f.write_str(&dt)
+        }
+    }
+
+    impl std::fmt::Debug for Rfc3339 {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            std::fmt::Display::fmt(self, f)
+        }
+    }
+
+    /// Civil-from-days (Howard Hinnant's algorithm).
+    fn aws_smithy_types_lite(secs: i64) -> String {
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let y = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = if m <= 2 { y + 1 } else { y };
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::time::Duration;
+
+        #[test]
+        fn formats() {
+            let t = UNIX_EPOCH + Duration::from_secs(1_724_709_600);
+            assert_eq!(Rfc3339(t).to_string(), "2024-08-26T22:00:00Z");
+            assert_eq!(Rfc3339(UNIX_EPOCH).to_string(), "1970-01-01T00:00:00Z");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_credentials_are_refused() {
+        let creds = Credentials::new(
+            "AKIAEXAMPLEEXAMPLE",
+            "s",
+            None,
+            Some(SystemTime::now() - Duration::from_secs(5)),
+            "test",
+        );
+        let err = CredentialSource::fixed(creds).get().await.unwrap_err();
+        assert!(matches!(err, CredentialsError::Expired(_)));
+    }
+
+    #[tokio::test]
+    async fn caches_until_reload() {
+        let creds = Credentials::from_keys("AKIAEXAMPLEEXAMPLE", "s", None);
+        let src = CredentialSource::fixed(creds);
+        assert_eq!(src.get().await.unwrap().access_key_id(), "AKIAEXAMPLEEXAMPLE");
+        assert_eq!(src.reload().await.unwrap().access_key_id(), "AKIAEXAMPLEEXAMPLE");
+    }
+
+    #[test]
+    fn masks_key_ids() {
+        assert_eq!(mask_key_id("AKIAIOSFODNN7EXAMPLE"), "AKIA…MPLE");
+        assert_eq!(mask_key_id("short"), "…");
+    }
+}

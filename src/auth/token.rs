@@ -1,0 +1,170 @@
+//! RDS IAM authentication tokens: a SigV4 query-presigned `GET https://host:port/?Action=connect
+//! &DBUser=…` for service `rds-db`, valid 900 s, with the scheme stripped. The token is a
+//! credential, so [`Token`] never prints its value.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{
+    sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+};
+use aws_sigv4::sign::v4;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// How long RDS accepts a token (`X-Amz-Expires`); AWS caps it at 15 minutes.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+
+/// SigV4's unreserved characters: everything else in a query value is percent-encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A minted IAM token. `Debug` and `Display` print `<redacted>`; use [`Token::expose`] only where
+/// the token is written into a PasswordMessage or printed by `rds-auth-proxy token`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What a token is signed for: always the real endpoint and port, never the local listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenRequest {
+    pub endpoint: String,
+    pub port: u16,
+    pub region: String,
+    pub db_user: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("could not build SigV4 signing parameters")]
+    Params(#[source] v4::signing_params::BuildError),
+    #[error("could not presign the RDS connect request")]
+    Sign(#[source] aws_sigv4::http_request::SigningError),
+}
+
+/// Presigns a token with the given credentials at `time`.
+pub fn presign(
+    request: &TokenRequest,
+    credentials: &Credentials,
+    time: SystemTime,
+) -> Result<Token, TokenError> {
+    let identity = credentials.clone().into();
+    let mut settings = SigningSettings::default();
+    settings.expires_in = Some(TOKEN_LIFETIME);
+    settings.signature_location = SignatureLocation::QueryParams;
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&request.region)
+        .name("rds-db")
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(TokenError::Params)?
+        .into();
+
+    let host = format!("{}:{}", request.endpoint, request.port);
+    let mut query = format!(
+        "Action=connect&DBUser={}",
+        utf8_percent_encode(&request.db_user, QUERY_VALUE)
+    );
+    let url = format!("https://{host}/?{query}");
+    let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
+        .map_err(TokenError::Sign)?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(TokenError::Sign)?
+        .into_parts();
+    let (_headers, query_params) = instructions.into_parts();
+    for (name, value) in query_params {
+        let value: Cow<'_, str> = value;
+        query.push('&');
+        query.push_str(name);
+        query.push('=');
+        query.extend(utf8_percent_encode(&value, QUERY_VALUE));
+    }
+    Ok(Token(format!("{host}/?{query}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_sdk_rds_vector_byte_for_byte() {
+        let creds = Credentials::from_keys("akid", "secret", None);
+        let req = TokenRequest {
+            endpoint: "prod-instance.us-east-1.rds.amazonaws.com".into(),
+            port: 3306,
+            region: "us-east-1".into(),
+            db_user: "peccy".into(),
+        };
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_724_709_600);
+        let token = presign(&req, &creds, time).unwrap();
+        assert_eq!(
+            token.expose(),
+            "prod-instance.us-east-1.rds.amazonaws.com:3306/?Action=connect&DBUser=peccy\
+             &X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=akid%2F20240826%2Fus-east-1%2Frds-db%2Faws4_request\
+             &X-Amz-Date=20240826T220000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=dd0cba843009474347af724090233265628ace491ea17ce3eb3da098b983ad89"
+        );
+    }
+
+    #[test]
+    fn session_token_vector() {
+        let creds = Credentials::from_keys(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            Some("IQoJb3JpZ2luX2VjEXAMPLE/+token=".into()),
+        );
+        let req = TokenRequest {
+            endpoint: "mydb.abc123xyz.eu-west-1.rds.amazonaws.com".into(),
+            port: 5432,
+            region: "eu-west-1".into(),
+            db_user: "iam_user".into(),
+        };
+        // 2026-01-01T00:00:00Z
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let token = presign(&req, &creds, time).unwrap();
+        let t = token.expose();
+        assert!(t.starts_with("mydb.abc123xyz.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=iam_user&"));
+        assert!(t.contains("X-Amz-Security-Token=IQoJb3JpZ2luX2VjEXAMPLE%2F%2Btoken%3D"), "{t}");
+        assert!(t.contains(
+            "X-Amz-Signature=7834a6ea78e67ea300229f868b1df60cf5ff0721f1cc138a4d6e5fb480b9101a"
+        ));
+    }
+
+    #[test]
+    fn token_never_prints() {
+        let creds = Credentials::from_keys("AKIAXX", "sekrit", None);
+        let req = TokenRequest {
+            endpoint: "db.x.eu-central-1.rds.amazonaws.com".into(),
+            port: 5432,
+            region: "eu-central-1".into(),
+            db_user: "a b&c".into(),
+        };
+        let token = presign(&req, &creds, SystemTime::now()).unwrap();
+        assert_eq!(token.to_string(), "<redacted>");
+        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+        assert!(token.expose().contains("DBUser=a%20b%26c&"));
+    }
+}

@@ -1,0 +1,233 @@
+//! Typed, validated configuration built from the parsed flags: the target, the listener and how
+//! to reach the upstream. Everything a user can get wrong is caught here with a one-line reason.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{ProxyArgs, Via};
+use crate::target::Timeouts;
+
+/// The default PostgreSQL port of an RDS endpoint.
+pub const DEFAULT_DB_PORT: u16 = 5432;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub unix_socket_dir: Option<PathBuf>,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViaConfig {
+    /// Dial this `host:port`.
+    Direct { connect_addr: String },
+}
+
+/// The validated configuration of one proxied target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub endpoint: String,
+    pub port: u16,
+    /// From `--region` or the endpoint name; `None` means "ask the AWS configuration".
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub listen: ListenConfig,
+    pub via: ViaConfig,
+    pub db_user: Option<String>,
+    pub ca_bundles: Vec<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--target is required: the RDS endpoint name, e.g. --target mydb.abc123.eu-central-1.rds.amazonaws.com")]
+    MissingTarget,
+    #[error("--target {0:?} is not a valid ENDPOINT[:PORT]")]
+    BadTarget(String),
+    #[error("--address {0} is not a loopback address; anyone who can reach it would log in as your AWS identity. Add --allow-remote if that is what you want")]
+    RemoteAddress(IpAddr),
+    #[error("--connect-addr {0:?} must be HOST:PORT")]
+    BadConnectAddr(String),
+    #[error("--unix-socket {0} is not an existing directory")]
+    BadUnixSocketDir(PathBuf),
+    #[error("--ca-bundle {0} does not exist")]
+    MissingCaBundle(PathBuf),
+    #[error("--db-user must not be empty")]
+    EmptyDbUser,
+}
+
+impl Config {
+    pub fn from_args(args: &ProxyArgs) -> Result<Config, ConfigError> {
+        let target = args.target.as_deref().ok_or(ConfigError::MissingTarget)?;
+        let (endpoint, port) = parse_target(target)?;
+        if !args.address.is_loopback() && !args.allow_remote {
+            return Err(ConfigError::RemoteAddress(args.address));
+        }
+        let via = match args.via {
+            Via::Direct => {
+                let connect_addr = match &args.connect_addr {
+                    Some(a) => {
+                        validate_host_port(a)?;
+                        a.clone()
+                    }
+                    None => format!("{endpoint}:{port}"),
+                };
+                ViaConfig::Direct { connect_addr }
+            }
+        };
+        if let Some(dir) = &args.unix_socket {
+            if !dir.is_dir() {
+                return Err(ConfigError::BadUnixSocketDir(dir.clone()));
+            }
+        }
+        for file in &args.ca_bundle {
+            if !file.exists() {
+                return Err(ConfigError::MissingCaBundle(file.clone()));
+            }
+        }
+        if args.db_user.as_deref() == Some("") {
+            return Err(ConfigError::EmptyDbUser);
+        }
+        let region = args.region.clone().or_else(|| infer_region(&endpoint));
+        Ok(Config {
+            region,
+            profile: args.profile.clone(),
+            listen: ListenConfig {
+                address: SocketAddr::new(args.address, args.port),
+                unix_socket_dir: args.unix_socket.clone(),
+                max_connections: args.max_connections,
+                drain_timeout: Duration::from_secs(args.drain_timeout),
+            },
+            via,
+            db_user: args.db_user.clone(),
+            ca_bundles: args.ca_bundle.clone(),
+            timeouts: Timeouts::default(),
+            endpoint,
+            port,
+        })
+    }
+}
+
+/// `ENDPOINT[:PORT]` → (endpoint, port).
+pub fn parse_target(s: &str) -> Result<(String, u16), ConfigError> {
+    let bad = || ConfigError::BadTarget(s.to_owned());
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad())?),
+        None => (s, DEFAULT_DB_PORT),
+    };
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !host.starts_with(['.', '-']);
+    if !valid_host || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+fn validate_host_port(s: &str) -> Result<(), ConfigError> {
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        _ => Err(ConfigError::BadConnectAddr(s.to_owned())),
+    }
+}
+
+/// The region of an `*.rds.amazonaws.com` (or `.com.cn`) endpoint: the label before `rds`.
+pub fn infer_region(endpoint: &str) -> Option<String> {
+    let labels: Vec<&str> = endpoint.split('.').collect();
+    let rds = labels.iter().rposition(|l| *l == "rds")?;
+    let rest = &labels[rds + 1..];
+    if rds < 1 || !(rest == ["amazonaws", "com"] || rest == ["amazonaws", "com", "cn"]) {
+        return None;
+    }
+    let region = labels[rds - 1];
+    (region.split('-').count() >= 3).then(|| region.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ProxyArgs {
+        let mut v = vec!["rds-auth-proxy"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).unwrap().proxy
+    }
+
+    #[test]
+    fn target_and_region_table() {
+        let cases = [
+            ("mydb.abc123.eu-central-1.rds.amazonaws.com", Ok(("mydb.abc123.eu-central-1.rds.amazonaws.com", 5432)), Some("eu-central-1")),
+            ("MyDB.abc123.us-east-1.rds.amazonaws.com:6000", Ok(("mydb.abc123.us-east-1.rds.amazonaws.com", 6000)), Some("us-east-1")),
+            ("c.cluster-ro-x.cn-north-1.rds.amazonaws.com.cn", Ok(("c.cluster-ro-x.cn-north-1.rds.amazonaws.com.cn", 5432)), Some("cn-north-1")),
+            ("db.internal.example", Ok(("db.internal.example", 5432)), None),
+            ("db:0", Err(()), None),
+            ("db:x", Err(()), None),
+            (":5432", Err(()), None),
+            ("bad host", Err(()), None),
+        ];
+        for (input, expected, region) in cases {
+            let got = parse_target(input);
+            match expected {
+                Ok((h, p)) => {
+                    let (gh, gp) = got.unwrap();
+                    assert_eq!((gh.as_str(), gp), (h, p), "{input}");
+                    assert_eq!(infer_region(&gh).as_deref(), region, "{input}");
+                }
+                Err(()) => assert!(got.is_err(), "{input} accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn flags_map_into_config() {
+        let c = Config::from_args(&args(&["--target", "db.x.eu-west-1.rds.amazonaws.com"])).unwrap();
+        assert_eq!(c.listen.address.to_string(), "127.0.0.1:6543");
+        assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            c.via,
+            ViaConfig::Direct {
+                connect_addr: "db.x.eu-west-1.rds.amazonaws.com:5432".into()
+            }
+        );
+        let c = Config::from_args(&args(&[
+            "--target", "db.example:5433", "--region", "us-west-2", "--connect-addr",
+            "127.0.0.1:9999", "-p", "7000", "--db-user", "iam",
+        ]))
+        .unwrap();
+        assert_eq!(c.region.as_deref(), Some("us-west-2"));
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.listen.address.port(), 7000);
+        assert_eq!(c.db_user.as_deref(), Some("iam"));
+        assert_eq!(c.via, ViaConfig::Direct { connect_addr: "127.0.0.1:9999".into() });
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(Config::from_args(&args(&[])), Err(ConfigError::MissingTarget));
+        assert!(matches!(
+            Config::from_args(&args(&["--target", "db", "-a", "0.0.0.0"])),
+            Err(ConfigError::RemoteAddress(_))
+        ));
+        assert!(Config::from_args(&args(&["--target", "db", "-a", "0.0.0.0", "--allow-remote"])).is_ok());
+        assert!(Config::from_args(&args(&["--target", "db", "-a", "::1"])).is_ok());
+        assert!(matches!(
+            Config::from_args(&args(&["--target", "db", "--connect-addr", "nope"])),
+            Err(ConfigError::BadConnectAddr(_))
+        ));
+        assert!(matches!(
+            Config::from_args(&args(&["--target", "db", "--unix-socket", "/nonexistent/dir"])),
+            Err(ConfigError::BadUnixSocketDir(_))
+        ));
+        assert!(matches!(
+            Config::from_args(&args(&["--target", "db", "--ca-bundle", "/nonexistent.pem"])),
+            Err(ConfigError::MissingCaBundle(_))
+        ));
+    }
+}

@@ -1,0 +1,34 @@
+#![forbid(unsafe_code)]
+//! rds-auth-proxy: a password-less local PostgreSQL endpoint for Amazon RDS.
+//!
+//! How it fits together — one client connection flows left to right:
+//!
+//! ```text
+//! client ─TCP/Unix─▶ listener ─▶ session: read startup ─▶ tunnel.open ─▶ TLS (verify-full)
+//!                                  ─▶ send startup ─▶ auth (IAM token) ─▶ AuthenticationOk ─▶ relay
+//! ```
+//!
+//! * [`cli`], [`config`]: flags and the validated [`config::Config`].
+//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`].
+//! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
+//!   byte pump after auth, [`cancel`] routes CancelRequests.
+//! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
+//! * [`auth`]: credentials, IAM token minting and reuse.
+//! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
+//! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
+//! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+
+pub mod app;
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod config;
+pub mod listener;
+pub mod pg;
+pub mod relay;
+pub mod session;
+pub mod target;
+pub mod tls;
+pub mod tunnel;
+pub mod upstream;
+pub mod sim;

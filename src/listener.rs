@@ -1,0 +1,192 @@
+//! The accept side: a TCP listener (loopback by default) and an optional Unix socket, the
+//! connection limit, and the drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::ListenConfig;
+use crate::pg::{ClientError, SqlState};
+use crate::session;
+use crate::target::TargetContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr} (is another proxy or PostgreSQL already using it? pick another with --port)")]
+    Tcp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the Unix socket {path}")]
+    Unix {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Bound listeners for one target, ready to [`Listeners::run`].
+pub struct Listeners {
+    tcp: TcpListener,
+    unix: Option<(UnixListener, PathBuf)>,
+    config: ListenConfig,
+}
+
+impl Listeners {
+    pub async fn bind(config: &ListenConfig) -> Result<Listeners, ListenError> {
+        let tcp = TcpListener::bind(config.address)
+            .await
+            .map_err(|source| ListenError::Tcp {
+                addr: config.address,
+                source,
+            })?;
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(config.address.port());
+        let unix = match &config.unix_socket_dir {
+            Some(dir) => Some(bind_unix(dir, port)?),
+            None => None,
+        };
+        Ok(Listeners {
+            tcp,
+            unix,
+            config: config.clone(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().unwrap_or(self.config.address)
+    }
+
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// Accepts until `shutdown` resolves, then waits up to the drain timeout for open
+    /// connections before returning (and dropping whatever is still open).
+    pub async fn run(self, ctx: Arc<TargetContext>, shutdown: impl Future<Output = ()>) {
+        let limit = (self.config.max_connections > 0)
+            .then(|| Arc::new(Semaphore::new(self.config.max_connections)));
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        spawn_session(&mut sessions, &ctx, &limit, stream, peer.to_string());
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+                accepted = accept_unix(self.unix.as_ref()) => match accepted {
+                    Ok(stream) => spawn_session(&mut sessions, &ctx, &limit, stream, "unix socket".into()),
+                    Err(e) => accept_error(e).await,
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        if let Some((_, path)) = &self.unix {
+            let _ = std::fs::remove_file(path);
+        }
+        drop(self.tcp);
+        if !sessions.is_empty() {
+            tracing::info!(
+                open = sessions.len(),
+                timeout_s = self.config.drain_timeout.as_secs(),
+                "stopped accepting; waiting for open connections to finish"
+            );
+            let drained = tokio::time::timeout(self.config.drain_timeout, async {
+                while sessions.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(open = sessions.len(), "drain timeout reached; closing the remaining connections");
+                sessions.shutdown().await;
+            }
+        }
+    }
+}
+
+fn spawn_session<S>(
+    sessions: &mut JoinSet<()>,
+    ctx: &Arc<TargetContext>,
+    limit: &Option<Arc<Semaphore>>,
+    stream: S,
+    peer: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let permit = match limit {
+        Some(sem) => match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let max = sem.available_permits();
+                sessions.spawn(refuse_busy(stream, peer, max));
+                return;
+            }
+        },
+        None => None,
+    };
+    let ctx = ctx.clone();
+    sessions.spawn(async move {
+        session::serve(&ctx, stream, &peer).await;
+        drop(permit);
+    });
+}
+
+async fn refuse_busy<S>(mut stream: S, peer: String, _available: usize)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    tracing::warn!(%peer, "refusing a connection: --max-connections reached");
+    let err = ClientError {
+        sqlstate: SqlState::TooManyConnections,
+        message: "rds-auth-proxy: too many connections".into(),
+        hint: Some("Close idle connections, or raise --max-connections.".into()),
+    };
+    let _ = stream.write_all(&err.encode()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn accept_unix(
+    unix: Option<&(UnixListener, PathBuf)>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some((l, _)) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Accept errors are mostly out of file descriptors: back off instead of spinning.
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+fn bind_unix(dir: &Path, port: u16) -> Result<(UnixListener, PathBuf), ListenError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    let err = |source| ListenError::Unix {
+        path: path.clone(),
+        source,
+    };
+    // A stale socket from a crashed run would make bind fail; a live one we must not steal.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process is listening on it",
+            )));
+        }
+        std::fs::remove_file(&path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(&path).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok((listener, path))
+}

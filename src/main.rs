@@ -1,0 +1,115 @@
+#![forbid(unsafe_code)]
+//! The binary: parse the command line, set up logging, run, and map the outcome to an exit code
+//! (0 ok, 1 runtime error, 2 configuration error, 130 SIGINT, 143 SIGTERM).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rds_auth_proxy::app::{Credentials, Proxy};
+use rds_auth_proxy::cli::{Cli, Command, LogArgs, LogFormat};
+use rds_auth_proxy::config::Config;
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    rds_auth_proxy::tls::install_default_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        None => run_proxy(&cli.proxy).await,
+        Some(Command::Token(args)) => token(args).await,
+        Some(Command::Sim(args)) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
+        Some(Command::Demo(args)) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
+    }
+}
+
+async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let proxy = match Proxy::bind(&config, Credentials::Chain).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&e));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        let code = shutdown_signal().await;
+        let _ = tx.send(code);
+    };
+    proxy.run(signal).await;
+    tracing::info!("stopped");
+    ExitCode::from(rx.await.unwrap_or(0))
+}
+
+async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
+    match rds_auth_proxy::app::print_token(&args).await {
+        Ok(token) => {
+            // The one place a token is meant to be shown: the user asked for it.
+            println!("{}", token.expose());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn report(result: Result<u8, Box<dyn std::error::Error + Send + Sync>>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM with the conventional exit code (128 + signal number).
+async fn shutdown_signal() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return 130;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, shutting down"); 130 }
+        _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
+    }
+}
+
+fn init_logging(args: &LogArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = if args.quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,234 @@
+//! Backend messages before relay: each one cut from the stream by its own length (capped), and the
+//! few we must understand (authentication requests, ErrorResponse) parsed with bounds checks.
+//! After AuthenticationOk nothing is parsed any more: bytes are relayed as they come.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Before authentication no legitimate backend message comes anywhere near this; it bounds what a
+/// broken or hostile upstream can make us allocate.
+pub const MAX_PREAUTH_MESSAGE_LEN: usize = 64 * 1024;
+
+/// One backend message, exactly as received.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendMessage {
+    raw: Bytes,
+}
+
+impl std::fmt::Debug for BackendMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendMessage")
+            .field("tag", &(self.tag() as char))
+            .field("len", &self.raw.len())
+            .finish()
+    }
+}
+
+impl BackendMessage {
+    pub fn tag(&self) -> u8 {
+        self.raw[0]
+    }
+
+    /// The body after the tag and length word.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+
+    /// The whole message, tag and length included.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.raw
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("connection failed")]
+    Io(#[source] std::io::Error),
+    #[error("message '{tag}' has invalid length {len}")]
+    BadLength { tag: char, len: u32 },
+    #[error("message '{tag}' of {len} bytes exceeds the limit of {max} bytes")]
+    TooLong { tag: char, len: u32, max: usize },
+}
+
+/// Reads one message, using `buf` as the read buffer: bytes past the message stay in `buf`, so the
+/// caller can hand them on when it switches to relaying.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<BackendMessage, FrameError> {
+    loop {
+        if buf.len() >= 5 {
+            let tag = buf[0];
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            if len < 4 {
+                return Err(FrameError::BadLength {
+                    tag: tag as char,
+                    len,
+                });
+            }
+            if len as usize > max_len {
+                return Err(FrameError::TooLong {
+                    tag: tag as char,
+                    len,
+                    max: max_len,
+                });
+            }
+            let total = len as usize + 1;
+            if buf.len() >= total {
+                return Ok(BackendMessage {
+                    raw: buf.split_to(total).freeze(),
+                });
+            }
+            buf.reserve(total - buf.len());
+        } else {
+            buf.reserve(512);
+        }
+        let n = reader.read_buf(buf).await.map_err(FrameError::Io)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                FrameError::Closed
+            } else {
+                FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+    }
+}
+
+/// What an `R` message asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRequest {
+    Ok,
+    CleartextPassword,
+    Md5Password,
+    Sasl(Vec<String>),
+    /// Any other code (Kerberos, GSS, SSPI, SASLContinue out of order, …).
+    Other(i32),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {0} message from upstream")]
+pub struct ParseError(pub &'static str);
+
+/// Parses the body of an `R` message into pgwire's vocabulary of authentication requests.
+pub fn parse_auth_request(body: &[u8]) -> Result<AuthRequest, ParseError> {
+    let mut b = body;
+    if b.len() < 4 {
+        return Err(ParseError("authentication"));
+    }
+    let code = b.get_i32();
+    Ok(match code {
+        0 => AuthRequest::Ok,
+        3 => AuthRequest::CleartextPassword,
+        5 => AuthRequest::Md5Password,
+        10 => {
+            let mechanisms = b
+                .split(|&c| c == 0)
+                .filter(|m| !m.is_empty())
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .collect();
+            AuthRequest::Sasl(mechanisms)
+        }
+        other => AuthRequest::Other(other),
+    })
+}
+
+/// The fields of an ErrorResponse or NoticeResponse, parsed without trusting the body.
+pub fn parse_error_fields(body: &[u8]) -> Result<pgwire::messages::response::ErrorResponse, ParseError> {
+    let mut fields = Vec::new();
+    let mut rest = body;
+    loop {
+        let Some((&code, after)) = rest.split_first() else {
+            return Err(ParseError("error response"));
+        };
+        if code == 0 {
+            break;
+        }
+        let Some(end) = after.iter().position(|&c| c == 0) else {
+            return Err(ParseError("error response"));
+        };
+        fields.push((code, String::from_utf8_lossy(&after[..end]).into_owned()));
+        rest = &after[end + 1..];
+    }
+    Ok(pgwire::messages::response::ErrorResponse::new(fields))
+}
+
+/// The value of one field (`b'C'` for SQLSTATE, `b'M'` for the message, …).
+pub fn error_field(error: &pgwire::messages::response::ErrorResponse, code: u8) -> Option<&str> {
+    error
+        .fields
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_messages_and_keeps_the_rest() {
+        let stream: &[u8] = b"R\x00\x00\x00\x08\x00\x00\x00\x03S\x00\x00\x00\x05";
+        let mut reader = stream;
+        let mut buf = BytesMut::new();
+        let m = read_message(&mut reader, &mut buf, 100).await.unwrap();
+        assert_eq!(m.tag(), b'R');
+        assert_eq!(
+            parse_auth_request(m.body()).unwrap(),
+            AuthRequest::CleartextPassword
+        );
+        // The second message is incomplete: it must end as a cut-off stream, not a clean close.
+        let err = read_message(&mut reader, &mut buf, 100).await.unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_and_oversized_lengths() {
+        let mut r: &[u8] = b"R\x00\x00\x00\x02";
+        assert!(matches!(
+            read_message(&mut r, &mut BytesMut::new(), 100).await,
+            Err(FrameError::BadLength { len: 2, .. })
+        ));
+        let mut r: &[u8] = b"E\x7f\xff\xff\xff";
+        assert!(matches!(
+            read_message(&mut r, &mut BytesMut::new(), 100).await,
+            Err(FrameError::TooLong { .. })
+        ));
+        let mut r: &[u8] = b"";
+        assert!(matches!(
+            read_message(&mut r, &mut BytesMut::new(), 100).await,
+            Err(FrameError::Closed)
+        ));
+    }
+
+    #[test]
+    fn auth_requests() {
+        assert_eq!(parse_auth_request(&[0, 0, 0, 0]).unwrap(), AuthRequest::Ok);
+        assert_eq!(
+            parse_auth_request(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(),
+            AuthRequest::Md5Password
+        );
+        assert_eq!(
+            parse_auth_request(b"\x00\x00\x00\x0aSCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00")
+                .unwrap(),
+            AuthRequest::Sasl(vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()])
+        );
+        assert_eq!(
+            parse_auth_request(&[0, 0, 0, 7]).unwrap(),
+            AuthRequest::Other(7)
+        );
+        assert!(parse_auth_request(&[0, 0]).is_err());
+    }
+
+    #[test]
+    fn error_fields() {
+        let e = parse_error_fields(b"SFATAL\x00C28000\x00Mno\x00\x00").unwrap();
+        assert_eq!(error_field(&e, b'C'), Some("28000"));
+        assert_eq!(error_field(&e, b'M'), Some("no"));
+        assert!(parse_error_fields(b"SFATAL\x00C28").is_err());
+        assert!(parse_error_fields(b"").is_err());
+        assert!(parse_error_fields(b"SFATAL\x00").is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! One client connection end to end, as one linear pipeline: read the first packets → open the
+//! tunnel → TLS to the endpoint → startup → IAM auth → relay. Each phase has a timeout and its
+//! own error type; whatever fails before relay reaches the client as an ErrorResponse.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::cancel;
+use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
+use crate::pg::{ClientError, SqlState, UserFacing};
+use crate::relay;
+use crate::target::TargetContext;
+use crate::upstream::{self, UpstreamError};
+
+impl UserFacing for StartupError {
+    fn sqlstate(&self) -> SqlState {
+        match self {
+            StartupError::UnsupportedVersion(..) | StartupError::DirectTls => {
+                SqlState::FeatureNotSupported
+            }
+            _ => SqlState::ProtocolViolation,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            StartupError::DirectTls => {
+                "Connect without sslnegotiation=direct: the local listener answers SSLRequest with N."
+                    .into()
+            }
+            StartupError::UnsupportedVersion(..) => {
+                "Use a PostgreSQL client that speaks protocol 3 (every client since PostgreSQL 7.4)."
+                    .into()
+            }
+            StartupError::TooLong(_) => {
+                "Send fewer or shorter startup parameters (options, application_name, …).".into()
+            }
+            _ => "This port expects the PostgreSQL wire protocol; check the client and port.".into(),
+        })
+    }
+}
+
+/// Errors of the client side of a session that are ours, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("timed out after {0} s waiting for the client's startup packet")]
+    StartupTimeout(u64),
+    #[error("the client sent a second {0}")]
+    RepeatedRequest(&'static str),
+    #[error("replication connections cannot log in with RDS IAM authentication")]
+    Replication,
+}
+
+impl UserFacing for SessionError {
+    fn sqlstate(&self) -> SqlState {
+        match self {
+            SessionError::StartupTimeout(_) | SessionError::RepeatedRequest(_) => {
+                SqlState::ProtocolViolation
+            }
+            SessionError::Replication => SqlState::FeatureNotSupported,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            SessionError::StartupTimeout(_) => {
+                "Clients must send their startup packet right after connecting.".into()
+            }
+            SessionError::RepeatedRequest(_) => "Send each of SSLRequest and GSSENCRequest at most once.".into(),
+            SessionError::Replication => {
+                "AWS does not allow IAM authentication for replication; use a password user directly."
+                    .into()
+            }
+        })
+    }
+}
+
+/// Serves one accepted client connection. `peer` is for logs only.
+pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let started = Instant::now();
+    let first = match tokio::time::timeout(
+        ctx.timeouts.client_startup,
+        read_startup(&mut client),
+    )
+    .await
+    {
+        Err(_) => {
+            let err = SessionError::StartupTimeout(ctx.timeouts.client_startup.as_secs());
+            fail(&mut client, peer, &err.to_client_error()).await;
+            return;
+        }
+        Ok(Err(Failure::Quiet(reason))) => {
+            tracing::debug!(%peer, %reason, "client went away before startup");
+            return;
+        }
+        Ok(Err(Failure::Client(err))) => {
+            fail(&mut client, peer, &err).await;
+            return;
+        }
+        Ok(Ok(first)) => first,
+    };
+
+    let startup = match first {
+        Accepted::Cancel(request) => {
+            // Close the client's socket first: clients wait for EOF, the upstream does not answer.
+            drop(client);
+            match cancel::forward(ctx, &request).await {
+                Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
+                Err(e) => tracing::warn!(%peer, error = %display_chain(&e), "cancel request could not be forwarded"),
+            }
+            return;
+        }
+        Accepted::Startup(s) => s,
+    };
+
+    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+        fail(&mut client, peer, &SessionError::Replication.to_client_error()).await;
+        return;
+    }
+    let startup = match &ctx.db_user {
+        Some(user) if user != startup.user() => startup.with_user(user),
+        _ => startup,
+    };
+    let user = startup.user().to_owned();
+    let database = startup.database().to_owned();
+
+    let mut upstream = match upstream::connect(ctx, &startup).await {
+        Ok(u) => u,
+        Err(UpstreamError::Rejected {
+            sqlstate,
+            message,
+            to_client,
+        }) => {
+            tracing::warn!(%peer, %user, %database, %sqlstate, %message, "upstream refused the login; its error was passed to the client");
+            let _ = client.write_all(&to_client).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), error = %display_chain(&e), "connection failed before relay");
+            fail(&mut client, peer, &e.to_client_error()).await;
+            return;
+        }
+    };
+    if let Err(e) = client.write_all(&upstream.to_client).await {
+        tracing::debug!(%peer, error = %e, "client went away right after login");
+        return;
+    }
+    tracing::info!(%peer, %user, %database, setup_ms = started.elapsed().as_millis() as u64, "client connected");
+    match relay::relay(&mut client, &mut upstream.stream).await {
+        Ok(stats) => tracing::info!(
+            %peer,
+            bytes_in = stats.client_to_upstream,
+            bytes_out = stats.upstream_to_client,
+            duration_s = started.elapsed().as_secs(),
+            "connection closed"
+        ),
+        Err(e) => tracing::info!(%peer, error = %e, duration_s = started.elapsed().as_secs(), "connection ended with an error"),
+    }
+}
+
+enum Accepted {
+    Cancel(startup::CancelRequest),
+    Startup(StartupMessage),
+}
+
+enum Failure {
+    /// The client left; nobody is there to tell.
+    Quiet(String),
+    Client(ClientError),
+}
+
+/// The first-packet loop: SSLRequest and GSSENCRequest are each answered `N` at most once.
+async fn read_startup<S>(client: &mut S) -> Result<Accepted, Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ssl_done, mut gss_done) = (false, false);
+    loop {
+        match startup::read_first_packet(client).await {
+            Ok(FirstPacket::SslRequest) if !ssl_done => {
+                ssl_done = true;
+                answer_no(client).await?;
+            }
+            Ok(FirstPacket::GssEncRequest) if !gss_done => {
+                gss_done = true;
+                answer_no(client).await?;
+            }
+            Ok(FirstPacket::SslRequest) => {
+                return Err(Failure::Client(
+                    SessionError::RepeatedRequest("SSLRequest").to_client_error(),
+                ))
+            }
+            Ok(FirstPacket::GssEncRequest) => {
+                return Err(Failure::Client(
+                    SessionError::RepeatedRequest("GSSENCRequest").to_client_error(),
+                ))
+            }
+            Ok(FirstPacket::Cancel(c)) => return Ok(Accepted::Cancel(c)),
+            Ok(FirstPacket::Startup(s)) => return Ok(Accepted::Startup(s)),
+            Err(e @ (StartupError::Closed | StartupError::Io(_) | StartupError::DirectTls)) => {
+                return Err(Failure::Quiet(e.to_string()))
+            }
+            Err(e) => return Err(Failure::Client(e.to_client_error())),
+        }
+    }
+}
+
+async fn answer_no<S: AsyncWrite + Unpin>(client: &mut S) -> Result<(), Failure> {
+    client
+        .write_all(b"N")
+        .await
+        .map_err(|e| Failure::Quiet(e.to_string()))
+}
+
+async fn fail<S: AsyncWrite + Unpin>(client: &mut S, peer: &str, err: &ClientError) {
+    tracing::debug!(%peer, sqlstate = err.sqlstate.code(), message = %err.message, "sending error to client");
+    let _ = client.write_all(&err.encode()).await;
+    let _ = client.shutdown().await;
+}
+
+/// An error with its whole source chain, for one log line.
+pub fn display_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}

@@ -1,0 +1,12 @@
+//! The local AWS simulator: everything the tests, `rds-auth-proxy sim` and `demo` use instead of
+//! AWS. Real protocols on loopback, never mock objects: a TLS "RDS front" that checks IAM tokens
+//! as IAM would ([`rds`], [`sigv4`]), in front of a real throwaway PostgreSQL ([`postgres`]), with
+//! a CA generated per run ([`certs`]). [`runner`] starts them together.
+
+pub mod certs;
+pub mod postgres;
+pub mod rds;
+pub mod runner;
+pub mod sigv4;
+
+pub use runner::{SimOptions, Simulator};

@@ -1,0 +1,232 @@
+//! The simulated RDS endpoint ("RDS front"): TLS with a certificate for the endpoint name, an
+//! AuthenticationCleartextPassword request, the IAM token checked exactly as IAM would (signature
+//! with the simulator's credentials, `rds-db`, region, host:port, DBUser, expiry), and — on a valid
+//! login — the client's startup relayed verbatim to a real local PostgreSQL.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::sigv4::{self, RdsTokenExpectation, SimCredentials};
+use crate::pg::backend::{self, MAX_PREAUTH_MESSAGE_LEN};
+use crate::pg::startup::{self, FirstPacket, StartupMessage};
+
+/// How the front behaves.
+pub struct RdsFrontConfig {
+    /// The endpoint name and port tokens must be signed for.
+    pub endpoint: String,
+    pub port: u16,
+    pub region: String,
+    pub credentials: SimCredentials,
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The real PostgreSQL behind the front.
+    pub postgres: SocketAddr,
+    /// Users that are password users, not IAM users: they are asked for SCRAM-SHA-256.
+    pub password_users: HashSet<String>,
+}
+
+/// Counters and fault switches tests can reach while the front runs.
+#[derive(Debug, Default)]
+pub struct RdsFrontState {
+    /// Logins accepted / rejected.
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Cancel requests relayed to PostgreSQL.
+    pub cancels: AtomicU64,
+    /// Reject this many further logins even with a valid token (to exercise the proxy's retry).
+    pub reject_next: AtomicUsize,
+}
+
+pub struct RdsFront {
+    listener: TcpListener,
+    config: Arc<RdsFrontConfig>,
+    state: Arc<RdsFrontState>,
+}
+
+impl RdsFront {
+    pub async fn bind(addr: SocketAddr, config: RdsFrontConfig) -> std::io::Result<RdsFront> {
+        Ok(RdsFront {
+            listener: TcpListener::bind(addr).await?,
+            config: Arc::new(config),
+            state: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<RdsFrontState> {
+        self.state.clone()
+    }
+
+    /// Serves connections until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            match self.listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let config = self.config.clone();
+                    let state = self.state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(&config, &state, tcp, peer).await {
+                            tracing::debug!(%peer, error = %e, "simulated RDS: connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "simulated RDS: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve(
+    config: &RdsFrontConfig,
+    state: &RdsFrontState,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), BoxError> {
+    loop {
+        match startup::read_first_packet(&mut tcp).await? {
+            FirstPacket::SslRequest => {
+                tcp.write_all(b"S").await?;
+                let mut tls = TlsAcceptor::from(config.tls.clone()).accept(tcp).await?;
+                return match startup::read_first_packet(&mut tls).await? {
+                    FirstPacket::Startup(s) => login(config, state, tls, s).await,
+                    FirstPacket::Cancel(c) => relay_cancel(config, state, c.as_bytes()).await,
+                    _ => {
+                        send_fatal(&mut tls, "08P01", "unsupported request inside TLS").await;
+                        Ok(())
+                    }
+                };
+            }
+            FirstPacket::GssEncRequest => tcp.write_all(b"N").await?,
+            FirstPacket::Cancel(c) => return relay_cancel(config, state, c.as_bytes()).await,
+            FirstPacket::Startup(s) => {
+                // Like RDS for IAM users: the hba line is hostssl.
+                let msg = format!(
+                    "pg_hba.conf rejects connection for host \"{}\", user \"{}\", database \"{}\", no encryption",
+                    peer.ip(),
+                    s.user(),
+                    s.database()
+                );
+                send_fatal(&mut tcp, "28000", &msg).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn login<S>(
+    config: &RdsFrontConfig,
+    state: &RdsFrontState,
+    mut client: S,
+    startup: StartupMessage,
+) -> Result<(), BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let user = startup.user().to_owned();
+    if config.password_users.contains(&user) {
+        // What a non-IAM user meets on RDS: SCRAM. The proxy must refuse it clearly.
+        let mut m = BytesMut::new();
+        pgwire::messages::startup::Authentication::SASL(vec!["SCRAM-SHA-256".into()])
+            .encode(&mut m)?;
+        client.write_all(&m).await?;
+        let mut buf = BytesMut::new();
+        let _ = backend::read_message(&mut client, &mut buf, MAX_PREAUTH_MESSAGE_LEN).await;
+        return Ok(());
+    }
+    client.write_all(b"R\x00\x00\x00\x08\x00\x00\x00\x03").await?;
+    let mut buf = BytesMut::new();
+    let msg = backend::read_message(&mut client, &mut buf, MAX_PREAUTH_MESSAGE_LEN).await?;
+    let password = match (msg.tag(), msg.body().split_last()) {
+        (b'p', Some((0, token))) => String::from_utf8_lossy(token).into_owned(),
+        _ => {
+            send_fatal(&mut client, "08P01", "expected a password message").await;
+            return Ok(());
+        }
+    };
+    let expect = RdsTokenExpectation {
+        host: config.endpoint.clone(),
+        port: config.port,
+        region: config.region.clone(),
+        user: user.clone(),
+    };
+    let verdict = sigv4::verify_rds_token(&password, &expect, &config.credentials, SystemTime::now());
+    let forced = state
+        .reject_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if let Err(reason) = &verdict {
+        tracing::info!(%user, %reason, "simulated RDS: IAM token rejected");
+    }
+    if verdict.is_err() || forced {
+        state.rejected.fetch_add(1, Ordering::Relaxed);
+        send_fatal(
+            &mut client,
+            "28000",
+            &format!("PAM authentication failed for user \"{user}\""),
+        )
+        .await;
+        return Ok(());
+    }
+    state.accepted.fetch_add(1, Ordering::Relaxed);
+    let mut pg = TcpStream::connect(config.postgres).await?;
+    pg.set_nodelay(true)?;
+    pg.write_all(startup.as_bytes()).await?;
+    if !buf.is_empty() {
+        pg.write_all(&buf).await?;
+    }
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
+    Ok(())
+}
+
+async fn relay_cancel(
+    config: &RdsFrontConfig,
+    state: &RdsFrontState,
+    packet: &[u8],
+) -> Result<(), BoxError> {
+    state.cancels.fetch_add(1, Ordering::Relaxed);
+    let mut pg = TcpStream::connect(config.postgres).await?;
+    pg.write_all(packet).await?;
+    // PostgreSQL closes after acting on it; wait so the cancel is done when we return.
+    let mut sink = [0u8; 16];
+    let _ = pg.read(&mut sink).await;
+    Ok(())
+}
+
+/// Writes a FATAL ErrorResponse the way PostgreSQL does during startup.
+async fn send_fatal<S: AsyncWrite + Unpin>(client: &mut S, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    let fields = vec![
+        (b'S', "FATAL".to_owned()),
+        (b'V', "FATAL".to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    if ErrorResponse::new(fields).encode(&mut buf).is_ok() {
+        let _ = client.write_all(&buf).await;
+    }
+    let _ = client.shutdown().await;
+}
+
+#[allow(dead_code)]
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}

@@ -1,0 +1,231 @@
+//! Starting the simulator as one unit ([`Simulator`]), the `sim` command's stdout contract
+//! (`export NAME=value` lines, then `ready`), and the `demo` command.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rand::distr::{Alphanumeric, SampleString};
+
+use super::certs::SimCa;
+use super::postgres::{PgCluster, PgClusterOptions, DB_USER};
+use super::rds::{RdsFront, RdsFrontConfig, RdsFrontState};
+use super::sigv4::SimCredentials;
+use crate::cli::{DemoArgs, SimArgs};
+
+/// The region every simulated resource lives in.
+pub const SIM_REGION: &str = "eu-central-1";
+/// The simulated endpoint: an RDS-shaped name (so region inference works) that resolves nowhere.
+pub const SIM_ENDPOINT: &str = "simdb.c0sim0000000.eu-central-1.rds.amazonaws.com";
+/// The endpoint port tokens are signed for.
+pub const SIM_DB_PORT: u16 = 5432;
+pub const SIM_DB_NAME: &str = "postgres";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Where the RDS front listens (port 0 = any).
+    pub listen: SocketAddr,
+    /// Users asked for SCRAM instead of an IAM token.
+    pub password_users: Vec<String>,
+    /// Extra postgresql.conf lines.
+    pub pg_extra_conf: Vec<String>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            password_users: Vec::new(),
+            pg_extra_conf: Vec::new(),
+        }
+    }
+}
+
+/// A running simulator. Dropping it stops everything and removes its files.
+pub struct Simulator {
+    pub postgres: PgCluster,
+    pub credentials: SimCredentials,
+    pub front_addr: SocketAddr,
+    pub front_state: Arc<RdsFrontState>,
+    pub ca: SimCa,
+    pub ca_file: PathBuf,
+    front_task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Simulator {
+    pub async fn start(options: SimOptions) -> Result<Simulator, BoxError> {
+        let postgres = PgCluster::start(PgClusterOptions {
+            extra_conf: options.pg_extra_conf.clone(),
+            login_roles: std::iter::once(DB_USER.to_owned())
+                .chain(options.password_users.iter().cloned())
+                .collect(),
+            ..PgClusterOptions::default()
+        })
+        .await?;
+        // Fresh keys per run, shaped like AWS's, so nobody mistakes them for real ones.
+        let mut rng = rand::rng();
+        let credentials = SimCredentials::new(
+            format!("AKIASIM{}", Alphanumeric.sample_string(&mut rng, 13).to_uppercase()),
+            Alphanumeric.sample_string(&mut rng, 40),
+        );
+        let ca = SimCa::new("rds-auth-proxy simulator CA")?;
+        let dir = tempfile::Builder::new().prefix("rds-auth-proxy-sim-").tempdir()?;
+        let ca_file = dir.path().join("sim-ca.pem");
+        std::fs::write(&ca_file, ca.pem())?;
+        let front = RdsFront::bind(
+            options.listen,
+            RdsFrontConfig {
+                endpoint: SIM_ENDPOINT.to_owned(),
+                port: SIM_DB_PORT,
+                region: SIM_REGION.to_owned(),
+                credentials: credentials.clone(),
+                tls: ca.server_config(&[SIM_ENDPOINT.to_owned()])?,
+                postgres: postgres.addr(),
+                password_users: options.password_users.iter().cloned().collect::<HashSet<_>>(),
+            },
+        )
+        .await?;
+        let front_addr = front.local_addr()?;
+        let front_state = front.state();
+        let front_task = tokio::spawn(front.run());
+        Ok(Simulator {
+            postgres,
+            credentials,
+            front_addr,
+            front_state,
+            ca,
+            ca_file,
+            front_task,
+            _dir: dir,
+        })
+    }
+
+    /// The AWS credentials the simulator accepts, for the proxy.
+    pub fn aws_credentials(&self) -> aws_credential_types::Credentials {
+        aws_credential_types::Credentials::from_keys(
+            self.credentials.access_key_id.clone(),
+            self.credentials.secret_access_key.clone(),
+            None,
+        )
+    }
+
+    /// The proxy command line that works against this simulator.
+    pub fn proxy_command(&self) -> String {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "rds-auth-proxy".into());
+        format!(
+            "{exe} --target {SIM_ENDPOINT}:{SIM_DB_PORT} --via direct --connect-addr {} --ca-bundle {}",
+            self.front_addr,
+            self.ca_file.display()
+        )
+    }
+
+    /// The `sim` contract: exactly these names, in this order.
+    pub fn exports(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.credentials.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.credentials.secret_access_key.clone()),
+            ("AWS_REGION", SIM_REGION.to_owned()),
+            ("SIM_DB_ENDPOINT", SIM_ENDPOINT.to_owned()),
+            ("SIM_DB_PORT", SIM_DB_PORT.to_string()),
+            ("SIM_DB_ADDR", self.front_addr.to_string()),
+            ("SIM_DB_USER", DB_USER.to_owned()),
+            ("SIM_DB_NAME", SIM_DB_NAME.to_owned()),
+            ("SIM_CA_FILE", self.ca_file.display().to_string()),
+            ("SIM_PROXY_CMD", self.proxy_command()),
+        ]
+    }
+
+    pub async fn stop(self) {
+        self.front_task.abort();
+        if let Err(e) = self.postgres.stop().await {
+            tracing::warn!(error = %e, "stopping the simulator's PostgreSQL failed");
+        }
+    }
+}
+
+/// Single-quotes a value for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `rds-auth-proxy sim`.
+pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
+    let sim = Simulator::start(SimOptions {
+        listen: args.listen,
+        password_users: args.password_user,
+        ..SimOptions::default()
+    })
+    .await?;
+    let mut out = String::new();
+    for (name, value) in sim.exports() {
+        out.push_str(&format!("export {name}={}\n", shell_quote(&value)));
+    }
+    out.push_str("ready\n");
+    print_flush(&out);
+    tracing::info!(rds_front = %sim.front_addr, postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
+    let code = shutdown.await;
+    sim.stop().await;
+    Ok(if code == 143 || code == 130 { 0 } else { code })
+}
+
+fn print_flush(s: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(s.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// `rds-auth-proxy demo`: simulator + proxy on 127.0.0.1:<port>.
+pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
+    use crate::app::{Credentials, Proxy};
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    eprintln!("Starting the simulated RDS (TLS + IAM check) and a throwaway PostgreSQL…");
+    let sim = Simulator::start(SimOptions::default()).await?;
+    let port = args.port.to_string();
+    let front = sim.front_addr.to_string();
+    let ca = sim.ca_file.display().to_string();
+    let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
+    let cli = Cli::try_parse_from([
+        "rds-auth-proxy", "--target", &target, "--via", "direct", "--connect-addr", &front,
+        "--ca-bundle", &ca, "--port", &port,
+    ])?;
+    let config = crate::config::Config::from_args(&cli.proxy)?;
+    let proxy = Proxy::bind(&config, Credentials::Fixed(sim.aws_credentials())).await?;
+    let addr = proxy.local_addr();
+    print_flush(&format!(
+        "\nrds-auth-proxy demo is running.\n\n\
+         \x20 client ──▶ proxy {addr} ──TLS verify-full──▶ simulated RDS {SIM_ENDPOINT} ({front}) ──▶ PostgreSQL {pg}\n\n\
+         In another terminal, connect without a password:\n\n\
+         \x20   psql -h {host} -p {p} -U {DB_USER} {SIM_DB_NAME}\n\n\
+         Try: SELECT current_user;   Stop the demo with Ctrl-C.\n\n",
+        pg = sim.postgres.addr(),
+        host = addr.ip(),
+        p = addr.port(),
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    proxy
+        .run(async move {
+            let _ = tx.send(shutdown.await);
+        })
+        .await;
+    sim.stop().await;
+    let code = rx.await.unwrap_or(0);
+    Ok(if code == 143 || code == 130 { 0 } else { code })
+}

@@ -1,0 +1,47 @@
+//! The direct tunnel: a plain TCP connection to the endpoint (or to `--connect-addr`, e.g. a
+//! port forward someone already runs). TLS still verifies the endpoint name on top of it.
+
+use tokio::net::TcpStream;
+
+use super::TunnelError;
+
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// `host:port` to dial.
+    addr: String,
+}
+
+impl Direct {
+    pub fn new(addr: String) -> Self {
+        Direct { addr }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub async fn open(&self) -> Result<TcpStream, TunnelError> {
+        let addrs: Vec<_> = tokio::net::lookup_host(&self.addr)
+            .await
+            .map_err(|source| TunnelError::Resolve {
+                addr: self.addr.clone(),
+                source,
+            })?
+            .collect();
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    // Without NODELAY every small startup message waits for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TunnelError::Connect {
+            addr: self.addr.clone(),
+            source: last.unwrap_or_else(|| std::io::Error::other("no address to connect to")),
+        })
+    }
+}
