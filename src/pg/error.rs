@@ -117,7 +117,7 @@ mod tests {
         };
         assert_eq!(
             &e.encode()[..],
-            b"E\x00\x00\x00\x22SFATAL\x00VFATAL\x00C28000\x00Mm\x00Hh\x00\x00"
+            b"E\x00\x00\x00\x20SFATAL\x00VFATAL\x00C28000\x00Mm\x00Hh\x00\x00"
         );
     }
 

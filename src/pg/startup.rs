@@ -285,7 +285,7 @@ mod tests {
         let raw = startup_bytes(&[("user", "bob")]);
         assert_eq!(
             &raw[..],
-            b"\x00\x00\x00\x13\x00\x03\x00\x00user\x00bob\x00\x00"
+            b"\x00\x00\x00\x12\x00\x03\x00\x00user\x00bob\x00\x00"
         );
         let FirstPacket::Startup(m) = parse_first_packet(raw.clone()).unwrap() else {
             panic!("not a startup")
