@@ -103,19 +103,6 @@ pub fn upstream_client_config(extra_ca: &[PathBuf]) -> Result<Arc<ClientConfig>,
     Ok(Arc::new(config))
 }
 
-/// Walks an error's source chain for a rustls certificate error, to explain a failed handshake.
-pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(rustls::Error::InvalidCertificate(cert_err)) = e.downcast_ref::<rustls::Error>()
-        {
-            return Some(format!("{cert_err:?}"));
-        }
-        cur = e.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

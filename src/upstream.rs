@@ -36,10 +36,9 @@ pub enum UpstreamError {
     Timeout { phase: &'static str, secs: u64 },
     #[error("the upstream at {endpoint} does not accept TLS")]
     TlsRefused { endpoint: String },
-    #[error("TLS handshake with {endpoint} failed{}", problem.as_ref().map(|p| format!(" (certificate problem: {p})")).unwrap_or_default())]
+    #[error("TLS handshake with {endpoint} failed")]
     Tls {
         endpoint: String,
-        problem: Option<String>,
         #[source]
         source: std::io::Error,
     },
@@ -223,15 +222,13 @@ pub async fn start_tls(
     }
     let name = ServerName::try_from(endpoint.clone()).map_err(|_| UpstreamError::Tls {
         endpoint: endpoint.clone(),
-        problem: Some("the endpoint is not a valid DNS name".into()),
-        source: std::io::Error::other("invalid server name"),
+        source: std::io::Error::other("the endpoint is not a valid DNS name"),
     })?;
     TlsConnector::from(ctx.tls.clone())
         .connect(name, raw)
         .await
         .map_err(|source| UpstreamError::Tls {
             endpoint: endpoint.clone(),
-            problem: crate::tls::certificate_problem(&source),
             source,
         })
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -44,6 +44,8 @@ pub struct RdsFrontState {
     pub cancels: AtomicU64,
     /// Reject this many further logins even with a valid token (to exercise the proxy's retry).
     pub reject_next: AtomicUsize,
+    /// SHA-256 of every distinct token presented: tells whether the proxy reuses tokens.
+    pub distinct_tokens: std::sync::Mutex<HashSet<[u8; 32]>>,
 }
 
 pub struct RdsFront {
@@ -167,6 +169,15 @@ where
         region: config.region.clone(),
         user: user.clone(),
     };
+    {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
+        state
+            .distinct_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest);
+    }
     let verdict = sigv4::verify_rds_token(&password, &expect, &config.credentials, SystemTime::now());
     let forced = state
         .reject_next
@@ -225,8 +236,3 @@ async fn send_fatal<S: AsyncWrite + Unpin>(client: &mut S, code: &str, message: 
     let _ = client.shutdown().await;
 }
 
-#[allow(dead_code)]
-fn put_cstr(buf: &mut BytesMut, s: &str) {
-    buf.put_slice(s.as_bytes());
-    buf.put_u8(0);
-}

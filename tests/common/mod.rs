@@ -1,0 +1,108 @@
+//! Shared test harness: a simulator (RDS front + real PostgreSQL) and an in-process proxy bound
+//! to 127.0.0.1:0, wired the same way the binary wires them.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use rds_auth_proxy::app::{Credentials, Proxy};
+use rds_auth_proxy::cli::Cli;
+use rds_auth_proxy::config::Config;
+use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy::sim::{SimOptions, Simulator};
+
+use clap::Parser;
+
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    pub fn conn_string(&self, user: &str) -> String {
+        format!(
+            "host={} port={} user={user} dbname=postgres connect_timeout=20",
+            self.addr.ip(),
+            self.addr.port()
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+pub async fn start_sim() -> Simulator {
+    start_sim_with(SimOptions::default()).await
+}
+
+pub async fn start_sim_with(options: SimOptions) -> Simulator {
+    rds_auth_proxy::tls::install_default_provider();
+    Simulator::start(options).await.expect("simulator starts")
+}
+
+/// The flags that point a proxy at `sim` directly (TCP to the RDS front).
+pub fn direct_args(sim: &Simulator) -> Vec<String> {
+    vec![
+        "--target".into(),
+        format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+        "--via".into(),
+        "direct".into(),
+        "--connect-addr".into(),
+        sim.front_addr.to_string(),
+        "--ca-bundle".into(),
+        sim.ca_file.display().to_string(),
+        "--port".into(),
+        "0".into(),
+    ]
+}
+
+/// Starts an in-process proxy from command-line style arguments.
+pub async fn start_proxy(args: &[String], credentials: aws_credential_types::Credentials) -> RunningProxy {
+    let mut argv = vec!["rds-auth-proxy".to_owned()];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("valid flags");
+    let config = Config::from_args(&cli.proxy).expect("valid config");
+    let proxy = Proxy::bind(&config, Credentials::Fixed(credentials))
+        .await
+        .expect("proxy binds");
+    let addr = proxy.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(proxy.run(async move {
+        let _ = rx.await;
+    }));
+    RunningProxy {
+        addr,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+pub async fn connect(
+    proxy: &RunningProxy,
+    user: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) =
+        tokio_postgres::connect(&proxy.conn_string(user), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Pulls SQLSTATE and HINT out of a failed connect.
+pub fn db_error(err: &tokio_postgres::Error) -> (String, String, Option<String>) {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a server error, got: {err:?}"));
+    (
+        db.code().code().to_owned(),
+        db.message().to_owned(),
+        db.hint().map(str::to_owned),
+    )
+}

@@ -1,0 +1,223 @@
+//! Every failure before relay reaches the client as an ErrorResponse with the right SQLSTATE, a
+//! message naming the cause and a HINT. One simulator, one proxy per broken setup.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::*;
+use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy::sim::SimOptions;
+
+fn replace_arg(args: &mut Vec<String>, flag: &str, value: Option<&str>) {
+    let i = args.iter().position(|a| a == flag).expect("flag present");
+    match value {
+        Some(v) => args[i + 1] = v.to_owned(),
+        None => {
+            args.remove(i);
+            args.remove(i);
+        }
+    }
+}
+
+/// Reads one backend message: (tag, body).
+async fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let tag = s.read_u8().await.expect("a message");
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut body = vec![0; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}
+
+fn field(body: &[u8], code: u8) -> Option<String> {
+    body.split(|&b| b == 0)
+        .find(|f| f.first() == Some(&code))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_reach_the_client_with_sqlstate_and_hint() {
+    let sim = start_sim_with(SimOptions {
+        password_users: vec!["scram_user".into()],
+        ..SimOptions::default()
+    })
+    .await;
+
+    // Wrong CA: without --ca-bundle only the real RDS roots are trusted.
+    let mut args = direct_args(&sim);
+    replace_arg(&mut args, "--ca-bundle", None);
+    let proxy = start_proxy(&args, sim.aws_credentials()).await;
+    let (code, message, hint) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "08001");
+    assert!(message.contains("TLS handshake with simdb"), "{message}");
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    assert!(hint.unwrap().contains("--ca-bundle"));
+    proxy.stop().await;
+
+    // Endpoint name mismatch: the certificate is for SIM_ENDPOINT, not for this name.
+    let mut args = direct_args(&sim);
+    replace_arg(&mut args, "--target", Some("other.c0sim0000000.eu-central-1.rds.amazonaws.com:5432"));
+    let proxy = start_proxy(&args, sim.aws_credentials()).await;
+    let (code, message, hint) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "08001");
+    assert!(message.contains("certificate not valid for name"), "{message}");
+    assert!(hint.unwrap().contains("endpoint name"));
+    proxy.stop().await;
+
+    // Bad credentials: the simulator rejects the token; its 28000 is passed through verbatim.
+    let bad = aws_credential_types::Credentials::from_keys(
+        sim.credentials.access_key_id.clone(),
+        "not-the-secret",
+        None,
+    );
+    let proxy = start_proxy(&direct_args(&sim), bad).await;
+    let (code, message, _) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "28000");
+    assert_eq!(message, "PAM authentication failed for user \"db_user\"");
+    proxy.stop().await;
+
+    // Upstream asks for SCRAM: not an IAM user.
+    let proxy = start_proxy(&direct_args(&sim), sim.aws_credentials()).await;
+    let (code, message, hint) = db_error(&connect(&proxy, "scram_user").await.unwrap_err());
+    assert_eq!(code, "28000");
+    assert!(message.contains("not an IAM database user"), "{message}");
+    assert!(hint.unwrap().contains("GRANT rds_iam TO \"scram_user\""));
+
+    // Malformed startup (no user) and oversize startup, on raw sockets.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"\x00\x00\x00\x12\x00\x03\x00\x00database\x00\x00").await.unwrap();
+    let (tag, body) = read_message(&mut s).await;
+    assert_eq!(tag, b'E');
+    assert_eq!(field(&body, b'C').as_deref(), Some("08P01"));
+    assert!(field(&body, b'M').unwrap().contains("no \"user\" parameter"));
+    assert!(field(&body, b'H').is_some());
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut huge = vec![0u8; 20_000];
+    huge[..8].copy_from_slice(&[0, 0, 0x4e, 0x20, 0, 3, 0, 0]);
+    let _ = s.write_all(&huge[..8]).await;
+    let (tag, body) = read_message(&mut s).await;
+    assert_eq!(tag, b'E');
+    assert_eq!(field(&body, b'C').as_deref(), Some("08P01"));
+    assert!(field(&body, b'M').unwrap().contains("exceeds the limit of 10000"));
+    // A client that sends nothing gets no answer but the proxy stays healthy.
+    drop(TcpStream::connect(proxy.addr).await.unwrap());
+    connect(&proxy, "db_user").await.expect("still serving").simple_query("SELECT 1").await.unwrap();
+    proxy.stop().await;
+
+    // Upstream unreachable.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = free.local_addr().unwrap().to_string();
+    drop(free);
+    let mut args = direct_args(&sim);
+    replace_arg(&mut args, "--connect-addr", Some(&dead));
+    let proxy = start_proxy(&args, sim.aws_credentials()).await;
+    let (code, message, hint) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "08001");
+    assert!(message.contains(&format!("cannot connect to {dead}")), "{message}");
+    assert!(hint.unwrap().contains("--via ssm"));
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_3_2_to_a_3_0_server_negotiates_and_works() {
+    let sim = start_sim().await;
+    let proxy = start_proxy(&direct_args(&sim), sim.aws_credentials()).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // SSLRequest first, as libpq does: answered N.
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    let startup = rds_auth_proxy::pg::startup::encode_startup(
+        3,
+        2,
+        &[
+            ("user".into(), "db_user".into()),
+            ("database".into(), "postgres".into()),
+            ("_pq_.test_protocol_negotiation".into(), "on".into()),
+        ],
+    );
+    s.write_all(&startup).await.unwrap();
+    // PostgreSQL 15 speaks 3.0: it answers NegotiateProtocolVersion (newest minor 0, the
+    // unknown _pq_ option listed), and the proxy passes it through untouched.
+    let (tag, body) = read_message(&mut s).await;
+    assert_eq!(tag, b'v', "NegotiateProtocolVersion passes through");
+    assert_eq!(&body[..8], &[0, 3, 0, 0, 0, 0, 0, 1], "3.0 is the newest, one option unknown");
+    assert_eq!(&body[8..], b"_pq_.test_protocol_negotiation\0");
+    let (tag, body) = read_message(&mut s).await;
+    assert_eq!((tag, body.as_slice()), (b'R', &[0u8, 0, 0, 0][..]), "AuthenticationOk");
+    let mut saw_key = false;
+    loop {
+        let (tag, body) = read_message(&mut s).await;
+        match tag {
+            b'K' => {
+                saw_key = true;
+                assert_eq!(body.len(), 8, "3.0 key: pid + 4 bytes");
+            }
+            b'Z' => break,
+            b'S' | b'N' => {}
+            other => panic!("unexpected {}", other as char),
+        }
+    }
+    assert!(saw_key);
+    s.write_all(b"Q\x00\x00\x00\x0eSELECT 42\x00").await.unwrap();
+    let mut got_row = false;
+    loop {
+        let (tag, body) = read_message(&mut s).await;
+        if tag == b'D' {
+            assert!(body.ends_with(b"42"));
+            got_row = true;
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert!(got_row);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_user_flag_overrides_the_startup_user_and_gss_is_declined() {
+    let sim = start_sim().await;
+    let mut args = direct_args(&sim);
+    args.extend(["--db-user".to_owned(), "db_user".to_owned()]);
+    let proxy = start_proxy(&args, sim.aws_credentials()).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), b'N', "GSSENCRequest declined");
+    drop(s);
+    let client = connect(&proxy, "someone_else").await.expect("logs in as --db-user");
+    let row = client.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "db_user");
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_with_53300() {
+    let sim = start_sim().await;
+    let mut args = direct_args(&sim);
+    args.extend(["--max-connections".to_owned(), "1".to_owned()]);
+    let proxy = start_proxy(&args, sim.aws_credentials()).await;
+    let first = connect(&proxy, "db_user").await.unwrap();
+    let (code, _, hint) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "53300");
+    assert!(hint.unwrap().contains("--max-connections"));
+    drop(first);
+    // The slot frees when the first connection ends.
+    let mut ok = false;
+    for _ in 0..100 {
+        if connect(&proxy, "db_user").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok);
+    let _ = (SIM_ENDPOINT, SIM_DB_PORT);
+    proxy.stop().await;
+    sim.stop().await;
+}
