@@ -103,7 +103,14 @@ async fn shutdown_signal() -> u8 {
 fn init_logging(args: &LogArgs) {
     use tracing_subscriber::EnvFilter;
     let default = if args.quiet { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // The SigV4 signer traces what it signs (access key id, canonical requests with the
+    // presigned query): that never reaches our logs, whatever RUST_LOG asks for.
+    for directive in ["aws_sigv4=warn", "aws_credential_types=warn"] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

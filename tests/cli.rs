@@ -1,0 +1,230 @@
+//! The binary as a user runs it: real psql through `rds-auth-proxy`, credentials from the AWS
+//! environment chain, configuration from flags and RDS_AUTH_PROXY_* variables, the `token` and
+//! `sim` subcommands, and logs that never carry a secret.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
+use rds_auth_proxy::sim::Simulator;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
+
+/// A command with only the simulator's AWS identity visible: no host config, no IMDS.
+fn proxy_command(sim: &Simulator) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
+        .env("AWS_REGION", SIM_REGION)
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+/// Runs the proxy, waits for its "ready for connections" log line, returns (child, port, log).
+fn spawn_until_ready(mut cmd: Command) -> (Child, u16, std::sync::mpsc::Receiver<String>) {
+    cmd.args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("proxy logs a ready line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "ready for connections" {
+            let listen = v["fields"]["listen"].as_str().unwrap().to_owned();
+            let port = listen.rsplit(':').next().unwrap().parse().unwrap();
+            return (child, port, rx);
+        }
+    }
+}
+
+fn psql(args: &[&str]) -> std::process::Output {
+    Command::new("psql")
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql is installed (see README)")
+}
+
+fn stop(mut child: Child) -> Option<i32> {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    child.wait().ok().and_then(|s| s.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
+    let sim = start_sim().await;
+    let socket_dir = tempfile::tempdir().unwrap();
+    let mut cmd = proxy_command(&sim);
+    cmd.env("RUST_LOG", "trace")
+        // Configuration through RDS_AUTH_PROXY_* instead of flags.
+        .env("RDS_AUTH_PROXY_TARGET", format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"))
+        .env("RDS_AUTH_PROXY_CONNECT_ADDR", sim.front_addr.to_string())
+        .env("RDS_AUTH_PROXY_CA_BUNDLE", &sim.ca_file)
+        .env("RDS_AUTH_PROXY_PORT", "0")
+        .args(["--unix-socket", socket_dir.path().to_str().unwrap()]);
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let port_s = port.to_string();
+
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c", "\\l"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("template1") && listing.contains("postgres"), "{listing}");
+
+    // The Unix socket: .s.PGSQL.<port>, mode 0600, and psql -h DIR works.
+    let sock = socket_dir.path().join(format!(".s.PGSQL.{port}"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = psql(&["-h", socket_dir.path().to_str().unwrap(), "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT 6*7"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+
+    assert_eq!(stop(child), Some(143), "SIGTERM exit code");
+    assert!(!sock.exists(), "socket removed on shutdown");
+
+    // Trace-level logs never carry the secret key, a token or its signature.
+    let log: Vec<String> = logs.try_iter().collect();
+    let all = log.join("\n");
+    assert!(all.contains("answered the password request with an IAM token"), "trace log is complete");
+    for secret in [
+        sim.credentials.secret_access_key.as_str(),
+        sim.credentials.access_key_id.as_str(),
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "Action=connect",
+    ] {
+        let leak = log.iter().find(|l| l.contains(secret));
+        assert!(leak.is_none(), "log leaks {secret:?}: {leak:?}");
+    }
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_the_hint_when_the_ca_is_wrong() {
+    let sim = start_sim().await;
+    let mut cmd = proxy_command(&sim);
+    cmd.args([
+        "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+        "--connect-addr", &sim.front_addr.to_string(),
+        "--port", "0",
+    ]);
+    let (child, port, _logs) = spawn_until_ready(cmd);
+    let out = psql(&["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FATAL:  rds-auth-proxy: TLS handshake with simdb"), "{err}");
+    assert!(err.contains("HINT:  The server's certificate must be valid for"), "{err}");
+    stop(child);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_subcommand_prints_a_token_the_simulator_accepts() {
+    let sim = start_sim().await;
+    let out = proxy_command(&sim)
+        .args(["token", "--hostname", SIM_ENDPOINT, "--port", "5432", "--username", "db_user"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim_end();
+    assert!(token.starts_with(&format!("{SIM_ENDPOINT}:5432/?Action=connect&DBUser=db_user&")));
+    let expect = rds_auth_proxy::sim::sigv4::RdsTokenExpectation {
+        host: SIM_ENDPOINT.into(),
+        port: 5432,
+        region: SIM_REGION.into(),
+        user: "db_user".into(),
+    };
+    rds_auth_proxy::sim::sigv4::verify_rds_token(token, &expect, &sim.credentials, SystemTime::now())
+        .expect("the simulator accepts the printed token");
+    sim.stop().await;
+}
+
+#[test]
+fn configuration_errors_are_one_line_and_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--target", "db.x.eu-west-1.rds.amazonaws.com", "-a", "0.0.0.0"], "not a loopback address"),
+        (&[], "--target is required"),
+        (&["--target", "db:notaport"], "not a valid ENDPOINT[:PORT]"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(BIN).args(*args).env_clear().output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn help_teaches() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo"] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[test]
+fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
+    let mut child = Command::new(BIN)
+        .arg("sim")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut names = Vec::new();
+    let mut values = std::collections::HashMap::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        let rest = line.strip_prefix("export ").expect("only export lines before ready");
+        let (name, value) = rest.split_once('=').unwrap();
+        names.push(name.to_owned());
+        values.insert(name.to_owned(), value.trim_matches('\'').to_owned());
+    }
+    for required in [
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "SIM_DB_ENDPOINT", "SIM_DB_PORT",
+        "SIM_DB_ADDR", "SIM_DB_USER", "SIM_DB_NAME", "SIM_CA_FILE", "SIM_PROXY_CMD",
+    ] {
+        assert!(names.iter().any(|n| n == required), "missing {required}");
+    }
+    let ca = values["SIM_CA_FILE"].clone();
+    assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"));
+    let addr = values["SIM_DB_ADDR"].clone();
+    assert!(std::net::TcpStream::connect(&addr).is_ok(), "RDS front is up once ready is printed");
+    assert_eq!(stop(child), Some(0));
+    assert!(!std::path::Path::new(&ca).exists(), "temp files removed");
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "RDS front stopped");
+}
