@@ -219,13 +219,35 @@ pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Res
         host = addr.ip(),
         p = addr.port(),
     ));
+    let check = tokio::spawn(demo_self_check(addr));
     let (tx, rx) = tokio::sync::oneshot::channel();
     proxy
         .run(async move {
             let _ = tx.send(shutdown.await);
         })
         .await;
+    check.abort();
     sim.stop().await;
     let code = rx.await.unwrap_or(0);
     Ok(if code == 143 || code == 130 { 0 } else { code })
+}
+
+/// Shows the chain working right away: one password-less psql query through the proxy.
+async fn demo_self_check(addr: SocketAddr) {
+    let output = tokio::process::Command::new("psql")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", DB_USER, SIM_DB_NAME])
+        .args(["-c", "SELECT current_user AS logged_in_as, now() - pg_postmaster_start_time() AS server_uptime"])
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match output {
+        Ok(out) if out.status.success() => print_flush(&format!(
+            "Self-check — psql through the proxy, no password given:\n\n{}\n",
+            String::from_utf8_lossy(&out.stdout)
+        )),
+        Ok(out) => eprintln!("demo self-check failed:\n{}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => eprintln!("(psql not found: install postgresql-client to run the self-check)"),
+    }
 }
