@@ -240,8 +240,7 @@ fn parse_startup(packet: Bytes, code: u32) -> Result<StartupMessage, StartupErro
     let mut fields = pairs.split(|&b| b == 0);
     if !pairs.is_empty() {
         // `pairs` ends with the NUL of the last value, so split yields one trailing empty item.
-        loop {
-            let Some(name) = fields.next() else { break };
+        while let Some(name) = fields.next() {
             if name.is_empty() {
                 if fields.next().is_none() {
                     break;
