@@ -151,16 +151,21 @@ where
         return;
     }
     tracing::info!(%peer, %user, %database, setup_ms = started.elapsed().as_millis() as u64, "client connected");
-    match relay::relay(&mut client, &mut upstream.stream).await {
-        Ok(stats) => tracing::info!(
-            %peer,
-            bytes_in = stats.client_to_upstream,
-            bytes_out = stats.upstream_to_client,
-            duration_s = started.elapsed().as_secs(),
-            "connection closed"
-        ),
-        Err(e) => tracing::info!(%peer, error = %e, duration_s = started.elapsed().as_secs(), "connection ended with an error"),
-    }
+    let stats = relay::relay(&mut client, &mut upstream.stream).await;
+    let error = stats
+        .client_error
+        .as_ref()
+        .map(|e| format!("client: {e}"))
+        .or_else(|| stats.upstream_error.as_ref().map(|e| format!("upstream: {e}")));
+    tracing::info!(
+        %peer,
+        closed_by = %stats.closed_by.map_or("nobody".into(), |c| c.to_string()),
+        error = error.as_deref().unwrap_or("none"),
+        bytes_in = stats.client_to_upstream,
+        bytes_out = stats.upstream_to_client,
+        duration_s = started.elapsed().as_secs(),
+        "connection closed"
+    );
 }
 
 enum Accepted {
