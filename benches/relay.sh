@@ -17,7 +17,7 @@ PROXY_PORT=${PROXY_PORT:-16543}
 SOCAT_PORT=${SOCAT_PORT:-16544}
 
 cargo build --release --locked --quiet
-BIN=target/release/rds-auth-proxy
+BIN=${CARGO_TARGET_DIR:-target}/release/rds-auth-proxy
 work=$(mktemp -d)
 cleanup() {
     kill $(jobs -p) 2>/dev/null || true
