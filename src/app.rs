@@ -9,6 +9,9 @@ use crate::config::{Config, ViaConfig};
 use crate::listener::{ListenError, Listeners};
 use crate::target::{Target, TargetContext};
 use crate::tls::{self, TlsError};
+use crate::tunnel::ssm::api::SsmApi;
+use crate::tunnel::ssm::websocket::{UpgradeSigner, WebSocketError, WsConnector};
+use crate::tunnel::ssm::{SsmSettings, SsmTunnel};
 use crate::tunnel::{direct::Direct, Tunnel};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +24,31 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("cannot set up the SSM data channel client")]
+    SsmSetup(#[from] WebSocketError),
 }
 
 /// Where credentials come from: the AWS chain (the product) or fixed ones (tests, demo).
 pub enum Credentials {
+    /// aws-config's chain; `AWS_ENDPOINT_URL_SSM` and profiles apply.
     Chain,
     Fixed(aws_credential_types::Credentials),
+    /// Fixed credentials and explicit endpoints (the simulator), no environment involved.
+    FixedWith(AwsSetup),
+}
+
+/// Fixed credentials plus where the AWS services are (in-process tests, `demo`).
+#[derive(Debug, Clone)]
+pub struct AwsSetup {
+    pub credentials: aws_credential_types::Credentials,
+    /// The SSM API endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
+    pub ssm_endpoint: Option<String>,
+}
+
+impl From<AwsSetup> for Credentials {
+    fn from(setup: AwsSetup) -> Self {
+        Credentials::FixedWith(setup)
+    }
 }
 
 /// Builds the shared context of the target from the config.
@@ -34,7 +56,8 @@ pub async fn build_context(
     config: &Config,
     credentials: Credentials,
 ) -> Result<Arc<TargetContext>, AppError> {
-    let (region, source) = match credentials {
+    // Where an SSM client would come from; it is only built for --via ssm.
+    let (region, source, aws) = match credentials {
         Credentials::Chain => {
             let sdk = crate::auth::credentials::load_sdk_config(
                 config.profile.as_deref(),
@@ -46,15 +69,25 @@ pub async fn build_context(
                 .clone()
                 .or_else(|| sdk.region().map(|r| r.to_string()))
                 .ok_or(AppError::NoRegion)?;
-            (region, CredentialSource::from_sdk_config(&sdk)?)
+            (region, CredentialSource::from_sdk_config(&sdk)?, AwsSource::Sdk(Box::new(sdk)))
         }
-        Credentials::Fixed(c) => (
+        Credentials::Fixed(credentials) => (
             config.region.clone().ok_or(AppError::NoRegion)?,
-            CredentialSource::fixed(c),
+            CredentialSource::fixed(credentials.clone()),
+            AwsSource::Fixed(AwsSetup {
+                credentials,
+                ssm_endpoint: None,
+            }),
+        ),
+        Credentials::FixedWith(setup) => (
+            config.region.clone().ok_or(AppError::NoRegion)?,
+            CredentialSource::fixed(setup.credentials.clone()),
+            AwsSource::Fixed(setup),
         ),
     };
     let tunnel = match &config.via {
         ViaConfig::Direct { connect_addr } => Tunnel::Direct(Direct::new(connect_addr.clone())),
+        ViaConfig::Ssm(ssm) => Tunnel::Ssm(ssm_tunnel(config, ssm, &region, &aws)?),
     };
     Ok(Arc::new(TargetContext {
         target: Target {
@@ -68,6 +101,48 @@ pub async fn build_context(
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
     }))
+}
+
+/// What AWS clients are built from.
+enum AwsSource {
+    Sdk(Box<aws_config::SdkConfig>),
+    Fixed(AwsSetup),
+}
+
+/// The `--via ssm` tunnel: SSM API client, WebSocket connector (optionally signing), pool.
+fn ssm_tunnel(
+    config: &Config,
+    ssm: &crate::config::SsmConfig,
+    region: &str,
+    aws: &AwsSource,
+) -> Result<SsmTunnel, AppError> {
+    let (api, provider) = match aws {
+        AwsSource::Sdk(sdk) => (
+            SsmApi::from_sdk_config(sdk, region, None),
+            sdk.credentials_provider(),
+        ),
+        AwsSource::Fixed(setup) => (
+            SsmApi::with_credentials(setup.credentials.clone(), region, setup.ssm_endpoint.as_deref()),
+            Some(aws_credential_types::provider::SharedCredentialsProvider::new(
+                setup.credentials.clone(),
+            )),
+        ),
+    };
+    let signer = match provider {
+        Some(credentials) if ssm.sign_websocket => Some(UpgradeSigner {
+            credentials,
+            region: region.to_owned(),
+        }),
+        _ => None,
+    };
+    let mut settings = SsmSettings::new(ssm.node.clone(), config.endpoint.clone(), config.port);
+    settings.max_sessions = ssm.sessions;
+    settings.idle_timeout = ssm.idle_timeout;
+    Ok(SsmTunnel::new(
+        settings,
+        Arc::new(api),
+        Arc::new(WsConnector::new(signer)?),
+    ))
 }
 
 /// A bound, ready proxy. Tests bind port 0 and read [`Proxy::local_addr`].
@@ -98,7 +173,10 @@ impl Proxy {
             via = %self.ctx.tunnel.describe(),
             "ready for connections"
         );
+        let ctx = self.ctx.clone();
         self.listeners.run(self.ctx, shutdown).await;
+        // After the drain: no connection needs the tunnel any more (SSM: TerminateSession).
+        ctx.tunnel.shutdown().await;
     }
 }
 

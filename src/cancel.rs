@@ -17,11 +17,7 @@ pub async fn forward(ctx: &TargetContext, cancel: &CancelRequest) -> Result<(), 
             phase: "opening the tunnel for a cancel request",
             secs: t.connect.as_secs(),
         })?
-        .map_err(|source| UpstreamError::Tunnel {
-            how: ctx.tunnel.describe(),
-            hint: ctx.tunnel.unreachable_hint(),
-            source,
-        })?;
+        .map_err(|e| upstream::tunnel_error(ctx, e))?;
     let mut stream = tokio::time::timeout(t.tls, upstream::start_tls(ctx, raw))
         .await
         .map_err(|_| UpstreamError::Timeout {

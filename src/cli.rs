@@ -22,6 +22,9 @@ Examples:
   rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --via direct
   psql -h localhost -p 6543 -U db_user postgres
 
+  # Through an SSM managed node in the VPC (no session-manager-plugin needed):
+  rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --via ssm --ssm-target i-0123456789abcdef0
+
   # Through a port forward you already run (TLS still verifies the endpoint name):
   rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --connect-addr 127.0.0.1:15432
 
@@ -71,6 +74,9 @@ pub enum Command {
 pub enum Via {
     /// Connect straight to the endpoint (or --connect-addr) over TCP.
     Direct,
+    /// Through an SSM Session Manager port-forwarding session on a managed node in the VPC
+    /// (--ssm-target); no session-manager-plugin needed.
+    Ssm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +126,29 @@ pub struct ProxyArgs {
     /// still verifies the endpoint name.
     #[arg(long, value_name = "HOST:PORT", env = "RDS_AUTH_PROXY_CONNECT_ADDR")]
     pub connect_addr: Option<String>,
+
+    /// SSM mode: the managed node that forwards to the database (instance id `i-…` or hybrid
+    /// node `mi-…`). It needs a running SSM Agent and network access to the endpoint's port;
+    /// you need ssm:StartSession on it and on the AWS-StartPortForwardingSessionToRemoteHost
+    /// document.
+    #[arg(long, value_name = "NODE_ID", env = "RDS_AUTH_PROXY_SSM_TARGET")]
+    pub ssm_target: Option<String>,
+
+    /// SSM mode: spread connections over up to N SSM sessions. One session carries ~1 MB/s
+    /// (AWS paces the data channel), so raise this for bulk transfers.
+    #[arg(long, value_name = "N", default_value_t = 1, env = "RDS_AUTH_PROXY_SSM_SESSIONS")]
+    pub ssm_sessions: usize,
+
+    /// SSM mode: close an SSM session after this many seconds without any connection; the
+    /// next connection opens a new one (about a second). While connections are open the
+    /// session is kept alive, whatever the account's idle session timeout.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "RDS_AUTH_PROXY_SSM_IDLE_TIMEOUT")]
+    pub ssm_idle_timeout: u64,
+
+    /// SSM mode: SigV4-sign the data channel WebSocket upgrade, as the newest
+    /// session-manager-plugin does. Off by default: the session token authenticates it.
+    #[arg(long, env = "RDS_AUTH_PROXY_SSM_SIGN_WEBSOCKET")]
+    pub ssm_sign_websocket: bool,
 
     /// AWS region for tokens. Default: taken from an *.rds.amazonaws.com endpoint name, else
     /// from the AWS configuration (AWS_REGION, profile).
@@ -175,6 +204,49 @@ pub struct SimArgs {
     /// Database users the simulated RDS treats as password (SCRAM) users instead of IAM users.
     #[arg(long, value_name = "USER", env = "RDS_AUTH_PROXY_SIM_PASSWORD_USER")]
     pub password_user: Vec<String>,
+
+    /// Simulated SSM: the AgentVersion the managed node reports in the handshake (clients use
+    /// mux only above 3.0.196.0).
+    #[arg(long, value_name = "VERSION", default_value = crate::sim::ssm::DEFAULT_AGENT_VERSION, env = "RDS_AUTH_PROXY_SIM_SSM_AGENT_VERSION")]
+    pub ssm_agent_version: String,
+    /// Simulated SSM: most bytes per agent → client Output message (AWS: 1024).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::sim::ssm::DEFAULT_PAYLOAD_CAP, value_parser = crate::sim::ssm::parse_payload_cap, env = "RDS_AUTH_PROXY_SIM_SSM_PAYLOAD_CAP")]
+    pub ssm_payload_cap: usize,
+    /// Simulated SSM: pause after each agent → client Output message, like the agent's 1 ms
+    /// (e.g. 1ms for AWS-like throughput). Default: no pacing.
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_PACING")]
+    pub ssm_pacing: Option<std::time::Duration>,
+    /// Simulated SSM: probability (0–1) that a data message, either direction, is lost.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = crate::sim::ssm::parse_rate, env = "RDS_AUTH_PROXY_SIM_SSM_DROP_RATE")]
+    pub ssm_drop_rate: f64,
+    /// Simulated SSM: probability (0–1) that a data message, either direction, arrives twice.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = crate::sim::ssm::parse_rate, env = "RDS_AUTH_PROXY_SIM_SSM_DUPLICATE_RATE")]
+    pub ssm_duplicate_rate: f64,
+    /// Simulated SSM: probability (0–1) that a data message, either direction, is held back
+    /// behind the next one.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = crate::sim::ssm::parse_rate, env = "RDS_AUTH_PROXY_SIM_SSM_REORDER_RATE")]
+    pub ssm_reorder_rate: f64,
+    /// Simulated SSM: seed of the fault generator, to replay a fault pattern.
+    #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_SIM_SSM_SEED")]
+    pub ssm_seed: u64,
+    /// Simulated SSM: reset each data channel WebSocket (no close frame) after this many
+    /// messages, counted in both directions.
+    #[arg(long, value_name = "N", env = "RDS_AUTH_PROXY_SIM_SSM_KILL_WS_AFTER_MESSAGES")]
+    pub ssm_kill_ws_after_messages: Option<u64>,
+    /// Simulated SSM: reset each data channel WebSocket this long after it opened (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_KILL_WS_AFTER")]
+    pub ssm_kill_ws_after: Option<std::time::Duration>,
+    /// Simulated SSM: close each WebSocket with `1000 Bye` this long after it opened, as AWS
+    /// does about hourly (e.g. 60m, or 10s to exercise reconnects).
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_BYE_AFTER")]
+    pub ssm_bye_after: Option<std::time::Duration>,
+    /// Simulated SSM: end a session after this long without data either way (AWS default:
+    /// 20m), with AWS's "timed out due to inactivity" message. Default: never.
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_IDLE_TIMEOUT")]
+    pub ssm_idle_timeout: Option<std::time::Duration>,
+    /// Simulated SSM: answer ResumeSession without a token, as for a session that timed out.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_REFUSE_RESUME")]
+    pub ssm_refuse_resume: bool,
 }
 
 #[derive(Debug, Clone, Args)]

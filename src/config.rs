@@ -23,7 +23,26 @@ pub struct ListenConfig {
 pub enum ViaConfig {
     /// Dial this `host:port`.
     Direct { connect_addr: String },
+    /// Through SSM port-forwarding sessions on a managed node.
+    Ssm(SsmConfig),
 }
+
+/// `--via ssm` settings; the node dials the target's endpoint and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsmConfig {
+    /// The managed node id (`i-…`, `mi-…`).
+    pub node: String,
+    /// Most SSM sessions open at once.
+    pub sessions: usize,
+    /// Terminate a session unused for this long.
+    pub idle_timeout: Duration,
+    /// SigV4-sign the WebSocket upgrade.
+    pub sign_websocket: bool,
+}
+
+/// Most `--ssm-sessions`: each is a WebSocket, a task and AWS-side state; beyond this it is
+/// almost certainly a typo.
+pub const MAX_SSM_SESSIONS: usize = 64;
 
 /// The validated configuration of one proxied target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +75,18 @@ pub enum ConfigError {
     MissingCaBundle(PathBuf),
     #[error("--db-user must not be empty")]
     EmptyDbUser,
+    #[error("--via ssm needs --ssm-target: the id of an SSM managed node that can reach the database, e.g. --ssm-target i-0123456789abcdef0")]
+    MissingSsmTarget,
+    #[error("--ssm-target {0:?} is not a managed node id (i-…, mi-…)")]
+    BadSsmTarget(String),
+    #[error("--ssm-sessions must be between 1 and {MAX_SSM_SESSIONS}, not {0}")]
+    BadSsmSessions(usize),
+    #[error("--ssm-idle-timeout must be at least 1 second")]
+    BadSsmIdleTimeout,
+    #[error("--{0} only applies with --via ssm")]
+    SsmFlagWithoutSsm(&'static str),
+    #[error("--connect-addr only applies with --via direct")]
+    ConnectAddrWithSsm,
 }
 
 impl Config {
@@ -74,8 +105,12 @@ impl Config {
                     }
                     None => format!("{endpoint}:{port}"),
                 };
+                if args.ssm_target.is_some() {
+                    return Err(ConfigError::SsmFlagWithoutSsm("ssm-target"));
+                }
                 ViaConfig::Direct { connect_addr }
             }
+            Via::Ssm => ViaConfig::Ssm(ssm_config(args)?),
         };
         if let Some(dir) = &args.unix_socket {
             if !dir.is_dir() {
@@ -108,6 +143,35 @@ impl Config {
             port,
         })
     }
+}
+
+fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
+    if args.connect_addr.is_some() {
+        return Err(ConfigError::ConnectAddrWithSsm);
+    }
+    let node = args.ssm_target.as_deref().ok_or(ConfigError::MissingSsmTarget)?;
+    if !is_managed_node_id(node) {
+        return Err(ConfigError::BadSsmTarget(node.to_owned()));
+    }
+    if args.ssm_sessions == 0 || args.ssm_sessions > MAX_SSM_SESSIONS {
+        return Err(ConfigError::BadSsmSessions(args.ssm_sessions));
+    }
+    if args.ssm_idle_timeout == 0 {
+        return Err(ConfigError::BadSsmIdleTimeout);
+    }
+    Ok(SsmConfig {
+        node: node.to_owned(),
+        sessions: args.ssm_sessions,
+        idle_timeout: Duration::from_secs(args.ssm_idle_timeout),
+        sign_websocket: args.ssm_sign_websocket,
+    })
+}
+
+/// `i-` or `mi-` followed by hex, as EC2 and hybrid activations name nodes. Other targets
+/// (ECS tasks) are not port-forwarding nodes for us.
+fn is_managed_node_id(id: &str) -> bool {
+    let hex = id.strip_prefix("i-").or_else(|| id.strip_prefix("mi-"));
+    hex.is_some_and(|h| (8..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// `ENDPOINT[:PORT]` → (endpoint, port).
@@ -206,6 +270,52 @@ mod tests {
         assert_eq!(c.listen.address.port(), 7000);
         assert_eq!(c.db_user.as_deref(), Some("iam"));
         assert_eq!(c.via, ViaConfig::Direct { connect_addr: "127.0.0.1:9999".into() });
+    }
+
+    #[test]
+    fn ssm_flags_table() {
+        let t = "db.x.eu-west-1.rds.amazonaws.com";
+        let ok = |extra: &[&str]| {
+            let mut v = vec!["--target", t, "--via", "ssm"];
+            v.extend_from_slice(extra);
+            Config::from_args(&args(&v))
+        };
+        assert_eq!(
+            ok(&["--ssm-target", "i-0123456789abcdef0"]).unwrap().via,
+            ViaConfig::Ssm(SsmConfig {
+                node: "i-0123456789abcdef0".into(),
+                sessions: 1,
+                idle_timeout: Duration::from_secs(300),
+                sign_websocket: false,
+            })
+        );
+        assert_eq!(
+            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "4", "--ssm-idle-timeout", "60", "--ssm-sign-websocket"])
+                .unwrap()
+                .via,
+            ViaConfig::Ssm(SsmConfig {
+                node: "mi-0123456789abcdef0".into(),
+                sessions: 4,
+                idle_timeout: Duration::from_secs(60),
+                sign_websocket: true,
+            })
+        );
+        let cases: [(&[&str], ConfigError); 7] = [
+            (&[], ConfigError::MissingSsmTarget),
+            (&["--ssm-target", "web-server"], ConfigError::BadSsmTarget("web-server".into())),
+            (&["--ssm-target", "i-xyz"], ConfigError::BadSsmTarget("i-xyz".into())),
+            (&["--ssm-target", "i-0123456789abcdef0", "--ssm-sessions", "0"], ConfigError::BadSsmSessions(0)),
+            (&["--ssm-target", "i-0123456789abcdef0", "--ssm-sessions", "65"], ConfigError::BadSsmSessions(65)),
+            (&["--ssm-target", "i-0123456789abcdef0", "--ssm-idle-timeout", "0"], ConfigError::BadSsmIdleTimeout),
+            (&["--ssm-target", "i-0123456789abcdef0", "--connect-addr", "127.0.0.1:1"], ConfigError::ConnectAddrWithSsm),
+        ];
+        for (extra, expected) in cases {
+            assert_eq!(ok(extra), Err(expected), "{extra:?}");
+        }
+        assert_eq!(
+            Config::from_args(&args(&["--target", t, "--ssm-target", "i-0123456789abcdef0"])),
+            Err(ConfigError::SsmFlagWithoutSsm("ssm-target"))
+        );
     }
 
     #[test]

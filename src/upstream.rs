@@ -177,14 +177,7 @@ async fn attempt(
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts;
     let raw = timed("opening the tunnel", t.connect, async {
-        ctx.tunnel
-            .open()
-            .await
-            .map_err(|source| UpstreamError::Tunnel {
-                how: ctx.tunnel.describe(),
-                hint: ctx.tunnel.unreachable_hint(),
-                source,
-            })
+        ctx.tunnel.open().await.map_err(|e| tunnel_error(ctx, e))
     })
     .await?;
     let mut stream = timed("negotiating TLS", t.tls, start_tls(ctx, raw)).await?;
@@ -200,6 +193,17 @@ async fn attempt(
     .await
 }
 
+/// A tunnel failure with the tunnel's own hint when it has one.
+pub fn tunnel_error(ctx: &TargetContext, source: TunnelError) -> UpstreamError {
+    UpstreamError::Tunnel {
+        how: ctx.tunnel.describe(),
+        hint: source
+            .hint()
+            .unwrap_or_else(|| ctx.tunnel.unreachable_hint()),
+        source,
+    }
+}
+
 /// SSLRequest, exactly one byte of answer, then the TLS handshake with SNI and verify-full
 /// against the endpoint name (never the address we dialled).
 pub async fn start_tls(
@@ -207,10 +211,16 @@ pub async fn start_tls(
     mut raw: TunnelStream,
 ) -> Result<TlsStream<TunnelStream>, UpstreamError> {
     let endpoint = &ctx.target.endpoint;
-    raw.write_all(&SSL_REQUEST).await.map_err(UpstreamError::Io)?;
-    raw.flush().await.map_err(UpstreamError::Io)?;
+    // The first bytes through a tunnel are where a tunnel-level failure shows up (SSM: the node
+    // could not reach the database), so I/O errors here are explained as tunnel errors.
+    let stream_error = |e: std::io::Error| match TunnelError::from_stream_error(&e) {
+        Some(source) => tunnel_error(ctx, source),
+        None => UpstreamError::Io(e),
+    };
+    raw.write_all(&SSL_REQUEST).await.map_err(stream_error)?;
+    raw.flush().await.map_err(stream_error)?;
     let mut answer = [0u8; 1];
-    match raw.read(&mut answer).await.map_err(UpstreamError::Io)? {
+    match raw.read(&mut answer).await.map_err(stream_error)? {
         0 => return Err(UpstreamError::Closed),
         _ if answer[0] == b'S' => {}
         // `N`, or an ErrorResponse from an old server: never shown (it is unauthenticated).

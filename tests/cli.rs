@@ -44,9 +44,11 @@ fn spawn_until_ready(mut cmd: Command) -> (Child, u16, std::sync::mpsc::Receiver
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("proxy logs a ready line");
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the proxy did not log a ready line");
+        };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if v["fields"]["message"] == "ready for connections" {
             let listen = v["fields"]["listen"].as_str().unwrap().to_owned();

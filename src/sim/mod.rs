@@ -8,5 +8,6 @@ pub mod postgres;
 pub mod rds;
 pub mod runner;
 pub mod sigv4;
+pub mod ssm;
 
 pub use runner::{SimOptions, Simulator};

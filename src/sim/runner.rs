@@ -1,7 +1,7 @@
 //! Starting the simulator as one unit ([`Simulator`]), the `sim` command's stdout contract
 //! (`export NAME=value` lines, then `ready`), and the `demo` command.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use super::certs::SimCa;
 use super::postgres::{PgCluster, PgClusterOptions, DB_USER};
 use super::rds::{RdsFront, RdsFrontConfig, RdsFrontState};
 use super::sigv4::SimCredentials;
+use super::ssm::{SsmSim, SsmSimOptions};
 use crate::cli::{DemoArgs, SimArgs};
 
 /// The region every simulated resource lives in.
@@ -33,6 +34,8 @@ pub struct SimOptions {
     pub password_users: Vec<String>,
     /// Extra postgresql.conf lines.
     pub pg_extra_conf: Vec<String>,
+    /// The simulated SSM service's knobs (faults, pacing, timeouts).
+    pub ssm: SsmSimOptions,
 }
 
 impl Default for SimOptions {
@@ -41,6 +44,7 @@ impl Default for SimOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             password_users: Vec::new(),
             pg_extra_conf: Vec::new(),
+            ssm: SsmSimOptions::default(),
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct Simulator {
     pub front_state: Arc<RdsFrontState>,
     pub ca: SimCa,
     pub ca_file: PathBuf,
+    /// The SSM API and data channel, whose managed node reaches [`SIM_ENDPOINT`] at the front.
+    pub ssm: SsmSim,
     front_task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -93,6 +99,13 @@ impl Simulator {
         let front_addr = front.local_addr()?;
         let front_state = front.state();
         let front_task = tokio::spawn(front.run());
+        let ssm = SsmSim::start(
+            options.ssm.clone(),
+            credentials.clone(),
+            SIM_REGION,
+            HashMap::from([(SIM_ENDPOINT.to_owned(), front_addr)]),
+        )
+        .await?;
         Ok(Simulator {
             postgres,
             credentials,
@@ -100,6 +113,7 @@ impl Simulator {
             front_state,
             ca,
             ca_file,
+            ssm,
             front_task,
             _dir: dir,
         })
@@ -114,11 +128,20 @@ impl Simulator {
         )
     }
 
-    /// The proxy command line that works against this simulator.
+    /// The proxy command line that works against this simulator: through the simulated SSM
+    /// tunnel (with `AWS_ENDPOINT_URL_SSM` from [`Simulator::exports`] set).
     pub fn proxy_command(&self) -> String {
-        let exe = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "rds-auth-proxy".into());
+        format!(
+            "{exe} --target {SIM_ENDPOINT}:{SIM_DB_PORT} --via ssm --ssm-target {node} --ca-bundle {ca}",
+            exe = current_exe(),
+            node = self.ssm.target_id(),
+            ca = self.ca_file.display()
+        )
+    }
+
+    /// The proxy command line that skips SSM and dials the simulated RDS front directly.
+    pub fn direct_proxy_command(&self) -> String {
+        let exe = current_exe();
         format!(
             "{exe} --target {SIM_ENDPOINT}:{SIM_DB_PORT} --via direct --connect-addr {} --ca-bundle {}",
             self.front_addr,
@@ -139,14 +162,41 @@ impl Simulator {
             ("SIM_DB_NAME", SIM_DB_NAME.to_owned()),
             ("SIM_CA_FILE", self.ca_file.display().to_string()),
             ("SIM_PROXY_CMD", self.proxy_command()),
+            ("AWS_ENDPOINT_URL_SSM", self.ssm.endpoint_url()),
+            ("SIM_SSM_TARGET", self.ssm.target_id().to_owned()),
         ]
     }
 
     pub async fn stop(self) {
+        self.ssm.stop();
         self.front_task.abort();
         if let Err(e) = self.postgres.stop().await {
             tracing::warn!(error = %e, "stopping the simulator's PostgreSQL failed");
         }
+    }
+}
+
+fn current_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "rds-auth-proxy".into())
+}
+
+/// The `sim` flags' SSM knobs.
+fn ssm_options(args: &SimArgs) -> SsmSimOptions {
+    SsmSimOptions {
+        agent_version: args.ssm_agent_version.clone(),
+        payload_cap: args.ssm_payload_cap,
+        pacing: args.ssm_pacing,
+        drop_rate: args.ssm_drop_rate,
+        duplicate_rate: args.ssm_duplicate_rate,
+        reorder_rate: args.ssm_reorder_rate,
+        seed: args.ssm_seed,
+        kill_ws_after_messages: args.ssm_kill_ws_after_messages,
+        kill_ws_after: args.ssm_kill_ws_after,
+        bye_after: args.ssm_bye_after,
+        idle_timeout: args.ssm_idle_timeout,
+        refuse_resume: args.ssm_refuse_resume,
     }
 }
 
@@ -165,9 +215,11 @@ pub fn shell_quote(s: &str) -> String {
 
 /// `rds-auth-proxy sim`.
 pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
+    let ssm = ssm_options(&args);
     let sim = Simulator::start(SimOptions {
         listen: args.listen,
         password_users: args.password_user,
+        ssm,
         ..SimOptions::default()
     })
     .await?;
@@ -177,7 +229,7 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     }
     out.push_str("ready\n");
     print_flush(&out);
-    tracing::info!(rds_front = %sim.front_addr, postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
+    tracing::info!(rds_front = %sim.front_addr, ssm = %sim.ssm.endpoint_url(), postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
     let code = shutdown.await;
     sim.stop().await;
     Ok(if code == 143 || code == 130 { 0 } else { code })
@@ -192,30 +244,36 @@ fn print_flush(s: &str) {
 
 /// `rds-auth-proxy demo`: simulator + proxy on 127.0.0.1:<port>.
 pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
-    use crate::app::{Credentials, Proxy};
+    use crate::app::{AwsSetup, Proxy};
     use crate::cli::Cli;
     use clap::Parser;
 
-    eprintln!("Starting the simulated RDS (TLS + IAM check) and a throwaway PostgreSQL…");
+    eprintln!("Starting the simulated SSM service, RDS (TLS + IAM check) and a throwaway PostgreSQL…");
     let sim = Simulator::start(SimOptions::default()).await?;
     let port = args.port.to_string();
     let front = sim.front_addr.to_string();
     let ca = sim.ca_file.display().to_string();
     let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
+    let node = sim.ssm.target_id().to_owned();
     let cli = Cli::try_parse_from([
-        "rds-auth-proxy", "--target", &target, "--via", "direct", "--connect-addr", &front,
+        "rds-auth-proxy", "--target", &target, "--via", "ssm", "--ssm-target", &node,
         "--ca-bundle", &ca, "--port", &port,
     ])?;
     let config = crate::config::Config::from_args(&cli.proxy)?;
-    let proxy = Proxy::bind(&config, Credentials::Fixed(sim.aws_credentials())).await?;
+    let setup = AwsSetup {
+        credentials: sim.aws_credentials(),
+        ssm_endpoint: Some(sim.ssm.endpoint_url()),
+    };
+    let proxy = Proxy::bind(&config, setup.into()).await?;
     let addr = proxy.local_addr();
     print_flush(&format!(
         "\nrds-auth-proxy demo is running.\n\n\
-         \x20 client ──▶ proxy {addr} ──TLS verify-full──▶ simulated RDS {SIM_ENDPOINT} ({front}) ──▶ PostgreSQL {pg}\n\n\
+         \x20 client ──▶ proxy {addr} ══SSM tunnel via {node} ({ssm})══▶ TLS verify-full ──▶ simulated RDS {SIM_ENDPOINT} ({front}) ──▶ PostgreSQL {pg}\n\n\
          In another terminal, connect without a password:\n\n\
          \x20   psql -h {host} -p {p} -U {DB_USER} {SIM_DB_NAME}\n\n\
          Try: SELECT current_user;   Stop the demo with Ctrl-C.\n\n",
         pg = sim.postgres.addr(),
+        ssm = sim.ssm.endpoint_url(),
         host = addr.ip(),
         p = addr.port(),
     ));

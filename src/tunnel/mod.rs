@@ -1,5 +1,5 @@
 //! How bytes reach the upstream's port: straight over TCP ([`direct`]) or through an SSM
-//! Session Manager port-forwarding session. A tunnel only moves bytes; TLS and authentication run
+//! Session Manager port-forwarding session ([`ssm`], spoken natively). A tunnel only moves bytes; TLS and authentication run
 //! on top of whatever stream it returns, so every tunnel gets the same verify-full upstream.
 
 pub mod direct;
@@ -18,6 +18,8 @@ pub type TunnelStream = Box<dyn TunnelIo>;
 #[derive(Debug, Clone)]
 pub enum Tunnel {
     Direct(direct::Direct),
+    /// Through a managed node in the VPC; sessions are shared and outlive connections.
+    Ssm(ssm::SsmTunnel),
 }
 
 /// Why the upstream's port could not be reached.
@@ -35,6 +37,24 @@ pub enum TunnelError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ssm(#[from] ssm::SsmError),
+}
+
+impl TunnelError {
+    /// A hint specific to this failure, better than [`Tunnel::unreachable_hint`] when present.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            TunnelError::Ssm(e) => Some(e.hint()),
+            TunnelError::Connect { .. } | TunnelError::Resolve { .. } => None,
+        }
+    }
+
+    /// Recovers a tunnel failure that surfaced as a stream read/write error (an SSM node that
+    /// could not dial the database reports it on the first read, not at open).
+    pub fn from_stream_error(err: &std::io::Error) -> Option<TunnelError> {
+        ssm::SsmError::from_io(err).cloned().map(TunnelError::Ssm)
+    }
 }
 
 impl Tunnel {
@@ -42,6 +62,7 @@ impl Tunnel {
     pub async fn open(&self) -> Result<TunnelStream, TunnelError> {
         match self {
             Tunnel::Direct(d) => Ok(Box::new(d.open().await?)),
+            Tunnel::Ssm(t) => Ok(Box::new(t.open().await?)),
         }
     }
 
@@ -49,6 +70,7 @@ impl Tunnel {
     pub fn describe(&self) -> String {
         match self {
             Tunnel::Direct(d) => format!("direct to {}", d.addr()),
+            Tunnel::Ssm(t) => t.describe(),
         }
     }
 
@@ -60,6 +82,28 @@ impl Tunnel {
                  --via ssm to go through an SSM managed node in the VPC.",
                 d.addr()
             ),
+            Tunnel::Ssm(t) => {
+                let s = t.settings();
+                format!(
+                    "Check that the SSM managed node {} is online (`aws ssm \
+                     describe-instance-information`), that your identity may ssm:StartSession \
+                     on it and on the document {}, and that the node can reach {}:{} \
+                     (security groups).",
+                    s.target,
+                    ssm::api::DOCUMENT_NAME,
+                    s.host,
+                    s.port
+                )
+            }
+        }
+    }
+
+    /// Ends what the tunnel keeps open between connections (SSM sessions: TerminateSession).
+    /// Call after the listeners have drained.
+    pub async fn shutdown(&self) {
+        match self {
+            Tunnel::Direct(_) => {}
+            Tunnel::Ssm(t) => t.shutdown().await,
         }
     }
 }

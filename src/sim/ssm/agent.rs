@@ -1,0 +1,936 @@
+//! One simulated session as MGS plus the SSM agent run it (`ssm-protocol.md` §3–§5): the
+//! HandshakeRequest/Complete exchange, per-message acks, reordering and resends over the
+//! `reliable` state machines, mode selection from the client's version, the Flag messages,
+//! the idle timeout and the closing `channel_closed`. The state outlives WebSocket
+//! connections, so a client that resumes continues with the same sequence numbers.
+
+use std::cmp::Ordering;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use uuid::Uuid;
+
+use super::port::{self, PortEvent, PortHandle};
+use super::{bump, Fault, Inner, SessionInfo};
+use crate::tunnel::ssm::handshake::{
+    self, ActionStatus, HandshakeCompletePayload, HandshakeResponsePayload,
+    AGENT_KEEPALIVE_OFF_AFTER_CLIENT_VERSION, LOCAL_PORT_FORWARDING, MUX_MIN_CLIENT_VERSION,
+};
+use crate::tunnel::ssm::message::{
+    header_flags, message_type, now_millis, AcknowledgeContent, ChannelClosed, ClientMessage,
+    FlagPayload, PayloadType,
+};
+use crate::tunnel::ssm::reliable::{self, Delivery, Incoming, Outgoing};
+
+/// First agent release that turns its smux keepalive off for new clients (3.1.1575.0 release
+/// notes); older agents always keep it on.
+const AGENT_KEEPALIVE_GATE_SINCE: &str = "3.1.1575.0";
+
+/// The agent's `handshakeTimeout`: how long it waits for the HandshakeResponse.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the agent says when the handshake times out.
+const HANDSHAKE_TIMEOUT_TEXT: &str =
+    "Handshake timed out. Please ensure that you have the latest version of the session manager plugin.";
+
+/// The service's idle-timeout close reason (agent issue #261).
+pub(super) const IDLE_TIMEOUT_TEXT: &str =
+    "Your session timed out due to inactivity and has been terminated.";
+
+/// Events queued from connections and the API to the session task. Bounded, so a client that
+/// sends faster than the agent processes is slowed down by TCP instead of growing memory.
+const EVENT_QUEUE: usize = 256;
+
+/// Messages a held-back (reordered) frame may wait before it is released anyway.
+const HOLD_MAX: Duration = Duration::from_millis(20);
+
+/// Unacked agent messages kept for resending. The agent keeps 100 000; 10 000 (≈10 MiB at 1 KiB)
+/// is far beyond any loopback RTT and keeps a stuck client from pinning 100 MiB.
+const OUTGOING_WINDOW: usize = 10_000;
+
+/// Out-of-order client messages buffered (the agent allows 100 000; see [`OUTGOING_WINDOW`]).
+const INCOMING_CAPACITY: usize = 10_000;
+
+/// Client Output bytes queued towards the target before the agent stops acking new Output
+/// (the agent's `ErrHandlerNotReady`: no ack, the client resends later).
+const PORT_BACKLOG_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Free slots the connection's send queue needs before more target data is read; below it the
+/// agent pauses reading, as it does while MGS has paused publication.
+const WS_QUEUE_RESERVE: usize = 64;
+
+/// Input to a session task.
+pub(super) enum Event {
+    /// A WebSocket presented a valid token and now carries the session.
+    Attach {
+        /// Identifies the connection in later events.
+        conn: u64,
+        /// Where frames for this connection go.
+        out: mpsc::Sender<WsOut>,
+        /// ClientId from OpenDataChannel, if any.
+        client_id: Option<String>,
+    },
+    /// One binary frame from a connection.
+    Frame { conn: u64, frame: Bytes },
+    /// A connection is gone.
+    Detach { conn: u64 },
+    /// The TerminateSession API was called.
+    Terminate,
+}
+
+/// What a session asks its connection to do.
+#[derive(Debug)]
+pub(super) enum WsOut {
+    /// Send one binary frame.
+    Binary(Bytes),
+    /// Send one binary frame replayed after a reconnect (not counted by the kill knob).
+    Replay(Bytes),
+    /// Send a close frame and stop.
+    Close { code: u16, reason: &'static str },
+}
+
+/// Why a session ended; decides the `channel_closed` Output.
+#[derive(Debug)]
+enum End {
+    TerminateFlag,
+    TerminateApi,
+    IdleTimeout,
+    HandshakeTimeout,
+    /// The client refused an action or sent an unreadable response.
+    HandshakeFailed(String),
+    /// The port plugin failed (basic-mode dial, smux session death).
+    PortFailed(String),
+    /// Internal limits (sequence space) or the simulator is stopping.
+    Stopped(String),
+}
+
+impl End {
+    fn output(&self) -> String {
+        match self {
+            End::IdleTimeout => IDLE_TIMEOUT_TEXT.to_owned(),
+            End::HandshakeTimeout => HANDSHAKE_TIMEOUT_TEXT.to_owned(),
+            End::HandshakeFailed(text) | End::PortFailed(text) | End::Stopped(text) => text.clone(),
+            // Nothing documents a reason for a requested termination; MGS is assumed to send none.
+            End::TerminateFlag | End::TerminateApi => String::new(),
+        }
+    }
+}
+
+/// The part of a session that the API and connections share with its task.
+pub(super) struct SessionShared {
+    /// SessionId.
+    pub(super) id: String,
+    /// Tokens issued and not yet presented. Single use: a token opens one connection.
+    tokens: Mutex<Vec<String>>,
+    /// Into the session task.
+    events: mpsc::Sender<Event>,
+    /// What tests may inspect.
+    info: Mutex<SessionInfo>,
+    /// True once the session is over (set after its `channel_closed` was queued).
+    ended: watch::Sender<bool>,
+}
+
+impl SessionShared {
+    fn tokens(&self) -> MutexGuard<'_, Vec<String>> {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn info_mut(&self) -> MutexGuard<'_, SessionInfo> {
+        self.info.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn info(&self) -> SessionInfo {
+        self.info_mut().clone()
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// A fresh stream token, or `None` once the session is over.
+    pub(super) fn issue_token(&self) -> Option<String> {
+        if self.is_ended() {
+            return None;
+        }
+        let token = new_token();
+        self.tokens().push(token.clone());
+        Some(token)
+    }
+
+    /// Consumes `token` if it was issued for this session and not used yet.
+    pub(super) fn take_token(&self, token: &str) -> bool {
+        let mut tokens = self.tokens();
+        match tokens.iter().position(|t| t == token) {
+            Some(i) => {
+                tokens.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn events(&self) -> mpsc::Sender<Event> {
+        self.events.clone()
+    }
+
+    /// Ends the session (TerminateSession API) and waits briefly until it has, so callers see
+    /// the effect as soon as the API call returns.
+    pub(super) async fn terminate(&self) {
+        let mut ended = self.ended.subscribe();
+        if *ended.borrow() {
+            return;
+        }
+        if self.events.send(Event::Terminate).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ended.wait_for(|e| *e)).await;
+    }
+}
+
+/// A random stream token: long and opaque like the service's.
+fn new_token() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 160)
+}
+
+/// Creates a session and starts its agent. The HandshakeRequest is queued at once, so the
+/// 15 s handshake timer runs from StartSession, as it does on AWS.
+pub(super) fn start(
+    inner: &Arc<Inner>,
+    id: String,
+    properties: serde_json::Value,
+) -> Arc<SessionShared> {
+    let (events, rx) = mpsc::channel(EVENT_QUEUE);
+    let shared = Arc::new(SessionShared {
+        id,
+        tokens: Mutex::default(),
+        events,
+        info: Mutex::default(),
+        ended: watch::Sender::new(false),
+    });
+    bump(&inner.stats.active_sessions);
+    tokio::spawn(run(inner.clone(), shared.clone(), properties, rx));
+    shared
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    shared: Arc<SessionShared>,
+    properties: serde_json::Value,
+    mut events: mpsc::Receiver<Event>,
+) {
+    let mut agent = Agent::new(inner, shared, properties);
+    let end = match agent.send_handshake_request() {
+        Ok(()) => agent.run(&mut events).await,
+        Err(end) => end,
+    };
+    agent.finish(end).await;
+}
+
+/// Where the handshake is.
+enum Phase {
+    /// HandshakeRequest sent at this time; waiting for the response.
+    AwaitingResponse { sent_at: Instant },
+    /// HandshakeComplete sent; the port plugin runs.
+    Complete,
+}
+
+/// The session task's state.
+struct Agent {
+    inner: Arc<Inner>,
+    shared: Arc<SessionShared>,
+    /// Document properties, sent in the handshake and used to dial.
+    properties: serde_json::Value,
+    /// The AgentVersion this session's HandshakeRequest announced; the mode follows from it.
+    agent_version: String,
+    /// Agent → client numbering, unacked frames and RTO.
+    out: Outgoing,
+    /// Client → agent ordering.
+    inc: Incoming<ClientMessage>,
+    /// The connection currently carrying the session.
+    ws: Option<(u64, mpsc::Sender<WsOut>)>,
+    phase: Phase,
+    /// The port plugin once the handshake is complete.
+    port: Option<PortHandle>,
+    /// Its output towards the client; `None` before it starts or after it finished.
+    port_events: Option<mpsc::Receiver<PortEvent>>,
+    /// Last stream data in either direction, for the idle timeout.
+    last_activity: Instant,
+    /// Pacing: no new Output before this.
+    next_output_at: Instant,
+    /// An outgoing frame held back by the reorder fault, and since when.
+    held_out: Option<(Bytes, Instant)>,
+    /// An incoming message held back by the reorder fault, and since when.
+    held_in: Option<(ClientMessage, Instant)>,
+}
+
+impl Agent {
+    fn new(inner: Arc<Inner>, shared: Arc<SessionShared>, properties: serde_json::Value) -> Self {
+        let config = reliable::Config {
+            outgoing_window: OUTGOING_WINDOW,
+            incoming_capacity: INCOMING_CAPACITY,
+            ..reliable::Config::default()
+        };
+        let now = Instant::now();
+        Self {
+            inner,
+            shared,
+            properties,
+            agent_version: String::new(),
+            out: Outgoing::new(config.clone()),
+            inc: Incoming::new(&config),
+            ws: None,
+            phase: Phase::AwaitingResponse { sent_at: now },
+            port: None,
+            port_events: None,
+            last_activity: now,
+            next_output_at: now,
+            held_out: None,
+            held_in: None,
+        }
+    }
+
+    fn send_handshake_request(&mut self) -> Result<(), End> {
+        /// Go's struct field order (`SessionType`, then `Properties`), which a `serde_json::Value`
+        /// would sort the other way round.
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct SessionTypeRequest<'a> {
+            session_type: &'a str,
+            properties: &'a serde_json::Value,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Action<'a> {
+            action_type: &'a str,
+            action_parameters: SessionTypeRequest<'a>,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Request<'a> {
+            agent_version: &'a str,
+            requested_client_actions: [Action<'a>; 1],
+        }
+        self.agent_version = self.inner.knobs.read(|o| o.agent_version.clone());
+        let agent_version = self.agent_version.clone();
+        let request = Request {
+            agent_version: &agent_version,
+            requested_client_actions: [Action {
+                action_type: handshake::ACTION_SESSION_TYPE,
+                action_parameters: SessionTypeRequest {
+                    session_type: handshake::SESSION_TYPE_PORT,
+                    properties: &self.properties,
+                },
+            }],
+        };
+        let payload = serde_json::to_vec(&request)
+            .map_err(|e| End::Stopped(format!("cannot encode HandshakeRequest: {e}")))?;
+        self.phase = Phase::AwaitingResponse {
+            sent_at: Instant::now(),
+        };
+        self.push(PayloadType::HandshakeRequest, Bytes::from(payload))
+    }
+
+    async fn run(&mut self, events: &mut mpsc::Receiver<Event>) -> End {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut knobs = self.inner.knobs.subscribe();
+        loop {
+            if *shutdown.borrow_and_update() {
+                return End::Stopped("The simulator is shutting down.".to_owned());
+            }
+            let now = Instant::now();
+            let (idle_timeout, pacing) = self.inner.knobs.read(|o| (o.idle_timeout, o.pacing));
+            let idle_at = idle_timeout.map(|t| self.last_activity + t);
+            let handshake_at = match self.phase {
+                Phase::AwaitingResponse { sent_at } => Some(sent_at + HANDSHAKE_TIMEOUT),
+                Phase::Complete => None,
+            };
+            let resend_at = if self.ws.is_some() {
+                self.out.next_resend_at()
+            } else {
+                None
+            };
+            let held_at = [
+                self.held_out.as_ref().map(|h| h.1),
+                self.held_in.as_ref().map(|h| h.1),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t + HOLD_MAX);
+            let port_open = self.port_events.is_some() && self.out.has_room() && self.ws_has_room();
+            let paced = port_open && pacing.is_some() && self.next_output_at > now;
+            let wake_at = [
+                idle_at,
+                handshake_at,
+                resend_at,
+                held_at,
+                paced.then_some(self.next_output_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+
+            let result = tokio::select! {
+                biased;
+                _ = shutdown.changed() => continue,
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => Err(End::Stopped("The session's event queue closed.".to_owned())),
+                },
+                event = recv_port(&mut self.port_events), if port_open && !paced => match event {
+                    Some(event) => self.on_port_event(event, pacing),
+                    None => {
+                        self.port_events = None;
+                        Ok(())
+                    }
+                },
+                _ = knobs.changed() => Ok(()),
+                _ = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => {
+                    self.on_timer(idle_at, handshake_at)
+                }
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    fn ws_has_room(&self) -> bool {
+        self.ws
+            .as_ref()
+            .is_some_and(|(_, tx)| tx.capacity() >= WS_QUEUE_RESERVE)
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), End> {
+        match event {
+            Event::Attach {
+                conn,
+                out,
+                client_id,
+            } => {
+                {
+                    let mut info = self.shared.info_mut();
+                    if info.client_id.is_none() {
+                        info.client_id = client_id;
+                    }
+                }
+                // A newer connection replaces the old one; dropping its sender closes it.
+                self.ws = Some((conn, out));
+                self.held_out = None;
+                // Sequence numbers survive reconnects; whatever the client has not acked is
+                // replayed right away (§4.6).
+                eprintln!("DBG attach conn={conn} unacked={} next_out={} expected_in={} buffered_in={}", self.out.unacked_len(), self.out.next_sequence_number(), self.inc.expected(), self.inc.buffered_len());
+                for frame in self.out.replay(Instant::now()) {
+                    self.transmit(frame, true);
+                }
+                Ok(())
+            }
+            Event::Detach { conn } => {
+                eprintln!("DBG agent detach conn={conn} current={:?}", self.ws.as_ref().map(|w| w.0));
+                if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.ws = None;
+                    self.held_out = None;
+                }
+                Ok(())
+            }
+            Event::Frame { conn, frame } => {
+                if self.ws.is_none() { eprintln!("DBG agent event frame conn={conn} current={:?}", self.ws.as_ref().map(|w| w.0)); }
+                if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.on_frame(&frame)
+                } else {
+                    Ok(())
+                }
+            }
+            Event::Terminate => Err(End::TerminateApi),
+        }
+    }
+
+    fn on_frame(&mut self, frame: &Bytes) -> Result<(), End> {
+        let message = match ClientMessage::decode_bytes(frame) {
+            Ok(message) => message,
+            Err(e) => {
+                // The agent logs and drops frames it cannot parse; so do we.
+                tracing::debug!(session = %self.shared.id, error = %e, "simulated agent: bad frame dropped");
+                return Ok(());
+            }
+        };
+        match message.message_type.as_str() {
+            message_type::ACKNOWLEDGE => {
+                match message.json_payload::<AcknowledgeContent>("acknowledge") {
+                    Ok(ack) => {
+                        self.out
+                            .on_ack(ack.acknowledged_message_sequence_number, Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::debug!(session = %self.shared.id, error = %e, "simulated agent: bad ack dropped");
+                    }
+                }
+                Ok(())
+            }
+            message_type::INPUT_STREAM_DATA => match self.inner.roll_fault() {
+                Fault::Drop => Ok(()),
+                Fault::Duplicate => {
+                    self.on_stream(message.clone())?;
+                    self.on_stream(message)?;
+                    self.release_held_in()
+                }
+                Fault::Reorder if self.held_in.is_none() => {
+                    self.held_in = Some((message, Instant::now()));
+                    Ok(())
+                }
+                Fault::Reorder | Fault::None => {
+                    self.on_stream(message)?;
+                    self.release_held_in()
+                }
+            },
+            other => {
+                tracing::debug!(session = %self.shared.id, message_type = other, "simulated agent: message ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn release_held_in(&mut self) -> Result<(), End> {
+        match self.held_in.take() {
+            Some((message, _)) => self.on_stream(message),
+            None => Ok(()),
+        }
+    }
+
+    /// One `input_stream_data`, after the fault injection: ack, order, deliver (§4.2).
+    fn on_stream(&mut self, message: ClientMessage) -> Result<(), End> {
+        let seq = message.sequence_number;
+        if seq == self.inc.expected() && !self.ready_for(&message) {
+            eprintln!("DBG not ready seq={seq} backlog={:?}", self.port.as_ref().map(|p| p.backlog()));
+            // ErrHandlerNotReady: neither acked nor consumed, so the client resends it later.
+            return Ok(());
+        }
+        let delivery = self.inc.on_message(seq, message.clone());
+        if delivery.should_ack() {
+            self.send_ack(&message);
+        }
+        match delivery {
+            Delivery::Deliver(ready) => {
+                for message in ready {
+                    self.deliver(message)?;
+                }
+            }
+            Delivery::Duplicate => bump(&self.inner.stats.duplicates_reacked),
+            Delivery::Buffered | Delivery::Dropped => {}
+        }
+        Ok(())
+    }
+
+    fn ready_for(&self, message: &ClientMessage) -> bool {
+        message.payload_type != PayloadType::Output
+            || self
+                .port
+                .as_ref()
+                .is_none_or(|port| port.backlog() < PORT_BACKLOG_LIMIT)
+    }
+
+    fn send_ack(&mut self, message: &ClientMessage) {
+        match ClientMessage::ack_for(message) {
+            Ok(ack) => self.send_ws(WsOut::Binary(ack.encode())),
+            Err(e) => {
+                tracing::warn!(session = %self.shared.id, error = %e, "simulated agent: cannot build ack");
+            }
+        }
+    }
+
+    /// A client message in sequence.
+    fn deliver(&mut self, message: ClientMessage) -> Result<(), End> {
+        self.last_activity = Instant::now();
+        match (&self.phase, message.payload_type) {
+            (Phase::AwaitingResponse { sent_at }, PayloadType::HandshakeResponse) => {
+                let elapsed = sent_at.elapsed();
+                self.complete_handshake(&message, elapsed)
+            }
+            (Phase::AwaitingResponse { .. }, other) => {
+                // The agent acks and silently drops data that arrives before the handshake is
+                // complete (§3.1); the ack was sent already.
+                tracing::debug!(session = %self.shared.id, payload_type = ?other, "simulated agent: data before handshake dropped");
+                Ok(())
+            }
+            (Phase::Complete, PayloadType::Output) => {
+                if let Some(port) = &self.port {
+                    port.write(message.payload);
+                }
+                Ok(())
+            }
+            (Phase::Complete, PayloadType::Flag) => match FlagPayload::decode(&message.payload) {
+                Ok(FlagPayload::TerminateSession) => {
+                    bump(&self.inner.stats.terminate_flags);
+                    Err(End::TerminateFlag)
+                }
+                Ok(FlagPayload::DisconnectToPort) => {
+                    if let Some(port) = &self.port {
+                        port.disconnect();
+                    }
+                    Ok(())
+                }
+                Ok(other) => {
+                    tracing::debug!(session = %self.shared.id, flag = ?other, "simulated agent: flag ignored");
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::debug!(session = %self.shared.id, error = %e, "simulated agent: bad flag ignored");
+                    Ok(())
+                }
+            },
+            (Phase::Complete, other) => {
+                tracing::debug!(session = %self.shared.id, payload_type = ?other, "simulated agent: payload ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn complete_handshake(
+        &mut self,
+        message: &ClientMessage,
+        elapsed: Duration,
+    ) -> Result<(), End> {
+        let response: HandshakeResponsePayload =
+            message.json_payload("HandshakeResponse").map_err(|e| {
+                End::HandshakeFailed(format!("Failed to read the handshake response: {e}"))
+            })?;
+        if let Some(failed) = response
+            .processed_client_actions
+            .iter()
+            .find(|a| a.action_status != ActionStatus::Success)
+        {
+            return Err(End::HandshakeFailed(format!(
+                "{} failed on client with status {} error: {}",
+                failed.action_type,
+                i64::from(failed.action_status),
+                failed.error
+            )));
+        }
+        let client_version = response.client_version;
+        // The agent's rules (§3.3, §5.1), for the agent version this node pretends to run: an
+        // agent from before mux existed runs basic whatever the client says, and one from
+        // before the version gate keeps its smux keepalive on.
+        let agent_version = &self.agent_version;
+        let local_port_forwarding =
+            self.properties.get("type").and_then(|t| t.as_str()) == Some(LOCAL_PORT_FORWARDING);
+        let mux = local_port_forwarding
+            && handshake::agent_supports_mux(agent_version)
+            && compare_client_version(&client_version, MUX_MIN_CLIENT_VERSION) != Ordering::Less;
+        let keepalive = compare_client_version(agent_version, AGENT_KEEPALIVE_GATE_SINCE)
+            == Ordering::Less
+            || compare_client_version(&client_version, AGENT_KEEPALIVE_OFF_AFTER_CLIENT_VERSION)
+                != Ordering::Greater;
+
+        let complete = HandshakeCompletePayload {
+            handshake_time_to_complete: i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
+            customer_message: String::new(),
+        };
+        let payload = serde_json::to_vec(&complete)
+            .map_err(|e| End::Stopped(format!("cannot encode HandshakeComplete: {e}")))?;
+        self.push(PayloadType::HandshakeComplete, Bytes::from(payload))?;
+        self.phase = Phase::Complete;
+        bump(&self.inner.stats.handshakes_completed);
+        {
+            let mut info = self.shared.info_mut();
+            info.client_version = Some(client_version);
+            info.mux = Some(mux);
+            info.agent_keepalive = mux.then_some(keepalive);
+        }
+        let host = self
+            .properties
+            .get("host")
+            .and_then(|h| h.as_str())
+            .filter(|h| !h.is_empty())
+            .unwrap_or("localhost")
+            .to_owned();
+        let (handle, events) = if mux {
+            port::start_mux(self.inner.clone(), host, keepalive)
+        } else {
+            port::start_basic(self.inner.clone(), host)
+        };
+        self.port = Some(handle);
+        self.port_events = Some(events);
+        Ok(())
+    }
+
+    fn on_port_event(&mut self, event: PortEvent, pacing: Option<Duration>) -> Result<(), End> {
+        match event {
+            PortEvent::Output(data) => {
+                self.push(PayloadType::Output, data)?;
+                if let Some(pacing) = pacing {
+                    self.next_output_at = Instant::now() + pacing;
+                }
+                Ok(())
+            }
+            PortEvent::ConnectError => {
+                self.push(PayloadType::Flag, FlagPayload::ConnectToPortError.encode())
+            }
+            PortEvent::Failed(text) => Err(End::PortFailed(text)),
+        }
+    }
+
+    fn on_timer(
+        &mut self,
+        idle_at: Option<Instant>,
+        handshake_at: Option<Instant>,
+    ) -> Result<(), End> {
+        let now = Instant::now();
+        if idle_at.is_some_and(|t| t <= now) {
+            bump(&self.inner.stats.idle_timeouts);
+            return Err(End::IdleTimeout);
+        }
+        if handshake_at.is_some_and(|t| t <= now) {
+            return Err(End::HandshakeTimeout);
+        }
+        if self
+            .held_out
+            .as_ref()
+            .is_some_and(|h| h.1 + HOLD_MAX <= now)
+        {
+            if let Some((frame, _)) = self.held_out.take() {
+                self.send_ws(WsOut::Binary(frame));
+            }
+        }
+        if self.held_in.as_ref().is_some_and(|h| h.1 + HOLD_MAX <= now) {
+            self.release_held_in()?;
+        }
+        if self.ws.is_some() {
+            for frame in self.out.due_for_resend(now) {
+                bump(&self.inner.stats.resends);
+                self.transmit(frame, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Numbers, keeps and sends one `output_stream_data` (SYN on seq 0, as the agent sets it).
+    fn push(&mut self, payload_type: PayloadType, payload: Bytes) -> Result<(), End> {
+        let now = Instant::now();
+        let queued = self
+            .out
+            .push_with(now, |seq| {
+                let flags = if seq == 0 { header_flags::SYN } else { 0 };
+                ClientMessage::new(
+                    message_type::OUTPUT_STREAM_DATA,
+                    seq,
+                    flags,
+                    payload_type,
+                    payload,
+                )
+                .encode()
+            })
+            .map_err(|e| End::Stopped(format!("simulated agent: {e}")))?;
+        self.last_activity = now;
+        self.transmit(queued.frame, false);
+        Ok(())
+    }
+
+    /// Sends a stream-data frame through the fault injector. Without a connection nothing is
+    /// sent: the frame stays unacked and is replayed on the next attach.
+    ///
+    /// `replay` marks the burst sent right after a reconnect, which the per-connection kill
+    /// knob does not count: otherwise a replay longer than the limit would get every new
+    /// connection killed before the client could ack anything, and the session would never
+    /// make progress again.
+    fn transmit(&mut self, frame: Bytes, replay: bool) {
+        if self.ws.is_none() {
+            return;
+        }
+        let wrap = |frame| {
+            if replay {
+                WsOut::Replay(frame)
+            } else {
+                WsOut::Binary(frame)
+            }
+        };
+        match self.inner.roll_fault() {
+            Fault::Drop => {}
+            Fault::Duplicate => {
+                self.send_ws(wrap(frame.clone()));
+                self.send_ws(wrap(frame));
+            }
+            Fault::Reorder if self.held_out.is_none() => {
+                self.held_out = Some((frame, Instant::now()));
+                return;
+            }
+            Fault::Reorder | Fault::None => self.send_ws(wrap(frame)),
+        }
+        if let Some((held, _)) = self.held_out.take() {
+            self.send_ws(WsOut::Binary(held));
+        }
+    }
+
+    fn send_ws(&mut self, out: WsOut) {
+        let Some((_, tx)) = &self.ws else { return };
+        match tx.try_send(out) {
+            Ok(()) => {}
+            // A full queue loses the frame like a congested network would; acks and resends
+            // recover it. Fresh data is not read while the queue is this full.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::trace!(session = %self.shared.id, "simulated agent: send queue full, frame lost");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => { eprintln!("DBG closed"); self.ws = None },
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        let output = end.output();
+        tracing::debug!(session = %self.shared.id, reason = ?end, "simulated session ended");
+        let stats = &self.inner.stats;
+        bump(&stats.sessions_ended);
+        stats.active_sessions.fetch_sub(1, AtomicOrdering::Relaxed);
+        self.shared.tokens().clear();
+        let client_id = {
+            let mut info = self.shared.info_mut();
+            info.ended = Some(output.clone());
+            info.client_id.clone()
+        };
+        // Close the target side first, as the agent cancels its plugin before closing.
+        self.port = None;
+        self.port_events = None;
+        if let Some((_, tx)) = self.ws.take() {
+            let frame = channel_closed_frame(&self.shared.id, client_id.as_deref(), &output);
+            let send = async {
+                tx.send(WsOut::Binary(frame)).await.ok()?;
+                tx.send(WsOut::Close {
+                    code: 1000,
+                    reason: "",
+                })
+                .await
+                .ok()
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        }
+        self.shared.ended.send_replace(true);
+    }
+}
+
+async fn recv_port(rx: &mut Option<mpsc::Receiver<PortEvent>>) -> Option<PortEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The agent's `versionutil.Compare` on what clients send: the numeric dotted prefix decides
+/// ("1.2.0.0-gimlet" is 1.2.0.0), and an unreadable version counts as the lowest, which picks
+/// basic mode and keeps the smux keepalive on.
+fn compare_client_version(client: &str, reference: &str) -> Ordering {
+    let end = client
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(client.len());
+    let numeric = client[..end].trim_end_matches('.');
+    handshake::compare_versions(numeric, reference).unwrap_or(Ordering::Less)
+}
+
+/// `channel_closed` as MGS frames it (§2.2): HeaderLength 112 (no PayloadType field) and the
+/// type NUL-padded, so clients exercise the same lenient parsing they need against AWS.
+fn channel_closed_frame(session_id: &str, client_id: Option<&str>, output: &str) -> Bytes {
+    let message_id = Uuid::new_v4();
+    let body = ChannelClosed {
+        message_id: Some(message_id.hyphenated().to_string()),
+        created_date: Some(iso8601_now()),
+        destination_id: client_id.map(str::to_owned),
+        session_id: Some(session_id.to_owned()),
+        message_type: Some(message_type::CHANNEL_CLOSED.to_owned()),
+        schema_version: Some(1),
+        output: Some(output.to_owned()),
+    };
+    let payload = serde_json::to_vec(&body).unwrap_or_default();
+    let mut buf = BytesMut::with_capacity(116 + payload.len());
+    buf.put_u32(112);
+    let name = message_type::CHANNEL_CLOSED.as_bytes();
+    buf.put_slice(name);
+    buf.put_bytes(0, 32 - name.len());
+    buf.put_u32(1);
+    buf.put_u64(now_millis());
+    buf.put_i64(0);
+    buf.put_u64(0);
+    let (high, low) = message_id.as_bytes().split_at(8);
+    buf.put_slice(low);
+    buf.put_slice(high);
+    buf.put_slice(&Sha256::digest(&payload));
+    buf.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    buf.put_slice(&payload);
+    buf.freeze()
+}
+
+/// UTC now as `2006-01-02T15:04:05.000Z`.
+fn iso8601_now() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days, for days since 1970-01-01.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_versions_compare_like_the_agent() {
+        assert_eq!(
+            compare_client_version("1.2.650.0", "1.1.70"),
+            Ordering::Greater
+        );
+        assert_eq!(compare_client_version("1.1.70", "1.1.70"), Ordering::Equal);
+        assert_eq!(compare_client_version("0.0.1", "1.1.70"), Ordering::Less);
+        assert_eq!(
+            compare_client_version("1.2.0.0-gimlet", "1.2.331.0"),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_client_version("1.2.0.0-gimlet", "1.1.70"),
+            Ordering::Greater
+        );
+        assert_eq!(compare_client_version("", "1.1.70"), Ordering::Less);
+        assert_eq!(
+            compare_client_version("1.3.0.0", "1.2.331.0"),
+            Ordering::Greater
+        );
+    }
+
+    #[test]
+    fn channel_closed_uses_the_mgs_header_quirk_and_decodes() {
+        let frame = channel_closed_frame("sim-1", Some("c"), IDLE_TIMEOUT_TEXT);
+        assert_eq!(&frame[..4], &112u32.to_be_bytes());
+        assert_eq!(frame[4 + "channel_closed".len()], 0);
+        let message = ClientMessage::decode(&frame).expect("decodes");
+        assert_eq!(message.message_type, message_type::CHANNEL_CLOSED);
+        let closed = ChannelClosed::from_payload(&message.payload).expect("json");
+        assert_eq!(closed.reason(), Some(IDLE_TIMEOUT_TEXT));
+        assert_eq!(closed.session_id.as_deref(), Some("sim-1"));
+    }
+
+    #[test]
+    fn iso_dates_look_like_go() {
+        let date = iso8601_now();
+        assert_eq!(date.len(), "2006-01-02T15:04:05.000Z".len());
+        assert!(date.ends_with('Z') && date.as_bytes()[10] == b'T');
+    }
+}

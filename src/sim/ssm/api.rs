@@ -1,0 +1,393 @@
+//! The simulated SSM API (AWS JSON 1.1 over HTTP/1.1, `ssm-protocol.md` §1.1): StartSession,
+//! ResumeSession and TerminateSession, each SigV4-verified against the simulator's credentials,
+//! and the data channel WebSocket upgrade (`GET /v1/data-channel/<SessionId>`) on the same port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{agent, bump, channel, Inner, SIM_TARGET_ID};
+use crate::sim::sigv4::{self, SignatureRejection};
+
+/// The service name SSM requests are signed for.
+const SIGNING_NAME: &str = "ssm";
+
+/// The only document the simulated node runs, and its sibling without a `host`.
+const DOC_TO_REMOTE_HOST: &str = "AWS-StartPortForwardingSessionToRemoteHost";
+const DOC_PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
+
+/// The document StartSession uses when none is named (an interactive shell, not simulated).
+const DEFAULT_DOCUMENT: &str = "SSM-SessionManagerRunShell";
+
+/// Largest request body read; SSM requests are a few hundred bytes.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Where data channel WebSockets are served, followed by the SessionId.
+const DATA_CHANNEL_PATH: &str = "/v1/data-channel/";
+
+const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// A refused API request, answered as AWS does: HTTP 400 and `{"__type", "message"}`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ApiError {
+    #[error(transparent)]
+    Signature(#[from] SignatureRejection),
+    #[error("Credential should be scoped to a valid region.")]
+    WrongRegion,
+    #[error("{0} is not connected.")]
+    TargetNotConnected(String),
+    #[error("{0}")]
+    InvalidDocument(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("Session with id {0} does not exist.")]
+    DoesNotExist(String),
+    #[error("The operation {0} is not supported by the simulated SSM endpoint.")]
+    UnknownOperation(String),
+    #[error("{0}")]
+    Serialization(String),
+}
+
+impl ApiError {
+    /// The `__type` AWS puts in the body.
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Signature(rejection) => rejection.aws_error_code(),
+            ApiError::WrongRegion => "InvalidSignatureException",
+            ApiError::TargetNotConnected(_) => "TargetNotConnected",
+            ApiError::InvalidDocument(_) => "InvalidDocument",
+            ApiError::Validation(_) => "ValidationException",
+            ApiError::DoesNotExist(_) => "DoesNotExistException",
+            ApiError::UnknownOperation(_) => "UnknownOperationException",
+            ApiError::Serialization(_) => "SerializationException",
+        }
+    }
+
+    fn response(&self) -> Response<Full<Bytes>> {
+        let body = json!({ "__type": self.code(), "message": self.to_string() });
+        json_response(StatusCode::BAD_REQUEST, &body)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-amzn-requestid", id);
+    }
+    response
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+/// Accepts connections until the task is aborted.
+pub(super) async fn serve(listener: TcpListener, inner: Arc<Inner>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "simulated SSM: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(handle(request, inner).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "simulated SSM: connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(request: Request<Incoming>, inner: Arc<Inner>) -> Response<Full<Bytes>> {
+    if request.method() == Method::GET {
+        if let Some(id) = request.uri().path().strip_prefix(DATA_CHANNEL_PATH) {
+            let id = id.to_owned();
+            return upgrade(request, inner, &id);
+        }
+    }
+    if request.method() == Method::POST && request.uri().path() == "/" {
+        return match api_call(request, &inner).await {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(e) => {
+                tracing::debug!(error = %e, code = e.code(), "simulated SSM: request refused");
+                e.response()
+            }
+        };
+    }
+    plain(StatusCode::NOT_FOUND, "not found")
+}
+
+async fn api_call(request: Request<Incoming>, inner: &Arc<Inner>) -> Result<Value, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| ApiError::Serialization("The request body could not be read.".to_owned()))?
+        .to_bytes();
+    let verified = sigv4::verify_header_signed_request(
+        &parts,
+        &body,
+        SIGNING_NAME,
+        &inner.credentials,
+        SystemTime::now(),
+    )?;
+    if verified.region != inner.region {
+        return Err(ApiError::WrongRegion);
+    }
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default();
+    let operation = target.strip_prefix("AmazonSSM.").unwrap_or(target);
+    let input: Value = if body.is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            ApiError::Serialization("The request body is not valid JSON.".to_owned())
+        })?
+    };
+    let input = input.as_object().ok_or_else(|| {
+        ApiError::Serialization("The request body must be a JSON object.".to_owned())
+    })?;
+    match operation {
+        "StartSession" => start_session(inner, input),
+        "ResumeSession" => resume_session(inner, input),
+        "TerminateSession" => terminate_session(inner, input).await,
+        other => Err(ApiError::UnknownOperation(other.to_owned())),
+    }
+}
+
+fn string_field<'a>(
+    input: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match input.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::Serialization(format!("{name} must be a string."))),
+    }
+}
+
+fn required<'a>(input: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    string_field(input, name)?.ok_or_else(|| {
+        ApiError::Validation(format!(
+            "1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null",
+            lower_first(name)
+        ))
+    })
+}
+
+fn lower_first(name: &str) -> String {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_lowercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// One document parameter: a list holding exactly one string (documents' String parameters).
+fn parameter(parameters: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match parameters.get(name) {
+        None => Ok(None),
+        Some(Value::Array(values)) => match values.as_slice() {
+            [Value::String(value)] => Ok(Some(value.clone())),
+            _ => Err(ApiError::Validation(format!(
+                "Parameter {name} must be a list with exactly one string value."
+            ))),
+        },
+        Some(_) => Err(ApiError::Serialization(format!(
+            "Parameters.{name} must be a list of strings."
+        ))),
+    }
+}
+
+fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value, ApiError> {
+    let target = required(input, "Target")?;
+    if target != SIM_TARGET_ID {
+        return Err(ApiError::TargetNotConnected(target.to_owned()));
+    }
+    let document = string_field(input, "DocumentName")?.unwrap_or(DEFAULT_DOCUMENT);
+    let parameters = match input.get("Parameters") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => {
+            return Err(ApiError::Serialization(
+                "Parameters must be a map of string lists.".to_owned(),
+            ))
+        }
+    };
+    // The document's `properties` with its parameters substituted, as the agent receives them;
+    // defaults are the AWS documents' (portNumber 80, localPortNumber 0).
+    let mut properties = Map::new();
+    match document {
+        DOC_TO_REMOTE_HOST => {
+            let host = parameter(&parameters, "host")?.ok_or_else(|| {
+                ApiError::InvalidDocument(format!(
+                    "Document {DOC_TO_REMOTE_HOST} requires parameter host."
+                ))
+            })?;
+            properties.insert("host".to_owned(), Value::String(host));
+        }
+        DOC_PORT_FORWARDING => {}
+        other => {
+            return Err(ApiError::InvalidDocument(format!(
+                "Document {other} is not supported by the simulated managed node; use {DOC_TO_REMOTE_HOST}."
+            )))
+        }
+    }
+    let port_number = parameter(&parameters, "portNumber")?.unwrap_or_else(|| "80".to_owned());
+    let local_port = parameter(&parameters, "localPortNumber")?.unwrap_or_else(|| "0".to_owned());
+    properties.insert("portNumber".to_owned(), Value::String(port_number));
+    properties.insert("localPortNumber".to_owned(), Value::String(local_port));
+    properties.insert(
+        "type".to_owned(),
+        Value::String("LocalPortForwarding".to_owned()),
+    );
+
+    let id = new_session_id();
+    let shared = agent::start(inner, id.clone(), Value::Object(properties));
+    inner.sessions().insert(id.clone(), shared.clone());
+    let token = shared.issue_token().unwrap_or_default();
+    bump(&inner.stats.sessions_started);
+    Ok(json!({
+        "SessionId": id,
+        "TokenValue": token,
+        "StreamUrl": inner.stream_url(&id),
+    }))
+}
+
+/// `<name>-<17 hex digits>`, the shape of real SessionIds.
+fn new_session_id() -> String {
+    let n: u128 = rand::random();
+    format!("sim-{:017x}", n & ((1u128 << 68) - 1))
+}
+
+fn resume_session(inner: &Inner, input: &Map<String, Value>) -> Result<Value, ApiError> {
+    let id = required(input, "SessionId")?;
+    let session = inner
+        .session(id)
+        .ok_or_else(|| ApiError::DoesNotExist(id.to_owned()))?;
+    let refuse = inner.knobs.read(|o| o.refuse_resume);
+    let token = if refuse { None } else { session.issue_token() };
+    match token {
+        Some(token) => {
+            bump(&inner.stats.sessions_resumed);
+            Ok(json!({
+                "SessionId": id,
+                "TokenValue": token,
+                "StreamUrl": inner.stream_url(id),
+            }))
+        }
+        // What a timed-out session answers: no token, so the client gives up (§1.1).
+        None => {
+            bump(&inner.stats.resume_refused);
+            Ok(json!({ "SessionId": id }))
+        }
+    }
+}
+
+async fn terminate_session(inner: &Inner, input: &Map<String, Value>) -> Result<Value, ApiError> {
+    let id = required(input, "SessionId")?;
+    let session = inner
+        .session(id)
+        .ok_or_else(|| ApiError::DoesNotExist(id.to_owned()))?;
+    bump(&inner.stats.terminate_api_calls);
+    session.terminate().await;
+    Ok(json!({ "SessionId": id }))
+}
+
+/// Answers the WebSocket handshake for a known session and hands the socket to [`channel`].
+fn upgrade(mut request: Request<Incoming>, inner: Arc<Inner>, id: &str) -> Response<Full<Bytes>> {
+    let Some(session) = inner.session(id) else {
+        return plain(StatusCode::NOT_FOUND, "unknown session");
+    };
+    let headers = request.headers();
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_websocket && version_ok)
+    else {
+        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    bump(&inner.stats.ws_connections);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "simulated MGS: upgrade failed");
+                return;
+            }
+        };
+        // Back to the raw TcpStream when possible, so the kill knobs can reset it.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let ws = WebSocketStream::from_partially_read(
+                    parts.io.into_inner(),
+                    parts.read_buf.to_vec(),
+                    Role::Server,
+                    None,
+                )
+                .await;
+                channel::serve(ws, inner, session, |tcp| {
+                    let _ = tcp.set_zero_linger();
+                })
+                .await;
+            }
+            Err(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                channel::serve(ws, inner, session, |_| {}).await;
+            }
+        }
+    });
+    let mut response = plain(StatusCode::SWITCHING_PROTOCOLS, "");
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}

@@ -1,0 +1,201 @@
+//! One data channel WebSocket as MGS serves it (`ssm-protocol.md` §1.2): the OpenDataChannel
+//! text frame with a single-use token, then binary frames relayed to and from the session task,
+//! plus the connection faults (abrupt kill after N messages or T seconds, `1000 Bye`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::agent::{Event, SessionShared, WsOut};
+use super::{bump, Inner};
+
+/// How long a client has, after the upgrade, to send OpenDataChannel.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Frames queued from the session to this connection.
+const OUT_QUEUE: usize = 4096;
+
+/// Connection ids, so a session can ignore a connection it has replaced.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Errors of one data channel connection; logged at debug, never sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ChannelError {
+    #[error("no OpenDataChannel message within {OPEN_TIMEOUT:?}")]
+    OpenTimeout,
+    #[error("the first message was not an OpenDataChannel text frame")]
+    NotOpenMessage,
+    #[error("OpenDataChannel is not valid JSON")]
+    BadOpenMessage(#[source] serde_json::Error),
+    /// The token was never issued for this session, or was used already. The token itself is
+    /// deliberately not part of the message.
+    #[error("OpenDataChannel carries an unknown or used token")]
+    BadToken,
+    #[error("the session is over")]
+    SessionOver,
+}
+
+/// The fields of OpenDataChannel the service reads. Lenient: older clients send only the
+/// first three of the five fields (§1.2).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct OpenRequest {
+    token_value: String,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+/// Serves one upgraded connection for `session`. `hard_close` turns the next drop of the
+/// socket into a TCP reset (for the kill knobs).
+pub(super) async fn serve<S>(
+    mut ws: WebSocketStream<S>,
+    inner: Arc<Inner>,
+    session: Arc<SessionShared>,
+    hard_close: fn(&S),
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (open, conn) = match open(&mut ws, &session).await {
+        Ok(open) => (open, NEXT_CONN.fetch_add(1, Ordering::Relaxed)),
+        Err(e) => {
+            tracing::debug!(session = %session.id, error = %e, "simulated MGS: data channel refused");
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "Authentication failed".into(),
+                }))
+                .await;
+            return;
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::channel(OUT_QUEUE);
+    let events = session.events();
+    let attach = Event::Attach {
+        conn,
+        out: out_tx,
+        client_id: open.client_id,
+    };
+    if events.send(attach).await.is_err() {
+        return;
+    }
+    let opened = Instant::now();
+    let mut messages: u64 = 0;
+    let (mut dbg_in, mut dbg_out) = (0u64, 0u64);
+    let mut knobs = inner.knobs.subscribe();
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let stopping = *shutdown.borrow_and_update();
+        if stopping {
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "".into(),
+                }))
+                .await;
+            break;
+        }
+        let (kill_after, bye_after, kill_after_messages) = inner
+            .knobs
+            .read(|o| (o.kill_ws_after, o.bye_after, o.kill_ws_after_messages));
+        if kill_after_messages.is_some_and(|n| messages >= n) {
+            eprintln!("DBG kill conn={conn} in={dbg_in} out={dbg_out}");
+            bump(&inner.stats.ws_killed);
+            hard_close(ws.get_ref());
+            break;
+        }
+        let kill_at = kill_after.map(|d| opened + d);
+        let bye_at = bye_after.map(|d| opened + d);
+        let wake_at = kill_at.into_iter().chain(bye_at).min();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {}
+            out = out_rx.recv() => match out {
+                Some(WsOut::Binary(frame)) => {
+                    if let Err(e) = ws.send(Message::Binary(frame)).await {
+                        eprintln!("DBG conn {conn} send err {e}");
+                        break;
+                    }
+                    messages += 1;
+                    dbg_out += 1;
+                }
+                Some(WsOut::Replay(frame)) => {
+                    if ws.send(Message::Binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(WsOut::Close { code, reason }) => {
+                    let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
+                    break;
+                }
+                // Replaced by a newer connection for the same session.
+                None => {
+                    let _ = ws.close(None).await;
+                    break;
+                }
+            },
+            incoming = ws.next() => match incoming {
+                Some(Ok(Message::Binary(frame))) => {
+                    messages += 1;
+                    dbg_in += 1;
+                    if let Ok(m) = crate::tunnel::ssm::message::ClientMessage::decode_bytes(&frame) { if m.message_type != "acknowledge" { eprintln!("DBG in conn={conn} seq={} type={:?}", m.sequence_number, m.payload_type); } }
+                    if events.send(Event::Frame { conn, frame }).await.is_err() {
+                        break;
+                    }
+                }
+                // Nothing but the first message is text; pings are answered by tungstenite.
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                other @ (Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => { eprintln!("DBG conn {conn} read end {other:?}"); break },
+            },
+            _ = knobs.changed() => {}
+            _ = sleep_until(wake_at.unwrap_or(opened)), if wake_at.is_some() => {
+                let now = Instant::now();
+                if kill_at.is_some_and(|t| t <= now) {
+                    bump(&inner.stats.ws_killed);
+                    hard_close(ws.get_ref());
+                    break;
+                }
+                if bye_at.is_some_and(|t| t <= now) {
+                    bump(&inner.stats.ws_byes);
+                    let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "Bye".into() })).await;
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!("DBG conn {conn} loop ended in={dbg_in} out={dbg_out}");
+    let _ = events.send(Event::Detach { conn }).await;
+}
+
+async fn open<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &SessionShared,
+) -> Result<OpenRequest, ChannelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let first = tokio::time::timeout(OPEN_TIMEOUT, ws.next())
+        .await
+        .map_err(|_| ChannelError::OpenTimeout)?;
+    let text = match first {
+        Some(Ok(Message::Text(text))) => text,
+        _ => return Err(ChannelError::NotOpenMessage),
+    };
+    let open: OpenRequest = serde_json::from_str(&text).map_err(ChannelError::BadOpenMessage)?;
+    if session.is_ended() {
+        return Err(ChannelError::SessionOver);
+    }
+    if !session.take_token(&open.token_value) {
+        return Err(ChannelError::BadToken);
+    }
+    Ok(open)
+}

@@ -1,0 +1,408 @@
+//! The simulated SSM service: the Session Manager API ([`api`]) and, behind the data channel
+//! WebSocket ([`channel`]), MGS plus the agent's side of a port-forwarding session ([`agent`],
+//! [`port`]), byte-faithful to `ssm-protocol.md`. Faults and realism are knobs
+//! ([`SsmSimOptions`]) that tests may flip while a transfer runs.
+
+mod agent;
+mod api;
+mod channel;
+mod port;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod dbg_tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::sigv4::SimCredentials;
+
+/// The managed node id StartSession accepts; anything else is "not connected".
+pub const SIM_TARGET_ID: &str = "i-0123456789abcdef0";
+
+/// The agent version the simulated node reports unless told otherwise (the spec's reference agent).
+pub const DEFAULT_AGENT_VERSION: &str = "3.3.987.0";
+
+/// AWS's `StreamDataPayloadSize`: the most bytes the agent puts in one Output message.
+pub const DEFAULT_PAYLOAD_CAP: usize = 1024;
+
+/// Errors starting the simulated SSM service.
+#[derive(Debug, thiserror::Error)]
+pub enum SsmSimError {
+    /// The API/WebSocket listener could not be bound.
+    #[error("cannot bind the simulated SSM endpoint on 127.0.0.1")]
+    Bind(#[source] std::io::Error),
+}
+
+/// Behaviour of the simulated service. Every field can also be changed while it runs, through
+/// [`SsmSimKnobs`]; running sessions pick the change up at their next message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsmSimOptions {
+    /// `AgentVersion` in the HandshakeRequest. Clients key mux support on it (> 3.0.196.0).
+    pub agent_version: String,
+    /// Most bytes per agent → client Output message (AWS: 1024).
+    pub payload_cap: usize,
+    /// Sleep after each agent → client Output message, as the agent does (AWS-like: 1 ms).
+    /// `None` sends as fast as the window allows.
+    pub pacing: Option<Duration>,
+    /// Probability that a stream-data message (either direction) is lost.
+    pub drop_rate: f64,
+    /// Probability that a stream-data message (either direction) is delivered twice.
+    pub duplicate_rate: f64,
+    /// Probability that a stream-data message (either direction) is held back behind the next one.
+    pub reorder_rate: f64,
+    /// Seed of the fault RNG, so a failing fault pattern can be replayed. Changing it at run time
+    /// reseeds.
+    pub seed: u64,
+    /// Abruptly close (TCP reset, no close frame) each WebSocket after this many binary
+    /// messages, counted in both directions.
+    pub kill_ws_after_messages: Option<u64>,
+    /// Abruptly close each WebSocket this long after it opened.
+    pub kill_ws_after: Option<Duration>,
+    /// Close each WebSocket with `1000 Bye` this long after it opened, as MGS does about hourly.
+    pub bye_after: Option<Duration>,
+    /// End a session after this long without stream data in either direction (smux NOPs count,
+    /// WebSocket pings do not), with the service's idle-timeout `channel_closed`.
+    pub idle_timeout: Option<Duration>,
+    /// ResumeSession answers without a TokenValue, as for a session that already timed out.
+    pub refuse_resume: bool,
+}
+
+impl Default for SsmSimOptions {
+    fn default() -> Self {
+        Self {
+            agent_version: DEFAULT_AGENT_VERSION.to_owned(),
+            payload_cap: DEFAULT_PAYLOAD_CAP,
+            pacing: None,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            reorder_rate: 0.0,
+            seed: 0,
+            kill_ws_after_messages: None,
+            kill_ws_after: None,
+            bye_after: None,
+            idle_timeout: None,
+            refuse_resume: false,
+        }
+    }
+}
+
+/// Shared handle to the running simulator's [`SsmSimOptions`]. Sessions subscribe to changes, so a
+/// knob flipped mid-transfer takes effect without reconnecting.
+#[derive(Debug)]
+pub struct SsmSimKnobs {
+    /// The current options; `watch` so connection tasks can re-arm their timers on a change.
+    current: watch::Sender<SsmSimOptions>,
+}
+
+impl SsmSimKnobs {
+    fn new(options: SsmSimOptions) -> Self {
+        Self {
+            current: watch::Sender::new(options),
+        }
+    }
+
+    /// A copy of the current options.
+    pub fn get(&self) -> SsmSimOptions {
+        self.current.borrow().clone()
+    }
+
+    /// Changes options in place, e.g. `knobs.update(|o| o.drop_rate = 0.01)`.
+    pub fn update(&self, change: impl FnOnce(&mut SsmSimOptions)) {
+        self.current.send_modify(change);
+    }
+
+    /// Replaces all options.
+    pub fn set(&self, options: SsmSimOptions) {
+        self.current.send_replace(options);
+    }
+
+    /// Reads one value without copying the whole struct.
+    fn read<T>(&self, f: impl FnOnce(&SsmSimOptions) -> T) -> T {
+        f(&self.current.borrow())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<SsmSimOptions> {
+        self.current.subscribe()
+    }
+}
+
+/// Counters tests can read while the simulator runs. All monotonic except `active_sessions`.
+#[derive(Debug, Default)]
+pub struct SsmSimStats {
+    /// Successful StartSession calls.
+    pub sessions_started: AtomicU64,
+    /// ResumeSession calls that returned a token.
+    pub sessions_resumed: AtomicU64,
+    /// ResumeSession calls answered without a token (knob, or session already over).
+    pub resume_refused: AtomicU64,
+    /// TerminateSession API calls for known sessions (including repeats).
+    pub terminate_api_calls: AtomicU64,
+    /// TerminateSession flags (Flag payload 2) received from clients.
+    pub terminate_flags: AtomicU64,
+    /// Sessions whose handshake completed.
+    pub handshakes_completed: AtomicU64,
+    /// Sessions that ended for any reason.
+    pub sessions_ended: AtomicU64,
+    /// Sessions ended by the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Sessions currently alive (started, not yet ended).
+    pub active_sessions: AtomicU64,
+    /// WebSocket upgrades accepted on the data channel path.
+    pub ws_connections: AtomicU64,
+    /// WebSockets killed abruptly by the `kill_ws_*` knobs.
+    pub ws_killed: AtomicU64,
+    /// WebSockets closed with `1000 Bye` by the `bye_after` knob.
+    pub ws_byes: AtomicU64,
+    /// Target connections opened: smux streams accepted (mux) or dials (basic).
+    pub streams_opened: AtomicU64,
+    /// Failed dials to the target (each one a ConnectToPortError flag in mux mode).
+    pub connect_errors: AtomicU64,
+    /// Stream-data messages dropped by the `drop_rate` knob.
+    pub messages_dropped: AtomicU64,
+    /// Stream-data messages duplicated by the `duplicate_rate` knob.
+    pub messages_duplicated: AtomicU64,
+    /// Stream-data messages held back by the `reorder_rate` knob.
+    pub messages_reordered: AtomicU64,
+    /// Duplicate client messages the agent acknowledged again.
+    pub duplicates_reacked: AtomicU64,
+    /// Agent messages sent again after their retransmission timeout.
+    pub resends: AtomicU64,
+}
+
+impl SsmSimStats {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the tests may ask about one session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// ClientId from the first OpenDataChannel, if the client sent one.
+    pub client_id: Option<String>,
+    /// ClientVersion from the HandshakeResponse, once received.
+    pub client_version: Option<String>,
+    /// Whether the agent chose mux (`Some`) once the handshake completed.
+    pub mux: Option<bool>,
+    /// Whether the agent's smux keepalive is on (mux only).
+    pub agent_keepalive: Option<bool>,
+    /// Set once the session is over, with the `channel_closed` Output text (may be empty).
+    pub ended: Option<String>,
+}
+
+/// A fault decision for one stream-data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Drop,
+    Duplicate,
+    Reorder,
+}
+
+/// State shared by the API server, the WebSocket connections and the session tasks.
+struct Inner {
+    /// Where the API and data channel listen.
+    addr: SocketAddr,
+    /// The only credentials the API accepts.
+    credentials: SimCredentials,
+    /// The region the endpoint is in; requests signed for another are refused like AWS does.
+    region: String,
+    /// `host` document parameter → where the "instance" actually dials.
+    targets: HashMap<String, SocketAddr>,
+    knobs: Arc<SsmSimKnobs>,
+    stats: Arc<SsmSimStats>,
+    /// Every session ever started, live or ended: ResumeSession must tell "over" from "unknown".
+    sessions: Mutex<HashMap<String, Arc<agent::SessionShared>>>,
+    /// Fault RNG and the seed it was built from (reseeded when the knob changes).
+    faults: Mutex<(u64, StdRng)>,
+    /// Flipped once by [`SsmSim::stop`]; every task watches it.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<agent::SessionShared>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn session(&self, id: &str) -> Option<Arc<agent::SessionShared>> {
+        self.sessions().get(id).cloned()
+    }
+
+    /// Rolls the fault for one stream-data message from the current rates.
+    fn roll_fault(&self) -> Fault {
+        let (seed, drop, dup, reorder) = self
+            .knobs
+            .read(|o| (o.seed, o.drop_rate, o.duplicate_rate, o.reorder_rate));
+        if drop <= 0.0 && dup <= 0.0 && reorder <= 0.0 {
+            return Fault::None;
+        }
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        if faults.0 != seed {
+            *faults = (seed, StdRng::seed_from_u64(seed));
+        }
+        let x: f64 = faults.1.random();
+        let fault = if x < drop {
+            Fault::Drop
+        } else if x < drop + dup {
+            Fault::Duplicate
+        } else if x < drop + dup + reorder {
+            Fault::Reorder
+        } else {
+            Fault::None
+        };
+        match fault {
+            Fault::Drop => bump(&self.stats.messages_dropped),
+            Fault::Duplicate => bump(&self.stats.messages_duplicated),
+            Fault::Reorder => bump(&self.stats.messages_reordered),
+            Fault::None => {}
+        }
+        fault
+    }
+
+    fn stream_url(&self, session_id: &str) -> String {
+        format!(
+            "ws://{}/v1/data-channel/{session_id}?role=publish_subscribe",
+            self.addr
+        )
+    }
+}
+
+/// A running simulated SSM service. Dropping it stops it.
+pub struct SsmSim {
+    inner: Arc<Inner>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl SsmSim {
+    /// Binds `127.0.0.1:0` and serves the API and data channel there. `targets` maps the `host`
+    /// document parameter to the address the simulated instance dials for it; a host not in the
+    /// map fails to dial, as an unreachable endpoint would.
+    pub async fn start(
+        options: SsmSimOptions,
+        credentials: SimCredentials,
+        region: &str,
+        targets: HashMap<String, SocketAddr>,
+    ) -> Result<SsmSim, SsmSimError> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(SsmSimError::Bind)?;
+        let addr = listener.local_addr().map_err(SsmSimError::Bind)?;
+        let seed = options.seed;
+        let inner = Arc::new(Inner {
+            addr,
+            credentials,
+            region: region.to_owned(),
+            targets,
+            knobs: Arc::new(SsmSimKnobs::new(options)),
+            stats: Arc::default(),
+            sessions: Mutex::default(),
+            faults: Mutex::new((seed, StdRng::seed_from_u64(seed))),
+            shutdown: watch::Sender::new(false),
+        });
+        let server = tokio::spawn(api::serve(listener, inner.clone()));
+        Ok(SsmSim { inner, server })
+    }
+
+    /// The API endpoint, for `AWS_ENDPOINT_URL_SSM` or an SDK endpoint override.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// The listening address (API and data channel share it).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The managed node id StartSession accepts.
+    pub fn target_id(&self) -> &str {
+        SIM_TARGET_ID
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<SsmSimStats> {
+        self.inner.stats.clone()
+    }
+
+    /// The knobs, changeable while sessions run.
+    pub fn options(&self) -> Arc<SsmSimKnobs> {
+        self.inner.knobs.clone()
+    }
+
+    /// What the simulator knows about one session, or `None` for an unknown id.
+    pub fn session_info(&self, session_id: &str) -> Option<SessionInfo> {
+        self.inner.session(session_id).map(|s| s.info())
+    }
+
+    /// Ids of every session started so far, oldest first is not guaranteed.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.inner.sessions().keys().cloned().collect()
+    }
+
+    /// Stops serving: the listener closes and every session ends (its WebSocket is closed).
+    pub fn stop(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.server.abort();
+    }
+}
+
+impl Drop for SsmSim {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Parses a duration flag: `250ms`, `5s`, `20m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 250ms, 5s, 20m or 1h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Parses a probability flag in `0..=1`.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a probability between 0 and 1")),
+    }
+}
+
+/// Parses the payload cap: 1 to 65535 bytes.
+pub fn parse_payload_cap(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=65_535).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a payload size between 1 and 65535"
+        )),
+    }
+}

@@ -1,0 +1,794 @@
+//! End-to-end tests of the simulated SSM service through a small client built from the tunnel's
+//! codec (`message`, `handshake`, `reliable`, `smux`): real SigV4 over HTTP, a real WebSocket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use uuid::Uuid;
+
+use super::agent::IDLE_TIMEOUT_TEXT;
+use super::{SsmSim, SsmSimOptions, SsmSimStats, SIM_TARGET_ID};
+use crate::sim::sigv4::SimCredentials;
+use crate::tunnel::ssm::handshake::{self, HandshakeRequestPayload};
+use crate::tunnel::ssm::message::{
+    header_flags, message_type, AcknowledgeContent, ChannelClosed, ClientMessage, FlagPayload,
+    OpenDataChannelInput, PayloadType,
+};
+use crate::tunnel::ssm::reliable::{self, Delivery, Incoming, Outgoing};
+use crate::tunnel::ssm::smux;
+
+/// Turns a hang into a failure; never used to wait for something.
+const GUARD: Duration = Duration::from_secs(20);
+const REGION: &str = "eu-central-1";
+const DB_HOST: &str = "simdb.c0sim0000000.eu-central-1.rds.amazonaws.com";
+/// A version above 1.2.331.0: mux, agent keepalive off.
+const MODERN_CLIENT: &str = "1.2.650.0";
+
+fn creds() -> SimCredentials {
+    SimCredentials::new(
+        "AKIASIMTEST000000000",
+        "simsecretsimsecretsimsecretsimsecret0000",
+    )
+}
+
+fn stat(counter: &AtomicU64) -> u64 {
+    SsmSimStats::get(counter)
+}
+
+/// A TCP echo server standing in for the database.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rx, mut tx) = tcp.split();
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn start_sim(options: SsmSimOptions) -> SsmSim {
+    let echo = echo_server().await;
+    let targets = HashMap::from([(DB_HOST.to_owned(), echo)]);
+    SsmSim::start(options, creds(), REGION, targets)
+        .await
+        .expect("sim starts")
+}
+
+/// POSTs one SSM JSON 1.1 call signed with `signer` (or unsigned) and returns status and body.
+async fn call(
+    sim: &SsmSim,
+    signer: Option<&SimCredentials>,
+    operation: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let addr = sim.local_addr().to_string();
+    let body = body.to_string();
+    let target = format!("AmazonSSM.{operation}");
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), addr.clone()),
+        ("content-type".into(), "application/x-amz-json-1.1".into()),
+        ("x-amz-target".into(), target),
+    ];
+    if let Some(signer) = signer {
+        let identity = aws_credential_types::Credentials::from_keys(
+            signer.access_key_id.clone(),
+            signer.secret_access_key.clone(),
+            None,
+        )
+        .into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(REGION)
+            .name("ssm")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .expect("params")
+            .into();
+        let url = format!("http://{addr}/");
+        let signable = SignableRequest::new(
+            "POST",
+            &url,
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .expect("signable");
+        let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
+        for (name, value) in instructions.headers() {
+            headers.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    let mut request = String::from("POST / HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    timeout(GUARD, tcp.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let response = String::from_utf8(response).expect("utf8");
+    let status: u16 = response[9..12].parse().expect("status");
+    let (_, body) = response.split_once("\r\n\r\n").expect("head/body");
+    (status, serde_json::from_str(body).expect("json body"))
+}
+
+fn start_body(host: &str) -> Value {
+    json!({
+        "Target": SIM_TARGET_ID,
+        "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
+        "Parameters": {"host": [host], "portNumber": ["5432"], "localPortNumber": ["0"]},
+    })
+}
+
+/// StartSession; returns (SessionId, TokenValue, StreamUrl).
+async fn start_session(sim: &SsmSim, host: &str) -> (String, String, String) {
+    let (status, body) = call(sim, Some(&creds()), "StartSession", &start_body(host)).await;
+    assert_eq!(status, 200, "{body}");
+    let field = |name: &str| body[name].as_str().expect(name).to_owned();
+    (field("SessionId"), field("TokenValue"), field("StreamUrl"))
+}
+
+/// What the client side observed.
+#[derive(Debug)]
+enum Got {
+    Stream(ClientMessage),
+    Closed(ChannelClosed),
+    WsClosed,
+}
+
+/// The test's SSM client: acks, ordering and resends, as a plugin would do them.
+struct Client {
+    ws: WebSocketStream<TcpStream>,
+    out: Outgoing,
+    inc: Incoming<ClientMessage>,
+    /// In-order messages not yet handed to the test.
+    ready: std::collections::VecDeque<ClientMessage>,
+    /// Sequence numbers of every ack received.
+    acks: Vec<i64>,
+}
+
+impl Client {
+    async fn connect(url: &str, token: &str, client_id: Uuid) -> Client {
+        let addr = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("ws url");
+        let tcp = TcpStream::connect(addr).await.expect("tcp");
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+            .await
+            .expect("websocket");
+        let open = OpenDataChannelInput::new(token.to_owned(), client_id, MODERN_CLIENT);
+        ws.send(Message::Text(open.to_json().expect("json").into()))
+            .await
+            .expect("open");
+        let config = reliable::Config::default();
+        Client {
+            ws,
+            out: Outgoing::new(config.clone()),
+            inc: Incoming::new(&config),
+            ready: Default::default(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// Next in-order agent message (acked), or the end of the channel.
+    async fn next(&mut self) -> Got {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Got::Stream(message);
+            }
+            let resend_at = self.out.next_resend_at();
+            let frame = tokio::select! {
+                frame = self.ws.next() => frame,
+                _ = sleep_until(resend_at.unwrap_or_else(Instant::now)), if resend_at.is_some() => {
+                    for frame in self.out.due_for_resend(Instant::now()) {
+                        let _ = self.ws.send(Message::Binary(frame)).await;
+                    }
+                    continue;
+                }
+            };
+            let frame = match frame {
+                Some(Ok(Message::Binary(frame))) => frame,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Got::WsClosed,
+                Some(Ok(_)) => continue,
+            };
+            let message = ClientMessage::decode_bytes(&frame).expect("agent frame decodes");
+            match message.message_type.as_str() {
+                message_type::ACKNOWLEDGE => {
+                    assert_eq!(message.flags, header_flags::ACK);
+                    assert_eq!(message.sequence_number, 0);
+                    let ack: AcknowledgeContent = message.json_payload("ack").expect("ack json");
+                    self.out
+                        .on_ack(ack.acknowledged_message_sequence_number, Instant::now());
+                    self.acks.push(ack.acknowledged_message_sequence_number);
+                }
+                message_type::OUTPUT_STREAM_DATA => {
+                    let delivery = self
+                        .inc
+                        .on_message(message.sequence_number, message.clone());
+                    let ack = delivery.should_ack();
+                    // Delivered before the ack is sent, so a cancelled `next` loses at most an
+                    // ack, which the agent's resend recovers.
+                    if let Delivery::Deliver(messages) = delivery {
+                        self.ready.extend(messages);
+                    }
+                    if ack {
+                        let ack = ClientMessage::ack_for(&message).expect("ack");
+                        // The socket may already be gone (kill tests); the loop notices.
+                        let _ = self.ws.send(Message::Binary(ack.encode())).await;
+                    }
+                }
+                message_type::CHANNEL_CLOSED => {
+                    return Got::Closed(
+                        ChannelClosed::from_payload(&message.payload).expect("closed json"),
+                    )
+                }
+                other => panic!("unexpected message type {other}"),
+            }
+        }
+    }
+
+    async fn expect_stream(&mut self) -> ClientMessage {
+        match timeout(GUARD, self.next()).await.expect("in time") {
+            Got::Stream(message) => message,
+            other => panic!("expected stream data, got {other:?}"),
+        }
+    }
+
+    async fn expect_closed(&mut self) -> ChannelClosed {
+        loop {
+            match timeout(GUARD, self.next()).await.expect("in time") {
+                Got::Closed(closed) => return closed,
+                Got::Stream(_) => continue,
+                Got::WsClosed => panic!("WebSocket closed without channel_closed"),
+            }
+        }
+    }
+
+    /// Sends client stream data; returns its sequence number and frame.
+    async fn send(&mut self, payload_type: PayloadType, payload: Bytes) -> (i64, Bytes) {
+        let queued = self
+            .out
+            .push(Instant::now(), payload_type, payload)
+            .expect("window");
+        self.ws
+            .send(Message::Binary(queued.frame.clone()))
+            .await
+            .expect("send");
+        (queued.sequence_number, queued.frame)
+    }
+
+    /// Answers the HandshakeRequest as the plugin does and waits for HandshakeComplete.
+    async fn handshake(&mut self, client_version: &str) -> HandshakeRequestPayload {
+        let request = self.expect_stream().await;
+        assert_eq!(request.payload_type, PayloadType::HandshakeRequest);
+        let payload = HandshakeRequestPayload::from_payload(&request.payload).expect("request");
+        let (response, _) = handshake::respond(&payload, client_version);
+        self.send(
+            PayloadType::HandshakeResponse,
+            response.to_payload().expect("json"),
+        )
+        .await;
+        let complete = self.expect_stream().await;
+        assert_eq!(complete.payload_type, PayloadType::HandshakeComplete);
+        assert_eq!(complete.sequence_number, 1);
+        assert_eq!(complete.flags, 0);
+        payload
+    }
+
+    /// Hands the channel to a driver task that carries an smux client over Output messages;
+    /// flags and the end of the channel arrive on the returned receiver.
+    fn into_mux(mut self) -> (smux::Session, mpsc::UnboundedReceiver<Got>) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let session = smux::Session::client(
+            theirs,
+            smux::Config {
+                keepalive_interval: None,
+                keepalive_timeout: None,
+                ..smux::Config::default()
+            },
+        )
+        .expect("smux client");
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut from_smux, mut to_smux) = tokio::io::split(ours);
+            let mut buf = vec![0u8; 1024];
+            loop {
+                tokio::select! {
+                    got = self.next() => match got {
+                        Got::Stream(m) if m.payload_type == PayloadType::Output => {
+                            if to_smux.write_all(&m.payload).await.is_err() {
+                                return;
+                            }
+                        }
+                        Got::Stream(m) => {
+                            let _ = events_tx.send(Got::Stream(m));
+                        }
+                        end => {
+                            let _ = events_tx.send(end);
+                            return;
+                        }
+                    },
+                    n = from_smux.read(&mut buf), if self.out.has_room() => match n {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let data = Bytes::copy_from_slice(&buf[..n]);
+                            self.send(PayloadType::Output, data).await;
+                        }
+                    },
+                }
+            }
+        });
+        (session, events_rx)
+    }
+}
+
+async fn echo_through(session: &smux::Session, data: &[u8]) -> Vec<u8> {
+    let mut stream = session.open_stream().await.expect("open stream");
+    let (mut rx, mut tx) = tokio::io::split(&mut stream);
+    let write = async {
+        tx.write_all(data).await.expect("write");
+    };
+    let mut back = vec![0u8; data.len()];
+    let read = async {
+        rx.read_exact(&mut back).await.expect("read back");
+    };
+    timeout(GUARD, async { tokio::join!(write, read) })
+        .await
+        .expect("echo in time");
+    back
+}
+
+#[tokio::test]
+async fn handshake_is_exact_and_mux_echoes_through_the_target() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    assert!(id.starts_with("sim-"));
+    assert_eq!(
+        url,
+        format!(
+            "ws://{}/v1/data-channel/{id}?role=publish_subscribe",
+            sim.local_addr()
+        )
+    );
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+
+    let request = client.expect_stream().await;
+    assert_eq!(request.message_type, message_type::OUTPUT_STREAM_DATA);
+    assert_eq!(request.sequence_number, 0);
+    assert_eq!(request.flags, header_flags::SYN);
+    assert_eq!(request.payload_type, PayloadType::HandshakeRequest);
+    let expected = format!(
+        r#"{{"AgentVersion":"3.3.987.0","RequestedClientActions":[{{"ActionType":"SessionType","ActionParameters":{{"SessionType":"Port","Properties":{{"host":"{DB_HOST}","localPortNumber":"0","portNumber":"5432","type":"LocalPortForwarding"}}}}}}]}}"#
+    );
+    assert_eq!(
+        std::str::from_utf8(&request.payload).expect("utf8"),
+        expected
+    );
+
+    let payload = HandshakeRequestPayload::from_payload(&request.payload).expect("request");
+    let (response, _) = handshake::respond(&payload, MODERN_CLIENT);
+    client
+        .send(
+            PayloadType::HandshakeResponse,
+            response.to_payload().expect("json"),
+        )
+        .await;
+    let complete = client.expect_stream().await;
+    assert_eq!(complete.payload_type, PayloadType::HandshakeComplete);
+    let complete: handshake::HandshakeCompletePayload =
+        serde_json::from_slice(&complete.payload).expect("complete json");
+    assert_eq!(complete.customer_message, "");
+    assert_eq!(client.acks, vec![0], "the HandshakeResponse is acked");
+
+    let info = sim.session_info(&id).expect("session");
+    assert_eq!(info.mux, Some(true));
+    assert_eq!(info.agent_keepalive, Some(false));
+    assert_eq!(info.client_version.as_deref(), Some(MODERN_CLIENT));
+
+    let (session, _events) = client.into_mux();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo_through(&session, &data).await, data);
+    assert_eq!(
+        echo_through(&session, b"second stream").await,
+        b"second stream"
+    );
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.streams_opened), 2);
+    assert_eq!(stat(&stats.sessions_started), 1);
+    assert_eq!(stat(&stats.handshakes_completed), 1);
+    assert_eq!(stat(&stats.active_sessions), 1);
+}
+
+#[tokio::test]
+async fn output_is_capped_per_message() {
+    let sim = start_sim(SsmSimOptions {
+        payload_cap: 100,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake("0.0.1").await; // basic mode: raw bytes in Output
+    let data = vec![7u8; 1000];
+    client
+        .send(PayloadType::Output, Bytes::from(data.clone()))
+        .await;
+    let mut back = Vec::new();
+    while back.len() < data.len() {
+        let message = client.expect_stream().await;
+        assert_eq!(message.payload_type, PayloadType::Output);
+        assert!(
+            message.payload.len() <= 100,
+            "{} bytes",
+            message.payload.len()
+        );
+        back.extend_from_slice(&message.payload);
+    }
+    assert_eq!(back, data);
+}
+
+#[tokio::test]
+async fn basic_mode_for_old_clients_and_redial_after_disconnect() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake("1.1.69").await;
+    let info = sim.session_info(&id).expect("session");
+    assert_eq!(info.mux, Some(false));
+    for round in 0..2 {
+        client
+            .send(PayloadType::Output, Bytes::from_static(b"ping"))
+            .await;
+        let back = client.expect_stream().await;
+        assert_eq!(&back.payload[..], b"ping", "round {round}");
+        client
+            .send(PayloadType::Flag, FlagPayload::DisconnectToPort.encode())
+            .await;
+    }
+    // One dial at handshake, one re-dial after the first DisconnectToPort.
+    assert_eq!(stat(&sim.stats().streams_opened), 2);
+}
+
+#[tokio::test]
+async fn badly_signed_requests_fail_like_aws() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let body = start_body(DB_HOST);
+    let wrong_secret = SimCredentials::new(creds().access_key_id, "not-the-secret");
+    let (status, reply) = call(&sim, Some(&wrong_secret), "StartSession", &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "InvalidSignatureException");
+    assert!(reply["message"].is_string());
+
+    let unknown_key = SimCredentials::new("AKIAUNKNOWN000000000", creds().secret_access_key);
+    let (status, reply) = call(&sim, Some(&unknown_key), "StartSession", &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "UnrecognizedClientException");
+
+    let (status, reply) = call(&sim, None, "StartSession", &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "MissingAuthenticationTokenException");
+    assert_eq!(stat(&sim.stats().sessions_started), 0);
+}
+
+#[tokio::test]
+async fn unknown_target_is_not_connected() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let mut body = start_body(DB_HOST);
+    body["Target"] = json!("i-0fffffffffffffff0");
+    let (status, reply) = call(&sim, Some(&creds()), "StartSession", &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "TargetNotConnected");
+    assert_eq!(reply["message"], "i-0fffffffffffffff0 is not connected.");
+}
+
+#[tokio::test]
+async fn wrong_document_is_invalid() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let mut body = start_body(DB_HOST);
+    body["DocumentName"] = json!("AWS-StartSSHSession");
+    let (status, reply) = call(&sim, Some(&creds()), "StartSession", &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "InvalidDocument");
+    body.as_object_mut().expect("object").remove("DocumentName");
+    let (_, reply) = call(&sim, Some(&creds()), "StartSession", &body).await;
+    assert_eq!(
+        reply["__type"], "InvalidDocument",
+        "the default shell document"
+    );
+}
+
+#[tokio::test]
+async fn unmapped_host_gives_connect_to_port_error_and_fin() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (_, token, url) = start_session(&sim, "nowhere.example").await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+    let (session, mut events) = client.into_mux();
+    let mut stream = session.open_stream().await.expect("open");
+    let got = timeout(GUARD, events.recv())
+        .await
+        .expect("in time")
+        .expect("event");
+    let Got::Stream(flag) = got else {
+        panic!("expected a flag, got {got:?}")
+    };
+    assert_eq!(flag.payload_type, PayloadType::Flag);
+    assert_eq!(
+        FlagPayload::decode(&flag.payload).expect("flag"),
+        FlagPayload::ConnectToPortError
+    );
+    let mut buf = [0u8; 1];
+    let n = timeout(GUARD, stream.read(&mut buf))
+        .await
+        .expect("in time");
+    assert_eq!(n.expect("clean EOF"), 0, "the stream is closed with FIN");
+    assert!(!stream.received_any_data());
+    assert_eq!(stat(&sim.stats().connect_errors), 1);
+}
+
+#[tokio::test]
+async fn terminate_flag_ends_the_session() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+    let (seq, _) = client
+        .send(PayloadType::Flag, FlagPayload::TerminateSession.encode())
+        .await;
+    let closed = client.expect_closed().await;
+    assert!(client.acks.contains(&seq), "the flag is acked first");
+    assert_eq!(closed.session_id.as_deref(), Some(id.as_str()));
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.terminate_flags), 1);
+    assert_eq!(stat(&stats.active_sessions), 0);
+    assert_eq!(stat(&stats.sessions_ended), 1);
+    // A session that is over cannot be resumed.
+    let (_, reply) = call(
+        &sim,
+        Some(&creds()),
+        "ResumeSession",
+        &json!({"SessionId": id}),
+    )
+    .await;
+    assert!(reply.get("TokenValue").is_none());
+}
+
+#[tokio::test]
+async fn terminate_api_ends_the_session_and_is_idempotent() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+    for _ in 0..2 {
+        let (status, reply) = call(
+            &sim,
+            Some(&creds()),
+            "TerminateSession",
+            &json!({"SessionId": id}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(reply, json!({"SessionId": id}));
+    }
+    let closed = client.expect_closed().await;
+    assert_eq!(closed.message_type.as_deref(), Some("channel_closed"));
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.terminate_api_calls), 2);
+    assert_eq!(stat(&stats.active_sessions), 0);
+    let (status, reply) = call(
+        &sim,
+        Some(&creds()),
+        "TerminateSession",
+        &json!({"SessionId": "sim-doesnotexist"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "DoesNotExistException");
+}
+
+#[tokio::test]
+async fn idle_timeout_sends_the_aws_reason() {
+    let sim = start_sim(SsmSimOptions {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+    let closed = client.expect_closed().await;
+    assert_eq!(closed.reason(), Some(IDLE_TIMEOUT_TEXT));
+    assert_eq!(stat(&sim.stats().idle_timeouts), 1);
+    assert_eq!(
+        sim.session_info(&id).expect("session").ended.as_deref(),
+        Some(IDLE_TIMEOUT_TEXT)
+    );
+}
+
+#[tokio::test]
+async fn resume_continues_the_sequence_and_refusal_gives_no_token() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    let client_id = Uuid::new_v4();
+
+    // First connection: read the HandshakeRequest but never ack it, then drop the socket.
+    let first = {
+        let mut client = Client::connect(&url, &token, client_id).await;
+        let frame = match timeout(GUARD, client.ws.next()).await.expect("in time") {
+            Some(Ok(Message::Binary(frame))) => frame,
+            other => panic!("expected the HandshakeRequest, got {other:?}"),
+        };
+        ClientMessage::decode_bytes(&frame).expect("decodes")
+    };
+    // The used token does not open a second connection.
+    let (_, resumed) = call(
+        &sim,
+        Some(&creds()),
+        "ResumeSession",
+        &json!({"SessionId": id}),
+    )
+    .await;
+    let new_token = resumed["TokenValue"].as_str().expect("token").to_owned();
+    assert_ne!(new_token, token);
+    assert_eq!(resumed["StreamUrl"].as_str(), Some(url.as_str()));
+    let mut client = Client::connect(&url, &new_token, client_id).await;
+    let replayed = client.expect_stream().await;
+    assert_eq!(replayed.sequence_number, 0);
+    assert_eq!(
+        replayed.message_id, first.message_id,
+        "the same message, replayed"
+    );
+    assert_eq!(stat(&sim.stats().sessions_resumed), 1);
+    assert_eq!(
+        sim.session_info(&id).expect("session").client_id,
+        Some(client_id.hyphenated().to_string())
+    );
+
+    sim.options().update(|o| o.refuse_resume = true);
+    let (status, refused) = call(
+        &sim,
+        Some(&creds()),
+        "ResumeSession",
+        &json!({"SessionId": id}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(refused["TokenValue"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty());
+    assert_eq!(stat(&sim.stats().resume_refused), 1);
+
+    let (status, unknown) = call(
+        &sim,
+        Some(&creds()),
+        "ResumeSession",
+        &json!({"SessionId": "sim-nosuchsession"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(unknown["__type"], "DoesNotExistException");
+}
+
+#[tokio::test]
+async fn a_used_or_wrong_token_is_refused() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let _first = Client::connect(&url, &token, Uuid::new_v4()).await;
+    for bad in [token.as_str(), "not-a-token"] {
+        let mut client = Client::connect(&url, bad, Uuid::new_v4()).await;
+        let got = timeout(GUARD, client.next()).await.expect("in time");
+        assert!(matches!(got, Got::WsClosed), "got {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn duplicates_are_acked_again() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake("0.0.1").await;
+    let (seq, frame) = client
+        .send(PayloadType::Output, Bytes::from_static(b"once"))
+        .await;
+    let echo = client.expect_stream().await;
+    assert_eq!(&echo.payload[..], b"once");
+    // The same frame again: acked a second time, not delivered again.
+    client
+        .ws
+        .send(Message::Binary(frame))
+        .await
+        .expect("resend");
+    client
+        .send(PayloadType::Output, Bytes::from_static(b"twice"))
+        .await;
+    let echo = client.expect_stream().await;
+    assert_eq!(
+        &echo.payload[..],
+        b"twice",
+        "the duplicate was not forwarded"
+    );
+    assert!(client.acks.iter().filter(|&&a| a == seq).count() >= 2);
+    assert!(stat(&sim.stats().duplicates_reacked) >= 1);
+}
+
+#[tokio::test]
+async fn data_survives_faults_and_a_killed_websocket() {
+    let sim = start_sim(SsmSimOptions {
+        drop_rate: 0.05,
+        duplicate_rate: 0.05,
+        reorder_rate: 0.05,
+        seed: 7,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+    let (session, _events) = client.into_mux();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    assert_eq!(echo_through(&session, &data).await, data);
+    let stats = sim.stats();
+    assert!(stat(&stats.messages_dropped) > 0);
+    assert!(stat(&stats.messages_duplicated) > 0);
+    assert!(stat(&stats.messages_reordered) > 0);
+}
+
+#[tokio::test]
+async fn kill_knob_resets_the_websocket_and_bye_closes_it() {
+    let sim = start_sim(SsmSimOptions {
+        kill_ws_after_messages: Some(1),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    // The HandshakeRequest is the one message; then the socket dies without a close frame.
+    let _ = client.expect_stream().await;
+    let got = timeout(GUARD, client.next()).await.expect("in time");
+    assert!(matches!(got, Got::WsClosed));
+    assert_eq!(stat(&sim.stats().ws_killed), 1);
+
+    sim.options().update(|o| {
+        o.kill_ws_after_messages = None;
+        o.bye_after = Some(Duration::from_millis(50));
+    });
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    let close = loop {
+        match timeout(GUARD, client.ws.next()).await.expect("in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("close frame");
+    assert_eq!(u16::from(close.code), 1000);
+    assert_eq!(close.reason.as_str(), "Bye");
+    assert_eq!(stat(&sim.stats().ws_byes), 1);
+}

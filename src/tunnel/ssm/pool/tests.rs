@@ -1,0 +1,417 @@
+//! The real SSM client (API over HTTP with SigV4, WebSocket, data channel, smux, pool) against
+//! the built-in simulator, with a local TCP echo server standing in for the database.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+use super::*;
+use crate::sim::sigv4::SimCredentials;
+use crate::sim::ssm::{SsmSim, SsmSimOptions, SsmSimStats};
+use crate::tunnel::ssm::api::{ApiError, SsmApi};
+use crate::tunnel::ssm::websocket::WsConnector;
+
+/// Turns a hang into a failure; never used to wait for something.
+const GUARD: Duration = Duration::from_secs(30);
+const REGION: &str = "eu-central-1";
+const DB_HOST: &str = "simdb.c0sim0000000.eu-central-1.rds.amazonaws.com";
+const AKID: &str = "AKIASIMTEST000000000";
+const SECRET: &str = "simsecretsimsecretsimsecretsimsecret0000";
+
+fn stat(counter: &AtomicU64) -> u64 {
+    SsmSimStats::get(counter)
+}
+
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rx, mut tx) = tcp.split();
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Rig {
+    sim: SsmSim,
+    tunnel: SsmTunnel,
+}
+
+async fn rig_with(options: SsmSimOptions, tune: impl FnOnce(&mut SsmSettings)) -> Rig {
+    let echo = echo_server().await;
+    let sim = SsmSim::start(
+        options,
+        SimCredentials::new(AKID, SECRET),
+        REGION,
+        HashMap::from([(DB_HOST.to_owned(), echo)]),
+    )
+    .await
+    .expect("sim starts");
+    let api = SsmApi::with_credentials(
+        aws_credential_types::Credentials::from_keys(AKID, SECRET, None),
+        REGION,
+        Some(&sim.endpoint_url()),
+    );
+    let mut settings = SsmSettings::new(sim.target_id().to_owned(), DB_HOST.to_owned(), 5432);
+    tune(&mut settings);
+    let tunnel = SsmTunnel::new(
+        settings,
+        Arc::new(api),
+        Arc::new(WsConnector::new(None).expect("connector")),
+    );
+    Rig { sim, tunnel }
+}
+
+async fn rig(options: SsmSimOptions) -> Rig {
+    rig_with(options, |_| {}).await
+}
+
+/// Writes `data` and reads the echo back concurrently (larger than any buffer, so both
+/// directions must flow at once).
+async fn echo(stream: &mut SsmStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (mut rx, mut tx) = tokio::io::split(stream);
+    let write = async {
+        tx.write_all(data).await?;
+        tx.flush().await
+    };
+    let read = async {
+        let mut got = vec![0u8; data.len()];
+        rx.read_exact(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let (w, r) = tokio::join!(write, read);
+    w?;
+    r
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn echo_through_one_session() {
+    let rig = rig(SsmSimOptions::default()).await;
+    assert!(rig.tunnel.describe().contains("no session open yet"));
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let data = pattern(100_000, 1);
+    assert_eq!(
+        timeout(GUARD, echo(&mut stream, &data))
+            .await
+            .unwrap()
+            .unwrap(),
+        data
+    );
+    let described = rig.tunnel.describe();
+    assert!(
+        described.starts_with(&format!("SSM via {} (session ", rig.sim.target_id())),
+        "{described}"
+    );
+    let info = rig
+        .sim
+        .session_info(stream.session_id())
+        .expect("session known");
+    assert_eq!(info.mux, Some(true));
+    assert_eq!(info.agent_keepalive, Some(false));
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_streams_share_one_session() {
+    let rig = rig(SsmSimOptions::default()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let tunnel = rig.tunnel.clone();
+        tasks.spawn(async move {
+            let mut stream = tunnel.open().await.expect("open");
+            let data = pattern(2000 + i as usize, i as u8);
+            assert_eq!(echo(&mut stream, &data).await.expect("echo"), data);
+        });
+    }
+    timeout(GUARD * 2, async {
+        while let Some(r) = tasks.join_next().await {
+            r.expect("stream task");
+        }
+    })
+    .await
+    .expect("all streams done");
+    let stats = rig.sim.stats();
+    assert_eq!(stat(&stats.sessions_started), 1);
+    assert_eq!(stat(&stats.streams_opened), 200);
+}
+
+#[tokio::test]
+async fn sessions_spread_up_to_the_limit() {
+    let rig = rig_with(SsmSimOptions::default(), |s| s.max_sessions = 3).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(
+            timeout(GUARD, rig.tunnel.open())
+                .await
+                .unwrap()
+                .expect("open"),
+        );
+    }
+    let mut ids: Vec<&str> = streams.iter().map(|s| s.session_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(stat(&rig.sim.stats().sessions_started), 3);
+}
+
+#[tokio::test]
+async fn websocket_killed_mid_transfer_is_resumed() {
+    let rig = rig(SsmSimOptions {
+        kill_ws_after_messages: Some(150),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    // Killed once: a connection that dies every 150 messages never gets a 512-message
+    // window replayed, which is not what the service does (it drops hourly).
+    let stats = rig.sim.stats();
+    let knobs = rig.sim.options();
+    let watcher = tokio::spawn({
+        let stats = stats.clone();
+        async move {
+            while stat(&stats.ws_killed) == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            knobs.update(|o| o.kill_ws_after_messages = None);
+        }
+    });
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let data = pattern(600_000, 7);
+    assert_eq!(
+        timeout(GUARD * 2, echo(&mut stream, &data))
+            .await
+            .unwrap()
+            .unwrap(),
+        data
+    );
+    watcher.abort();
+    assert!(stat(&stats.ws_killed) >= 1);
+    assert!(stat(&stats.sessions_resumed) >= 1);
+    assert_eq!(stat(&stats.sessions_started), 1);
+}
+
+#[tokio::test]
+async fn lossy_channel_is_byte_exact() {
+    let rig = rig(SsmSimOptions {
+        drop_rate: 0.02,
+        duplicate_rate: 0.02,
+        reorder_rate: 0.02,
+        seed: 42,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let data = pattern(300_000, 3);
+    assert_eq!(
+        timeout(GUARD * 2, echo(&mut stream, &data))
+            .await
+            .unwrap()
+            .unwrap(),
+        data
+    );
+}
+
+#[tokio::test]
+async fn refused_resume_fails_streams_and_next_connection_gets_a_fresh_session() {
+    let rig = rig(SsmSimOptions {
+        kill_ws_after_messages: Some(40),
+        refuse_resume: true,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let first = stream.session_id().to_owned();
+    let err = timeout(GUARD, echo(&mut stream, &pattern(200_000, 9)))
+        .await
+        .unwrap()
+        .expect_err("the session dies");
+    let ssm = SsmError::from_io(&err).expect("an SSM reason");
+    assert!(ssm.to_string().contains(&first), "{ssm}");
+    assert!(format!("{:?}", ssm).contains("ResumeRefused"), "{ssm:?}");
+    drop(stream);
+
+    rig.sim
+        .options()
+        .update(|o| o.kill_ws_after_messages = None);
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("reopen");
+    assert_ne!(stream.session_id(), first);
+    let data = pattern(10_000, 4);
+    assert_eq!(
+        timeout(GUARD, echo(&mut stream, &data))
+            .await
+            .unwrap()
+            .unwrap(),
+        data
+    );
+    assert_eq!(stat(&rig.sim.stats().sessions_started), 2);
+}
+
+#[tokio::test]
+async fn shutdown_terminates_with_flag_and_api() {
+    let rig = rig(SsmSimOptions::default()).await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    assert_eq!(echo(&mut stream, b"x").await.unwrap(), b"x");
+    drop(stream);
+    timeout(GUARD, rig.tunnel.shutdown()).await.unwrap();
+    let stats = rig.sim.stats();
+    assert_eq!(stat(&stats.terminate_flags), 1);
+    assert_eq!(stat(&stats.terminate_api_calls), 1);
+    assert!(matches!(
+        rig.tunnel.open().await,
+        Err(SsmError::ShuttingDown)
+    ));
+}
+
+#[tokio::test]
+async fn node_that_cannot_reach_the_database_is_reported() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.host = "unreachable.example".into()
+    })
+    .await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let err = timeout(
+        GUARD,
+        echo(&mut stream, b"\x00\x00\x00\x08\x04\xd2\x16\x2f"),
+    )
+    .await
+    .unwrap()
+    .expect_err("dial fails on the node");
+    let ssm = SsmError::from_io(&err).expect("an SSM reason");
+    assert!(matches!(ssm, SsmError::ConnectToPort { .. }), "{ssm:?}");
+    assert!(
+        ssm.to_string()
+            .contains("could not connect to unreachable.example:5432"),
+        "{ssm}"
+    );
+    // The session itself is fine: the next stream works once the host is right.
+    assert_eq!(rig.tunnel.session_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_node_and_bad_credentials_are_explained() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.target = "i-00000000000000bad".into()
+    })
+    .await;
+    let err = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, SsmError::Api(ApiError::TargetNotConnected { .. })),
+        "{err:?}"
+    );
+    assert!(err.hint().contains("i-00000000000000bad"));
+
+    let api = SsmApi::with_credentials(
+        aws_credential_types::Credentials::from_keys(AKID, "wrong-secret", None),
+        REGION,
+        Some(&rig.sim.endpoint_url()),
+    );
+    let tunnel = SsmTunnel::new(
+        SsmSettings::new(rig.sim.target_id().into(), DB_HOST.into(), 5432),
+        Arc::new(api),
+        Arc::new(WsConnector::new(None).unwrap()),
+    );
+    let err = timeout(GUARD, tunnel.open()).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, SsmError::Api(ApiError::CredentialsRefused { .. })),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("wrong-secret"));
+}
+
+#[tokio::test]
+async fn idle_session_is_terminated_and_replaced() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.idle_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let first = stream.session_id().to_owned();
+    assert_eq!(echo(&mut stream, b"a").await.unwrap(), b"a");
+    drop(stream);
+    let stats = rig.sim.stats();
+    timeout(GUARD, async {
+        while stat(&stats.terminate_api_calls) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("idle session terminated");
+    assert!(rig.tunnel.session_ids().is_empty());
+    let stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("reopen");
+    assert_ne!(stream.session_id(), first);
+}
+
+#[tokio::test]
+async fn old_agent_gets_one_session_per_connection() {
+    let rig = rig(SsmSimOptions {
+        agent_version: "3.0.100.0".into(),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let mut a = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open a");
+    let mut b = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open b");
+    assert_ne!(a.session_id(), b.session_id());
+    assert_eq!(echo(&mut a, b"first").await.unwrap(), b"first");
+    assert_eq!(echo(&mut b, b"second").await.unwrap(), b"second");
+    let info = rig.sim.session_info(a.session_id()).expect("known");
+    assert_eq!(info.mux, Some(false));
+    drop(a);
+    let stats = rig.sim.stats();
+    timeout(GUARD, async {
+        while stat(&stats.terminate_api_calls) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("basic session terminated on close");
+}
