@@ -145,6 +145,16 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "RDS_AUTH_PROXY_SSM_IDLE_TIMEOUT")]
     pub ssm_idle_timeout: u64,
 
+    /// SSM mode: while connections are open, send a keepalive through the session every
+    /// SECONDS so the account's idle session timeout never cuts an in-use tunnel.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20, env = "RDS_AUTH_PROXY_SSM_KEEPALIVE")]
+    pub ssm_keepalive: u64,
+
+    /// SSM mode: largest data payload per data-channel message. AWS's own clients send at most
+    /// 1024 bytes; raise it only against endpoints known to accept more.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, env = "RDS_AUTH_PROXY_SSM_MAX_PAYLOAD")]
+    pub ssm_max_payload: usize,
+
     /// SSM mode: SigV4-sign the data channel WebSocket upgrade, as the newest
     /// session-manager-plugin does. Off by default: the session token authenticates it.
     #[arg(long, env = "RDS_AUTH_PROXY_SSM_SIGN_WEBSOCKET")]
@@ -229,8 +239,8 @@ pub struct SimArgs {
     /// Simulated SSM: seed of the fault generator, to replay a fault pattern.
     #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_SIM_SSM_SEED")]
     pub ssm_seed: u64,
-    /// Simulated SSM: reset each data channel WebSocket (no close frame) after this many
-    /// messages, counted in both directions.
+    /// Simulated SSM: reset each data channel WebSocket (no close frame) after this many new
+    /// data messages on it, counted in both directions (acks and resends do not count).
     #[arg(long, value_name = "N", env = "RDS_AUTH_PROXY_SIM_SSM_KILL_WS_AFTER_MESSAGES")]
     pub ssm_kill_ws_after_messages: Option<u64>,
     /// Simulated SSM: reset each data channel WebSocket this long after it opened (e.g. 30s).

@@ -38,11 +38,18 @@ pub struct SsmConfig {
     pub idle_timeout: Duration,
     /// SigV4-sign the WebSocket upgrade.
     pub sign_websocket: bool,
+    /// smux keepalive period while connections are open.
+    pub keepalive: Duration,
+    /// Largest Output payload per data-channel message.
+    pub max_payload: usize,
 }
 
 /// Most `--ssm-sessions`: each is a WebSocket, a task and AWS-side state; beyond this it is
 /// almost certainly a typo.
 pub const MAX_SSM_SESSIONS: usize = 64;
+
+/// Largest `--ssm-max-payload`: one smux frame of 32 KiB plus its header fits.
+pub const MAX_SSM_PAYLOAD: usize = 64 * 1024;
 
 /// The validated configuration of one proxied target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +94,10 @@ pub enum ConfigError {
     SsmFlagWithoutSsm(&'static str),
     #[error("--connect-addr only applies with --via direct")]
     ConnectAddrWithSsm,
+    #[error("--ssm-keepalive must be at least 1 second")]
+    BadSsmKeepalive,
+    #[error("--ssm-max-payload {0} must be between 1 and 65536 bytes")]
+    BadSsmMaxPayload(usize),
 }
 
 impl Config {
@@ -159,11 +170,19 @@ fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
     if args.ssm_idle_timeout == 0 {
         return Err(ConfigError::BadSsmIdleTimeout);
     }
+    if args.ssm_keepalive == 0 {
+        return Err(ConfigError::BadSsmKeepalive);
+    }
+    if !(1..=MAX_SSM_PAYLOAD).contains(&args.ssm_max_payload) {
+        return Err(ConfigError::BadSsmMaxPayload(args.ssm_max_payload));
+    }
     Ok(SsmConfig {
         node: node.to_owned(),
         sessions: args.ssm_sessions,
         idle_timeout: Duration::from_secs(args.ssm_idle_timeout),
         sign_websocket: args.ssm_sign_websocket,
+        keepalive: Duration::from_secs(args.ssm_keepalive),
+        max_payload: args.ssm_max_payload,
     })
 }
 
@@ -287,6 +306,8 @@ mod tests {
                 sessions: 1,
                 idle_timeout: Duration::from_secs(300),
                 sign_websocket: false,
+                keepalive: Duration::from_secs(20),
+                max_payload: 1024,
             })
         );
         assert_eq!(

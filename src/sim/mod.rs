@@ -1,7 +1,8 @@
 //! The local AWS simulator: everything the tests, `rds-auth-proxy sim` and `demo` use instead of
 //! AWS. Real protocols on loopback, never mock objects: a TLS "RDS front" that checks IAM tokens
 //! as IAM would ([`rds`], [`sigv4`]), in front of a real throwaway PostgreSQL ([`postgres`]), with
-//! a CA generated per run ([`certs`]). [`runner`] starts them together.
+//! a CA generated per run ([`certs`]), and the SSM API plus the agent side of the port-forwarding
+//! data channel ([`ssm`]). [`runner`] starts them together.
 
 pub mod certs;
 pub mod postgres;

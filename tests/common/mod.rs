@@ -62,13 +62,42 @@ pub fn direct_args(sim: &Simulator) -> Vec<String> {
     ]
 }
 
+/// The flags that point a proxy at `sim` through its simulated SSM service.
+pub fn ssm_args(sim: &Simulator) -> Vec<String> {
+    vec![
+        "--target".into(),
+        format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+        "--via".into(),
+        "ssm".into(),
+        "--ssm-target".into(),
+        sim.ssm.target_id().to_owned(),
+        "--ca-bundle".into(),
+        sim.ca_file.display().to_string(),
+        "--port".into(),
+        "0".into(),
+    ]
+}
+
+/// An in-process proxy whose SSM client talks to the simulator (no environment involved).
+pub async fn start_ssm_proxy(args: &[String], sim: &Simulator) -> RunningProxy {
+    let setup = rds_auth_proxy::app::AwsSetup {
+        credentials: sim.aws_credentials(),
+        ssm_endpoint: Some(sim.ssm.endpoint_url()),
+    };
+    start_proxy_with(args, Credentials::FixedWith(setup)).await
+}
+
 /// Starts an in-process proxy from command-line style arguments.
 pub async fn start_proxy(args: &[String], credentials: aws_credential_types::Credentials) -> RunningProxy {
+    start_proxy_with(args, Credentials::Fixed(credentials)).await
+}
+
+pub async fn start_proxy_with(args: &[String], credentials: Credentials) -> RunningProxy {
     let mut argv = vec!["rds-auth-proxy".to_owned()];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).expect("valid flags");
     let config = Config::from_args(&cli.proxy).expect("valid config");
-    let proxy = Proxy::bind(&config, Credentials::Fixed(credentials))
+    let proxy = Proxy::bind(&config, credentials)
         .await
         .expect("proxy binds");
     let addr = proxy.local_addr();

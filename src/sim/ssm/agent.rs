@@ -76,8 +76,8 @@ pub(super) enum Event {
         /// ClientId from OpenDataChannel, if any.
         client_id: Option<String>,
     },
-    /// One binary frame from a connection.
-    Frame { conn: u64, frame: Bytes },
+    /// One binary frame from a connection that presented a valid token.
+    Frame { frame: Bytes },
     /// A connection is gone.
     Detach { conn: u64 },
     /// The TerminateSession API was called.
@@ -89,10 +89,12 @@ pub(super) enum Event {
 pub(super) enum WsOut {
     /// Send one binary frame.
     Binary(Bytes),
-    /// Send one binary frame replayed after a reconnect (not counted by the kill knob).
+    /// Send one binary frame replayed after a reconnect.
     Replay(Bytes),
     /// Send a close frame and stop.
     Close { code: u16, reason: &'static str },
+    /// Reset the TCP connection without a close frame (the kill knob).
+    Kill,
 }
 
 /// Why a session ended; decides the `channel_closed` Output.
@@ -255,6 +257,8 @@ struct Agent {
     inc: Incoming<ClientMessage>,
     /// The connection currently carrying the session.
     ws: Option<(u64, mpsc::Sender<WsOut>)>,
+    /// New stream messages exchanged on that connection, for the kill knob.
+    fresh_on_conn: u64,
     phase: Phase,
     /// The port plugin once the handshake is complete.
     port: Option<PortHandle>,
@@ -286,6 +290,7 @@ impl Agent {
             out: Outgoing::new(config.clone()),
             inc: Incoming::new(&config),
             ws: None,
+            fresh_on_conn: 0,
             phase: Phase::AwaitingResponse { sent_at: now },
             port: None,
             port_events: None,
@@ -423,31 +428,26 @@ impl Agent {
                 }
                 // A newer connection replaces the old one; dropping its sender closes it.
                 self.ws = Some((conn, out));
+                self.fresh_on_conn = 0;
                 self.held_out = None;
                 // Sequence numbers survive reconnects; whatever the client has not acked is
                 // replayed right away (§4.6).
-                eprintln!("DBG attach conn={conn} unacked={} next_out={} expected_in={} buffered_in={}", self.out.unacked_len(), self.out.next_sequence_number(), self.inc.expected(), self.inc.buffered_len());
                 for frame in self.out.replay(Instant::now()) {
                     self.transmit(frame, true);
                 }
                 Ok(())
             }
             Event::Detach { conn } => {
-                eprintln!("DBG agent detach conn={conn} current={:?}", self.ws.as_ref().map(|w| w.0));
                 if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
                     self.ws = None;
                     self.held_out = None;
                 }
                 Ok(())
             }
-            Event::Frame { conn, frame } => {
-                if self.ws.is_none() { eprintln!("DBG agent event frame conn={conn} current={:?}", self.ws.as_ref().map(|w| w.0)); }
-                if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
-                    self.on_frame(&frame)
-                } else {
-                    Ok(())
-                }
-            }
+            // Processed even when that connection has died or been replaced since: MGS
+            // received the frame and relays it to the agent over its own leg; only the acks
+            // for it may be lost, and the client's resends recover those.
+            Event::Frame { frame } => self.on_frame(&frame),
             Event::Terminate => Err(End::TerminateApi),
         }
     }
@@ -508,7 +508,6 @@ impl Agent {
     fn on_stream(&mut self, message: ClientMessage) -> Result<(), End> {
         let seq = message.sequence_number;
         if seq == self.inc.expected() && !self.ready_for(&message) {
-            eprintln!("DBG not ready seq={seq} backlog={:?}", self.port.as_ref().map(|p| p.backlog()));
             // ErrHandlerNotReady: neither acked nor consumed, so the client resends it later.
             return Ok(());
         }
@@ -519,6 +518,7 @@ impl Agent {
         match delivery {
             Delivery::Deliver(ready) => {
                 for message in ready {
+                    self.count_fresh();
                     self.deliver(message)?;
                 }
             }
@@ -729,16 +729,31 @@ impl Agent {
             .map_err(|e| End::Stopped(format!("simulated agent: {e}")))?;
         self.last_activity = now;
         self.transmit(queued.frame, false);
+        self.count_fresh();
         Ok(())
+    }
+
+    /// Counts one new stream message (either direction) on the current connection and kills
+    /// the connection once the `kill_ws_after_messages` knob's limit is reached. Acks, resends,
+    /// replays and duplicates do not count, so every connection moves the transfer forward
+    /// by that many messages before it dies, however much is replayed after a resume.
+    fn count_fresh(&mut self) {
+        if self.ws.is_none() {
+            return;
+        }
+        self.fresh_on_conn += 1;
+        let limit = self.inner.knobs.read(|o| o.kill_ws_after_messages);
+        if limit.is_some_and(|n| self.fresh_on_conn >= n) {
+            bump(&self.inner.stats.ws_killed);
+            self.send_ws(WsOut::Kill);
+            self.ws = None;
+            self.held_out = None;
+        }
     }
 
     /// Sends a stream-data frame through the fault injector. Without a connection nothing is
     /// sent: the frame stays unacked and is replayed on the next attach.
-    ///
-    /// `replay` marks the burst sent right after a reconnect, which the per-connection kill
-    /// knob does not count: otherwise a replay longer than the limit would get every new
-    /// connection killed before the client could ack anything, and the session would never
-    /// make progress again.
+    /// `replay` marks the burst sent right after a reconnect.
     fn transmit(&mut self, frame: Bytes, replay: bool) {
         if self.ws.is_none() {
             return;
@@ -776,7 +791,7 @@ impl Agent {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::trace!(session = %self.shared.id, "simulated agent: send queue full, frame lost");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => { eprintln!("DBG closed"); self.ws = None },
+            Err(mpsc::error::TrySendError::Closed(_)) => self.ws = None,
         }
     }
 

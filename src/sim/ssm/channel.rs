@@ -89,8 +89,6 @@ pub(super) async fn serve<S>(
         return;
     }
     let opened = Instant::now();
-    let mut messages: u64 = 0;
-    let (mut dbg_in, mut dbg_out) = (0u64, 0u64);
     let mut knobs = inner.knobs.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
     loop {
@@ -104,15 +102,7 @@ pub(super) async fn serve<S>(
                 .await;
             break;
         }
-        let (kill_after, bye_after, kill_after_messages) = inner
-            .knobs
-            .read(|o| (o.kill_ws_after, o.bye_after, o.kill_ws_after_messages));
-        if kill_after_messages.is_some_and(|n| messages >= n) {
-            eprintln!("DBG kill conn={conn} in={dbg_in} out={dbg_out}");
-            bump(&inner.stats.ws_killed);
-            hard_close(ws.get_ref());
-            break;
-        }
+        let (kill_after, bye_after) = inner.knobs.read(|o| (o.kill_ws_after, o.bye_after));
         let kill_at = kill_after.map(|d| opened + d);
         let bye_at = bye_after.map(|d| opened + d);
         let wake_at = kill_at.into_iter().chain(bye_at).min();
@@ -120,18 +110,15 @@ pub(super) async fn serve<S>(
             biased;
             _ = shutdown.changed() => {}
             out = out_rx.recv() => match out {
-                Some(WsOut::Binary(frame)) => {
-                    if let Err(e) = ws.send(Message::Binary(frame)).await {
-                        eprintln!("DBG conn {conn} send err {e}");
-                        break;
-                    }
-                    messages += 1;
-                    dbg_out += 1;
-                }
-                Some(WsOut::Replay(frame)) => {
+                Some(WsOut::Binary(frame) | WsOut::Replay(frame)) => {
                     if ws.send(Message::Binary(frame)).await.is_err() {
                         break;
                     }
+                }
+                // The session counts what the kill knob counts (it knows which messages are new).
+                Some(WsOut::Kill) => {
+                    hard_close(ws.get_ref());
+                    break;
                 }
                 Some(WsOut::Close { code, reason }) => {
                     let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
@@ -145,16 +132,13 @@ pub(super) async fn serve<S>(
             },
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Binary(frame))) => {
-                    messages += 1;
-                    dbg_in += 1;
-                    if let Ok(m) = crate::tunnel::ssm::message::ClientMessage::decode_bytes(&frame) { if m.message_type != "acknowledge" { eprintln!("DBG in conn={conn} seq={} type={:?}", m.sequence_number, m.payload_type); } }
-                    if events.send(Event::Frame { conn, frame }).await.is_err() {
+                    if events.send(Event::Frame { frame }).await.is_err() {
                         break;
                     }
                 }
                 // Nothing but the first message is text; pings are answered by tungstenite.
                 Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                other @ (Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => { eprintln!("DBG conn {conn} read end {other:?}"); break },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
             _ = knobs.changed() => {}
             _ = sleep_until(wake_at.unwrap_or(opened)), if wake_at.is_some() => {
@@ -172,7 +156,6 @@ pub(super) async fn serve<S>(
             }
         }
     }
-    eprintln!("DBG conn {conn} loop ended in={dbg_in} out={dbg_out}");
     let _ = events.send(Event::Detach { conn }).await;
 }
 

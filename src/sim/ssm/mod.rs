@@ -9,8 +9,6 @@ mod channel;
 mod port;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod dbg_tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,8 +60,9 @@ pub struct SsmSimOptions {
     /// Seed of the fault RNG, so a failing fault pattern can be replayed. Changing it at run time
     /// reseeds.
     pub seed: u64,
-    /// Abruptly close (TCP reset, no close frame) each WebSocket after this many binary
-    /// messages, counted in both directions.
+    /// Abruptly close (TCP reset, no close frame) each WebSocket after this many new
+    /// stream-data messages on it, counted in both directions. Acks, resends, replays and
+    /// duplicates do not count, so a resumed session always makes progress before the next kill.
     pub kill_ws_after_messages: Option<u64>,
     /// Abruptly close each WebSocket this long after it opened.
     pub kill_ws_after: Option<Duration>,
@@ -347,7 +346,7 @@ impl SsmSim {
         self.inner.session(session_id).map(|s| s.info())
     }
 
-    /// Ids of every session started so far, oldest first is not guaranteed.
+    /// Ids of every session started so far, in no particular order.
     pub fn session_ids(&self) -> Vec<String> {
         self.inner.sessions().keys().cloned().collect()
     }

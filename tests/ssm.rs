@@ -1,0 +1,257 @@
+//! End to end through `--via ssm`: client → proxy → simulated SSM (API + MGS/agent data channel,
+//! smux) → simulated RDS (TLS + IAM) → real PostgreSQL, with the simulator's faults switched on.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use common::*;
+use rds_auth_proxy::sim::ssm::SsmSimStats;
+use rds_auth_proxy::sim::{SimOptions, Simulator};
+
+fn stat(sim: &Simulator, f: impl Fn(&SsmSimStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+    f(&sim.ssm.stats()).load(Ordering::SeqCst)
+}
+
+/// Polls until `cond` holds (the simulator's counters move on their own tasks).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_connections_share_one_session() {
+    let sim = start_sim().await;
+    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let conn = proxy.conn_string("db_user");
+        tasks.push(tokio::spawn(async move {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let row = client.query_one("SELECT $1::int4 * 3", &[&i]).await?;
+            Ok::<_, tokio_postgres::Error>((row.get::<_, i32>(0), client))
+        }));
+    }
+    let mut clients = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (v, client) = t.await.unwrap().expect("connection through the tunnel");
+        assert_eq!(v, i as i32 * 3);
+        clients.push(client);
+    }
+    assert_eq!(stat(&sim, |s| &s.sessions_started), 1, "one SSM session for all");
+    assert!(stat(&sim, |s| &s.streams_opened) >= 200);
+    drop(clients);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+fn lines(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed;
+    while out.len() < len {
+        for _ in 0..99 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push(b'a' + (x % 26) as u8);
+        }
+        out.push(b'\n');
+    }
+    out.truncate(len - len % 100);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_64_mib_each_way_under_loss_and_a_killed_websocket() {
+    let mut options = SimOptions::default();
+    options.ssm.drop_rate = 0.01;
+    options.ssm.duplicate_rate = 0.01;
+    options.ssm.reorder_rate = 0.01;
+    let sim = start_sim_with(options).await;
+    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let client = connect(&proxy, "db_user").await.unwrap();
+    client.batch_execute("CREATE TEMP TABLE t (line text)").await.unwrap();
+    let data = lines(7, 64 * 1024 * 1024);
+    let sent_sum = hex::encode(Sha256::digest(&data));
+
+    // Kill the WebSocket once, mid-transfer: after the session has carried some traffic.
+    let knobs = sim.ssm.options();
+    let stats = sim.ssm.stats();
+    let killer = tokio::spawn(async move {
+        let base = stats.ws_connections.load(Ordering::SeqCst);
+        knobs.update(|o| o.kill_ws_after_messages = Some(20_000));
+        while stats.ws_killed.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        knobs.update(|o| o.kill_ws_after_messages = None);
+        base
+    });
+
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in data.chunks(256 * 1024) {
+        sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap() as usize, data.len() / 100);
+    let (count, db_sum): (i64, String) = {
+        let row = client
+            .query_one("SELECT count(*), md5(string_agg(line, E'\\n')) FROM t", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(count as usize, data.len() / 100);
+    assert_eq!(db_sum.len(), 32);
+
+    let stream = client.copy_out("COPY t TO STDOUT").await.unwrap();
+    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+    let mut hasher = Sha256::new();
+    let mut total = 0;
+    for c in &chunks {
+        hasher.update(c);
+        total += c.len();
+    }
+    assert_eq!(total, data.len());
+    assert_eq!(hex::encode(hasher.finalize()), sent_sum, "byte-exact both ways");
+
+    killer.await.unwrap();
+    assert!(stat(&sim, |s| &s.ws_killed) >= 1, "the WebSocket was killed mid-transfer");
+    assert!(stat(&sim, |s| &s.sessions_resumed) >= 1, "and the session resumed");
+    assert_eq!(stat(&sim, |s| &s.sessions_started), 1, "no new session was needed");
+    assert!(stat(&sim, |s| &s.messages_dropped) > 0 && stat(&sim, |s| &s.messages_duplicated) > 0);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_mid_query_and_the_query_completes() {
+    let sim = start_sim().await;
+    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let client = connect(&proxy, "db_user").await.unwrap();
+    sim.ssm.options().update(|o| o.bye_after = Some(Duration::from_millis(500)));
+    let row = client
+        .query_one("SELECT pg_sleep(1.5), 'still here'::text", &[])
+        .await
+        .expect("the query survives the service's 1000 Bye");
+    assert_eq!(row.get::<_, String>(1), "still here");
+    assert!(stat(&sim, |s| &s.ws_byes) >= 1);
+    assert!(stat(&sim, |s| &s.sessions_resumed) >= 1);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_with_and_without_open_connections() {
+    let mut options = SimOptions::default();
+    options.ssm.idle_timeout = Some(Duration::from_secs(2));
+    let sim = start_sim_with(options).await;
+    let mut args = ssm_args(&sim);
+    args.extend(["--ssm-keepalive".into(), "1".into()]);
+    let proxy = start_ssm_proxy(&args, &sim).await;
+
+    // An open but quiet connection: the proxy's keepalive keeps the session from timing out.
+    let client = connect(&proxy, "db_user").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    client.simple_query("SELECT 1").await.expect("session still alive");
+    assert_eq!(stat(&sim, |s| &s.idle_timeouts), 0);
+    drop(client);
+
+    // No connection: the service's idle timeout ends the session; the next connection gets a
+    // fresh one transparently.
+    eventually("the idle session to time out", || stat(&sim, |s| &s.idle_timeouts) >= 1).await;
+    let client = connect(&proxy, "db_user").await.expect("a fresh session");
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(stat(&sim, |s| &s.sessions_started), 2);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_resume_gives_the_next_connection_a_new_session() {
+    let sim = start_sim().await;
+    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    connect(&proxy, "db_user").await.unwrap().simple_query("SELECT 1").await.unwrap();
+    sim.ssm.options().update(|o| {
+        o.refuse_resume = true;
+        o.kill_ws_after = Some(Duration::from_millis(1));
+    });
+    eventually("the resume to be refused", || stat(&sim, |s| &s.resume_refused) >= 1).await;
+    sim.ssm.options().update(|o| {
+        o.refuse_resume = false;
+        o.kill_ws_after = None;
+    });
+    let client = connect(&proxy, "db_user").await.expect("a new session");
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(stat(&sim, |s| &s.sessions_started), 2);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_cannot_reach_the_database() {
+    let sim = start_sim().await;
+    let mut args = ssm_args(&sim);
+    // The certificate name does not matter: the node cannot even dial this host.
+    args[1] = "unknown.c0sim0000000.eu-central-1.rds.amazonaws.com:5432".into();
+    let proxy = start_ssm_proxy(&args, &sim).await;
+    let (code, message, hint) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("could not connect to"), "{message}");
+    assert!(hint.unwrap_or_default().contains("unknown.c0sim0000000.eu-central-1.rds.amazonaws.com"));
+    assert!(stat(&sim, |s| &s.connect_errors) >= 1);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_through_the_tunnel_and_terminate_on_shutdown() {
+    let sim = start_sim().await;
+    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let client = connect(&proxy, "db_user").await.unwrap();
+    let token = client.cancel_token();
+    let observer = connect(&proxy, "db_user").await.unwrap();
+    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    eventually_async(&observer).await;
+    let at = Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("cancelled in time")
+        .unwrap()
+        .expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"));
+    assert!(at.elapsed() < Duration::from_secs(2));
+    assert_eq!(sim.front_state.cancels.load(Ordering::SeqCst), 1);
+    drop(observer);
+    proxy.stop().await;
+    assert!(stat(&sim, |s| &s.terminate_flags) >= 1, "TerminateSession flag sent on shutdown");
+    assert!(stat(&sim, |s| &s.terminate_api_calls) >= 1, "and the TerminateSession API called");
+    sim.stop().await;
+}
+
+async fn eventually_async(observer: &tokio_postgres::Client) {
+    let started = Instant::now();
+    loop {
+        let n: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "query never started");
+    }
+}
