@@ -311,7 +311,7 @@ mod tests {
             })
         );
         assert_eq!(
-            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "4", "--ssm-idle-timeout", "60", "--ssm-sign-websocket"])
+            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "4", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768"])
                 .unwrap()
                 .via,
             ViaConfig::Ssm(SsmConfig {
@@ -319,9 +319,11 @@ mod tests {
                 sessions: 4,
                 idle_timeout: Duration::from_secs(60),
                 sign_websocket: true,
+                keepalive: Duration::from_secs(5),
+                max_payload: 32768,
             })
         );
-        let cases: [(&[&str], ConfigError); 7] = [
+        let cases: [(&[&str], ConfigError); 9] = [
             (&[], ConfigError::MissingSsmTarget),
             (&["--ssm-target", "web-server"], ConfigError::BadSsmTarget("web-server".into())),
             (&["--ssm-target", "i-xyz"], ConfigError::BadSsmTarget("i-xyz".into())),
@@ -329,6 +331,8 @@ mod tests {
             (&["--ssm-target", "i-0123456789abcdef0", "--ssm-sessions", "65"], ConfigError::BadSsmSessions(65)),
             (&["--ssm-target", "i-0123456789abcdef0", "--ssm-idle-timeout", "0"], ConfigError::BadSsmIdleTimeout),
             (&["--ssm-target", "i-0123456789abcdef0", "--connect-addr", "127.0.0.1:1"], ConfigError::ConnectAddrWithSsm),
+            (&["--ssm-target", "i-0123456789abcdef0", "--ssm-keepalive", "0"], ConfigError::BadSsmKeepalive),
+            (&["--ssm-target", "i-0123456789abcdef0", "--ssm-max-payload", "70000"], ConfigError::BadSsmMaxPayload(70000)),
         ];
         for (extra, expected) in cases {
             assert_eq!(ok(extra), Err(expected), "{extra:?}");

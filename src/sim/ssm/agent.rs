@@ -701,8 +701,11 @@ impl Agent {
         if self.held_in.as_ref().is_some_and(|h| h.1 + HOLD_MAX <= now) {
             self.release_held_in()?;
         }
-        if self.ws.is_some() {
-            for frame in self.out.due_for_resend(now) {
+        if let Some((_, tx)) = &self.ws {
+            // Never resend more than the WebSocket queue can take: overflowing it would lose
+            // the resends too, and the next tick would resend even more (congestion collapse).
+            let room = tx.capacity().saturating_sub(WS_QUEUE_RESERVE);
+            for frame in self.out.due_for_resend_up_to(now, room) {
                 bump(&self.inner.stats.resends);
                 self.transmit(frame, false);
             }

@@ -61,9 +61,9 @@ pub(super) async fn serve<S>(
     mut ws: WebSocketStream<S>,
     inner: Arc<Inner>,
     session: Arc<SessionShared>,
-    hard_close: fn(&S),
+    _hard_close: fn(&S),
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (open, conn) = match open(&mut ws, &session).await {
         Ok(open) => (open, NEXT_CONN.fetch_add(1, Ordering::Relaxed)),
@@ -91,14 +91,31 @@ pub(super) async fn serve<S>(
     let opened = Instant::now();
     let mut knobs = inner.knobs.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
+    // Reading and writing run independently, as MGS does: a peer that is busy writing to us
+    // must never find us blocked writing to it (both TCP buffers full = deadlock).
+    let (mut sink, mut stream) = futures_util::StreamExt::split(ws);
+    let reader_events = events.clone();
+    let mut reader = tokio::spawn(async move {
+        while let Some(incoming) = stream.next().await {
+            match incoming {
+                Ok(Message::Binary(frame)) => {
+                    if reader_events.send(Event::Frame { frame }).await.is_err() {
+                        break;
+                    }
+                }
+                // Nothing but the first message is text; pings are answered by tungstenite.
+                Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Close(_)) | Err(_) => break,
+            }
+        }
+    });
     loop {
-        let stopping = *shutdown.borrow_and_update();
-        if stopping {
-            let _ = ws
-                .close(Some(CloseFrame {
+        if *shutdown.borrow_and_update() {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
                     code: CloseCode::Away,
                     reason: "".into(),
-                }))
+                })))
                 .await;
             break;
         }
@@ -109,53 +126,43 @@ pub(super) async fn serve<S>(
         tokio::select! {
             biased;
             _ = shutdown.changed() => {}
+            _ = &mut reader => break,
             out = out_rx.recv() => match out {
                 Some(WsOut::Binary(frame) | WsOut::Replay(frame)) => {
-                    if ws.send(Message::Binary(frame)).await.is_err() {
+                    if sink.send(Message::Binary(frame)).await.is_err() {
                         break;
                     }
                 }
                 // The session counts what the kill knob counts (it knows which messages are new).
-                Some(WsOut::Kill) => {
-                    hard_close(ws.get_ref());
-                    break;
-                }
+                // An abrupt end: the connection is dropped without a close frame.
+                Some(WsOut::Kill) => break,
                 Some(WsOut::Close { code, reason }) => {
-                    let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
                     break;
                 }
                 // Replaced by a newer connection for the same session.
                 None => {
-                    let _ = ws.close(None).await;
+                    let _ = sink.send(Message::Close(None)).await;
                     break;
                 }
-            },
-            incoming = ws.next() => match incoming {
-                Some(Ok(Message::Binary(frame))) => {
-                    if events.send(Event::Frame { frame }).await.is_err() {
-                        break;
-                    }
-                }
-                // Nothing but the first message is text; pings are answered by tungstenite.
-                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             },
             _ = knobs.changed() => {}
             _ = sleep_until(wake_at.unwrap_or(opened)), if wake_at.is_some() => {
                 let now = Instant::now();
                 if kill_at.is_some_and(|t| t <= now) {
                     bump(&inner.stats.ws_killed);
-                    hard_close(ws.get_ref());
                     break;
                 }
                 if bye_at.is_some_and(|t| t <= now) {
                     bump(&inner.stats.ws_byes);
-                    let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "Bye".into() })).await;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "Bye".into() }))).await;
                     break;
                 }
             }
         }
     }
+    reader.abort();
+    drop(sink);
     let _ = events.send(Event::Detach { conn }).await;
 }
 

@@ -229,13 +229,16 @@ pub async fn open(
     let (local_rx, mut local_tx) = tokio::io::split(remote);
     let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
     let inbound_bytes = Arc::new(AtomicUsize::new(0));
+    let inbound_drained = Arc::new(tokio::sync::Notify::new());
     {
         let inbound_bytes = inbound_bytes.clone();
+        let inbound_drained = inbound_drained.clone();
         tokio::spawn(async move {
             while let Some(chunk) = inbound_rx.recv().await {
                 let len = chunk.len();
                 let ok = local_tx.write_all(&chunk).await.is_ok();
                 inbound_bytes.fetch_sub(len, Ordering::Relaxed);
+                inbound_drained.notify_one();
                 if !ok {
                     break;
                 }
@@ -267,6 +270,7 @@ pub async fn open(
         local_eof: false,
         inbound_tx,
         inbound_bytes,
+        inbound_drained,
         shared: shared.clone(),
         commands: command_rx,
         pending_terminate: None,
@@ -505,6 +509,8 @@ struct Pump {
     /// Agent output on its way to the local side (written by a helper task).
     inbound_tx: mpsc::UnboundedSender<Bytes>,
     inbound_bytes: Arc<AtomicUsize>,
+    /// Signalled whenever the local side consumed queued agent output.
+    inbound_drained: Arc<tokio::sync::Notify>,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     /// A Terminate that arrived while reconnecting; answered when the pump stops.
@@ -572,9 +578,18 @@ impl Pump {
             let can_read_local =
                 self.handshake_complete() && !self.local_eof && self.out.has_room();
             let resend_at = self.out.next_resend_at();
+            // Back-pressure: while the local side has a full queue of agent output, stop
+            // reading the WebSocket (TCP pushes back to the agent) instead of dropping data.
+            let inbound_full =
+                self.inbound_bytes.load(Ordering::Relaxed) > self.config.inbound_queue_bytes;
+            if inbound_full {
+                // Not hearing from the gateway is our choice here, not a sign it died.
+                self.last_rx = Instant::now();
+            }
             let dead_at = self.last_rx + self.config.dead_after;
             tokio::select! {
-                frame = self.ws.next() => match frame {
+                () = self.inbound_drained.notified(), if inbound_full => {}
+                frame = self.ws.next(), if !inbound_full => match frame {
                     Some(Ok(message)) => {
                         self.last_rx = Instant::now();
                         self.on_ws_message(message).await?;
@@ -728,12 +743,6 @@ impl Pump {
 
     async fn on_stream_data(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
         let seq = msg.sequence_number;
-        // Local side not keeping up: leave it unacked, the agent resends it later.
-        if seq >= self.inc.expected()
-            && self.inbound_bytes.load(Ordering::Relaxed) > self.config.inbound_queue_bytes
-        {
-            return Ok(());
-        }
         let ack = ClientMessage::ack_for(&msg);
         let delivery = self.inc.on_message(seq, msg);
         if delivery.should_ack() {

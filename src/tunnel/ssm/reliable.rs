@@ -32,6 +32,9 @@ pub struct Config {
     pub rtt_alpha: f64,
     /// RTTVAR gain (β).
     pub rttvar_beta: f64,
+    /// Resend a message as soon as this many later messages were acked (0 = only on RTO).
+    /// Without it every lost message stalls a full window for an RTO.
+    pub fast_retransmit_after: u32,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             clock_granularity: Duration::from_millis(10),
             rtt_alpha: 1.0 / 8.0,
             rttvar_beta: 1.0 / 4.0,
+            fast_retransmit_after: 3,
         }
     }
 }
@@ -72,6 +76,12 @@ struct Pending {
     last_sent: Instant,
     /// Sends so far, including the first.
     attempts: u32,
+    /// Acks for later messages seen since the last send of this one.
+    later_acks: u32,
+    /// Enough later messages were acked that this one is presumed lost: resend now, without
+    /// waiting for the RTO (fast retransmit; the WebSocket below is ordered, so a gap in the
+    /// acks means a loss, not a delay).
+    presumed_lost: bool,
 }
 
 /// A frame accepted into the outgoing window, ready to be written to the WebSocket.
@@ -147,6 +157,8 @@ impl Outgoing {
                 frame: frame.clone(),
                 last_sent: now,
                 attempts: 1,
+                later_acks: 0,
+                presumed_lost: false,
             },
         );
         self.next_seq = next;
@@ -174,6 +186,15 @@ impl Outgoing {
         let Some(pending) = self.unacked.remove(&seq) else {
             return false;
         };
+        let threshold = self.config.fast_retransmit_after;
+        if threshold > 0 {
+            for earlier in self.unacked.range_mut(..seq).map(|(_, p)| p) {
+                earlier.later_acks = earlier.later_acks.saturating_add(1);
+                if earlier.later_acks >= threshold {
+                    earlier.presumed_lost = true;
+                }
+            }
+        }
         // Sampled against the latest send, as plugin and agent do (§4.3): after a resend this
         // can under-estimate, which only makes the next resend a little eager.
         let sample = now
@@ -209,8 +230,10 @@ impl Outgoing {
             if due.len() >= limit {
                 break;
             }
-            if now.saturating_duration_since(pending.last_sent) >= rto {
+            if pending.presumed_lost || now.saturating_duration_since(pending.last_sent) >= rto {
                 pending.last_sent = now;
+                pending.later_acks = 0;
+                pending.presumed_lost = false;
                 pending.attempts = pending.attempts.saturating_add(1);
                 due.push(pending.frame.clone());
             }
@@ -223,9 +246,14 @@ impl Outgoing {
     pub fn next_resend_at(&self) -> Option<Instant> {
         self.unacked
             .values()
-            .map(|p| p.last_sent)
+            .map(|p| {
+                if p.presumed_lost {
+                    p.last_sent
+                } else {
+                    p.last_sent + self.rto
+                }
+            })
             .min()
-            .map(|oldest| oldest + self.rto)
     }
 
     /// Every unacked frame in seq order, without touching timers.
@@ -653,5 +681,35 @@ mod tests {
             (ms(100), ms(200), ms(1000), ms(10))
         );
         assert_eq!((c.rtt_alpha, c.rttvar_beta), (0.125, 0.25));
+    }
+
+    #[test]
+    fn a_gap_in_the_acks_resends_before_the_rto() {
+        let t0 = Instant::now();
+        let mut out = Outgoing::new(Config::default());
+        for _ in 0..5 {
+            out.push(t0, PayloadType::Output, Bytes::from_static(b"x")).unwrap();
+        }
+        let t1 = t0 + Duration::from_millis(5);
+        // Seq 0 was lost; 1 and 2 acked: not yet presumed lost.
+        assert!(out.on_ack(1, t1) && out.on_ack(2, t1));
+        assert!(out.due_for_resend(t1).is_empty());
+        assert!(out.next_resend_at().unwrap() > t1);
+        // A third later ack: seq 0 is due at once, long before the 200 ms RTO.
+        assert!(out.on_ack(3, t1));
+        assert!(out.next_resend_at().unwrap() <= t1);
+        let resent = out.due_for_resend(t1);
+        assert_eq!(resent.len(), 1);
+        assert_eq!(ClientMessage::decode(&resent[0]).unwrap().sequence_number, 0);
+        // After the resend it waits for the RTO again.
+        assert!(out.due_for_resend(t1).is_empty());
+        let mut slow = Outgoing::new(Config { fast_retransmit_after: 0, ..Config::default() });
+        for _ in 0..5 {
+            slow.push(t0, PayloadType::Output, Bytes::from_static(b"x")).unwrap();
+        }
+        for seq in 1..5 {
+            slow.on_ack(seq, t1);
+        }
+        assert!(slow.due_for_resend(t1).is_empty(), "disabled: RTO only");
     }
 }
