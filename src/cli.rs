@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "A password-less local PostgreSQL endpoint for Amazon RDS: IAM tokens, \
-verify-full TLS and (soon) a built-in SSM tunnel, in one process.";
+verify-full TLS and a built-in SSM Session Manager tunnel, in one process.";
 
 const LONG_ABOUT: &str = "\
 rds-auth-proxy listens on 127.0.0.1:6543 and accepts PostgreSQL connections without a password. \

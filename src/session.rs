@@ -151,7 +151,17 @@ where
         return;
     }
     tracing::info!(%peer, %user, %database, setup_ms = started.elapsed().as_millis() as u64, "client connected");
-    let stats = relay::relay(&mut client, &mut upstream.stream).await;
+    let mut stats = relay::relay(&mut client, &mut upstream.stream).await;
+    // After the client said goodbye, an upstream that drops the connection without a TLS
+    // close_notify (tunnels do: the SSM agent closes both sides at once) is a normal end.
+    if stats.closed_by == Some(relay::ClosedBy::Client)
+        && stats
+            .upstream_error
+            .as_ref()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
+    {
+        stats.upstream_error = None;
+    }
     let error = stats
         .client_error
         .as_ref()

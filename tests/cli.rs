@@ -216,12 +216,17 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
         names.push(name.to_owned());
         values.insert(name.to_owned(), value.trim_matches('\'').to_owned());
     }
-    for required in [
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "SIM_DB_ENDPOINT", "SIM_DB_PORT",
-        "SIM_DB_ADDR", "SIM_DB_USER", "SIM_DB_NAME", "SIM_CA_FILE", "SIM_PROXY_CMD",
-    ] {
-        assert!(names.iter().any(|n| n == required), "missing {required}");
-    }
+    assert_eq!(
+        names,
+        [
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "SIM_DB_ENDPOINT", "SIM_DB_PORT",
+            "SIM_DB_ADDR", "SIM_DB_USER", "SIM_DB_NAME", "SIM_CA_FILE", "SIM_PROXY_CMD",
+            "AWS_ENDPOINT_URL_SSM", "SIM_SSM_TARGET",
+        ],
+        "exactly the contract's names, in order"
+    );
+    assert!(values["SIM_PROXY_CMD"].contains("--via ssm --ssm-target i-"), "{}", values["SIM_PROXY_CMD"]);
+    assert!(values["AWS_ENDPOINT_URL_SSM"].starts_with("http://127.0.0.1:"));
     let ca = values["SIM_CA_FILE"].clone();
     assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"));
     let addr = values["SIM_DB_ADDR"].clone();
@@ -229,4 +234,30 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
     assert_eq!(stop(child), Some(0));
     assert!(!std::path::Path::new(&ca).exists(), "temp files removed");
     assert!(std::net::TcpStream::connect(&addr).is_err(), "RDS front stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_the_binary_via_ssm() {
+    let sim = start_sim().await;
+    let mut cmd = proxy_command(&sim);
+    // The SSM client finds the simulator the standard way: AWS_ENDPOINT_URL_SSM.
+    cmd.env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url()).args([
+        "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+        "--via", "ssm",
+        "--ssm-target", sim.ssm.target_id(),
+        "--ca-bundle", sim.ca_file.to_str().unwrap(),
+        "--port", "0",
+    ]);
+    let (child, port, _logs) = spawn_until_ready(cmd);
+    let port_s = port.to_string();
+    for _ in 0..3 {
+        let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+    }
+    let stats = sim.ssm.stats();
+    assert_eq!(stats.sessions_started.load(std::sync::atomic::Ordering::SeqCst), 1, "one shared session");
+    assert_eq!(stop(child), Some(143));
+    assert!(stats.terminate_api_calls.load(std::sync::atomic::Ordering::SeqCst) >= 1, "TerminateSession on exit");
+    sim.stop().await;
 }
