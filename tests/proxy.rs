@@ -40,30 +40,13 @@ async fn prepared_statements_and_iam_identity() {
     sim.stop().await;
 }
 
-fn pseudo_random_block(seed: u64, len: usize) -> Vec<u8> {
-    // Printable, newline-separated lines for COPY text format: a varied payload without escapes.
-    let mut out = Vec::with_capacity(len);
-    let mut x = seed;
-    while out.len() < len {
-        for _ in 0..99 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.push(b'a' + (x % 26) as u8);
-        }
-        out.push(b'\n');
-    }
-    out.truncate(len - len % 100);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_16_mib_in_and_out_with_matching_checksums() {
     let sim = start_sim().await;
     let proxy = start_proxy(&direct_args(&sim), sim.aws_credentials()).await;
     let client = connect(&proxy, "db_user").await.unwrap();
     client.batch_execute("CREATE TEMP TABLE blob_lines (line text)").await.unwrap();
-    let data = pseudo_random_block(42, 16 * 1024 * 1024);
+    let data = copy_lines(42, 16 * 1024 * 1024);
     let sent_sum = hex::encode(Sha256::digest(&data));
 
     let sink = client.copy_in("COPY blob_lines FROM STDIN").await.unwrap();
@@ -94,25 +77,10 @@ async fn client_cancels_pg_sleep_within_two_seconds() {
     let proxy = start_proxy(&direct_args(&sim), sim.aws_credentials()).await;
     let client = connect(&proxy, "db_user").await.unwrap();
     let token = client.cancel_token();
-    let started = Instant::now();
     let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
     // Wait until the query is really running on the server, then cancel it.
     let observer = connect(&proxy, "db_user").await.unwrap();
-    loop {
-        let n: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "query never started");
-        tokio::task::yield_now().await;
-    }
+    wait_until_active(&observer, "SELECT pg_sleep(30)").await;
     let cancel_at = Instant::now();
     token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
     let result = tokio::time::timeout(Duration::from_secs(5), query).await.expect("query ended").unwrap();

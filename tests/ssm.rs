@@ -54,22 +54,6 @@ async fn two_hundred_connections_share_one_session() {
     sim.stop().await;
 }
 
-fn lines(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut x = seed;
-    while out.len() < len {
-        for _ in 0..99 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.push(b'a' + (x % 26) as u8);
-        }
-        out.push(b'\n');
-    }
-    out.truncate(len - len % 100);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_64_mib_each_way_under_loss_and_a_killed_websocket() {
     let mut options = SimOptions::default();
@@ -80,7 +64,7 @@ async fn copy_64_mib_each_way_under_loss_and_a_killed_websocket() {
     let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
     let client = connect(&proxy, "db_user").await.unwrap();
     client.batch_execute("CREATE TEMP TABLE t (line text)").await.unwrap();
-    let data = lines(7, 64 * 1024 * 1024);
+    let data = copy_lines(7, 64 * 1024 * 1024);
     let sent_sum = hex::encode(Sha256::digest(&data));
 
     // Kill the WebSocket once, mid-transfer: after the session has carried some traffic.
@@ -220,7 +204,7 @@ async fn cancel_through_the_tunnel_and_terminate_on_shutdown() {
     let token = client.cancel_token();
     let observer = connect(&proxy, "db_user").await.unwrap();
     let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    eventually_async(&observer).await;
+    wait_until_active(&observer, "SELECT pg_sleep(30)").await;
     let at = Instant::now();
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), query)
@@ -236,22 +220,4 @@ async fn cancel_through_the_tunnel_and_terminate_on_shutdown() {
     assert!(stat(&sim, |s| &s.terminate_flags) >= 1, "TerminateSession flag sent on shutdown");
     assert!(stat(&sim, |s| &s.terminate_api_calls) >= 1, "and the TerminateSession API called");
     sim.stop().await;
-}
-
-async fn eventually_async(observer: &tokio_postgres::Client) {
-    let started = Instant::now();
-    loop {
-        let n: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "query never started");
-    }
 }

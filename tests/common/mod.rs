@@ -135,3 +135,40 @@ pub fn db_error(err: &tokio_postgres::Error) -> (String, String, Option<String>)
         db.hint().map(str::to_owned),
     )
 }
+
+/// `len` bytes (rounded down to whole lines) of pseudo-random lowercase lines of 99 letters: a
+/// varied COPY text payload that needs no escaping.
+pub fn copy_lines(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed;
+    while out.len() < len {
+        for _ in 0..99 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push(b'a' + (x % 26) as u8);
+        }
+        out.push(b'\n');
+    }
+    out.truncate(len - len % 100);
+    out
+}
+
+/// Waits until `sql` is running on the server (seen through `observer`).
+pub async fn wait_until_active(observer: &tokio_postgres::Client, sql: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&sql],
+            )
+            .await
+            .expect("pg_stat_activity query")
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{sql} never started");
+    }
+}
