@@ -138,7 +138,7 @@ fn ssm_tunnel(
     let mut settings = SsmSettings::new(ssm.node.clone(), config.endpoint.clone(), config.port);
     settings.max_sessions = ssm.sessions;
     settings.idle_timeout = ssm.idle_timeout;
-    settings.data_channel.keepalive_interval = ssm.keepalive;
+    settings.keepalive_interval = ssm.keepalive;
     settings.data_channel.max_payload = ssm.max_payload;
     Ok(SsmTunnel::new(
         settings,

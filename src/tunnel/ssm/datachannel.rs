@@ -2,20 +2,37 @@
 //! acknowledged ClientMessages (`ssm-protocol.md` §1.2–§4), exposed to the rest of the proxy as
 //! a plain local byte pipe (one half of a `tokio::io::duplex`).
 //!
-//! A single task (the pump) owns the WebSocket and all protocol state. It runs the handshake,
-//! acks every stream message (re-acking duplicates, never acking acks), delivers agent output in
-//! order, sends local bytes as ≤`max_payload` Output messages inside a bounded unacked window
-//! (which back-pressures the local side), resends on RTO, and survives WebSocket loss by
-//! ResumeSession + reconnect with the same ClientId, replaying what was not acked.
+//! Three tasks per connection: a **reader** that only reads WebSocket frames, a **writer** that
+//! only writes them (each write under a time limit: a stuck write is a broken WebSocket), and
+//! the **core** (the pump) that owns the protocol state and never awaits either socket. The core
+//! runs the handshake, acks every stream message at once (re-acking duplicates, never acking
+//! acks), delivers agent output in order, sends local bytes as ≤`max_payload` Output messages
+//! inside a bounded unacked window, and resends with exponential backoff. Everything that
+//! carries stream data (fresh Output, resends, flags) passes a token bucket of `max_rate`
+//! messages per second, because the gateway cuts a data channel that sustains more than about
+//! 1000 (§5.4); acks never wait on it.
+//!
+//! Flow control towards us: agent output waits in a bounded queue for the local side. While
+//! that queue is full the core keeps reading the WebSocket (acks and control messages still
+//! count) but takes no new agent output: it is neither acked nor kept, and the agent resends it
+//! once there is room again. The channel then reports itself *congested*.
+//!
+//! Liveness: a WebSocket with no frame at all for `dead_after` is reconnected (ResumeSession,
+//! same ClientId, unacked messages replayed); the session is declared dead only when data we
+//! sent has waited `agent_timeout` with nothing at all from the agent, like the plugin's
+//! ~5 minutes of resends. Our own back-pressure never counts as silence: the agent's resends
+//! keep arriving while we hold its output back.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -28,7 +45,7 @@ use super::message::{
     message_type, AcknowledgeContent, ChannelClosed, ClientMessage, FlagPayload,
     OpenDataChannelInput, PayloadType,
 };
-use super::reliable::{self, Incoming, Outgoing};
+use super::reliable::{self, Incoming, Outgoing, ReliableError};
 use super::websocket::{redact_url, Connector, WebSocketError, WsStream};
 
 /// What we report as ClientVersion (§3.3): above 1.2.331.0, so the agent runs mux with its smux
@@ -39,8 +56,20 @@ pub const CLIENT_VERSION: &str = "1.2.650.0";
 /// that could do mux after all still runs basic mode, as we do (§5.1: both sides must agree).
 pub const BASIC_CLIENT_VERSION: &str = "1.0.0.0";
 
-/// An smux v1 NOP frame (version 1, cmd 3, length 0, stream 0).
-const SMUX_NOP: [u8; 8] = [1, 3, 0, 0, 0, 0, 0, 0];
+/// Default pace: stream-data messages per second per session, resends included. AWS's gateway
+/// is reported to cut a data channel above ~1000/s (§5.4); 900 leaves room for bursts.
+pub const DEFAULT_MAX_RATE: u32 = 900;
+
+/// Frames the writer queue holds; the core stops reading local data while fewer than
+/// [`WRITER_RESERVE`] slots are free, so acks and pings always find room.
+const WRITER_QUEUE: usize = 256;
+const WRITER_RESERVE: usize = 32;
+
+/// Frames the reader may queue for the core before it waits (TCP then pushes back).
+const READER_QUEUE: usize = 256;
+
+/// Most resends per pass, so a long gap does not become one huge burst even unpaced.
+const RESEND_BATCH: usize = 64;
 
 /// Tuning of one data channel. `Default` matches AWS's limits and the plugin's behaviour where
 /// it is sound, and is more patient where the plugin is known to give up too early (§4.6).
@@ -50,25 +79,29 @@ pub struct Config {
     pub client_version: String,
     /// Largest Output payload we send; AWS's own clients never exceed 1024 (§5.4).
     pub max_payload: usize,
-    /// Stream messages per second, resends included; `None` sends as fast as the window allows.
-    pub pace: Option<u32>,
-    /// Window, buffers and RTO constants.
+    /// Stream-data messages per second (fresh, resends, flags) through a token bucket with a
+    /// burst of a tenth of a second; 0 sends as fast as the window allows (`--ssm-max-rate`).
+    pub max_rate: u32,
+    /// Window, buffers, RTO constants and resend backoff.
     pub reliable: reliable::Config,
+    /// The WebSocket upgrade (TCP, TLS, HTTP) must finish within this.
+    pub connect_timeout: Duration,
     /// From connect to HandshakeComplete (the agent itself waits 15 s for our response).
     pub handshake_timeout: Duration,
+    /// A WebSocket write that does not finish in this long means the connection is stuck
+    /// (half-open TCP, a gateway that stopped reading): reconnect.
+    pub write_timeout: Duration,
     /// WebSocket ping period, so middleboxes keep the connection and we notice a dead one.
     pub ping_interval: Duration,
     /// No frame at all for this long means the WebSocket is dead: reconnect.
     pub dead_after: Duration,
+    /// Data of ours unacked this long with nothing at all from the agent: the session is dead.
+    pub agent_timeout: Duration,
     /// Keep trying ResumeSession + reconnect this long after a drop.
     pub reconnect_budget: Duration,
     /// First reconnect delay; doubles (with jitter) up to `reconnect_max_delay`.
     pub reconnect_initial_delay: Duration,
     pub reconnect_max_delay: Duration,
-    /// A message sent this often without an ack means the agent is gone.
-    pub max_send_attempts: u32,
-    /// smux NOP period while keepalive is on (mux sessions with open streams).
-    pub keepalive_interval: Duration,
     /// How long to wait for the TerminateSession flag's ack before calling the API.
     pub terminate_wait: Duration,
     /// Agent output queued for the local side beyond this is not accepted (no ack, so the
@@ -81,16 +114,20 @@ impl Default for Config {
         Config {
             client_version: CLIENT_VERSION.to_owned(),
             max_payload: 1024,
-            pace: None,
-            reliable: reliable::Config::default(),
-            handshake_timeout: Duration::from_secs(30),
+            max_rate: DEFAULT_MAX_RATE,
+            reliable: reliable::Config {
+                max_backoff: Duration::from_secs(8),
+                ..reliable::Config::default()
+            },
+            connect_timeout: Duration::from_secs(8),
+            handshake_timeout: Duration::from_secs(12),
+            write_timeout: Duration::from_secs(20),
             ping_interval: Duration::from_secs(30),
             dead_after: Duration::from_secs(120),
+            agent_timeout: Duration::from_secs(300),
             reconnect_budget: Duration::from_secs(300),
             reconnect_initial_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(30),
-            max_send_attempts: 300,
-            keepalive_interval: Duration::from_secs(20),
             terminate_wait: Duration::from_secs(1),
             inbound_queue_bytes: 1 << 20,
         }
@@ -102,6 +139,8 @@ impl Default for Config {
 pub enum DataChannelError {
     #[error("cannot open the SSM data channel")]
     Connect(#[source] WebSocketError),
+    #[error("the SSM data channel WebSocket did not open within {0} s")]
+    ConnectTimeout(u64),
     #[error("the SSM agent did not complete the handshake within {0} s")]
     HandshakeTimeout(u64),
     #[error("refused the SSM handshake: {}", .0.join("; "))]
@@ -118,8 +157,10 @@ pub enum DataChannelError {
     Resume(#[source] ApiError),
     #[error("could not reconnect the SSM data channel within {secs} s (last error: {last})")]
     ReconnectGaveUp { secs: u64, last: String },
-    #[error("the SSM agent stopped acknowledging data ({0} sends of one message)")]
-    AgentUnresponsive(u32),
+    #[error("the SSM agent acknowledged nothing for {0} s")]
+    AgentUnresponsive(u64),
+    #[error("SSM data channel sequence state")]
+    Sequence(#[source] ReliableError),
     #[error("the SSM session was terminated by rds-auth-proxy")]
     Terminated,
 }
@@ -127,7 +168,7 @@ pub enum DataChannelError {
 impl DataChannelError {
     pub fn hint(&self) -> String {
         match self {
-            DataChannelError::Connect(_) => {
+            DataChannelError::Connect(_) | DataChannelError::ConnectTimeout(_) => {
                 "Check the network path to ssmmessages.<region>.amazonaws.com (HTTPS proxy, VPN, \
                  VPC endpoint)."
                     .into()
@@ -147,6 +188,7 @@ impl DataChannelError {
             | DataChannelError::ReconnectGaveUp { .. }
             | DataChannelError::AgentUnresponsive(_)
             | DataChannelError::Resume(_)
+            | DataChannelError::Sequence(_)
             | DataChannelError::Terminated => {
                 "The SSM session ended; reconnect to open a new one. If it keeps happening, check \
                  the idle/max session timeouts in your Session Manager preferences."
@@ -176,10 +218,29 @@ struct Shared {
     ended: watch::Sender<Option<DataChannelError>>,
     /// ConnectToPortError flags not yet matched to a failed stream (§5.3: they carry no id).
     connect_errors: AtomicU64,
-    /// Send smux NOPs (mux mode, while streams are open).
-    keepalive: AtomicBool,
     /// Successful reconnects, for logs and tests.
     reconnects: AtomicU64,
+    /// Agent output queued for the local side, in bytes.
+    inbound_bytes: AtomicUsize,
+    /// Set while agent output is being refused because the local side is not reading.
+    congested: AtomicBool,
+    /// Stream-data messages we sent (fresh and resent) and received (including duplicates).
+    messages_out: AtomicU64,
+    messages_in: AtomicU64,
+    /// Resends (RTO, fast retransmit and replays after a reconnect).
+    resends: AtomicU64,
+    /// Agent messages refused while congested.
+    refused: AtomicU64,
+}
+
+/// Counters of one data channel, for logs, the pool's load decisions, tests and benches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub messages_out: u64,
+    pub messages_in: u64,
+    pub resends: u64,
+    pub refused: u64,
+    pub reconnects: u64,
 }
 
 /// Handle to a running data channel. Dropping it stops the pump without terminating the
@@ -208,7 +269,39 @@ impl std::fmt::Debug for Opened {
     }
 }
 
-/// Connects to the session in `grant`, runs the handshake and starts the pump.
+/// Dials the WebSocket within `limit` and authenticates with OpenDataChannel.
+async fn dial(
+    connector: &dyn Connector,
+    url: &str,
+    token: &StreamToken,
+    client_id: Uuid,
+    config: &Config,
+) -> Result<WsStream, DataChannelError> {
+    let mut ws = tokio::time::timeout(config.connect_timeout, connector.connect(url))
+        .await
+        .map_err(|_| DataChannelError::ConnectTimeout(config.connect_timeout.as_secs()))?
+        .map_err(DataChannelError::Connect)?;
+    let open = OpenDataChannelInput::new(
+        token.expose().to_owned(),
+        client_id,
+        &config.client_version,
+    );
+    // Serialising five strings cannot fail; an empty frame would be refused by the gateway.
+    let json = open.to_json().unwrap_or_default();
+    tokio::time::timeout(config.write_timeout, ws.send(Message::text(json)))
+        .await
+        .map_err(|_| DataChannelError::ConnectTimeout(config.write_timeout.as_secs()))?
+        .map_err(|source| {
+            DataChannelError::Connect(WebSocketError::Handshake {
+                host: "the SSM gateway".into(),
+                source: Arc::new(source),
+            })
+        })?;
+    Ok(ws)
+}
+
+/// Connects to the session in `grant`, runs the handshake and starts the pump. The upgrade
+/// and the handshake each have their own limit (`connect_timeout`, `handshake_timeout`).
 pub async fn open(
     grant: StreamGrant,
     config: Arc<Config>,
@@ -216,28 +309,40 @@ pub async fn open(
     control: Arc<dyn ControlPlane>,
 ) -> Result<Opened, DataChannelError> {
     let client_id = Uuid::new_v4();
-    let mut ws = connector
-        .connect(&grant.stream_url)
-        .await
-        .map_err(DataChannelError::Connect)?;
-    send_open(&mut ws, &grant.token, client_id, &config.client_version)
-        .await
-        .map_err(DataChannelError::Connect)?;
+    let ws = dial(
+        &*connector,
+        &grant.stream_url,
+        &grant.token,
+        client_id,
+        &config,
+    )
+    .await?;
     tracing::debug!(session = %grant.session_id, url = redact_url(&grant.stream_url), "data channel connected");
 
     let (local, remote) = tokio::io::duplex(64 * 1024);
     let (local_rx, mut local_tx) = tokio::io::split(remote);
     let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
-    let inbound_bytes = Arc::new(AtomicUsize::new(0));
-    let inbound_drained = Arc::new(tokio::sync::Notify::new());
+    let (ended, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        ended,
+        connect_errors: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        inbound_bytes: AtomicUsize::new(0),
+        congested: AtomicBool::new(false),
+        messages_out: AtomicU64::new(0),
+        messages_in: AtomicU64::new(0),
+        resends: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let inbound_drained = Arc::new(Notify::new());
     {
-        let inbound_bytes = inbound_bytes.clone();
+        let shared = shared.clone();
         let inbound_drained = inbound_drained.clone();
         tokio::spawn(async move {
             while let Some(chunk) = inbound_rx.recv().await {
                 let len = chunk.len();
                 let ok = local_tx.write_all(&chunk).await.is_ok();
-                inbound_bytes.fetch_sub(len, Ordering::Relaxed);
+                shared.inbound_bytes.fetch_sub(len, Ordering::Relaxed);
                 inbound_drained.notify_one();
                 if !ok {
                     break;
@@ -247,13 +352,6 @@ pub async fn open(
         });
     }
 
-    let (ended, _) = watch::channel(None);
-    let shared = Arc::new(Shared {
-        ended,
-        connect_errors: AtomicU64::new(0),
-        keepalive: AtomicBool::new(false),
-        reconnects: AtomicU64::new(0),
-    });
     let (commands, command_rx) = mpsc::channel(4);
     let (ready_tx, ready_rx) = oneshot::channel();
     let now = Instant::now();
@@ -261,7 +359,7 @@ pub async fn open(
         session_id: grant.session_id.clone(),
         client_id,
         url: grant.stream_url.clone(),
-        ws,
+        link: Link::start(ws, config.write_timeout),
         connector,
         control: control.clone(),
         out: Outgoing::new(config.reliable.clone()),
@@ -269,7 +367,6 @@ pub async fn open(
         local_rx,
         local_eof: false,
         inbound_tx,
-        inbound_bytes,
         inbound_drained,
         shared: shared.clone(),
         commands: command_rx,
@@ -281,9 +378,9 @@ pub async fn open(
         },
         ws_broken: None,
         last_rx: now,
-        last_data_tx: now,
-        smux: FrameTracker::default(),
-        pacer: Pacer::new(config.pace, now),
+        last_agent: now,
+        waiting_since: None,
+        pacer: Pacer::new(config.max_rate, now),
         config: config.clone(),
     };
     tokio::spawn(pump.run());
@@ -297,6 +394,7 @@ pub async fn open(
                 DataChannelError::HandshakeTimeout(config.handshake_timeout.as_secs()),
             ))
         }
+        // Dropping `commands` on return stops the pump; the caller terminates the session.
         Err(_) => {
             return Err(DataChannelError::HandshakeTimeout(
                 config.handshake_timeout.as_secs(),
@@ -313,24 +411,6 @@ pub async fn open(
         },
         stream: local,
     })
-}
-
-/// Sends the OpenDataChannel text frame that authenticates us to the gateway.
-async fn send_open(
-    ws: &mut WsStream,
-    token: &StreamToken,
-    client_id: Uuid,
-    client_version: &str,
-) -> Result<(), WebSocketError> {
-    let open = OpenDataChannelInput::new(token.expose().to_owned(), client_id, client_version);
-    // Serialising five strings cannot fail; an empty frame would be refused by the gateway.
-    let json = open.to_json().unwrap_or_default();
-    ws.send(Message::text(json))
-        .await
-        .map_err(|source| WebSocketError::Handshake {
-            host: "the SSM gateway".into(),
-            source: Arc::new(source),
-        })
 }
 
 impl DataChannel {
@@ -361,11 +441,6 @@ impl DataChannel {
         reason.unwrap_or(DataChannelError::Terminated)
     }
 
-    /// Turns smux NOP keepalives on or off (mux mode only: NOPs are smux frames).
-    pub fn set_keepalive(&self, on: bool) {
-        self.shared.keepalive.store(on, Ordering::Relaxed);
-    }
-
     /// Consumes one unmatched ConnectToPortError, if any arrived.
     pub fn take_connect_error(&self) -> bool {
         self.shared
@@ -379,8 +454,26 @@ impl DataChannel {
         self.shared.reconnects.load(Ordering::Relaxed)
     }
 
+    /// Whether agent output is being held back because the local side is not reading.
+    pub fn is_congested(&self) -> bool {
+        self.shared.congested.load(Ordering::Relaxed)
+    }
+
+    /// Message counters so far.
+    pub fn stats(&self) -> ChannelStats {
+        let s = &self.shared;
+        ChannelStats {
+            messages_out: s.messages_out.load(Ordering::Relaxed),
+            messages_in: s.messages_in.load(Ordering::Relaxed),
+            resends: s.resends.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
     /// Orderly end (§5.6): TerminateSession flag, a short wait for its ack, then the
     /// TerminateSession API (always: it is idempotent and avoids orphaned sessions), then close.
+    /// Bounded: `terminate_wait` + 5 s for the API + 1 s for the close.
     pub async fn terminate(&self) {
         let (done_tx, done_rx) = oneshot::channel();
         if self
@@ -397,7 +490,8 @@ impl DataChannel {
     }
 }
 
-async fn terminate_api(control: &dyn ControlPlane, session_id: &str) {
+/// TerminateSession, at most 5 s; failures only logged (the service ends it on idle anyway).
+pub(super) async fn terminate_api(control: &dyn ControlPlane, session_id: &str) {
     match tokio::time::timeout(
         Duration::from_secs(5),
         control.terminate_session(session_id),
@@ -410,75 +504,187 @@ async fn terminate_api(control: &dyn ControlPlane, session_id: &str) {
     }
 }
 
-/// Tracks smux frame boundaries in the bytes we send, so a NOP is only ever inserted between
-/// two frames, never inside one.
-#[derive(Debug, Default)]
-struct FrameTracker {
-    /// Header bytes of the current frame seen so far (0..8).
-    header_len: usize,
-    header: [u8; 8],
-    /// Data bytes of the current frame still to come.
-    remaining: usize,
-}
-
-impl FrameTracker {
-    fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.remaining > 0 {
-                let n = self.remaining.min(bytes.len());
-                self.remaining -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let n = (8 - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-            self.header_len += n;
-            bytes = &bytes[n..];
-            if self.header_len == 8 {
-                self.remaining = usize::from(u16::from_le_bytes([self.header[2], self.header[3]]));
-                self.header_len = 0;
-            }
-        }
-    }
-
-    fn at_boundary(&self) -> bool {
-        self.header_len == 0 && self.remaining == 0
-    }
-}
-
-/// Token bucket for stream messages: bursts of a tenth of a second, then `rate` per second.
+/// Token bucket for stream-data messages: `rate` per second with bursts of a tenth of a
+/// second (so an interactive round trip never waits). Sans-IO: the caller passes `now`.
+/// Forced sends (handshake, flags) may overdraw it; later sends then wait the debt off.
 #[derive(Debug)]
 struct Pacer {
-    rate: Option<f64>,
+    /// Messages per second; 0 = unpaced.
+    rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl Pacer {
-    fn new(rate: Option<u32>, now: Instant) -> Self {
-        let rate = rate.filter(|r| *r > 0).map(f64::from);
+    fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate);
+        let burst = (rate / 10.0).max(1.0);
         Pacer {
-            tokens: rate.map(|r| (r / 10.0).max(1.0)).unwrap_or(0.0),
             rate,
+            burst,
+            tokens: burst,
             last: now,
         }
     }
 
-    /// Waits until one message may be sent.
-    async fn take(&mut self) {
-        let Some(rate) = self.rate else { return };
-        let burst = (rate / 10.0).max(1.0);
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);
-            tokio::time::sleep(wait).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
-        }
-        self.tokens -= 1.0;
     }
+
+    /// Messages that may go out now.
+    fn available(&mut self, now: Instant) -> usize {
+        if self.rate == 0.0 {
+            return usize::MAX;
+        }
+        self.refill(now);
+        if self.tokens < 1.0 {
+            0
+        } else {
+            self.tokens as usize
+        }
+    }
+
+    /// Spends one token (possibly into debt).
+    fn take(&mut self, now: Instant) {
+        if self.rate > 0.0 {
+            self.refill(now);
+            self.tokens -= 1.0;
+        }
+    }
+
+    /// When the next token will be there.
+    fn next_at(&mut self, now: Instant) -> Instant {
+        if self.rate == 0.0 {
+            return now;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+}
+
+/// What the reader and writer tasks report to the core.
+enum LinkEvent {
+    Frame(Message),
+    /// The connection is unusable (read error, EOF, failed or stuck write).
+    Broken(String),
+}
+
+/// One WebSocket connection split into its reader and writer tasks. Dropping it stops both.
+struct Link {
+    events: mpsc::Receiver<LinkEvent>,
+    /// `None` once the link is finishing: the writer drains what is queued and stops.
+    tx: Option<mpsc::Sender<Message>>,
+    /// Signalled each time the writer emptied its queue.
+    drained: Arc<Notify>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Link {
+    fn start(ws: WsStream, write_timeout: Duration) -> Link {
+        let (sink, stream) = ws.split();
+        let (events_tx, events) = mpsc::channel(READER_QUEUE);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let drained = Arc::new(Notify::new());
+        let reader = tokio::spawn(read_frames(stream, events_tx.clone()));
+        let writer = tokio::spawn(write_frames(
+            sink,
+            rx,
+            events_tx,
+            write_timeout,
+            drained.clone(),
+        ));
+        Link {
+            events,
+            tx: Some(tx),
+            drained,
+            reader,
+            writer,
+        }
+    }
+
+    /// Free slots in the writer queue.
+    fn room(&self) -> usize {
+        self.tx.as_ref().map_or(0, mpsc::Sender::capacity)
+    }
+
+    /// Lets the writer deliver what is queued (plus a close frame if asked), for up to `limit`.
+    async fn finish(&mut self, close: bool, limit: Duration) {
+        if let Some(tx) = self.tx.take() {
+            if close {
+                let _ = tx.try_send(Message::Close(None));
+            }
+            drop(tx);
+            let _ = tokio::time::timeout(limit, &mut self.writer).await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+async fn read_frames(mut stream: SplitStream<WsStream>, events: mpsc::Sender<LinkEvent>) {
+    let broken = loop {
+        match stream.next().await {
+            Some(Ok(message)) => {
+                if events.send(LinkEvent::Frame(message)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => break format!("WebSocket error: {e}"),
+            None => break "WebSocket closed".to_owned(),
+        }
+    };
+    let _ = events.send(LinkEvent::Broken(broken)).await;
+}
+
+async fn write_frames(
+    mut sink: SplitSink<WsStream, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    events: mpsc::Sender<LinkEvent>,
+    limit: Duration,
+    drained: Arc<Notify>,
+) {
+    let failure = 'outer: loop {
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let closing = matches!(first, Message::Close(_));
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match tokio::time::timeout(limit, sink.feed(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break 'outer format!("WebSocket write failed: {e}"),
+                Err(_) => {
+                    break 'outer format!("WebSocket write stuck for {} s", limit.as_secs())
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        match tokio::time::timeout(limit, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break format!("WebSocket write failed: {e}"),
+            Err(_) => break format!("WebSocket write stuck for {} s", limit.as_secs()),
+        }
+        drained.notify_one();
+        if closing {
+            let _ = tokio::time::timeout(limit, sink.close()).await;
+            return;
+        }
+    };
+    drained.notify_one();
+    let _ = events.send(LinkEvent::Broken(failure)).await;
 }
 
 enum HandshakeState {
@@ -490,14 +696,15 @@ enum HandshakeState {
     Complete,
 }
 
-/// Everything one data channel owns; see the module docs.
+/// The protocol core; see the module docs. Its handlers never await a socket: frames go to
+/// the writer queue, which has room for acks whenever the core reads new local data.
 struct Pump {
     session_id: String,
     /// Same on every reconnect, so the gateway knows it is us again.
     client_id: Uuid,
     /// Current StreamUrl (ResumeSession may hand out a new one).
     url: String,
-    ws: WsStream,
+    link: Link,
     connector: Arc<dyn Connector>,
     control: Arc<dyn ControlPlane>,
     config: Arc<Config>,
@@ -508,9 +715,8 @@ struct Pump {
     local_eof: bool,
     /// Agent output on its way to the local side (written by a helper task).
     inbound_tx: mpsc::UnboundedSender<Bytes>,
-    inbound_bytes: Arc<AtomicUsize>,
     /// Signalled whenever the local side consumed queued agent output.
-    inbound_drained: Arc<tokio::sync::Notify>,
+    inbound_drained: Arc<Notify>,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     /// A Terminate that arrived while reconnecting; answered when the pump stops.
@@ -518,13 +724,14 @@ struct Pump {
     /// A Terminate already carried out; answered once `ended` is set.
     terminated: Option<oneshot::Sender<()>>,
     handshake: HandshakeState,
-    /// Set when a WebSocket write failed; the loop then reconnects.
+    /// Set when the connection broke; the loop then reconnects.
     ws_broken: Option<String>,
     /// Last frame of any kind from the gateway.
     last_rx: Instant,
-    /// Last Output we sent (keepalive only fills silence).
-    last_data_tx: Instant,
-    smux: FrameTracker,
+    /// Last ack or stream message from the agent.
+    last_agent: Instant,
+    /// Since when the window has held unacked data (None while it is empty).
+    waiting_since: Option<Instant>,
     pacer: Pacer,
 }
 
@@ -534,6 +741,8 @@ impl Pump {
             Ok(()) => DataChannelError::Terminated,
             Err(e) => e,
         };
+        // What is queued (e.g. a refusing HandshakeResponse) still goes out, briefly.
+        self.link.finish(false, Duration::from_secs(1)).await;
         match &reason {
             DataChannelError::Terminated => {
                 tracing::debug!(session = %self.session_id, "data channel closed")
@@ -562,59 +771,73 @@ impl Pump {
         matches!(self.handshake, HandshakeState::Complete)
     }
 
+    fn inbound_full(&self) -> bool {
+        self.shared.inbound_bytes.load(Ordering::Relaxed) > self.config.inbound_queue_bytes
+    }
+
     /// The main loop; returns when the session is over.
     async fn serve(&mut self) -> Result<(), DataChannelError> {
         let mut buf = vec![0u8; self.config.max_payload.max(1)];
         let start = Instant::now();
         let mut ping =
             tokio::time::interval_at(start + self.config.ping_interval, self.config.ping_interval);
-        let keepalive_period = self.config.keepalive_interval;
-        let mut keepalive = tokio::time::interval_at(start + keepalive_period, keepalive_period);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(cause) = self.ws_broken.take() {
                 self.reconnect(cause).await?;
             }
-            let can_read_local =
-                self.handshake_complete() && !self.local_eof && self.out.has_room();
-            let resend_at = self.out.next_resend_at();
-            // Back-pressure: while the local side has a full queue of agent output, stop
-            // reading the WebSocket (TCP pushes back to the agent) instead of dropping data.
-            let inbound_full =
-                self.inbound_bytes.load(Ordering::Relaxed) > self.config.inbound_queue_bytes;
-            if inbound_full {
-                // Not hearing from the gateway is our choice here, not a sign it died.
-                self.last_rx = Instant::now();
+            let now = Instant::now();
+            let inbound_full = self.inbound_full();
+            if !inbound_full {
+                self.shared.congested.store(false, Ordering::Relaxed);
             }
+            let writer_room = self.link.room() > WRITER_RESERVE;
+            let tokens = self.pacer.available(now);
+            let wants_local = self.handshake_complete() && !self.local_eof && self.out.has_room();
+            let can_read_local = wants_local && writer_room && tokens > 0;
+            let resend_at = self.out.next_resend_at().map(|at| {
+                if tokens > 0 {
+                    at
+                } else {
+                    at.max(self.pacer.next_at(now))
+                }
+            });
+            // Waiting for a token (the loop re-evaluates when it is there).
+            let pace_at = (wants_local && writer_room && tokens == 0).then(|| self.pacer.next_at(now));
             let dead_at = self.last_rx + self.config.dead_after;
+            let agent_dead_at = self
+                .waiting_since
+                .map(|since| since.max(self.last_agent) + self.config.agent_timeout);
             tokio::select! {
-                () = self.inbound_drained.notified(), if inbound_full => {}
-                frame = self.ws.next(), if !inbound_full => match frame {
-                    Some(Ok(message)) => {
+                event = self.link.events.recv() => match event {
+                    Some(LinkEvent::Frame(message)) => {
                         self.last_rx = Instant::now();
-                        self.on_ws_message(message).await?;
+                        self.on_ws_message(message)?;
                     }
-                    Some(Err(e)) => self.ws_broken = Some(format!("WebSocket error: {e}")),
-                    None => self.ws_broken = Some("WebSocket closed".into()),
+                    Some(LinkEvent::Broken(why)) => self.ws_broken = Some(why),
+                    None => self.ws_broken = Some("WebSocket tasks stopped".into()),
                 },
                 read = self.local_rx.read(&mut buf), if can_read_local => match read {
                     Ok(0) | Err(_) => self.local_eof = true,
                     Ok(n) => {
-                        self.smux.feed(&buf[..n]);
-                        self.send_stream(PayloadType::Output, Bytes::copy_from_slice(&buf[..n])).await?;
-                        self.last_data_tx = Instant::now();
+                        self.send_stream(PayloadType::Output, Bytes::copy_from_slice(&buf[..n]))?;
                     }
                 },
-                () = sleep_opt(resend_at) => self.resend().await?,
+                () = self.inbound_drained.notified(), if inbound_full => {}
+                () = self.link.drained.notified(), if !writer_room => {}
+                () = sleep_opt(pace_at) => {}
+                () = sleep_opt(resend_at), if writer_room => self.resend(),
                 _ = ping.tick() => {
-                    self.send_ws(Message::Ping(Bytes::from_static(b"keepalive"))).await;
+                    self.queue(Message::Ping(Bytes::from_static(b"keepalive")));
                 }
                 () = sleep_until(dead_at) => {
                     self.ws_broken = Some(format!(
                         "no frame from the gateway for {} s", self.config.dead_after.as_secs()
                     ));
                 }
-                _ = keepalive.tick() => self.keepalive().await?,
+                () = sleep_opt(agent_dead_at) => {
+                    return Err(DataChannelError::AgentUnresponsive(self.config.agent_timeout.as_secs()));
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Terminate(done)) => {
                         self.terminate().await;
@@ -628,66 +851,65 @@ impl Pump {
         }
     }
 
-    /// Writes one WebSocket message; a failure marks the connection for reconnect (stream
-    /// data stays in the window and is replayed).
-    async fn send_ws(&mut self, message: Message) {
+    /// Hands one frame to the writer. A full queue drops it: stream data stays in the window
+    /// and is resent, a lost ack is answered by the agent's resend (which we re-ack).
+    fn queue(&mut self, message: Message) {
         if self.ws_broken.is_some() {
             return;
         }
-        if let Err(e) = self.ws.send(message).await {
-            self.ws_broken = Some(format!("WebSocket write failed: {e}"));
+        let Some(tx) = &self.link.tx else { return };
+        match tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::trace!(session = %self.session_id, "WebSocket writer queue full; frame left for resend");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.ws_broken = Some("WebSocket writer stopped".into());
+            }
         }
     }
 
-    /// Numbers, keeps and sends one stream message (after the pacer allows it).
-    async fn send_stream(
+    /// Numbers, keeps and sends one stream message, spending a pacing token.
+    fn send_stream(
         &mut self,
         payload_type: PayloadType,
         payload: Bytes,
     ) -> Result<i64, DataChannelError> {
+        let now = Instant::now();
         let queued = self
             .out
-            .push(Instant::now(), payload_type, payload)
-            .map_err(|e| DataChannelError::HandshakeInvalid(e.to_string()))?;
-        self.pacer.take().await;
-        self.send_ws(Message::Binary(queued.frame)).await;
+            .push(now, payload_type, payload)
+            .map_err(DataChannelError::Sequence)?;
+        self.waiting_since.get_or_insert(now);
+        self.pacer.take(now);
+        self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.queue(Message::Binary(queued.frame));
         Ok(queued.sequence_number)
     }
 
-    async fn resend(&mut self) -> Result<(), DataChannelError> {
+    /// Resends what is due, as far as the pacer and the writer queue allow.
+    fn resend(&mut self) {
         if self.ws_broken.is_some() {
-            return Ok(());
+            return;
         }
-        let attempts = self.out.max_attempts();
-        if attempts > self.config.max_send_attempts {
-            return Err(DataChannelError::AgentUnresponsive(attempts));
+        let now = Instant::now();
+        let limit = self
+            .pacer
+            .available(now)
+            .min(RESEND_BATCH)
+            .min(self.link.room().saturating_sub(WRITER_RESERVE));
+        for frame in self.out.due_for_resend_up_to(now, limit) {
+            self.pacer.take(now);
+            self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
+            self.shared.resends.fetch_add(1, Ordering::Relaxed);
+            self.queue(Message::Binary(frame));
         }
-        for frame in self.out.due_for_resend(Instant::now()) {
-            self.pacer.take().await;
-            self.send_ws(Message::Binary(frame)).await;
-        }
-        Ok(())
     }
 
-    async fn keepalive(&mut self) -> Result<(), DataChannelError> {
-        let idle = self.last_data_tx.elapsed() >= self.config.keepalive_interval / 2;
-        if self.shared.keepalive.load(Ordering::Relaxed)
-            && self.handshake_complete()
-            && self.smux.at_boundary()
-            && self.out.has_room()
-            && idle
-        {
-            self.send_stream(PayloadType::Output, Bytes::from_static(&SMUX_NOP))
-                .await?;
-            self.last_data_tx = Instant::now();
-        }
-        Ok(())
-    }
-
-    async fn on_ws_message(&mut self, message: Message) -> Result<(), DataChannelError> {
+    fn on_ws_message(&mut self, message: Message) -> Result<(), DataChannelError> {
         match message {
             Message::Binary(frame) => match ClientMessage::decode_bytes(&frame) {
-                Ok(msg) => self.on_client_message(msg).await,
+                Ok(msg) => self.on_client_message(msg),
                 Err(e) => {
                     // Never fatal: a corrupt frame is not acked, so the agent resends it.
                     tracing::debug!(session = %self.session_id, error = %e, "ignoring an undecodable frame");
@@ -705,24 +927,29 @@ impl Pump {
                 self.ws_broken = Some(why);
                 Ok(())
             }
-            // tungstenite queues the pong itself and sends it with our next write or read.
+            // tungstenite answers pings itself, from the reader.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
         }
     }
 
-    async fn on_client_message(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
+    fn on_client_message(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
         match msg.message_type.as_str() {
             message_type::ACKNOWLEDGE => {
                 match msg.json_payload::<AcknowledgeContent>("acknowledge") {
                     Ok(ack) => {
+                        let now = Instant::now();
+                        self.last_agent = now;
                         self.out
-                            .on_ack(ack.acknowledged_message_sequence_number, Instant::now());
+                            .on_ack(ack.acknowledged_message_sequence_number, now);
+                        if self.out.is_idle() {
+                            self.waiting_since = None;
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "ignoring a malformed acknowledge"),
                 }
                 Ok(())
             }
-            message_type::OUTPUT_STREAM_DATA => self.on_stream_data(msg).await,
+            message_type::OUTPUT_STREAM_DATA => self.on_stream_data(msg),
             message_type::CHANNEL_CLOSED => {
                 let reason = ChannelClosed::from_payload(&msg.payload)
                     .ok()
@@ -741,25 +968,33 @@ impl Pump {
         }
     }
 
-    async fn on_stream_data(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
+    fn on_stream_data(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
+        self.last_agent = Instant::now();
+        self.shared.messages_in.fetch_add(1, Ordering::Relaxed);
         let seq = msg.sequence_number;
+        if seq >= self.inc.expected() && self.handshake_complete() && self.inbound_full() {
+            // Congested: neither acked nor kept; the agent resends it once we read again.
+            self.shared.congested.store(true, Ordering::Relaxed);
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let ack = ClientMessage::ack_for(&msg);
         let delivery = self.inc.on_message(seq, msg);
         if delivery.should_ack() {
             if let Ok(ack) = ack {
-                self.send_ws(Message::Binary(ack.encode())).await;
+                self.queue(Message::Binary(ack.encode()));
             }
         }
         if let reliable::Delivery::Deliver(messages) = delivery {
             for m in messages {
-                self.process(m).await?;
+                self.process(m)?;
             }
         }
         Ok(())
     }
 
     /// Acts on one in-order stream message from the agent.
-    async fn process(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
+    fn process(&mut self, msg: ClientMessage) -> Result<(), DataChannelError> {
         match msg.payload_type {
             PayloadType::Output => {
                 if !self.handshake_complete() {
@@ -769,13 +1004,14 @@ impl Pump {
                 if msg.payload.is_empty() {
                     return Ok(());
                 }
-                self.inbound_bytes
+                self.shared
+                    .inbound_bytes
                     .fetch_add(msg.payload.len(), Ordering::Relaxed);
                 // The receiver only goes away with the local pipe; then nobody needs the bytes.
                 let _ = self.inbound_tx.send(msg.payload);
                 Ok(())
             }
-            PayloadType::HandshakeRequest => self.on_handshake_request(&msg).await,
+            PayloadType::HandshakeRequest => self.on_handshake_request(&msg),
             PayloadType::HandshakeComplete => self.on_handshake_complete(&msg),
             PayloadType::EncChallengeRequest => Err(DataChannelError::HandshakeRefused(vec![
                 handshake::KMS_REFUSAL.to_owned(),
@@ -800,7 +1036,7 @@ impl Pump {
         }
     }
 
-    async fn on_handshake_request(&mut self, msg: &ClientMessage) -> Result<(), DataChannelError> {
+    fn on_handshake_request(&mut self, msg: &ClientMessage) -> Result<(), DataChannelError> {
         let HandshakeState::Waiting { agent_version, .. } = &self.handshake else {
             return Ok(());
         };
@@ -818,8 +1054,7 @@ impl Pump {
         let payload = response
             .to_payload()
             .map_err(|e| DataChannelError::HandshakeInvalid(e.to_string()))?;
-        self.send_stream(PayloadType::HandshakeResponse, payload)
-            .await?;
+        self.send_stream(PayloadType::HandshakeResponse, payload)?;
         match outcome {
             Outcome::Accepted(properties) => {
                 tracing::debug!(
@@ -868,14 +1103,37 @@ impl Pump {
     }
 
     /// ResumeSession + reconnect with backoff, for as long as the budget allows and the
-    /// service keeps handing out tokens.
+    /// service keeps handing out tokens. A Terminate ends it at any point.
     async fn reconnect(&mut self, cause: String) -> Result<(), DataChannelError> {
         tracing::warn!(session = %self.session_id, %cause, "SSM data channel lost; resuming the session");
         let started = Instant::now();
         let mut delay = self.config.reconnect_initial_delay;
         loop {
-            let last = match self.try_resume().await {
-                Ok(()) => {
+            let attempt = resume(
+                &*self.control,
+                &*self.connector,
+                &self.session_id,
+                &self.url,
+                self.client_id,
+                &self.config,
+            );
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                command = self.commands.recv() => {
+                    if let Some(Command::Terminate(done)) = command {
+                        self.pending_terminate = Some(done);
+                    }
+                    return Err(DataChannelError::Terminated);
+                }
+            };
+            let last = match outcome {
+                Ok((ws, url)) => {
+                    self.url = url;
+                    self.link = Link::start(ws, self.config.write_timeout);
+                    let now = Instant::now();
+                    self.last_rx = now;
+                    self.last_agent = now;
+                    self.replay(now);
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(session = %self.session_id, "SSM data channel resumed");
                     return Ok(());
@@ -895,56 +1153,27 @@ impl Pump {
             ));
             tokio::select! {
                 () = tokio::time::sleep(delay + jitter) => {}
-                command = self.commands.recv() => match command {
-                    Some(Command::Terminate(done)) => {
+                command = self.commands.recv() => {
+                    if let Some(Command::Terminate(done)) = command {
                         self.pending_terminate = Some(done);
-                        return Err(DataChannelError::Terminated);
                     }
-                    None => return Err(DataChannelError::Terminated),
-                },
+                    return Err(DataChannelError::Terminated);
+                }
             }
             delay = (delay * 2).min(self.config.reconnect_max_delay);
         }
     }
 
-    /// One resume attempt. `Err(Ok(text))`: worth retrying; `Err(Err(e))`: the session is over.
-    async fn try_resume(&mut self) -> Result<(), Result<String, DataChannelError>> {
-        let grant = match self.control.resume_session(&self.session_id).await {
-            Ok(Some(grant)) => grant,
-            Ok(None) => {
-                return Err(Err(DataChannelError::ResumeRefused {
-                    session_id: self.session_id.clone(),
-                }))
-            }
-            Err(e) if e.is_transient() => return Err(Ok(e.to_string())),
-            Err(e) => return Err(Err(DataChannelError::Resume(e))),
-        };
-        if !grant.stream_url.is_empty() {
-            self.url = grant.stream_url.clone();
-        }
-        let mut ws = self
-            .connector
-            .connect(&self.url)
-            .await
-            .map_err(|e| Ok(e.to_string()))?;
-        send_open(
-            &mut ws,
-            &grant.token,
-            self.client_id,
-            &self.config.client_version,
-        )
-        .await
-        .map_err(|e| Ok(e.to_string()))?;
-        let old = std::mem::replace(&mut self.ws, ws);
-        drop(old);
-        self.last_rx = Instant::now();
-        for frame in self.out.replay(Instant::now()) {
-            self.pacer.take().await;
-            self.send_ws(Message::Binary(frame)).await;
-        }
-        match self.ws_broken.take() {
-            Some(e) => Err(Ok(e)),
-            None => Ok(()),
+    /// Sends every unacked message again on a new connection, as far as the writer queue
+    /// takes them now; the rest follow as resends.
+    fn replay(&mut self, now: Instant) {
+        let frames = self.out.replay(now);
+        let room = self.link.room().saturating_sub(WRITER_RESERVE);
+        for frame in frames.into_iter().take(room) {
+            self.pacer.take(now);
+            self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
+            self.shared.resends.fetch_add(1, Ordering::Relaxed);
+            self.queue(Message::Binary(frame));
         }
     }
 
@@ -953,7 +1182,6 @@ impl Pump {
         let flag_seq =
             if self.handshake_complete() && self.out.has_room() && self.ws_broken.is_none() {
                 self.send_stream(PayloadType::Flag, FlagPayload::TerminateSession.encode())
-                    .await
                     .ok()
             } else {
                 None
@@ -961,13 +1189,10 @@ impl Pump {
         if let Some(seq) = flag_seq {
             let deadline = Instant::now() + self.config.terminate_wait;
             loop {
-                if self.ws_broken.is_some() {
-                    break;
-                }
                 tokio::select! {
                     () = sleep_until(deadline) => break,
-                    frame = self.ws.next() => match frame {
-                        Some(Ok(Message::Binary(frame))) => match ClientMessage::decode_bytes(&frame) {
+                    event = self.link.events.recv() => match event {
+                        Some(LinkEvent::Frame(Message::Binary(frame))) => match ClientMessage::decode_bytes(&frame) {
                             Ok(msg) if msg.message_type == message_type::CHANNEL_CLOSED => break,
                             Ok(msg) if msg.message_type == message_type::ACKNOWLEDGE => {
                                 let acked = msg
@@ -977,15 +1202,46 @@ impl Pump {
                             }
                             _ => {}
                         },
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => break,
+                        Some(LinkEvent::Frame(_)) => {}
+                        Some(LinkEvent::Broken(_)) | None => break,
                     },
                 }
             }
         }
         terminate_api(&*self.control, &self.session_id).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+        self.link.finish(true, Duration::from_secs(1)).await;
     }
+}
+
+/// One resume attempt: ResumeSession, dial, OpenDataChannel. `Err(Ok(text))`: worth retrying;
+/// `Err(Err(e))`: the session is over.
+async fn resume(
+    control: &dyn ControlPlane,
+    connector: &dyn Connector,
+    session_id: &str,
+    url: &str,
+    client_id: Uuid,
+    config: &Config,
+) -> Result<(WsStream, String), Result<String, DataChannelError>> {
+    let grant = match control.resume_session(session_id).await {
+        Ok(Some(grant)) => grant,
+        Ok(None) => {
+            return Err(Err(DataChannelError::ResumeRefused {
+                session_id: session_id.to_owned(),
+            }))
+        }
+        Err(e) if e.is_transient() => return Err(Ok(e.to_string())),
+        Err(e) => return Err(Err(DataChannelError::Resume(e))),
+    };
+    let url = if grant.stream_url.is_empty() {
+        url.to_owned()
+    } else {
+        grant.stream_url.clone()
+    };
+    let ws = dial(connector, &url, &grant.token, client_id, config)
+        .await
+        .map_err(|e| Ok(e.to_string()))?;
+    Ok((ws, url))
 }
 
 async fn sleep_opt(at: Option<Instant>) {

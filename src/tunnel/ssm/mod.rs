@@ -39,6 +39,8 @@ pub enum SsmError {
     },
     #[error("the SSM multiplexer failed")]
     Smux(#[source] smux::SmuxError),
+    #[error("StartSession did not answer within {0} s")]
+    StartTimeout(u64),
     #[error("the SSM tunnel is shutting down")]
     ShuttingDown,
 }
@@ -55,6 +57,9 @@ impl SsmError {
                  check NACLs, routes and that {host} resolves inside the VPC."
             ),
             SsmError::Smux(_) => "Reconnect; a fresh SSM session will be opened.".into(),
+            SsmError::StartTimeout(_) => "Check the network path to ssm.<region>.amazonaws.com \
+                 (HTTPS proxy, VPN, VPC endpoint) and that the region is right."
+                .into(),
             SsmError::ShuttingDown => "rds-auth-proxy is stopping; reconnect once it runs again.".into(),
         }
     }

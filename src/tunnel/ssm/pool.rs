@@ -1,7 +1,19 @@
-//! The SSM tunnel as the proxy uses it: SSM sessions opened lazily on the first connection and
-//! shared through smux (mux mode), spread over up to `max_sessions`, kept alive with smux NOPs
-//! only while they carry streams, retired after `idle_timeout` without any, and terminated on
-//! shutdown. Agents too old for mux get basic mode: one SSM session per connection (§5.2).
+//! The SSM tunnel as the proxy uses it: an elastic pool of SSM sessions shared through smux
+//! (mux mode). Agents too old for mux get basic mode: one SSM session per connection (§5.2).
+//!
+//! - A new connection joins the least-loaded *healthy* session: alive, not congested (a stalled
+//!   client has made it stop taking agent output) and not busy with a bulk transfer (more than
+//!   [`BUSY_RATE`] data messages a second, where the pacer would make it wait).
+//! - A new session opens only when every open one is congested or busy, up to `max_sessions`
+//!   (`--ssm-sessions`); beyond that the least-loaded uncongested session is shared anyway.
+//! - Sessions without streams close after `idle_timeout`; smux NOP keepalives flow only while
+//!   a session carries streams, so the account's idle timeout still applies to unused ones.
+//! - Opening runs detached from the connection that asked for it, each step under its own
+//!   limit (StartSession, WebSocket upgrade, handshake; they add up to less than the client's
+//!   connect limit). A client that gives up does not cancel it; a session that fails after
+//!   StartSession succeeded is always TerminateSession'd.
+//! - Memory: each stream buffers at most `stream_buffer` bytes the client has not read, a
+//!   session at most `session_buffer` in all (plus the data channel's `inbound_queue_bytes`).
 
 use std::io;
 use std::pin::Pin;
@@ -11,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::api::{ControlPlane, StartRequest};
 use super::datachannel::{self, DataChannel, DataChannelError, Opened};
@@ -19,6 +31,13 @@ use super::handshake;
 use super::smux;
 use super::websocket::Connector;
 use super::SsmError;
+
+/// Data messages per second (either direction) above which a session counts as busy with a
+/// bulk transfer: about a third of what one session may carry.
+pub const BUSY_RATE: u64 = 300;
+
+/// How often each session's message rate is sampled.
+const RATE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Everything the pool needs to know, from the configuration.
 #[derive(Debug, Clone)]
@@ -28,13 +47,28 @@ pub struct SsmSettings {
     /// What the node dials: the RDS endpoint and port.
     pub host: String,
     pub port: u16,
-    /// Most SSM sessions open at once (`--ssm-sessions`); connections go to the least loaded.
+    /// Upper bound of the elastic pool (`--ssm-sessions`).
     pub max_sessions: usize,
     /// A session with no stream for this long is terminated (`--ssm-idle-timeout`).
     pub idle_timeout: Duration,
-    /// Per data channel tuning (payload size, pacing, keepalive period, reconnect budget).
+    /// smux NOP period while a session carries streams (`--ssm-keepalive`).
+    pub keepalive_interval: Duration,
+    /// Most bytes one stream may hold that its client has not read yet.
+    pub stream_buffer: usize,
+    /// Most such bytes over all streams of one session.
+    pub session_buffer: usize,
+    /// Limit for the StartSession call.
+    pub start_timeout: Duration,
+    /// Per data channel tuning (payload size, pacing, timeouts, reconnect budget).
     pub data_channel: datachannel::Config,
 }
+
+/// Default per-stream receive buffer.
+pub const DEFAULT_STREAM_BUFFER: usize = 8 << 20;
+/// Default per-session receive budget.
+pub const DEFAULT_SESSION_BUFFER: usize = 64 << 20;
+/// Default upper bound of the pool.
+pub const DEFAULT_MAX_SESSIONS: usize = 4;
 
 impl SsmSettings {
     pub fn new(target: String, host: String, port: u16) -> Self {
@@ -42,8 +76,12 @@ impl SsmSettings {
             target,
             host,
             port,
-            max_sessions: 1,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(20),
+            stream_buffer: DEFAULT_STREAM_BUFFER,
+            session_buffer: DEFAULT_SESSION_BUFFER,
+            start_timeout: Duration::from_secs(8),
             data_channel: datachannel::Config::default(),
         }
     }
@@ -64,6 +102,9 @@ impl std::fmt::Debug for SsmTunnel {
     }
 }
 
+/// The outcome of one detached session open, shared by every connection that waited for it.
+type OpenResult = Option<Result<(), SsmError>>;
+
 struct Pool {
     settings: Arc<SsmSettings>,
     /// `settings.data_channel`, shared with every data channel.
@@ -71,8 +112,6 @@ struct Pool {
     control: Arc<dyn ControlPlane>,
     connector: Arc<dyn Connector>,
     state: Mutex<PoolState>,
-    /// Serialises session opening, so a burst of first connections opens one session, not 200.
-    open_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -81,13 +120,13 @@ struct PoolState {
     sessions: Vec<Arc<MuxSession>>,
     /// Basic-mode data channels (one per connection), for shutdown.
     basic: Vec<Weak<DataChannel>>,
+    /// A basic-mode channel opened by the mux opener that found an old agent.
+    spare_basic: Option<Opened>,
     /// The agent is too old for mux: every connection gets its own session.
     basic_mode: bool,
     shutting_down: bool,
-    /// Bumped on every failed session open, so callers that waited for that attempt share
-    /// its error instead of each calling StartSession again.
-    failures: u64,
-    last_failure: Option<SsmError>,
+    /// The session open in flight, if any: later callers wait for it instead of opening more.
+    opening: Option<watch::Receiver<OpenResult>>,
 }
 
 /// One shared SSM session in mux mode.
@@ -100,6 +139,33 @@ struct MuxSession {
     changed: Notify,
     /// Streams ever opened, for logs.
     opened: AtomicU64,
+    /// Data messages per second (the larger direction), sampled by the monitor.
+    rate: AtomicU64,
+}
+
+impl MuxSession {
+    fn is_alive(&self) -> bool {
+        self.channel.ended().is_none() && !self.smux.is_closed()
+    }
+
+    /// A stalled client has made the session stop taking agent output.
+    fn is_congested(&self) -> bool {
+        self.smux.is_congested() || self.channel.is_congested()
+    }
+
+    fn is_busy(&self) -> bool {
+        self.rate.load(Ordering::Relaxed) > BUSY_RATE
+    }
+}
+
+/// What one session is doing, for logs, tests and benches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLoad {
+    pub session_id: String,
+    pub streams: usize,
+    pub congested: bool,
+    pub busy: bool,
+    pub stats: datachannel::ChannelStats,
 }
 
 impl SsmTunnel {
@@ -116,7 +182,6 @@ impl SsmTunnel {
                 control,
                 connector,
                 state: Mutex::new(PoolState::default()),
-                open_lock: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -132,6 +197,22 @@ impl SsmTunnel {
             .sessions
             .iter()
             .map(|s| s.channel.session_id().to_owned())
+            .collect()
+    }
+
+    /// Load of every live shared session.
+    pub fn load(&self) -> Vec<SessionLoad> {
+        self.pool
+            .lock()
+            .sessions
+            .iter()
+            .map(|s| SessionLoad {
+                session_id: s.channel.session_id().to_owned(),
+                streams: s.active.load(Ordering::Acquire),
+                congested: s.is_congested(),
+                busy: s.is_busy(),
+                stats: s.channel.stats(),
+            })
             .collect()
     }
 
@@ -159,7 +240,7 @@ impl SsmTunnel {
                         session.opened.fetch_add(1, Ordering::Relaxed);
                         return Ok(SsmStream {
                             inner: Inner::Mux { stream, session },
-                            settings: self.pool.config_ref(),
+                            settings: self.pool.settings.clone(),
                         });
                     }
                     Err(e) => {
@@ -190,19 +271,21 @@ impl SsmTunnel {
                 stream: opened.stream,
                 channel,
             },
-            settings: self.pool.config_ref(),
+            settings: self.pool.settings.clone(),
         }
     }
 
     /// Ends every session: TerminateSession flag, a short wait, the TerminateSession API,
-    /// close. Call it after the listeners have drained; later `open()`s fail.
+    /// close; each bounded (about 7 s), all at once. Call it after the listeners have drained;
+    /// later `open()`s fail.
     pub async fn shutdown(&self) {
-        let (sessions, basic) = {
+        let (sessions, basic, spare) = {
             let mut st = self.pool.lock();
             st.shutting_down = true;
             (
                 std::mem::take(&mut st.sessions),
                 std::mem::take(&mut st.basic),
+                st.spare_basic.take(),
             )
         };
         let mux = sessions.into_iter().map(|s| async move {
@@ -215,9 +298,15 @@ impl SsmTunnel {
             .map(|c| async move {
                 c.terminate().await;
             });
-        futures_util::future::join(
+        let spare = async move {
+            if let Some(opened) = spare {
+                opened.channel.terminate().await;
+            }
+        };
+        futures_util::future::join3(
             futures_util::future::join_all(mux),
             futures_util::future::join_all(basic),
+            spare,
         )
         .await;
     }
@@ -235,90 +324,125 @@ fn release(session: &MuxSession) {
     session.changed.notify_one();
 }
 
+/// Reserves a stream slot on `session`.
+fn reserve(session: &Arc<MuxSession>) -> Arc<MuxSession> {
+    session.active.fetch_add(1, Ordering::AcqRel);
+    session.changed.notify_one();
+    session.clone()
+}
+
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         // A panic elsewhere while holding the lock leaves plain data behind; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn config_ref(&self) -> Arc<SsmSettings> {
-        self.settings.clone()
-    }
-
     /// A shared session to open a stream on (its slot reserved), or `None`: open a new one.
-    fn pick(&self, st: &mut PoolState) -> Result<Option<Arc<MuxSession>>, SsmError> {
-        if st.shutting_down {
-            return Err(SsmError::ShuttingDown);
+    fn pick(&self, st: &mut PoolState) -> Option<Arc<MuxSession>> {
+        st.sessions.retain(|s| s.is_alive());
+        let least = |pred: &dyn Fn(&MuxSession) -> bool| {
+            st.sessions
+                .iter()
+                .filter(|s| pred(s))
+                .min_by_key(|s| s.active.load(Ordering::Acquire))
+                .cloned()
+        };
+        if let Some(s) = least(&|s| !s.is_congested() && !s.is_busy()) {
+            return Some(reserve(&s));
         }
-        st.sessions
-            .retain(|s| s.channel.ended().is_none() && !s.smux.is_closed());
-        let below_limit = st.sessions.len() < self.settings.max_sessions.max(1);
-        let least = st
-            .sessions
-            .iter()
-            .min_by_key(|s| s.active.load(Ordering::Acquire))
-            .cloned();
-        Ok(match least {
-            Some(s) if !below_limit || s.active.load(Ordering::Acquire) == 0 => {
-                s.active.fetch_add(1, Ordering::AcqRel);
-                s.changed.notify_one();
-                Some(s)
-            }
-            _ => None,
-        })
+        if st.sessions.len() < self.settings.max_sessions.max(1) {
+            return None;
+        }
+        // At the limit: share a busy session rather than a congested one, if there is a choice.
+        least(&|s| !s.is_congested())
+            .or_else(|| least(&|_| true))
+            .map(|s| reserve(&s))
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Acquired, SsmError> {
-        let (basic_mode, failures_before) = {
-            let mut st = self.lock();
-            if !st.basic_mode {
-                if let Some(s) = self.pick(&mut st)? {
-                    return Ok(Acquired::Mux(s));
-                }
-            } else if st.shutting_down {
-                return Err(SsmError::ShuttingDown);
-            }
-            (st.basic_mode, st.failures)
-        };
-        if basic_mode {
-            return self.open_session().await.map(Acquired::Basic);
-        }
-        let _opening = self.open_lock.lock().await;
-        {
-            let mut st = self.lock();
-            if st.failures != failures_before {
-                if let Some(e) = st.last_failure.clone() {
-                    return Err(e);
-                }
-            }
-            if let Some(s) = self.pick(&mut st)? {
-                return Ok(Acquired::Mux(s));
-            }
-        }
-        let opened = match self.open_session().await {
-            Ok(o) => o,
-            Err(e) => {
+        loop {
+            let waiting = {
                 let mut st = self.lock();
-                st.failures += 1;
-                st.last_failure = Some(e.clone());
+                if st.shutting_down {
+                    return Err(SsmError::ShuttingDown);
+                }
+                if st.basic_mode {
+                    if let Some(opened) = st.spare_basic.take() {
+                        return Ok(Acquired::Basic(opened));
+                    }
+                    None
+                } else if let Some(s) = self.pick(&mut st) {
+                    return Ok(Acquired::Mux(s));
+                } else {
+                    Some(match &st.opening {
+                        Some(rx) => rx.clone(),
+                        None => {
+                            let (tx, rx) = watch::channel(None);
+                            st.opening = Some(rx.clone());
+                            tokio::spawn(self.clone().open_shared(tx));
+                            rx
+                        }
+                    })
+                }
+            };
+            let Some(mut rx) = waiting else {
+                return self.open_basic().await.map(Acquired::Basic);
+            };
+            let outcome = match rx.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                Err(_) => Some(Err(SsmError::ShuttingDown)),
+            };
+            if let Some(Err(e)) = outcome {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Opens a session for the pool, detached from any one connection; publishes the outcome.
+    async fn open_shared(self: Arc<Self>, done: watch::Sender<OpenResult>) {
+        let outcome = match self.open_session().await {
+            Err(e) => Err(e),
+            Ok(opened) => {
+                let mux = handshake::agent_supports_mux(opened.channel.agent_version())
+                    && opened.channel.properties().is_local_port_forwarding();
+                if mux {
+                    self.add_mux(opened).await
+                } else {
+                    tracing::info!(
+                        agent_version = opened.channel.agent_version(),
+                        "SSM agent too old for multiplexing: one SSM session per connection"
+                    );
+                    let unused = {
+                        let mut st = self.lock();
+                        st.basic_mode = true;
+                        if st.shutting_down {
+                            Some(opened)
+                        } else {
+                            st.spare_basic.replace(opened)
+                        }
+                    };
+                    if let Some(unused) = unused {
+                        unused.channel.terminate().await;
+                    }
+                    Ok(())
+                }
+            }
+        };
+        self.lock().opening = None;
+        done.send_replace(Some(outcome));
+    }
+
+    async fn add_mux(self: &Arc<Self>, opened: Opened) -> Result<(), SsmError> {
+        let session = match self.start_mux(opened) {
+            Ok(session) => session,
+            Err((e, channel)) => {
+                channel.terminate().await;
                 return Err(e);
             }
         };
-        let mux = handshake::agent_supports_mux(opened.channel.agent_version())
-            && opened.channel.properties().is_local_port_forwarding();
-        if !mux {
-            tracing::info!(
-                agent_version = opened.channel.agent_version(),
-                "SSM agent too old for multiplexing: one SSM session per connection"
-            );
-            self.lock().basic_mode = true;
-            return Ok(Acquired::Basic(opened));
-        }
-        let session = self.start_mux(opened)?;
         let added = {
             let mut st = self.lock();
             if !st.shutting_down {
-                session.active.fetch_add(1, Ordering::AcqRel);
                 st.sessions.push(session.clone());
             }
             !st.shutting_down
@@ -327,18 +451,37 @@ impl Pool {
             session.channel.terminate().await;
             return Err(SsmError::ShuttingDown);
         }
-        Ok(Acquired::Mux(session))
+        tokio::spawn(monitor(Arc::downgrade(self), session));
+        Ok(())
     }
 
-    /// StartSession, then the data channel and its handshake. A session whose channel failed
-    /// is terminated so it does not linger until the idle timeout.
+    /// Basic mode: a session of its own, opened detached; if the caller is gone by the time it
+    /// is ready, it is terminated.
+    async fn open_basic(self: &Arc<Self>) -> Result<Opened, SsmError> {
+        let (tx, rx) = oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = pool.open_session().await;
+            if let Err(Ok(opened)) = tx.send(result) {
+                opened.channel.terminate().await;
+            }
+        });
+        rx.await.unwrap_or(Err(SsmError::ShuttingDown))
+    }
+
+    /// StartSession, then the data channel and its handshake, each step under its own limit.
+    /// A session whose channel failed is terminated so it does not linger until the idle
+    /// timeout.
     async fn open_session(&self) -> Result<Opened, SsmError> {
         let request = StartRequest {
             target: self.settings.target.clone(),
             host: self.settings.host.clone(),
             port: self.settings.port,
         };
-        let grant = self.control.start_session(&request).await?;
+        let limit = self.settings.start_timeout;
+        let grant = tokio::time::timeout(limit, self.control.start_session(&request))
+            .await
+            .map_err(|_| SsmError::StartTimeout(limit.as_secs()))??;
         let session_id = grant.session_id.clone();
         match datachannel::open(
             grant,
@@ -358,38 +501,37 @@ impl Pool {
                 Ok(opened)
             }
             Err(source) => {
-                let control = self.control.clone();
-                let id = session_id.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        control.terminate_session(&id),
-                    )
-                    .await;
-                });
+                tracing::debug!(session = %session_id, error = %source, "SSM session failed to open; terminating it");
+                datachannel::terminate_api(&*self.control, &session_id).await;
                 Err(SsmError::DataChannel { session_id, source })
             }
         }
     }
 
-    fn start_mux(self: &Arc<Self>, opened: Opened) -> Result<Arc<MuxSession>, SsmError> {
+    #[allow(clippy::result_large_err)]
+    fn start_mux(&self, opened: Opened) -> Result<Arc<MuxSession>, (SsmError, DataChannel)> {
         let config = smux::Config {
-            // Our NOPs go in at the data channel, only while streams are open; the agent's
+            // NOPs only while streams are open (the monitor switches them); the agent's
             // keepalive is off for our ClientVersion, so silence is normal.
-            keepalive_interval: None,
+            keepalive_interval: Some(self.settings.keepalive_interval),
             keepalive_timeout: None,
+            max_receive_buffer: self.settings.session_buffer,
+            max_stream_buffer: self.settings.stream_buffer,
             ..smux::Config::default()
         };
-        let smux = smux::Session::client(opened.stream, config).map_err(SsmError::Smux)?;
-        let session = Arc::new(MuxSession {
+        let smux = match smux::Session::client(opened.stream, config) {
+            Ok(smux) => smux,
+            Err(e) => return Err((SsmError::Smux(e), opened.channel)),
+        };
+        smux.set_keepalive(false);
+        Ok(Arc::new(MuxSession {
             channel: opened.channel,
             smux,
             active: AtomicUsize::new(0),
             changed: Notify::new(),
             opened: AtomicU64::new(0),
-        });
-        tokio::spawn(monitor(Arc::downgrade(self), session.clone()));
-        Ok(session)
+            rate: AtomicU64::new(0),
+        }))
     }
 
     /// Drops a session from the pool (it died).
@@ -408,25 +550,44 @@ impl Pool {
     }
 }
 
-/// Follows one shared session: keepalive on while streams are open, retire after the idle
-/// timeout, and leave the pool when the session dies.
+/// Follows one shared session: keepalive on while streams are open, its message rate and
+/// congestion sampled, retired after the idle timeout, out of the pool when it dies.
 async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
     let Some(idle_timeout) = pool.upgrade().map(|p| p.settings.idle_timeout) else {
         return;
     };
     let id = session.channel.session_id().to_owned();
+    let mut sample = tokio::time::interval(RATE_SAMPLE);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (session.channel.stats(), tokio::time::Instant::now());
+    let mut was_congested = false;
+    let mut idle_since = tokio::time::Instant::now();
     loop {
         let active = session.active.load(Ordering::Acquire);
-        session.channel.set_keepalive(active > 0);
-        let idle = async {
-            if active == 0 {
-                tokio::time::sleep(idle_timeout).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        session.smux.set_keepalive(active > 0);
+        if active > 0 {
+            idle_since = tokio::time::Instant::now();
+        }
+        let idle_at = (active == 0).then_some(idle_since + idle_timeout);
         tokio::select! {
             () = session.changed.notified() => continue,
+            _ = sample.tick() => {
+                let now = (session.channel.stats(), tokio::time::Instant::now());
+                let secs = now.1.duration_since(last.1).as_secs_f64().max(0.001);
+                let out = now.0.messages_out.saturating_sub(last.0.messages_out);
+                let inn = now.0.messages_in.saturating_sub(last.0.messages_in);
+                session.rate.store((out.max(inn) as f64 / secs) as u64, Ordering::Relaxed);
+                last = now;
+                let congested = session.is_congested();
+                if congested != was_congested {
+                    if congested {
+                        tracing::info!(session = %id, streams = active, "SSM session congested: a client is not reading its results; new connections go to another session");
+                    } else {
+                        tracing::info!(session = %id, "SSM session no longer congested");
+                    }
+                    was_congested = congested;
+                }
+            }
             reason = session.channel.wait_ended() => {
                 if let Some(pool) = pool.upgrade() {
                     pool.forget(&session);
@@ -441,11 +602,15 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                 if let Some(pool) = pool.upgrade() {
                     pool.forget(&session);
                 }
-                tracing::warn!(session = %id, %reason, "SSM multiplexer failed; terminating the session");
+                if matches!(reason.root_cause(), smux::SmuxError::ClosedLocally) {
+                    tracing::debug!(session = %id, "SSM multiplexer closed; terminating the session");
+                } else {
+                    tracing::warn!(session = %id, %reason, "SSM multiplexer failed; terminating the session");
+                }
                 session.channel.terminate().await;
                 return;
             }
-            () = idle => {
+            () = sleep_opt(idle_at) => {
                 let retired = pool.upgrade().is_none_or(|p| p.retire_if_idle(&session));
                 if retired {
                     tracing::info!(
@@ -454,12 +619,19 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                         streams = session.opened.load(Ordering::Relaxed),
                         "closing the idle SSM session"
                     );
-                    session.channel.terminate().await;
                     session.smux.close();
+                    session.channel.terminate().await;
                     return;
                 }
             }
         }
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -24,8 +24,13 @@ pub struct Config {
     pub initial_rtt: Duration,
     /// Starting RTO before any sample.
     pub initial_rto: Duration,
-    /// RTO never exceeds this, so a lost message is retried at least this often.
+    /// The estimated RTO never exceeds this.
     pub max_rto: Duration,
+    /// Exponential backoff: each resend of one message doubles its own timeout, up to this cap
+    /// (never below the RTO). `Duration::ZERO` resends every RTO without backing off, as the
+    /// agent does. With a cap, a quiet peer (a paused gateway, an agent blocked on a slow
+    /// database, our own back-pressure) costs a few resends a minute instead of one per RTO.
+    pub max_backoff: Duration,
     /// Lower bound of the variance term, so a very steady RTT still leaves some slack.
     pub clock_granularity: Duration,
     /// SRTT gain (α).
@@ -45,6 +50,7 @@ impl Default for Config {
             initial_rtt: Duration::from_millis(100),
             initial_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(1),
+            max_backoff: Duration::ZERO,
             clock_granularity: Duration::from_millis(10),
             rtt_alpha: 1.0 / 8.0,
             rttvar_beta: 1.0 / 4.0,
@@ -54,7 +60,7 @@ impl Default for Config {
 }
 
 /// Errors from the reliability state machines.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ReliableError {
     /// The outgoing window is full; wait for acks (check [`Outgoing::has_room`] first).
     #[error("SSM outgoing window full ({capacity} unacked messages)")]
@@ -76,6 +82,9 @@ struct Pending {
     last_sent: Instant,
     /// Sends so far, including the first.
     attempts: u32,
+    /// This message's own resend timeout after `attempts - 1` resends (see
+    /// [`Config::max_backoff`]); `None` until the first resend: then the current RTO applies.
+    backoff: Option<Duration>,
     /// Acks for later messages seen since the last send of this one.
     later_acks: u32,
     /// Enough later messages were acked that this one is presumed lost: resend now, without
@@ -157,6 +166,7 @@ impl Outgoing {
                 frame: frame.clone(),
                 last_sent: now,
                 attempts: 1,
+                backoff: None,
                 later_acks: 0,
                 presumed_lost: false,
             },
@@ -224,17 +234,22 @@ impl Outgoing {
     /// Like [`Outgoing::due_for_resend`] but returns at most `limit` frames, so a pacer with
     /// a small budget does not mark frames as sent that it cannot send yet.
     pub fn due_for_resend_up_to(&mut self, now: Instant, limit: usize) -> Vec<Bytes> {
-        let rto = self.rto;
+        let (rto, cap) = (self.rto, self.config.max_backoff);
         let mut due = Vec::new();
         for pending in self.unacked.values_mut() {
             if due.len() >= limit {
                 break;
             }
-            if pending.presumed_lost || now.saturating_duration_since(pending.last_sent) >= rto {
+            let timeout = pending.backoff.unwrap_or(rto).max(rto);
+            if pending.presumed_lost || now.saturating_duration_since(pending.last_sent) >= timeout
+            {
                 pending.last_sent = now;
                 pending.later_acks = 0;
                 pending.presumed_lost = false;
                 pending.attempts = pending.attempts.saturating_add(1);
+                if !cap.is_zero() {
+                    pending.backoff = Some(timeout.saturating_mul(2).min(cap.max(rto)));
+                }
                 due.push(pending.frame.clone());
             }
         }
@@ -250,13 +265,14 @@ impl Outgoing {
                 if p.presumed_lost {
                     p.last_sent
                 } else {
-                    p.last_sent + self.rto
+                    p.last_sent + p.backoff.unwrap_or(self.rto).max(self.rto)
                 }
             })
             .min()
     }
 
     /// Every unacked frame in seq order, without touching timers.
+    #[cfg(test)]
     pub fn all_unacked(&self) -> Vec<Bytes> {
         self.unacked.values().map(|p| p.frame.clone()).collect()
     }
@@ -284,8 +300,8 @@ impl Outgoing {
         self.unacked.is_empty()
     }
 
-    /// Highest send count of any unacked message; lets the caller give up on a dead peer, as
-    /// the plugin does after 3000 attempts.
+    /// Highest send count of any unacked message.
+    #[cfg(test)]
     pub fn max_attempts(&self) -> u32 {
         self.unacked.values().map(|p| p.attempts).max().unwrap_or(0)
     }
@@ -547,6 +563,29 @@ mod tests {
         assert_eq!(out.next_resend_at(), Some(t0 + ms(400)));
         assert_eq!(out.due_for_resend(t0 + ms(400)), vec![frame(0)]);
         assert_eq!(out.max_attempts(), 3);
+    }
+
+    #[test]
+    fn resends_back_off_exponentially_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut out = Outgoing::new(Config {
+            max_backoff: Duration::from_secs(2),
+            ..Config::default()
+        });
+        out.push_with(t0, frame).expect("room");
+        // RTO 200 ms, then 400, 800, 1600, then capped at 2 s.
+        let mut at = t0;
+        for gap in [200, 400, 800, 1600, 2000, 2000] {
+            assert!(out.due_for_resend(at + ms(gap - 1)).is_empty(), "not before {gap} ms");
+            assert_eq!(out.next_resend_at(), Some(at + ms(gap)));
+            at += ms(gap);
+            assert_eq!(out.due_for_resend(at), vec![frame(0)], "due after {gap} ms");
+        }
+        // A zero cap (the agent's behaviour) keeps resending every RTO.
+        let mut flat = outgoing(8);
+        flat.push_with(t0, frame).expect("room");
+        assert_eq!(flat.due_for_resend(t0 + ms(200)), vec![frame(0)]);
+        assert_eq!(flat.due_for_resend(t0 + ms(400)), vec![frame(0)]);
     }
 
     #[test]

@@ -88,6 +88,11 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Session-wide cap on bytes received but not yet read by stream consumers.
     pub max_receive_buffer: usize,
+    /// Per-stream cap on bytes received but not yet read. smux v1 has no per-stream window, so
+    /// when a frame arrives for a stream at its cap the reader stops (every stream waits, and
+    /// [`Session::is_congested`] says so); but a stalled stream can never hold more than this,
+    /// and frames for other streams pass until one for the stalled stream comes next.
+    pub max_stream_buffer: usize,
 }
 
 impl Default for Config {
@@ -97,6 +102,7 @@ impl Default for Config {
             keepalive_timeout: Some(Duration::from_secs(30)),
             max_frame_size: 32 * 1024,
             max_receive_buffer: 4 * 1024 * 1024,
+            max_stream_buffer: 4 * 1024 * 1024,
         }
     }
 }
@@ -134,6 +140,9 @@ impl Config {
                 len: self.max_frame_size,
                 max: MAX_FRAME_SIZE_LIMIT,
             });
+        }
+        if self.max_stream_buffer == 0 {
+            return Err(SmuxError::InvalidConfig("max_stream_buffer must be positive"));
         }
         if self.max_receive_buffer == 0 {
             return Err(SmuxError::InvalidConfig(
@@ -386,6 +395,8 @@ struct Shared {
     write_ready: Notify,
     /// Publishes the first fatal error to tasks and to `Session::closed`.
     closed_tx: watch::Sender<Option<SmuxError>>,
+    /// Whether the keepalive task sends NOPs now (see [`Session::set_keepalive`]).
+    keepalive_on: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -450,9 +461,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Lets the reader continue if it was waiting for budget; called after bytes left a buffer.
+    /// Lets the reader re-check its budget if it was waiting; called after bytes left a buffer.
     fn wake_reader_if_budget(&self, st: &State) {
-        if st.reader_starved && st.buffered < self.config.max_receive_buffer {
+        if st.reader_starved {
             self.budget_freed.notify_one();
         }
     }
@@ -534,6 +545,7 @@ impl Session {
             budget_freed: Notify::new(),
             write_ready: Notify::new(),
             closed_tx,
+            keepalive_on: std::sync::atomic::AtomicBool::new(true),
         });
         let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (read_half, write_half) = tokio::io::split(transport);
@@ -648,6 +660,21 @@ impl Session {
         self.shared.lock().streams.len()
     }
 
+    /// Whether the reader is stopped because a stream (or the session) is at its receive cap:
+    /// the peer's data waits until that stream's consumer reads. New streams belong elsewhere.
+    pub fn is_congested(&self) -> bool {
+        self.shared.lock().reader_starved
+    }
+
+    /// Turns the NOP keepalive on or off (it starts on when `keepalive_interval` is set). In SSM
+    /// a NOP is stream data, which keeps the session from its idle timeout: send them only
+    /// while streams are open.
+    pub fn set_keepalive(&self, on: bool) {
+        self.shared
+            .keepalive_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Bytes received but not yet read, over all streams; for metrics and tests of the budget.
     pub fn buffered_bytes(&self) -> usize {
         self.shared.lock().buffered
@@ -683,8 +710,6 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        wait_for_budget(shared).await;
-
         while buf.len() < HEADER_LEN {
             read_more(shared, &mut transport, &mut buf).await?;
         }
@@ -695,6 +720,9 @@ where
         let frame_len = HEADER_LEN + usize::from(header.len);
         while buf.len() < frame_len {
             read_more(shared, &mut transport, &mut buf).await?;
+        }
+        if header.cmd == Cmd::Psh && header.len > 0 {
+            wait_for_budget(shared, header.stream_id).await;
         }
         handle_frame(shared, &accept_tx, header, &buf[HEADER_LEN..frame_len]).await?;
         buf.advance(frame_len);
@@ -723,12 +751,17 @@ where
     Ok(())
 }
 
-/// Blocks the reader while the receive budget is used up (the v1 head-of-line blocking).
-async fn wait_for_budget(shared: &Shared) {
+/// Blocks the reader while the session budget, or the budget of the stream the next frame is
+/// for, is used up (the v1 head-of-line blocking, bounded per stream).
+async fn wait_for_budget(shared: &Shared, stream_id: u32) {
     loop {
         {
             let mut st = shared.lock();
-            if st.buffered < shared.config.max_receive_buffer {
+            let stream_full = st
+                .streams
+                .get(&stream_id)
+                .is_some_and(|s| s.buf.len() >= shared.config.max_stream_buffer);
+            if !stream_full && st.buffered < shared.config.max_receive_buffer {
                 if st.reader_starved {
                     // The peer may have been held back by us; give it a full timeout from now.
                     st.reader_starved = false;
@@ -862,10 +895,11 @@ async fn keepalive_loop(shared: &Shared, interval: Option<Duration>, timeout: Op
         tokio::select! {
             () = tick(&mut ticker) => {
                 let queued = {
+                    let on = shared.keepalive_on.load(std::sync::atomic::Ordering::Relaxed);
                     let mut st = shared.lock();
                     // Frames already queued tell the peer we are alive; a stalled writer is not
                     // helped by piling NOPs behind it.
-                    if st.closed.is_none() && st.out.is_empty() {
+                    if on && st.closed.is_none() && st.out.is_empty() {
                         put_frame(&mut st.out, Cmd::Nop, 0, &[]);
                         true
                     } else {
@@ -1850,6 +1884,7 @@ mod tests {
         let server_cfg = Config {
             max_frame_size: FRAME,
             max_receive_buffer: BUDGET,
+            max_stream_buffer: BUDGET,
             keepalive_interval: None,
             keepalive_timeout: Some(Duration::from_secs(30)),
         };

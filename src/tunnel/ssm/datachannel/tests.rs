@@ -381,35 +381,3 @@ async fn terminate_sends_the_flag_then_calls_the_api() {
     ));
 }
 
-#[tokio::test(start_paused = true)]
-async fn keepalive_sends_smux_nops_only_when_on() {
-    let mut s = setup();
-    let (opened, mut agent, _) = s.ready().await;
-    opened.channel.set_keepalive(true);
-    let nop = agent.recv_stream().await;
-    assert_eq!(
-        (nop.payload_type, &nop.payload[..]),
-        (PayloadType::Output, &SMUX_NOP[..])
-    );
-    agent.ack(&nop).await;
-    opened.channel.set_keepalive(false);
-    // With keepalive off, only pings flow: no stream message within several intervals.
-    let quiet = tokio::time::timeout(Duration::from_secs(100), agent.recv_stream()).await;
-    assert!(quiet.is_err());
-}
-
-#[test]
-fn frame_tracker_finds_boundaries_across_splits() {
-    let mut t = FrameTracker::default();
-    assert!(t.at_boundary());
-    let mut frame = vec![1, 2, 5, 0, 3, 0, 0, 0];
-    frame.extend_from_slice(b"hello");
-    t.feed(&frame[..3]);
-    assert!(!t.at_boundary());
-    t.feed(&frame[3..10]);
-    assert!(!t.at_boundary());
-    t.feed(&frame[10..]);
-    assert!(t.at_boundary());
-    t.feed(&SMUX_NOP);
-    assert!(t.at_boundary());
-}
