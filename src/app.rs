@@ -140,12 +140,16 @@ fn ssm_tunnel(
     settings.idle_timeout = ssm.idle_timeout;
     settings.keepalive_interval = ssm.keepalive;
     settings.data_channel.max_payload = ssm.max_payload;
+    settings.data_channel.max_rate = ssm.max_rate;
     Ok(SsmTunnel::new(
         settings,
         Arc::new(api),
         Arc::new(WsConnector::new(signer)?),
     ))
 }
+
+/// Longest wait for the tunnel to close after the drain (SSM: flag, TerminateSession).
+const TUNNEL_SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// A bound, ready proxy. Tests bind port 0 and read [`Proxy::local_addr`].
 pub struct Proxy {
@@ -178,7 +182,16 @@ impl Proxy {
         let ctx = self.ctx.clone();
         self.listeners.run(self.ctx, shutdown).await;
         // After the drain: no connection needs the tunnel any more (SSM: TerminateSession).
-        ctx.tunnel.shutdown().await;
+        // Bounded, so a half-open WebSocket cannot hold the exit up.
+        if tokio::time::timeout(TUNNEL_SHUTDOWN_LIMIT, ctx.tunnel.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                limit_s = TUNNEL_SHUTDOWN_LIMIT.as_secs(),
+                "the tunnel did not close in time; exiting anyway (sessions end at the service's idle timeout)"
+            );
+        }
     }
 }
 

@@ -134,10 +134,19 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "NODE_ID", env = "RDS_AUTH_PROXY_SSM_TARGET")]
     pub ssm_target: Option<String>,
 
-    /// SSM mode: spread connections over up to N SSM sessions. One session carries ~1 MB/s
-    /// (AWS paces the data channel), so raise this for bulk transfers.
-    #[arg(long, value_name = "N", default_value_t = 1, env = "RDS_AUTH_PROXY_SSM_SESSIONS")]
+    /// SSM mode: the most SSM sessions open at once. Connections share one session; another
+    /// opens only when every open one is busy with a bulk transfer (one session carries about
+    /// 1 MB/s) or congested by a client that stopped reading its results. Extra sessions close
+    /// after --ssm-idle-timeout.
+    #[arg(long, value_name = "N", default_value_t = crate::tunnel::ssm::pool::DEFAULT_MAX_SESSIONS, env = "RDS_AUTH_PROXY_SSM_SESSIONS")]
     pub ssm_sessions: usize,
+
+    /// SSM mode: most data-channel messages per second per session, resends included (a token
+    /// bucket with 0.1 s bursts, so queries never wait on it). AWS's gateway is reported to cut
+    /// a data channel that sustains more than about 1000/s; 0 disables pacing, for endpoints
+    /// known to accept more.
+    #[arg(long, value_name = "N", default_value_t = crate::tunnel::ssm::datachannel::DEFAULT_MAX_RATE, env = "RDS_AUTH_PROXY_SSM_MAX_RATE")]
+    pub ssm_max_rate: u32,
 
     /// SSM mode: close an SSM session after this many seconds without any connection; the
     /// next connection opens a new one (about a second). While connections are open the

@@ -42,6 +42,8 @@ pub struct SsmConfig {
     pub keepalive: Duration,
     /// Largest Output payload per data-channel message.
     pub max_payload: usize,
+    /// Data-channel messages per second per session; 0 = unpaced.
+    pub max_rate: u32,
 }
 
 /// Most `--ssm-sessions`: each is a WebSocket, a task and AWS-side state; beyond this it is
@@ -183,6 +185,7 @@ fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
         sign_websocket: args.ssm_sign_websocket,
         keepalive: Duration::from_secs(args.ssm_keepalive),
         max_payload: args.ssm_max_payload,
+        max_rate: args.ssm_max_rate,
     })
 }
 
@@ -303,24 +306,26 @@ mod tests {
             ok(&["--ssm-target", "i-0123456789abcdef0"]).unwrap().via,
             ViaConfig::Ssm(SsmConfig {
                 node: "i-0123456789abcdef0".into(),
-                sessions: 1,
+                sessions: 4,
                 idle_timeout: Duration::from_secs(300),
                 sign_websocket: false,
                 keepalive: Duration::from_secs(20),
                 max_payload: 1024,
+                max_rate: 900,
             })
         );
         assert_eq!(
-            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "4", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768"])
+            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "2", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768", "--ssm-max-rate", "0"])
                 .unwrap()
                 .via,
             ViaConfig::Ssm(SsmConfig {
                 node: "mi-0123456789abcdef0".into(),
-                sessions: 4,
+                sessions: 2,
                 idle_timeout: Duration::from_secs(60),
                 sign_websocket: true,
                 keepalive: Duration::from_secs(5),
                 max_payload: 32768,
+                max_rate: 0,
             })
         );
         let cases: [(&[&str], ConfigError); 9] = [

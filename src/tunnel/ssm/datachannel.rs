@@ -117,6 +117,8 @@ impl Default for Config {
             max_rate: DEFAULT_MAX_RATE,
             reliable: reliable::Config {
                 max_backoff: Duration::from_secs(8),
+                // Out-of-order agent output is held here before the local queue: bounded too.
+                incoming_capacity: 1024,
                 ..reliable::Config::default()
             },
             connect_timeout: Duration::from_secs(8),
@@ -555,17 +557,19 @@ impl Pacer {
         }
     }
 
-    /// When the next token will be there.
+    /// When to look again if no token is there now: once a few have accrued (timers have
+    /// millisecond granularity, so waiting for exactly one could wake a hair too early, again
+    /// and again), plus a millisecond of margin.
     fn next_at(&mut self, now: Instant) -> Instant {
         if self.rate == 0.0 {
             return now;
         }
         self.refill(now);
         if self.tokens >= 1.0 {
-            now
-        } else {
-            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            return now;
         }
+        let want = self.burst.min(4.0);
+        now + Duration::from_secs_f64((want - self.tokens) / self.rate) + Duration::from_millis(1)
     }
 }
 

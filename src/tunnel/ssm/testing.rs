@@ -27,6 +27,8 @@ pub struct FakeConnector {
     accepted: mpsc::UnboundedSender<DuplexStream>,
     /// Fail this many connects before succeeding.
     pub fail_next: AtomicUsize,
+    /// Buffer of each in-memory connection, per direction.
+    pub pipe_size: AtomicUsize,
 }
 
 impl FakeConnector {
@@ -36,6 +38,7 @@ impl FakeConnector {
             Arc::new(FakeConnector {
                 accepted: tx,
                 fail_next: AtomicUsize::new(0),
+                pipe_size: AtomicUsize::new(1 << 20),
             }),
             rx,
         )
@@ -52,7 +55,7 @@ impl Connector for FakeConnector {
             {
                 return Err(WebSocketError::Timeout("fake".into()));
             }
-            let (client, server) = tokio::io::duplex(1 << 20);
+            let (client, server) = tokio::io::duplex(self.pipe_size.load(Ordering::SeqCst));
             let _ = self.accepted.send(server);
             let request = url
                 .into_client_request()

@@ -381,3 +381,236 @@ async fn terminate_sends_the_flag_then_calls_the_api() {
     ));
 }
 
+
+/// Reads stream messages from the client and acks them, recording when each arrived.
+async fn collect_acked(agent: &mut FakeAgent, want: usize) -> (Vec<ClientMessage>, Vec<Instant>) {
+    let mut got = Vec::new();
+    let mut at = Vec::new();
+    while got.len() < want {
+        let m = agent.recv_stream().await;
+        at.push(Instant::now());
+        agent.ack(&m).await;
+        got.push(m);
+    }
+    (got, at)
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_data_is_paced_under_the_gateway_limit_but_acks_are_not() {
+    let mut s = setup();
+    let (mut opened, mut agent, next) = s.ready().await;
+    let n = 2000;
+    let data = vec![5u8; n * 1024];
+    let writer = tokio::spawn(async move {
+        opened.stream.write_all(&data).await.unwrap();
+        opened
+    });
+    let started = Instant::now();
+    let (got, at) = collect_acked(&mut agent, n).await;
+    let opened = writer.await.unwrap();
+    assert!(got.iter().all(|m| m.payload.len() == 1024));
+    // 900/s with a 90-message burst: no one-second window holds more than 990 messages.
+    for i in 0..at.len() {
+        let in_window = at[i..]
+            .iter()
+            .take_while(|t| t.duration_since(at[i]) < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 990, "{in_window} messages within 1 s from #{i}");
+    }
+    let took = at[n - 1].duration_since(started);
+    assert!(took >= Duration::from_millis(2000), "{took:?}");
+
+    // The bucket is empty now, yet an ack goes out at once.
+    let sent = Instant::now();
+    agent.send_stream(next, PayloadType::Output, &b"x"[..]).await;
+    assert_eq!(agent.recv_ack().await, next);
+    assert_eq!(sent.elapsed(), Duration::ZERO);
+    assert!(opened.channel.stats().messages_out >= n as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unpaced_sends_as_fast_as_the_window_allows() {
+    let mut s = setup();
+    s.config = Arc::new(Config {
+        max_rate: 0,
+        ..Config::default()
+    });
+    let (mut opened, mut agent, _) = s.ready().await;
+    let data = vec![5u8; 2000 * 1024];
+    tokio::spawn(async move { opened.stream.write_all(&data).await.unwrap() });
+    let started = Instant::now();
+    collect_acked(&mut agent, 2000).await;
+    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minute_without_acks_is_survived_with_backed_off_resends() {
+    let mut s = setup();
+    let (mut opened, mut agent, next) = s.ready().await;
+    opened.stream.write_all(b"select 1").await.unwrap();
+    let first = agent.recv_stream().await;
+    let gap_end = Instant::now() + Duration::from_secs(60);
+    let mut resends = 0;
+    loop {
+        tokio::select! {
+            m = agent.recv_stream() => {
+                assert_eq!(m, first, "only the unacked message comes again");
+                resends += 1;
+            }
+            () = tokio::time::sleep_until(gap_end) => break,
+        }
+    }
+    // 200 ms doubling to the 8 s cap: about a dozen resends in a minute, not 300.
+    assert!((5..=15).contains(&resends), "{resends} resends");
+    assert!(opened.channel.ended().is_none(), "still alive after 60 s");
+    agent.ack(&first).await;
+    agent.send_stream(next, PayloadType::Output, &b"ok"[..]).await;
+    let mut buf = [0u8; 2];
+    opened.stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ok");
+    opened.stream.write_all(b"more").await.unwrap();
+    let m = agent.recv_stream().await;
+    assert_eq!(m.sequence_number, first.sequence_number + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn agent_silence_with_data_waiting_ends_the_session() {
+    let mut s = setup();
+    s.config = Arc::new(Config {
+        agent_timeout: Duration::from_secs(30),
+        ..Config::default()
+    });
+    let (mut opened, mut agent, _) = s.ready().await;
+    // Quiet with nothing unacked is fine, however long.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert!(opened.channel.ended().is_none());
+    opened.stream.write_all(b"select 1").await.unwrap();
+    let started = Instant::now();
+    let reason = tokio::select! {
+        r = opened.channel.wait_ended() => r,
+        // Keep reading (and so answering pings) without ever acking.
+        () = async { loop { agent.recv().await; } } => unreachable!(),
+    };
+    assert!(matches!(reason, DataChannelError::AgentUnresponsive(30)), "{reason:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(32), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_local_reader_that_stops_congests_without_stopping_acks() {
+    let mut s = setup();
+    s.config = Arc::new(Config {
+        inbound_queue_bytes: 64 * 1024,
+        max_rate: 0,
+        ..Config::default()
+    });
+    let (mut opened, mut agent, next) = s.ready().await;
+    // The agent sends 1 MiB of output; nobody reads it locally.
+    let total = 1024;
+    let mut sent = Vec::new();
+    for i in 0..total {
+        let payload = vec![(i % 251) as u8; 1024];
+        sent.push(agent.send_stream(next + i, PayloadType::Output, payload).await);
+    }
+    // Meanwhile we upload more than a window's worth: only possible if acks still get through.
+    let upload = vec![9u8; 600 * 1024];
+    let (mut reader, mut writer) = tokio::io::split(opened.stream);
+    let up = tokio::spawn(async move {
+        writer.write_all(&upload).await.unwrap();
+        writer
+    });
+    let mut acked = std::collections::BTreeSet::new();
+    let mut uploaded = 0;
+    while uploaded < 600 {
+        let m = agent.recv().await.expect("client message");
+        if m.message_type == crate::tunnel::ssm::message::message_type::ACKNOWLEDGE {
+            let a: AcknowledgeContent = m.json_payload("ack").unwrap();
+            acked.insert(a.acknowledged_message_sequence_number);
+        } else {
+            agent.ack(&m).await;
+            uploaded += 1;
+        }
+    }
+    let _writer = up.await.unwrap();
+    let refused_from = (next..next + total)
+        .find(|seq| !acked.contains(seq))
+        .expect("some output was not acked");
+    assert!(refused_from > next + 32, "some output was taken first");
+    assert!(opened.channel.stats().refused > 0);
+
+    // The reader comes back; the agent resends what was not acked, in order.
+    let reading = tokio::spawn(async move {
+        let mut got = vec![0u8; total as usize * 1024];
+        reader.read_exact(&mut got).await.unwrap();
+        got
+    });
+    let mut pending: Vec<_> = sent
+        .iter()
+        .filter(|m| !acked.contains(&m.sequence_number))
+        .cloned()
+        .collect();
+    while !pending.is_empty() {
+        for m in &pending {
+            agent.send(m).await;
+        }
+        let mut now_acked = std::collections::BTreeSet::new();
+        let deadline = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                m = agent.recv() => {
+                    let m = m.expect("client message");
+                    if m.message_type == crate::tunnel::ssm::message::message_type::ACKNOWLEDGE {
+                        let a: AcknowledgeContent = m.json_payload("ack").unwrap();
+                        now_acked.insert(a.acknowledged_message_sequence_number);
+                    }
+                }
+                () = &mut deadline => break,
+            }
+        }
+        pending.retain(|m| !now_acked.contains(&m.sequence_number));
+    }
+    let got = reading.await.unwrap();
+    let expected: Vec<u8> = (0..total).flat_map(|i| vec![(i % 251) as u8; 1024]).collect();
+    assert!(got == expected, "every byte, in order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_websocket_write_leads_to_a_resume() {
+    let mut s = setup();
+    s.control
+        .push_resume(Ok(Some(FakeControl::grant("s-1", "token-2"))));
+    s.connector
+        .pipe_size
+        .store(64 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let (mut opened, agent, _) = s.ready().await;
+    s.connector
+        .pipe_size
+        .store(1 << 20, std::sync::atomic::Ordering::SeqCst);
+    // The gateway stops reading: the 1 MiB pipe fills and our writes stall.
+    let stuck = agent;
+    let data = vec![3u8; 3 << 20];
+    let writer = tokio::spawn(async move {
+        let _ = opened.stream.write_all(&data).await;
+        opened
+    });
+    let mut agent = s.agent().await;
+    assert_eq!(agent.open.token_value, "token-2");
+    // The replay and the rest of the data arrive on the new connection.
+    let m = agent.recv_stream().await;
+    assert_eq!(m.payload_type, PayloadType::Output);
+    drop(stuck);
+    let mut seen = 0usize;
+    let mut last_seq = -1;
+    while seen < (3 << 20) {
+        let m = agent.recv_stream().await;
+        if m.sequence_number > last_seq {
+            last_seq = m.sequence_number;
+        }
+        agent.ack(&m).await;
+        seen = (last_seq as usize) * 1024;
+    }
+    let opened = writer.await.unwrap();
+    assert_eq!(opened.channel.reconnects(), 1);
+    assert!(opened.channel.ended().is_none());
+}
