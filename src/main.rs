@@ -101,6 +101,8 @@ async fn shutdown_signal() -> u8 {
 }
 
 fn init_logging(args: &LogArgs) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let default = if args.quiet { "warn" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -115,8 +117,26 @@ fn init_logging(args: &LogArgs) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // A global cap on top of RUST_LOG, which no directive (however specific) can lift.
+    let cap = tracing_subscriber::filter::filter_fn(|meta| !leaks_secrets_at(meta));
     match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(cap).init(),
+        LogFormat::Json => builder.json().finish().with(cap).init(),
     }
+}
+
+/// Crates whose TRACE output carries secrets: the AWS SDK runtime prints HTTP requests
+/// (signatures) and response bodies (StartSession/ResumeSession `TokenValue`, `StreamUrl`);
+/// hyper and h2 can print raw messages; tungstenite prints every WebSocket frame (the
+/// OpenDataChannel frame carries the stream token) and the upgrade request.
+const TRACE_LEAKS_SECRETS: &[&str] = &[
+    "aws_smithy_", "aws_sdk_", "aws_runtime", "aws_config", "aws_sigv4", "aws_credential_types",
+    "hyper", "h2", "tungstenite", "tokio_tungstenite",
+];
+
+/// Whether an event or span is one of [`TRACE_LEAKS_SECRETS`]' trace output: those crates
+/// are capped at debug whatever RUST_LOG says.
+fn leaks_secrets_at(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() == tracing::Level::TRACE
+        && TRACE_LEAKS_SECRETS.iter().any(|prefix| meta.target().starts_with(prefix))
 }
