@@ -125,18 +125,28 @@ fn init_logging(args: &LogArgs) {
     }
 }
 
-/// Crates whose TRACE output carries secrets: the AWS SDK runtime prints HTTP requests
-/// (signatures) and response bodies (StartSession/ResumeSession `TokenValue`, `StreamUrl`);
-/// hyper and h2 can print raw messages; tungstenite prints every WebSocket frame (the
-/// OpenDataChannel frame carries the stream token) and the upgrade request.
-const TRACE_LEAKS_SECRETS: &[&str] = &[
-    "aws_smithy_", "aws_sdk_", "aws_runtime", "aws_config", "aws_sigv4", "aws_credential_types",
-    "hyper", "h2", "tungstenite", "tokio_tungstenite",
+/// Crates whose detailed output carries secrets, and the most detail allowed from each. The
+/// AWS SDK prints resolved identities (access key id) and endpoint parameters at debug, signed
+/// HTTP requests and response bodies (StartSession/ResumeSession `TokenValue`, `StreamUrl`)
+/// at trace; hyper and h2 can print raw messages at trace; tungstenite prints every WebSocket
+/// frame (the OpenDataChannel frame carries the stream token) and the upgrade request.
+const SECRET_PRONE_TARGETS: &[(&str, tracing::Level)] = &[
+    ("aws_smithy_", tracing::Level::INFO),
+    ("aws_sdk_", tracing::Level::INFO),
+    ("aws_runtime", tracing::Level::INFO),
+    ("aws_config", tracing::Level::INFO),
+    ("aws_sigv4", tracing::Level::WARN),
+    ("aws_credential_types", tracing::Level::WARN),
+    ("hyper", tracing::Level::DEBUG),
+    ("h2", tracing::Level::DEBUG),
+    ("tungstenite", tracing::Level::DEBUG),
+    ("tokio_tungstenite", tracing::Level::DEBUG),
 ];
 
-/// Whether an event or span is one of [`TRACE_LEAKS_SECRETS`]' trace output: those crates
-/// are capped at debug whatever RUST_LOG says.
+/// Whether an event or span is more detailed than [`SECRET_PRONE_TARGETS`] allows for its
+/// crate: those caps hold whatever RUST_LOG says.
 fn leaks_secrets_at(meta: &tracing::Metadata<'_>) -> bool {
-    *meta.level() == tracing::Level::TRACE
-        && TRACE_LEAKS_SECRETS.iter().any(|prefix| meta.target().starts_with(prefix))
+    SECRET_PRONE_TARGETS
+        .iter()
+        .any(|(prefix, max)| meta.target().starts_with(prefix) && meta.level() > max)
 }

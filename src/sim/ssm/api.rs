@@ -298,6 +298,7 @@ fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value
     let shared = agent::start(inner, id.clone(), Value::Object(properties));
     inner.sessions().insert(id.clone(), shared.clone());
     let token = shared.issue_token().unwrap_or_default();
+    inner.record_token(&token);
     bump(&inner.stats.sessions_started);
     Ok(json!({
         "SessionId": id,
@@ -339,6 +340,7 @@ fn resume_session(inner: &Inner, input: &Map<String, Value>) -> Result<Value, Ap
     let token = if refuse { None } else { session.issue_token() };
     match token {
         Some(token) => {
+            inner.record_token(&token);
             bump(&inner.stats.sessions_resumed);
             Ok(json!({
                 "SessionId": id,

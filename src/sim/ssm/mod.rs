@@ -344,6 +344,9 @@ struct Inner {
     stats: Arc<SsmSimStats>,
     /// Every session ever started, live or ended: ResumeSession must tell "over" from "unknown".
     sessions: Mutex<HashMap<String, Arc<agent::SessionShared>>>,
+    /// Every stream token ever issued (StartSession and ResumeSession), so tests can assert
+    /// that none of them shows up in logs.
+    issued_tokens: Mutex<Vec<String>>,
     /// Fault RNG and the seed it was built from (reseeded when the knob changes).
     faults: Mutex<(u64, StdRng)>,
     /// Flipped once by [`SsmSim::stop`]; every task watches it.
@@ -357,6 +360,14 @@ impl Inner {
 
     fn session(&self, id: &str) -> Option<Arc<agent::SessionShared>> {
         self.sessions().get(id).cloned()
+    }
+
+    /// Remembers a stream token handed to a client.
+    fn record_token(&self, token: &str) {
+        self.issued_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(token.to_owned());
     }
 
     /// Rolls the fault for one stream-data message from the current rates.
@@ -427,6 +438,7 @@ impl SsmSim {
             knobs: Arc::new(SsmSimKnobs::new(options)),
             stats: Arc::default(),
             sessions: Mutex::default(),
+            issued_tokens: Mutex::default(),
             faults: Mutex::new((seed, StdRng::seed_from_u64(seed))),
             shutdown: watch::Sender::new(false),
         });
@@ -462,6 +474,15 @@ impl SsmSim {
     /// What the simulator knows about one session, or `None` for an unknown id.
     pub fn session_info(&self, session_id: &str) -> Option<SessionInfo> {
         self.inner.session(session_id).map(|s| s.info())
+    }
+
+    /// Every stream token (TokenValue) issued so far, for tests that check logs for leaks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner
+            .issued_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Ids of every session started so far, in no particular order.
