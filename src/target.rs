@@ -118,7 +118,9 @@ mod tests {
 
     #[tokio::test]
     async fn keepalive_values_reach_the_socket() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
@@ -131,8 +133,14 @@ mod tests {
         assert!(!socket.keepalive().expect("SO_KEEPALIVE"), "off by default");
         keepalive.apply(&client).expect("apply");
         assert!(socket.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"), Duration::from_secs(7));
-        assert_eq!(socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"), Duration::from_secs(3));
+        assert_eq!(
+            socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+            Duration::from_secs(3)
+        );
         assert_eq!(socket.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 5);
         assert_eq!(
             socket.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
@@ -142,6 +150,9 @@ mod tests {
 
     #[test]
     fn default_keepalive_gives_up_within_two_minutes() {
-        assert_eq!(TcpKeepalive::default().give_up_after(), Duration::from_secs(120));
+        assert_eq!(
+            TcpKeepalive::default().give_up_after(),
+            Duration::from_secs(120)
+        );
     }
 }

@@ -125,7 +125,10 @@ async fn start_session_refused_leaves_nothing_open() {
         .expect_err("StartSession is refused");
     match &err {
         SsmError::Api(ApiError::AccessDenied { message, .. }) => {
-            assert!(message.contains("is not authorized to perform: ssm:StartSession"), "{message}");
+            assert!(
+                message.contains("is not authorized to perform: ssm:StartSession"),
+                "{message}"
+            );
         }
         other => panic!("expected AccessDenied, got {other:?}"),
     }
@@ -148,7 +151,10 @@ async fn hung_websocket_upgrade_leaves_nothing_open() {
     // The upgrade never answers; whichever gives up first (the client's own upgrade limit or
     // the caller), the open fails.
     let opened = timeout(CALLER_GIVES_UP, rig.tunnel.open()).await;
-    assert!(!matches!(opened, Ok(Ok(_))), "no stream without a data channel");
+    assert!(
+        !matches!(opened, Ok(Ok(_))),
+        "no stream without a data channel"
+    );
     let stats = rig.sim.stats();
     assert_eq!(stat(&stats.sessions_started), 1);
     assert_eq!(stat(&stats.upgrades_hung), 1);
@@ -173,7 +179,8 @@ async fn handshake_timeout_leaves_nothing_open() {
         matches!(
             &err,
             SsmError::DataChannel {
-                source: rds_auth_proxy::tunnel::ssm::datachannel::DataChannelError::HandshakeTimeout(_),
+                source:
+                    rds_auth_proxy::tunnel::ssm::datachannel::DataChannelError::HandshakeTimeout(_),
                 ..
             }
         ),

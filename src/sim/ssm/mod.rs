@@ -233,8 +233,7 @@ pub struct SsmSimStats {
     /// Client WebSockets whose reading was paused by the `stop_reading` knob.
     pub reads_stopped: AtomicU64,
     /// Wakes [`SsmSimStats::wait_for_open_sessions`] whenever `active_sessions` changes.
-    #[doc(hidden)]
-    pub sessions_changed: tokio::sync::Notify,
+    sessions_changed: tokio::sync::Notify,
     /// WebSocket upgrades accepted on the data channel path.
     pub ws_connections: AtomicU64,
     /// WebSockets killed abruptly by the `kill_ws_*` knobs.

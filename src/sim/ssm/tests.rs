@@ -900,7 +900,9 @@ async fn a_client_above_the_rate_limit_is_reset_and_can_resume() {
     let (id, url, mut client, client_id) = basic_client(&sim).await;
     // HandshakeResponse + 60 Outputs back to back: the 51st data message within a second
     // is one too many.
-    let sent: Vec<u8> = (0..60u32).flat_map(|i| format!("{i:04}").into_bytes()).collect();
+    let sent: Vec<u8> = (0..60u32)
+        .flat_map(|i| format!("{i:04}").into_bytes())
+        .collect();
     for chunk in sent.chunks(4) {
         client
             .send(PayloadType::Output, Bytes::copy_from_slice(chunk))
@@ -914,7 +916,11 @@ async fn a_client_above_the_rate_limit_is_reset_and_can_resume() {
     let stats = sim.stats();
     assert_eq!(stat(&stats.rate_limit_cuts), 1);
     assert_eq!(stat(&stats.peak_client_msgs_per_sec), 51);
-    assert_eq!(stat(&stats.ws_killed), 0, "counted as a rate-limit cut only");
+    assert_eq!(
+        stat(&stats.ws_killed),
+        0,
+        "counted as a rate-limit cut only"
+    );
     assert!(sim.session_info(&id).expect("session").ended.is_none());
 
     // The session is intact: resume, replay what was not acked, get every byte back once.
@@ -941,7 +947,9 @@ async fn a_client_at_the_rate_limit_is_not_cut() {
     .await;
     let (_, _, mut client, _) = basic_client(&sim).await;
     // HandshakeResponse + 49 Outputs: exactly 50 in the window, which is allowed.
-    let sent: Vec<u8> = (0..49u32).flat_map(|i| format!("{i:04}").into_bytes()).collect();
+    let sent: Vec<u8> = (0..49u32)
+        .flat_map(|i| format!("{i:04}").into_bytes())
+        .collect();
     for chunk in sent.chunks(4) {
         client
             .send(PayloadType::Output, Bytes::copy_from_slice(chunk))
@@ -968,7 +976,9 @@ async fn a_client_paced_under_the_limit_keeps_its_websocket() {
     let mut tick = tokio::time::interval(Duration::from_millis(40));
     // A late tick must not turn into a catch-up burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sent: Vec<u8> = (0..60u32).flat_map(|i| format!("{i:04}").into_bytes()).collect();
+    let sent: Vec<u8> = (0..60u32)
+        .flat_map(|i| format!("{i:04}").into_bytes())
+        .collect();
     // Each echo is read (and the acks with it) before the next send, so the test client's
     // resends — unpaced, all overdue messages at once — never come into play.
     let mut back = Vec::new();
@@ -1011,7 +1021,11 @@ async fn hold_acks_withholds_acks_but_still_delivers() {
         .send(PayloadType::Output, Bytes::from_static(b"next"))
         .await;
     let echo = client.expect_stream().await;
-    assert_eq!(&echo.payload[..], b"next", "the resend was not delivered twice");
+    assert_eq!(
+        &echo.payload[..],
+        b"next",
+        "the resend was not delivered twice"
+    );
     assert!(client.acks.contains(&seq), "acks {:?}", client.acks);
     assert!(stat(&sim.stats().duplicates_reacked) >= 1);
 }
@@ -1170,7 +1184,9 @@ async fn open_sessions_count_from_start_to_terminate() {
     // TerminateSession returns once the session has ended.
     assert_eq!(stats.open_sessions(), 0);
     assert_eq!(
-        stats.wait_for_open_sessions(1, Duration::from_millis(100)).await,
+        stats
+            .wait_for_open_sessions(1, Duration::from_millis(100))
+            .await,
         Err(0),
         "the wait reports the count it ended with"
     );
@@ -1187,11 +1203,16 @@ async fn a_session_never_connected_ends_after_the_agents_handshake_timeout() {
         .wait_for_open_sessions(0, Duration::from_secs(25))
         .await
         .expect("the agent gives up");
-    assert!(started.elapsed() >= Duration::from_secs(15), "not before 15 s");
+    assert!(
+        started.elapsed() >= Duration::from_secs(15),
+        "not before 15 s"
+    );
     assert_eq!(stat(&stats.handshake_timeouts), 1);
     let ended = sim.session_info(&id).expect("session").ended;
     assert!(
-        ended.as_deref().is_some_and(|t| t.starts_with("Handshake timed out")),
+        ended
+            .as_deref()
+            .is_some_and(|t| t.starts_with("Handshake timed out")),
         "{ended:?}"
     );
 }
