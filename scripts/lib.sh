@@ -16,6 +16,7 @@ ensure_tools() {
         case "$tool" in
             psql|pgbench) missing+=(postgresql-client) ;;
             socat) missing+=(socat) ;;
+            ip|ss) missing+=(iproute2) ;;
             *) missing+=("$tool") ;;
         esac
     done

@@ -86,7 +86,7 @@ pub async fn build_context(
         ),
     };
     let tunnel = match &config.via {
-        ViaConfig::Direct { connect_addr } => Tunnel::Direct(Direct::new(connect_addr.clone())),
+        ViaConfig::Direct { connect_addr } => Tunnel::Direct(Direct::new(connect_addr.clone(), config.timeouts.keepalive)),
         ViaConfig::Ssm(ssm) => Tunnel::Ssm(ssm_tunnel(config, ssm, &region, &aws)?),
     };
     Ok(Arc::new(TargetContext {

@@ -266,6 +266,29 @@ pub struct SimArgs {
     /// Simulated SSM: answer ResumeSession without a token, as for a session that timed out.
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_REFUSE_RESUME")]
     pub ssm_refuse_resume: bool,
+    /// Simulated SSM: enforce AWS's known limits together — 1024-byte agent payloads, 1 ms
+    /// agent pacing, and cutting a client WebSocket above 1000 data messages/s. Each part
+    /// stays its own flag (--ssm-payload-cap, --ssm-pacing, --ssm-client-rate-limit), which
+    /// wins when given.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_AWS_LIMITS")]
+    pub ssm_aws_limits: bool,
+    /// Simulated SSM: reset a data channel WebSocket (no close frame; the session stays
+    /// resumable) whose client sends more than N data messages (fresh or resent; acks do not
+    /// count) within any one second, as AWS's gateway is reported to. 0 = no limit (default,
+    /// or 1000 with --ssm-aws-limits).
+    #[arg(long, value_name = "N", env = "RDS_AUTH_PROXY_SIM_SSM_CLIENT_RATE_LIMIT")]
+    pub ssm_client_rate_limit: Option<u32>,
+    /// Simulated SSM: fail every StartSession with this AWS error code, e.g.
+    /// AccessDeniedException or ThrottlingException (with AWS's message for it).
+    #[arg(long, value_name = "CODE", env = "RDS_AUTH_PROXY_SIM_SSM_REFUSE_START")]
+    pub ssm_refuse_start: Option<String>,
+    /// Simulated SSM: never answer the data channel WebSocket upgrade.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_HANG_UPGRADE")]
+    pub ssm_hang_upgrade: bool,
+    /// Simulated SSM: the agent never sends its HandshakeRequest (it still ends the session
+    /// after its 15 s handshake timeout).
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_HANG_HANDSHAKE")]
+    pub ssm_hang_handshake: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -79,6 +79,9 @@ impl Listeners {
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        if let Err(e) = ctx.timeouts.keepalive.apply(&stream) {
+                            tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive on a client connection");
+                        }
                         spawn_session(&mut sessions, &ctx, &limit, stream, peer.to_string());
                     }
                     Err(e) => accept_error(e).await,

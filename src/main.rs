@@ -101,6 +101,8 @@ async fn shutdown_signal() -> u8 {
 }
 
 fn init_logging(args: &LogArgs) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let default = if args.quiet { "warn" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -115,8 +117,36 @@ fn init_logging(args: &LogArgs) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // A global cap on top of RUST_LOG, which no directive (however specific) can lift.
+    let cap = tracing_subscriber::filter::filter_fn(|meta| !leaks_secrets_at(meta));
     match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(cap).init(),
+        LogFormat::Json => builder.json().finish().with(cap).init(),
     }
+}
+
+/// Crates whose detailed output carries secrets, and the most detail allowed from each. The
+/// AWS SDK prints resolved identities (access key id) and endpoint parameters at debug, signed
+/// HTTP requests and response bodies (StartSession/ResumeSession `TokenValue`, `StreamUrl`)
+/// at trace; hyper and h2 can print raw messages at trace; tungstenite prints every WebSocket
+/// frame (the OpenDataChannel frame carries the stream token) and the upgrade request.
+const SECRET_PRONE_TARGETS: &[(&str, tracing::Level)] = &[
+    ("aws_smithy_", tracing::Level::INFO),
+    ("aws_sdk_", tracing::Level::INFO),
+    ("aws_runtime", tracing::Level::INFO),
+    ("aws_config", tracing::Level::INFO),
+    ("aws_sigv4", tracing::Level::WARN),
+    ("aws_credential_types", tracing::Level::WARN),
+    ("hyper", tracing::Level::DEBUG),
+    ("h2", tracing::Level::DEBUG),
+    ("tungstenite", tracing::Level::DEBUG),
+    ("tokio_tungstenite", tracing::Level::DEBUG),
+];
+
+/// Whether an event or span is more detailed than [`SECRET_PRONE_TARGETS`] allows for its
+/// crate: those caps hold whatever RUST_LOG says.
+fn leaks_secrets_at(meta: &tracing::Metadata<'_>) -> bool {
+    SECRET_PRONE_TARGETS
+        .iter()
+        .any(|(prefix, max)| meta.target().starts_with(prefix) && meta.level() > max)
 }

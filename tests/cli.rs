@@ -261,3 +261,48 @@ async fn psql_through_the_binary_via_ssm() {
     assert!(stats.terminate_api_calls.load(std::sync::atomic::Ordering::SeqCst) >= 1, "TerminateSession on exit");
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_via_ssm_carry_no_secret() {
+    let sim = start_sim().await;
+    let mut cmd = proxy_command(&sim);
+    cmd.env("RUST_LOG", "trace")
+        .env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url())
+        .args([
+            "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+            "--via", "ssm",
+            "--ssm-target", sim.ssm.target_id(),
+            "--ca-bundle", sim.ca_file.to_str().unwrap(),
+            "--port", "0",
+        ]);
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let out = psql(&["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+    assert_eq!(stop(child), Some(143));
+    // Every line, up to the exit (the reader thread ends at EOF).
+    let log: Vec<String> = logs.iter().collect();
+    let all = log.join("\n");
+    assert!(all.contains(r#""level":"TRACE""#), "trace is on");
+    assert!(all.contains("data channel connected"), "the SSM path was logged");
+    assert!(all.contains("answered the password request with an IAM token"), "trace log is complete");
+
+    let tokens = sim.ssm.issued_tokens();
+    assert!(!tokens.is_empty(), "a session was opened");
+    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    secrets.extend([
+        sim.credentials.secret_access_key.as_str(),
+        sim.credentials.access_key_id.as_str(),
+        "TokenValue",
+        "token_value",
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "Signature=",
+        "Action=connect",
+    ]);
+    for secret in secrets {
+        let leak = log.iter().find(|l| l.contains(secret));
+        assert!(leak.is_none(), "log leaks {secret:?}: {leak:?}");
+    }
+    sim.stop().await;
+}

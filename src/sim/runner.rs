@@ -184,10 +184,18 @@ fn current_exe() -> String {
 
 /// The `sim` flags' SSM knobs.
 fn ssm_options(args: &SimArgs) -> SsmSimOptions {
+    // --ssm-aws-limits fills in what the individual flags leave unset (the payload cap's
+    // default already is AWS's 1024); 0 switches the rate limit off either way.
+    let limits = args.ssm_aws_limits.then(SsmSimOptions::aws_limits);
+    let client_rate_limit = match args.ssm_client_rate_limit {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => limits.as_ref().and_then(|l| l.client_rate_limit),
+    };
     SsmSimOptions {
         agent_version: args.ssm_agent_version.clone(),
         payload_cap: args.ssm_payload_cap,
-        pacing: args.ssm_pacing,
+        pacing: args.ssm_pacing.or(limits.as_ref().and_then(|l| l.pacing)),
         drop_rate: args.ssm_drop_rate,
         duplicate_rate: args.ssm_duplicate_rate,
         reorder_rate: args.ssm_reorder_rate,
@@ -197,6 +205,12 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         bye_after: args.ssm_bye_after,
         idle_timeout: args.ssm_idle_timeout,
         refuse_resume: args.ssm_refuse_resume,
+        client_rate_limit,
+        hold_acks: false,
+        stop_reading: false,
+        hang_upgrade: args.ssm_hang_upgrade,
+        hang_handshake: args.ssm_hang_handshake,
+        refuse_start: args.ssm_refuse_start.clone(),
     }
 }
 
@@ -307,5 +321,36 @@ async fn demo_self_check(addr: SocketAddr) {
         )),
         Ok(out) => eprintln!("demo self-check failed:\n{}", String::from_utf8_lossy(&out.stderr)),
         Err(_) => eprintln!("(psql not found: install postgresql-client to run the self-check)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::time::Duration;
+
+    fn sim_options(flags: &[&str]) -> SsmSimOptions {
+        let argv = ["rds-auth-proxy", "sim"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("valid flags").command {
+            Some(Command::Sim(args)) => ssm_options(&args),
+            other => panic!("not the sim command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn aws_limits_flag_and_its_parts() {
+        assert_eq!(sim_options(&[]), SsmSimOptions::default());
+        assert_eq!(sim_options(&["--ssm-aws-limits"]), SsmSimOptions::aws_limits());
+        let tuned = sim_options(&["--ssm-aws-limits", "--ssm-pacing", "2ms", "--ssm-client-rate-limit", "0"]);
+        assert_eq!(tuned.pacing, Some(Duration::from_millis(2)), "an explicit flag wins");
+        assert_eq!(tuned.client_rate_limit, None, "0 switches the limit off");
+        let alone = sim_options(&["--ssm-client-rate-limit", "900"]);
+        assert_eq!(alone.client_rate_limit, Some(900));
+        assert_eq!(alone.pacing, None);
+        let faults = sim_options(&["--ssm-refuse-start", "AccessDeniedException", "--ssm-hang-upgrade", "--ssm-hang-handshake"]);
+        assert_eq!(faults.refuse_start.as_deref(), Some("AccessDeniedException"));
+        assert!(faults.hang_upgrade && faults.hang_handshake);
     }
 }

@@ -4,16 +4,19 @@
 use tokio::net::TcpStream;
 
 use super::TunnelError;
+use crate::target::TcpKeepalive;
 
 #[derive(Debug, Clone)]
 pub struct Direct {
     /// `host:port` to dial.
     addr: String,
+    /// Applied to every upstream socket, so a vanished endpoint does not hold a client forever.
+    keepalive: TcpKeepalive,
 }
 
 impl Direct {
-    pub fn new(addr: String) -> Self {
-        Direct { addr }
+    pub fn new(addr: String, keepalive: TcpKeepalive) -> Self {
+        Direct { addr, keepalive }
     }
 
     pub fn addr(&self) -> &str {
@@ -34,6 +37,9 @@ impl Direct {
                 Ok(stream) => {
                     // Without NODELAY every small startup message waits for Nagle.
                     let _ = stream.set_nodelay(true);
+                    if let Err(e) = self.keepalive.apply(&stream) {
+                        tracing::debug!(%addr, error = %e, "cannot enable TCP keepalive upstream");
+                    }
                     return Ok(stream);
                 }
                 Err(e) => last = Some(e),

@@ -100,15 +100,22 @@ pub async fn start_proxy_with(args: &[String], credentials: Credentials) -> Runn
     let proxy = Proxy::bind(&config, credentials)
         .await
         .expect("proxy binds");
-    let addr = proxy.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(proxy.run(async move {
-        let _ = rx.await;
-    }));
-    RunningProxy {
-        addr,
-        stop: Some(tx),
-        task: Some(task),
+    RunningProxy::spawn(proxy)
+}
+
+impl RunningProxy {
+    /// Runs a bound proxy until [`RunningProxy::stop`].
+    pub fn spawn(proxy: Proxy) -> RunningProxy {
+        let addr = proxy.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.run(async move {
+            let _ = rx.await;
+        }));
+        RunningProxy {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 }
 

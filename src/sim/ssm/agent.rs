@@ -5,7 +5,6 @@
 //! connections, so a client that resumes continues with the same sequence numbers.
 
 use std::cmp::Ordering;
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -216,7 +215,7 @@ pub(super) fn start(
         info: Mutex::default(),
         ended: watch::Sender::new(false),
     });
-    bump(&inner.stats.active_sessions);
+    inner.stats.session_opened();
     tokio::spawn(run(inner.clone(), shared.clone(), properties, rx));
     shared
 }
@@ -228,7 +227,7 @@ async fn run(
     mut events: mpsc::Receiver<Event>,
 ) {
     let mut agent = Agent::new(inner, shared, properties);
-    let end = match agent.send_handshake_request() {
+    let end = match agent.send_handshake_request_unless_held() {
         Ok(()) => agent.run(&mut events).await,
         Err(end) => end,
     };
@@ -272,6 +271,10 @@ struct Agent {
     held_out: Option<(Bytes, Instant)>,
     /// An incoming message held back by the reorder fault, and since when.
     held_in: Option<(ClientMessage, Instant)>,
+    /// Whether the HandshakeRequest went out (the `hang_handshake` knob holds it back).
+    handshake_sent: bool,
+    /// When StartSession created the session: the handshake timeout runs from here.
+    started: Instant,
 }
 
 impl Agent {
@@ -298,7 +301,19 @@ impl Agent {
             next_output_at: now,
             held_out: None,
             held_in: None,
+            handshake_sent: false,
+            started: now,
         }
+    }
+
+    /// Sends the HandshakeRequest now, unless the `hang_handshake` knob holds it back (then
+    /// the run loop sends it once the knob is off).
+    fn send_handshake_request_unless_held(&mut self) -> Result<(), End> {
+        if self.handshake_sent || self.inner.knobs.read(|o| o.hang_handshake) {
+            return Ok(());
+        }
+        self.handshake_sent = true;
+        self.send_handshake_request()
     }
 
     fn send_handshake_request(&mut self) -> Result<(), End> {
@@ -336,8 +351,10 @@ impl Agent {
         };
         let payload = serde_json::to_vec(&request)
             .map_err(|e| End::Stopped(format!("cannot encode HandshakeRequest: {e}")))?;
+        // The agent's handshake timer runs from the session's start, whether or not the
+        // request was held back.
         self.phase = Phase::AwaitingResponse {
-            sent_at: Instant::now(),
+            sent_at: self.started,
         };
         self.push(PayloadType::HandshakeRequest, Bytes::from(payload))
     }
@@ -396,7 +413,7 @@ impl Agent {
                         Ok(())
                     }
                 },
-                _ = knobs.changed() => Ok(()),
+                _ = knobs.changed() => self.send_handshake_request_unless_held(),
                 _ = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => {
                     self.on_timer(idle_at, handshake_at)
                 }
@@ -513,7 +530,11 @@ impl Agent {
         }
         let delivery = self.inc.on_message(seq, message.clone());
         if delivery.should_ack() {
-            self.send_ack(&message);
+            if self.inner.knobs.read(|o| o.hold_acks) {
+                bump(&self.inner.stats.acks_held);
+            } else {
+                self.send_ack(&message);
+            }
         }
         match delivery {
             Delivery::Deliver(ready) => {
@@ -687,6 +708,7 @@ impl Agent {
             return Err(End::IdleTimeout);
         }
         if handshake_at.is_some_and(|t| t <= now) {
+            bump(&self.inner.stats.handshake_timeouts);
             return Err(End::HandshakeTimeout);
         }
         if self
@@ -803,7 +825,7 @@ impl Agent {
         tracing::debug!(session = %self.shared.id, reason = ?end, "simulated session ended");
         let stats = &self.inner.stats;
         bump(&stats.sessions_ended);
-        stats.active_sessions.fetch_sub(1, AtomicOrdering::Relaxed);
+        stats.session_closed();
         self.shared.tokens().clear();
         let client_id = {
             let mut info = self.shared.info_mut();

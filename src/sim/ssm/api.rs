@@ -58,11 +58,14 @@ pub(super) enum ApiError {
     UnknownOperation(String),
     #[error("{0}")]
     Serialization(String),
+    /// The `refuse_start` knob: the code, and the message AWS gives with it.
+    #[error("{message}")]
+    Refused { code: String, message: String },
 }
 
 impl ApiError {
     /// The `__type` AWS puts in the body.
-    fn code(&self) -> &'static str {
+    fn code(&self) -> &str {
         match self {
             ApiError::Signature(rejection) => rejection.aws_error_code(),
             ApiError::WrongRegion => "InvalidSignatureException",
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::DoesNotExist(_) => "DoesNotExistException",
             ApiError::UnknownOperation(_) => "UnknownOperationException",
             ApiError::Serialization(_) => "SerializationException",
+            ApiError::Refused { code, .. } => code,
         }
     }
 
@@ -134,6 +138,14 @@ async fn handle(request: Request<Incoming>, inner: Arc<Inner>) -> Response<Full<
     if request.method() == Method::GET {
         if let Some(id) = request.uri().path().strip_prefix(DATA_CHANNEL_PATH) {
             let id = id.to_owned();
+            if inner.knobs.read(|o| o.hang_upgrade) {
+                // No answer at all: the request is held until the simulator stops (or the
+                // client drops the connection, which drops this future).
+                bump(&inner.stats.upgrades_hung);
+                let mut shutdown = inner.shutdown.subscribe();
+                let _ = shutdown.wait_for(|stopped| *stopped).await;
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "stopping");
+            }
             return upgrade(request, inner, &id);
         }
     }
@@ -236,6 +248,11 @@ fn parameter(parameters: &Map<String, Value>, name: &str) -> Result<Option<Strin
 
 fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value, ApiError> {
     let target = required(input, "Target")?;
+    if let Some(code) = inner.knobs.read(|o| o.refuse_start.clone()) {
+        bump(&inner.stats.starts_refused);
+        let message = refusal_message(&code, target, &inner.region);
+        return Err(ApiError::Refused { code, message });
+    }
     if target != SIM_TARGET_ID {
         return Err(ApiError::TargetNotConnected(target.to_owned()));
     }
@@ -281,6 +298,7 @@ fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value
     let shared = agent::start(inner, id.clone(), Value::Object(properties));
     inner.sessions().insert(id.clone(), shared.clone());
     let token = shared.issue_token().unwrap_or_default();
+    inner.record_token(&token);
     bump(&inner.stats.sessions_started);
     Ok(json!({
         "SessionId": id,
@@ -288,6 +306,24 @@ fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value
         "StreamUrl": inner.stream_url(&id),
     }))
 }
+
+/// What AWS says with each error code the `refuse_start` knob may name.
+fn refusal_message(code: &str, target: &str, region: &str) -> String {
+    match code {
+        "AccessDeniedException" => format!(
+            "User: arn:aws:iam::{SIM_ACCOUNT}:user/sim-user is not authorized to perform: \
+             ssm:StartSession on resource: arn:aws:ec2:{region}:{SIM_ACCOUNT}:instance/{target} \
+             because no identity-based policy allows the ssm:StartSession action"
+        ),
+        "ThrottlingException" => "Rate exceeded".to_owned(),
+        "TargetNotConnected" => format!("{target} is not connected."),
+        "InternalServerError" => "An internal error occurred.".to_owned(),
+        other => format!("The simulated SSM endpoint refuses StartSession ({other})."),
+    }
+}
+
+/// The account id in simulated ARNs.
+const SIM_ACCOUNT: &str = "123456789012";
 
 /// `<name>-<17 hex digits>`, the shape of real SessionIds.
 fn new_session_id() -> String {
@@ -304,6 +340,7 @@ fn resume_session(inner: &Inner, input: &Map<String, Value>) -> Result<Value, Ap
     let token = if refuse { None } else { session.issue_token() };
     match token {
         Some(token) => {
+            inner.record_token(&token);
             bump(&inner.stats.sessions_resumed);
             Ok(json!({
                 "SessionId": id,
@@ -362,23 +399,22 @@ fn upgrade(mut request: Request<Incoming>, inner: Arc<Inner>, id: &str) -> Respo
         // Back to the raw TcpStream when possible, so the kill knobs can reset it.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
+                let tcp = parts.io.into_inner();
+                let hard_close = socket2::SockRef::from(&tcp).try_clone().ok();
                 let ws = WebSocketStream::from_partially_read(
-                    parts.io.into_inner(),
+                    tcp,
                     parts.read_buf.to_vec(),
                     Role::Server,
                     None,
                 )
                 .await;
-                channel::serve(ws, inner, session, |tcp| {
-                    let _ = tcp.set_zero_linger();
-                })
-                .await;
+                channel::serve(ws, inner, session, hard_close).await;
             }
             Err(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                channel::serve(ws, inner, session, |_| {}).await;
+                channel::serve(ws, inner, session, None).await;
             }
         }
     });

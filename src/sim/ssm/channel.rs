@@ -1,7 +1,9 @@
 //! One data channel WebSocket as MGS serves it (`ssm-protocol.md` §1.2): the OpenDataChannel
 //! text frame with a single-use token, then binary frames relayed to and from the session task,
-//! plus the connection faults (abrupt kill after N messages or T seconds, `1000 Bye`).
+//! plus the connection faults (abrupt kill after N messages or T seconds, `1000 Bye`), the
+//! gateway's inbound rate limit and a reader that stops reading.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,13 +57,56 @@ struct OpenRequest {
     client_id: Option<String>,
 }
 
-/// Serves one upgraded connection for `session`. `hard_close` turns the next drop of the
-/// socket into a TCP reset (for the kill knobs).
+/// How the reading half of a connection ended.
+enum ReaderEnd {
+    /// Close frame, EOF or a read error: the client went away.
+    Closed,
+    /// The client exceeded the `client_rate_limit` knob: the gateway cuts it.
+    RateLimited,
+}
+
+/// The window the gateway judges a client's message rate over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Counts a client's `input_stream_data` messages over a sliding one-second window, for the
+/// rate limit and the peak statistic.
+#[derive(Default)]
+struct InboundMeter {
+    /// Arrival times of the data messages of the last second, oldest first.
+    recent: VecDeque<Instant>,
+}
+
+impl InboundMeter {
+    /// Records one data message at `now`; returns how many arrived in the second up to it.
+    fn record(&mut self, now: Instant) -> u64 {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= RATE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        u64::try_from(self.recent.len()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Whether a raw frame is an `input_stream_data` message, judged from its MessageType field
+/// alone (bytes 4..36, space or NUL padded), as a gateway would meter it without decoding.
+fn is_client_data(frame: &[u8]) -> bool {
+    const NAME: &[u8] = b"input_stream_data";
+    frame.get(4..36).is_some_and(|field| {
+        field.starts_with(NAME) && field[NAME.len()..].iter().all(|&b| b == b' ' || b == 0)
+    })
+}
+
+/// Serves one upgraded connection for `session`. `hard_close` is a second handle on the TCP
+/// socket, used to turn the kill knobs' and the rate limit's close into a TCP reset.
 pub(super) async fn serve<S>(
     mut ws: WebSocketStream<S>,
     inner: Arc<Inner>,
     session: Arc<SessionShared>,
-    _hard_close: fn(&S),
+    mut hard_close: Option<socket2::Socket>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -95,20 +140,59 @@ pub(super) async fn serve<S>(
     // must never find us blocked writing to it (both TCP buffers full = deadlock).
     let (mut sink, mut stream) = futures_util::StreamExt::split(ws);
     let reader_events = events.clone();
+    let reader_inner = inner.clone();
     let mut reader = tokio::spawn(async move {
-        while let Some(incoming) = stream.next().await {
+        let inner = reader_inner;
+        let mut knobs = inner.knobs.subscribe();
+        // A resume that arrives while reading is stopped is served normally (see the knob).
+        let exempt_from_stop = knobs.borrow_and_update().stop_reading;
+        let mut meter = InboundMeter::default();
+        loop {
+            if !exempt_from_stop && knobs.borrow_and_update().stop_reading {
+                bump(&inner.stats.reads_stopped);
+                if knobs.wait_for(|o| !o.stop_reading).await.is_err() {
+                    return ReaderEnd::Closed;
+                }
+            }
+            let incoming = tokio::select! {
+                incoming = stream.next() => incoming,
+                // Re-check the stop knob; `next` is cancel-safe (partial frames stay buffered).
+                changed = knobs.changed() => {
+                    if changed.is_err() {
+                        return ReaderEnd::Closed;
+                    }
+                    continue;
+                }
+            };
+            let Some(incoming) = incoming else {
+                return ReaderEnd::Closed;
+            };
             match incoming {
                 Ok(Message::Binary(frame)) => {
+                    if is_client_data(&frame) {
+                        bump(&inner.stats.client_data_messages);
+                        let in_window = meter.record(Instant::now());
+                        inner
+                            .stats
+                            .peak_client_msgs_per_sec
+                            .fetch_max(in_window, Ordering::Relaxed);
+                        let limit = inner.knobs.read(|o| o.client_rate_limit);
+                        if limit.is_some_and(|n| in_window > u64::from(n)) {
+                            return ReaderEnd::RateLimited;
+                        }
+                    }
                     if reader_events.send(Event::Frame { frame }).await.is_err() {
-                        break;
+                        return ReaderEnd::Closed;
                     }
                 }
                 // Nothing but the first message is text; pings are answered by tungstenite.
                 Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(Message::Close(_)) | Err(_) => return ReaderEnd::Closed,
             }
         }
     });
+    // Whether the connection ends abruptly (TCP reset) rather than with a close or EOF.
+    let mut reset = false;
     loop {
         if *shutdown.borrow_and_update() {
             let _ = sink
@@ -126,7 +210,14 @@ pub(super) async fn serve<S>(
         tokio::select! {
             biased;
             _ = shutdown.changed() => {}
-            _ = &mut reader => break,
+            end = &mut reader => {
+                if matches!(end, Ok(ReaderEnd::RateLimited)) {
+                    tracing::debug!(session = %session.id, "simulated MGS: client above the rate limit, WebSocket cut");
+                    bump(&inner.stats.rate_limit_cuts);
+                    reset = true;
+                }
+                break;
+            }
             out = out_rx.recv() => match out {
                 Some(WsOut::Binary(frame) | WsOut::Replay(frame)) => {
                     if sink.send(Message::Binary(frame)).await.is_err() {
@@ -135,7 +226,10 @@ pub(super) async fn serve<S>(
                 }
                 // The session counts what the kill knob counts (it knows which messages are new).
                 // An abrupt end: the connection is dropped without a close frame.
-                Some(WsOut::Kill) => break,
+                Some(WsOut::Kill) => {
+                    reset = true;
+                    break;
+                }
                 Some(WsOut::Close { code, reason }) => {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
                     break;
@@ -151,6 +245,7 @@ pub(super) async fn serve<S>(
                 let now = Instant::now();
                 if kill_at.is_some_and(|t| t <= now) {
                     bump(&inner.stats.ws_killed);
+                    reset = true;
                     break;
                 }
                 if bye_at.is_some_and(|t| t <= now) {
@@ -161,6 +256,13 @@ pub(super) async fn serve<S>(
             }
         }
     }
+    if reset {
+        // SO_LINGER 0 on the shared socket: closing it below sends RST, not FIN.
+        if let Some(socket) = hard_close.take() {
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+    }
+    drop(hard_close);
     reader.abort();
     drop(sink);
     let _ = events.send(Event::Detach { conn }).await;

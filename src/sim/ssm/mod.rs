@@ -32,6 +32,12 @@ pub const DEFAULT_AGENT_VERSION: &str = "3.3.987.0";
 /// AWS's `StreamDataPayloadSize`: the most bytes the agent puts in one Output message.
 pub const DEFAULT_PAYLOAD_CAP: usize = 1024;
 
+/// The agent's sleep after each Output message (`ssm-protocol.md` §5.4).
+pub const AWS_AGENT_PACING: Duration = Duration::from_millis(1);
+
+/// The gateway's observed inbound limit, in client data messages per second (§5.4).
+pub const AWS_CLIENT_RATE_LIMIT: u32 = 1000;
+
 /// Errors starting the simulated SSM service.
 #[derive(Debug, thiserror::Error)]
 pub enum SsmSimError {
@@ -73,6 +79,49 @@ pub struct SsmSimOptions {
     pub idle_timeout: Option<Duration>,
     /// ResumeSession answers without a TokenValue, as for a session that already timed out.
     pub refuse_resume: bool,
+    /// The gateway's inbound limit (`ssm-protocol.md` §5.4): a data channel WebSocket whose
+    /// client sends more than this many `input_stream_data` messages per second (fresh and
+    /// resent alike; acks do not count) is cut abruptly — TCP reset, no close frame — as third
+    /// parties observe on AWS. Judged by a token bucket per WebSocket: N tokens, refilled at N
+    /// per second, so a burst of N is tolerated but not a sustained rate above N. The session
+    /// itself survives: ResumeSession and a new WebSocket carry on. `None` = no limit.
+    pub client_rate_limit: Option<u32>,
+    /// While on, the agent sends no `acknowledge` for client stream data. It still processes
+    /// that data (delivers it in order to the target); once off, the client's resends of the
+    /// unacked messages are acked as duplicates.
+    pub hold_acks: bool,
+    /// While on, the gateway stops reading client WebSockets, so the client's writes stall in
+    /// TCP once the socket buffers fill (nothing sent is lost; reading resumes when it is
+    /// turned off). Applies to every connection attached while the knob was off; a WebSocket
+    /// opened while it is on (a client's resume) is read normally, so a client that abandons
+    /// a stuck connection and resumes makes progress.
+    pub stop_reading: bool,
+    /// While on, data channel WebSocket upgrade requests get no answer at all (held until the
+    /// client gives up or the simulator stops), like an unreachable `ssmmessages` path.
+    pub hang_upgrade: bool,
+    /// While on, new sessions' agents hold back their HandshakeRequest; it is sent once the
+    /// knob is turned off. The agent's 15 s handshake timeout still runs from StartSession.
+    pub hang_handshake: bool,
+    /// StartSession fails with this AWS error code (`__type`), e.g. `AccessDeniedException`
+    /// or `ThrottlingException`, with the message AWS gives for it. Other calls still work.
+    pub refuse_start: Option<String>,
+}
+
+impl SsmSimOptions {
+    /// AWS's limits as far as they are known (`ssm-protocol.md` §5.4): 1024-byte agent
+    /// payloads, 1 ms agent pacing, and the gateway cutting a client above 1000 data
+    /// messages per second. Every part stays its own knob.
+    pub fn aws_limits() -> Self {
+        SsmSimOptions::default().with_aws_limits()
+    }
+
+    /// These options with [`SsmSimOptions::aws_limits`]' three knobs set.
+    pub fn with_aws_limits(mut self) -> Self {
+        self.payload_cap = DEFAULT_PAYLOAD_CAP;
+        self.pacing = Some(AWS_AGENT_PACING);
+        self.client_rate_limit = Some(AWS_CLIENT_RATE_LIMIT);
+        self
+    }
 }
 
 impl Default for SsmSimOptions {
@@ -90,6 +139,12 @@ impl Default for SsmSimOptions {
             bye_after: None,
             idle_timeout: None,
             refuse_resume: false,
+            client_rate_limit: None,
+            hold_acks: false,
+            stop_reading: false,
+            hang_upgrade: false,
+            hang_handshake: false,
+            refuse_start: None,
         }
     }
 }
@@ -134,7 +189,8 @@ impl SsmSimKnobs {
     }
 }
 
-/// Counters tests can read while the simulator runs. All monotonic except `active_sessions`.
+/// Counters tests can read while the simulator runs. All monotonic except `active_sessions`
+/// and the `peak_*` maxima.
 #[derive(Debug, Default)]
 pub struct SsmSimStats {
     /// Successful StartSession calls.
@@ -153,8 +209,31 @@ pub struct SsmSimStats {
     pub sessions_ended: AtomicU64,
     /// Sessions ended by the idle timeout.
     pub idle_timeouts: AtomicU64,
-    /// Sessions currently alive (started, not yet ended).
+    /// Sessions currently open: from a successful StartSession until the session ends
+    /// (TerminateSession API or flag, idle timeout, handshake timeout, port failure), whether
+    /// or not a client ever connected its WebSocket. See [`SsmSimStats::wait_for_open_sessions`].
     pub active_sessions: AtomicU64,
+    /// Sessions ended by the agent's 15 s handshake timeout (no HandshakeResponse in time,
+    /// e.g. because the client never connected).
+    pub handshake_timeouts: AtomicU64,
+    /// StartSession calls refused by the `refuse_start` knob.
+    pub starts_refused: AtomicU64,
+    /// WebSocket upgrade requests left unanswered by the `hang_upgrade` knob.
+    pub upgrades_hung: AtomicU64,
+    /// WebSockets cut by the `client_rate_limit` knob.
+    pub rate_limit_cuts: AtomicU64,
+    /// `input_stream_data` messages received from clients (fresh and resent; acks excluded).
+    pub client_data_messages: AtomicU64,
+    /// The most client `input_stream_data` messages one WebSocket carried within any sliding
+    /// one-second window so far: what to compare with the 1000/s limit. Measured whether or
+    /// not the limit is on. [`SsmSimStats::reset_peak`] clears it between phases of a test.
+    pub peak_client_msgs_per_sec: AtomicU64,
+    /// Acks the agent withheld because of the `hold_acks` knob.
+    pub acks_held: AtomicU64,
+    /// Client WebSockets whose reading was paused by the `stop_reading` knob.
+    pub reads_stopped: AtomicU64,
+    /// Wakes [`SsmSimStats::wait_for_open_sessions`] whenever `active_sessions` changes.
+    sessions_changed: tokio::sync::Notify,
     /// WebSocket upgrades accepted on the data channel path.
     pub ws_connections: AtomicU64,
     /// WebSockets killed abruptly by the `kill_ws_*` knobs.
@@ -181,6 +260,44 @@ impl SsmSimStats {
     /// Reads one counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Sessions open right now (see `active_sessions`).
+    pub fn open_sessions(&self) -> u64 {
+        self.active_sessions.load(Ordering::SeqCst)
+    }
+
+    /// Waits until exactly `n` sessions are open, for at most `deadline`. On timeout, returns
+    /// how many are open then. Event-driven: wakes on every session start and end.
+    pub async fn wait_for_open_sessions(&self, n: u64, deadline: Duration) -> Result<(), u64> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let changed = self.sessions_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.open_sessions() == n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                let open = self.open_sessions();
+                return if open == n { Ok(()) } else { Err(open) };
+            }
+        }
+    }
+
+    /// Clears `peak_client_msgs_per_sec`, e.g. after a warm-up phase.
+    pub fn reset_peak(&self) {
+        self.peak_client_msgs_per_sec.store(0, Ordering::Relaxed);
+    }
+
+    fn session_opened(&self) {
+        self.active_sessions.fetch_add(1, Ordering::SeqCst);
+        self.sessions_changed.notify_waiters();
+    }
+
+    fn session_closed(&self) {
+        self.active_sessions.fetch_sub(1, Ordering::SeqCst);
+        self.sessions_changed.notify_waiters();
     }
 }
 
@@ -226,6 +343,9 @@ struct Inner {
     stats: Arc<SsmSimStats>,
     /// Every session ever started, live or ended: ResumeSession must tell "over" from "unknown".
     sessions: Mutex<HashMap<String, Arc<agent::SessionShared>>>,
+    /// Every stream token ever issued (StartSession and ResumeSession), so tests can assert
+    /// that none of them shows up in logs.
+    issued_tokens: Mutex<Vec<String>>,
     /// Fault RNG and the seed it was built from (reseeded when the knob changes).
     faults: Mutex<(u64, StdRng)>,
     /// Flipped once by [`SsmSim::stop`]; every task watches it.
@@ -239,6 +359,14 @@ impl Inner {
 
     fn session(&self, id: &str) -> Option<Arc<agent::SessionShared>> {
         self.sessions().get(id).cloned()
+    }
+
+    /// Remembers a stream token handed to a client.
+    fn record_token(&self, token: &str) {
+        self.issued_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(token.to_owned());
     }
 
     /// Rolls the fault for one stream-data message from the current rates.
@@ -309,6 +437,7 @@ impl SsmSim {
             knobs: Arc::new(SsmSimKnobs::new(options)),
             stats: Arc::default(),
             sessions: Mutex::default(),
+            issued_tokens: Mutex::default(),
             faults: Mutex::new((seed, StdRng::seed_from_u64(seed))),
             shutdown: watch::Sender::new(false),
         });
@@ -344,6 +473,15 @@ impl SsmSim {
     /// What the simulator knows about one session, or `None` for an unknown id.
     pub fn session_info(&self, session_id: &str) -> Option<SessionInfo> {
         self.inner.session(session_id).map(|s| s.info())
+    }
+
+    /// Every stream token (TokenValue) issued so far, for tests that check logs for leaks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner
+            .issued_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Ids of every session started so far, in no particular order.

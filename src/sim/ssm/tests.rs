@@ -832,3 +832,387 @@ async fn kill_knob_resets_the_websocket_and_bye_closes_it() {
         "every open WebSocket gets its Bye"
     );
 }
+
+/// Polls a simulator counter until `cond` holds, failing after [`GUARD`]. The counters move on
+/// the simulator's own tasks; this waits on them rather than on time.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + GUARD;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads raw frames until the connection ends; returns how it ended.
+async fn raw_end(ws: &mut WebSocketStream<TcpStream>) -> Option<Result<Message, String>> {
+    loop {
+        match timeout(GUARD, ws.next()).await.expect("in time") {
+            Some(Ok(Message::Binary(_))) => continue,
+            Some(Ok(other)) => return Some(Ok(other)),
+            Some(Err(e)) => return Some(Err(e.to_string())),
+            None => return None,
+        }
+    }
+}
+
+/// A basic-mode client (raw bytes in Output, echoed by the target) after its handshake.
+async fn basic_client(sim: &SsmSim) -> (String, String, Client, Uuid) {
+    let (id, token, url) = start_session(sim, DB_HOST).await;
+    let client_id = Uuid::new_v4();
+    let mut client = Client::connect(&url, &token, client_id).await;
+    client.handshake("0.0.1").await;
+    (id, url, client, client_id)
+}
+
+/// Collects echoed Output until `len` bytes came back.
+async fn echoed(client: &mut Client, len: usize) -> Vec<u8> {
+    let mut back = Vec::new();
+    while back.len() < len {
+        let message = client.expect_stream().await;
+        assert_eq!(message.payload_type, PayloadType::Output);
+        back.extend_from_slice(&message.payload);
+    }
+    back
+}
+
+#[test]
+fn aws_limits_preset_sets_its_three_knobs_only() {
+    let limits = SsmSimOptions::aws_limits();
+    assert_eq!(limits.payload_cap, 1024);
+    assert_eq!(limits.pacing, Some(Duration::from_millis(1)));
+    assert_eq!(limits.client_rate_limit, Some(1000));
+    let rest = SsmSimOptions {
+        payload_cap: limits.payload_cap,
+        pacing: limits.pacing,
+        client_rate_limit: limits.client_rate_limit,
+        ..SsmSimOptions::default()
+    };
+    assert_eq!(limits, rest, "nothing else changes");
+}
+
+#[tokio::test]
+async fn a_client_above_the_rate_limit_is_reset_and_can_resume() {
+    let sim = start_sim(SsmSimOptions {
+        client_rate_limit: Some(50),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (id, url, mut client, client_id) = basic_client(&sim).await;
+    // HandshakeResponse + 60 Outputs back to back: the 51st data message within a second
+    // is one too many.
+    let sent: Vec<u8> = (0..60u32)
+        .flat_map(|i| format!("{i:04}").into_bytes())
+        .collect();
+    for chunk in sent.chunks(4) {
+        client
+            .send(PayloadType::Output, Bytes::copy_from_slice(chunk))
+            .await;
+    }
+    // Abrupt: a TCP reset, never a close frame.
+    match raw_end(&mut client.ws).await {
+        Some(Err(e)) => assert!(e.to_lowercase().contains("reset"), "{e}"),
+        other => panic!("expected a connection reset, got {other:?}"),
+    }
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.rate_limit_cuts), 1);
+    assert_eq!(stat(&stats.peak_client_msgs_per_sec), 51);
+    assert_eq!(
+        stat(&stats.ws_killed),
+        0,
+        "counted as a rate-limit cut only"
+    );
+    assert!(sim.session_info(&id).expect("session").ended.is_none());
+
+    // The session is intact: resume, replay what was not acked, get every byte back once.
+    sim.options().update(|o| o.client_rate_limit = None);
+    let (_, resumed) = call(
+        &sim,
+        Some(&creds()),
+        "ResumeSession",
+        &json!({"SessionId": id}),
+    )
+    .await;
+    let token = resumed["TokenValue"].as_str().expect("token");
+    client.reconnect(&url, token, client_id).await;
+    assert_eq!(echoed(&mut client, sent.len()).await, sent);
+    assert_eq!(stat(&stats.rate_limit_cuts), 1);
+}
+
+#[tokio::test]
+async fn a_client_at_the_rate_limit_is_not_cut() {
+    let sim = start_sim(SsmSimOptions {
+        client_rate_limit: Some(50),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, _, mut client, _) = basic_client(&sim).await;
+    // HandshakeResponse + 49 Outputs: exactly 50 in the window, which is allowed.
+    let sent: Vec<u8> = (0..49u32)
+        .flat_map(|i| format!("{i:04}").into_bytes())
+        .collect();
+    for chunk in sent.chunks(4) {
+        client
+            .send(PayloadType::Output, Bytes::copy_from_slice(chunk))
+            .await;
+    }
+    assert_eq!(echoed(&mut client, sent.len()).await, sent);
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.rate_limit_cuts), 0);
+    assert_eq!(stat(&stats.peak_client_msgs_per_sec), 50);
+    assert_eq!(stat(&stats.client_data_messages), 50);
+    // Acks are not data: the client's acks for 49 echoes did not count.
+    assert!(client.acks.len() >= 50);
+}
+
+#[tokio::test]
+async fn a_client_paced_under_the_limit_keeps_its_websocket() {
+    let sim = start_sim(SsmSimOptions {
+        client_rate_limit: Some(40),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, _, mut client, _) = basic_client(&sim).await;
+    // 60 messages at 25/s: more than the limit in total, never more than it per second.
+    let mut tick = tokio::time::interval(Duration::from_millis(40));
+    // A late tick must not turn into a catch-up burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sent: Vec<u8> = (0..60u32)
+        .flat_map(|i| format!("{i:04}").into_bytes())
+        .collect();
+    // Each echo is read (and the acks with it) before the next send, so the test client's
+    // resends — unpaced, all overdue messages at once — never come into play.
+    let mut back = Vec::new();
+    for chunk in sent.chunks(4) {
+        tick.tick().await;
+        client
+            .send(PayloadType::Output, Bytes::copy_from_slice(chunk))
+            .await;
+        back.extend(echoed(&mut client, chunk.len()).await);
+    }
+    assert_eq!(back, sent);
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.rate_limit_cuts), 0);
+    assert_eq!(stat(&stats.ws_connections), 1);
+    let peak = stat(&stats.peak_client_msgs_per_sec);
+    assert!((20..=40).contains(&peak), "peak {peak}/s");
+}
+
+#[tokio::test]
+async fn hold_acks_withholds_acks_but_still_delivers() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let (_, _, mut client, _) = basic_client(&sim).await;
+    sim.options().update(|o| o.hold_acks = true);
+    let (seq, frame) = client
+        .send(PayloadType::Output, Bytes::from_static(b"held"))
+        .await;
+    let echo = client.expect_stream().await;
+    assert_eq!(&echo.payload[..], b"held", "processed while acks are held");
+    assert!(!client.acks.contains(&seq), "acks {:?}", client.acks);
+    assert!(stat(&sim.stats().acks_held) >= 1);
+
+    // Off again: a resend of the unacked message is acked (as a duplicate), not redelivered.
+    sim.options().update(|o| o.hold_acks = false);
+    client
+        .ws
+        .send(Message::Binary(frame))
+        .await
+        .expect("resend");
+    client
+        .send(PayloadType::Output, Bytes::from_static(b"next"))
+        .await;
+    let echo = client.expect_stream().await;
+    assert_eq!(
+        &echo.payload[..],
+        b"next",
+        "the resend was not delivered twice"
+    );
+    assert!(client.acks.contains(&seq), "acks {:?}", client.acks);
+    assert!(stat(&sim.stats().duplicates_reacked) >= 1);
+}
+
+#[tokio::test]
+async fn stop_reading_stalls_client_writes_until_turned_off() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let stats = sim.stats();
+    let (_, _, mut client, _) = basic_client(&sim).await;
+    sim.options().update(|o| o.stop_reading = true);
+    wait_until("the gateway to stop reading", || {
+        stat(&stats.reads_stopped) == 1
+    })
+    .await;
+    let before = stat(&stats.client_data_messages);
+    // Write 32 KiB messages until one cannot be written: the socket buffers are full.
+    let payload = Bytes::from(vec![b'x'; 32 * 1024]);
+    let mut written = 0u64;
+    let stalled = loop {
+        assert!(written < 4096, "128 MiB written without a stall");
+        match timeout(
+            Duration::from_millis(500),
+            client.send(PayloadType::Output, payload.clone()),
+        )
+        .await
+        {
+            Ok(_) => written += 1,
+            Err(_) => break true,
+        }
+    };
+    assert!(stalled);
+    assert_eq!(
+        stat(&stats.client_data_messages),
+        before,
+        "nothing was read while stopped"
+    );
+
+    // Reading again: the stalled write completes and every message reaches the agent.
+    sim.options().update(|o| o.stop_reading = false);
+    timeout(GUARD, client.ws.flush())
+        .await
+        .expect("the write completes once reading resumes")
+        .expect("flush");
+    wait_until("every message to be read", || {
+        stat(&stats.client_data_messages) == before + written + 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_reading_spares_connections_opened_while_it_is_on() {
+    let sim = start_sim(SsmSimOptions {
+        stop_reading: true,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, _, mut client, _) = basic_client(&sim).await;
+    client
+        .send(PayloadType::Output, Bytes::from_static(b"read"))
+        .await;
+    assert_eq!(&client.expect_stream().await.payload[..], b"read");
+    assert_eq!(stat(&sim.stats().reads_stopped), 0);
+}
+
+#[tokio::test]
+async fn hang_upgrade_leaves_the_websocket_unanswered() {
+    let sim = start_sim(SsmSimOptions {
+        hang_upgrade: true,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let tcp = TcpStream::connect(sim.local_addr()).await.expect("tcp");
+    let upgrade = tokio_tungstenite::client_async(url.as_str(), tcp);
+    assert!(
+        timeout(Duration::from_millis(500), upgrade).await.is_err(),
+        "no upgrade answer"
+    );
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.upgrades_hung), 1);
+    assert_eq!(stat(&stats.ws_connections), 0);
+    assert_eq!(stats.open_sessions(), 1, "the session itself is open");
+
+    sim.options().update(|o| o.hang_upgrade = false);
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+}
+
+#[tokio::test]
+async fn hang_handshake_holds_the_request_until_turned_off() {
+    let sim = start_sim(SsmSimOptions {
+        hang_handshake: true,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    assert!(
+        timeout(Duration::from_millis(500), client.ws.next())
+            .await
+            .is_err(),
+        "no HandshakeRequest while the knob is on"
+    );
+    sim.options().update(|o| o.hang_handshake = false);
+    let request = client.handshake(MODERN_CLIENT).await;
+    assert_eq!(request.agent_version, "3.3.987.0");
+}
+
+#[tokio::test]
+async fn refuse_start_fails_like_aws() {
+    let sim = start_sim(SsmSimOptions {
+        refuse_start: Some("AccessDeniedException".to_owned()),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (status, reply) = call(&sim, Some(&creds()), "StartSession", &start_body(DB_HOST)).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["__type"], "AccessDeniedException");
+    assert_eq!(
+        reply["message"],
+        format!(
+            "User: arn:aws:iam::123456789012:user/sim-user is not authorized to perform: \
+             ssm:StartSession on resource: arn:aws:ec2:{REGION}:123456789012:instance/\
+             {SIM_TARGET_ID} because no identity-based policy allows the ssm:StartSession action"
+        )
+    );
+    sim.options()
+        .update(|o| o.refuse_start = Some("ThrottlingException".to_owned()));
+    let (_, reply) = call(&sim, Some(&creds()), "StartSession", &start_body(DB_HOST)).await;
+    assert_eq!(reply["__type"], "ThrottlingException");
+    assert_eq!(reply["message"], "Rate exceeded");
+    let stats = sim.stats();
+    assert_eq!(stat(&stats.starts_refused), 2);
+    assert_eq!(stat(&stats.sessions_started), 0);
+    assert_eq!(stats.open_sessions(), 0);
+}
+
+#[tokio::test]
+async fn open_sessions_count_from_start_to_terminate() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let stats = sim.stats();
+    // Never connected: open all the same.
+    let (id, _, _) = start_session(&sim, DB_HOST).await;
+    stats
+        .wait_for_open_sessions(1, GUARD)
+        .await
+        .expect("one open");
+    let (status, _) = call(
+        &sim,
+        Some(&creds()),
+        "TerminateSession",
+        &json!({"SessionId": id}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // TerminateSession returns once the session has ended.
+    assert_eq!(stats.open_sessions(), 0);
+    assert_eq!(
+        stats
+            .wait_for_open_sessions(1, Duration::from_millis(100))
+            .await,
+        Err(0),
+        "the wait reports the count it ended with"
+    );
+}
+
+#[tokio::test]
+async fn a_session_never_connected_ends_after_the_agents_handshake_timeout() {
+    let sim = start_sim(SsmSimOptions::default()).await;
+    let started = Instant::now();
+    let (id, _, _) = start_session(&sim, DB_HOST).await;
+    let stats = sim.stats();
+    assert_eq!(stats.open_sessions(), 1);
+    stats
+        .wait_for_open_sessions(0, Duration::from_secs(25))
+        .await
+        .expect("the agent gives up");
+    assert!(
+        started.elapsed() >= Duration::from_secs(15),
+        "not before 15 s"
+    );
+    assert_eq!(stat(&stats.handshake_timeouts), 1);
+    let ended = sim.session_info(&id).expect("session").ended;
+    assert!(
+        ended
+            .as_deref()
+            .is_some_and(|t| t.starts_with("Handshake timed out")),
+        "{ended:?}"
+    );
+}
