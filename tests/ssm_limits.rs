@@ -192,20 +192,49 @@ async fn handshake_timeout_leaves_nothing_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_abandoned_mid_handshake_leaves_nothing_open() {
-    // The caller (the proxy's client-facing connect limit) gives up before the data channel's
-    // own handshake limit: the session opened so far must still be terminated.
+    // The caller (the proxy's client-facing connect limit) gives up first; the open goes on
+    // detached and, when its own handshake limit passes, terminates the session.
     let options = SsmSimOptions {
         hang_handshake: true,
         ..SsmSimOptions::default()
     };
     let rig = rig(options, DB_HOST, |s| {
-        s.data_channel.handshake_timeout = Duration::from_secs(30);
+        s.data_channel.handshake_timeout = Duration::from_secs(5);
     })
     .await;
     let opened = timeout(CALLER_GIVES_UP, rig.tunnel.open()).await;
     assert!(opened.is_err(), "the caller gave up first: {opened:?}");
     assert_eq!(stat(&rig.sim.stats().sessions_started), 1);
     assert_no_session_left(&rig.sim, "open abandoned by the caller").await;
+    assert!(stat(&rig.sim.stats().terminate_api_calls) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_abandoned_by_the_caller_still_joins_the_pool() {
+    // A slow handshake outlasts the first caller, then completes: the session is not wasted
+    // (nor leaked) but serves the next connection.
+    let options = SsmSimOptions {
+        hang_handshake: true,
+        ..SsmSimOptions::default()
+    };
+    let rig = rig(options, DB_HOST, |_| {}).await;
+    let opened = timeout(CALLER_GIVES_UP, rig.tunnel.open()).await;
+    assert!(opened.is_err(), "the caller gave up first: {opened:?}");
+    rig.sim.options().update(|o| o.hang_handshake = false);
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .expect("in time")
+        .expect("the next connection gets the session");
+    stream.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    stream.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"ping");
+    let stats = rig.sim.stats();
+    assert_eq!(stat(&stats.sessions_started), 1, "one session, reused");
+    assert_eq!(stat(&stats.handshake_timeouts), 0);
+    drop(stream);
+    rig.tunnel.shutdown().await;
+    assert_no_session_left(&rig.sim, "after shutdown").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -504,7 +504,7 @@ async fn a_local_reader_that_stops_congests_without_stopping_acks() {
         max_rate: 0,
         ..Config::default()
     });
-    let (mut opened, mut agent, next) = s.ready().await;
+    let (opened, mut agent, next) = s.ready().await;
     // The agent sends 1 MiB of output; nobody reads it locally.
     let total = 1024;
     let mut sent = Vec::new();
