@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
@@ -236,9 +236,17 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
     assert!(std::net::TcpStream::connect(&addr).is_err(), "RDS front stopped");
 }
 
+/// The simulator with AWS's data-channel limits: 1024-byte agent payloads, 1 ms agent pacing,
+/// and a gateway that cuts a client sending more than 1000 data messages a second.
+fn aws_like() -> rds_auth_proxy::sim::SimOptions {
+    let mut options = rds_auth_proxy::sim::SimOptions::default();
+    options.ssm = rds_auth_proxy::sim::ssm::SsmSimOptions::aws_limits();
+    options
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_the_binary_via_ssm() {
-    let sim = start_sim().await;
+    let sim = start_sim_with(aws_like()).await;
     let mut cmd = proxy_command(&sim);
     // The SSM client finds the simulator the standard way: AWS_ENDPOINT_URL_SSM.
     cmd.env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url()).args([
@@ -255,10 +263,73 @@ async fn psql_through_the_binary_via_ssm() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
     }
+    // \copy both ways through the paced tunnel, byte-exact.
+    let dir = tempfile::tempdir().unwrap();
+    let (up, down) = (dir.path().join("up.txt"), dir.path().join("down.txt"));
+    std::fs::write(&up, copy_lines(3, 1 << 20)).unwrap();
+    let script = format!(
+        "CREATE TEMP TABLE t (line text);\n\\copy t from '{}'\n\\copy t to '{}'\n",
+        up.display(),
+        down.display()
+    );
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&up).unwrap() == std::fs::read(&down).unwrap(), "byte-exact both ways");
     let stats = sim.ssm.stats();
     assert_eq!(stats.sessions_started.load(std::sync::atomic::Ordering::SeqCst), 1, "one shared session");
+    assert_eq!(stats.rate_limit_cuts.load(std::sync::atomic::Ordering::SeqCst), 0, "never over the gateway's limit");
+    assert!(stats.peak_client_msgs_per_sec.load(std::sync::atomic::Ordering::SeqCst) <= 1000);
     assert_eq!(stop(child), Some(143));
     assert!(stats.terminate_api_calls.load(std::sync::atomic::Ordering::SeqCst) >= 1, "TerminateSession on exit");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five_seconds() {
+    let sim = start_sim().await;
+    let mut cmd = proxy_command(&sim);
+    cmd.env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url()).args([
+        "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+        "--via", "ssm",
+        "--ssm-target", sim.ssm.target_id(),
+        "--ca-bundle", sim.ca_file.to_str().unwrap(),
+        "--port", "0",
+        "--drain-timeout", "2",
+    ]);
+    let (child, port, _logs) = spawn_until_ready(cmd);
+    let port_s = port.to_string();
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT 1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.txt");
+    std::fs::write(&up, copy_lines(5, 8 << 20)).unwrap();
+    let stats = sim.ssm.stats();
+    let before = stats.client_data_messages.load(std::sync::atomic::Ordering::SeqCst);
+    let upload = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c"])
+        .arg(format!("CREATE TEMP TABLE t (line text); \\copy t from '{}'", up.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-upload, the gateway stops reading: from here the WebSocket takes nothing more.
+    let started = Instant::now();
+    while stats.client_data_messages.load(std::sync::atomic::Ordering::SeqCst) < before + 500 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the upload never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.ssm.options().update(|o| o.stop_reading = true);
+    while stats.reads_stopped.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "reading never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at = Instant::now();
+    assert_eq!(stop(child), Some(143));
+    let took = at.elapsed();
+    assert!(took < Duration::from_secs(2 + 5), "exit took {took:?}");
+    let mut upload = upload;
+    let _ = upload.kill();
+    let _ = upload.wait();
     sim.stop().await;
 }
 

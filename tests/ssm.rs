@@ -11,7 +11,7 @@ use futures_util::{SinkExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use common::*;
-use rds_auth_proxy::sim::ssm::SsmSimStats;
+use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats};
 use rds_auth_proxy::sim::{SimOptions, Simulator};
 
 fn stat(sim: &Simulator, f: impl Fn(&SsmSimStats) -> &std::sync::atomic::AtomicU64) -> u64 {
@@ -27,9 +27,35 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The simulator with AWS's data-channel limits (1024-byte agent payloads, 1 ms agent pacing,
+/// a gateway that cuts a client sending more than 1000 data messages a second).
+fn aws_like() -> SimOptions {
+    let mut options = SimOptions::default();
+    options.ssm = SsmSimOptions::aws_limits();
+    options
+}
+
+/// Under the AWS-like preset: the gateway never had to cut us, and we stayed under its limit.
+fn assert_never_cut(sim: &Simulator) {
+    assert_eq!(stat(sim, |s| &s.rate_limit_cuts), 0, "cut by the gateway's rate limit");
+    let peak = stat(sim, |s| &s.peak_client_msgs_per_sec);
+    assert!(peak <= 1000, "peak {peak} data messages/s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_share_one_session() {
-    let sim = start_sim().await;
+    two_hundred_connections(SimOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_connections_under_aws_limits() {
+    let sim = two_hundred_connections(aws_like()).await;
+    assert_never_cut(&sim);
+    sim.stop().await;
+}
+
+async fn two_hundred_connections(options: SimOptions) -> Simulator {
+    let sim = start_sim_with(options).await;
     let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -50,6 +76,30 @@ async fn two_hundred_connections_share_one_session() {
     assert_eq!(stat(&sim, |s| &s.sessions_started), 1, "one SSM session for all");
     assert!(stat(&sim, |s| &s.streams_opened) >= 200);
     drop(clients);
+    proxy.stop().await;
+    sim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_16_mib_each_way_under_aws_limits_is_byte_exact_and_never_cut() {
+    let sim = start_sim_with(aws_like()).await;
+    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let client = connect(&proxy, "db_user").await.unwrap();
+    client.batch_execute("CREATE TEMP TABLE t (line text)").await.unwrap();
+    let data = copy_lines(11, 16 * 1024 * 1024);
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in data.chunks(256 * 1024) {
+        sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap() as usize, data.len() / 100);
+    let stream = client.copy_out("COPY t TO STDOUT").await.unwrap();
+    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+    let back: Vec<u8> = chunks.concat();
+    assert!(back == data, "byte-exact both ways");
+    assert_never_cut(&sim);
+    assert_eq!(stat(&sim, |s| &s.ws_connections), 1, "one WebSocket throughout");
+    assert_eq!(stat(&sim, |s| &s.sessions_resumed), 0);
     proxy.stop().await;
     sim.stop().await;
 }
@@ -198,7 +248,16 @@ async fn node_cannot_reach_the_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_through_the_tunnel_and_terminate_on_shutdown() {
-    let sim = start_sim().await;
+    cancel_and_terminate(SimOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_terminate_under_aws_limits() {
+    cancel_and_terminate(aws_like()).await;
+}
+
+async fn cancel_and_terminate(options: SimOptions) {
+    let sim = start_sim_with(options).await;
     let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
     let client = connect(&proxy, "db_user").await.unwrap();
     let token = client.cancel_token();

@@ -557,7 +557,8 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
         return;
     };
     let id = session.channel.session_id().to_owned();
-    let mut sample = tokio::time::interval(RATE_SAMPLE);
+    let mut sample =
+        tokio::time::interval_at(tokio::time::Instant::now() + RATE_SAMPLE, RATE_SAMPLE);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = (session.channel.stats(), tokio::time::Instant::now());
     let mut was_congested = false;
@@ -573,7 +574,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
             () = session.changed.notified() => continue,
             _ = sample.tick() => {
                 let now = (session.channel.stats(), tokio::time::Instant::now());
-                let secs = now.1.duration_since(last.1).as_secs_f64().max(0.001);
+                let secs = now.1.duration_since(last.1).as_secs_f64().max(0.1);
                 let out = now.0.messages_out.saturating_sub(last.0.messages_out);
                 let inn = now.0.messages_in.saturating_sub(last.0.messages_in);
                 session.rate.store((out.max(inn) as f64 / secs) as u64, Ordering::Relaxed);

@@ -489,7 +489,10 @@ async fn agent_silence_with_data_waiting_ends_the_session() {
     let reason = tokio::select! {
         r = opened.channel.wait_ended() => r,
         // Keep reading (and so answering pings) without ever acking.
-        () = async { loop { agent.recv().await; } } => unreachable!(),
+        () = async {
+            while agent.recv().await.is_some() {}
+            std::future::pending::<()>().await
+        } => unreachable!(),
     };
     assert!(matches!(reason, DataChannelError::AgentUnresponsive(30)), "{reason:?}");
     let waited = started.elapsed();

@@ -414,3 +414,166 @@ async fn old_agent_gets_one_session_per_connection() {
     .await
     .expect("basic session terminated on close");
 }
+
+/// A database stand-in that answers each connection's first 4 bytes (a big-endian length) with
+/// that many pattern bytes, then echoes whatever else arrives.
+async fn blaster() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                if tcp.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let data = pattern(u32::from_be_bytes(len) as usize, 7);
+                let (mut rx, mut tx) = tcp.split();
+                if tx.write_all(&data).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn blaster_rig(options: SsmSimOptions, tune: impl FnOnce(&mut SsmSettings)) -> Rig {
+    let server = blaster().await;
+    let sim = SsmSim::start(
+        options,
+        SimCredentials::new(AKID, SECRET),
+        REGION,
+        HashMap::from([(DB_HOST.to_owned(), server)]),
+    )
+    .await
+    .expect("sim starts");
+    let api = SsmApi::with_credentials(
+        aws_credential_types::Credentials::from_keys(AKID, SECRET, None),
+        REGION,
+        Some(&sim.endpoint_url()),
+    );
+    let mut settings = SsmSettings::new(sim.target_id().to_owned(), DB_HOST.to_owned(), 5432);
+    tune(&mut settings);
+    let tunnel = SsmTunnel::new(
+        settings,
+        Arc::new(api),
+        Arc::new(WsConnector::new(None).expect("connector")),
+    );
+    Rig { sim, tunnel }
+}
+
+/// Opens a stream and asks the blaster for `len` bytes.
+async fn ask(tunnel: &SsmTunnel, len: u32) -> SsmStream {
+    let mut stream = timeout(GUARD, tunnel.open())
+        .await
+        .expect("in time")
+        .expect("open");
+    stream.write_all(&len.to_be_bytes()).await.expect("ask");
+    stream
+}
+
+/// Polls the pool until `cond` holds (bounded by [`GUARD`]).
+async fn until_load(tunnel: &SsmTunnel, what: &str, cond: impl Fn(&[SessionLoad]) -> bool) {
+    let started = tokio::time::Instant::now();
+    while !cond(&tunnel.load()) {
+        assert!(started.elapsed() < GUARD, "timed out waiting for {what}: {:?}", tunnel.load());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_never_blocks_new_connections() {
+    let rig = blaster_rig(SsmSimOptions::default(), |s| {
+        s.stream_buffer = 256 * 1024;
+        s.session_buffer = 1 << 20;
+    })
+    .await;
+    let total = 16 << 20;
+    // This client asks for 16 MiB and then does not read.
+    let mut stalled = ask(&rig.tunnel, total as u32).await;
+    let stalled_session = stalled.session_id().to_owned();
+    until_load(&rig.tunnel, "the session to congest", |l| l.iter().any(|s| s.congested)).await;
+
+    // Every new connection meanwhile is served at once, by another session.
+    for i in 0..3u8 {
+        let started = tokio::time::Instant::now();
+        let mut other = ask(&rig.tunnel, 0).await;
+        let msg = pattern(1000, i);
+        let back = timeout(Duration::from_secs(2), echo(&mut other, &msg))
+            .await
+            .expect("served within 2 s while another client stalls")
+            .expect("echo");
+        assert_eq!(back, msg);
+        assert_ne!(other.session_id(), stalled_session);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let sessions = stat(&rig.sim.stats().sessions_started);
+    assert!((2..=4).contains(&sessions), "{sessions} sessions");
+
+    // The stalled client comes back and gets every byte.
+    let mut got = vec![0u8; total];
+    timeout(GUARD, stalled.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(got == pattern(total, 7), "every byte, in order");
+    assert_eq!(stat(&rig.sim.stats().ws_killed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_makes_the_next_connection_open_another_session() {
+    let rig = blaster_rig(
+        SsmSimOptions {
+            pacing: Some(Duration::from_millis(1)),
+            ..SsmSimOptions::default()
+        },
+        |_| {},
+    )
+    .await;
+    let total = 8 << 20;
+    let mut bulk = ask(&rig.tunnel, total as u32).await;
+    let bulk_session = bulk.session_id().to_owned();
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; total];
+        bulk.read_exact(&mut got).await.map(|_| got)
+    });
+    until_load(&rig.tunnel, "the bulk session to count as busy", |l| l.iter().any(|s| s.busy)).await;
+    let mut quick = ask(&rig.tunnel, 0).await;
+    assert_ne!(quick.session_id(), bulk_session, "not behind the bulk transfer");
+    assert_eq!(echo(&mut quick, b"hello").await.expect("echo"), b"hello");
+    // With both sessions quiet again, connections share the least-loaded one.
+    drop(quick);
+    reader.abort();
+    assert_eq!(stat(&rig.sim.stats().sessions_started), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_the_gateway_stops_reading() {
+    let rig = rig(SsmSimOptions::default()).await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(echo(&mut stream, b"x").await.expect("echo"), b"x");
+    rig.sim.options().update(|o| o.stop_reading = true);
+    let (_rx, mut tx) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        let _ = tx.write_all(&vec![1u8; 16 << 20]).await;
+        tx
+    });
+    // Let the writes pile up behind the gateway that no longer reads.
+    until_load(&rig.tunnel, "the upload to stall", |l| {
+        l.iter().any(|s| s.stats.messages_out >= 500)
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    timeout(Duration::from_secs(8), rig.tunnel.shutdown())
+        .await
+        .expect("shutdown is bounded even with a stuck WebSocket");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    writer.abort();
+    assert!(stat(&rig.sim.stats().terminate_api_calls) >= 1, "TerminateSession called");
+    assert!(rig.sim.stats().wait_for_open_sessions(0, Duration::from_secs(5)).await.is_ok());
+}
