@@ -239,9 +239,10 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
 /// The simulator with AWS's data-channel limits: 1024-byte agent payloads, 1 ms agent pacing,
 /// and a gateway that cuts a client sending more than 1000 data messages a second.
 fn aws_like() -> rds_auth_proxy::sim::SimOptions {
-    let mut options = rds_auth_proxy::sim::SimOptions::default();
-    options.ssm = rds_auth_proxy::sim::ssm::SsmSimOptions::aws_limits();
-    options
+    rds_auth_proxy::sim::SimOptions {
+        ssm: rds_auth_proxy::sim::ssm::SsmSimOptions::aws_limits(),
+        ..rds_auth_proxy::sim::SimOptions::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,12 +268,9 @@ async fn psql_through_the_binary_via_ssm() {
     let dir = tempfile::tempdir().unwrap();
     let (up, down) = (dir.path().join("up.txt"), dir.path().join("down.txt"));
     std::fs::write(&up, copy_lines(3, 1 << 20)).unwrap();
-    let script = format!(
-        "CREATE TEMP TABLE t (line text);\n\\copy t from '{}'\n\\copy t to '{}'\n",
-        up.display(),
-        down.display()
-    );
-    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", &script]);
+    let copy_from = format!("\\copy t from '{}'", up.display());
+    let copy_to = format!("\\copy t to '{}'", down.display());
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", "CREATE TEMP TABLE t (line text)", "-c", &copy_from, "-c", &copy_to]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(&up).unwrap() == std::fs::read(&down).unwrap(), "byte-exact both ways");
     let stats = sim.ssm.stats();
@@ -306,8 +304,8 @@ async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five
     let stats = sim.ssm.stats();
     let before = stats.client_data_messages.load(std::sync::atomic::Ordering::SeqCst);
     let upload = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c"])
-        .arg(format!("CREATE TEMP TABLE t (line text); \\copy t from '{}'", up.display()))
+        .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c", "CREATE TEMP TABLE t (line text)", "-c"])
+        .arg(format!("\\copy t from '{}'", up.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -30,9 +30,10 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 /// The simulator with AWS's data-channel limits (1024-byte agent payloads, 1 ms agent pacing,
 /// a gateway that cuts a client sending more than 1000 data messages a second).
 fn aws_like() -> SimOptions {
-    let mut options = SimOptions::default();
-    options.ssm = SsmSimOptions::aws_limits();
-    options
+    SimOptions {
+        ssm: SsmSimOptions::aws_limits(),
+        ..SimOptions::default()
+    }
 }
 
 /// Under the AWS-like preset: the gateway never had to cut us, and we stayed under its limit.
