@@ -283,11 +283,8 @@ async fn dial(
         .await
         .map_err(|_| DataChannelError::ConnectTimeout(config.connect_timeout.as_secs()))?
         .map_err(DataChannelError::Connect)?;
-    let open = OpenDataChannelInput::new(
-        token.expose().to_owned(),
-        client_id,
-        &config.client_version,
-    );
+    let open =
+        OpenDataChannelInput::new(token.expose().to_owned(), client_id, &config.client_version);
     // Serialising five strings cannot fail; an empty frame would be refused by the gateway.
     let json = open.to_json().unwrap_or_default();
     tokio::time::timeout(config.write_timeout, ws.send(Message::text(json)))
@@ -670,9 +667,7 @@ async fn write_frames(
             match tokio::time::timeout(limit, sink.feed(message)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => break 'outer format!("WebSocket write failed: {e}"),
-                Err(_) => {
-                    break 'outer format!("WebSocket write stuck for {} s", limit.as_secs())
-                }
+                Err(_) => break 'outer format!("WebSocket write stuck for {} s", limit.as_secs()),
             }
             next = rx.try_recv().ok();
         }
@@ -807,7 +802,8 @@ impl Pump {
                 }
             });
             // Waiting for a token (the loop re-evaluates when it is there).
-            let pace_at = (wants_local && writer_room && tokens == 0).then(|| self.pacer.next_at(now));
+            let pace_at =
+                (wants_local && writer_room && tokens == 0).then(|| self.pacer.next_at(now));
             let dead_at = self.last_rx + self.config.dead_after;
             let agent_dead_at = self
                 .waiting_since

@@ -576,7 +576,10 @@ mod tests {
         // RTO 200 ms, then 400, 800, 1600, then capped at 2 s.
         let mut at = t0;
         for gap in [200, 400, 800, 1600, 2000, 2000] {
-            assert!(out.due_for_resend(at + ms(gap - 1)).is_empty(), "not before {gap} ms");
+            assert!(
+                out.due_for_resend(at + ms(gap - 1)).is_empty(),
+                "not before {gap} ms"
+            );
             assert_eq!(out.next_resend_at(), Some(at + ms(gap)));
             at += ms(gap);
             assert_eq!(out.due_for_resend(at), vec![frame(0)], "due after {gap} ms");
@@ -727,7 +730,8 @@ mod tests {
         let t0 = Instant::now();
         let mut out = Outgoing::new(Config::default());
         for _ in 0..5 {
-            out.push(t0, PayloadType::Output, Bytes::from_static(b"x")).unwrap();
+            out.push(t0, PayloadType::Output, Bytes::from_static(b"x"))
+                .unwrap();
         }
         let t1 = t0 + Duration::from_millis(5);
         // Seq 0 was lost; 1 and 2 acked: not yet presumed lost.
@@ -739,12 +743,19 @@ mod tests {
         assert!(out.next_resend_at().unwrap() <= t1);
         let resent = out.due_for_resend(t1);
         assert_eq!(resent.len(), 1);
-        assert_eq!(ClientMessage::decode(&resent[0]).unwrap().sequence_number, 0);
+        assert_eq!(
+            ClientMessage::decode(&resent[0]).unwrap().sequence_number,
+            0
+        );
         // After the resend it waits for the RTO again.
         assert!(out.due_for_resend(t1).is_empty());
-        let mut slow = Outgoing::new(Config { fast_retransmit_after: 0, ..Config::default() });
+        let mut slow = Outgoing::new(Config {
+            fast_retransmit_after: 0,
+            ..Config::default()
+        });
         for _ in 0..5 {
-            slow.push(t0, PayloadType::Output, Bytes::from_static(b"x")).unwrap();
+            slow.push(t0, PayloadType::Output, Bytes::from_static(b"x"))
+                .unwrap();
         }
         for seq in 1..5 {
             slow.on_ack(seq, t1);

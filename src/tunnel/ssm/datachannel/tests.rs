@@ -381,7 +381,6 @@ async fn terminate_sends_the_flag_then_calls_the_api() {
     ));
 }
 
-
 /// Reads stream messages from the client and acks them, recording when each arrived.
 async fn collect_acked(agent: &mut FakeAgent, want: usize) -> (Vec<ClientMessage>, Vec<Instant>) {
     let mut got = Vec::new();
@@ -415,14 +414,19 @@ async fn stream_data_is_paced_under_the_gateway_limit_but_acks_are_not() {
             .iter()
             .take_while(|t| t.duration_since(at[i]) < Duration::from_secs(1))
             .count();
-        assert!(in_window <= 990, "{in_window} messages within 1 s from #{i}");
+        assert!(
+            in_window <= 990,
+            "{in_window} messages within 1 s from #{i}"
+        );
     }
     let took = at[n - 1].duration_since(started);
     assert!(took >= Duration::from_millis(2000), "{took:?}");
 
     // The bucket is empty now, yet an ack goes out at once.
     let sent = Instant::now();
-    agent.send_stream(next, PayloadType::Output, &b"x"[..]).await;
+    agent
+        .send_stream(next, PayloadType::Output, &b"x"[..])
+        .await;
     assert_eq!(agent.recv_ack().await, next);
     assert_eq!(sent.elapsed(), Duration::ZERO);
     assert!(opened.channel.stats().messages_out >= n as u64);
@@ -440,7 +444,11 @@ async fn unpaced_sends_as_fast_as_the_window_allows() {
     tokio::spawn(async move { opened.stream.write_all(&data).await.unwrap() });
     let started = Instant::now();
     collect_acked(&mut agent, 2000).await;
-    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -464,7 +472,9 @@ async fn a_minute_without_acks_is_survived_with_backed_off_resends() {
     assert!((5..=15).contains(&resends), "{resends} resends");
     assert!(opened.channel.ended().is_none(), "still alive after 60 s");
     agent.ack(&first).await;
-    agent.send_stream(next, PayloadType::Output, &b"ok"[..]).await;
+    agent
+        .send_stream(next, PayloadType::Output, &b"ok"[..])
+        .await;
     let mut buf = [0u8; 2];
     opened.stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ok");
@@ -494,9 +504,15 @@ async fn agent_silence_with_data_waiting_ends_the_session() {
             std::future::pending::<()>().await
         } => unreachable!(),
     };
-    assert!(matches!(reason, DataChannelError::AgentUnresponsive(30)), "{reason:?}");
+    assert!(
+        matches!(reason, DataChannelError::AgentUnresponsive(30)),
+        "{reason:?}"
+    );
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(32), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(32),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -513,7 +529,11 @@ async fn a_local_reader_that_stops_congests_without_stopping_acks() {
     let mut sent = Vec::new();
     for i in 0..total {
         let payload = vec![(i % 251) as u8; 1024];
-        sent.push(agent.send_stream(next + i, PayloadType::Output, payload).await);
+        sent.push(
+            agent
+                .send_stream(next + i, PayloadType::Output, payload)
+                .await,
+        );
     }
     // Meanwhile we upload more than a window's worth: only possible if acks still get through.
     let upload = vec![9u8; 600 * 1024];
@@ -574,7 +594,9 @@ async fn a_local_reader_that_stops_congests_without_stopping_acks() {
         pending.retain(|m| !now_acked.contains(&m.sequence_number));
     }
     let got = reading.await.unwrap();
-    let expected: Vec<u8> = (0..total).flat_map(|i| vec![(i % 251) as u8; 1024]).collect();
+    let expected: Vec<u8> = (0..total)
+        .flat_map(|i| vec![(i % 251) as u8; 1024])
+        .collect();
     assert!(got == expected, "every byte, in order");
 }
 

@@ -478,7 +478,11 @@ async fn ask(tunnel: &SsmTunnel, len: u32) -> SsmStream {
 async fn until_load(tunnel: &SsmTunnel, what: &str, cond: impl Fn(&[SessionLoad]) -> bool) {
     let started = tokio::time::Instant::now();
     while !cond(&tunnel.load()) {
-        assert!(started.elapsed() < GUARD, "timed out waiting for {what}: {:?}", tunnel.load());
+        assert!(
+            started.elapsed() < GUARD,
+            "timed out waiting for {what}: {:?}",
+            tunnel.load()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -494,7 +498,10 @@ async fn a_stalled_client_never_blocks_new_connections() {
     // This client asks for 16 MiB and then does not read.
     let mut stalled = ask(&rig.tunnel, total as u32).await;
     let stalled_session = stalled.session_id().to_owned();
-    until_load(&rig.tunnel, "the session to congest", |l| l.iter().any(|s| s.congested)).await;
+    until_load(&rig.tunnel, "the session to congest", |l| {
+        l.iter().any(|s| s.congested)
+    })
+    .await;
 
     // Every new connection meanwhile is served at once, by another session.
     for i in 0..3u8 {
@@ -539,9 +546,16 @@ async fn a_bulk_transfer_makes_the_next_connection_open_another_session() {
         let mut got = vec![0u8; total];
         bulk.read_exact(&mut got).await.map(|_| got)
     });
-    until_load(&rig.tunnel, "the bulk session to count as busy", |l| l.iter().any(|s| s.busy)).await;
+    until_load(&rig.tunnel, "the bulk session to count as busy", |l| {
+        l.iter().any(|s| s.busy)
+    })
+    .await;
     let mut quick = ask(&rig.tunnel, 0).await;
-    assert_ne!(quick.session_id(), bulk_session, "not behind the bulk transfer");
+    assert_ne!(
+        quick.session_id(),
+        bulk_session,
+        "not behind the bulk transfer"
+    );
     assert_eq!(echo(&mut quick, b"hello").await.expect("echo"), b"hello");
     // With both sessions quiet again, connections share the least-loaded one.
     drop(quick);
@@ -574,6 +588,14 @@ async fn shutdown_is_bounded_when_the_gateway_stops_reading() {
         .expect("shutdown is bounded even with a stuck WebSocket");
     assert!(started.elapsed() < Duration::from_secs(8));
     writer.abort();
-    assert!(stat(&rig.sim.stats().terminate_api_calls) >= 1, "TerminateSession called");
-    assert!(rig.sim.stats().wait_for_open_sessions(0, Duration::from_secs(5)).await.is_ok());
+    assert!(
+        stat(&rig.sim.stats().terminate_api_calls) >= 1,
+        "TerminateSession called"
+    );
+    assert!(rig
+        .sim
+        .stats()
+        .wait_for_open_sessions(0, Duration::from_secs(5))
+        .await
+        .is_ok());
 }

@@ -1,6 +1,5 @@
 //! smux v1 framing: the 8-byte header and the commands.
 
-
 use bytes::{BufMut, BytesMut};
 
 use super::SmuxError;
@@ -13,7 +12,6 @@ pub const HEADER_LEN: usize = 8;
 
 /// Largest payload the 16-bit length field can describe; also smux's cap on `MaxFrameSize`.
 pub const MAX_FRAME_SIZE_LIMIT: usize = u16::MAX as usize;
-
 
 /// Frame commands of protocol version 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,4 +99,3 @@ pub(crate) fn put_frame(out: &mut BytesMut, cmd: Cmd, stream_id: u32, data: &[u8
     );
     out.put_slice(&data[..usize::from(len)]);
 }
-

@@ -122,7 +122,9 @@ impl Config {
             });
         }
         if self.max_stream_buffer == 0 {
-            return Err(SmuxError::InvalidConfig("max_stream_buffer must be positive"));
+            return Err(SmuxError::InvalidConfig(
+                "max_stream_buffer must be positive",
+            ));
         }
         if self.max_receive_buffer == 0 {
             return Err(SmuxError::InvalidConfig(
@@ -224,4 +226,3 @@ impl From<io::Error> for SmuxError {
         SmuxError::Io(Arc::new(err))
     }
 }
-

@@ -32,7 +32,6 @@ pub(crate) const READ_CHUNK: usize = 16 * 1024;
 /// a burst on one stream does not pin memory for the rest of its life.
 pub(crate) const SHRINK_THRESHOLD: usize = 64 * 1024;
 
-
 /// Which end of the session we are; decides the stream id parity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -584,7 +583,11 @@ where
 }
 
 /// Sends NOPs and enforces the keepalive timeout; returns after failing the session.
-pub(crate) async fn keepalive_loop(shared: &Shared, interval: Option<Duration>, timeout: Option<Duration>) {
+pub(crate) async fn keepalive_loop(
+    shared: &Shared,
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+) {
     let mut ticker = interval.map(|period| {
         // smux's first NOP goes out one interval after start, not immediately.
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
@@ -647,4 +650,3 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-

@@ -875,4 +875,3 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chopper<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
