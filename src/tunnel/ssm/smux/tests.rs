@@ -875,3 +875,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chopper<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[tokio::test]
+async fn a_stream_at_its_cap_stops_the_reader_only_when_its_next_frame_comes() {
+    const CAP: usize = 8 * 1024;
+    let cfg = Config {
+        max_stream_buffer: CAP,
+        max_receive_buffer: 1 << 20,
+        ..no_keepalive()
+    };
+    let (raw, transport) = duplex(1 << 20);
+    let client = Session::client(transport, cfg).expect("config");
+    let mut a = client.open_stream().await.expect("open a");
+    let mut b = client.open_stream().await.expect("open b");
+    let (mut peer_rx, mut peer_tx) = tokio::io::split(raw);
+    for _ in 0..2 {
+        assert_eq!(read_header(&mut peer_rx).await.cmd, Cmd::Syn);
+    }
+    // A fills its cap exactly; B's frames behind it still pass.
+    peer_tx.write_all(&psh(3, &[1u8; CAP])).await.unwrap();
+    peer_tx.write_all(&psh(5, b"first")).await.unwrap();
+    let mut got = [0u8; 5];
+    timeout_read(&mut b, &mut got).await;
+    assert_eq!(&got, b"first");
+    assert!(!client.is_congested());
+
+    // More for A: the reader stops there, and B's next frame waits behind it.
+    peer_tx.write_all(&psh(3, &[2u8; 100])).await.unwrap();
+    peer_tx.write_all(&psh(5, b"second")).await.unwrap();
+    let mut got = [0u8; 6];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.read_exact(&mut got))
+            .await
+            .is_err(),
+        "v1 has no per-stream window: B waits behind A's frame"
+    );
+    assert!(client.is_congested());
+    assert_eq!(client.buffered_bytes(), CAP, "A never holds more than its cap");
+
+    // A's consumer reads; everything flows again, in order, nothing lost.
+    let mut a_got = vec![0u8; CAP + 100];
+    timeout_read(&mut a, &mut a_got).await;
+    assert!(a_got[..CAP].iter().all(|&x| x == 1) && a_got[CAP..].iter().all(|&x| x == 2));
+    timeout_read(&mut b, &mut got).await;
+    assert_eq!(&got, b"second");
+    assert!(!client.is_congested());
+}
+
+async fn timeout_read(s: &mut Stream, buf: &mut [u8]) {
+    tokio::time::timeout(GUARD, s.read_exact(buf))
+        .await
+        .expect("in time")
+        .expect("read");
+}
