@@ -665,6 +665,7 @@ impl BenchProxy {
         let setup = AwsSetup {
             credentials: sim.aws_credentials(),
             ssm_endpoint: Some(sim.ssm.endpoint_url()),
+        secrets_endpoint: Some(sim.secrets.endpoint_url()),
         };
         BenchProxy::start(label, &args, Credentials::FixedWith(setup)).await
     }

@@ -4,8 +4,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::password::{PasswordProvider, PasswordSource};
+use crate::auth::secrets::SecretsApi;
 use crate::auth::{CredentialSource, CredentialsError, IamAuth};
-use crate::config::{Config, ViaConfig};
+use crate::config::{Config, PasswordConfig, ViaConfig};
 use crate::listener::{ListenError, Listeners};
 use crate::target::{Target, TargetContext};
 use crate::tls::{self, TlsError};
@@ -43,6 +45,8 @@ pub struct AwsSetup {
     pub credentials: aws_credential_types::Credentials,
     /// The SSM API endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
     pub ssm_endpoint: Option<String>,
+    /// The Secrets Manager endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
+    pub secrets_endpoint: Option<String>,
 }
 
 impl From<AwsSetup> for Credentials {
@@ -77,6 +81,7 @@ pub async fn build_context(
             AwsSource::Fixed(AwsSetup {
                 credentials,
                 ssm_endpoint: None,
+                secrets_endpoint: None,
             }),
         ),
         Credentials::FixedWith(setup) => (
@@ -89,6 +94,24 @@ pub async fn build_context(
         ViaConfig::Direct { connect_addr } => Tunnel::Direct(Direct::new(connect_addr.clone(), config.timeouts.keepalive)),
         ViaConfig::Ssm(ssm) => Tunnel::Ssm(ssm_tunnel(config, ssm, &region, &aws)?),
     };
+    let password = config.password.as_ref().map(|p| {
+        let source = match p {
+            PasswordConfig::File(path) => PasswordSource::File(path.clone()),
+            PasswordConfig::Secret { secret_id, key } => PasswordSource::Secret {
+                api: match &aws {
+                    AwsSource::Sdk(sdk) => SecretsApi::from_sdk_config(sdk, &region),
+                    AwsSource::Fixed(setup) => SecretsApi::with_credentials(
+                        setup.credentials.clone(),
+                        &region,
+                        setup.secrets_endpoint.as_deref(),
+                    ),
+                },
+                secret_id: secret_id.clone(),
+                key: key.clone(),
+            },
+        };
+        Arc::new(PasswordProvider::new(source))
+    });
     Ok(Arc::new(TargetContext {
         target: Target {
             endpoint: config.endpoint.clone(),
@@ -98,6 +121,7 @@ pub async fn build_context(
         tunnel,
         tls: tls::upstream_client_config(&config.ca_bundles)?,
         auth: Arc::new(IamAuth::new(source)),
+        password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
     }))

@@ -182,6 +182,23 @@ pub struct ProxyArgs {
     #[arg(long, env = "RDS_AUTH_PROXY_DB_USER")]
     pub db_user: Option<String>,
 
+    /// For a password (SCRAM/MD5) database user: read its password from this AWS Secrets Manager
+    /// secret (name or ARN), with your AWS credentials. Kept in memory only, read again when a
+    /// login fails (rotation). Without a password flag, users are IAM users.
+    #[arg(long, value_name = "ARN_OR_NAME", env = "RDS_AUTH_PROXY_PASSWORD_SECRET")]
+    pub password_secret: Option<String>,
+
+    /// The JSON key holding the password when the secret is JSON (RDS's managed secret:
+    /// {"username": …, "password": …}). A secret that is not JSON is the password itself.
+    /// Default: password.
+    #[arg(long, value_name = "KEY", env = "RDS_AUTH_PROXY_PASSWORD_SECRET_KEY")]
+    pub password_secret_key: Option<String>,
+
+    /// For a password (SCRAM/MD5) database user: read its password from FILE (the password
+    /// alone on one line; the file must be readable by its owner only, chmod 600).
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
     /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle (e.g. Amazon
     /// Root CAs for RDS Proxy). Repeatable.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CA_BUNDLE")]

@@ -46,6 +46,18 @@ pub struct SsmConfig {
     pub max_rate: u32,
 }
 
+/// Where a password user's password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordConfig {
+    /// `--password-file`.
+    File(PathBuf),
+    /// `--password-secret` and `--password-secret-key`.
+    Secret { secret_id: String, key: String },
+}
+
+/// `--password-secret-key` when not given: the key of RDS's managed master user secret.
+pub const DEFAULT_SECRET_KEY: &str = "password";
+
 /// Most `--ssm-sessions`: each is a WebSocket, a task and AWS-side state; beyond this it is
 /// almost certainly a typo.
 pub const MAX_SSM_SESSIONS: usize = 64;
@@ -66,6 +78,8 @@ pub struct Config {
     pub db_user: Option<String>,
     pub ca_bundles: Vec<PathBuf>,
     pub timeouts: Timeouts,
+    /// `None`: IAM users (tokens); otherwise the password of a password user.
+    pub password: Option<PasswordConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -100,6 +114,14 @@ pub enum ConfigError {
     BadSsmKeepalive,
     #[error("--ssm-max-payload {0} must be between 1 and 65536 bytes")]
     BadSsmMaxPayload(usize),
+    #[error("--password-file and --password-secret exclude each other: choose where the password comes from")]
+    TwoPasswordSources,
+    #[error("--password-secret-key only applies with --password-secret")]
+    SecretKeyWithoutSecret,
+    #[error("--password-secret must not be empty")]
+    EmptyPasswordSecret,
+    #[error("--password-file: {0}")]
+    BadPasswordFile(String),
 }
 
 impl Config {
@@ -138,6 +160,7 @@ impl Config {
         if args.db_user.as_deref() == Some("") {
             return Err(ConfigError::EmptyDbUser);
         }
+        let password = password_config(args)?;
         let region = args.region.clone().or_else(|| infer_region(&endpoint));
         Ok(Config {
             region,
@@ -152,9 +175,40 @@ impl Config {
             db_user: args.db_user.clone(),
             ca_bundles: args.ca_bundle.clone(),
             timeouts: Timeouts::default(),
+            password,
             endpoint,
             port,
         })
+    }
+}
+
+fn password_config(args: &ProxyArgs) -> Result<Option<PasswordConfig>, ConfigError> {
+    match (&args.password_file, &args.password_secret) {
+        (Some(_), Some(_)) => Err(ConfigError::TwoPasswordSources),
+        (Some(file), None) => {
+            if args.password_secret_key.is_some() {
+                return Err(ConfigError::SecretKeyWithoutSecret);
+            }
+            // Checked now (owner-only, one non-empty line) so a bad file stops the start, not
+            // the first connection; the password read here is dropped at once.
+            crate::auth::password::read_password_file(file)
+                .map_err(|e| ConfigError::BadPasswordFile(e.to_string()))?;
+            Ok(Some(PasswordConfig::File(file.clone())))
+        }
+        (None, Some(secret_id)) => {
+            if secret_id.is_empty() {
+                return Err(ConfigError::EmptyPasswordSecret);
+            }
+            Ok(Some(PasswordConfig::Secret {
+                secret_id: secret_id.clone(),
+                key: args
+                    .password_secret_key
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SECRET_KEY.to_owned()),
+            }))
+        }
+        (None, None) if args.password_secret_key.is_some() => Err(ConfigError::SecretKeyWithoutSecret),
+        (None, None) => Ok(None),
     }
 }
 
@@ -346,6 +400,44 @@ mod tests {
             Config::from_args(&args(&["--target", t, "--ssm-target", "i-0123456789abcdef0"])),
             Err(ConfigError::SsmFlagWithoutSsm("ssm-target"))
         );
+    }
+
+    #[test]
+    fn password_flags_table() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "pw\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let open = dir.path().join("open");
+        std::fs::write(&open, "pw\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (good, open) = (good.to_str().unwrap(), open.to_str().unwrap());
+        let t = ["--target", "db.x.eu-west-1.rds.amazonaws.com"];
+        let with = |extra: &[&str]| {
+            let mut v = t.to_vec();
+            v.extend_from_slice(extra);
+            Config::from_args(&args(&v)).map(|c| c.password)
+        };
+        assert_eq!(with(&[]), Ok(None));
+        assert_eq!(with(&["--password-file", good]), Ok(Some(PasswordConfig::File(good.into()))));
+        assert_eq!(
+            with(&["--password-secret", "rds!db-123"]),
+            Ok(Some(PasswordConfig::Secret { secret_id: "rds!db-123".into(), key: "password".into() }))
+        );
+        assert_eq!(
+            with(&["--password-secret", "arn:aws:secretsmanager:eu-west-1:1:secret:x", "--password-secret-key", "pw"]),
+            Ok(Some(PasswordConfig::Secret { secret_id: "arn:aws:secretsmanager:eu-west-1:1:secret:x".into(), key: "pw".into() }))
+        );
+        assert_eq!(with(&["--password-file", good, "--password-secret", "s"]), Err(ConfigError::TwoPasswordSources));
+        assert_eq!(with(&["--password-secret-key", "k"]), Err(ConfigError::SecretKeyWithoutSecret));
+        assert_eq!(with(&["--password-file", good, "--password-secret-key", "k"]), Err(ConfigError::SecretKeyWithoutSecret));
+        assert_eq!(with(&["--password-secret", ""]), Err(ConfigError::EmptyPasswordSecret));
+        match with(&["--password-file", open]) {
+            Err(ConfigError::BadPasswordFile(msg)) => assert!(msg.contains("mode 0644") && msg.contains("chmod 600"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(with(&["--password-file", "/nonexistent/pw"]), Err(ConfigError::BadPasswordFile(_))));
     }
 
     #[test]

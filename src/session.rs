@@ -133,9 +133,11 @@ where
         Err(UpstreamError::Rejected {
             sqlstate,
             message,
+            password_from,
             to_client,
         }) => {
-            tracing::warn!(%peer, %user, %database, %sqlstate, %message, "upstream refused the login; its error was passed to the client");
+            let with = password_from.unwrap_or("an IAM token");
+            tracing::warn!(%peer, %user, %database, %sqlstate, %message, with, "upstream refused the login; its error was passed to the client");
             let _ = client.write_all(&to_client).await;
             let _ = client.shutdown().await;
             return;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{IamAuth, TokenRequest};
+use crate::auth::{IamAuth, PasswordProvider, TokenRequest};
 use crate::tunnel::Tunnel;
 
 /// The RDS endpoint as the outside world names it: TLS verifies this name and tokens are signed
@@ -96,6 +96,9 @@ pub struct TargetContext {
     pub tunnel: Tunnel,
     pub tls: Arc<rustls::ClientConfig>,
     pub auth: Arc<IamAuth>,
+    /// `--password-file` / `--password-secret`: the database user is a password user, and every
+    /// password request (cleartext, MD5, SCRAM) is answered with this password. `None`: IAM user.
+    pub password: Option<Arc<PasswordProvider>>,
     /// `--db-user`: log in as this user whatever the client asked for.
     pub db_user: Option<String>,
     pub timeouts: Timeouts,

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::auth::AuthError;
+use crate::auth::scram;
+use crate::auth::{AuthError, PasswordError};
 use crate::pg::backend::{self, AuthRequest, FrameError, MAX_PREAUTH_MESSAGE_LEN};
 use crate::pg::startup::{StartupMessage, SSL_REQUEST};
 use crate::pg::{SqlState, UserFacing};
@@ -42,12 +43,33 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the server asked {method} authentication for user \"{user}\": it is not an IAM database user")]
-    NotIamUser { user: String, method: String },
+    #[error("the server asked {method} authentication for user \"{user}\": it is not an IAM database user, and no password is configured")]
+    NoPassword { user: String, method: String },
+    #[error("the server ran {mechanism} for user \"{user}\" and refused the IAM token ({sqlstate} {message}): it is a password user, not an IAM database user")]
+    IamTokenNotPassword {
+        user: String,
+        mechanism: &'static str,
+        sqlstate: String,
+        message: String,
+    },
     #[error("the server asked for an unsupported authentication method (code {0})")]
     UnsupportedAuth(i32),
+    #[error("the server offers only SASL mechanisms rds-auth-proxy does not speak: {0}")]
+    UnsupportedSasl(String),
+    #[error("the server broke the SCRAM exchange")]
+    Scram(#[source] std::io::Error),
+    #[error("the server's SCRAM signature does not verify: it did not prove it knows the password{}", if *bound { " for this TLS session (channel binding)" } else { "" })]
+    ServerSignature {
+        bound: bool,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server sent AuthenticationOk before proving it knows the password (SCRAM exchange not completed)")]
+    ServerUnverified,
     #[error("could not create an IAM token")]
     Auth(#[source] AuthError),
+    #[error("no password for the database user")]
+    Password(#[source] PasswordError),
     #[error("the upstream closed the connection during startup")]
     Closed,
     #[error("connection to the upstream failed during startup")]
@@ -59,6 +81,8 @@ pub enum UpstreamError {
     Rejected {
         sqlstate: String,
         message: String,
+        /// The flag the refused password came from; `None` for an IAM token.
+        password_from: Option<&'static str>,
         /// Messages for the client: anything queued before, then the ErrorResponse itself.
         to_client: BytesMut,
     },
@@ -73,8 +97,8 @@ impl UpstreamError {
         }
     }
 
-    /// Whether a fresh token might fix it: RDS answers IAM failures with 28000 (PAM), password
-    /// failures are 28P01.
+    /// Whether a fresh token or a re-read password might fix it: RDS answers IAM failures with
+    /// 28000 (PAM), password failures are 28P01 (e.g. a rotated secret).
     fn is_login_failure(&self) -> bool {
         matches!(self, UpstreamError::Rejected { sqlstate, .. } if sqlstate == "28000" || sqlstate == "28P01")
     }
@@ -83,12 +107,17 @@ impl UpstreamError {
 impl UserFacing for UpstreamError {
     fn sqlstate(&self) -> SqlState {
         match self {
-            UpstreamError::NotIamUser { .. }
+            UpstreamError::NoPassword { .. }
             | UpstreamError::UnsupportedAuth(_)
+            | UpstreamError::UnsupportedSasl(_)
+            | UpstreamError::ServerSignature { .. }
+            | UpstreamError::ServerUnverified
             | UpstreamError::Auth(_)
+            | UpstreamError::Password(_)
             | UpstreamError::Rejected { .. } => SqlState::InvalidAuthorization,
+            UpstreamError::IamTokenNotPassword { .. } => SqlState::InvalidPassword,
             UpstreamError::Closed | UpstreamError::Io(_) => SqlState::ConnectionFailure,
-            UpstreamError::Protocol(_) => SqlState::ProtocolViolation,
+            UpstreamError::Protocol(_) | UpstreamError::Scram(_) => SqlState::ProtocolViolation,
             UpstreamError::Tunnel { .. }
             | UpstreamError::Timeout { .. }
             | UpstreamError::TlsRefused { .. }
@@ -115,15 +144,30 @@ impl UserFacing for UpstreamError {
                  shows (not a CNAME or an IP); for another CA (RDS Proxy, a test CA) add it with \
                  --ca-bundle FILE."
             ),
-            UpstreamError::NotIamUser { user, .. } => format!(
-                "Enable IAM login for this user: as an administrator run GRANT rds_iam TO \"{user}\"; \
-                 and make sure IAM database authentication is enabled on the instance."
+            UpstreamError::NoPassword { user, .. }
+            | UpstreamError::IamTokenNotPassword { user, .. } => format!(
+                "For a password user, give rds-auth-proxy its password: --password-secret \
+                 ARN_OR_NAME (AWS Secrets Manager) or --password-file FILE. Or enable IAM login \
+                 for it: as an administrator run GRANT rds_iam TO \"{user}\"; and make sure IAM \
+                 database authentication is enabled on the instance."
             ),
-            UpstreamError::UnsupportedAuth(_) => {
-                "rds-auth-proxy only answers password requests with IAM tokens; check that the \
-                 user is an IAM database user (GRANT rds_iam)."
+            UpstreamError::UnsupportedAuth(_) | UpstreamError::UnsupportedSasl(_) => {
+                "rds-auth-proxy answers IAM tokens (cleartext), SCRAM-SHA-256(-PLUS) and MD5; \
+                 check the server's pg_hba.conf method for this user."
                     .into()
             }
+            UpstreamError::Scram(_) => {
+                "The server's SCRAM messages are malformed; check that --target and \
+                 --connect-addr reach the PostgreSQL server you mean."
+                    .into()
+            }
+            UpstreamError::ServerSignature { .. } | UpstreamError::ServerUnverified => {
+                "The login was stopped before AuthenticationOk: the server at the other end may \
+                 not be the database you mean (check --target and --connect-addr), or the \
+                 password changed during the exchange; retry, and treat a repeat as an attack."
+                    .into()
+            }
+            UpstreamError::Password(e) => e.hint(),
             UpstreamError::Auth(AuthError::Credentials(_)) => {
                 "Provide AWS credentials: run `aws sso login` (with --profile if you use one), \
                  or set AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; then reconnect."
@@ -135,6 +179,13 @@ impl UserFacing for UpstreamError {
                  if it persists."
                     .into()
             }
+            UpstreamError::Rejected {
+                password_from: Some(flag),
+                ..
+            } => format!(
+                "The server refused the password from {flag} (read anew for the retry); check \
+                 that it is this database user's current password."
+            ),
             UpstreamError::Rejected { .. } => {
                 "Check that the IAM identity may rds-db:connect as this database user.".into()
             }
@@ -150,7 +201,7 @@ pub async fn connect(
 ) -> Result<Upstream, UpstreamError> {
     match attempt(ctx, startup, false).await {
         Err(e) if e.is_login_failure() => {
-            tracing::info!(error = %e, "IAM login refused; retrying once with fresh credentials and a new token");
+            tracing::info!(error = %e, "login refused; retrying once with fresh credentials (a new IAM token, or the password read again)");
             attempt(ctx, startup, true).await
         }
         other => other,
@@ -243,6 +294,83 @@ pub async fn start_tls(
         })
 }
 
+/// The credential a password request is answered with.
+enum Secret {
+    Token(crate::auth::Token),
+    Password(crate::auth::Password),
+}
+
+impl Secret {
+    fn expose(&self) -> &str {
+        match self {
+            Secret::Token(t) => t.expose(),
+            Secret::Password(p) => p.expose(),
+        }
+    }
+}
+
+/// The configured password (re-read when `fresh`), or an IAM token for the user.
+async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Result<Secret, UpstreamError> {
+    if let Some(provider) = &ctx.password {
+        let password = if fresh {
+            provider.fresh().await
+        } else {
+            provider.get().await
+        };
+        return password.map(Secret::Password).map_err(UpstreamError::Password);
+    }
+    let request = ctx.token_request(user);
+    let token = if fresh {
+        ctx.auth.fresh_token(&request).await
+    } else {
+        ctx.auth.token(&request).await
+    }
+    .map_err(UpstreamError::Auth)?;
+    Ok(Secret::Token(token))
+}
+
+/// A SCRAM exchange in progress on the upstream leg.
+struct ScramExchange {
+    scram: postgres_protocol::authentication::sasl::ScramSha256,
+    mechanism: &'static str,
+    bound: bool,
+    /// With an IAM token rather than a password: a refusal means "not an IAM user".
+    with_token: bool,
+    stage: ScramStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScramStage {
+    /// client-first-message sent.
+    Started,
+    /// client-final-message sent.
+    Continued,
+    /// The server signature verified.
+    Verified,
+}
+
+/// The tls-server-end-point binding data of the certificate this TLS session verified.
+fn channel_binding(stream: &TlsStream<TunnelStream>) -> Option<Vec<u8>> {
+    let (_, session) = stream.get_ref();
+    let leaf = session.peer_certificates()?.first()?;
+    scram::tls_server_end_point(leaf.as_ref())
+}
+
+async fn send(stream: &mut TlsStream<TunnelStream>, bytes: &[u8]) -> Result<(), UpstreamError> {
+    stream.write_all(bytes).await.map_err(UpstreamError::Io)?;
+    stream.flush().await.map_err(UpstreamError::Io)
+}
+
+/// PasswordMessage: `p`, length, the password, `\0`.
+fn password_message(secret: &[u8]) -> BytesMut {
+    let mut p = BytesMut::with_capacity(secret.len() + 6);
+    p.put_u8(b'p');
+    p.put_u32((secret.len() + 5) as u32);
+    p.put_slice(secret);
+    p.put_u8(0);
+    p
+}
+
 async fn authenticate(
     ctx: &TargetContext,
     stream: &mut TlsStream<TunnelStream>,
@@ -251,6 +379,8 @@ async fn authenticate(
 ) -> Result<BytesMut, UpstreamError> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut to_client = BytesMut::new();
+    let mut exchange: Option<ScramExchange> = None;
+    let password_from = ctx.password.as_ref().map(|p| p.describe());
     loop {
         let msg = backend::read_message(stream, &mut buf, MAX_PREAUTH_MESSAGE_LEN)
             .await
@@ -261,43 +391,84 @@ async fn authenticate(
                     .map_err(|e| UpstreamError::Protocol(Box::new(e)))?;
                 match request {
                     AuthRequest::Ok => {
+                        // Never vouch for a server that has not proved it knows the password.
+                        if exchange.as_ref().is_some_and(|x| x.stage != ScramStage::Verified) {
+                            return Err(UpstreamError::ServerUnverified);
+                        }
                         to_client.extend_from_slice(msg.as_bytes());
                         // Anything already read past AuthenticationOk belongs to the client.
                         to_client.extend_from_slice(&buf);
                         return Ok(to_client);
                     }
                     AuthRequest::CleartextPassword => {
-                        let request = ctx.token_request(user);
-                        let token = if fresh {
-                            ctx.auth.fresh_token(&request).await
-                        } else {
-                            ctx.auth.token(&request).await
+                        let secret = secret(ctx, user, fresh).await?;
+                        send(stream, &password_message(secret.expose().as_bytes())).await?;
+                        match &secret {
+                            Secret::Token(_) => tracing::debug!(db_user = user, "answered the password request with an IAM token"),
+                            Secret::Password(_) => tracing::debug!(db_user = user, from = password_from, "answered the cleartext password request with the configured password"),
                         }
-                        .map_err(UpstreamError::Auth)?;
-                        let secret = token.expose().as_bytes();
-                        let mut p = BytesMut::with_capacity(secret.len() + 6);
-                        p.put_u8(b'p');
-                        p.put_u32((secret.len() + 5) as u32);
-                        p.put_slice(secret);
-                        p.put_u8(0);
-                        stream.write_all(&p).await.map_err(UpstreamError::Io)?;
-                        stream.flush().await.map_err(UpstreamError::Io)?;
-                        tracing::debug!(db_user = user, "answered the password request with an IAM token");
                     }
-                    AuthRequest::Md5Password => {
-                        return Err(UpstreamError::NotIamUser {
-                            user: user.to_owned(),
-                            method: "MD5 password".into(),
-                        })
+                    AuthRequest::Md5Password(salt) => {
+                        let Some(provider) = &ctx.password else {
+                            return Err(UpstreamError::NoPassword {
+                                user: user.to_owned(),
+                                method: "MD5 password".into(),
+                            });
+                        };
+                        let password = if fresh { provider.fresh().await } else { provider.get().await }
+                            .map_err(UpstreamError::Password)?;
+                        tracing::warn!(db_user = user, "the server asked MD5 password authentication, which is weak: move this user to SCRAM-SHA-256 (password_encryption = scram-sha-256, then set the password again)");
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            user.as_bytes(),
+                            password.expose().as_bytes(),
+                            salt,
+                        );
+                        send(stream, &password_message(hash.as_bytes())).await?;
+                        tracing::debug!(db_user = user, from = password_from, "answered the MD5 password request");
                     }
                     AuthRequest::Sasl(mechanisms) => {
-                        return Err(UpstreamError::NotIamUser {
-                            user: user.to_owned(),
-                            method: mechanisms
-                                .first()
-                                .cloned()
-                                .unwrap_or_else(|| "SASL".into()),
-                        })
+                        if exchange.is_some() {
+                            return Err(UpstreamError::Scram(std::io::Error::other("a second AuthenticationSASL")));
+                        }
+                        let secret = secret(ctx, user, fresh).await?;
+                        let choice = scram::choose(&mechanisms, secret.expose(), channel_binding(stream))
+                            .ok_or_else(|| UpstreamError::UnsupportedSasl(mechanisms.join(", ")))?;
+                        send(stream, &scram::initial_response(choice.mechanism, choice.scram.message())).await?;
+                        tracing::debug!(
+                            db_user = user,
+                            mechanism = choice.mechanism,
+                            channel_binding = choice.bound,
+                            with = if matches!(secret, Secret::Token(_)) { "an IAM token" } else { password_from.unwrap_or("the password") },
+                            "started SCRAM with the server"
+                        );
+                        exchange = Some(ScramExchange {
+                            scram: choice.scram,
+                            mechanism: choice.mechanism,
+                            bound: choice.bound,
+                            with_token: matches!(secret, Secret::Token(_)),
+                            stage: ScramStage::Started,
+                        });
+                    }
+                    AuthRequest::SaslContinue(data) => {
+                        let x = match exchange.as_mut() {
+                            Some(x) if x.stage == ScramStage::Started => x,
+                            _ => return Err(UpstreamError::Scram(std::io::Error::other("AuthenticationSASLContinue out of order"))),
+                        };
+                        x.scram.update(&data).map_err(UpstreamError::Scram)?;
+                        x.stage = ScramStage::Continued;
+                        send(stream, &scram::response(x.scram.message())).await?;
+                    }
+                    AuthRequest::SaslFinal(data) => {
+                        let x = match exchange.as_mut() {
+                            Some(x) if x.stage == ScramStage::Continued => x,
+                            _ => return Err(UpstreamError::Scram(std::io::Error::other("AuthenticationSASLFinal out of order"))),
+                        };
+                        x.scram.finish(&data).map_err(|source| UpstreamError::ServerSignature {
+                            bound: x.bound,
+                            source,
+                        })?;
+                        x.stage = ScramStage::Verified;
+                        tracing::debug!(db_user = user, mechanism = x.mechanism, channel_binding = x.bound, "the server's SCRAM signature verified");
                     }
                     AuthRequest::Other(code) => return Err(UpstreamError::UnsupportedAuth(code)),
                 }
@@ -307,10 +478,19 @@ async fn authenticate(
                     .map_err(|e| UpstreamError::Protocol(Box::new(e)))?;
                 let sqlstate = backend::error_field(&fields, b'C').unwrap_or("").to_owned();
                 let message = backend::error_field(&fields, b'M').unwrap_or("").to_owned();
+                if let Some(x) = exchange.as_ref().filter(|x| x.with_token) {
+                    return Err(UpstreamError::IamTokenNotPassword {
+                        user: user.to_owned(),
+                        mechanism: x.mechanism,
+                        sqlstate,
+                        message,
+                    });
+                }
                 to_client.extend_from_slice(msg.as_bytes());
                 return Err(UpstreamError::Rejected {
                     sqlstate,
                     message,
+                    password_from,
                     to_client,
                 });
             }

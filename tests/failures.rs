@@ -79,12 +79,17 @@ async fn failures_reach_the_client_with_sqlstate_and_hint() {
     assert_eq!(message, "PAM authentication failed for user \"db_user\"");
     proxy.stop().await;
 
-    // Upstream asks for SCRAM: not an IAM user.
+    // PostgreSQL asks SCRAM of a password user and no password is configured: SCRAM is
+    // attempted with the IAM token, refused, and the client learns which flags fix it.
     let proxy = start_proxy(&direct_args(&sim), sim.aws_credentials()).await;
     let (code, message, hint) = db_error(&connect(&proxy, "scram_user").await.unwrap_err());
-    assert_eq!(code, "28000");
+    assert_eq!(code, "28P01");
+    assert!(message.contains("ran SCRAM-SHA-256 for user \"scram_user\" and refused the IAM token"), "{message}");
     assert!(message.contains("not an IAM database user"), "{message}");
-    assert!(hint.unwrap().contains("GRANT rds_iam TO \"scram_user\""));
+    let hint = hint.unwrap();
+    for needle in ["--password-secret", "--password-file", "GRANT rds_iam TO \"scram_user\""] {
+        assert!(hint.contains(needle), "hint lacks {needle}: {hint}");
+    }
 
     // Malformed startup (no user) and oversize startup, on raw sockets.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();

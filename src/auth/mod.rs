@@ -3,11 +3,15 @@
 
 pub mod cache;
 pub mod credentials;
+pub mod password;
+pub mod scram;
+pub mod secrets;
 pub mod token;
 
 use std::time::SystemTime;
 
 pub use credentials::{CredentialSource, CredentialsError};
+pub use password::{Password, PasswordError, PasswordProvider, PasswordSource};
 pub use token::{Token, TokenError, TokenRequest};
 
 /// Everything needed to answer an upstream password request with an IAM token.

@@ -102,8 +102,13 @@ pub async fn read_message<R: AsyncRead + Unpin>(
 pub enum AuthRequest {
     Ok,
     CleartextPassword,
-    Md5Password,
+    /// With the 4-byte salt.
+    Md5Password([u8; 4]),
     Sasl(Vec<String>),
+    /// AuthenticationSASLContinue: the server-first-message.
+    SaslContinue(Vec<u8>),
+    /// AuthenticationSASLFinal: the server-final-message (`v=…`).
+    SaslFinal(Vec<u8>),
     /// Any other code (Kerberos, GSS, SSPI, SASLContinue out of order, …).
     Other(i32),
 }
@@ -122,7 +127,12 @@ pub fn parse_auth_request(body: &[u8]) -> Result<AuthRequest, ParseError> {
     Ok(match code {
         0 => AuthRequest::Ok,
         3 => AuthRequest::CleartextPassword,
-        5 => AuthRequest::Md5Password,
+        5 => {
+            let salt: [u8; 4] = b.get(..4).and_then(|s| s.try_into().ok()).ok_or(ParseError("MD5 authentication"))?;
+            AuthRequest::Md5Password(salt)
+        }
+        11 => AuthRequest::SaslContinue(b.to_vec()),
+        12 => AuthRequest::SaslFinal(b.to_vec()),
         10 => {
             let mechanisms = b
                 .split(|&c| c == 0)
@@ -208,7 +218,16 @@ mod tests {
         assert_eq!(parse_auth_request(&[0, 0, 0, 0]).unwrap(), AuthRequest::Ok);
         assert_eq!(
             parse_auth_request(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(),
-            AuthRequest::Md5Password
+            AuthRequest::Md5Password([1, 2, 3, 4])
+        );
+        assert!(parse_auth_request(&[0, 0, 0, 5, 1]).is_err());
+        assert_eq!(
+            parse_auth_request(b"\x00\x00\x00\x0br=abc,s=c2FsdA==,i=4096").unwrap(),
+            AuthRequest::SaslContinue(b"r=abc,s=c2FsdA==,i=4096".to_vec())
+        );
+        assert_eq!(
+            parse_auth_request(b"\x00\x00\x00\x0cv=c2ln").unwrap(),
+            AuthRequest::SaslFinal(b"v=c2ln".to_vec())
         );
         assert_eq!(
             parse_auth_request(b"\x00\x00\x00\x0aSCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00")

@@ -11,6 +11,8 @@ use pgwire::messages::Message;
 pub enum SqlState {
     /// 28000 invalid_authorization_specification: IAM login refused, no credentials, not IAM user.
     InvalidAuthorization,
+    /// 28P01 invalid_password: a password (SCRAM/MD5/cleartext) refused upstream.
+    InvalidPassword,
     /// 08001 sqlclient_unable_to_establish_sqlconnection: tunnel, TCP or TLS failure upstream.
     UnableToConnect,
     /// 08006 connection_failure: upstream broke during startup.
@@ -29,6 +31,7 @@ impl SqlState {
     pub fn code(self) -> &'static str {
         match self {
             SqlState::InvalidAuthorization => "28000",
+            SqlState::InvalidPassword => "28P01",
             SqlState::UnableToConnect => "08001",
             SqlState::ConnectionFailure => "08006",
             SqlState::ProtocolViolation => "08P01",

@@ -48,6 +48,18 @@ impl SimCa {
         self.issuer.pem()
     }
 
+    /// A fresh certificate for `names` issued by this CA, as PEM (leaf then CA) and its key as
+    /// PEM: for servers that read files (PostgreSQL).
+    pub fn issue_pem(&self, names: &[String]) -> Result<(String, String), CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, first);
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((format!("{}{}", cert.pem(), self.issuer.pem()), key.serialize_pem()))
+    }
+
     /// A rustls server config presenting a fresh certificate for `names`, issued by this CA.
     pub fn server_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let key = KeyPair::generate()?;

@@ -2,12 +2,14 @@
 //! AWS. Real protocols on loopback, never mock objects: a TLS "RDS front" that checks IAM tokens
 //! as IAM would ([`rds`], [`sigv4`]), in front of a real throwaway PostgreSQL ([`postgres`]), with
 //! a CA generated per run ([`certs`]), and the SSM API plus the agent side of the port-forwarding
-//! data channel ([`ssm`]). [`runner`] starts them together.
+//! data channel ([`ssm`]), and Secrets Manager's GetSecretValue ([`secrets`]). [`runner`] starts
+//! them together.
 
 pub mod certs;
 pub mod postgres;
 pub mod rds;
 pub mod runner;
+pub mod secrets;
 pub mod sigv4;
 pub mod ssm;
 

@@ -43,6 +43,12 @@ pub struct PgClusterOptions {
     pub login_roles: Vec<String>,
     /// Extra `postgresql.conf` lines written verbatim after ours, so they win (e.g. `log_connections = on`).
     pub extra_conf: Vec<String>,
+    /// `pg_hba.conf` lines placed before the trust lines, so they win for what they match (e.g.
+    /// `host all scram_user 127.0.0.1/32 scram-sha-256`).
+    pub hba: Vec<String>,
+    /// Serve TLS with this certificate (`ssl = on`): the second upstream of the SCRAM tests,
+    /// where PostgreSQL itself checks channel binding.
+    pub tls: Option<PgTls>,
     /// Start attempts, each on a fresh port: another process may take the port between our probe
     /// and the postmaster's bind.
     pub start_attempts: u32,
@@ -57,9 +63,24 @@ impl Default for PgClusterOptions {
             bin_dir: None,
             login_roles: vec![DB_USER.to_owned()],
             extra_conf: Vec::new(),
+            hba: Vec::new(),
+            tls: None,
             start_attempts: 5,
             command_timeout: Duration::from_secs(90),
         }
+    }
+}
+
+/// A server certificate chain and its key, both PEM.
+#[derive(Clone)]
+pub struct PgTls {
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTls").finish_non_exhaustive()
     }
 }
 
@@ -212,11 +233,30 @@ impl PgCluster {
                 true,
             )
             .await?;
-        write_file(
-            &data_dir.join("pg_hba.conf"),
-            // Only what the simulator uses: the socket and IPv4 loopback (see the module docs).
-            "local all all trust\nhost all all 127.0.0.1/32 trust\n",
-        )?;
+        let mut hba = String::new();
+        for line in &opts.hba {
+            hba.push_str(line);
+            hba.push('\n');
+        }
+        // Only what the simulator uses: the socket and IPv4 loopback (see the module docs).
+        hba.push_str("local all all trust\nhost all all 127.0.0.1/32 trust\n");
+        write_file(&data_dir.join("pg_hba.conf"), &hba)?;
+        let mut extra_conf = Vec::new();
+        if let Some(tls) = &opts.tls {
+            // PostgreSQL refuses a key others can read; as root the files go to the postgres user.
+            for (name, contents) in [("server.crt", &tls.cert_chain_pem), ("server.key", &tls.key_pem)] {
+                let path = data_dir.join(name);
+                write_file(&path, contents)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io_err(format!("chmod {}", path.display())))?;
+                if let Some(user) = &owner {
+                    std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                        .map_err(io_err(format!("hand {} to the postgres user", path.display())))?;
+                }
+            }
+            extra_conf.extend(["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"].map(String::from));
+        }
+        extra_conf.extend(opts.extra_conf.iter().cloned());
         append_file(
             &data_dir.join("postgresql.conf"),
             &format!("\ninclude = '{SIM_CONF}'\n"),
@@ -228,7 +268,7 @@ impl PgCluster {
             let port = free_port()?;
             write_file(
                 &data_dir.join(SIM_CONF),
-                &sim_conf(port, &root, &opts.extra_conf),
+                &sim_conf(port, &root, &extra_conf),
             )?;
             let result = runner
                 .run(

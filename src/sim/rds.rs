@@ -2,6 +2,12 @@
 //! AuthenticationCleartextPassword request, the IAM token checked exactly as IAM would (signature
 //! with the simulator's credentials, `rds-db`, region, host:port, DBUser, expiry), and — on a valid
 //! login — the client's startup relayed verbatim to a real local PostgreSQL.
+//!
+//! Password users are not IAM users: their startup goes to PostgreSQL at once and PostgreSQL
+//! itself runs the login (`scram-sha-256` in its pg_hba.conf), so the proxy's SCRAM client meets
+//! PostgreSQL's own SCRAM server. That leg is plain loopback TCP, so PostgreSQL offers
+//! SCRAM-SHA-256 without `-PLUS` here; channel binding is exercised against the simulator's
+//! PostgreSQL directly, which serves TLS itself.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -30,7 +36,7 @@ pub struct RdsFrontConfig {
     pub tls: Arc<rustls::ServerConfig>,
     /// The real PostgreSQL behind the front.
     pub postgres: SocketAddr,
-    /// Users that are password users, not IAM users: they are asked for SCRAM-SHA-256.
+    /// Users that are password users, not IAM users: PostgreSQL runs their login (SCRAM-SHA-256).
     pub password_users: HashSet<String>,
 }
 
@@ -144,13 +150,11 @@ where
 {
     let user = startup.user().to_owned();
     if config.password_users.contains(&user) {
-        // What a non-IAM user meets on RDS: SCRAM. The proxy must refuse it clearly.
-        let mut m = BytesMut::new();
-        pgwire::messages::startup::Authentication::SASL(vec!["SCRAM-SHA-256".into()])
-            .encode(&mut m)?;
-        client.write_all(&m).await?;
-        let mut buf = BytesMut::new();
-        let _ = backend::read_message(&mut client, &mut buf, MAX_PREAUTH_MESSAGE_LEN).await;
+        // What a non-IAM user meets on RDS: a password login, here PostgreSQL's own SCRAM.
+        let mut pg = TcpStream::connect(config.postgres).await?;
+        pg.set_nodelay(true)?;
+        pg.write_all(startup.as_bytes()).await?;
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
         return Ok(());
     }
     client.write_all(b"R\x00\x00\x00\x08\x00\x00\x00\x03").await?;

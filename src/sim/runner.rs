@@ -10,8 +10,9 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::certs::SimCa;
-use super::postgres::{PgCluster, PgClusterOptions, DB_USER};
+use super::postgres::{PgCluster, PgClusterOptions, PgTls, DB_USER};
 use super::rds::{RdsFront, RdsFrontConfig, RdsFrontState};
+use super::secrets::SecretsSim;
 use super::sigv4::SimCredentials;
 use super::ssm::{SsmSim, SsmSimOptions};
 use crate::cli::{DemoArgs, SimArgs};
@@ -23,6 +24,13 @@ pub const SIM_ENDPOINT: &str = "simdb.c0sim0000000.eu-central-1.rds.amazonaws.co
 /// The endpoint port tokens are signed for.
 pub const SIM_DB_PORT: u16 = 5432;
 pub const SIM_DB_NAME: &str = "postgres";
+/// The password (SCRAM) user every simulator has, besides [`SimOptions::password_users`].
+pub const SIM_PASSWORD_USER: &str = "scram_user";
+
+/// The Secrets Manager secret holding `user`'s password, shaped like RDS's managed secret.
+pub fn secret_name(user: &str) -> String {
+    format!("rds-auth-proxy-sim/{user}")
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +38,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SimOptions {
     /// Where the RDS front listens (port 0 = any).
     pub listen: SocketAddr,
-    /// Users asked for SCRAM instead of an IAM token.
+    /// Password users besides [`SIM_PASSWORD_USER`]: PostgreSQL asks them SCRAM-SHA-256, and
+    /// each has a random password and a secret in the simulated Secrets Manager.
     pub password_users: Vec<String>,
     /// Extra postgresql.conf lines.
     pub pg_extra_conf: Vec<String>,
@@ -59,17 +68,39 @@ pub struct Simulator {
     pub ca_file: PathBuf,
     /// The SSM API and data channel, whose managed node reaches [`SIM_ENDPOINT`] at the front.
     pub ssm: SsmSim,
+    /// The Secrets Manager API with one secret per password user.
+    pub secrets: SecretsSim,
+    /// Current password of each password user (changed by [`Simulator::rotate_password`]).
+    passwords: std::sync::Mutex<HashMap<String, String>>,
     front_task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 impl Simulator {
     pub async fn start(options: SimOptions) -> Result<Simulator, BoxError> {
+        let mut password_users = vec![SIM_PASSWORD_USER.to_owned()];
+        for user in &options.password_users {
+            if !password_users.contains(user) {
+                password_users.push(user.clone());
+            }
+        }
+        let ca = SimCa::new("rds-auth-proxy simulator CA")?;
+        // PostgreSQL serves TLS itself with a certificate for the endpoint name, so it can be
+        // the upstream directly (SCRAM-SHA-256-PLUS checked by PostgreSQL's own code).
+        let (cert_chain_pem, key_pem) = ca.issue_pem(&[SIM_ENDPOINT.to_owned()])?;
         let postgres = PgCluster::start(PgClusterOptions {
             extra_conf: options.pg_extra_conf.clone(),
             login_roles: std::iter::once(DB_USER.to_owned())
-                .chain(options.password_users.iter().cloned())
+                .chain(password_users.iter().cloned())
                 .collect(),
+            hba: password_users
+                .iter()
+                .map(|u| format!("host all \"{}\" 127.0.0.1/32 scram-sha-256", u.replace('"', "")))
+                .collect(),
+            tls: Some(PgTls {
+                cert_chain_pem,
+                key_pem,
+            }),
             ..PgClusterOptions::default()
         })
         .await?;
@@ -79,10 +110,16 @@ impl Simulator {
             format!("AKIASIM{}", Alphanumeric.sample_string(&mut rng, 13).to_uppercase()),
             Alphanumeric.sample_string(&mut rng, 40),
         );
-        let ca = SimCa::new("rds-auth-proxy simulator CA")?;
         let dir = tempfile::Builder::new().prefix("rds-auth-proxy-sim-").tempdir()?;
         let ca_file = dir.path().join("sim-ca.pem");
         std::fs::write(&ca_file, ca.pem())?;
+        let secrets = SecretsSim::start(credentials.clone(), SIM_REGION).await?;
+        let mut passwords = HashMap::new();
+        for user in &password_users {
+            let password = new_password();
+            set_password(&postgres, &secrets, user, &password).await?;
+            passwords.insert(user.clone(), password);
+        }
         let front = RdsFront::bind(
             options.listen,
             RdsFrontConfig {
@@ -92,7 +129,7 @@ impl Simulator {
                 credentials: credentials.clone(),
                 tls: ca.server_config(&[SIM_ENDPOINT.to_owned()])?,
                 postgres: postgres.addr(),
-                password_users: options.password_users.iter().cloned().collect::<HashSet<_>>(),
+                password_users: password_users.iter().cloned().collect::<HashSet<_>>(),
             },
         )
         .await?;
@@ -114,9 +151,40 @@ impl Simulator {
             ca,
             ca_file,
             ssm,
+            secrets,
+            passwords: std::sync::Mutex::new(passwords),
             front_task,
             _dir: dir,
         })
+    }
+
+    /// The current password of a password user.
+    pub fn password(&self, user: &str) -> Option<String> {
+        self.passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
+    }
+
+    /// Rotation: a new password for `user`, set in PostgreSQL and in its secret at once.
+    pub async fn rotate_password(&self, user: &str) -> Result<String, BoxError> {
+        let password = new_password();
+        set_password(&self.postgres, &self.secrets, user, &password).await?;
+        self.passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_owned(), password.clone());
+        Ok(password)
+    }
+
+    /// Fixed credentials and the simulated SSM and Secrets Manager endpoints, for an in-process proxy.
+    pub fn aws_setup(&self) -> crate::app::AwsSetup {
+        crate::app::AwsSetup {
+            credentials: self.aws_credentials(),
+            ssm_endpoint: Some(self.ssm.endpoint_url()),
+            secrets_endpoint: Some(self.secrets.endpoint_url()),
+        }
     }
 
     /// The AWS credentials the simulator accepts, for the proxy.
@@ -164,16 +232,46 @@ impl Simulator {
             ("SIM_PROXY_CMD", self.proxy_command()),
             ("AWS_ENDPOINT_URL_SSM", self.ssm.endpoint_url()),
             ("SIM_SSM_TARGET", self.ssm.target_id().to_owned()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", self.secrets.endpoint_url()),
+            ("SIM_PASSWORD_USER", SIM_PASSWORD_USER.to_owned()),
+            ("SIM_PASSWORD_SECRET", secret_name(SIM_PASSWORD_USER)),
         ]
     }
 
     pub async fn stop(self) {
         self.ssm.stop();
+        self.secrets.stop();
         self.front_task.abort();
         if let Err(e) = self.postgres.stop().await {
             tracing::warn!(error = %e, "stopping the simulator's PostgreSQL failed");
         }
     }
+}
+
+/// 24 random letters and digits: no quoting needed in SQL or JSON.
+fn new_password() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
+}
+
+/// Sets `user`'s password in PostgreSQL (stored as SCRAM) and in its secret.
+async fn set_password(
+    postgres: &PgCluster,
+    secrets: &SecretsSim,
+    user: &str,
+    password: &str,
+) -> Result<(), BoxError> {
+    postgres
+        .psql(
+            postgres.superuser(),
+            &format!(
+                "SET password_encryption = 'scram-sha-256'; ALTER ROLE \"{}\" PASSWORD '{password}'",
+                user.replace('"', "\"\"")
+            ),
+        )
+        .await?;
+    let secret = serde_json::json!({ "username": user, "password": password });
+    secrets.put(&secret_name(user), &secret.to_string());
+    Ok(())
 }
 
 fn current_exe() -> String {
@@ -274,10 +372,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Res
         "--ca-bundle", &ca, "--port", &port,
     ])?;
     let config = crate::config::Config::from_args(&cli.proxy)?;
-    let setup = AwsSetup {
-        credentials: sim.aws_credentials(),
-        ssm_endpoint: Some(sim.ssm.endpoint_url()),
-    };
+    let setup: AwsSetup = sim.aws_setup();
     let proxy = Proxy::bind(&config, setup.into()).await?;
     let addr = proxy.local_addr();
     print_flush(&format!(

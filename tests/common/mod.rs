@@ -83,6 +83,7 @@ pub async fn start_ssm_proxy(args: &[String], sim: &Simulator) -> RunningProxy {
     let setup = rds_auth_proxy::app::AwsSetup {
         credentials: sim.aws_credentials(),
         ssm_endpoint: Some(sim.ssm.endpoint_url()),
+        secrets_endpoint: Some(sim.secrets.endpoint_url()),
     };
     start_proxy_with(args, Credentials::FixedWith(setup)).await
 }

@@ -1,0 +1,301 @@
+//! Database passwords for password (SCRAM/MD5) users: where they come from (`--password-file`,
+//! `--password-secret` in AWS Secrets Manager), a memory-only cache, and the [`Password`] newtype
+//! that never prints its contents.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::secrets::{SecretsApi, SecretsError};
+
+/// A database password. `Debug`/`Display` print `<redacted>`; only [`Password::expose`] gives
+/// the bytes, for the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(value: impl Into<String>) -> Self {
+        Password(value.into())
+    }
+
+    /// The secret itself, only for the authentication exchange.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why no password could be had. Never carries the password or the secret's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("cannot read the password file {}", path.display())]
+    FileRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the password file {} may be read by others (mode {mode:04o}); it must be readable by its owner only (chmod 600)", path.display())]
+    FilePermissions { path: PathBuf, mode: u32 },
+    #[error("the password file {} holds no password on its first line", path.display())]
+    FileEmpty { path: PathBuf },
+    #[error("the password file {} holds more than one line; put the password alone on one line", path.display())]
+    FileLines { path: PathBuf },
+    #[error("cannot read the password from AWS Secrets Manager secret {secret_id}")]
+    Secret {
+        secret_id: String,
+        #[source]
+        source: SecretsError,
+    },
+}
+
+impl PasswordError {
+    /// What the user should do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            PasswordError::FileRead { .. }
+            | PasswordError::FileEmpty { .. }
+            | PasswordError::FileLines { .. } => {
+                "Put the password alone on the first line of the --password-file, readable only by \
+                 its owner (chmod 600)."
+                    .into()
+            }
+            PasswordError::FilePermissions { path, .. } => {
+                format!("Run: chmod 600 {}", path.display())
+            }
+            PasswordError::Secret { source, .. } => source.hint(),
+        }
+    }
+}
+
+/// Where the password of a target's database user comes from.
+#[derive(Debug)]
+pub enum PasswordSource {
+    /// `--password-file`: the password alone on one line, the file private to its owner.
+    File(PathBuf),
+    /// `--password-secret` (+ `--password-secret-key`): GetSecretValue, JSON field or plain string.
+    Secret {
+        api: SecretsApi,
+        secret_id: String,
+        key: String,
+    },
+}
+
+/// A password source with its in-memory cache: read once, re-read only when a login with it
+/// failed (the password may have been rotated).
+#[derive(Debug)]
+pub struct PasswordProvider {
+    source: PasswordSource,
+    cached: Mutex<Option<Password>>,
+}
+
+impl PasswordProvider {
+    pub fn new(source: PasswordSource) -> Self {
+        PasswordProvider {
+            source,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Which flag the password comes from, for log lines and messages.
+    pub fn describe(&self) -> &'static str {
+        match &self.source {
+            PasswordSource::File(_) => "--password-file",
+            PasswordSource::Secret { .. } => "--password-secret",
+        }
+    }
+
+    /// The cached password, read from the source the first time.
+    pub async fn get(&self) -> Result<Password, PasswordError> {
+        if let Some(p) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(p);
+        }
+        self.fresh().await
+    }
+
+    /// Reads the source again and replaces the cached password (after a refused login).
+    pub async fn fresh(&self) -> Result<Password, PasswordError> {
+        let password = match &self.source {
+            PasswordSource::File(path) => read_password_file(path)?,
+            PasswordSource::Secret {
+                api,
+                secret_id,
+                key,
+            } => {
+                let text = api
+                    .get_secret_string(secret_id)
+                    .await
+                    .map_err(|source| PasswordError::Secret {
+                        secret_id: secret_id.clone(),
+                        source,
+                    })?;
+                password_from_secret(&text, key).map_err(|source| PasswordError::Secret {
+                    secret_id: secret_id.clone(),
+                    source,
+                })?
+            }
+        };
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(password.clone());
+        Ok(password)
+    }
+}
+
+/// Refuses a password file others could read, like libpq does for `.pgpass`.
+pub fn check_password_file_mode(path: &Path) -> Result<(), PasswordError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| PasswordError::FileRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(PasswordError::FileRead {
+            path: path.to_owned(),
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PasswordError::FilePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads `--password-file`: permissions checked first, then exactly one non-empty line (a final
+/// newline, `\n` or `\r\n`, is not part of the password).
+pub fn read_password_file(path: &Path) -> Result<Password, PasswordError> {
+    check_password_file_mode(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| PasswordError::FileRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let line = text
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&text);
+    if line.contains('\n') {
+        return Err(PasswordError::FileLines {
+            path: path.to_owned(),
+        });
+    }
+    if line.is_empty() {
+        return Err(PasswordError::FileEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Password::new(line))
+}
+
+/// The password in a secret's string: the `key` field of a JSON object (as in RDS's managed
+/// master user secret `{"username": …, "password": …}`), or the whole string when it is not a
+/// JSON object.
+pub fn password_from_secret(text: &str, key: &str) -> Result<Password, SecretsError> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => match map.get(key) {
+            Some(serde_json::Value::String(p)) if !p.is_empty() => Ok(Password::new(p.clone())),
+            Some(_) => Err(SecretsError::KeyNotAString(key.to_owned())),
+            None => Err(SecretsError::MissingKey {
+                key: key.to_owned(),
+                keys: map.keys().cloned().collect::<Vec<_>>().join(", "),
+            }),
+        },
+        _ if text.is_empty() => Err(SecretsError::Empty),
+        _ => Ok(Password::new(text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file_with(contents: &str, mode: u32) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), contents).expect("write");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+        f
+    }
+
+    #[test]
+    fn redacted_everywhere() {
+        let p = Password::new("hunter2");
+        assert_eq!(format!("{p} {p:?}"), "<redacted> <redacted>");
+        assert_eq!(p.expose(), "hunter2");
+    }
+
+    #[test]
+    fn password_file_table() {
+        let cases: [(&str, u32, Result<&str, &str>); 9] = [
+            ("s3cret\n", 0o600, Ok("s3cret")),
+            ("s3cret", 0o400, Ok("s3cret")),
+            ("s3cret\r\n", 0o600, Ok("s3cret")),
+            (" with spaces \n", 0o600, Ok(" with spaces ")),
+            ("s3cret\n", 0o640, Err("mode 0640")),
+            ("s3cret\n", 0o604, Err("mode 0604")),
+            ("\n", 0o600, Err("no password")),
+            ("", 0o600, Err("no password")),
+            ("a\nb\n", 0o600, Err("more than one line")),
+        ];
+        for (contents, mode, expected) in cases {
+            let f = file_with(contents, mode);
+            match (read_password_file(f.path()), expected) {
+                (Ok(p), Ok(want)) => assert_eq!(p.expose(), want, "{contents:?}"),
+                (Err(e), Err(want)) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(want), "{contents:?} {mode:o}: {msg}");
+                    assert!(!msg.contains("s3cret"), "error leaks the password: {msg}");
+                }
+                (got, want) => panic!("{contents:?} {mode:o}: got {got:?}, want {want:?}"),
+            }
+        }
+        let err = read_password_file(Path::new("/nonexistent/pw")).unwrap_err();
+        assert!(matches!(err, PasswordError::FileRead { .. }), "{err}");
+    }
+
+    #[test]
+    fn secret_string_table() {
+        let rds = r#"{"username":"app","password":"pw-from-rds"}"#;
+        assert_eq!(password_from_secret(rds, "password").unwrap().expose(), "pw-from-rds");
+        let custom = r#"{"user":"app","db_pass":"x1"}"#;
+        assert_eq!(password_from_secret(custom, "db_pass").unwrap().expose(), "x1");
+        let plain = "just-a-password";
+        assert_eq!(password_from_secret(plain, "password").unwrap().expose(), plain);
+        let err = password_from_secret(custom, "password").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"password\"") && msg.contains("db_pass, user"), "{msg}");
+        assert!(!msg.contains("x1"), "names keys, never values: {msg}");
+        assert!(matches!(
+            password_from_secret(r#"{"password":5}"#, "password"),
+            Err(SecretsError::KeyNotAString(_))
+        ));
+        assert!(matches!(password_from_secret("", "password"), Err(SecretsError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn provider_caches_until_fresh() {
+        let f = file_with("one\n", 0o600);
+        let provider = PasswordProvider::new(PasswordSource::File(f.path().to_owned()));
+        assert_eq!(provider.get().await.unwrap().expose(), "one");
+        std::fs::write(f.path(), "two\n").unwrap();
+        assert_eq!(provider.get().await.unwrap().expose(), "one", "cached");
+        assert_eq!(provider.fresh().await.unwrap().expose(), "two");
+        assert_eq!(provider.get().await.unwrap().expose(), "two");
+    }
+}
