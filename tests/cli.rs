@@ -186,10 +186,86 @@ fn configuration_errors_are_one_line_and_exit_2() {
 }
 
 #[test]
+fn a_password_file_others_can_read_is_a_one_line_config_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret-pw\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "--password-file", file.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+    assert!(err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+    assert!(!err.contains("s3cret-pw"));
+    // The same through the environment variable.
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com"])
+        .env_clear()
+        .env("RDS_AUTH_PROXY_PASSWORD_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_as_a_scram_user_with_the_secret_and_channel_binding_logs_no_password() {
+    let sim = start_sim().await;
+    let password = sim.password("scram_user").unwrap();
+    let mut cmd = proxy_command(&sim);
+    // Straight to PostgreSQL serving TLS (it offers SCRAM-SHA-256-PLUS); the password from the
+    // simulated Secrets Manager, found the standard way: AWS_ENDPOINT_URL_SECRETS_MANAGER.
+    cmd.env("RUST_LOG", "trace")
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", sim.secrets.endpoint_url())
+        .env("RDS_AUTH_PROXY_PASSWORD_SECRET", rds_auth_proxy::sim::runner::secret_name("scram_user"))
+        .args([
+            "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
+            "--connect-addr", &sim.postgres.addr().to_string(),
+            "--ca-bundle", sim.ca_file.to_str().unwrap(),
+            "--port", "0",
+        ]);
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let port_s = port.to_string();
+    for _ in 0..2 {
+        let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "scram_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "scram_user");
+    }
+    // Rotation seen by the binary: the first login fails, the secret is read again.
+    let rotated = sim.rotate_password("scram_user").await.unwrap();
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "scram_user", "-d", "postgres", "-tA", "-c", "SELECT 1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sim.secrets.reads(), 2);
+    assert_eq!(stop(child), Some(143));
+    let log: Vec<String> = logs.iter().collect();
+    let all = log.join("\n");
+    assert!(all.contains(r#""level":"TRACE""#), "trace is on");
+    assert!(all.contains(r#""mechanism":"SCRAM-SHA-256-PLUS""#), "channel binding was used: {all}");
+    assert!(all.contains("the server's SCRAM signature verified"), "trace log is complete");
+    assert!(all.contains("read the password secret from Secrets Manager"));
+    for secret in [
+        password.as_str(),
+        rotated.as_str(),
+        sim.credentials.secret_access_key.as_str(),
+        "SecretString",
+        "X-Amz-Signature",
+        "Signature=",
+    ] {
+        let leak = log.iter().find(|l| l.contains(secret));
+        assert!(leak.is_none(), "log leaks {secret:?}: {leak:?}");
+    }
+    sim.stop().await;
+}
+
+#[test]
 fn help_teaches() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo"] {
+    for needle in ["--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo", "--password-secret", "--password-secret-key", "--password-file", "RDS_AUTH_PROXY_PASSWORD_SECRET"] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
 }
@@ -221,12 +297,16 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
         [
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "SIM_DB_ENDPOINT", "SIM_DB_PORT",
             "SIM_DB_ADDR", "SIM_DB_USER", "SIM_DB_NAME", "SIM_CA_FILE", "SIM_PROXY_CMD",
-            "AWS_ENDPOINT_URL_SSM", "SIM_SSM_TARGET",
+            "AWS_ENDPOINT_URL_SSM", "SIM_SSM_TARGET", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            "SIM_PASSWORD_USER", "SIM_PASSWORD_SECRET",
         ],
         "exactly the contract's names, in order"
     );
     assert!(values["SIM_PROXY_CMD"].contains("--via ssm --ssm-target i-"), "{}", values["SIM_PROXY_CMD"]);
     assert!(values["AWS_ENDPOINT_URL_SSM"].starts_with("http://127.0.0.1:"));
+    assert!(values["AWS_ENDPOINT_URL_SECRETS_MANAGER"].starts_with("http://127.0.0.1:"));
+    assert_eq!(values["SIM_PASSWORD_USER"], "scram_user");
+    assert_eq!(values["SIM_PASSWORD_SECRET"], "rds-auth-proxy-sim/scram_user");
     let ca = values["SIM_CA_FILE"].clone();
     assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"));
     let addr = values["SIM_DB_ADDR"].clone();
