@@ -28,6 +28,10 @@ Examples:
   # Through a port forward you already run (TLS still verifies the endpoint name):
   rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --connect-addr 127.0.0.1:15432
 
+  # A password (SCRAM) user whose password RDS keeps in Secrets Manager:
+  rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --db-user app \\
+      --password-secret 'rds!db-0123abcd-…'
+
   # Try it with no AWS at hand (simulated RDS + a throwaway local PostgreSQL):
   rds-auth-proxy demo
 

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! client ─TCP/Unix─▶ listener ─▶ session: read startup ─▶ tunnel.open ─▶ TLS (verify-full)
-//!                                  ─▶ send startup ─▶ auth (IAM token) ─▶ AuthenticationOk ─▶ relay
+//!                                  ─▶ send startup ─▶ auth (IAM token, or a password: SCRAM-SHA-256(-PLUS),
+//!                                     MD5, cleartext) ─▶ AuthenticationOk ─▶ relay
 //! ```
 //!
 //! * [`cli`], [`config`]: flags and the validated [`config::Config`].
@@ -13,7 +14,8 @@
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
-//! * [`auth`]: credentials, IAM token minting and reuse.
+//! * [`auth`]: credentials, IAM token minting and reuse; passwords (`--password-file`,
+//!   `--password-secret` via Secrets Manager) and the SCRAM mechanism choice and channel binding.
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.

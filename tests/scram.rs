@@ -272,3 +272,66 @@ async fn a_server_that_cannot_prove_the_password_is_refused() {
     }
     sim.stop().await;
 }
+
+/// A TLS server for the endpoint name that asks MD5 with `salt` and returns the client's
+/// PasswordMessage body, after answering AuthenticationOk + ReadyForQuery.
+async fn md5_server(sim: &Simulator, salt: [u8; 4]) -> (std::net::SocketAddr, tokio::task::JoinHandle<Option<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = sim.ca.server_config(&[SIM_ENDPOINT.to_owned()]).unwrap();
+    let task = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut ssl_request = [0u8; 8];
+        tcp.read_exact(&mut ssl_request).await.unwrap();
+        tcp.write_all(b"S").await.unwrap();
+        let mut s = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await.unwrap();
+        let len = s.read_u32().await.unwrap() as usize;
+        let mut startup = vec![0; len - 4];
+        s.read_exact(&mut startup).await.unwrap();
+        s.write_all(&auth(5, &salt)).await.unwrap();
+        let tag = s.read_u8().await.ok()?;
+        let len = s.read_u32().await.ok()? as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await.ok()?;
+        assert_eq!(tag, b'p');
+        s.write_all(&auth(0, b"")).await.unwrap();
+        s.write_all(b"Z\x00\x00\x00\x05I").await.unwrap();
+        Some(body)
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_is_answered_when_a_password_is_known_and_refused_clearly_otherwise() {
+    let sim = start_sim().await;
+    let salt = [0x9a, 0x01, 0xff, 0x3c];
+    let file = password_file("md5-password");
+    let (addr, server) = md5_server(&sim, salt).await;
+    let mut args = direct_args(&sim);
+    replace_arg(&mut args, "--connect-addr", &addr.to_string());
+    args.extend(["--password-file".into(), file.path().display().to_string()]);
+    let proxy = start_with(&sim, &args).await;
+    let client = connect(&proxy, "app").await.expect("MD5 login");
+    drop(client);
+    let body = server.await.unwrap().expect("a PasswordMessage");
+    // "md5" + md5(md5(password + user) + salt), NUL-terminated.
+    let mut expected = postgres_protocol::authentication::md5_hash(b"app", b"md5-password", salt).into_bytes();
+    expected.push(0);
+    assert_eq!(body, expected);
+    assert!(body.starts_with(b"md5") && body.len() == 3 + 32 + 1);
+    proxy.stop().await;
+
+    // No password configured: nothing is sent, and the error names the flags.
+    let (addr, server) = md5_server(&sim, salt).await;
+    let mut args = direct_args(&sim);
+    replace_arg(&mut args, "--connect-addr", &addr.to_string());
+    let proxy = start_with(&sim, &args).await;
+    let (code, message, hint) = db_error(&connect(&proxy, "app").await.unwrap_err());
+    assert_eq!(code, "28000");
+    assert!(message.contains("asked MD5 password authentication for user \"app\""), "{message}");
+    let hint = hint.unwrap();
+    assert!(hint.contains("--password-secret") && hint.contains("--password-file"), "{hint}");
+    assert_eq!(server.await.unwrap(), None, "no password message was sent");
+    proxy.stop().await;
+    sim.stop().await;
+}

@@ -1,5 +1,6 @@
-//! RDS IAM authentication: credentials, token minting and reuse ([`IamAuth`]), and the upstream
-//! authentication exchange ([`upstream`]).
+//! What the upstream login is answered with: RDS IAM tokens (credentials, minting and reuse,
+//! [`IamAuth`]), or a password user's password ([`password`], [`secrets`]) and the SCRAM pieces
+//! that are ours ([`scram`]). The exchange itself is [`crate::upstream`]'s.
 
 pub mod cache;
 pub mod credentials;

@@ -137,13 +137,12 @@ impl PasswordProvider {
                 secret_id,
                 key,
             } => {
-                let text = api
-                    .get_secret_string(secret_id)
-                    .await
-                    .map_err(|source| PasswordError::Secret {
+                let text = api.get_secret_string(secret_id).await.map_err(|source| {
+                    PasswordError::Secret {
                         secret_id: secret_id.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 password_from_secret(&text, key).map_err(|source| PasswordError::Secret {
                     secret_id: secret_id.clone(),
                     source,
@@ -272,20 +271,35 @@ mod tests {
     #[test]
     fn secret_string_table() {
         let rds = r#"{"username":"app","password":"pw-from-rds"}"#;
-        assert_eq!(password_from_secret(rds, "password").unwrap().expose(), "pw-from-rds");
+        assert_eq!(
+            password_from_secret(rds, "password").unwrap().expose(),
+            "pw-from-rds"
+        );
         let custom = r#"{"user":"app","db_pass":"x1"}"#;
-        assert_eq!(password_from_secret(custom, "db_pass").unwrap().expose(), "x1");
+        assert_eq!(
+            password_from_secret(custom, "db_pass").unwrap().expose(),
+            "x1"
+        );
         let plain = "just-a-password";
-        assert_eq!(password_from_secret(plain, "password").unwrap().expose(), plain);
+        assert_eq!(
+            password_from_secret(plain, "password").unwrap().expose(),
+            plain
+        );
         let err = password_from_secret(custom, "password").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("\"password\"") && msg.contains("db_pass, user"), "{msg}");
+        assert!(
+            msg.contains("\"password\"") && msg.contains("db_pass, user"),
+            "{msg}"
+        );
         assert!(!msg.contains("x1"), "names keys, never values: {msg}");
         assert!(matches!(
             password_from_secret(r#"{"password":5}"#, "password"),
             Err(SecretsError::KeyNotAString(_))
         ));
-        assert!(matches!(password_from_secret("", "password"), Err(SecretsError::Empty)));
+        assert!(matches!(
+            password_from_secret("", "password"),
+            Err(SecretsError::Empty)
+        ));
     }
 
     #[tokio::test]

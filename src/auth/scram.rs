@@ -27,7 +27,10 @@ pub fn choose(mechanisms: &[String], password: &str, cert_hash: Option<Vec<u8>>)
     match (plus, cert_hash) {
         (true, Some(hash)) => Some(Choice {
             mechanism: SCRAM_SHA_256_PLUS,
-            scram: ScramSha256::new(password.as_bytes(), ChannelBinding::tls_server_end_point(hash)),
+            scram: ScramSha256::new(
+                password.as_bytes(),
+                ChannelBinding::tls_server_end_point(hash),
+            ),
             bound: true,
         }),
         (true, None) if offered(SCRAM_SHA_256) => Some(Choice {
@@ -118,7 +121,9 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -169,10 +174,16 @@ mod tests {
         let plain = vec![SCRAM_SHA_256.to_owned()];
         let c = choose(&both, "pw", Some(vec![1; 32])).unwrap();
         assert_eq!((c.mechanism, c.bound), (SCRAM_SHA_256_PLUS, true));
-        assert!(c.scram.message().starts_with(b"p=tls-server-end-point,,n=,r="));
+        assert!(c
+            .scram
+            .message()
+            .starts_with(b"p=tls-server-end-point,,n=,r="));
         let c = choose(&both, "pw", None).unwrap();
         assert_eq!((c.mechanism, c.bound), (SCRAM_SHA_256, false));
-        assert!(c.scram.message().starts_with(b"n,,n=,r="), "never `y` when PLUS was offered");
+        assert!(
+            c.scram.message().starts_with(b"n,,n=,r="),
+            "never `y` when PLUS was offered"
+        );
         let c = choose(&plain, "pw", Some(vec![1; 32])).unwrap();
         assert_eq!(c.mechanism, SCRAM_SHA_256);
         assert!(c.scram.message().starts_with(b"y,,n=,r="));
@@ -202,8 +213,15 @@ mod tests {
         let client_key = hmac(&salted, b"Client Key");
         let stored_key = sha2::Sha256::digest(client_key);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature.iter()).map(|(a, b)| a ^ b).collect();
-        assert_eq!(b64.encode(&proof), "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(
+            b64.encode(&proof),
+            "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        );
         let server_key = hmac(&salted, b"Server Key");
         let server_signature = hmac(&server_key, auth_message.as_bytes());
         assert_eq!(
@@ -273,17 +291,33 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let der = cert.der().to_vec();
-        assert_eq!(tls_server_end_point(&der), Some(sha2::Sha256::digest(&der).to_vec()));
+        assert_eq!(
+            tls_server_end_point(&der),
+            Some(sha2::Sha256::digest(&der).to_vec())
+        );
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let cert = rcgen::CertificateParams::new(vec!["db.example".to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
         let der = cert.der().to_vec();
-        assert_eq!(tls_server_end_point(&der), Some(sha2::Sha384::digest(&der).to_vec()));
-        assert_eq!(oid_hash(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 5]), Some(Hash::Sha256));
-        assert_eq!(oid_hash(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 13]), Some(Hash::Sha512));
-        assert_eq!(oid_hash(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 10]), None, "PSS");
+        assert_eq!(
+            tls_server_end_point(&der),
+            Some(sha2::Sha384::digest(&der).to_vec())
+        );
+        assert_eq!(
+            oid_hash(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 5]),
+            Some(Hash::Sha256)
+        );
+        assert_eq!(
+            oid_hash(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 13]),
+            Some(Hash::Sha512)
+        );
+        assert_eq!(
+            oid_hash(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 10]),
+            None,
+            "PSS"
+        );
         assert_eq!(oid_hash(&[0x2b, 0x65, 0x70]), None, "Ed25519");
         assert_eq!(tls_server_end_point(b"\x30\x82\xff"), None);
         assert_eq!(tls_server_end_point(&der[..der.len() / 2]), None);

@@ -79,8 +79,9 @@ pub struct SecretsApi {
 impl SecretsApi {
     /// From the loaded AWS configuration, so `AWS_ENDPOINT_URL_SECRETS_MANAGER` and profiles apply.
     pub fn from_sdk_config(sdk: &SdkConfig, region: &str) -> Self {
-        let builder = aws_sdk_secretsmanager::config::Builder::from(sdk)
-            .region(aws_sdk_secretsmanager::config::Region::new(region.to_owned()));
+        let builder = aws_sdk_secretsmanager::config::Builder::from(sdk).region(
+            aws_sdk_secretsmanager::config::Region::new(region.to_owned()),
+        );
         SecretsApi {
             client: aws_sdk_secretsmanager::Client::from_conf(builder.build()),
             endpoint: None,
@@ -95,7 +96,9 @@ impl SecretsApi {
     ) -> Self {
         let mut builder = aws_sdk_secretsmanager::config::Builder::new()
             .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(aws_sdk_secretsmanager::config::Region::new(region.to_owned()))
+            .region(aws_sdk_secretsmanager::config::Region::new(
+                region.to_owned(),
+            ))
             .credentials_provider(credentials)
             .http_client(super::credentials::http_client());
         if let Some(url) = endpoint {

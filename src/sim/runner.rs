@@ -327,6 +327,10 @@ pub fn shell_quote(s: &str) -> String {
 
 /// `rds-auth-proxy sim`.
 pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
+    // One poll now registers the signal handlers, so a SIGTERM sent right after `ready` is a
+    // clean shutdown rather than the default action (killed by the signal).
+    let mut shutdown = std::pin::pin!(shutdown);
+    let early = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx))).await;
     let ssm = ssm_options(&args);
     let sim = Simulator::start(SimOptions {
         listen: args.listen,
@@ -342,7 +346,10 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     out.push_str("ready\n");
     print_flush(&out);
     tracing::info!(rds_front = %sim.front_addr, ssm = %sim.ssm.endpoint_url(), postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
-    let code = shutdown.await;
+    let code = match early {
+        std::task::Poll::Ready(code) => code,
+        std::task::Poll::Pending => shutdown.await,
+    };
     sim.stop().await;
     Ok(if code == 143 || code == 130 { 0 } else { code })
 }

@@ -107,7 +107,10 @@ impl SecretsSim {
         let arn = secrets.get(name).map(|s| s.arn.clone()).unwrap_or_else(|| {
             // AWS appends a dash and six random characters to the name.
             let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
-            format!("arn:aws:secretsmanager:{}:{ACCOUNT}:secret:{name}-{suffix}", self.inner.region)
+            format!(
+                "arn:aws:secretsmanager:{}:{ACCOUNT}:secret:{name}-{suffix}",
+                self.inner.region
+            )
         });
         secrets.insert(
             name.to_owned(),
