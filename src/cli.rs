@@ -278,6 +278,11 @@ pub struct SimArgs {
     /// or 1000 with --ssm-aws-limits).
     #[arg(long, value_name = "N", env = "RDS_AUTH_PROXY_SIM_SSM_CLIENT_RATE_LIMIT")]
     pub ssm_client_rate_limit: Option<u32>,
+
+    /// Simulated SSM: resend like the real agent — every 100 ms only the oldest unacked
+    /// message, one per tick (part of --ssm-aws-limits). Default: every overdue message.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_RESEND_FRONT_ONLY")]
+    pub ssm_resend_front_only: bool,
     /// Simulated SSM: fail every StartSession with this AWS error code, e.g.
     /// AccessDeniedException or ThrottlingException (with AWS's message for it).
     #[arg(long, value_name = "CODE", env = "RDS_AUTH_PROXY_SIM_SSM_REFUSE_START")]

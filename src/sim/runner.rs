@@ -211,6 +211,7 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         hang_upgrade: args.ssm_hang_upgrade,
         hang_handshake: args.ssm_hang_handshake,
         refuse_start: args.ssm_refuse_start.clone(),
+        resend_front_only: args.ssm_aws_limits || args.ssm_resend_front_only,
     }
 }
 

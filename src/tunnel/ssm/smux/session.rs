@@ -360,10 +360,15 @@ impl Session {
         self.shared.lock().streams.len()
     }
 
-    /// Whether the reader is stopped because a stream (or the session) is at its receive cap:
-    /// the peer's data waits until that stream's consumer reads. New streams belong elsewhere.
+    /// Whether a stream's consumer has fallen `max_stream_buffer` behind, or the reader is
+    /// stopped at the session budget. New streams belong on another session.
     pub fn is_congested(&self) -> bool {
-        self.shared.lock().reader_starved
+        let st = self.shared.lock();
+        st.reader_starved
+            || st
+                .streams
+                .values()
+                .any(|s| s.buf.len() >= self.shared.config.max_stream_buffer)
     }
 
     /// Turns the NOP keepalive on or off (it starts on when `keepalive_interval` is set). In SSM
@@ -422,7 +427,7 @@ where
             read_more(shared, &mut transport, &mut buf).await?;
         }
         if header.cmd == Cmd::Psh && header.len > 0 {
-            wait_for_budget(shared, header.stream_id).await;
+            wait_for_budget(shared).await;
         }
         handle_frame(shared, &accept_tx, header, &buf[HEADER_LEN..frame_len]).await?;
         buf.advance(frame_len);
@@ -451,17 +456,12 @@ where
     Ok(())
 }
 
-/// Blocks the reader while the session budget, or the budget of the stream the next frame is
-/// for, is used up (the v1 head-of-line blocking, bounded per stream).
-pub(crate) async fn wait_for_budget(shared: &Shared, stream_id: u32) {
+/// Blocks the reader while the session budget is used up (the v1 head-of-line blocking).
+pub(crate) async fn wait_for_budget(shared: &Shared) {
     loop {
         {
             let mut st = shared.lock();
-            let stream_full = st
-                .streams
-                .get(&stream_id)
-                .is_some_and(|s| s.buf.len() >= shared.config.max_stream_buffer);
-            if !stream_full && st.buffered < shared.config.max_receive_buffer {
+            if st.buffered < shared.config.max_receive_buffer {
                 if st.reader_starved {
                     // The peer may have been held back by us; give it a full timeout from now.
                     st.reader_starved = false;
