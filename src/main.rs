@@ -50,9 +50,10 @@ async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let stop = shutdown_signal();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let signal = async move {
-        let code = shutdown_signal().await;
+        let code = stop.await;
         let _ = tx.send(code);
     };
     proxy.run(signal).await;
@@ -84,19 +85,24 @@ fn report(result: Result<u8, Box<dyn std::error::Error + Send + Sync>>) -> ExitC
     }
 }
 
-/// Resolves on SIGINT or SIGTERM with the conventional exit code (128 + signal number).
-async fn shutdown_signal() -> u8 {
+/// Resolves on SIGINT or SIGTERM with the conventional exit code (128 + signal number). The
+/// handlers are installed right away, not at the first poll: a signal that arrives between the
+/// ready line and the first poll must still mean a clean shutdown, not the default death.
+fn shutdown_signal() -> impl std::future::Future<Output = u8> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return 130;
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); 130 }
+                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                130
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, shutting down"); 130 }
-        _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
     }
 }
 

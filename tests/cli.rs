@@ -189,9 +189,97 @@ fn configuration_errors_are_one_line_and_exit_2() {
 fn help_teaches() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo"] {
+    for needle in [
+        "--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo",
+        "--max-connections <N>",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
+}
+
+/// The examples in `--help`, as a user pastes them: whatever the terminal width, each command is
+/// whole (one line, or lines joined by trailing backslashes) and parses with today's flags.
+#[test]
+fn help_examples_paste_whole_at_any_width() {
+    use clap::Parser;
+    let mut seen = None;
+    for columns in ["60", "80", "100", "200"] {
+        // stdout is a pipe here, so clap takes the width from COLUMNS.
+        let out = Command::new(BIN).arg("--help").env("COLUMNS", columns).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let examples = help.split_once("Examples:\n").expect("an Examples section").1;
+        let mut commands = Vec::new();
+        let mut current = String::new();
+        for line in examples.lines().take_while(|l| !l.starts_with("Every flag")) {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                assert!(current.is_empty(), "a continued command ends early at {columns} columns: {current}");
+                continue;
+            }
+            assert!(
+                !current.is_empty() || line.starts_with("rds-auth-proxy") || line.starts_with("psql"),
+                "at {columns} columns a command was split where a paste breaks it: {line:?}"
+            );
+            match line.strip_suffix('\\') {
+                Some(head) => current.push_str(head),
+                None => {
+                    current.push_str(line);
+                    commands.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        assert!(current.is_empty(), "{current}");
+        let proxy_commands: Vec<&String> = commands.iter().filter(|c| c.starts_with("rds-auth-proxy")).collect();
+        assert_eq!(proxy_commands.len(), 5, "{commands:?}");
+        for command in &proxy_commands {
+            let argv: Vec<&str> = command.split_whitespace().collect();
+            if let Err(e) = rds_auth_proxy::cli::Cli::try_parse_from(&argv) {
+                panic!("example `{command}` does not parse: {e}");
+            }
+        }
+        // The same commands at every width.
+        match &seen {
+            None => seen = Some(commands),
+            Some(first) => assert_eq!(first, &commands, "at {columns} columns"),
+        }
+    }
+}
+
+/// `RDS_AUTH_PROXY_<FLAG>` for the proxy's flags; `RDS_AUTH_PROXY_<SUBCOMMAND>_<FLAG>` for a
+/// subcommand's own flags, unless it is the proxy's flag of the same name and meaning (a demo's
+/// `--port`, a token's `--region`).
+#[test]
+fn environment_variable_names_follow_one_rule() {
+    use clap::CommandFactory;
+    let cli = rds_auth_proxy::cli::Cli::command();
+    let env_name = |prefix: &str, arg: &clap::Arg| {
+        format!("{prefix}{}", arg.get_long().unwrap().replace('-', "_").to_uppercase())
+    };
+    let top: std::collections::HashMap<String, String> = cli
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_owned(), a.get_env()?.to_str()?.to_owned())))
+        .collect();
+    let mut checked = 0;
+    for arg in cli.get_arguments().filter(|a| a.get_env().is_some()) {
+        assert_eq!(arg.get_env().unwrap().to_str(), Some(env_name("RDS_AUTH_PROXY_", arg).as_str()));
+        checked += 1;
+    }
+    for sub in cli.get_subcommands() {
+        let prefix = format!("RDS_AUTH_PROXY_{}_", sub.get_name().to_uppercase());
+        for arg in sub.get_arguments().filter(|a| a.get_env().is_some() && !a.is_global_set()) {
+            let env = arg.get_env().unwrap().to_str().unwrap().to_owned();
+            let shared = top.get(arg.get_long().unwrap()) == Some(&env);
+            assert!(
+                shared || env == env_name(&prefix, arg),
+                "{} --{}: {env}",
+                sub.get_name(),
+                arg.get_long().unwrap()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "{checked}");
 }
 
 #[test]

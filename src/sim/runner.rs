@@ -1,7 +1,7 @@
 //! Starting the simulator as one unit ([`Simulator`]), the `sim` command's stdout contract
 //! (`export NAME=value` lines, then `ready`), and the `demo` command.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +30,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SimOptions {
     /// Where the RDS front listens (port 0 = any).
     pub listen: SocketAddr,
-    /// Users asked for SCRAM instead of an IAM token.
+    /// Extra login roles without the `rds_iam` grant: RDS (and so the simulator) asks them for
+    /// SCRAM instead of an IAM token.
     pub password_users: Vec<String>,
     /// Extra postgresql.conf lines.
     pub pg_extra_conf: Vec<String>,
@@ -92,7 +93,6 @@ impl Simulator {
                 credentials: credentials.clone(),
                 tls: ca.server_config(&[SIM_ENDPOINT.to_owned()])?,
                 postgres: postgres.addr(),
-                password_users: options.password_users.iter().cloned().collect::<HashSet<_>>(),
             },
         )
         .await?;
