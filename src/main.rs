@@ -50,6 +50,12 @@ async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Concurrently with serving: the chain may try the instance metadata service for a while.
+    tokio::spawn({
+        let ctx = proxy.ctx.clone();
+        let profile = config.profile.clone();
+        async move { rds_auth_proxy::app::report_credentials(&ctx, profile.as_deref()).await }
+    });
     let stop = shutdown_signal();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let signal = async move {
@@ -80,8 +86,24 @@ fn report(result: Result<u8, Box<dyn std::error::Error + Send + Sync>>) -> ExitC
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
-            ExitCode::from(EXIT_RUNTIME)
+            ExitCode::from(exit_code(&*e))
         }
+    }
+}
+
+/// The same mistake gets the same code whichever command made it: a flag the user can fix
+/// (a port in use, an invalid value) is a configuration error.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    use rds_auth_proxy::app::AppError;
+    use rds_auth_proxy::listener::ListenError;
+    let config_error = e.is::<ListenError>()
+        || e.is::<rds_auth_proxy::config::ConfigError>()
+        || e.is::<clap::Error>()
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion));
+    if config_error {
+        EXIT_CONFIG
+    } else {
+        EXIT_RUNTIME
     }
 }
 
@@ -111,8 +133,9 @@ fn init_logging(args: &LogArgs) {
     let default = if args.quiet { "warn" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The SigV4 signer traces what it signs (access key id, canonical requests with the
-    // presigned query): that never reaches our logs, whatever RUST_LOG asks for.
-    for directive in ["aws_sigv4=warn", "aws_credential_types=warn"] {
+    // presigned query): that never reaches our logs, whatever RUST_LOG asks for. The credential
+    // chain's own warning repeats what our one start-up line (and each failed login) says.
+    for directive in ["aws_sigv4=warn", "aws_credential_types=warn", "aws_config::meta::credentials::chain=error"] {
         if let Ok(d) = directive.parse() {
             filter = filter.add_directive(d);
         }
@@ -120,9 +143,33 @@ fn init_logging(args: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Colour only for a person at a terminal, and never when NO_COLOR is set to anything but ""
+/// (<https://no-color.org>): log files and pipes get plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some("".into())));
     }
 }

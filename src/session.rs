@@ -136,7 +136,7 @@ where
             to_client,
             ..
         }) => {
-            tracing::warn!(%peer, %user, %database, %sqlstate, %message, "login refused by the server; its error was passed to the client");
+            tracing::warn!(%peer, %user, %database, %sqlstate, error = %message, "login refused by the server; its error was passed to the client");
             let _ = client.write_all(&to_client).await;
             let _ = client.shutdown().await;
             return;

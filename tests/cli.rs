@@ -95,6 +95,12 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
 
+    // A login the server refuses after the token was accepted is logged as refused, with the
+    // server's SQLSTATE and message, and not as a session.
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "nosuchdb", "-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database \"nosuchdb\" does not exist"));
+
     let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c", "\\l"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing = String::from_utf8_lossy(&out.stdout);
@@ -113,6 +119,17 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
 
     // Trace-level logs never carry the secret key, a token or its signature.
     let log: Vec<String> = logs.try_iter().collect();
+    let events: Vec<serde_json::Value> = log.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let refused: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("login refused")))
+        .collect();
+    assert_eq!(refused.len(), 1, "one refused login: {refused:?}");
+    assert_eq!(refused[0]["level"], "WARN");
+    assert_eq!(refused[0]["fields"]["sqlstate"], "3D000");
+    assert_eq!(refused[0]["fields"]["error"], "database \"nosuchdb\" does not exist");
+    let sessions = events.iter().filter(|v| v["fields"]["message"] == "client connected").count();
+    assert_eq!(sessions, 3, "the refused login is not counted as a session");
     let all = log.join("\n");
     assert!(all.contains("answered the password request with an IAM token"), "trace log is complete");
     for secret in [
@@ -348,4 +365,88 @@ async fn psql_through_the_binary_via_ssm() {
     assert_eq!(stop(child), Some(143));
     assert!(stats.terminate_api_calls.load(std::sync::atomic::Ordering::SeqCst) >= 1, "TerminateSession on exit");
     sim.stop().await;
+}
+
+/// A port in use is the same mistake for the proxy and the demo: same message, exit code 2, and
+/// the demo finds out before it starts PostgreSQL.
+#[test]
+fn port_in_use_is_exit_2_for_proxy_and_demo_alike() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let expected = format!("rds-auth-proxy: cannot listen on 127.0.0.1:{port}");
+    for args in [vec!["--target", "db.x.eu-west-1.rds.amazonaws.com", "--port", &port], vec!["demo", "--port", &port]] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: only the one message, nothing started: {err}");
+        assert!(err.starts_with(&expected), "{args:?}: {err}");
+    }
+}
+
+/// No region anywhere: one line saying what to do, no instance-metadata noise before it.
+#[test]
+fn a_missing_region_is_one_quiet_line() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "not-a-host"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_CONFIG_FILE", empty.path())
+        .env("AWS_SHARED_CREDENTIALS_FILE", empty.path())
+        // An IMDS that refuses at once: the look-up is tried, and must stay quiet.
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end(), "rds-auth-proxy: no AWS region: pass --region, or set AWS_REGION or a region in your AWS profile");
+}
+
+/// The start-up line about credentials: where they come from (never what they are), or what to do
+/// — and the proxy starts either way. Logs written to a pipe carry no colour codes.
+#[test]
+fn credentials_are_checked_once_at_start_and_logs_to_a_pipe_are_plain() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let run = |with_keys: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "--port", "0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .env("AWS_CONFIG_FILE", empty.path())
+            .env("AWS_SHARED_CREDENTIALS_FILE", empty.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if with_keys {
+            cmd.env("AWS_ACCESS_KEY_ID", "AKIASTARTUPCHECK0001").env("AWS_SECRET_ACCESS_KEY", "startup-check-secret");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+        let mut seen: Vec<String> = Vec::new();
+        // Both lines, in either order: the check runs alongside serving.
+        while !(seen.iter().any(|l| l.contains("AWS credentials")) && seen.iter().any(|l| l.contains("ready for connections"))) {
+            seen.push(lines.next().expect("the proxy keeps running and logs about credentials"));
+        }
+        let found = seen.iter().find(|l| l.contains("AWS credentials")).unwrap().clone();
+        assert_eq!(stop(child), Some(143), "not fatal: the proxy ran until stopped");
+        for line in &seen {
+            assert!(!line.contains('\x1b'), "colour codes in a pipe: {line:?}");
+        }
+        found
+    };
+    let found = run(true);
+    assert!(found.contains("INFO") && found.contains("AWS credentials found"), "{found}");
+    assert!(found.contains("source=EnvironmentVariable") && found.contains("profile=default"), "{found}");
+    assert!(!found.contains("AKIASTARTUPCHECK0001") && !found.contains("startup-check-secret"), "{found}");
+    let missing = run(false);
+    assert!(missing.contains("WARN") && missing.contains("no AWS credentials found"), "{missing}");
+    assert!(missing.contains("aws sso login") && missing.contains("AWS_PROFILE"), "{missing}");
 }
