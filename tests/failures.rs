@@ -192,6 +192,7 @@ async fn db_user_flag_overrides_the_startup_user_and_gss_is_declined() {
     let client = connect(&proxy, "someone_else").await.expect("logs in as --db-user");
     let row = client.query_one("SELECT current_user", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "db_user");
+    drop(client);
     proxy.stop().await;
     sim.stop().await;
 }
