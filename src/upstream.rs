@@ -1,6 +1,7 @@
 //! The connect side: open the tunnel, SSLRequest → `S` → TLS verify-full against the endpoint
 //! name, send the client's startup, answer the password request with an IAM token, and stop at
-//! AuthenticationOk. The client only ever sees AuthenticationOk — or an error that says why not.
+//! the first ReadyForQuery. The client only ever sees AuthenticationOk and the session start — or
+//! an error that says why not.
 
 use bytes::{BufMut, BytesMut};
 use rustls::pki_types::ServerName;
@@ -19,7 +20,8 @@ use crate::tunnel::{TunnelError, TunnelStream};
 pub struct Upstream {
     pub stream: TlsStream<TunnelStream>,
     /// What the client must receive before relay starts: NegotiateProtocolVersion and notices
-    /// seen during auth, AuthenticationOk, and whatever the upstream already sent after it.
+    /// seen during auth, AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery, and
+    /// whatever the upstream already sent after it.
     pub to_client: BytesMut,
 }
 
@@ -59,6 +61,9 @@ pub enum UpstreamError {
     Rejected {
         sqlstate: String,
         message: String,
+        /// The token was accepted and the session itself was refused (no such role or
+        /// database, too many connections): a fresh token would not help.
+        after_authentication: bool,
         /// Messages for the client: anything queued before, then the ErrorResponse itself.
         to_client: BytesMut,
     },
@@ -76,7 +81,7 @@ impl UpstreamError {
     /// Whether a fresh token might fix it: RDS answers IAM failures with 28000 (PAM), password
     /// failures are 28P01.
     fn is_login_failure(&self) -> bool {
-        matches!(self, UpstreamError::Rejected { sqlstate, .. } if sqlstate == "28000" || sqlstate == "28P01")
+        matches!(self, UpstreamError::Rejected { sqlstate, after_authentication: false, .. } if sqlstate == "28000" || sqlstate == "28P01")
     }
 }
 
@@ -251,6 +256,7 @@ async fn authenticate(
 ) -> Result<BytesMut, UpstreamError> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut to_client = BytesMut::new();
+    let mut authenticated = false;
     loop {
         let msg = backend::read_message(stream, &mut buf, MAX_PREAUTH_MESSAGE_LEN)
             .await
@@ -260,11 +266,19 @@ async fn authenticate(
                 let request = backend::parse_auth_request(msg.body())
                     .map_err(|e| UpstreamError::Protocol(Box::new(e)))?;
                 match request {
-                    AuthRequest::Ok => {
+                    AuthRequest::Ok if !authenticated => {
+                        // The server may still refuse the session (no such role or database,
+                        // too many connections): only ReadyForQuery means the login worked.
+                        authenticated = true;
                         to_client.extend_from_slice(msg.as_bytes());
-                        // Anything already read past AuthenticationOk belongs to the client.
-                        to_client.extend_from_slice(&buf);
-                        return Ok(to_client);
+                    }
+                    AuthRequest::Ok => {
+                        return Err(UpstreamError::Protocol("a second AuthenticationOk".into()))
+                    }
+                    _ if authenticated => {
+                        return Err(UpstreamError::Protocol(
+                            "an authentication request after AuthenticationOk".into(),
+                        ))
                     }
                     AuthRequest::CleartextPassword => {
                         let request = ctx.token_request(user);
@@ -311,14 +325,23 @@ async fn authenticate(
                 return Err(UpstreamError::Rejected {
                     sqlstate,
                     message,
+                    after_authentication: authenticated,
                     to_client,
                 });
             }
-            // NegotiateProtocolVersion and notices pass through untouched, in order.
+            b'Z' if authenticated => {
+                to_client.extend_from_slice(msg.as_bytes());
+                // Anything already read past ReadyForQuery belongs to the client.
+                to_client.extend_from_slice(&buf);
+                return Ok(to_client);
+            }
+            // NegotiateProtocolVersion and notices pass through untouched, in order; after
+            // AuthenticationOk so do ParameterStatus and BackendKeyData.
             b'v' | b'N' => to_client.extend_from_slice(msg.as_bytes()),
+            b'S' | b'K' if authenticated => to_client.extend_from_slice(msg.as_bytes()),
             other => {
                 return Err(UpstreamError::Protocol(
-                    format!("unexpected message '{}' before authentication", other as char).into(),
+                    format!("unexpected message '{}' before ReadyForQuery", other as char).into(),
                 ))
             }
         }

@@ -1,7 +1,7 @@
 //! Starting the simulator as one unit ([`Simulator`]), the `sim` command's stdout contract
 //! (`export NAME=value` lines, then `ready`), and the `demo` command.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +30,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SimOptions {
     /// Where the RDS front listens (port 0 = any).
     pub listen: SocketAddr,
-    /// Users asked for SCRAM instead of an IAM token.
+    /// Extra login roles without the `rds_iam` grant: RDS (and so the simulator) asks them for
+    /// SCRAM instead of an IAM token.
     pub password_users: Vec<String>,
     /// Extra postgresql.conf lines.
     pub pg_extra_conf: Vec<String>,
@@ -92,7 +93,6 @@ impl Simulator {
                 credentials: credentials.clone(),
                 tls: ca.server_config(&[SIM_ENDPOINT.to_owned()])?,
                 postgres: postgres.addr(),
-                password_users: options.password_users.iter().cloned().collect::<HashSet<_>>(),
             },
         )
         .await?;
@@ -259,27 +259,36 @@ fn print_flush(s: &str) {
 
 /// `rds-auth-proxy demo`: simulator + proxy on 127.0.0.1:<port>.
 pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
-    use crate::app::{AwsSetup, Proxy};
+    use crate::app::{build_context, AwsSetup, Proxy};
     use crate::cli::Cli;
+    use crate::config::Config;
     use clap::Parser;
+
+    let port = args.port.to_string();
+    let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
+    // The port first, exactly as the proxy binds it: a port in use fails in a moment, with the
+    // proxy's message and exit code, before any PostgreSQL is started.
+    let listen = Config::from_args(&Cli::try_parse_from(["rds-auth-proxy", "--target", &target, "--port", &port])?.proxy)?.listen;
+    let listeners = crate::listener::Listeners::bind(&listen).await?;
 
     eprintln!("Starting the simulated SSM service, RDS (TLS + IAM check) and a throwaway PostgreSQL…");
     let sim = Simulator::start(SimOptions::default()).await?;
-    let port = args.port.to_string();
     let front = sim.front_addr.to_string();
     let ca = sim.ca_file.display().to_string();
-    let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
     let node = sim.ssm.target_id().to_owned();
     let cli = Cli::try_parse_from([
         "rds-auth-proxy", "--target", &target, "--via", "ssm", "--ssm-target", &node,
         "--ca-bundle", &ca, "--port", &port,
     ])?;
-    let config = crate::config::Config::from_args(&cli.proxy)?;
+    let config = Config::from_args(&cli.proxy)?;
     let setup = AwsSetup {
         credentials: sim.aws_credentials(),
         ssm_endpoint: Some(sim.ssm.endpoint_url()),
     };
-    let proxy = Proxy::bind(&config, setup.into()).await?;
+    let proxy = Proxy {
+        listeners,
+        ctx: build_context(&config, setup.into()).await?,
+    };
     let addr = proxy.local_addr();
     print_flush(&format!(
         "\nrds-auth-proxy demo is running.\n\n\
