@@ -34,6 +34,10 @@
 //!    Reference from the issue: ours ≈ +0.22 ms over direct, AWS's plugin ≈ +1.75 ms (it sleeps
 //!    1 ms after each message it sends). The proxy's token bucket allows bursts, so a round trip
 //!    never waits on our pacing.
+//!    3b. The same `select 1` on a second connection of a `--ssm-sessions 1` proxy while the
+//!    first runs a CAPPED_MIB COPY FROM, then COPY TO, in the same session (a probe every
+//!    100 ms from 1 s into the transfer): what a query waits for behind a bulk transfer it
+//!    shares a session with (median and worst probe).
 //! 4. Elastic pool scaling under the AWS-like preset: N = 1, 2, 4 parallel COPY TO of
 //!    CAPPED_MIB each, through a fresh proxy per measurement with `--ssm-sessions 4` (the
 //!    elastic pool's default upper bound) and with `--ssm-sessions 1`. The pool opens a new
@@ -240,6 +244,7 @@ async fn run(settings: Settings) -> Result<()> {
     let caps_off = caps_off(&sim, &settings, direct, &data).await?;
     let aws = aws_one_session(&sim, &settings, &capped).await?;
     let latency = latency(&sim, &settings).await?;
+    let beside = beside_bulk(&sim, &settings, &capped).await?;
     let scaling = elastic_scaling(&sim, &settings, &capped).await?;
 
     print_summary(
@@ -247,6 +252,7 @@ async fn run(settings: Settings) -> Result<()> {
         &caps_off,
         &aws,
         &latency,
+        &beside,
         &scaling,
         started.elapsed(),
     );
@@ -663,6 +669,83 @@ async fn latency(sim: &Simulator, settings: &Settings) -> Result<Latencies> {
     drop((direct_client, ssm_client));
     direct.stop().await;
     ssm.stop().await;
+    Ok(out)
+}
+
+/// `select 1` round trips on one connection while another connection of the same SSM
+/// session runs a bulk COPY: what a query waits for behind a transfer it shares a session with.
+#[derive(Default)]
+struct BesideBulk {
+    /// Every probe's round trip in µs, over all rounds, beside a COPY FROM and a COPY TO.
+    upload: Vec<f64>,
+    download: Vec<f64>,
+}
+
+/// Section 3b: a `--ssm-sessions 1` proxy, two connections on its one session under the
+/// AWS-like preset; one runs COPY FROM (then COPY TO) of CAPPED_MIB, the other, from 1 s into
+/// the transfer until it ends, a prepared `select 1` every 100 ms (at most 50).
+async fn beside_bulk(sim: &Simulator, settings: &Settings, data: &Payload) -> Result<BesideBulk> {
+    set_aws_limits(sim, true);
+    let stats = sim.ssm.stats();
+    let proxy =
+        BenchProxy::start_ssm("ssm shared", sim, &["--ssm-sessions".into(), "1".into()]).await?;
+    let bulk = proxy.connect().await?;
+    let probe = proxy.connect().await?;
+    let statement = probe.prepare("SELECT 1").await.context("prepare")?;
+    let mut out = BesideBulk::default();
+    for round in 1..=settings.rounds {
+        for upload in [true, false] {
+            if upload {
+                truncate_sink(&bulk).await?;
+            }
+            let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let transfer = async {
+                let result = if upload {
+                    copy_in(&bulk, data).await
+                } else {
+                    copy_out(&bulk, "capped", data.bytes.len(), false)
+                        .await
+                        .map(|(took, _)| took)
+                };
+                done.store(true, Ordering::SeqCst);
+                result
+            };
+            let probes = async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut times = Vec::new();
+                while !done.load(Ordering::SeqCst) && times.len() < 50 {
+                    let start = Instant::now();
+                    probe.query_one(&statement, &[]).await?;
+                    times.push(start.elapsed().as_secs_f64() * 1e6);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok::<_, anyhow::Error>(times)
+            };
+            let (took, times) = tokio::join!(transfer, probes);
+            let what = if upload { "COPY FROM" } else { "COPY TO" };
+            let took = took.with_context(|| format!("shared session: round {round} {what}"))?;
+            let times = times.with_context(|| format!("shared session: round {round} select 1"))?;
+            no_cuts(&stats, cuts, "ssm shared", what)?;
+            if upload {
+                check_sink(&bulk, data).await?;
+            }
+            eprintln!(
+                "round {round} shared    select 1 beside {what:<9} ({:.1} s): {} probes, median {:.0} µs, max {:.0} µs",
+                took.as_secs_f64(),
+                times.len(),
+                median(&times),
+                times.iter().copied().fold(f64::NAN, f64::max)
+            );
+            if upload {
+                out.upload.extend(times);
+            } else {
+                out.download.extend(times);
+            }
+        }
+    }
+    drop((bulk, probe));
+    proxy.stop().await;
     Ok(out)
 }
 
@@ -1296,6 +1379,7 @@ fn print_summary(
     caps_off: &CapsOff,
     aws: &AwsOneSession,
     latency: &Latencies,
+    beside: &BesideBulk,
     scaling: &Scaling,
     took: Duration,
 ) {
@@ -1429,6 +1513,18 @@ fn print_summary(
         "  Under the full preset the agent waits 1 ms after each Output before the next, so back-to-back \
          round trips carry agent pacing; the second ssm row is what our client adds. Issue's reference: \
          ours +220 µs, AWS's plugin +1750 µs."
+    );
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "3b. select 1 on a second connection of the same session (--ssm-sessions 1) while a {} MiB COPY runs: \
+         beside COPY FROM median {:.0} µs, max {:.0} µs ({} probes); beside COPY TO median {:.0} µs, max {:.0} µs ({} probes)",
+        settings.capped_size / MIB,
+        median(&beside.upload),
+        max(&beside.upload),
+        beside.upload.len(),
+        median(&beside.download),
+        max(&beside.download),
+        beside.download.len()
     );
 
     // 4. Elastic pool scaling.
