@@ -1164,17 +1164,11 @@ impl Pump {
         }
     }
 
-    /// Sends every unacked message again on a new connection, as far as the writer queue
-    /// takes them now; the rest follow as resends.
-    fn replay(&mut self, now: Instant) {
-        let frames = self.out.replay(now);
-        let room = self.link.room().saturating_sub(WRITER_RESERVE);
-        for frame in frames.into_iter().take(room) {
-            self.pacer.take(now);
-            self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
-            self.shared.resends.fetch_add(1, Ordering::Relaxed);
-            self.queue(Message::Binary(frame));
-        }
+    /// Sends every unacked message again on a new connection: all are due at once, and go out
+    /// as fast as the pacer and the writer take them.
+    fn replay(&mut self, _now: Instant) {
+        self.out.mark_all_lost();
+        self.resend();
     }
 
     /// Flag, brief wait for its ack or channel_closed, TerminateSession API, close.

@@ -310,6 +310,14 @@ impl Outgoing {
             .collect()
     }
 
+    /// Marks every unacked frame as lost (resend at once, as pacing allows): after a
+    /// reconnect, so the new connection gets the backlog as fast as it can take it.
+    pub fn mark_all_lost(&mut self) {
+        for pending in self.unacked.values_mut() {
+            pending.presumed_lost = true;
+        }
+    }
+
     /// Number of messages awaiting an ack.
     pub fn unacked_len(&self) -> usize {
         self.unacked.len()

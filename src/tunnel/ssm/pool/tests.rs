@@ -605,6 +605,10 @@ async fn a_stuck_websocket_write_is_resumed_not_hung() {
     let rig = rig_with(SsmSimOptions::default(), |s| {
         s.data_channel.write_timeout = Duration::from_secs(2);
         s.data_channel.max_rate = 0;
+        // A window far larger than loopback's socket buffers, so the writes really stall
+        // (with the default 512 messages the kernel would absorb them all).
+        s.data_channel.reliable.outgoing_window = 30_000;
+        s.data_channel.dead_after = Duration::from_secs(600);
     })
     .await;
     let mut stream = timeout(GUARD, rig.tunnel.open())
@@ -614,8 +618,8 @@ async fn a_stuck_websocket_write_is_resumed_not_hung() {
     assert_eq!(echo(&mut stream, b"x").await.expect("echo"), b"x");
     // The gateway stops reading this WebSocket: our writes fill the socket buffers and stall.
     rig.sim.options().update(|o| o.stop_reading = true);
-    let data = pattern(24 << 20, 9);
-    let back = timeout(Duration::from_secs(60), echo(&mut stream, &data))
+    let data = pattern(12 << 20, 9);
+    let back = timeout(Duration::from_secs(120), echo(&mut stream, &data))
         .await
         .expect("the transfer finishes on a resumed WebSocket instead of hanging")
         .expect("echo");
