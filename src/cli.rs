@@ -151,7 +151,7 @@ pub struct ProxyArgs {
     pub ssm_sessions: usize,
 
     /// SSM mode: most data-channel messages per second per session, resends included (a token
-    /// bucket with 0.1 s bursts, so queries never wait on it). AWS's gateway is reported to cut
+    /// bucket with 0.05 s bursts, so queries never wait on it). AWS's gateway is reported to cut
     /// a data channel that sustains more than about 1000/s; 0 disables pacing, for endpoints
     /// known to accept more.
     #[arg(long, value_name = "N", default_value_t = crate::tunnel::ssm::datachannel::DEFAULT_MAX_RATE, env = "RDS_AUTH_PROXY_SSM_MAX_RATE")]

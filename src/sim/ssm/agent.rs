@@ -699,7 +699,9 @@ impl Agent {
             PortEvent::Output(data) => {
                 self.push(PayloadType::Output, data)?;
                 if let Some(pacing) = pacing {
-                    self.next_output_at = Instant::now() + pacing;
+                    // From the planned time, not from now: timers fire up to a millisecond
+                    // late, and "now + 1 ms" would pace at ~2 ms per message, half AWS's rate.
+                    self.next_output_at = (self.next_output_at + pacing).max(Instant::now());
                 }
                 Ok(())
             }

@@ -80,7 +80,7 @@ pub struct Config {
     /// Largest Output payload we send; AWS's own clients never exceed 1024 (§5.4).
     pub max_payload: usize,
     /// Stream-data messages per second (fresh, resends, flags) through a token bucket with a
-    /// burst of a tenth of a second; 0 sends as fast as the window allows (`--ssm-max-rate`).
+    /// burst of a twentieth of a second; 0 sends as fast as the window allows (`--ssm-max-rate`).
     pub max_rate: u32,
     /// Window, buffers, RTO constants and resend backoff.
     pub reliable: reliable::Config,
@@ -318,7 +318,8 @@ pub async fn open(
     .await?;
     tracing::debug!(session = %grant.session_id, url = redact_url(&grant.stream_url), "data channel connected");
 
-    let (local, remote) = tokio::io::duplex(64 * 1024);
+    // Small: what waits here is first-in first-out, behind the smux writer's fair queue.
+    let (local, remote) = tokio::io::duplex(32 * 1024);
     let (local_rx, mut local_tx) = tokio::io::split(remote);
     let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
     let (ended, _) = watch::channel(None);
@@ -503,7 +504,7 @@ pub(super) async fn terminate_api(control: &dyn ControlPlane, session_id: &str) 
     }
 }
 
-/// Token bucket for stream-data messages: `rate` per second with bursts of a tenth of a
+/// Token bucket for stream-data messages: `rate` per second with bursts of a twentieth of a
 /// second (so an interactive round trip never waits). Sans-IO: the caller passes `now`.
 /// Forced sends (handshake, flags) may overdraw it; later sends then wait the debt off.
 #[derive(Debug)]
@@ -518,7 +519,9 @@ struct Pacer {
 impl Pacer {
     fn new(rate: u32, now: Instant) -> Self {
         let rate = f64::from(rate);
-        let burst = (rate / 10.0).max(1.0);
+        // A twentieth of a second: plenty for a query's round trip, and a full bucket plus a
+        // second at `rate` stays 5% under the limit `rate` is chosen against.
+        let burst = (rate / 20.0).max(1.0);
         Pacer {
             rate,
             burst,

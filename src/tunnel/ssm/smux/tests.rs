@@ -930,3 +930,33 @@ async fn timeout_read(s: &mut Stream, buf: &mut [u8]) {
         .expect("in time")
         .expect("read");
 }
+
+#[test]
+fn the_out_queue_serves_streams_round_robin_and_session_frames_first() {
+    let mut q = OutQueue::default();
+    for _ in 0..4 {
+        q.push(Cmd::Psh, 3, &[3u8; 1000]);
+    }
+    q.push(Cmd::Syn, 5, &[]);
+    q.push(Cmd::Psh, 5, b"quiet");
+    q.push(Cmd::Nop, 0, &[]);
+    assert_eq!(q.len(), 4 * 1008 + 8 + 13 + 8);
+    assert_eq!(q.stream_len(3), 4 * 1008);
+    let mut out = BytesMut::new();
+    // One frame per stream in turn: NOP, 3's first, 5's SYN, 3's second, 5's data, ...
+    q.take(&mut out, 1);
+    assert_eq!(&out[..8], &frame(3, 0, 0)[..], "session frames first");
+    assert_eq!(&out[8..16], &frame(2, 1000, 3)[..]);
+    assert_eq!(out.len(), 8 + 1008, "at least one stream frame per take");
+    let mut out = BytesMut::new();
+    q.take(&mut out, 3000);
+    let mut expected = frame(0, 0, 5);
+    expected.extend(psh(3, &[3u8; 1000]));
+    expected.extend(psh(5, b"quiet"));
+    expected.extend(psh(3, &[3u8; 1000]));
+    assert_eq!(&out[..], &expected[..], "the quiet stream does not wait behind the bulk one");
+    let mut out = BytesMut::new();
+    q.take(&mut out, usize::MAX);
+    assert_eq!(&out[..], &psh(3, &[3u8; 1000])[..]);
+    assert!(q.is_empty());
+}
