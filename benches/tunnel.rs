@@ -1,18 +1,64 @@
-//! Tunnel throughput benchmark (not a test): bulk COPY through `--via ssm` against the local
-//! simulator, in one process, with every figure measured side by side in alternating rounds. The
-//! machines here are noisy and shared, so only same-run medians and ratios mean anything; nothing
-//! is asserted about timings. Every transfer's byte count is checked, and one transfer per
-//! configuration is checked byte for byte (SHA-256), so a broken tunnel aborts the run instead of
-//! producing a fast number.
+//! Tunnel benchmark (not a test): bulk COPY and `select 1` round trips through `--via ssm`
+//! against the local simulator, in one process, with every figure measured side by side in
+//! alternating rounds. The machines here are noisy and shared, so only same-run medians and
+//! ratios mean anything; nothing is asserted about timings. Every transfer's byte count is
+//! checked, and one transfer per configuration is checked byte for byte (SHA-256), so a broken
+//! tunnel aborts the run instead of producing a fast number. Under AWS-like limits the run also
+//! aborts if the simulated gateway ever cuts one of our WebSockets for sending too fast.
 //!
-//! 1. Caps off (simulated agent: 65536-byte Output payloads, no pacing): COPY FROM STDIN and
-//!    COPY TO STDOUT of SIZE_MIB through `--via ssm --ssm-max-payload 32768` vs `--via direct`
-//!    to the same simulated RDS front, plus `--via ssm` with 1024-byte payloads both ways (the
-//!    proxy's default and AWS's agent size, still unpaced). Goal: ssm ≥ 0.5× direct.
-//! 2. AWS-like caps (1024-byte Output payloads, 1 ms pacing after each, default proxy flags):
-//!    aggregate COPY TO of CAPPED_MIB per connection over 1, 2, 4 and 8 parallel connections,
-//!    sharing one SSM session (`--ssm-sessions 1`) and spread over one session per connection
-//!    (`--ssm-sessions N`). Goal: near-linear growth with sessions, about flat with one.
+//! 1. Caps off (simulated agent: 65536-byte Output payloads, no pacing, no gateway limit):
+//!    COPY FROM STDIN and COPY TO STDOUT of SIZE_MIB through
+//!    `--via ssm --ssm-max-rate 0 --ssm-max-payload 32768` vs `--via direct` to the same
+//!    simulated RDS front, plus `--via ssm --ssm-max-rate 0` with 1024-byte payloads both ways
+//!    (AWS's message size, unpaced). `--ssm-max-rate 0` turns the proxy's pacer off: this
+//!    section measures what the tunnel itself costs. Goal: ssm ≥ 0.5× direct.
+//! 2. AWS-like limits, one session (the simulator's `SsmSimOptions::aws_limits()` preset:
+//!    1024-byte agent payloads, 1 ms agent pacing, and a gateway that cuts a WebSocket whose
+//!    client sends more than 1000 data messages/s): COPY FROM and COPY TO of CAPPED_MIB through
+//!    `--via ssm --ssm-sessions 1` with the default pacing (900 messages/s), in MB/s and data
+//!    messages/s (upload: the client data messages the simulated gateway received; download:
+//!    the agent data messages our data channel received), with the highest client rate the
+//!    gateway saw over any sliding second and its cut count (must be 0), vs `--via direct`.
+//!    Reference row "plugin-like pace": the same proxy with `--ssm-max-rate 670`. This is an
+//!    EMULATION of the session-manager-plugin's upload pace (it sleeps 1 ms after every message,
+//!    which the issue measured at ≈ 670 messages/s on this simulator), not the plugin itself.
+//!    Goal: our upload ≥ 1.3× the plugin-like pace, every client rate under 1000/s. Downloads
+//!    are paced by the agent, not by the client, so the plugin-like row has no COPY TO.
+//! 3. Interactive latency: a prepared `select 1` on one tokio-postgres connection, LATENCY_ITERS
+//!    round trips per round, median and p99 per round trip, through `--via ssm` (default flags)
+//!    vs `--via direct`; the figure is the latency ssm adds (ssm − direct). Measured twice for
+//!    ssm: under the full AWS-like preset, and with the agent's 1 ms pacing off (payload cap and
+//!    gateway limit kept), because the simulated agent waits 1 ms after each Output message
+//!    before it sends the next, so back-to-back round trips under the preset include up to 1 ms
+//!    of agent pacing that no client can avoid; the second figure is what our client adds.
+//!    Reference from the issue: ours ≈ +0.22 ms over direct, AWS's plugin ≈ +1.75 ms (it sleeps
+//!    1 ms after each message it sends). The proxy's token bucket allows bursts, so a round trip
+//!    never waits on our pacing.
+//!    3b. The same `select 1` on a second connection of a `--ssm-sessions 1` proxy while the
+//!    first runs a CAPPED_MIB COPY FROM, then COPY TO, in the same session (a probe every
+//!    100 ms from 1 s into the transfer): what a query waits for behind a bulk transfer it
+//!    shares a session with (median and worst probe).
+//! 4. Elastic pool scaling under the AWS-like preset: N = 1, 2, 4 parallel COPY TO of
+//!    CAPPED_MIB each, through a fresh proxy per measurement with `--ssm-sessions 4` (the
+//!    elastic pool's default upper bound) and with `--ssm-sessions 1`. The pool opens a new
+//!    session only when every open one is busy (> 300 data messages/s, sampled every 500 ms) or
+//!    congested, so quiet connections opened at once would all share one session by design;
+//!    the COPYs are therefore started staggered: COPY 1 starts, then the bench polls the pool
+//!    until at least min(running COPYs, --ssm-sessions) sessions report busy (at most 3 s),
+//!    then connects and starts the next. The headline figure is the aggregate MB/s over the
+//!    window in which all N run (from the last COPY's first byte to the first COPY's end,
+//!    bytes received by all of them in between); total bytes / (first COPY start → last COPY
+//!    end) is shown beside it. Also shown: the SSM sessions the simulator saw each proxy start,
+//!    the streams per session once all N run, how long the bench waited for the pool to report
+//!    busy, and how long each later COPY's connection took to log in through the tunnel (on a
+//!    session busy with a download it queues behind the agent's backlog). Goal: near-linear
+//!    with the elastic pool, about flat with one.
+//!
+//! Simulator caveat: the simulated agent's "1 ms" pacing sleeps on tokio's millisecond timer,
+//! which rounds up, so one agent message takes about 2 ms: a one-session download here runs at
+//! about half of what 1024 B per ms would give, and under the preset a back-to-back round trip
+//! waits up to about 2 ms for the agent. Both are properties of the simulator, the same for any
+//! client.
 //!
 //! Every proxy runs in-process on 127.0.0.1:0 (as the integration tests start it), clients use
 //! tokio-postgres without TLS to the proxy, and TLS plus the IAM check happen between the proxy
@@ -21,8 +67,8 @@
 //! that is part of what the ratio measures.
 //!
 //! ```text
-//! cargo bench --bench tunnel                              # ROUNDS=3 SIZE_MIB=64 CAPPED_MIB=1
-//! ROUNDS=5 SIZE_MIB=128 CAPPED_MIB=4 cargo bench --bench tunnel
+//! cargo bench --bench tunnel          # ROUNDS=3 SIZE_MIB=64 CAPPED_MIB=4 LATENCY_ITERS=2000
+//! ROUNDS=5 SIZE_MIB=128 CAPPED_MIB=8 cargo bench --bench tunnel
 //! ```
 //!
 //! MB/s is 10^6 bytes per second. Progress goes to stderr, the summary to stdout; RUST_LOG turns
@@ -36,9 +82,11 @@
 //! A peer figure that fails most runs is no comparison.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, TryStreamExt};
@@ -49,7 +97,11 @@ use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
 use rds_auth_proxy::sim::postgres::DB_USER;
 use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats};
 use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy::target::TargetContext;
+use rds_auth_proxy::tunnel::ssm::pool::SessionLoad;
+use rds_auth_proxy::tunnel::Tunnel;
 
 const MIB: usize = 1024 * 1024;
 /// Every generated line is this long, newline included, so rows × LINE = bytes.
@@ -62,10 +114,22 @@ const UNCAPPED_PAYLOAD: usize = 65_536;
 const BIG_CLIENT_PAYLOAD: usize = 32_768;
 /// AWS's payload size on both sides, and the proxy's default.
 const AWS_PAYLOAD: usize = 1024;
-/// The agent's pause after each Output message in AWS-like mode.
-const AWS_PACING: Duration = Duration::from_millis(1);
-/// Parallel connections for the capped section.
-const PARALLEL: [usize; 4] = [1, 2, 4, 8];
+/// `--ssm-max-rate` for the plugin-like reference: the pace the issue measured for
+/// session-manager-plugin (one message, then a 1 ms sleep) on this simulator.
+const PLUGIN_LIKE_RATE: u32 = 670;
+/// The client data-message rate above which the simulated gateway cuts a WebSocket.
+const GATEWAY_LIMIT: u64 = 1000;
+/// `--ssm-sessions` of the elastic proxy in section 4 (the flag's default).
+const ELASTIC_SESSIONS: usize = 4;
+/// Parallel COPY TO in section 4.
+const PARALLEL: [usize; 3] = [1, 2, 4];
+/// Longest the bench waits for the pool to report the running COPYs' sessions busy before it
+/// starts the next COPY anyway.
+const BUSY_WAIT_CAP: Duration = Duration::from_secs(3);
+/// How often the bench polls the pool's load while it waits.
+const BUSY_POLL: Duration = Duration::from_millis(20);
+/// Untimed `select 1` round trips before each timed latency run.
+const LATENCY_WARMUP: usize = 100;
 
 fn main() -> Result<()> {
     let settings = Settings::from_env()?;
@@ -93,8 +157,10 @@ struct Settings {
     rounds: usize,
     /// Bytes per COPY in the caps-off section.
     size: usize,
-    /// Bytes per connection in the capped section (paced to ~1 MB/s per session, so small).
+    /// Bytes per COPY (per connection) under AWS-like limits (about 1 MB/s per session).
     capped_size: usize,
+    /// `select 1` round trips per route and round.
+    latency_iters: usize,
 }
 
 impl Settings {
@@ -102,7 +168,8 @@ impl Settings {
         Ok(Settings {
             rounds: env_number("ROUNDS", 3)?,
             size: env_number("SIZE_MIB", 64)? * MIB,
-            capped_size: env_number("CAPPED_MIB", 1)? * MIB,
+            capped_size: env_number("CAPPED_MIB", 4)? * MIB,
+            latency_iters: env_number("LATENCY_ITERS", 2000)?,
         })
     }
 }
@@ -140,10 +207,11 @@ async fn run(settings: Settings) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("the simulator did not start: {e}"))?;
 
     eprintln!(
-        "tunnel bench: rounds={} size={} MiB capped={} MiB per connection",
+        "tunnel bench: rounds={} size={} MiB capped={} MiB per COPY latency={} round trips",
         settings.rounds,
         settings.size / MIB,
-        settings.capped_size / MIB
+        settings.capped_size / MIB,
+        settings.latency_iters
     );
     let data = Payload::new(1, settings.size);
     let capped = Payload::new(2, settings.capped_size);
@@ -157,13 +225,9 @@ async fn run(settings: Settings) -> Result<()> {
         )
         .await
         .context("cannot grant the bench role CREATE on schema public")?;
-    // Tables are loaded over a direct proxy (untimed): `src` for COPY TO, `sink` for COPY FROM.
-    let direct = BenchProxy::start(
-        "direct",
-        &direct_args(&sim),
-        Credentials::Fixed(sim.aws_credentials()),
-    )
-    .await?;
+    // Tables are loaded over a direct proxy (untimed): `src` and `capped` for COPY TO, `sink`
+    // for COPY FROM.
+    let direct = BenchProxy::start_direct("direct", &sim).await?;
     {
         let client = direct.connect().await?;
         client
@@ -186,9 +250,20 @@ async fn run(settings: Settings) -> Result<()> {
     }
 
     let caps_off = caps_off(&sim, &settings, direct, &data).await?;
-    let capped = capped_scaling(&sim, &settings, &capped).await?;
+    let aws = aws_one_session(&sim, &settings, &capped).await?;
+    let latency = latency(&sim, &settings).await?;
+    let beside = beside_bulk(&sim, &settings, &capped).await?;
+    let scaling = elastic_scaling(&sim, &settings, &capped).await?;
 
-    print_summary(&settings, &caps_off, &capped, started.elapsed());
+    print_summary(
+        &settings,
+        &caps_off,
+        &aws,
+        &latency,
+        &beside,
+        &scaling,
+        started.elapsed(),
+    );
     sim.stop().await;
     Ok(())
 }
@@ -215,9 +290,10 @@ struct CapsOff {
 
 impl CapsOff {
     const DIRECT: usize = 0;
-    /// `--via ssm --ssm-max-payload 32768`, agent cap 65536: the route the 0.5x goal is about.
+    /// `--via ssm --ssm-max-rate 0 --ssm-max-payload 32768`, agent cap 65536: the route the
+    /// 0.5x goal is about.
     const SSM_BIG: usize = 1;
-    /// `--via ssm` with 1024-byte payloads both ways, unpaced.
+    /// `--via ssm --ssm-max-rate 0` with 1024-byte payloads both ways.
     const SSM_AWS: usize = 2;
 }
 
@@ -242,8 +318,14 @@ async fn caps_off(
     direct: BenchProxy,
     data: &Payload,
 ) -> Result<CapsOff> {
-    set_caps(sim, UNCAPPED_PAYLOAD, None);
-    let big = BIG_CLIENT_PAYLOAD.to_string();
+    set_caps_off(sim, UNCAPPED_PAYLOAD);
+    let unpaced = ["--ssm-max-rate".to_owned(), "0".to_owned()];
+    let big = [
+        unpaced[0].clone(),
+        unpaced[1].clone(),
+        "--ssm-max-payload".to_owned(),
+        BIG_CLIENT_PAYLOAD.to_string(),
+    ];
     let routes = [
         Route {
             description: "--via direct".to_owned(),
@@ -251,14 +333,13 @@ async fn caps_off(
             sim_payload_cap: UNCAPPED_PAYLOAD,
         },
         Route {
-            description: format!("--via ssm --ssm-max-payload {BIG_CLIENT_PAYLOAD}"),
-            proxy: BenchProxy::start_ssm("ssm 32 KiB", sim, &["--ssm-max-payload".into(), big])
-                .await?,
+            description: format!("--via ssm --ssm-max-rate 0 --ssm-max-payload {BIG_CLIENT_PAYLOAD}"),
+            proxy: BenchProxy::start_ssm("ssm 32 KiB", sim, &big).await?,
             sim_payload_cap: UNCAPPED_PAYLOAD,
         },
         Route {
-            description: format!("--via ssm, {AWS_PAYLOAD} B both ways (defaults)"),
-            proxy: BenchProxy::start_ssm("ssm 1 KiB", sim, &[]).await?,
+            description: format!("--via ssm --ssm-max-rate 0, {AWS_PAYLOAD} B both ways"),
+            proxy: BenchProxy::start_ssm("ssm 1 KiB", sim, &unpaced).await?,
             sim_payload_cap: AWS_PAYLOAD,
         },
     ];
@@ -266,7 +347,7 @@ async fn caps_off(
     // Warm-up, untimed: opens the SSM sessions, warms caches, and checks every route byte for
     // byte both ways (hashing in a timed run would slow the faster path more).
     for route in &routes {
-        set_caps(sim, route.sim_payload_cap, None);
+        set_caps_off(sim, route.sim_payload_cap);
         verify_route(route, data)
             .await
             .with_context(|| format!("{}: warm-up", route.proxy.label))?;
@@ -280,13 +361,15 @@ async fn caps_off(
     let mut to: Vec<Figure> = routes.iter().map(|_| Figure::default()).collect();
     for round in 1..=settings.rounds {
         for (i, route) in routes.iter().enumerate() {
-            set_caps(sim, route.sim_payload_cap, None);
-            let resends = agent_resends(sim);
+            set_caps_off(sim, route.sim_payload_cap);
             let client = route.proxy.connect().await?;
+            truncate_sink(&client).await?;
+            let resends = agent_resends(sim);
             let took = copy_in(&client, data)
                 .await
                 .with_context(|| format!("{}: round {round} COPY FROM", route.proxy.label))?;
             let resends = agent_resends(sim) - resends;
+            check_sink(&client, data).await?;
             let rate = mb_per_s(data.bytes.len(), took);
             eprintln!(
                 "round {round} caps off  COPY FROM {:<11} {rate:8.1} MB/s ({:.2} s){}",
@@ -298,7 +381,7 @@ async fn caps_off(
             from[i].resends += resends;
         }
         for (i, route) in routes.iter().enumerate() {
-            set_caps(sim, route.sim_payload_cap, None);
+            set_caps_off(sim, route.sim_payload_cap);
             let resends = agent_resends(sim);
             let client = route.proxy.connect().await?;
             let (took, _) = copy_out(&client, "src", data.bytes.len(), false)
@@ -331,149 +414,600 @@ async fn caps_off(
 /// One COPY FROM and one COPY TO of `data` over `route`, each checked by SHA-256.
 async fn verify_route(route: &Route, data: &Payload) -> Result<()> {
     let client = route.proxy.connect().await?;
+    truncate_sink(&client).await?;
     copy_in(&client, data).await?;
-    let (sent, stored) = (data.sha256.as_str(), sink_sha256(&client).await?);
-    ensure!(
-        sent == stored,
-        "COPY FROM stored different bytes (sha256 {stored}, sent {sent})"
-    );
+    check_sink(&client, data).await?;
+    check_sink_sha256(&client, data).await?;
     let (_, received) = copy_out(&client, "src", data.bytes.len(), true).await?;
     ensure!(
-        received.as_deref() == Some(sent),
-        "COPY TO returned different bytes (sha256 {received:?}, expected {sent})"
+        received.as_deref() == Some(data.sha256.as_str()),
+        "COPY TO returned different bytes (sha256 {received:?}, expected {})",
+        data.sha256
     );
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
-// Section 2: AWS-like caps, parallel connections
+// Section 2: AWS-like limits, one session
 
-/// Median aggregate MB/s per entry of [`PARALLEL`], and the SSM sessions each proxy opened
-/// (read from the simulator, so a proxy that ignored `--ssm-sessions` shows here).
-struct Capped {
-    one_session: Vec<f64>,
-    per_connection: Vec<f64>,
-    /// Sessions the `--ssm-sessions 1` proxy opened for the largest parallelism.
-    single_sessions: u64,
-    /// Sessions the `--ssm-sessions N` proxy opened for N connections (N = 1: the single proxy).
-    sessions_used: Vec<u64>,
+/// One direction of one route under AWS-like limits, over the rounds.
+#[derive(Default)]
+struct Paced {
+    rates: Vec<f64>,
+    /// Data messages per second: client → gateway for COPY FROM, agent → client for COPY TO.
+    msg_rates: Vec<f64>,
+    /// Highest client data-message rate the simulated gateway saw over any sliding second,
+    /// over all rounds (the figure the 1000/s limit applies to, in either direction).
+    peak: u64,
+    /// Bytes of COPY data per data message (median).
+    bytes_per_msg: Vec<f64>,
 }
 
-async fn capped_scaling(sim: &Simulator, settings: &Settings, data: &Payload) -> Result<Capped> {
-    set_caps(sim, AWS_PAYLOAD, Some(AWS_PACING));
-    let max_parallel = PARALLEL[PARALLEL.len() - 1];
-    // One proxy limited to one session serves every parallelism; one proxy per N > 1 with
-    // `--ssm-sessions N`. (N = 1 with one session is the same configuration, measured once.)
-    let single =
-        BenchProxy::start_ssm("1 session", sim, &["--ssm-sessions".into(), "1".into()]).await?;
-    let single_sessions = sessions_for(sim, &single, max_parallel).await?;
-    let mut sessions_used = vec![single_sessions];
-    let mut spread = Vec::new();
-    for &n in &PARALLEL[1..] {
-        let proxy =
-            BenchProxy::start_ssm("N sessions", sim, &["--ssm-sessions".into(), n.to_string()])
-                .await?;
-        sessions_used.push(sessions_for(sim, &proxy, n).await?);
-        spread.push(proxy);
+impl Paced {
+    fn median(&self) -> f64 {
+        median(&self.rates)
     }
-
-    let mut one: Vec<Vec<f64>> = vec![Vec::new(); PARALLEL.len()];
-    let mut many: Vec<Vec<f64>> = vec![Vec::new(); PARALLEL.len()];
-    for round in 1..=settings.rounds {
-        // Hash one stream per configuration, in the first round: at ~1 MB/s it costs nothing.
-        let verify = round == 1;
-        for (i, &n) in PARALLEL.iter().enumerate() {
-            let rate = parallel_copy_out(&single, n, data, verify).await?;
-            eprintln!("round {round} capped    COPY TO x{n} over 1 session  {rate:6.2} MB/s");
-            one[i].push(rate);
-            if i == 0 {
-                many[i].push(rate);
-                continue;
-            }
-            let rate = parallel_copy_out(&spread[i - 1], n, data, verify).await?;
-            eprintln!("round {round} capped    COPY TO x{n} over {n} sessions {rate:6.2} MB/s");
-            many[i].push(rate);
-        }
+    fn msgs(&self) -> f64 {
+        median(&self.msg_rates)
     }
-
-    single.stop().await;
-    for proxy in spread {
-        proxy.stop().await;
-    }
-    set_caps(sim, UNCAPPED_PAYLOAD, None);
-    Ok(Capped {
-        one_session: one.iter().map(|v| median(v)).collect(),
-        per_connection: many.iter().map(|v| median(v)).collect(),
-        single_sessions,
-        sessions_used,
-    })
 }
 
-/// Opens `n` connections at once through a fresh proxy, so it opens the sessions it will use
-/// before anything is timed, and returns how many SSM sessions that started.
-async fn sessions_for(sim: &Simulator, proxy: &BenchProxy, n: usize) -> Result<u64> {
-    let before = sessions_started(sim);
-    let clients = futures_util::future::try_join_all((0..n).map(|_| async {
-        let client = proxy.connect().await?;
-        client
+/// Section 2's results.
+struct AwsOneSession {
+    direct_from: Paced,
+    direct_to: Paced,
+    ssm_from: Paced,
+    ssm_to: Paced,
+    plugin_like_from: Paced,
+    /// Sessions the simulator saw the two `--ssm-sessions 1` proxies start (must be 2).
+    sessions_started: u64,
+    /// Agent resends while the section ran.
+    resends: u64,
+}
+
+async fn aws_one_session(
+    sim: &Simulator,
+    settings: &Settings,
+    data: &Payload,
+) -> Result<AwsOneSession> {
+    set_aws_limits(sim, true);
+    let stats = sim.ssm.stats();
+    let one = ["--ssm-sessions".to_owned(), "1".to_owned()];
+    let plugin_args = [
+        one[0].clone(),
+        one[1].clone(),
+        "--ssm-max-rate".to_owned(),
+        PLUGIN_LIKE_RATE.to_string(),
+    ];
+    let sessions_before = stats.sessions_started.load(Ordering::SeqCst);
+    let resends_before = agent_resends(sim);
+    let direct = BenchProxy::start_direct("direct", sim).await?;
+    let ssm = BenchProxy::start_ssm("ssm paced", sim, &one).await?;
+    let plugin = BenchProxy::start_ssm("plugin-like", sim, &plugin_args).await?;
+    // Open each proxy's session untimed.
+    for proxy in [&ssm, &plugin] {
+        proxy
+            .connect()
+            .await?
             .simple_query("SELECT 1")
             .await
-            .context("warm-up query")?;
-        Ok::<_, anyhow::Error>(client)
-    }))
-    .await?;
-    drop(clients);
-    Ok(sessions_started(sim) - before)
+            .with_context(|| format!("{}: warm-up query", proxy.label))?;
+    }
+
+    let mut out = AwsOneSession {
+        direct_from: Paced::default(),
+        direct_to: Paced::default(),
+        ssm_from: Paced::default(),
+        ssm_to: Paced::default(),
+        plugin_like_from: Paced::default(),
+        sessions_started: 0,
+        resends: 0,
+    };
+    for round in 1..=settings.rounds {
+        // Check one transfer per route and direction byte for byte, in the first round: at
+        // about 1 MB/s hashing costs nothing.
+        let verify = round == 1;
+        for (proxy, figure) in [
+            (&direct, &mut out.direct_from),
+            (&ssm, &mut out.ssm_from),
+            (&plugin, &mut out.plugin_like_from),
+        ] {
+            let client = proxy.connect().await?;
+            truncate_sink(&client).await?;
+            let sent = stats.client_data_messages.load(Ordering::SeqCst);
+            let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+            stats.reset_peak();
+            let took = copy_in(&client, data)
+                .await
+                .with_context(|| format!("{}: round {round} capped COPY FROM", proxy.label))?;
+            let msgs = stats.client_data_messages.load(Ordering::SeqCst) - sent;
+            let peak = stats.peak_client_msgs_per_sec.load(Ordering::SeqCst);
+            no_cuts(&stats, cuts, proxy.label, "COPY FROM")?;
+            check_sink(&client, data).await?;
+            if verify {
+                check_sink_sha256(&client, data)
+                    .await
+                    .with_context(|| format!("{}: capped COPY FROM", proxy.label))?;
+            }
+            let rate = mb_per_s(data.bytes.len(), took);
+            figure.rates.push(rate);
+            if proxy.is_ssm() {
+                let msg_rate = msgs as f64 / took.as_secs_f64();
+                figure.msg_rates.push(msg_rate);
+                figure.bytes_per_msg.push(data.bytes.len() as f64 / msgs as f64);
+                figure.peak = figure.peak.max(peak);
+                eprintln!(
+                    "round {round} aws-like  COPY FROM {:<11} {rate:6.2} MB/s ({:.2} s) {msg_rate:5.0} msgs/s, peak {peak}/s",
+                    proxy.label,
+                    took.as_secs_f64()
+                );
+            } else {
+                eprintln!(
+                    "round {round} aws-like  COPY FROM {:<11} {rate:6.1} MB/s ({:.2} s)",
+                    proxy.label,
+                    took.as_secs_f64()
+                );
+            }
+        }
+        for (proxy, figure) in [(&direct, &mut out.direct_to), (&ssm, &mut out.ssm_to)] {
+            let client = proxy.connect().await?;
+            let received = proxy.messages_in();
+            let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+            stats.reset_peak();
+            let (took, sha) = copy_out(&client, "capped", data.bytes.len(), verify)
+                .await
+                .with_context(|| format!("{}: round {round} capped COPY TO", proxy.label))?;
+            let msgs = proxy.messages_in() - received;
+            let peak = stats.peak_client_msgs_per_sec.load(Ordering::SeqCst);
+            no_cuts(&stats, cuts, proxy.label, "COPY TO")?;
+            if let Some(sha) = sha {
+                ensure!(
+                    sha == data.sha256,
+                    "{}: capped COPY TO returned different bytes (sha256 {sha}, expected {})",
+                    proxy.label,
+                    data.sha256
+                );
+            }
+            let rate = mb_per_s(data.bytes.len(), took);
+            figure.rates.push(rate);
+            if proxy.is_ssm() {
+                let msg_rate = msgs as f64 / took.as_secs_f64();
+                figure.msg_rates.push(msg_rate);
+                figure.bytes_per_msg.push(data.bytes.len() as f64 / msgs as f64);
+                figure.peak = figure.peak.max(peak);
+                eprintln!(
+                    "round {round} aws-like  COPY TO   {:<11} {rate:6.2} MB/s ({:.2} s) {msg_rate:5.0} msgs/s in, client peak {peak}/s",
+                    proxy.label,
+                    took.as_secs_f64()
+                );
+            } else {
+                eprintln!(
+                    "round {round} aws-like  COPY TO   {:<11} {rate:6.1} MB/s ({:.2} s)",
+                    proxy.label,
+                    took.as_secs_f64()
+                );
+            }
+        }
+    }
+    out.sessions_started = stats.sessions_started.load(Ordering::SeqCst) - sessions_before;
+    out.resends = agent_resends(sim) - resends_before;
+    for proxy in [direct, ssm, plugin] {
+        proxy.stop().await;
+    }
+    Ok(out)
 }
 
-fn agent_resends(sim: &Simulator) -> u64 {
-    sim.ssm
-        .stats()
-        .resends
-        .load(std::sync::atomic::Ordering::SeqCst)
+/// Fails the run if the simulated gateway cut a WebSocket since `before`: a paced proxy must
+/// never trip AWS's limit, and a figure measured across cuts and resumes would mean nothing.
+fn no_cuts(stats: &SsmSimStats, before: u64, label: &str, what: &str) -> Result<()> {
+    let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst) - before;
+    if cuts > 0 {
+        bail!(
+            "{label}: the simulated gateway cut our WebSocket {cuts} time(s) during {what} for \
+             sending more than {GATEWAY_LIMIT} data messages/s (peak {}/s): the pacer let too \
+             much through",
+            stats.peak_client_msgs_per_sec.load(Ordering::SeqCst)
+        );
+    }
+    Ok(())
 }
 
-fn resend_note(resends: u64) -> String {
-    if resends == 0 {
-        String::new()
-    } else {
-        format!("  [agent resends meanwhile: {resends}]")
+// ---------------------------------------------------------------------------------------------
+// Section 3: interactive latency
+
+/// Per-round median and p99 round trips of one route, in microseconds.
+#[derive(Default)]
+struct Latency {
+    medians: Vec<f64>,
+    p99s: Vec<f64>,
+}
+
+impl Latency {
+    fn median(&self) -> f64 {
+        median(&self.medians)
+    }
+    fn p99(&self) -> f64 {
+        median(&self.p99s)
     }
 }
 
-fn sessions_started(sim: &Simulator) -> u64 {
-    sim.ssm
-        .stats()
-        .sessions_started
-        .load(std::sync::atomic::Ordering::SeqCst)
+/// Section 3's results.
+struct Latencies {
+    direct: Latency,
+    /// Under the full AWS-like preset.
+    ssm_aws: Latency,
+    /// AWS-like preset without the agent's 1 ms pacing.
+    ssm_unpaced_agent: Latency,
 }
 
-/// `n` concurrent COPY TO of the `capped` table; returns aggregate MB/s. Connections are opened
-/// before the clock starts: the figure is transfer throughput, not session setup.
-async fn parallel_copy_out(
-    proxy: &BenchProxy,
+async fn latency(sim: &Simulator, settings: &Settings) -> Result<Latencies> {
+    let stats = sim.ssm.stats();
+    let direct = BenchProxy::start_direct("direct", sim).await?;
+    let ssm = BenchProxy::start_ssm("ssm", sim, &[]).await?;
+    let mut out = Latencies {
+        direct: Latency::default(),
+        ssm_aws: Latency::default(),
+        ssm_unpaced_agent: Latency::default(),
+    };
+    // One connection per route for the whole section, each with its statement prepared.
+    let direct_client = direct.connect().await?;
+    let ssm_client = ssm.connect().await?;
+    for round in 1..=settings.rounds {
+        for (name, client, agent_pacing, figure) in [
+            ("direct", &direct_client, true, &mut out.direct),
+            ("ssm", &ssm_client, true, &mut out.ssm_aws),
+            ("ssm, agent unpaced", &ssm_client, false, &mut out.ssm_unpaced_agent),
+        ] {
+            set_aws_limits(sim, agent_pacing);
+            let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+            stats.reset_peak();
+            let times = select_one_round_trips(client, settings.latency_iters)
+                .await
+                .with_context(|| format!("{name}: round {round} select 1"))?;
+            no_cuts(&stats, cuts, name, "select 1 round trips")?;
+            let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+            eprintln!(
+                "round {round} latency   select 1  {name:<19} median {p50:7.0} µs  p99 {p99:7.0} µs"
+            );
+            figure.medians.push(p50);
+            figure.p99s.push(p99);
+        }
+    }
+    set_aws_limits(sim, true);
+    drop((direct_client, ssm_client));
+    direct.stop().await;
+    ssm.stop().await;
+    Ok(out)
+}
+
+/// `select 1` round trips on one connection while another connection of the same SSM
+/// session runs a bulk COPY: what a query waits for behind a transfer it shares a session with.
+#[derive(Default)]
+struct BesideBulk {
+    /// Every probe's round trip in µs, over all rounds, beside a COPY FROM and a COPY TO.
+    upload: Vec<f64>,
+    download: Vec<f64>,
+}
+
+/// Section 3b: a `--ssm-sessions 1` proxy, two connections on its one session under the
+/// AWS-like preset; one runs COPY FROM (then COPY TO) of CAPPED_MIB, the other, from 1 s into
+/// the transfer until it ends, a prepared `select 1` every 100 ms (at most 50).
+async fn beside_bulk(sim: &Simulator, settings: &Settings, data: &Payload) -> Result<BesideBulk> {
+    set_aws_limits(sim, true);
+    let stats = sim.ssm.stats();
+    let proxy =
+        BenchProxy::start_ssm("ssm shared", sim, &["--ssm-sessions".into(), "1".into()]).await?;
+    let bulk = proxy.connect().await?;
+    let probe = proxy.connect().await?;
+    let statement = probe.prepare("SELECT 1").await.context("prepare")?;
+    let mut out = BesideBulk::default();
+    for round in 1..=settings.rounds {
+        for upload in [true, false] {
+            if upload {
+                truncate_sink(&bulk).await?;
+            }
+            let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let transfer = async {
+                let result = if upload {
+                    copy_in(&bulk, data).await
+                } else {
+                    copy_out(&bulk, "capped", data.bytes.len(), false)
+                        .await
+                        .map(|(took, _)| took)
+                };
+                done.store(true, Ordering::SeqCst);
+                result
+            };
+            let probes = async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut times = Vec::new();
+                while !done.load(Ordering::SeqCst) && times.len() < 50 {
+                    let start = Instant::now();
+                    probe.query_one(&statement, &[]).await?;
+                    times.push(start.elapsed().as_secs_f64() * 1e6);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok::<_, anyhow::Error>(times)
+            };
+            let (took, times) = tokio::join!(transfer, probes);
+            let what = if upload { "COPY FROM" } else { "COPY TO" };
+            let took = took.with_context(|| format!("shared session: round {round} {what}"))?;
+            let times = times.with_context(|| format!("shared session: round {round} select 1"))?;
+            no_cuts(&stats, cuts, "ssm shared", what)?;
+            if upload {
+                check_sink(&bulk, data).await?;
+            }
+            eprintln!(
+                "round {round} shared    select 1 beside {what:<9} ({:.1} s): {} probes, median {:.0} µs, max {:.0} µs",
+                took.as_secs_f64(),
+                times.len(),
+                median(&times),
+                times.iter().copied().fold(f64::NAN, f64::max)
+            );
+            if upload {
+                out.upload.extend(times);
+            } else {
+                out.download.extend(times);
+            }
+        }
+    }
+    drop((bulk, probe));
+    proxy.stop().await;
+    Ok(out)
+}
+
+/// `iters` timed executions of a prepared `select 1` (after an untimed warm-up), in µs each.
+async fn select_one_round_trips(
+    client: &tokio_postgres::Client,
+    iters: usize,
+) -> Result<Vec<f64>> {
+    let statement = client.prepare("SELECT 1").await.context("prepare")?;
+    for _ in 0..LATENCY_WARMUP {
+        client.query_one(&statement, &[]).await.context("warm-up")?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        let row = client.query_one(&statement, &[]).await?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        let one: i32 = row.get(0);
+        ensure!(one == 1, "select 1 returned {one}");
+    }
+    Ok(times)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 4: elastic pool scaling
+
+/// One staggered run of N parallel COPY TO.
+struct ScaleRun {
+    /// Aggregate MB/s while all N ran, or `None` when the first COPY ended before the last one
+    /// received its first byte (no such window).
+    window: Option<f64>,
+    /// N × size / (first COPY start → last COPY end).
+    span: f64,
+    /// SSM sessions the simulator saw this run's fresh proxy start.
+    sessions: u64,
+    /// Streams per shared session when the last COPY had connected.
+    streams: Vec<usize>,
+    /// How long the bench waited before each COPY after the first for the pool to report
+    /// busy sessions, and how many of those waits hit [`BUSY_WAIT_CAP`].
+    waits: Vec<Duration>,
+    timeouts: usize,
+    /// How long each COPY after the first took to connect through the proxy (TLS and IAM
+    /// login to the RDS front through the tunnel), in start order.
+    connects: Vec<Duration>,
+}
+
+/// Section 4's results: per entry of [`PARALLEL`], every round's run.
+struct Scaling {
+    elastic: Vec<Vec<ScaleRun>>,
+    single: Vec<Vec<ScaleRun>>,
+}
+
+async fn elastic_scaling(sim: &Simulator, settings: &Settings, data: &Payload) -> Result<Scaling> {
+    set_aws_limits(sim, true);
+    let mut elastic: Vec<Vec<ScaleRun>> = PARALLEL.iter().map(|_| Vec::new()).collect();
+    let mut single: Vec<Vec<ScaleRun>> = PARALLEL.iter().map(|_| Vec::new()).collect();
+    for round in 1..=settings.rounds {
+        let verify = round == 1;
+        for (i, &n) in PARALLEL.iter().enumerate() {
+            // N = 1 behaves the same whatever the bound; measured once, shown in both columns.
+            let bounds: &[usize] = if n == 1 { &[ELASTIC_SESSIONS] } else { &[ELASTIC_SESSIONS, 1] };
+            for &bound in bounds {
+                let run = scale_run(sim, bound, n, data, verify).await?;
+                let waits: Vec<String> = run
+                    .waits
+                    .iter()
+                    .map(|w| format!("{:.2}", w.as_secs_f64()))
+                    .collect();
+                let connects: Vec<String> = run
+                    .connects
+                    .iter()
+                    .map(|w| format!("{:.2}", w.as_secs_f64()))
+                    .collect();
+                eprintln!(
+                    "round {round} elastic   COPY TO x{n} --ssm-sessions {bound}: all-{n} window {} MB/s, span {:.2} MB/s, \
+                     {} session(s) started, streams per session {:?}, busy waits [{}] s, connects [{}] s{}",
+                    run.window.map_or("-".to_owned(), |w| format!("{w:.2}")),
+                    run.span,
+                    run.sessions,
+                    run.streams,
+                    waits.join(", "),
+                    connects.join(", "),
+                    if run.timeouts > 0 {
+                        format!(" ({} hit the {} s cap)", run.timeouts, BUSY_WAIT_CAP.as_secs())
+                    } else {
+                        String::new()
+                    }
+                );
+                if bound == 1 {
+                    single[i].push(run);
+                } else {
+                    elastic[i].push(run);
+                }
+            }
+        }
+    }
+    Ok(Scaling { elastic, single })
+}
+
+/// What the COPY tasks of one [`scale_run`] share.
+#[derive(Default)]
+struct Progress {
+    /// Bytes received so far by all COPYs.
+    bytes: AtomicUsize,
+    /// When the last COPY received its first byte, and `bytes` just before.
+    all_running: Mutex<Option<(Instant, usize)>>,
+    /// When the first COPY ended, and `bytes` then.
+    first_done: Mutex<Option<(Instant, usize)>>,
+}
+
+/// N staggered COPY TO through a fresh proxy bounded to `bound` sessions.
+async fn scale_run(
+    sim: &Simulator,
+    bound: usize,
     n: usize,
     data: &Payload,
     verify: bool,
-) -> Result<f64> {
-    let clients = futures_util::future::try_join_all((0..n).map(|_| proxy.connect())).await?;
+) -> Result<ScaleRun> {
+    let stats = sim.ssm.stats();
+    let sessions_before = stats.sessions_started.load(Ordering::SeqCst);
+    let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+    let label = if bound == 1 { "1 session" } else { "elastic" };
+    let proxy =
+        BenchProxy::start_ssm(label, sim, &["--ssm-sessions".into(), bound.to_string()]).await?;
+    let progress = Arc::new(Progress::default());
     let expected = data.bytes.len();
+    let mut tasks = Vec::with_capacity(n);
+    let mut waits = Vec::new();
+    let mut timeouts = 0;
+    // The first connection opens the first session before the clock starts; each later one
+    // connects inside its task, so a slow connect (through a busy session) does not hold up
+    // the bench's polling for the next.
+    let mut first_client = Some(proxy.connect().await?);
     let start = Instant::now();
-    let transfers = clients.iter().enumerate().map(|(i, client)| async move {
-        let hash = verify && i == 0;
-        let (_, sha) = copy_out(client, "capped", expected, hash).await?;
+    for k in 0..n {
+        if k > 0 {
+            let want = k.min(bound);
+            let waited = Instant::now();
+            if !wait_busy(&proxy, want).await {
+                timeouts += 1;
+            }
+            waits.push(waited.elapsed());
+        }
+        let first = first_client.take();
+        let connect = (first.is_none()).then(|| proxy.connector());
+        let progress = progress.clone();
+        let hash = verify && k == 0;
+        let last = k == n - 1;
+        tasks.push(tokio::spawn(async move {
+            let connecting = Instant::now();
+            let client = match (first, connect) {
+                (Some(client), _) => client,
+                (None, Some(connect)) => connect.connect().await?,
+                (None, None) => unreachable!("every COPY after the first has a connector"),
+            };
+            let connect_time = connecting.elapsed();
+            let sha = copy_out_tracked(&client, expected, hash, &progress, last).await?;
+            Ok::<_, anyhow::Error>((connect_time, sha))
+        }));
+    }
+    // Streams per session once all N run (or the first has ended).
+    while progress.all_running.lock().unwrap().is_none()
+        && progress.first_done.lock().unwrap().is_none()
+    {
+        tokio::time::sleep(BUSY_POLL).await;
+    }
+    let streams = proxy.ssm_load().iter().map(|s| s.streams).collect();
+    let mut connects = Vec::with_capacity(n);
+    for (k, task) in tasks.into_iter().enumerate() {
+        let (connect_time, sha) = task.await.context("a COPY task panicked")??;
+        if k > 0 {
+            connects.push(connect_time);
+        }
         if let Some(sha) = sha {
             ensure!(
                 sha == data.sha256,
-                "{}: capped COPY TO returned different bytes (sha256 {sha}, expected {})",
-                proxy.label,
+                "{label}: capped COPY TO returned different bytes (sha256 {sha}, expected {})",
                 data.sha256
             );
         }
-        Ok(())
-    });
-    futures_util::future::try_join_all(transfers).await?;
-    Ok(mb_per_s(expected * n, start.elapsed()))
+    }
+    let span = mb_per_s(expected * n, start.elapsed());
+    no_cuts(&stats, cuts, label, "parallel COPY TO")?;
+    let window = {
+        let from = *progress.all_running.lock().unwrap();
+        let to = *progress.first_done.lock().unwrap();
+        match (from, to) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => Some(mb_per_s(b1 - b0, t1 - t0)),
+            _ => None,
+        }
+    };
+    proxy.stop().await;
+    Ok(ScaleRun {
+        window,
+        span,
+        sessions: stats.sessions_started.load(Ordering::SeqCst) - sessions_before,
+        streams,
+        waits,
+        timeouts,
+        connects,
+    })
+}
+
+/// Polls the pool until at least `want` sessions report busy; false after [`BUSY_WAIT_CAP`].
+async fn wait_busy(proxy: &BenchProxy, want: usize) -> bool {
+    let deadline = Instant::now() + BUSY_WAIT_CAP;
+    loop {
+        if proxy.ssm_load().iter().filter(|s| s.busy).count() >= want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(BUSY_POLL).await;
+    }
+}
+
+/// COPY TO of the `capped` table that reports its progress to `progress`.
+async fn copy_out_tracked(
+    client: &tokio_postgres::Client,
+    expected: usize,
+    hash: bool,
+    progress: &Progress,
+    last: bool,
+) -> Result<Option<String>> {
+    let stream = client
+        .copy_out("COPY capped TO STDOUT")
+        .await
+        .context("COPY capped TO STDOUT")?;
+    futures_util::pin_mut!(stream);
+    let mut hasher = hash.then(Sha256::new);
+    let mut received = 0usize;
+    while let Some(chunk) = stream.try_next().await.context("COPY TO: receiving data")? {
+        if last && received == 0 {
+            let before = progress.bytes.load(Ordering::SeqCst);
+            *progress.all_running.lock().unwrap() = Some((Instant::now(), before));
+        }
+        received += chunk.len();
+        progress.bytes.fetch_add(chunk.len(), Ordering::SeqCst);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
+    }
+    {
+        let mut first = progress.first_done.lock().unwrap();
+        if first.is_none() {
+            *first = Some((Instant::now(), progress.bytes.load(Ordering::SeqCst)));
+        }
+    }
+    ensure!(
+        received == expected,
+        "COPY capped TO returned {received} bytes, expected {expected}"
+    );
+    Ok(hasher.map(|h| hex::encode(h.finalize())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,12 +1067,17 @@ async fn load(client: &tokio_postgres::Client, table: &str, data: &Payload) -> R
     Ok(())
 }
 
-/// Times one COPY FROM STDIN of `data` into the emptied `sink` table and checks what arrived.
-async fn copy_in(client: &tokio_postgres::Client, data: &Payload) -> Result<Duration> {
+/// Empties the `sink` table before a COPY FROM (untimed).
+async fn truncate_sink(client: &tokio_postgres::Client) -> Result<()> {
     client
         .batch_execute("TRUNCATE sink")
         .await
-        .context("TRUNCATE sink")?;
+        .context("TRUNCATE sink")
+}
+
+/// Times one COPY FROM STDIN of `data` into the `sink` table (emptied beforehand with
+/// [`truncate_sink`]); checks the row count PostgreSQL reports.
+async fn copy_in(client: &tokio_postgres::Client, data: &Payload) -> Result<Duration> {
     let start = Instant::now();
     let sink = client
         .copy_in("COPY sink FROM STDIN")
@@ -558,6 +1097,11 @@ async fn copy_in(client: &tokio_postgres::Client, data: &Payload) -> Result<Dura
         "COPY FROM stored {rows} rows, expected {}",
         data.rows()
     );
+    Ok(took)
+}
+
+/// Checks that the `sink` table holds as many bytes as `data` (untimed).
+async fn check_sink(client: &tokio_postgres::Client, data: &Payload) -> Result<()> {
     let stored: i64 = client
         .query_one(
             "SELECT coalesce(sum(octet_length(line) + 1), 0)::int8 FROM sink",
@@ -571,12 +1115,12 @@ async fn copy_in(client: &tokio_postgres::Client, data: &Payload) -> Result<Dura
         "COPY FROM stored {stored} bytes, sent {}",
         data.bytes.len()
     );
-    Ok(took)
+    Ok(())
 }
 
-/// SHA-256 of what the `sink` table holds, as the COPY text it came from (rows in the order a
-/// single COPY into a truncated table wrote them).
-async fn sink_sha256(client: &tokio_postgres::Client) -> Result<String> {
+/// Checks the SHA-256 of what the `sink` table holds, as the COPY text it came from (rows in
+/// the order a single COPY into a truncated table wrote them), against `data`.
+async fn check_sink_sha256(client: &tokio_postgres::Client, data: &Payload) -> Result<()> {
     let row = client
         .query_one(
             "SELECT encode(sha256(convert_to(string_agg(line || E'\\n', '' ORDER BY ctid), 'UTF8')), 'hex') FROM sink",
@@ -584,7 +1128,13 @@ async fn sink_sha256(client: &tokio_postgres::Client) -> Result<String> {
         )
         .await
         .context("hashing the sink table")?;
-    Ok(row.get(0))
+    let stored: String = row.get(0);
+    ensure!(
+        stored == data.sha256,
+        "COPY FROM stored different bytes (sha256 {stored}, sent {})",
+        data.sha256
+    );
+    Ok(())
 }
 
 /// Times one COPY TO STDOUT of `table`, checks the byte count, and hashes the stream if asked.
@@ -623,6 +1173,8 @@ async fn copy_out(
 struct BenchProxy {
     label: &'static str,
     addr: SocketAddr,
+    /// The proxy's target context, for its SSM pool's load.
+    ctx: Arc<TargetContext>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -642,6 +1194,7 @@ impl BenchProxy {
             .await
             .with_context(|| format!("{label}: the proxy did not start"))?;
         let addr = proxy.local_addr();
+        let ctx = proxy.ctx.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(proxy.run(async move {
             let _ = stopped.await;
@@ -649,9 +1202,20 @@ impl BenchProxy {
         Ok(BenchProxy {
             label,
             addr,
+            ctx,
             stop,
             task,
         })
+    }
+
+    /// A `--via direct` proxy to the simulated RDS front.
+    async fn start_direct(label: &'static str, sim: &Simulator) -> Result<BenchProxy> {
+        BenchProxy::start(
+            label,
+            &direct_args(sim),
+            Credentials::Fixed(sim.aws_credentials()),
+        )
+        .await
     }
 
     /// A `--via ssm` proxy whose SSM client talks to the simulator, with `extra` flags.
@@ -670,6 +1234,48 @@ impl BenchProxy {
         BenchProxy::start(label, &args, Credentials::FixedWith(setup)).await
     }
 
+    fn is_ssm(&self) -> bool {
+        matches!(self.ctx.tunnel, Tunnel::Ssm(_))
+    }
+
+    /// Load of the proxy's shared SSM sessions (empty for `--via direct`).
+    fn ssm_load(&self) -> Vec<SessionLoad> {
+        match &self.ctx.tunnel {
+            Tunnel::Ssm(tunnel) => tunnel.load(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Agent data messages received so far by the proxy's live SSM sessions.
+    fn messages_in(&self) -> u64 {
+        self.ssm_load().iter().map(|s| s.stats.messages_in).sum()
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        self.connector().connect().await
+    }
+
+    /// What a spawned task needs to connect through this proxy.
+    fn connector(&self) -> Connector {
+        Connector {
+            label: self.label,
+            addr: self.addr,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Connects tokio-postgres clients through one proxy (no TLS to the proxy).
+struct Connector {
+    label: &'static str,
+    addr: SocketAddr,
+}
+
+impl Connector {
     async fn connect(&self) -> Result<tokio_postgres::Client> {
         let conn = format!(
             "host={} port={} user={DB_USER} dbname=postgres connect_timeout=30",
@@ -683,11 +1289,6 @@ impl BenchProxy {
             let _ = connection.await;
         });
         Ok(client)
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
     }
 }
 
@@ -721,13 +1322,37 @@ fn ssm_args(sim: &Simulator) -> Vec<String> {
     ]
 }
 
-/// Sets the simulated agent's Output payload cap and pacing; running sessions pick it up at
-/// their next message.
-fn set_caps(sim: &Simulator, payload_cap: usize, pacing: Option<Duration>) {
+/// Caps off: the given agent Output payload cap, no agent pacing, no gateway limit. Running
+/// sessions pick it up at their next message.
+fn set_caps_off(sim: &Simulator, payload_cap: usize) {
     sim.ssm.options().update(|o| {
         o.payload_cap = payload_cap;
-        o.pacing = pacing;
+        o.pacing = None;
+        o.client_rate_limit = None;
     });
+}
+
+/// The simulator's AWS-like preset ([`SsmSimOptions::aws_limits`]), optionally without the
+/// agent's pacing (section 3 only).
+fn set_aws_limits(sim: &Simulator, agent_pacing: bool) {
+    let aws = SsmSimOptions::aws_limits();
+    sim.ssm.options().update(|o| {
+        o.payload_cap = aws.payload_cap;
+        o.pacing = if agent_pacing { aws.pacing } else { None };
+        o.client_rate_limit = aws.client_rate_limit;
+    });
+}
+
+fn agent_resends(sim: &Simulator) -> u64 {
+    sim.ssm.stats().resends.load(Ordering::SeqCst)
+}
+
+fn resend_note(resends: u64) -> String {
+    if resends == 0 {
+        String::new()
+    } else {
+        format!("  [agent resends meanwhile: {resends}]")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -747,30 +1372,52 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn print_summary(settings: &Settings, caps_off: &CapsOff, capped: &Capped, took: Duration) {
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn print_summary(
+    settings: &Settings,
+    caps_off: &CapsOff,
+    aws: &AwsOneSession,
+    latency: &Latencies,
+    beside: &BesideBulk,
+    scaling: &Scaling,
+    took: Duration,
+) {
     println!();
     println!(
-        "tunnel throughput, median of {} rounds (MB/s = 10^6 B/s; run took {:.0} s)",
+        "tunnel benchmark, median of {} rounds (MB/s = 10^6 B/s; run took {:.0} s)",
         settings.rounds,
         took.as_secs_f64()
     );
+
+    // 1. Caps off.
     println!();
     println!(
-        "1. caps off: {} MiB per COPY; sim Output cap {UNCAPPED_PAYLOAD} B, no pacing",
+        "1. caps off: {} MiB per COPY; sim Output cap {UNCAPPED_PAYLOAD} B, no agent pacing, \
+         no gateway limit; proxy unpaced (--ssm-max-rate 0)",
         settings.size / MIB
     );
-    println!("{:<50} {:>10} {:>10}", "", "COPY FROM", "COPY TO");
+    println!("{:<58} {:>10} {:>10}", "MB/s", "COPY FROM", "COPY TO");
     let (from, to) = (&caps_off.copy_from, &caps_off.copy_to);
     for (i, description) in caps_off.descriptions.iter().enumerate() {
         println!(
-            "{description:<50} {:>10.1} {:>10.1}",
+            "{description:<58} {:>10.1} {:>10.1}",
             from[i].median(),
             to[i].median()
         );
     }
     let ratio = |label: &str, a: usize| {
         println!(
-            "{label:<50} {:>9.2}x {:>9.2}x",
+            "{label:<58} {:>9.2}x {:>9.2}x",
             from[a].median() / from[CapsOff::DIRECT].median(),
             to[a].median() / to[CapsOff::DIRECT].median()
         );
@@ -784,68 +1431,256 @@ fn print_summary(settings: &Settings, caps_off: &CapsOff, capped: &Capped, took:
             println!("  {description}: {f} / {t} agent resends (any session) during its COPY FROM / COPY TO");
         }
     }
+
+    // 2. AWS-like limits, one session.
     println!();
     println!(
-        "2. AWS-like caps: COPY TO {} MiB per connection; sim Output cap {AWS_PAYLOAD} B, {} ms pacing",
-        settings.capped_size / MIB,
-        AWS_PACING.as_millis()
+        "2. AWS-like limits, one session: {} MiB per COPY; sim preset aws_limits ({AWS_PAYLOAD} B \
+         agent payloads, 1 ms agent pacing, gateway cuts a client above {GATEWAY_LIMIT} data msgs/s)",
+        settings.capped_size / MIB
     );
     println!(
-        "{:<13} {:>16} {:>7}   {:>16} {:>7} {:>9}",
-        "connections", "1 session MB/s", "scale", "N sessions MB/s", "scale", "sessions"
+        "{:<52} {:>7} {:>7} {:>6}   {:>7} {:>7} {:>6}",
+        "", "FROM", "msgs/s", "peak", "TO", "msgs/s", "peak"
     );
+    let row = |label: &str, from: &Paced, to: Option<&Paced>, paced: bool| {
+        let dir = |p: &Paced| {
+            if paced {
+                format!("{:>7.2} {:>7.0} {:>6}", p.median(), p.msgs(), p.peak)
+            } else {
+                format!("{:>7.1} {:>7} {:>6}", p.median(), "-", "-")
+            }
+        };
+        let to = to.map_or(format!("{:>7} {:>7} {:>6}", "-", "-", "-"), dir);
+        println!("{label:<52} {}   {to}", dir(from));
+    };
+    row("--via direct", &aws.direct_from, Some(&aws.direct_to), false);
+    row(
+        "--via ssm --ssm-sessions 1 (default pace, 900/s)",
+        &aws.ssm_from,
+        Some(&aws.ssm_to),
+        true,
+    );
+    row(
+        &format!("plugin-like pace: --ssm-max-rate {PLUGIN_LIKE_RATE} (emulation)"),
+        &aws.plugin_like_from,
+        None,
+        true,
+    );
+    println!(
+        "  FROM/TO in MB/s; msgs/s = data messages per second (FROM: client messages the gateway \
+         got; TO: agent messages our client got); peak = most client data messages the gateway \
+         saw in any sliding second (limit {GATEWAY_LIMIT})"
+    );
+    println!(
+        "  bytes per data message: COPY FROM {:.0}, COPY TO {:.0}; agent resends in the section: {}; \
+         sessions started: {} (2 proxies)",
+        median(&aws.ssm_from.bytes_per_msg),
+        median(&aws.ssm_to.bytes_per_msg),
+        aws.resends,
+        aws.sessions_started
+    );
+    let vs_plugin = aws.ssm_from.median() / aws.plugin_like_from.median();
+    println!(
+        "  ratio ssm / plugin-like pace, COPY FROM: {vs_plugin:.2}x; ratio ssm / direct: COPY FROM {:.3}x, COPY TO {:.3}x",
+        aws.ssm_from.median() / aws.direct_from.median(),
+        aws.ssm_to.median() / aws.direct_to.median()
+    );
+    println!(
+        "  one session COPY TO: {:.2} MB/s = one {AWS_PAYLOAD} B agent message every {:.2} ms (agent pacing 1 ms)",
+        aws.ssm_to.median(),
+        1e3 / aws.ssm_to.msgs()
+    );
+    println!("  gateway cuts: 0 (checked after every transfer; the bench stops at the first cut)");
+
+    // 3. Latency.
+    println!();
+    println!(
+        "3. interactive latency: prepared select 1, one connection, {} round trips per round; \
+         median / p99 in µs (median over rounds)",
+        settings.latency_iters
+    );
+    let lat_row = |label: &str, l: &Latency| {
+        let added = if std::ptr::eq(l, &latency.direct) {
+            String::new()
+        } else {
+            format!(
+                "   added: median {:+.0} µs, p99 {:+.0} µs",
+                l.median() - latency.direct.median(),
+                l.p99() - latency.direct.p99()
+            )
+        };
+        println!("{label:<52} {:>7.0} / {:>7.0}{added}", l.median(), l.p99());
+    };
+    lat_row("--via direct", &latency.direct);
+    lat_row("--via ssm (defaults), sim aws_limits", &latency.ssm_aws);
+    lat_row(
+        "--via ssm (defaults), aws_limits minus agent pacing",
+        &latency.ssm_unpaced_agent,
+    );
+    println!(
+        "  Under the full preset the agent waits 1 ms after each Output before the next, so back-to-back \
+         round trips carry agent pacing; the second ssm row is what our client adds. Issue's reference: \
+         ours +220 µs, AWS's plugin +1750 µs. With the agent unpaced the loop runs well above 900 round \
+         trips/s, so our token bucket empties and its waits (a few tokens' worth, ~5-9 ms) make that row's p99."
+    );
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "3b. select 1 on a second connection of the same session (--ssm-sessions 1) while a {} MiB COPY runs: \
+         beside COPY FROM median {:.0} µs, max {:.0} µs ({} probes); beside COPY TO median {:.0} µs, max {:.0} µs ({} probes)",
+        settings.capped_size / MIB,
+        median(&beside.upload),
+        max(&beside.upload),
+        beside.upload.len(),
+        median(&beside.download),
+        max(&beside.download),
+        beside.download.len()
+    );
+
+    // 4. Elastic pool scaling.
+    println!();
+    println!(
+        "4. elastic pool: N parallel COPY TO of {} MiB each, started staggered (next COPY once \
+         min(running, bound) sessions report busy, at most {} s); sim aws_limits; fresh proxy per run",
+        settings.capped_size / MIB,
+        BUSY_WAIT_CAP.as_secs()
+    );
+    println!(
+        "{:<3} {:>12} {:>6} {:>6} {:>8} {:>9} {:>8}   {:>11} {:>6} {:>6} {:>8} {:>8}",
+        "N",
+        "elastic MB/s",
+        "scale",
+        "span",
+        "sessions",
+        "busy wait",
+        "connect",
+        "1-sess MB/s",
+        "scale",
+        "span",
+        "sessions",
+        "connect"
+    );
+    let window = |runs: &[ScaleRun]| {
+        let w: Vec<f64> = runs.iter().filter_map(|r| r.window).collect();
+        median(&w)
+    };
+    let span = |runs: &[ScaleRun]| median(&runs.iter().map(|r| r.span).collect::<Vec<_>>());
+    let sessions = |runs: &[ScaleRun]| {
+        runs.iter()
+            .map(|r| r.sessions.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mean_wait = |runs: &[ScaleRun]| {
+        let waits: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.waits.iter().map(|w| w.as_secs_f64()))
+            .collect();
+        if waits.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.2} s", waits.iter().sum::<f64>() / waits.len() as f64)
+        }
+    };
+    let connect = |runs: &[ScaleRun]| {
+        let times: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.connects.iter().map(|w| w.as_secs_f64()))
+            .collect();
+        if times.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.2} s", median(&times))
+        }
+    };
+    let base_elastic = window(&scaling.elastic[0]);
     for (i, n) in PARALLEL.iter().enumerate() {
+        let single: &[ScaleRun] = if i == 0 {
+            &scaling.elastic[0]
+        } else {
+            &scaling.single[i]
+        };
+        let (e, s) = (window(&scaling.elastic[i]), window(single));
         println!(
-            "{:<13} {:>16.2} {:>6.2}x   {:>16.2} {:>6.2}x {:>9}",
-            n,
-            capped.one_session[i],
-            capped.one_session[i] / capped.one_session[0],
-            capped.per_connection[i],
-            capped.per_connection[i] / capped.per_connection[0],
-            capped.sessions_used[i]
+            "{n:<3} {e:>12.2} {:>5.2}x {:>6.2} {:>8} {:>9} {:>8}   {s:>11.2} {:>5.2}x {:>6.2} {:>8} {:>8}",
+            e / base_elastic,
+            span(&scaling.elastic[i]),
+            sessions(&scaling.elastic[i]),
+            mean_wait(&scaling.elastic[i]),
+            connect(&scaling.elastic[i]),
+            s / base_elastic,
+            span(single),
+            sessions(single),
+            connect(single),
         );
     }
-    let max_parallel = PARALLEL[PARALLEL.len() - 1];
+    let missing: usize = scaling
+        .elastic
+        .iter()
+        .chain(scaling.single.iter())
+        .flatten()
+        .filter(|r| r.window.is_none())
+        .count();
+    let capped_waits: usize = scaling.elastic.iter().flatten().map(|r| r.timeouts).sum();
     println!(
-        "  sessions = SSM sessions the simulator saw the N-sessions proxy open; the 1-session proxy \
-         opened {} for {max_parallel} connections. N = 1 is one run, shown in both columns.",
-        capped.single_sessions
+        "  MB/s = aggregate over the window in which all N COPYs ran (last COPY's first byte to first \
+         COPY's end); span = N x size / (first start -> last end); sessions = SSM sessions the simulator \
+         saw each round's fresh proxy start; busy wait = mean wait for the pool to report busy sessions \
+         before starting the next COPY ({capped_waits} elastic wait(s) hit the cap); connect = median time \
+         a later COPY's connection (TLS + IAM login through the tunnel) took; N = 1 is one run, \
+         shown in both columns{}",
+        if missing > 0 {
+            format!("; {missing} run(s) had no all-N window and are left out")
+        } else {
+            String::new()
+        }
     );
-    // What one session delivers, as the interval between its 1024-byte messages: the cap/pacing
-    // ceiling is one per 1 ms (1.02 MB/s); a longer interval is time the agent side loses per
-    // message on top of the pacing.
-    let per_session = capped.one_session[0];
+    let last = PARALLEL.len() - 1;
+    let spread: Vec<String> = scaling.elastic[last]
+        .iter()
+        .map(|r| format!("{:?}", r.streams))
+        .collect();
     println!(
-        "  one session: {per_session:.2} MB/s = one {AWS_PAYLOAD} B message every {:.2} ms (pacing {} ms)",
-        AWS_PAYLOAD as f64 / (per_session * 1e6) * 1e3,
-        AWS_PACING.as_millis()
+        "  streams per elastic session when the last of {} COPYs connected, per round: {}",
+        PARALLEL[last],
+        spread.join(" ")
     );
-    println!();
 
-    // The 0.5x goal is about the uncapped (32 KiB) route.
+    // Goals.
+    println!();
     let ssm_from = from[CapsOff::SSM_BIG].median() / from[CapsOff::DIRECT].median();
     let ssm_to = to[CapsOff::SSM_BIG].median() / to[CapsOff::DIRECT].median();
     println!(
-        "goal caps off, ssm >= 0.5x direct:  COPY FROM {ssm_from:.2}x  COPY TO {ssm_to:.2}x   ({})",
+        "goal caps off, ssm >= 0.5x direct:            COPY FROM {ssm_from:.2}x  COPY TO {ssm_to:.2}x   ({})",
         verdict(ssm_from >= 0.5 && ssm_to >= 0.5)
     );
-    // "Near-linear": every N sessions reach at least 3/4 of N times one; "about flat": one
-    // session never gains more than half again, whatever the number of connections.
-    let spread_ok = PARALLEL
-        .iter()
-        .enumerate()
-        .all(|(i, &n)| capped.per_connection[i] >= 0.75 * n as f64 * capped.per_connection[0]);
-    let flat_ok = capped
-        .one_session
-        .iter()
-        .all(|&rate| rate < 1.5 * capped.one_session[0]);
-    let last = PARALLEL.len() - 1;
+    let peak = aws.ssm_from.peak.max(aws.ssm_to.peak);
     println!(
-        "goal AWS-like caps, {max_parallel} connections: {:.2}x over {max_parallel} sessions (ideal {max_parallel}x), \
-         {:.2}x over 1 session (ideal ~1x)   ({})",
-        capped.per_connection[last] / capped.per_connection[0],
-        capped.one_session[last] / capped.one_session[0],
-        verdict(spread_ok && flat_ok)
+        "goal AWS-like, upload >= 1.3x plugin-like pace: {vs_plugin:.2}x ({:.2} vs {:.2} MB/s)   ({})",
+        aws.ssm_from.median(),
+        aws.plugin_like_from.median(),
+        verdict(vs_plugin >= 1.3)
+    );
+    println!(
+        "goal AWS-like, under the gateway limit:        peak {peak} client msgs/s, 0 cuts   ({})",
+        verdict(peak < GATEWAY_LIMIT)
+    );
+    let added = latency.ssm_unpaced_agent.median() - latency.direct.median();
+    let added_aws = latency.ssm_aws.median() - latency.direct.median();
+    // The issue's +220 µs (ours) and +1750 µs (plugin) were measured without agent pacing, so
+    // the client-only row is the one to hold against them.
+    println!(
+        "goal latency, keep the lead over the plugin's +1750 µs: ours +{added:.0} µs with the agent unpaced \
+         (+{added_aws:.0} µs with the sim agent's 1 ms pacing on)   ({})",
+        verdict(added < 1750.0)
+    );
+    let n_max = PARALLEL[last];
+    let e_scale = window(&scaling.elastic[last]) / base_elastic;
+    let s_scale = window(&scaling.single[last]) / base_elastic;
+    println!(
+        "goal elastic pool, {n_max} COPYs: {e_scale:.2}x with --ssm-sessions {ELASTIC_SESSIONS} (ideal {n_max}x), \
+         {s_scale:.2}x with --ssm-sessions 1 (ideal ~1x)   ({})",
+        verdict(e_scale >= 0.75 * n_max as f64 && s_scale < 1.5)
     );
 }
 

@@ -63,16 +63,8 @@ pub async fn build_context(
     // Where an SSM client would come from; it is only built for --via ssm.
     let (region, source, aws) = match credentials {
         Credentials::Chain => {
-            let sdk = crate::auth::credentials::load_sdk_config(
-                config.profile.as_deref(),
-                config.region.as_deref(),
-            )
-            .await;
-            let region = config
-                .region
-                .clone()
-                .or_else(|| sdk.region().map(|r| r.to_string()))
-                .ok_or(AppError::NoRegion)?;
+            let region = region_or_configured(config.region.clone(), config.profile.as_deref()).await?;
+            let sdk = crate::auth::credentials::load_sdk_config(config.profile.as_deref(), Some(&region)).await;
             (region, CredentialSource::from_sdk_config(&sdk)?, AwsSource::Sdk(Box::new(sdk)))
         }
         Credentials::Fixed(credentials) => (
@@ -125,6 +117,43 @@ pub async fn build_context(
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
     }))
+}
+
+/// `explicit` (from --region or the endpoint name), else the AWS configuration's, found quietly.
+async fn region_or_configured(explicit: Option<String>, profile: Option<&str>) -> Result<String, AppError> {
+    match explicit {
+        Some(region) => Ok(region),
+        None => crate::auth::credentials::configured_region(profile)
+            .await
+            .ok_or(AppError::NoRegion),
+    }
+}
+
+/// The start-up check of the credential chain: one line saying where credentials come from
+/// (never what they are), or what to do. Never fatal: `aws sso login` may come later, and the
+/// next connection picks the credentials up without a restart.
+pub async fn report_credentials(ctx: &TargetContext, profile: Option<&str>) {
+    let profile = profile
+        .map(str::to_owned)
+        .or_else(|| std::env::var("AWS_PROFILE").ok())
+        .unwrap_or_else(|| "default".to_owned());
+    match ctx.auth.credentials().await {
+        Ok(creds) => tracing::info!(
+            source = %crate::auth::credentials::provider_name(&creds),
+            %profile,
+            expires = %creds.expiry().map_or("never".to_owned(), |e| crate::auth::credentials::humantime_lite::Rfc3339(e).to_string()),
+            "AWS credentials found"
+        ),
+        Err(e) => {
+            tracing::warn!(
+                %profile,
+                error = %crate::session::display_chain(&e),
+                "no AWS credentials found yet, so logins will fail until there are: run `aws sso login` \
+                 (with --profile if you use one), or set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY; no restart needed"
+            );
+        }
+    }
 }
 
 /// What AWS clients are built from.
@@ -182,9 +211,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Binds the listeners first — a port in use is the most common start-up mistake, and it
+    /// should not wait behind AWS configuration — then builds the target's context.
     pub async fn bind(config: &Config, credentials: Credentials) -> Result<Proxy, AppError> {
-        let ctx = build_context(config, credentials).await?;
         let listeners = Listeners::bind(&config.listen).await?;
+        let ctx = build_context(config, credentials).await?;
         Ok(Proxy { listeners, ctx })
     }
 
@@ -228,10 +259,8 @@ pub async fn print_token(
         .region
         .clone()
         .or_else(|| crate::config::infer_region(&endpoint));
-    let sdk = crate::auth::credentials::load_sdk_config(args.profile.as_deref(), region_arg.as_deref()).await;
-    let region = region_arg
-        .or_else(|| sdk.region().map(|r| r.to_string()))
-        .ok_or(AppError::NoRegion)?;
+    let region = region_or_configured(region_arg, args.profile.as_deref()).await?;
+    let sdk = crate::auth::credentials::load_sdk_config(args.profile.as_deref(), Some(&region)).await;
     let auth = IamAuth::new(CredentialSource::from_sdk_config(&sdk)?);
     let request = crate::auth::TokenRequest {
         endpoint,

@@ -16,31 +16,42 @@ bundle for the endpoint's own name (verify-full), answers the password request w
 signed RDS IAM token from your normal AWS credentials (profiles, SSO, env, roles), and then relays \
 the connection unchanged.";
 
+// Every line stays under 60 columns, commands continued with backslashes, so that neither clap's
+// wrapping nor a narrow terminal ever splits one where a paste would break it (tests/cli.rs).
 const EXAMPLES: &str = "\
 Examples:
-  # Reach an RDS instance you can route to (VPN, inside the VPC):
-  rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --via direct
+  # An RDS instance you can route to (VPN, in the VPC):
+  rds-auth-proxy --via direct \\
+      --target mydb.abc123.eu-central-1.rds.amazonaws.com
   psql -h localhost -p 6543 -U db_user postgres
 
-  # Through an SSM managed node in the VPC (no session-manager-plugin needed):
-  rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --via ssm --ssm-target i-0123456789abcdef0
+  # Through an SSM managed node in the VPC (no plugin):
+  rds-auth-proxy --via ssm \\
+      --ssm-target i-0123456789abcdef0 \\
+      --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
-  # Through a port forward you already run (TLS still verifies the endpoint name):
-  rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --connect-addr 127.0.0.1:15432
+  # Through a port forward you already run (TLS still
+  # verifies the endpoint name):
+  rds-auth-proxy --connect-addr 127.0.0.1:15432 \\
+      --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
-  # A password (SCRAM) user whose password RDS keeps in Secrets Manager:
-  rds-auth-proxy --target mydb.abc123.eu-central-1.rds.amazonaws.com --db-user app \\
-      --password-secret 'rds!db-0123abcd-…'
+  # A password (SCRAM) user whose password RDS keeps in
+  # Secrets Manager:
+  rds-auth-proxy --db-user app \\
+      --password-secret 'rds!db-0123abcd-…' \\
+      --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
-  # Try it with no AWS at hand (simulated RDS + a throwaway local PostgreSQL):
+  # No AWS at hand? Simulated SSM and RDS, and a
+  # throwaway local PostgreSQL:
   rds-auth-proxy demo
 
   # Print a token, like `aws rds generate-db-auth-token`:
-  rds-auth-proxy token --hostname mydb.abc123.eu-central-1.rds.amazonaws.com --port 5432 \\
-      --region eu-central-1 --username db_user
+  rds-auth-proxy token --port 5432 --username db_user \\
+      --hostname mydb.abc123.eu-central-1.rds.amazonaws.com
 
 Every flag can also be set as an environment variable RDS_AUTH_PROXY_<FLAG>, e.g.
-RDS_AUTH_PROXY_TARGET, RDS_AUTH_PROXY_PORT. Logs go to stderr; RUST_LOG=debug shows more.";
+RDS_AUTH_PROXY_TARGET, RDS_AUTH_PROXY_PORT; a subcommand's own flags as
+RDS_AUTH_PROXY_<SUBCOMMAND>_<FLAG>. Logs go to stderr; RUST_LOG=debug shows more.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,7 +157,7 @@ pub struct ProxyArgs {
     pub ssm_sessions: usize,
 
     /// SSM mode: most data-channel messages per second per session, resends included (a token
-    /// bucket with 0.1 s bursts, so queries never wait on it). AWS's gateway is reported to cut
+    /// bucket with 0.05 s bursts, so queries never wait on it). AWS's gateway is reported to cut
     /// a data channel that sustains more than about 1000/s; 0 disables pacing, for endpoints
     /// known to accept more.
     #[arg(long, value_name = "N", default_value_t = crate::tunnel::ssm::datachannel::DEFAULT_MAX_RATE, env = "RDS_AUTH_PROXY_SSM_MAX_RATE")]
@@ -209,7 +220,7 @@ pub struct ProxyArgs {
     pub ca_bundle: Vec<PathBuf>,
 
     /// Refuse new client connections beyond this many at once (0 = no limit).
-    #[arg(long, default_value_t = 0, env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
+    #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
     /// On SIGTERM/Ctrl-C, wait this long for open connections to finish.
@@ -220,7 +231,7 @@ pub struct ProxyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// The RDS endpoint name.
-    #[arg(long, env = "RDS_AUTH_PROXY_HOSTNAME")]
+    #[arg(long, value_name = "ENDPOINT", env = "RDS_AUTH_PROXY_TOKEN_HOSTNAME")]
     pub hostname: String,
     /// The database port the token is for.
     #[arg(long, default_value_t = 5432, env = "RDS_AUTH_PROXY_TOKEN_PORT")]
@@ -229,7 +240,7 @@ pub struct TokenArgs {
     #[arg(long, env = "RDS_AUTH_PROXY_REGION")]
     pub region: Option<String>,
     /// The database user.
-    #[arg(long, env = "RDS_AUTH_PROXY_USERNAME")]
+    #[arg(long, value_name = "DB_USER", env = "RDS_AUTH_PROXY_TOKEN_USERNAME")]
     pub username: String,
     /// AWS profile to sign with.
     #[arg(long, env = "RDS_AUTH_PROXY_PROFILE")]
@@ -299,6 +310,11 @@ pub struct SimArgs {
     /// or 1000 with --ssm-aws-limits).
     #[arg(long, value_name = "N", env = "RDS_AUTH_PROXY_SIM_SSM_CLIENT_RATE_LIMIT")]
     pub ssm_client_rate_limit: Option<u32>,
+
+    /// Simulated SSM: resend like the real agent — every 100 ms only the oldest unacked
+    /// message, one per tick (part of --ssm-aws-limits). Default: every overdue message.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_RESEND_FRONT_ONLY")]
+    pub ssm_resend_front_only: bool,
     /// Simulated SSM: fail every StartSession with this AWS error code, e.g.
     /// AccessDeniedException or ThrottlingException (with AWS's message for it).
     #[arg(long, value_name = "CODE", env = "RDS_AUTH_PROXY_SIM_SSM_REFUSE_START")]

@@ -50,9 +50,16 @@ async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Concurrently with serving: the chain may try the instance metadata service for a while.
+    tokio::spawn({
+        let ctx = proxy.ctx.clone();
+        let profile = config.profile.clone();
+        async move { rds_auth_proxy::app::report_credentials(&ctx, profile.as_deref()).await }
+    });
+    let stop = shutdown_signal();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let signal = async move {
-        let code = shutdown_signal().await;
+        let code = stop.await;
         let _ = tx.send(code);
     };
     proxy.run(signal).await;
@@ -79,24 +86,45 @@ fn report(result: Result<u8, Box<dyn std::error::Error + Send + Sync>>) -> ExitC
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
-            ExitCode::from(EXIT_RUNTIME)
+            ExitCode::from(exit_code(&*e))
         }
     }
 }
 
-/// Resolves on SIGINT or SIGTERM with the conventional exit code (128 + signal number).
-async fn shutdown_signal() -> u8 {
+/// The same mistake gets the same code whichever command made it: a flag the user can fix
+/// (a port in use, an invalid value) is a configuration error.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    use rds_auth_proxy::app::AppError;
+    use rds_auth_proxy::listener::ListenError;
+    let config_error = e.is::<ListenError>()
+        || e.is::<rds_auth_proxy::config::ConfigError>()
+        || e.is::<clap::Error>()
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion));
+    if config_error {
+        EXIT_CONFIG
+    } else {
+        EXIT_RUNTIME
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM with the conventional exit code (128 + signal number). The
+/// handlers are installed right away, not at the first poll: a signal that arrives between the
+/// ready line and the first poll must still mean a clean shutdown, not the default death.
+fn shutdown_signal() -> impl std::future::Future<Output = u8> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return 130;
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); 130 }
+                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                130
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received, shutting down"); 130 }
-        _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
     }
 }
 
@@ -107,8 +135,9 @@ fn init_logging(args: &LogArgs) {
     let default = if args.quiet { "warn" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The SigV4 signer traces what it signs (access key id, canonical requests with the
-    // presigned query): that never reaches our logs, whatever RUST_LOG asks for.
-    for directive in ["aws_sigv4=warn", "aws_credential_types=warn"] {
+    // presigned query): that never reaches our logs, whatever RUST_LOG asks for. The credential
+    // chain's own warning repeats what our one start-up line (and each failed login) says.
+    for directive in ["aws_sigv4=warn", "aws_credential_types=warn", "aws_config::meta::credentials::chain=error"] {
         if let Ok(d) = directive.parse() {
             filter = filter.add_directive(d);
         }
@@ -116,6 +145,10 @@ fn init_logging(args: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false);
     // A global cap on top of RUST_LOG, which no directive (however specific) can lift.
     let cap = tracing_subscriber::filter::filter_fn(|meta| !leaks_secrets_at(meta));
@@ -149,4 +182,24 @@ fn leaks_secrets_at(meta: &tracing::Metadata<'_>) -> bool {
     SECRET_PRONE_TARGETS
         .iter()
         .any(|(prefix, max)| meta.target().starts_with(prefix) && meta.level() > max)
+}
+
+/// Colour only for a person at a terminal, and never when NO_COLOR is set to anything but ""
+/// (<https://no-color.org>): log files and pipes get plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some("".into())));
+    }
 }

@@ -135,16 +135,18 @@ where
             message,
             password_from,
             to_client,
+            ..
         }) => {
             let with = password_from.unwrap_or("an IAM token");
-            tracing::warn!(%peer, %user, %database, %sqlstate, %message, with, "upstream refused the login; its error was passed to the client");
+            tracing::warn!(%peer, %user, %database, %sqlstate, error = %message, with, "login refused by the server; its error was passed to the client");
             let _ = client.write_all(&to_client).await;
             let _ = client.shutdown().await;
             return;
         }
         Err(e) => {
-            tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), error = %display_chain(&e), "connection failed before relay");
-            fail(&mut client, peer, &e.to_client_error()).await;
+            let client_error = e.to_client_error();
+            tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = %display_chain(&e), "login failed; the client was told why");
+            fail(&mut client, peer, &client_error).await;
             return;
         }
     };

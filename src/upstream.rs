@@ -1,6 +1,8 @@
 //! The connect side: open the tunnel, SSLRequest → `S` → TLS verify-full against the endpoint
-//! name, send the client's startup, answer the password request with an IAM token, and stop at
-//! AuthenticationOk. The client only ever sees AuthenticationOk — or an error that says why not.
+//! name, send the client's startup, answer the password request (an IAM token, or a configured
+//! password: cleartext, SCRAM-SHA-256(-PLUS) with the server's signature verified before
+//! AuthenticationOk is believed, MD5), and stop at the first ReadyForQuery. The client only ever
+//! sees AuthenticationOk and the session start — or an error that says why not.
 
 use bytes::{BufMut, BytesMut};
 use rustls::pki_types::ServerName;
@@ -20,7 +22,8 @@ use crate::tunnel::{TunnelError, TunnelStream};
 pub struct Upstream {
     pub stream: TlsStream<TunnelStream>,
     /// What the client must receive before relay starts: NegotiateProtocolVersion and notices
-    /// seen during auth, AuthenticationOk, and whatever the upstream already sent after it.
+    /// seen during auth, AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery, and
+    /// whatever the upstream already sent after it.
     pub to_client: BytesMut,
 }
 
@@ -83,6 +86,9 @@ pub enum UpstreamError {
         message: String,
         /// The flag the refused password came from; `None` for an IAM token.
         password_from: Option<&'static str>,
+        /// The credentials were accepted and the session itself was refused (no such role or
+        /// database, too many connections): a fresh token or re-read password would not help.
+        after_authentication: bool,
         /// Messages for the client: anything queued before, then the ErrorResponse itself.
         to_client: BytesMut,
     },
@@ -100,7 +106,7 @@ impl UpstreamError {
     /// Whether a fresh token or a re-read password might fix it: RDS answers IAM failures with
     /// 28000 (PAM), password failures are 28P01 (e.g. a rotated secret).
     fn is_login_failure(&self) -> bool {
-        matches!(self, UpstreamError::Rejected { sqlstate, .. } if sqlstate == "28000" || sqlstate == "28P01")
+        matches!(self, UpstreamError::Rejected { sqlstate, after_authentication: false, .. } if sqlstate == "28000" || sqlstate == "28P01")
     }
 }
 
@@ -177,6 +183,14 @@ impl UserFacing for UpstreamError {
             UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::Protocol(_) => {
                 "The upstream dropped the connection during login; retry, and check the server log \
                  if it persists."
+                    .into()
+            }
+            UpstreamError::Rejected {
+                after_authentication: true,
+                ..
+            } => {
+                "The login itself succeeded and the server refused the session: check the \
+                 database name and the server's message."
                     .into()
             }
             UpstreamError::Rejected {
@@ -381,6 +395,7 @@ async fn authenticate(
     let mut to_client = BytesMut::new();
     let mut exchange: Option<ScramExchange> = None;
     let password_from = ctx.password.as_ref().map(|p| p.describe());
+    let mut authenticated = false;
     loop {
         let msg = backend::read_message(stream, &mut buf, MAX_PREAUTH_MESSAGE_LEN)
             .await
@@ -390,15 +405,23 @@ async fn authenticate(
                 let request = backend::parse_auth_request(msg.body())
                     .map_err(|e| UpstreamError::Protocol(Box::new(e)))?;
                 match request {
-                    AuthRequest::Ok => {
+                    AuthRequest::Ok if !authenticated => {
                         // Never vouch for a server that has not proved it knows the password.
                         if exchange.as_ref().is_some_and(|x| x.stage != ScramStage::Verified) {
                             return Err(UpstreamError::ServerUnverified);
                         }
+                        // The server may still refuse the session (no such role or database,
+                        // too many connections): only ReadyForQuery means the login worked.
+                        authenticated = true;
                         to_client.extend_from_slice(msg.as_bytes());
-                        // Anything already read past AuthenticationOk belongs to the client.
-                        to_client.extend_from_slice(&buf);
-                        return Ok(to_client);
+                    }
+                    AuthRequest::Ok => {
+                        return Err(UpstreamError::Protocol("a second AuthenticationOk".into()))
+                    }
+                    _ if authenticated => {
+                        return Err(UpstreamError::Protocol(
+                            "an authentication request after AuthenticationOk".into(),
+                        ))
                     }
                     AuthRequest::CleartextPassword => {
                         let secret = secret(ctx, user, fresh).await?;
@@ -478,7 +501,7 @@ async fn authenticate(
                     .map_err(|e| UpstreamError::Protocol(Box::new(e)))?;
                 let sqlstate = backend::error_field(&fields, b'C').unwrap_or("").to_owned();
                 let message = backend::error_field(&fields, b'M').unwrap_or("").to_owned();
-                if let Some(x) = exchange.as_ref().filter(|x| x.with_token) {
+                if let Some(x) = exchange.as_ref().filter(|x| x.with_token && !authenticated) {
                     return Err(UpstreamError::IamTokenNotPassword {
                         user: user.to_owned(),
                         mechanism: x.mechanism,
@@ -491,14 +514,23 @@ async fn authenticate(
                     sqlstate,
                     message,
                     password_from,
+                    after_authentication: authenticated,
                     to_client,
                 });
             }
-            // NegotiateProtocolVersion and notices pass through untouched, in order.
+            b'Z' if authenticated => {
+                to_client.extend_from_slice(msg.as_bytes());
+                // Anything already read past ReadyForQuery belongs to the client.
+                to_client.extend_from_slice(&buf);
+                return Ok(to_client);
+            }
+            // NegotiateProtocolVersion and notices pass through untouched, in order; after
+            // AuthenticationOk so do ParameterStatus and BackendKeyData.
             b'v' | b'N' => to_client.extend_from_slice(msg.as_bytes()),
+            b'S' | b'K' if authenticated => to_client.extend_from_slice(msg.as_bytes()),
             other => {
                 return Err(UpstreamError::Protocol(
-                    format!("unexpected message '{}' before authentication", other as char).into(),
+                    format!("unexpected message '{}' before ReadyForQuery", other as char).into(),
                 ))
             }
         }

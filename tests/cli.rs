@@ -95,6 +95,12 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
 
+    // A login the server refuses after the token was accepted is logged as refused, with the
+    // server's SQLSTATE and message, and not as a session.
+    let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "nosuchdb", "-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database \"nosuchdb\" does not exist"));
+
     let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c", "\\l"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing = String::from_utf8_lossy(&out.stdout);
@@ -113,6 +119,17 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
 
     // Trace-level logs never carry the secret key, a token or its signature.
     let log: Vec<String> = logs.try_iter().collect();
+    let events: Vec<serde_json::Value> = log.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let refused: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("login refused")))
+        .collect();
+    assert_eq!(refused.len(), 1, "one refused login: {refused:?}");
+    assert_eq!(refused[0]["level"], "WARN");
+    assert_eq!(refused[0]["fields"]["sqlstate"], "3D000");
+    assert_eq!(refused[0]["fields"]["error"], "database \"nosuchdb\" does not exist");
+    let sessions = events.iter().filter(|v| v["fields"]["message"] == "client connected").count();
+    assert_eq!(sessions, 3, "the refused login is not counted as a session");
     let all = log.join("\n");
     assert!(all.contains("answered the password request with an IAM token"), "trace log is complete");
     for secret in [
@@ -265,9 +282,98 @@ async fn psql_as_a_scram_user_with_the_secret_and_channel_binding_logs_no_passwo
 fn help_teaches() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo", "--password-secret", "--password-secret-key", "--password-file", "RDS_AUTH_PROXY_PASSWORD_SECRET"] {
+    for needle in [
+        "--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo",
+        "--max-connections <N>", "--password-secret", "--password-secret-key", "--password-file",
+        "RDS_AUTH_PROXY_PASSWORD_SECRET",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
+}
+
+/// The examples in `--help`, as a user pastes them: whatever the terminal width, each command is
+/// whole (one line, or lines joined by trailing backslashes) and parses with today's flags.
+#[test]
+fn help_examples_paste_whole_at_any_width() {
+    use clap::Parser;
+    let mut seen = None;
+    for columns in ["60", "80", "100", "200"] {
+        // stdout is a pipe here, so clap takes the width from COLUMNS.
+        let out = Command::new(BIN).arg("--help").env("COLUMNS", columns).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let examples = help.split_once("Examples:\n").expect("an Examples section").1;
+        let mut commands = Vec::new();
+        let mut current = String::new();
+        for line in examples.lines().take_while(|l| !l.starts_with("Every flag")) {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                assert!(current.is_empty(), "a continued command ends early at {columns} columns: {current}");
+                continue;
+            }
+            assert!(
+                !current.is_empty() || line.starts_with("rds-auth-proxy") || line.starts_with("psql"),
+                "at {columns} columns a command was split where a paste breaks it: {line:?}"
+            );
+            match line.strip_suffix('\\') {
+                Some(head) => current.push_str(head),
+                None => {
+                    current.push_str(line);
+                    commands.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        assert!(current.is_empty(), "{current}");
+        let proxy_commands: Vec<&String> = commands.iter().filter(|c| c.starts_with("rds-auth-proxy")).collect();
+        assert_eq!(proxy_commands.len(), 6, "{commands:?}");
+        for command in &proxy_commands {
+            let argv: Vec<&str> = command.split_whitespace().collect();
+            if let Err(e) = rds_auth_proxy::cli::Cli::try_parse_from(&argv) {
+                panic!("example `{command}` does not parse: {e}");
+            }
+        }
+        // The same commands at every width.
+        match &seen {
+            None => seen = Some(commands),
+            Some(first) => assert_eq!(first, &commands, "at {columns} columns"),
+        }
+    }
+}
+
+/// `RDS_AUTH_PROXY_<FLAG>` for the proxy's flags; `RDS_AUTH_PROXY_<SUBCOMMAND>_<FLAG>` for a
+/// subcommand's own flags, unless it is the proxy's flag of the same name and meaning (a demo's
+/// `--port`, a token's `--region`).
+#[test]
+fn environment_variable_names_follow_one_rule() {
+    use clap::CommandFactory;
+    let cli = rds_auth_proxy::cli::Cli::command();
+    let env_name = |prefix: &str, arg: &clap::Arg| {
+        format!("{prefix}{}", arg.get_long().unwrap().replace('-', "_").to_uppercase())
+    };
+    let top: std::collections::HashMap<String, String> = cli
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_owned(), a.get_env()?.to_str()?.to_owned())))
+        .collect();
+    let mut checked = 0;
+    for arg in cli.get_arguments().filter(|a| a.get_env().is_some()) {
+        assert_eq!(arg.get_env().unwrap().to_str(), Some(env_name("RDS_AUTH_PROXY_", arg).as_str()));
+        checked += 1;
+    }
+    for sub in cli.get_subcommands() {
+        let prefix = format!("RDS_AUTH_PROXY_{}_", sub.get_name().to_uppercase());
+        for arg in sub.get_arguments().filter(|a| a.get_env().is_some() && !a.is_global_set()) {
+            let env = arg.get_env().unwrap().to_str().unwrap().to_owned();
+            let shared = top.get(arg.get_long().unwrap()) == Some(&env);
+            assert!(
+                shared || env == env_name(&prefix, arg),
+                "{} --{}: {env}",
+                sub.get_name(),
+                arg.get_long().unwrap()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "{checked}");
 }
 
 #[test]
@@ -454,4 +560,88 @@ async fn trace_logs_via_ssm_carry_no_secret() {
         assert!(leak.is_none(), "log leaks {secret:?}: {leak:?}");
     }
     sim.stop().await;
+}
+
+/// A port in use is the same mistake for the proxy and the demo: same message, exit code 2, and
+/// the demo finds out before it starts PostgreSQL.
+#[test]
+fn port_in_use_is_exit_2_for_proxy_and_demo_alike() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let expected = format!("rds-auth-proxy: cannot listen on 127.0.0.1:{port}");
+    for args in [vec!["--target", "db.x.eu-west-1.rds.amazonaws.com", "--port", &port], vec!["demo", "--port", &port]] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: only the one message, nothing started: {err}");
+        assert!(err.starts_with(&expected), "{args:?}: {err}");
+    }
+}
+
+/// No region anywhere: one line saying what to do, no instance-metadata noise before it.
+#[test]
+fn a_missing_region_is_one_quiet_line() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "not-a-host"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_CONFIG_FILE", empty.path())
+        .env("AWS_SHARED_CREDENTIALS_FILE", empty.path())
+        // An IMDS that refuses at once: the look-up is tried, and must stay quiet.
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end(), "rds-auth-proxy: no AWS region: pass --region, or set AWS_REGION or a region in your AWS profile");
+}
+
+/// The start-up line about credentials: where they come from (never what they are), or what to do
+/// — and the proxy starts either way. Logs written to a pipe carry no colour codes.
+#[test]
+fn credentials_are_checked_once_at_start_and_logs_to_a_pipe_are_plain() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let run = |with_keys: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "--port", "0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .env("AWS_CONFIG_FILE", empty.path())
+            .env("AWS_SHARED_CREDENTIALS_FILE", empty.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if with_keys {
+            cmd.env("AWS_ACCESS_KEY_ID", "AKIASTARTUPCHECK0001").env("AWS_SECRET_ACCESS_KEY", "startup-check-secret");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+        let mut seen: Vec<String> = Vec::new();
+        // Both lines, in either order: the check runs alongside serving.
+        while !(seen.iter().any(|l| l.contains("AWS credentials")) && seen.iter().any(|l| l.contains("ready for connections"))) {
+            seen.push(lines.next().expect("the proxy keeps running and logs about credentials"));
+        }
+        let found = seen.iter().find(|l| l.contains("AWS credentials")).unwrap().clone();
+        assert_eq!(stop(child), Some(143), "not fatal: the proxy ran until stopped");
+        for line in &seen {
+            assert!(!line.contains('\x1b'), "colour codes in a pipe: {line:?}");
+        }
+        found
+    };
+    let found = run(true);
+    assert!(found.contains("INFO") && found.contains("AWS credentials found"), "{found}");
+    assert!(found.contains("source=EnvironmentVariable") && found.contains("profile=default"), "{found}");
+    assert!(!found.contains("AKIASTARTUPCHECK0001") && !found.contains("startup-check-secret"), "{found}");
+    let missing = run(false);
+    assert!(missing.contains("WARN") && missing.contains("no AWS credentials found"), "{missing}");
+    assert!(missing.contains("aws sso login") && missing.contains("AWS_PROFILE"), "{missing}");
 }

@@ -197,6 +197,7 @@ async fn db_user_flag_overrides_the_startup_user_and_gss_is_declined() {
     let client = connect(&proxy, "someone_else").await.expect("logs in as --db-user");
     let row = client.query_one("SELECT current_user", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "db_user");
+    drop(client);
     proxy.stop().await;
     sim.stop().await;
 }
@@ -223,6 +224,70 @@ async fn max_connections_refuses_with_53300() {
     }
     assert!(ok);
     let _ = (SIM_ENDPOINT, SIM_DB_PORT);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// As on RDS, the `rds_iam` grant in the database decides who logs in with a token: the superuser
+/// and unknown roles are asked for a password (which fails, with the proxy's clear error), a role that gets
+/// the grant — directly or through a group — logs in, and a refusal after a valid token (no such
+/// database) is passed through without a pointless retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_login_is_decided_by_the_rds_iam_grant() {
+    use rds_auth_proxy::sim::rds::is_iam_user;
+    use std::sync::atomic::Ordering;
+
+    let sim = start_sim().await;
+    let pg = sim.postgres.addr();
+    let su = sim.postgres.superuser().to_owned();
+    sim.postgres
+        .psql(&su, "CREATE ROLE iam_group NOLOGIN; GRANT rds_iam TO iam_group; CREATE ROLE via_group LOGIN IN ROLE iam_group; CREATE ROLE plain LOGIN")
+        .await
+        .unwrap();
+    assert!(is_iam_user(pg, "db_user").await.unwrap());
+    assert!(is_iam_user(pg, "via_group").await.unwrap(), "membership through a group counts");
+    assert!(!is_iam_user(pg, &su).await.unwrap(), "superuser status is not the grant");
+    assert!(!is_iam_user(pg, "plain").await.unwrap());
+    assert!(!is_iam_user(pg, "no'such\"user").await.unwrap());
+
+    let proxy = start_proxy(&direct_args(&sim), sim.aws_credentials()).await;
+    for user in [su.as_str(), "plain", "nosuchuser"] {
+        // With no password configured the proxy tries its IAM token in SCRAM (RDS Proxy takes
+        // one that way); the front refuses it as a wrong password, and the client learns why.
+        let (code, message, hint) = db_error(&connect(&proxy, user).await.unwrap_err());
+        assert_eq!(code, "28P01", "{user}");
+        assert_eq!(
+            message,
+            format!(
+                "rds-auth-proxy: the server ran SCRAM-SHA-256 for user \"{user}\" and refused the IAM token \
+                 (28P01 password authentication failed for user \"{user}\"): it is a password user, not an IAM database user"
+            )
+        );
+        let hint = hint.unwrap();
+        for needle in ["--password-secret", "--password-file", &format!("GRANT rds_iam TO \"{user}\"")] {
+            assert!(hint.contains(needle), "hint lacks {needle}: {hint}");
+        }
+    }
+    assert_eq!(sim.front_state.accepted.load(Ordering::SeqCst), 0, "no token was accepted");
+    assert_eq!(sim.front_state.rejected.load(Ordering::SeqCst), 0, "nor checked as an IAM login");
+
+    // The grant is read at each login, as RDS does.
+    sim.postgres.psql(&su, "GRANT rds_iam TO plain").await.unwrap();
+    let client = connect(&proxy, "plain").await.expect("granted rds_iam: IAM login");
+    let row = client.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "plain");
+    let client2 = connect(&proxy, "via_group").await.expect("member through a group");
+    drop((client, client2));
+    assert_eq!(sim.front_state.accepted.load(Ordering::SeqCst), 2);
+
+    // Token accepted, session refused by PostgreSQL: the client gets PostgreSQL's error, once.
+    let conn = format!("host={} port={} user=db_user dbname=nosuchdb", proxy.addr.ip(), proxy.addr.port());
+    let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.err().expect("refused");
+    let (code, message, _) = db_error(&err);
+    assert_eq!(code, "3D000");
+    assert_eq!(message, "database \"nosuchdb\" does not exist");
+    assert_eq!(sim.front_state.accepted.load(Ordering::SeqCst), 3, "no retry with a fresh token");
+    assert_eq!(sim.front_state.rejected.load(Ordering::SeqCst), 0);
     proxy.stop().await;
     sim.stop().await;
 }

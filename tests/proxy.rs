@@ -67,6 +67,7 @@ async fn copy_16_mib_in_and_out_with_matching_checksums() {
     }
     assert_eq!(total, data.len());
     assert_eq!(hex::encode(hasher.finalize()), sent_sum);
+    drop(client);
     proxy.stop().await;
     sim.stop().await;
 }
@@ -88,6 +89,8 @@ async fn client_cancels_pg_sleep_within_two_seconds() {
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
     assert!(cancel_at.elapsed() < Duration::from_secs(2), "cancel took {:?}", cancel_at.elapsed());
     assert_eq!(sim.front_state.cancels.load(Ordering::SeqCst), 1);
+    // Close the observer first: stop then only waits for sessions that are already ending.
+    drop(observer);
     proxy.stop().await;
     sim.stop().await;
 }
@@ -134,6 +137,7 @@ async fn login_failure_is_retried_once_with_fresh_credentials() {
     let (code, message, _) = db_error(&err);
     assert_eq!(code, "28000");
     assert_eq!(message, "PAM authentication failed for user \"db_user\"");
+    drop(client);
     proxy.stop().await;
     sim.stop().await;
 }

@@ -45,19 +45,26 @@ fn assert_never_cut(sim: &Simulator) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_share_one_session() {
-    two_hundred_connections(SimOptions::default()).await;
+    let sim = two_hundred_connections(SimOptions::default(), 1).await;
+    assert_eq!(stat(&sim, |s| &s.sessions_started), 1, "one SSM session for all");
+    sim.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_under_aws_limits() {
-    let sim = two_hundred_connections(aws_like()).await;
+    // 200 logins at once are a burst of traffic: the elastic pool may add sessions, up to 4.
+    let sim = two_hundred_connections(aws_like(), 4).await;
+    let sessions = stat(&sim, |s| &s.sessions_started);
+    assert!((1..=4).contains(&sessions), "{sessions} sessions");
     assert_never_cut(&sim);
     sim.stop().await;
 }
 
-async fn two_hundred_connections(options: SimOptions) -> Simulator {
+async fn two_hundred_connections(options: SimOptions, max_sessions: usize) -> Simulator {
     let sim = start_sim_with(options).await;
-    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let mut args = ssm_args(&sim);
+    args.extend(["--ssm-sessions".to_owned(), max_sessions.to_string()]);
+    let proxy = start_ssm_proxy(&args, &sim).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let conn = proxy.conn_string("db_user");
@@ -74,7 +81,6 @@ async fn two_hundred_connections(options: SimOptions) -> Simulator {
         assert_eq!(v, i as i32 * 3);
         clients.push(client);
     }
-    assert_eq!(stat(&sim, |s| &s.sessions_started), 1, "one SSM session for all");
     assert!(stat(&sim, |s| &s.streams_opened) >= 200);
     drop(clients);
     proxy.stop().await;

@@ -36,6 +36,62 @@ pub async fn load_sdk_config(profile: Option<&str>, region: Option<&str>) -> Sdk
     loader.load().await
 }
 
+/// The region from the AWS configuration, asked quietly: `AWS_REGION`/`AWS_DEFAULT_REGION`, the
+/// profile, then — only on a machine that might be an EC2 instance — the instance metadata service
+/// with one short attempt. A missing region is the caller's one clear message; the IMDS miss is a
+/// debug line, not a warning (aws-config's own chain logs three and retries for seconds).
+pub async fn configured_region(profile: Option<&str>) -> Option<String> {
+    use aws_config::meta::region::ProvideRegion;
+    use aws_config::provider_config::ProviderConfig;
+
+    let conf = ProviderConfig::without_region().with_http_client(http_client());
+    if let Some(region) = aws_config::environment::region::EnvironmentVariableRegionProvider::new()
+        .region()
+        .await
+    {
+        return Some(region.to_string());
+    }
+    let mut from_profile = aws_config::profile::region::Builder::default().configure(&conf);
+    if let Some(profile) = profile {
+        from_profile = from_profile.profile_name(profile);
+    }
+    if let Some(region) = from_profile.build().region().await {
+        return Some(region.to_string());
+    }
+    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        tracing::debug!("no region from the environment or profile; IMDS is disabled");
+        return None;
+    }
+    let imds = aws_config::imds::Client::builder()
+        .configure(&conf)
+        .max_attempts(1)
+        .connect_timeout(Duration::from_millis(500))
+        .read_timeout(Duration::from_secs(1))
+        .build();
+    match imds.get("/latest/meta-data/placement/region").await {
+        Ok(region) => {
+            tracing::debug!(region = region.as_ref(), "region from the instance metadata service");
+            Some(region.as_ref().to_owned())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no region from the instance metadata service (not on EC2?)");
+            None
+        }
+    }
+}
+
+/// The name of the provider that produced `creds` ("Environment", "ProfileFile", "SSO",
+/// "CredentialProcess", "IMDSv2", …). aws-credential-types only shows it through `Debug`, whose
+/// other fields (the access key id) are never logged.
+pub fn provider_name(creds: &Credentials) -> String {
+    let debug = format!("{creds:?}");
+    debug
+        .split_once("provider_name: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(name, _)| name.to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("no AWS credentials provider is configured")]
@@ -217,6 +273,12 @@ mod tests {
         let src = CredentialSource::fixed(creds);
         assert_eq!(src.get().await.unwrap().access_key_id(), "AKIAEXAMPLEEXAMPLE");
         assert_eq!(src.reload().await.unwrap().access_key_id(), "AKIAEXAMPLEEXAMPLE");
+    }
+
+    #[test]
+    fn names_the_provider_and_nothing_else() {
+        let creds = Credentials::new("AKIAEXAMPLEEXAMPLE", "secret", None, None, "ProfileFile");
+        assert_eq!(provider_name(&creds), "ProfileFile");
     }
 
     #[test]

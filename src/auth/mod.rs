@@ -44,6 +44,11 @@ impl IamAuth {
         Ok(self.cache.get_or_mint(request, &creds, SystemTime::now())?)
     }
 
+    /// Loads (and caches) the credentials without signing anything: the start-up check.
+    pub async fn credentials(&self) -> Result<aws_credential_types::Credentials, CredentialsError> {
+        self.credentials.get().await
+    }
+
     /// A new token signed with credentials loaded anew: the one retry after a login failure.
     pub async fn fresh_token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         self.cache.invalidate(request);

@@ -1,6 +1,6 @@
 //! Backend messages before relay: each one cut from the stream by its own length (capped), and the
 //! few we must understand (authentication requests, ErrorResponse) parsed with bounds checks.
-//! After AuthenticationOk nothing is parsed any more: bytes are relayed as they come.
+//! After the first ReadyForQuery nothing is parsed any more: bytes are relayed as they come.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};

@@ -25,8 +25,11 @@ use nix::unistd::{geteuid, Pid, User};
 pub const PG_BIN_ENV: &str = "RDS_AUTH_PROXY_PG_BIN";
 /// The login role every cluster gets, named as in the AWS IAM auth guide.
 pub const DB_USER: &str = "db_user";
+/// The role whose members RDS logs in with an IAM token (`GRANT rds_iam TO user`); every cluster
+/// has it, so the simulated RDS front can decide IAM vs password the way RDS does.
+pub const RDS_IAM_ROLE: &str = "rds_iam";
 /// The bootstrap superuser; forced with `initdb -U` so it does not depend on who runs the tests.
-const SUPERUSER: &str = "postgres";
+pub const SUPERUSER: &str = "postgres";
 /// Where Debian's `postgresql-<version>` packages put the server binaries.
 const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
 /// Settings file of ours that `postgresql.conf` includes; rewritten on every start attempt.
@@ -41,6 +44,9 @@ pub struct PgClusterOptions {
     pub bin_dir: Option<PathBuf>,
     /// Login roles created after start (`CREATE ROLE … LOGIN`), by default just [`DB_USER`].
     pub login_roles: Vec<String>,
+    /// Roles granted [`RDS_IAM_ROLE`] after start (login roles named here are created first), by
+    /// default just [`DB_USER`]. The superuser is deliberately not among them, as on RDS.
+    pub iam_roles: Vec<String>,
     /// Extra `postgresql.conf` lines written verbatim after ours, so they win (e.g. `log_connections = on`).
     pub extra_conf: Vec<String>,
     /// `pg_hba.conf` lines placed before the trust lines, so they win for what they match (e.g.
@@ -62,6 +68,7 @@ impl Default for PgClusterOptions {
         Self {
             bin_dir: None,
             login_roles: vec![DB_USER.to_owned()],
+            iam_roles: vec![DB_USER.to_owned()],
             extra_conf: Vec::new(),
             hba: Vec::new(),
             tls: None,
@@ -326,14 +333,9 @@ impl PgCluster {
             stopped: false,
         };
         // From here on, an error drops `cluster`, which stops the server.
-        for role in &opts.login_roles {
-            cluster
-                .psql(
-                    SUPERUSER,
-                    &format!("CREATE ROLE {} LOGIN", quote_ident(role)),
-                )
-                .await?;
-        }
+        cluster
+            .psql(SUPERUSER, &roles_sql(&opts.login_roles, &opts.iam_roles))
+            .await?;
         tracing::debug!(port, dir = %cluster.root.display(), "throwaway PostgreSQL cluster started");
         Ok(cluster)
     }
@@ -690,6 +692,25 @@ fn append_file(path: &Path, contents: &str) -> Result<(), PgClusterError> {
         .map_err(io_err(format!("append to {}", path.display())))
 }
 
+/// One script that creates [`RDS_IAM_ROLE`], the login roles, and the grants (one psql run).
+fn roles_sql(login_roles: &[String], iam_roles: &[String]) -> String {
+    let mut sql = format!("CREATE ROLE {} NOLOGIN;", quote_ident(RDS_IAM_ROLE));
+    let mut created = std::collections::HashSet::new();
+    for role in login_roles.iter().chain(iam_roles) {
+        if created.insert(role) {
+            sql.push_str(&format!(" CREATE ROLE {} LOGIN;", quote_ident(role)));
+        }
+    }
+    for role in iam_roles {
+        sql.push_str(&format!(
+            " GRANT {} TO {};",
+            quote_ident(RDS_IAM_ROLE),
+            quote_ident(role)
+        ));
+    }
+    sql
+}
+
 /// SQL identifier quoting, so a role name is never interpreted as SQL.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -731,7 +752,14 @@ mod tests {
                 .unwrap(),
             "300"
         );
-        // db_user is a plain login role, like an RDS IAM user before `GRANT rds_iam`.
+        // db_user is a plain login role granted rds_iam, like an RDS IAM user.
+        assert_eq!(
+            cluster
+                .psql("postgres", "SELECT pg_has_role('db_user', 'rds_iam', 'member')")
+                .await
+                .unwrap(),
+            "t"
+        );
         assert_eq!(
             cluster
                 .psql(
@@ -844,6 +872,16 @@ mod tests {
             Some(root.path().join("16").join("bin"))
         );
         assert_eq!(highest_versioned_bin_dir(&root.path().join("absent")), None);
+    }
+
+    #[test]
+    fn roles_script_creates_each_role_once_and_grants_rds_iam() {
+        let sql = roles_sql(&["db_user".into(), "pw".into()], &["db_user".into(), "iam2".into()]);
+        assert_eq!(
+            sql,
+            "CREATE ROLE \"rds_iam\" NOLOGIN; CREATE ROLE \"db_user\" LOGIN; CREATE ROLE \"pw\" LOGIN; \
+             CREATE ROLE \"iam2\" LOGIN; GRANT \"rds_iam\" TO \"db_user\"; GRANT \"rds_iam\" TO \"iam2\";"
+        );
     }
 
     #[test]

@@ -3,11 +3,17 @@
 //! with the simulator's credentials, `rds-db`, region, host:port, DBUser, expiry), and — on a valid
 //! login — the client's startup relayed verbatim to a real local PostgreSQL.
 //!
-//! Password users are not IAM users: their startup goes to PostgreSQL at once and PostgreSQL
-//! itself runs the login (`scram-sha-256` in its pg_hba.conf), so the proxy's SCRAM client meets
-//! PostgreSQL's own SCRAM server. That leg is plain loopback TCP, so PostgreSQL offers
-//! SCRAM-SHA-256 without `-PLUS` here; channel binding is exercised against the simulator's
-//! PostgreSQL directly, which serves TLS itself.
+//! Which login a user gets is decided as RDS decides it: by the `rds_iam` grant in that
+//! PostgreSQL. Members of `rds_iam` are asked for a password and must send a valid IAM token;
+//! anyone else — the superuser included, and roles that do not exist — is asked for SCRAM.
+//!
+//! Configured password users ([`RdsFrontConfig::password_users`], not in `rds_iam`) get a real
+//! password login: their startup goes to PostgreSQL at once and PostgreSQL itself runs the login
+//! (`scram-sha-256` in its pg_hba.conf), so the proxy's SCRAM client meets PostgreSQL's own SCRAM
+//! server. That leg is plain loopback TCP, so PostgreSQL offers SCRAM-SHA-256 without `-PLUS`
+//! here; channel binding is exercised against the simulator's PostgreSQL directly, which serves
+//! TLS itself. Everyone else outside `rds_iam` (the superuser, unknown roles) is asked for SCRAM
+//! by the front itself, which can never succeed: nobody gets in as them through the front.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -22,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::postgres::{RDS_IAM_ROLE, SUPERUSER};
 use super::sigv4::{self, RdsTokenExpectation, SimCredentials};
 use crate::pg::backend::{self, MAX_PREAUTH_MESSAGE_LEN};
 use crate::pg::startup::{self, FirstPacket, StartupMessage};
@@ -34,9 +41,11 @@ pub struct RdsFrontConfig {
     pub region: String,
     pub credentials: SimCredentials,
     pub tls: Arc<rustls::ServerConfig>,
-    /// The real PostgreSQL behind the front.
+    /// The real PostgreSQL behind the front. Its bootstrap superuser ([`SUPERUSER`]) must be
+    /// trusted from 127.0.0.1: the front asks it who is a member of `rds_iam`.
     pub postgres: SocketAddr,
     /// Users that are password users, not IAM users: PostgreSQL runs their login (SCRAM-SHA-256).
+    /// Only consulted for users outside `rds_iam`; membership in `rds_iam` wins.
     pub password_users: HashSet<String>,
 }
 
@@ -149,12 +158,33 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let user = startup.user().to_owned();
-    if config.password_users.contains(&user) {
-        // What a non-IAM user meets on RDS: a password login, here PostgreSQL's own SCRAM.
-        let mut pg = TcpStream::connect(config.postgres).await?;
-        pg.set_nodelay(true)?;
-        pg.write_all(startup.as_bytes()).await?;
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
+    if !is_iam_user(config.postgres, &user).await? {
+        if config.password_users.contains(&user) {
+            // What a password user meets on RDS: a password login, here PostgreSQL's own SCRAM.
+            let mut pg = TcpStream::connect(config.postgres).await?;
+            pg.set_nodelay(true)?;
+            pg.write_all(startup.as_bytes()).await?;
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024)
+                .await?;
+            return Ok(());
+        }
+        // What any other non-IAM user meets on RDS: SCRAM. There is no password to check it
+        // against, so whatever the client sends is refused as PostgreSQL refuses a wrong
+        // password (earlier than PostgreSQL, which first plays out a mock exchange): nobody gets
+        // in this way, and the proxy, which tries its IAM token, says clearly what to do.
+        let mut m = BytesMut::new();
+        pgwire::messages::startup::Authentication::SASL(vec!["SCRAM-SHA-256".into()])
+            .encode(&mut m)?;
+        client.write_all(&m).await?;
+        let mut buf = BytesMut::new();
+        if backend::read_message(&mut client, &mut buf, MAX_PREAUTH_MESSAGE_LEN).await.is_ok() {
+            send_fatal(
+                &mut client,
+                "28P01",
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await;
+        }
         return Ok(());
     }
     client.write_all(b"R\x00\x00\x00\x08\x00\x00\x00\x03").await?;
@@ -209,6 +239,72 @@ where
     }
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
     Ok(())
+}
+
+/// Whether `user` is a member of `rds_iam`, directly or through other roles, asked of the real
+/// PostgreSQL. Superuser status does not count: RDS's `+rds_iam` hba line uses plain membership,
+/// so an administrator without the grant is a password user like any other.
+pub async fn is_iam_user(postgres: SocketAddr, user: &str) -> Result<bool, BoxError> {
+    let sql = format!(
+        "WITH RECURSIVE m(oid) AS (SELECT oid FROM pg_roles WHERE rolname = {user} \
+         UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.oid) \
+         SELECT EXISTS (SELECT 1 FROM m JOIN pg_roles r USING (oid) WHERE r.rolname = {role})",
+        user = quote_literal(user),
+        role = quote_literal(RDS_IAM_ROLE),
+    );
+    let answer = simple_query_one(postgres, &sql).await?;
+    Ok(answer == "t")
+}
+
+/// A single-quoted SQL literal (standard_conforming_strings is on in every supported PostgreSQL).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The first column of the first row of `sql`, run as the superuser over the simple query
+/// protocol: a dozen lines instead of a client library in the simulator.
+async fn simple_query_one(postgres: SocketAddr, sql: &str) -> Result<String, BoxError> {
+    use bytes::{Buf, BufMut};
+    let mut pg = TcpStream::connect(postgres).await?;
+    let params = [("user", SUPERUSER), ("database", "postgres")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    pg.write_all(&startup::encode_startup(3, 0, &params)).await?;
+    let mut query = BytesMut::new();
+    query.put_u8(b'Q');
+    query.put_u32((sql.len() + 5) as u32);
+    query.put_slice(sql.as_bytes());
+    query.put_u8(0);
+    let mut buf = BytesMut::new();
+    let mut sent = false;
+    let mut value = None;
+    loop {
+        let msg = backend::read_message(&mut pg, &mut buf, MAX_PREAUTH_MESSAGE_LEN).await?;
+        match msg.tag() {
+            b'E' => {
+                let fields = backend::parse_error_fields(msg.body())?;
+                let message = backend::error_field(&fields, b'M').unwrap_or("").to_owned();
+                return Err(format!("simulated RDS: role lookup failed: {message}").into());
+            }
+            b'D' if value.is_none() => {
+                let mut body = msg.body();
+                if body.remaining() >= 6 && body.get_u16() >= 1 {
+                    let len = body.get_i32();
+                    if len >= 0 && body.remaining() >= len as usize {
+                        value = Some(String::from_utf8_lossy(&body[..len as usize]).into_owned());
+                    }
+                }
+            }
+            b'Z' if !sent => {
+                pg.write_all(&query).await?;
+                sent = true;
+            }
+            b'Z' => {
+                let _ = pg.write_all(b"X\x00\x00\x00\x04").await;
+                return value.ok_or_else(|| "simulated RDS: role lookup returned no row".into());
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn relay_cancel(

@@ -38,8 +38,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SimOptions {
     /// Where the RDS front listens (port 0 = any).
     pub listen: SocketAddr,
-    /// Password users besides [`SIM_PASSWORD_USER`]: PostgreSQL asks them SCRAM-SHA-256, and
-    /// each has a random password and a secret in the simulated Secrets Manager.
+    /// Password users besides [`SIM_PASSWORD_USER`]: login roles without the `rds_iam` grant,
+    /// so RDS (and so the simulator) asks them for SCRAM instead of an IAM token; PostgreSQL runs
+    /// that SCRAM-SHA-256 itself, and each has a random password and a secret in the simulated
+    /// Secrets Manager.
     pub password_users: Vec<String>,
     /// Extra postgresql.conf lines.
     pub pg_extra_conf: Vec<String>,
@@ -309,6 +311,7 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         hang_upgrade: args.ssm_hang_upgrade,
         hang_handshake: args.ssm_hang_handshake,
         refuse_start: args.ssm_refuse_start.clone(),
+        resend_front_only: args.ssm_aws_limits || args.ssm_resend_front_only,
     }
 }
 
@@ -327,10 +330,6 @@ pub fn shell_quote(s: &str) -> String {
 
 /// `rds-auth-proxy sim`.
 pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
-    // One poll now registers the signal handlers, so a SIGTERM sent right after `ready` is a
-    // clean shutdown rather than the default action (killed by the signal).
-    let mut shutdown = std::pin::pin!(shutdown);
-    let early = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx))).await;
     let ssm = ssm_options(&args);
     let sim = Simulator::start(SimOptions {
         listen: args.listen,
@@ -346,10 +345,9 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     out.push_str("ready\n");
     print_flush(&out);
     tracing::info!(rds_front = %sim.front_addr, ssm = %sim.ssm.endpoint_url(), postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
-    let code = match early {
-        std::task::Poll::Ready(code) => code,
-        std::task::Poll::Pending => shutdown.await,
-    };
+    // The caller installed the signal handlers before this (see shutdown_signal in main.rs), so
+    // a SIGTERM right after `ready` is a clean shutdown.
+    let code = shutdown.await;
     sim.stop().await;
     Ok(if code == 143 || code == 130 { 0 } else { code })
 }
@@ -363,24 +361,33 @@ fn print_flush(s: &str) {
 
 /// `rds-auth-proxy demo`: simulator + proxy on 127.0.0.1:<port>.
 pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
-    use crate::app::{AwsSetup, Proxy};
+    use crate::app::{build_context, Proxy};
     use crate::cli::Cli;
+    use crate::config::Config;
     use clap::Parser;
+
+    let port = args.port.to_string();
+    let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
+    // The port first, exactly as the proxy binds it: a port in use fails in a moment, with the
+    // proxy's message and exit code, before any PostgreSQL is started.
+    let listen = Config::from_args(&Cli::try_parse_from(["rds-auth-proxy", "--target", &target, "--port", &port])?.proxy)?.listen;
+    let listeners = crate::listener::Listeners::bind(&listen).await?;
 
     eprintln!("Starting the simulated SSM service, RDS (TLS + IAM check) and a throwaway PostgreSQL…");
     let sim = Simulator::start(SimOptions::default()).await?;
-    let port = args.port.to_string();
     let front = sim.front_addr.to_string();
     let ca = sim.ca_file.display().to_string();
-    let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
     let node = sim.ssm.target_id().to_owned();
     let cli = Cli::try_parse_from([
         "rds-auth-proxy", "--target", &target, "--via", "ssm", "--ssm-target", &node,
         "--ca-bundle", &ca, "--port", &port,
     ])?;
-    let config = crate::config::Config::from_args(&cli.proxy)?;
-    let setup: AwsSetup = sim.aws_setup();
-    let proxy = Proxy::bind(&config, setup.into()).await?;
+    let config = Config::from_args(&cli.proxy)?;
+    let setup = sim.aws_setup();
+    let proxy = Proxy {
+        listeners,
+        ctx: build_context(&config, setup.into()).await?,
+    };
     let addr = proxy.local_addr();
     print_flush(&format!(
         "\nrds-auth-proxy demo is running.\n\n\

@@ -93,9 +93,16 @@ pub async fn start_proxy(args: &[String], credentials: aws_credential_types::Cre
     start_proxy_with(args, Credentials::Fixed(credentials)).await
 }
 
+/// The drain tests get unless they ask for another: `stop` then waits for the open sessions to
+/// end (an event), and a client a test forgot to drop costs one second, not the default ten.
+pub const TEST_DRAIN_TIMEOUT: &str = "1";
+
 pub async fn start_proxy_with(args: &[String], credentials: Credentials) -> RunningProxy {
     let mut argv = vec!["rds-auth-proxy".to_owned()];
     argv.extend_from_slice(args);
+    if !args.iter().any(|a| a.starts_with("--drain-timeout")) {
+        argv.extend(["--drain-timeout".to_owned(), TEST_DRAIN_TIMEOUT.to_owned()]);
+    }
     let cli = Cli::try_parse_from(argv).expect("valid flags");
     let config = Config::from_args(&cli.proxy).expect("valid config");
     let proxy = Proxy::bind(&config, credentials)

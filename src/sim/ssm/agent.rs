@@ -46,6 +46,9 @@ pub(super) const IDLE_TIMEOUT_TEXT: &str =
 /// sends faster than the agent processes is slowed down by TCP instead of growing memory.
 const EVENT_QUEUE: usize = 256;
 
+/// The agent's resend scheduler period (`ResendSleepInterval`).
+const RESEND_TICK: Duration = Duration::from_millis(100);
+
 /// Messages a held-back (reordered) frame may wait before it is released anyway.
 const HOLD_MAX: Duration = Duration::from_millis(20);
 
@@ -275,6 +278,8 @@ struct Agent {
     handshake_sent: bool,
     /// When StartSession created the session: the handshake timeout runs from here.
     started: Instant,
+    /// Last pass of the front-only resend scheduler (`resend_front_only`).
+    last_resend_pass: Instant,
 }
 
 impl Agent {
@@ -303,6 +308,7 @@ impl Agent {
             held_in: None,
             handshake_sent: false,
             started: now,
+            last_resend_pass: now,
         }
     }
 
@@ -374,7 +380,14 @@ impl Agent {
                 Phase::Complete => None,
             };
             let resend_at = if self.ws.is_some() {
-                self.out.next_resend_at()
+                let front_only = self.inner.knobs.read(|o| o.resend_front_only);
+                self.out.next_resend_at().map(|at| {
+                    if front_only {
+                        at.max(self.last_resend_pass + RESEND_TICK)
+                    } else {
+                        at
+                    }
+                })
             } else {
                 None
             };
@@ -686,7 +699,9 @@ impl Agent {
             PortEvent::Output(data) => {
                 self.push(PayloadType::Output, data)?;
                 if let Some(pacing) = pacing {
-                    self.next_output_at = Instant::now() + pacing;
+                    // From the planned time, not from now: timers fire up to a millisecond
+                    // late, and "now + 1 ms" would pace at ~2 ms per message, half AWS's rate.
+                    self.next_output_at = (self.next_output_at + pacing).max(Instant::now());
                 }
                 Ok(())
             }
@@ -727,7 +742,16 @@ impl Agent {
             // Never resend more than the WebSocket queue can take: overflowing it would lose
             // the resends too, and the next tick would resend even more (congestion collapse).
             let room = tx.capacity().saturating_sub(WS_QUEUE_RESERVE);
-            for frame in self.out.due_for_resend_up_to(now, room) {
+            let due = if !self.inner.knobs.read(|o| o.resend_front_only) {
+                self.out.due_for_resend_up_to(now, room)
+            } else if now >= self.last_resend_pass + RESEND_TICK && room > 0 {
+                // The agent's scheduler: every 100 ms, the oldest unacked message if overdue.
+                self.last_resend_pass = now;
+                self.out.resend_front_if_due(now).into_iter().collect()
+            } else {
+                Vec::new()
+            };
+            for frame in due {
                 bump(&self.inner.stats.resends);
                 self.transmit(frame, false);
             }

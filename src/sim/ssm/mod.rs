@@ -105,12 +105,16 @@ pub struct SsmSimOptions {
     /// StartSession fails with this AWS error code (`__type`), e.g. `AccessDeniedException`
     /// or `ThrottlingException`, with the message AWS gives for it. Other calls still work.
     pub refuse_start: Option<String>,
+    /// Resend as the real agent does (`ssm-protocol.md` §4.3): every 100 ms look only at the
+    /// oldest unacked message and resend it if overdue — one message per tick, however many
+    /// are missing. Off: every overdue message each pass (kinder than AWS).
+    pub resend_front_only: bool,
 }
 
 impl SsmSimOptions {
-    /// AWS's limits as far as they are known (`ssm-protocol.md` §5.4): 1024-byte agent
-    /// payloads, 1 ms agent pacing, and the gateway cutting a client above 1000 data
-    /// messages per second. Every part stays its own knob.
+    /// AWS's limits as far as they are known (`ssm-protocol.md` §4.3, §5.4): 1024-byte agent
+    /// payloads, 1 ms agent pacing, the gateway cutting a client above 1000 data messages per
+    /// second, and the agent's front-only resend scheduler. Every part stays its own knob.
     pub fn aws_limits() -> Self {
         SsmSimOptions::default().with_aws_limits()
     }
@@ -120,6 +124,7 @@ impl SsmSimOptions {
         self.payload_cap = DEFAULT_PAYLOAD_CAP;
         self.pacing = Some(AWS_AGENT_PACING);
         self.client_rate_limit = Some(AWS_CLIENT_RATE_LIMIT);
+        self.resend_front_only = true;
         self
     }
 }
@@ -145,6 +150,7 @@ impl Default for SsmSimOptions {
             hang_upgrade: false,
             hang_handshake: false,
             refuse_start: None,
+            resend_front_only: false,
         }
     }
 }

@@ -876,15 +876,17 @@ async fn echoed(client: &mut Client, len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn aws_limits_preset_sets_its_three_knobs_only() {
+fn aws_limits_preset_sets_its_four_knobs_only() {
     let limits = SsmSimOptions::aws_limits();
     assert_eq!(limits.payload_cap, 1024);
     assert_eq!(limits.pacing, Some(Duration::from_millis(1)));
     assert_eq!(limits.client_rate_limit, Some(1000));
+    assert!(limits.resend_front_only);
     let rest = SsmSimOptions {
         payload_cap: limits.payload_cap,
         pacing: limits.pacing,
         client_rate_limit: limits.client_rate_limit,
+        resend_front_only: true,
         ..SsmSimOptions::default()
     };
     assert_eq!(limits, rest, "nothing else changes");
@@ -1215,4 +1217,50 @@ async fn a_session_never_connected_ends_after_the_agents_handshake_timeout() {
             .is_some_and(|t| t.starts_with("Handshake timed out")),
         "{ended:?}"
     );
+}
+
+/// Output sequence numbers the agent sends within `window` while nobody acks them.
+async fn unacked_outputs(client: &mut Client, window: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + window;
+    let mut seqs = Vec::new();
+    loop {
+        tokio::select! {
+            frame = client.ws.next() => {
+                let Some(Ok(Message::Binary(frame))) = frame else { continue };
+                let message = ClientMessage::decode_bytes(&frame).expect("agent frame decodes");
+                if message.message_type == message_type::OUTPUT_STREAM_DATA {
+                    seqs.push(message.sequence_number);
+                }
+            }
+            () = sleep_until(deadline) => return seqs,
+        }
+    }
+}
+
+#[tokio::test]
+async fn front_only_resends_one_oldest_message_per_tick_like_the_agent() {
+    for front_only in [true, false] {
+        let sim = start_sim(SsmSimOptions {
+            resend_front_only: front_only,
+            ..SsmSimOptions::default()
+        })
+        .await;
+        let (_, _, mut client, _) = basic_client(&sim).await;
+        // 5000 bytes echo back as at least five 1024-byte Output messages, none of them acked.
+        client.send(PayloadType::Output, Bytes::from(vec![b'r'; 5000])).await;
+        let seqs = unacked_outputs(&mut client, Duration::from_millis(1200)).await;
+        let mut fresh = seqs.clone();
+        fresh.sort_unstable();
+        fresh.dedup();
+        assert!(fresh.len() >= 5, "{seqs:?}");
+        let resends: Vec<i64> = seqs[fresh.len()..].to_vec();
+        assert!(!resends.is_empty(), "unacked output is resent");
+        if front_only {
+            assert!(resends.iter().all(|s| *s == fresh[0]), "only the oldest: {resends:?}");
+            assert!(resends.len() <= 12, "at most one per 100 ms tick: {resends:?}");
+        } else {
+            let distinct: std::collections::BTreeSet<_> = resends.iter().collect();
+            assert!(distinct.len() >= 5, "every overdue message: {resends:?}");
+        }
+    }
 }

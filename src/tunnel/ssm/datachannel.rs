@@ -80,7 +80,7 @@ pub struct Config {
     /// Largest Output payload we send; AWS's own clients never exceed 1024 (§5.4).
     pub max_payload: usize,
     /// Stream-data messages per second (fresh, resends, flags) through a token bucket with a
-    /// burst of a tenth of a second; 0 sends as fast as the window allows (`--ssm-max-rate`).
+    /// burst of a twentieth of a second; 0 sends as fast as the window allows (`--ssm-max-rate`).
     pub max_rate: u32,
     /// Window, buffers, RTO constants and resend backoff.
     pub reliable: reliable::Config,
@@ -318,7 +318,8 @@ pub async fn open(
     .await?;
     tracing::debug!(session = %grant.session_id, url = redact_url(&grant.stream_url), "data channel connected");
 
-    let (local, remote) = tokio::io::duplex(64 * 1024);
+    // Small: what waits here is first-in first-out, behind the smux writer's fair queue.
+    let (local, remote) = tokio::io::duplex(32 * 1024);
     let (local_rx, mut local_tx) = tokio::io::split(remote);
     let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<Bytes>();
     let (ended, _) = watch::channel(None);
@@ -503,7 +504,7 @@ pub(super) async fn terminate_api(control: &dyn ControlPlane, session_id: &str) 
     }
 }
 
-/// Token bucket for stream-data messages: `rate` per second with bursts of a tenth of a
+/// Token bucket for stream-data messages: `rate` per second with bursts of a twentieth of a
 /// second (so an interactive round trip never waits). Sans-IO: the caller passes `now`.
 /// Forced sends (handshake, flags) may overdraw it; later sends then wait the debt off.
 #[derive(Debug)]
@@ -518,7 +519,9 @@ struct Pacer {
 impl Pacer {
     fn new(rate: u32, now: Instant) -> Self {
         let rate = f64::from(rate);
-        let burst = (rate / 10.0).max(1.0);
+        // A twentieth of a second: plenty for a query's round trip, and a full bucket plus a
+        // second at `rate` stays 5% under the limit `rate` is chosen against.
+        let burst = (rate / 20.0).max(1.0);
         Pacer {
             rate,
             burst,
@@ -1164,17 +1167,11 @@ impl Pump {
         }
     }
 
-    /// Sends every unacked message again on a new connection, as far as the writer queue
-    /// takes them now; the rest follow as resends.
-    fn replay(&mut self, now: Instant) {
-        let frames = self.out.replay(now);
-        let room = self.link.room().saturating_sub(WRITER_RESERVE);
-        for frame in frames.into_iter().take(room) {
-            self.pacer.take(now);
-            self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
-            self.shared.resends.fetch_add(1, Ordering::Relaxed);
-            self.queue(Message::Binary(frame));
-        }
+    /// Sends every unacked message again on a new connection: all are due at once, and go out
+    /// as fast as the pacer and the writer take them.
+    fn replay(&mut self, _now: Instant) {
+        self.out.mark_all_lost();
+        self.resend();
     }
 
     /// Flag, brief wait for its ack or channel_closed, TerminateSession API, close.

@@ -12,8 +12,9 @@
 //!   limit (StartSession, WebSocket upgrade, handshake; they add up to less than the client's
 //!   connect limit). A client that gives up does not cancel it; a session that fails after
 //!   StartSession succeeded is always TerminateSession'd.
-//! - Memory: each stream buffers at most `stream_buffer` bytes the client has not read, a
-//!   session at most `session_buffer` in all (plus the data channel's `inbound_queue_bytes`).
+//! - Memory: a stream holding `stream_buffer` bytes its client has not read makes its session
+//!   congested (no new streams); the session keeps buffering up to `session_buffer` in all
+//!   (plus the data channel's `inbound_queue_bytes`), and only then stops taking agent output.
 
 use std::io;
 use std::pin::Pin;
@@ -53,9 +54,9 @@ pub struct SsmSettings {
     pub idle_timeout: Duration,
     /// smux NOP period while a session carries streams (`--ssm-keepalive`).
     pub keepalive_interval: Duration,
-    /// Most bytes one stream may hold that its client has not read yet.
+    /// Unread bytes at which a stream counts as stalled and its session as congested.
     pub stream_buffer: usize,
-    /// Most such bytes over all streams of one session.
+    /// Most unread bytes over all streams of one session; beyond it agent output waits.
     pub session_buffer: usize,
     /// Limit for the StartSession call.
     pub start_timeout: Duration,
@@ -517,6 +518,8 @@ impl Pool {
             keepalive_timeout: None,
             max_receive_buffer: self.settings.session_buffer,
             max_stream_buffer: self.settings.stream_buffer,
+            // Small frames, so streams interleave finely at ~1 KiB per data-channel message.
+            max_frame_size: 8 * 1024,
             ..smux::Config::default()
         };
         let smux = match smux::Session::client(opened.stream, config) {

@@ -256,6 +256,26 @@ impl Outgoing {
         due
     }
 
+    /// The agent's and plugin's scheduler (§4.3): only the oldest unacked frame, and only if it
+    /// is overdue; later overdue frames wait until it is acked.
+    pub fn resend_front_if_due(&mut self, now: Instant) -> Option<Bytes> {
+        let rto = self.rto;
+        let cap = self.config.max_backoff;
+        let pending = self.unacked.values_mut().next()?;
+        let timeout = pending.backoff.unwrap_or(rto).max(rto);
+        if !pending.presumed_lost && now.saturating_duration_since(pending.last_sent) < timeout {
+            return None;
+        }
+        pending.last_sent = now;
+        pending.later_acks = 0;
+        pending.presumed_lost = false;
+        pending.attempts = pending.attempts.saturating_add(1);
+        if !cap.is_zero() {
+            pending.backoff = Some(timeout.saturating_mul(2).min(cap.max(rto)));
+        }
+        Some(pending.frame.clone())
+    }
+
     /// When the next frame becomes due for resend, if any is unacked; a scheduler can sleep
     /// until then instead of ticking.
     pub fn next_resend_at(&self) -> Option<Instant> {
@@ -288,6 +308,14 @@ impl Outgoing {
                 pending.frame.clone()
             })
             .collect()
+    }
+
+    /// Marks every unacked frame as lost (resend at once, as pacing allows): after a
+    /// reconnect, so the new connection gets the backlog as fast as it can take it.
+    pub fn mark_all_lost(&mut self) {
+        for pending in self.unacked.values_mut() {
+            pending.presumed_lost = true;
+        }
     }
 
     /// Number of messages awaiting an ack.

@@ -408,7 +408,7 @@ async fn stream_data_is_paced_under_the_gateway_limit_but_acks_are_not() {
     let (got, at) = collect_acked(&mut agent, n).await;
     let opened = writer.await.unwrap();
     assert!(got.iter().all(|m| m.payload.len() == 1024));
-    // 900/s with a 90-message burst: no one-second window holds more than 990 messages.
+    // 900/s with a 45-message burst: no one-second window holds more than 945 messages.
     for i in 0..at.len() {
         let in_window = at[i..]
             .iter()

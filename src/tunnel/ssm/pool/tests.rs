@@ -599,3 +599,57 @@ async fn shutdown_is_bounded_when_the_gateway_stops_reading() {
         .await
         .is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_websocket_write_is_resumed_not_hung() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.data_channel.write_timeout = Duration::from_secs(2);
+        s.data_channel.max_rate = 0;
+        // A window far larger than loopback's socket buffers, so the writes really stall
+        // (with the default 512 messages the kernel would absorb them all).
+        s.data_channel.reliable.outgoing_window = 30_000;
+        s.data_channel.dead_after = Duration::from_secs(600);
+    })
+    .await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(echo(&mut stream, b"x").await.expect("echo"), b"x");
+    // The gateway stops reading this WebSocket: our writes fill the socket buffers and stall.
+    rig.sim.options().update(|o| o.stop_reading = true);
+    let data = pattern(12 << 20, 9);
+    let back = timeout(Duration::from_secs(120), echo(&mut stream, &data))
+        .await
+        .expect("the transfer finishes on a resumed WebSocket instead of hanging")
+        .expect("echo");
+    assert!(back == data, "byte-exact across the resume");
+    let stats = rig.sim.stats();
+    assert!(stat(&stats.reads_stopped) >= 1);
+    assert!(stat(&stats.sessions_resumed) >= 1, "resumed after the stuck write");
+    assert_eq!(stat(&stats.sessions_started), 1, "same session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_without_acks_from_the_agent_is_survived() {
+    let rig = rig(SsmSimOptions::default()).await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .expect("in time")
+        .expect("open");
+    rig.sim.options().update(|o| o.hold_acks = true);
+    let data = pattern(64 * 1024, 4);
+    assert!(echo(&mut stream, &data).await.expect("echo") == data);
+    let resends_before = rig.tunnel.load()[0].stats.resends;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let load = rig.tunnel.load();
+    assert_eq!(load.len(), 1, "the session is still there");
+    let resends = load[0].stats.resends - resends_before;
+    // 64 unacked messages backing off to 8 s: a few hundred resends, not 64 × 300.
+    assert!(resends < 64 * 15, "{resends} resends during the gap");
+    rig.sim.options().update(|o| o.hold_acks = false);
+    let more = pattern(8 * 1024, 5);
+    assert!(echo(&mut stream, &more).await.expect("echo after the gap") == more);
+    assert_eq!(stat(&rig.sim.stats().sessions_started), 1);
+    assert!(stat(&rig.sim.stats().acks_held) > 0);
+}

@@ -1,6 +1,8 @@
 //! smux v1 framing: the 8-byte header and the commands.
 
-use bytes::{BufMut, BytesMut};
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::SmuxError;
 
@@ -98,4 +100,85 @@ pub(crate) fn put_frame(out: &mut BytesMut, cmd: Cmd, stream_id: u32, data: &[u8
         .encode(),
     );
     out.put_slice(&data[..usize::from(len)]);
+}
+
+/// Frames waiting for the session writer. Each stream's frames (SYN, PSH, FIN) stay in order;
+/// streams are served round-robin, one frame each in turn, and session frames (NOP) go first.
+/// So a bulk transfer cannot make a quiet stream's frames wait behind its whole backlog, as
+/// xtaci/smux's shaper also ensures.
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    /// Session frames, sent before any stream's.
+    control: VecDeque<Bytes>,
+    /// Queued frames and their byte count, per stream with anything queued.
+    streams: HashMap<u32, (VecDeque<Bytes>, usize)>,
+    /// Streams with queued frames, in service order.
+    order: VecDeque<u32>,
+    /// Bytes queued in all.
+    len: usize,
+}
+
+impl OutQueue {
+    /// Encodes and queues one frame.
+    pub(crate) fn push(&mut self, cmd: Cmd, stream_id: u32, data: &[u8]) {
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + data.len());
+        put_frame(&mut buf, cmd, stream_id, data);
+        let frame = buf.freeze();
+        self.len += frame.len();
+        if cmd == Cmd::Nop {
+            self.control.push_back(frame);
+            return;
+        }
+        let (frames, bytes) = self.streams.entry(stream_id).or_default();
+        if frames.is_empty() {
+            self.order.push_back(stream_id);
+        }
+        *bytes += frame.len();
+        frames.push_back(frame);
+    }
+
+    /// Bytes queued in all.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes queued for one stream.
+    pub(crate) fn stream_len(&self, stream_id: u32) -> usize {
+        self.streams.get(&stream_id).map_or(0, |(_, bytes)| *bytes)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn clear(&mut self) {
+        *self = OutQueue::default();
+    }
+
+    /// Moves frames into `out` in service order until it holds at least `max` bytes (session
+    /// frames always, and at least one stream frame if any is queued).
+    pub(crate) fn take(&mut self, out: &mut BytesMut, max: usize) {
+        while let Some(frame) = self.control.pop_front() {
+            self.len -= frame.len();
+            out.extend_from_slice(&frame);
+        }
+        while out.len() < max {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            let Some((frames, bytes)) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if let Some(frame) = frames.pop_front() {
+                *bytes -= frame.len();
+                self.len -= frame.len();
+                out.extend_from_slice(&frame);
+            }
+            if frames.is_empty() {
+                self.streams.remove(&id);
+            } else {
+                self.order.push_back(id);
+            }
+        }
+    }
 }

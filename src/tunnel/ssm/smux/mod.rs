@@ -68,10 +68,11 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Session-wide cap on bytes received but not yet read by stream consumers.
     pub max_receive_buffer: usize,
-    /// Per-stream cap on bytes received but not yet read. smux v1 has no per-stream window, so
-    /// when a frame arrives for a stream at its cap the reader stops (every stream waits, and
-    /// [`Session::is_congested`] says so); but a stalled stream can never hold more than this,
-    /// and frames for other streams pass until one for the stalled stream comes next.
+    /// A stream holding this many bytes its consumer has not read counts as stalled, and the
+    /// session as congested ([`Session::is_congested`]): new streams belong on another session.
+    /// smux v1 has no per-stream window, so the reader itself keeps going (the other streams
+    /// flow) until the session-wide `max_receive_buffer` is used up; only then does every
+    /// stream wait.
     pub max_stream_buffer: usize,
 }
 

@@ -21,9 +21,16 @@ use super::{Config, SmuxError};
 /// Streams opened by the peer but not yet accepted; smux uses the same backlog.
 pub(crate) const ACCEPT_BACKLOG: usize = 1024;
 
-/// Encoded bytes waiting for the writer task before stream writes get back-pressure.
-/// Large enough for a few maximum frames, small next to the 4 MiB receive budget.
-pub(crate) const WRITE_QUEUE_LIMIT: usize = 256 * 1024;
+/// Encoded bytes waiting for the writer task, over all streams, before writes get
+/// back-pressure.
+pub(crate) const WRITE_QUEUE_LIMIT: usize = 1024 * 1024;
+
+/// The same per stream: small, so that what the writer hands on next is decided late, among
+/// every stream that has something to send (see [`OutQueue`]).
+pub(crate) const STREAM_QUEUE_LIMIT: usize = 64 * 1024;
+
+/// Most bytes the writer takes from the queue per write.
+const WRITE_BATCH: usize = 16 * 1024;
 
 /// How much the reader asks the transport for at a time.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
@@ -78,7 +85,7 @@ pub(crate) struct State {
     /// When bytes last arrived from the transport, for the keepalive timeout.
     pub(crate) last_rx: Instant,
     /// Encoded frames for the writer task, in send order.
-    pub(crate) out: BytesMut,
+    pub(crate) out: OutQueue,
     /// Tasks waiting for room in `out`.
     pub(crate) write_waiters: Vec<Waker>,
 }
@@ -130,17 +137,19 @@ impl Shared {
         self.closed_tx.send_replace(Some(err));
     }
 
-    /// Waits for room in the outgoing queue and returns the locked state to push into, so the
-    /// check and the push are one step.
+    /// Waits for room in the outgoing queue (for `stream_id`'s frames, if given) and returns
+    /// the locked state to push into, so the check and the push are one step.
     pub(crate) fn poll_queue_space(
         &self,
         cx: &mut Context<'_>,
+        stream_id: Option<u32>,
     ) -> Poll<Result<MutexGuard<'_, State>, SmuxError>> {
         let mut st = self.lock();
         if let Some(cause) = &st.closed {
             return Poll::Ready(Err(SmuxError::session_closed(cause)));
         }
-        if st.out.len() < WRITE_QUEUE_LIMIT {
+        let stream_room = stream_id.is_none_or(|id| st.out.stream_len(id) < STREAM_QUEUE_LIMIT);
+        if stream_room && st.out.len() < WRITE_QUEUE_LIMIT {
             return Poll::Ready(Ok(st));
         }
         if !st.write_waiters.iter().any(|w| w.will_wake(cx.waker())) {
@@ -152,8 +161,8 @@ impl Shared {
     /// Queues a control frame once there is room.
     pub(crate) async fn send_control(&self, cmd: Cmd, stream_id: u32) -> Result<(), SmuxError> {
         poll_fn(|cx| {
-            let mut st = ready!(self.poll_queue_space(cx))?;
-            put_frame(&mut st.out, cmd, stream_id, &[]);
+            let mut st = ready!(self.poll_queue_space(cx, Some(stream_id)))?;
+            st.out.push(cmd, stream_id, &[]);
             Poll::Ready(Ok::<(), SmuxError>(()))
         })
         .await?;
@@ -238,7 +247,7 @@ impl Session {
                 buffered: 0,
                 reader_starved: false,
                 last_rx: Instant::now(),
-                out: BytesMut::new(),
+                out: OutQueue::default(),
                 write_waiters: Vec::new(),
             }),
             config,
@@ -360,10 +369,15 @@ impl Session {
         self.shared.lock().streams.len()
     }
 
-    /// Whether the reader is stopped because a stream (or the session) is at its receive cap:
-    /// the peer's data waits until that stream's consumer reads. New streams belong elsewhere.
+    /// Whether a stream's consumer has fallen `max_stream_buffer` behind, or the reader is
+    /// stopped at the session budget. New streams belong on another session.
     pub fn is_congested(&self) -> bool {
-        self.shared.lock().reader_starved
+        let st = self.shared.lock();
+        st.reader_starved
+            || st
+                .streams
+                .values()
+                .any(|s| s.buf.len() >= self.shared.config.max_stream_buffer)
     }
 
     /// Turns the NOP keepalive on or off (it starts on when `keepalive_interval` is set). In SSM
@@ -422,7 +436,7 @@ where
             read_more(shared, &mut transport, &mut buf).await?;
         }
         if header.cmd == Cmd::Psh && header.len > 0 {
-            wait_for_budget(shared, header.stream_id).await;
+            wait_for_budget(shared).await;
         }
         handle_frame(shared, &accept_tx, header, &buf[HEADER_LEN..frame_len]).await?;
         buf.advance(frame_len);
@@ -451,17 +465,12 @@ where
     Ok(())
 }
 
-/// Blocks the reader while the session budget, or the budget of the stream the next frame is
-/// for, is used up (the v1 head-of-line blocking, bounded per stream).
-pub(crate) async fn wait_for_budget(shared: &Shared, stream_id: u32) {
+/// Blocks the reader while the session budget is used up (the v1 head-of-line blocking).
+pub(crate) async fn wait_for_budget(shared: &Shared) {
     loop {
         {
             let mut st = shared.lock();
-            let stream_full = st
-                .streams
-                .get(&stream_id)
-                .is_some_and(|s| s.buf.len() >= shared.config.max_stream_buffer);
-            if !stream_full && st.buffered < shared.config.max_receive_buffer {
+            if st.buffered < shared.config.max_receive_buffer {
                 if st.reader_starved {
                     // The peer may have been held back by us; give it a full timeout from now.
                     st.reader_starved = false;
@@ -504,7 +513,7 @@ pub(crate) async fn handle_frame(
                     // smux would stall the reader here; refusing keeps other streams moving.
                     tracing::warn!(stream = id, "smux accept backlog full, stream refused");
                     // A peer flooding SYNs must not grow our outgoing queue without bound.
-                    poll_fn(|cx| shared.poll_queue_space(cx).map_ok(drop)).await?;
+                    poll_fn(|cx| shared.poll_queue_space(cx, None).map_ok(drop)).await?;
                 }
             }
         }
@@ -558,7 +567,6 @@ pub(crate) async fn write_loop<W>(shared: &Shared, mut transport: W) -> Result<(
 where
     W: AsyncWrite + Unpin,
 {
-    // Double buffering: streams fill one buffer while this task writes the other.
     let mut sending = BytesMut::new();
     loop {
         let waiters = {
@@ -567,7 +575,7 @@ where
                 return Ok(());
             }
             sending.clear();
-            std::mem::swap(&mut st.out, &mut sending);
+            st.out.take(&mut sending, WRITE_BATCH);
             std::mem::take(&mut st.write_waiters)
         };
         for waker in waiters {
@@ -604,7 +612,7 @@ pub(crate) async fn keepalive_loop(
                     // Frames already queued tell the peer we are alive; a stalled writer is not
                     // helped by piling NOPs behind it.
                     if on && st.closed.is_none() && st.out.is_empty() {
-                        put_frame(&mut st.out, Cmd::Nop, 0, &[]);
+                        st.out.push(Cmd::Nop, 0, &[]);
                         true
                     } else {
                         false

@@ -128,7 +128,7 @@ impl AsyncWrite for Stream {
             return Poll::Ready(Ok(0));
         }
         let shared = &self.shared;
-        let mut st = ready!(shared.poll_queue_space(cx)).map_err(SmuxError::into_io)?;
+        let mut st = ready!(shared.poll_queue_space(cx, Some(self.id))).map_err(SmuxError::into_io)?;
         if st.streams.get(&self.id).is_none_or(|s| s.peer_fin) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -136,7 +136,7 @@ impl AsyncWrite for Stream {
             )));
         }
         let n = data.len().min(shared.config.max_frame_size);
-        put_frame(&mut st.out, Cmd::Psh, self.id, &data[..n]);
+        st.out.push(Cmd::Psh, self.id, &data[..n]);
         drop(st);
         shared.write_ready.notify_one();
         Poll::Ready(Ok(n))
@@ -158,9 +158,9 @@ impl AsyncWrite for Stream {
             return Poll::Ready(Ok(()));
         }
         let shared = self.shared.clone();
-        let queued = match ready!(shared.poll_queue_space(cx)) {
+        let queued = match ready!(shared.poll_queue_space(cx, Some(self.id))) {
             Ok(mut st) => {
-                put_frame(&mut st.out, Cmd::Fin, self.id, &[]);
+                st.out.push(Cmd::Fin, self.id, &[]);
                 true
             }
             // A dead session already ended the stream for the peer.
@@ -186,7 +186,7 @@ impl Drop for Stream {
             // Past the queue limit on purpose: drop cannot wait, and a FIN is 8 bytes per stream.
             let queue_fin = !self.fin_sent && st.closed.is_none();
             if queue_fin {
-                put_frame(&mut st.out, Cmd::Fin, self.id, &[]);
+                st.out.push(Cmd::Fin, self.id, &[]);
             }
             queue_fin
         };

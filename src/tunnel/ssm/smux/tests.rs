@@ -877,11 +877,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Chopper<T> {
 }
 
 #[tokio::test]
-async fn a_stream_at_its_cap_stops_the_reader_only_when_its_next_frame_comes() {
+async fn a_stream_past_its_cap_congests_the_session_but_others_flow_until_the_budget() {
     const CAP: usize = 8 * 1024;
+    const BUDGET: usize = 32 * 1024;
     let cfg = Config {
         max_stream_buffer: CAP,
-        max_receive_buffer: 1 << 20,
+        max_receive_buffer: BUDGET,
         ..no_keepalive()
     };
     let (raw, transport) = duplex(1 << 20);
@@ -892,31 +893,32 @@ async fn a_stream_at_its_cap_stops_the_reader_only_when_its_next_frame_comes() {
     for _ in 0..2 {
         assert_eq!(read_header(&mut peer_rx).await.cmd, Cmd::Syn);
     }
-    // A fills its cap exactly; B's frames behind it still pass.
+    // A reaches its cap: the session counts as congested, yet B's frames still pass.
     peer_tx.write_all(&psh(3, &[1u8; CAP])).await.unwrap();
     peer_tx.write_all(&psh(5, b"first")).await.unwrap();
     let mut got = [0u8; 5];
     timeout_read(&mut b, &mut got).await;
     assert_eq!(&got, b"first");
-    assert!(!client.is_congested());
+    assert!(client.is_congested(), "a stream past its cap congests the session");
 
-    // More for A: the reader stops there, and B's next frame waits behind it.
-    peer_tx.write_all(&psh(3, &[2u8; 100])).await.unwrap();
+    // A keeps not reading until the session budget is used up: then B waits behind A (v1).
+    peer_tx.write_all(&psh(3, &[2u8; BUDGET - CAP])).await.unwrap();
+    peer_tx.write_all(&psh(3, &[3u8; 100])).await.unwrap();
     peer_tx.write_all(&psh(5, b"second")).await.unwrap();
     let mut got = [0u8; 6];
     assert!(
         tokio::time::timeout(Duration::from_millis(300), b.read_exact(&mut got))
             .await
             .is_err(),
-        "v1 has no per-stream window: B waits behind A's frame"
+        "v1 has no per-stream window: at the budget B waits behind A's frame"
     );
-    assert!(client.is_congested());
-    assert_eq!(client.buffered_bytes(), CAP, "A never holds more than its cap");
+    assert_eq!(client.buffered_bytes(), BUDGET, "never more than the budget");
 
     // A's consumer reads; everything flows again, in order, nothing lost.
-    let mut a_got = vec![0u8; CAP + 100];
+    let mut a_got = vec![0u8; BUDGET + 100];
     timeout_read(&mut a, &mut a_got).await;
-    assert!(a_got[..CAP].iter().all(|&x| x == 1) && a_got[CAP..].iter().all(|&x| x == 2));
+    assert!(a_got[..CAP].iter().all(|&x| x == 1));
+    assert!(a_got[CAP..BUDGET].iter().all(|&x| x == 2) && a_got[BUDGET..].iter().all(|&x| x == 3));
     timeout_read(&mut b, &mut got).await;
     assert_eq!(&got, b"second");
     assert!(!client.is_congested());
@@ -927,4 +929,34 @@ async fn timeout_read(s: &mut Stream, buf: &mut [u8]) {
         .await
         .expect("in time")
         .expect("read");
+}
+
+#[test]
+fn the_out_queue_serves_streams_round_robin_and_session_frames_first() {
+    let mut q = OutQueue::default();
+    for _ in 0..4 {
+        q.push(Cmd::Psh, 3, &[3u8; 1000]);
+    }
+    q.push(Cmd::Syn, 5, &[]);
+    q.push(Cmd::Psh, 5, b"quiet");
+    q.push(Cmd::Nop, 0, &[]);
+    assert_eq!(q.len(), 4 * 1008 + 8 + 13 + 8);
+    assert_eq!(q.stream_len(3), 4 * 1008);
+    let mut out = BytesMut::new();
+    // One frame per stream in turn: NOP, 3's first, 5's SYN, 3's second, 5's data, ...
+    q.take(&mut out, 1);
+    assert_eq!(&out[..8], &frame(3, 0, 0)[..], "session frames first");
+    assert_eq!(&out[8..16], &frame(2, 1000, 3)[..]);
+    assert_eq!(out.len(), 8 + 1008, "at least one stream frame per take");
+    let mut out = BytesMut::new();
+    q.take(&mut out, 3000);
+    let mut expected = frame(0, 0, 5);
+    expected.extend(psh(3, &[3u8; 1000]));
+    expected.extend(psh(5, b"quiet"));
+    expected.extend(psh(3, &[3u8; 1000]));
+    assert_eq!(&out[..], &expected[..], "the quiet stream does not wait behind the bulk one");
+    let mut out = BytesMut::new();
+    q.take(&mut out, usize::MAX);
+    assert_eq!(&out[..], &psh(3, &[3u8; 1000])[..]);
+    assert!(q.is_empty());
 }
