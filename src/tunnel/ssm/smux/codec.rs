@@ -162,10 +162,12 @@ impl OutQueue {
             self.len -= frame.len();
             out.extend_from_slice(&frame);
         }
-        while out.len() < max {
+        let mut took_one = false;
+        while !took_one || out.len() < max {
             let Some(id) = self.order.pop_front() else {
                 break;
             };
+            took_one = true;
             let Some((frames, bytes)) = self.streams.get_mut(&id) else {
                 continue;
             };

@@ -780,6 +780,12 @@ async fn slow_stream_blocks_others_until_read() {
         a.write_all(&a_data).await.expect("write a");
         a
     });
+    // Once A's backlog has used up the receiver's budget, B's data can only queue behind it.
+    let started = tokio::time::Instant::now();
+    while server.buffered_bytes() < BUDGET {
+        assert!(started.elapsed() < GUARD, "the budget never filled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let b_writer = tokio::spawn(async move {
         b.write_all(b"hello").await.expect("write b");
         b
@@ -949,7 +955,7 @@ fn the_out_queue_serves_streams_round_robin_and_session_frames_first() {
     assert_eq!(&out[8..16], &frame(2, 1000, 3)[..]);
     assert_eq!(out.len(), 8 + 1008, "at least one stream frame per take");
     let mut out = BytesMut::new();
-    q.take(&mut out, 3000);
+    q.take(&mut out, 2000);
     let mut expected = frame(0, 0, 5);
     expected.extend(psh(3, &[3u8; 1000]));
     expected.extend(psh(5, b"quiet"));
