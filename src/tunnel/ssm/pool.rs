@@ -520,7 +520,6 @@ impl Pool {
             max_stream_buffer: self.settings.stream_buffer,
             // Small frames, so streams interleave finely at ~1 KiB per data-channel message.
             max_frame_size: 8 * 1024,
-            ..smux::Config::default()
         };
         let smux = match smux::Session::client(opened.stream, config) {
             Ok(smux) => smux,
