@@ -1362,3 +1362,51 @@ mod tests {
         assert!(!format!("{err} {err:?}").contains(&sig[8..]));
     }
 }
+
+/// One AWS JSON 1.1 call as a simulated service receives it: the body, read up to a limit, with
+/// its header signature checked for `service` and `region`.
+#[derive(Debug)]
+pub struct SignedCall {
+    /// The `X-Amz-Target` header, e.g. `AmazonSSM.StartSession` (empty when absent).
+    pub target: String,
+    pub body: bytes::Bytes,
+}
+
+/// Why [`read_signed_call`] refused a request; each simulated API maps it to its own error.
+#[derive(Debug)]
+pub enum SignedCallError {
+    /// The body could not be read, or is larger than the limit.
+    Body,
+    Signature(SignatureRejection),
+    /// Signed correctly, but for another region than the service's.
+    WrongRegion,
+}
+
+/// Reads and authenticates one signed JSON 1.1 request (the part every simulated API shares).
+pub async fn read_signed_call(
+    request: http::Request<hyper::body::Incoming>,
+    max_body: usize,
+    service: &str,
+    creds: &SimCredentials,
+    region: &str,
+) -> Result<SignedCall, SignedCallError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = http_body_util::Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|_| SignedCallError::Body)?
+        .to_bytes();
+    let verified = verify_header_signed_request(&parts, &body, service, creds, SystemTime::now())
+        .map_err(SignedCallError::Signature)?;
+    if verified.region != region {
+        return Err(SignedCallError::WrongRegion);
+    }
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(SignedCall { target, body })
+}

@@ -4,11 +4,10 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -162,27 +161,15 @@ async fn handle(request: Request<Incoming>, inner: Arc<Inner>) -> Response<Full<
 }
 
 async fn api_call(request: Request<Incoming>, inner: &Arc<Inner>) -> Result<Value, ApiError> {
-    let (parts, body) = request.into_parts();
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
+    use sigv4::SignedCallError as E;
+    let call = sigv4::read_signed_call(request, MAX_BODY, SIGNING_NAME, &inner.credentials, &inner.region)
         .await
-        .map_err(|_| ApiError::Serialization("The request body could not be read.".to_owned()))?
-        .to_bytes();
-    let verified = sigv4::verify_header_signed_request(
-        &parts,
-        &body,
-        SIGNING_NAME,
-        &inner.credentials,
-        SystemTime::now(),
-    )?;
-    if verified.region != inner.region {
-        return Err(ApiError::WrongRegion);
-    }
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|t| t.to_str().ok())
-        .unwrap_or_default();
+        .map_err(|e| match e {
+            E::Body => ApiError::Serialization("The request body could not be read.".to_owned()),
+            E::Signature(e) => ApiError::Signature(e),
+            E::WrongRegion => ApiError::WrongRegion,
+        })?;
+    let (target, body) = (call.target.as_str(), call.body);
     let operation = target.strip_prefix("AmazonSSM.").unwrap_or(target);
     let input: Value = if body.is_empty() {
         Value::Object(Map::new())

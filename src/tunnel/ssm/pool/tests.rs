@@ -48,12 +48,20 @@ struct Rig {
 }
 
 async fn rig_with(options: SsmSimOptions, tune: impl FnOnce(&mut SsmSettings)) -> Rig {
-    let echo = echo_server().await;
+    rig_to(echo_server().await, options, tune).await
+}
+
+/// The simulator, its node reaching `DB_HOST` at `server`, and a tunnel to it.
+async fn rig_to(
+    server: SocketAddr,
+    options: SsmSimOptions,
+    tune: impl FnOnce(&mut SsmSettings),
+) -> Rig {
     let sim = SsmSim::start(
         options,
         SimCredentials::new(AKID, SECRET),
         REGION,
-        HashMap::from([(DB_HOST.to_owned(), echo)]),
+        HashMap::from([(DB_HOST.to_owned(), server)]),
     )
     .await
     .expect("sim starts");
@@ -440,28 +448,7 @@ async fn blaster() -> SocketAddr {
 }
 
 async fn blaster_rig(options: SsmSimOptions, tune: impl FnOnce(&mut SsmSettings)) -> Rig {
-    let server = blaster().await;
-    let sim = SsmSim::start(
-        options,
-        SimCredentials::new(AKID, SECRET),
-        REGION,
-        HashMap::from([(DB_HOST.to_owned(), server)]),
-    )
-    .await
-    .expect("sim starts");
-    let api = SsmApi::with_credentials(
-        aws_credential_types::Credentials::from_keys(AKID, SECRET, None),
-        REGION,
-        Some(&sim.endpoint_url()),
-    );
-    let mut settings = SsmSettings::new(sim.target_id().to_owned(), DB_HOST.to_owned(), 5432);
-    tune(&mut settings);
-    let tunnel = SsmTunnel::new(
-        settings,
-        Arc::new(api),
-        Arc::new(WsConnector::new(None).expect("connector")),
-    );
-    Rig { sim, tunnel }
+    rig_to(blaster().await, options, tune).await
 }
 
 /// Opens a stream and asks the blaster for `len` bytes.
