@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::cancel;
+use crate::client_auth::Access;
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
 use crate::pg::{ClientError, SqlState, UserFacing};
 use crate::relay;
@@ -76,8 +77,18 @@ impl UserFacing for SessionError {
     }
 }
 
-/// Serves one accepted client connection. `peer` is for logs only.
-pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: &str)
+/// Serves one accepted client connection that needs no login to the proxy (a loopback peer).
+/// `peer` is for logs only.
+pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    serve_with(ctx, client, peer, Access::Open).await
+}
+
+/// Serves one accepted client connection; `access` says what the client must do before it is
+/// logged in upstream (see [`crate::client_auth`]).
+pub async fn serve_with<S>(ctx: &TargetContext, mut client: S, peer: &str, access: Access)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -94,7 +105,7 @@ where
             return;
         }
         Ok(Err(Failure::Quiet(reason))) => {
-            tracing::debug!(%peer, %reason, "client went away before startup");
+            tracing::debug!(%peer, reason = reason.as_str(), "client went away before startup");
             return;
         }
         Ok(Err(Failure::Client(err))) => {
@@ -108,14 +119,24 @@ where
         Accepted::Cancel(request) => {
             // Close the client's socket first: clients wait for EOF, the upstream does not answer.
             drop(client);
+            if !access.may_cancel(peer) {
+                return;
+            }
             match cancel::forward(ctx, &request).await {
                 Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
-                Err(e) => tracing::warn!(%peer, error = %display_chain(&e), "cancel request could not be forwarded"),
+                Err(e) => tracing::warn!(%peer, error = display_chain(&e), "cancel request could not be forwarded"),
             }
             return;
         }
         Accepted::Startup(s) => s,
     };
+    if access
+        .admit(&mut client, peer, &startup, ctx.timeouts.client_startup)
+        .await
+        .is_err()
+    {
+        return;
+    }
 
     if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
         fail(&mut client, peer, &SessionError::Replication.to_client_error()).await;
@@ -138,23 +159,23 @@ where
             ..
         }) => {
             let with = password_from.unwrap_or("an IAM token");
-            tracing::warn!(%peer, %user, %database, %sqlstate, error = %message, with, "login refused by the server; its error was passed to the client");
+            tracing::warn!(%peer, user = user.as_str(), database = database.as_str(), sqlstate = sqlstate.as_str(), error = message.as_str(), with, "login refused by the server; its error was passed to the client");
             let _ = client.write_all(&to_client).await;
             let _ = client.shutdown().await;
             return;
         }
         Err(e) => {
             let client_error = e.to_client_error();
-            tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = %display_chain(&e), "login failed; the client was told why");
+            tracing::warn!(%peer, user = user.as_str(), database = database.as_str(), via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = display_chain(&e), "login failed; the client was told why");
             fail(&mut client, peer, &client_error).await;
             return;
         }
     };
     if let Err(e) = client.write_all(&upstream.to_client).await {
-        tracing::debug!(%peer, error = %e, "client went away right after login");
+        tracing::debug!(%peer, error = e.to_string(), "client went away right after login");
         return;
     }
-    tracing::info!(%peer, %user, %database, setup_ms = started.elapsed().as_millis() as u64, "client connected");
+    tracing::info!(%peer, user = user.as_str(), database = database.as_str(), setup_ms = started.elapsed().as_millis() as u64, "client connected");
     let mut stats = relay::relay(&mut client, &mut upstream.stream).await;
     // After the client said goodbye, an upstream that drops the connection without a TLS
     // close_notify (tunnels do: the SSM agent closes both sides at once) is a normal end.
@@ -237,7 +258,7 @@ async fn answer_no<S: AsyncWrite + Unpin>(client: &mut S) -> Result<(), Failure>
 }
 
 async fn fail<S: AsyncWrite + Unpin>(client: &mut S, peer: &str, err: &ClientError) {
-    tracing::debug!(%peer, sqlstate = err.sqlstate.code(), message = %err.message, "sending error to client");
+    tracing::debug!(%peer, sqlstate = err.sqlstate.code(), error = err.message.as_str(), "sending error to client");
     let _ = client.write_all(&err.encode()).await;
     let _ = client.shutdown().await;
 }

@@ -502,7 +502,7 @@ impl Pool {
                 Ok(opened)
             }
             Err(source) => {
-                tracing::debug!(session = %session_id, error = %source, "SSM session failed to open; terminating it");
+                tracing::debug!(session = %session_id, error = source.to_string(), "SSM session failed to open; terminating it");
                 datachannel::terminate_api(&*self.control, &session_id).await;
                 Err(SsmError::DataChannel { session_id, source })
             }
@@ -597,7 +597,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                 }
                 session.smux.close();
                 if !matches!(reason, DataChannelError::Terminated) {
-                    tracing::warn!(session = %id, %reason, "SSM session lost; the next connection opens a new one");
+                    tracing::warn!(session = %id, reason = reason.to_string(), "SSM session lost; the next connection opens a new one");
                 }
                 return;
             }
@@ -608,7 +608,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                 if matches!(reason.root_cause(), smux::SmuxError::ClosedLocally) {
                     tracing::debug!(session = %id, "SSM multiplexer closed; terminating the session");
                 } else {
-                    tracing::warn!(session = %id, %reason, "SSM multiplexer failed; terminating the session");
+                    tracing::warn!(session = %id, reason = reason.to_string(), "SSM multiplexer failed; terminating the session");
                 }
                 session.channel.terminate().await;
                 return;
