@@ -16,8 +16,11 @@ use crate::tunnel::ssm::message::{
     AcknowledgeContent, ChannelClosed, ClientMessage, FlagPayload, PayloadType,
 };
 
+/// What every fuzz target calls.
+pub type Entry = fn(&[u8]);
+
 /// The fuzz targets by name: `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("startup", startup_packet),
     ("backend", backend_preauth),
     ("ssm_message", ssm_message),
@@ -56,10 +59,11 @@ pub fn startup_packet(data: &[u8]) {
             let _ = (m.user(), m.database(), m.version(), format!("{m:?}"));
             // `--db-user`: the rewritten packet must parse back to the same packet but the user.
             let rewritten = m.with_user("iam_user");
-            let again = match startup::parse_first_packet(Bytes::copy_from_slice(rewritten.as_bytes())) {
-                Ok(FirstPacket::Startup(again)) => again,
-                other => panic!("a rewritten startup does not parse back: {other:?}"),
-            };
+            let again =
+                match startup::parse_first_packet(Bytes::copy_from_slice(rewritten.as_bytes())) {
+                    Ok(FirstPacket::Startup(again)) => again,
+                    other => panic!("a rewritten startup does not parse back: {other:?}"),
+                };
             assert_eq!(again.user(), "iam_user");
             assert_eq!(again.params().len(), m.params().len());
         }
@@ -80,7 +84,11 @@ pub fn backend_preauth(data: &[u8]) {
     let mut buf = BytesMut::new();
     let mut scram = None;
     loop {
-        let msg = match ready(backend::read_message(&mut reader, &mut buf, MAX_PREAUTH_MESSAGE_LEN)) {
+        let msg = match ready(backend::read_message(
+            &mut reader,
+            &mut buf,
+            MAX_PREAUTH_MESSAGE_LEN,
+        )) {
             Ok(msg) => msg,
             Err(e) => {
                 let _ = e.to_string();
@@ -169,7 +177,13 @@ pub fn ssm_message(data: &[u8]) {
 /// The payloads a data channel message carries: acknowledge, channel_closed, flag, and the
 /// handshake request (answered as the proxy answers it) and complete.
 pub fn ssm_payload(data: &[u8]) {
-    let message = ClientMessage::new("output_stream_data", 0, 0, PayloadType::Output, Bytes::copy_from_slice(data));
+    let message = ClientMessage::new(
+        "output_stream_data",
+        0,
+        0,
+        PayloadType::Output,
+        Bytes::copy_from_slice(data),
+    );
     let _ = message.json_payload::<AcknowledgeContent>("acknowledge");
     if let Ok(closed) = ChannelClosed::from_payload(data) {
         let _ = closed.reason();
@@ -183,13 +197,20 @@ pub fn ssm_payload(data: &[u8]) {
             response.processed_client_actions.len(),
             request.requested_client_actions.len()
         );
-        let _ = (response.to_payload().expect("a response serialises"), format!("{outcome:?}"));
+        let _ = (
+            response.to_payload().expect("a response serialises"),
+            format!("{outcome:?}"),
+        );
         let _ = handshake::agent_supports_mux(&request.agent_version);
         let _ = handshake::agent_supports_terminate_flag(&request.agent_version);
         let _ = handshake::client_version_selects_mux(&request.agent_version);
         let _ = handshake::client_version_disables_agent_keepalive(&request.agent_version);
         if let handshake::Outcome::Accepted(properties) = outcome {
-            let _ = (properties.host(), properties.port_number(), properties.is_local_port_forwarding());
+            let _ = (
+                properties.host(),
+                properties.port_number(),
+                properties.is_local_port_forwarding(),
+            );
         }
     }
     if let Ok(complete) = HandshakeCompletePayload::from_payload(data) {
@@ -222,8 +243,14 @@ pub fn smux_session(data: &[u8]) {
         let (ours, mut agent) = tokio::io::duplex(4 << 20);
         let session = Session::client(ours, config).expect("valid smux config");
         let first = session.open_stream().await;
-        agent.write_all(data).await.expect("the duplex has room for the input");
-        agent.shutdown().await.expect("shutdown of an in-memory pipe");
+        agent
+            .write_all(data)
+            .await
+            .expect("the duplex has room for the input");
+        agent
+            .shutdown()
+            .await
+            .expect("shutdown of an in-memory pipe");
         let mut sink = Vec::new();
         if let Ok(mut stream) = first {
             let _ = stream.read_to_end(&mut sink).await;
@@ -233,7 +260,10 @@ pub fn smux_session(data: &[u8]) {
         }
         let reason = session.closed().await;
         let _ = reason.to_string();
-        assert!(sink.len() <= data.len(), "more bytes delivered than received");
+        assert!(
+            sink.len() <= data.len(),
+            "more bytes delivered than received"
+        );
         drop(agent);
     });
 }
@@ -250,7 +280,10 @@ pub fn config_args(data: &[u8]) {
     );
     // A path argument may name a device (`--password-file /dev/stdin`) that blocks a read; that
     // is the user's choice on a real command line, not something a parser can fail on.
-    if args.iter().any(|a| a.contains("/dev") || a.contains("/proc")) {
+    if args
+        .iter()
+        .any(|a| a.contains("/dev") || a.contains("/proc"))
+    {
         return;
     }
     match crate::cli::Cli::try_parse_from(&args) {

@@ -31,7 +31,11 @@ fn every_corpus_file_replays_without_a_panic() {
     for (name, run) in TARGETS {
         let corpus = inputs(&root.join("corpus").join(name));
         // A target without a seed corpus would silently test nothing.
-        assert!(corpus.len() >= 3, "fuzz/corpus/{name} has {} files", corpus.len());
+        assert!(
+            corpus.len() >= 3,
+            "fuzz/corpus/{name} has {} files",
+            corpus.len()
+        );
         let regressions = inputs(&root.join("regressions").join(name));
         for (path, data) in corpus.iter().chain(&regressions) {
             let outcome = std::panic::catch_unwind(|| run(data));
