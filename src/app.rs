@@ -112,6 +112,7 @@ pub async fn build_context(
     });
     Ok(Arc::new(TargetContext {
         target: Target {
+            name: config.name.clone(),
             endpoint: config.endpoint.clone(),
             port: config.port,
             region,

@@ -68,6 +68,8 @@ pub const MAX_SSM_PAYLOAD: usize = 64 * 1024;
 /// The validated configuration of one proxied target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// What logs and metrics call this target. Default: the endpoint host name.
+    pub name: String,
     pub endpoint: String,
     pub port: u16,
     /// From `--region` or the endpoint name; `None` means "ask the AWS configuration".
@@ -179,6 +181,7 @@ impl Config {
             ca_bundles: args.ca_bundle.clone(),
             timeouts: Timeouts::default(),
             password,
+            name: endpoint.clone(),
             endpoint,
             port,
         })
@@ -332,6 +335,7 @@ mod tests {
     fn flags_map_into_config() {
         let c = Config::from_args(&args(&["--target", "db.x.eu-west-1.rds.amazonaws.com"])).unwrap();
         assert_eq!(c.listen.address.to_string(), "127.0.0.1:6543");
+        assert_eq!(c.name, "db.x.eu-west-1.rds.amazonaws.com", "the name defaults to the endpoint");
         assert_eq!(c.region.as_deref(), Some("eu-west-1"));
         assert_eq!(
             c.via,
