@@ -22,6 +22,7 @@
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`logfmt`]: the text log format, escaped so no client- or server-supplied value can forge a line.
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of `tests/fuzz_corpus.rs`.
 
 pub mod app;
 pub mod auth;
@@ -31,7 +32,9 @@ pub mod client_auth;
 pub mod config;
 pub mod listener;
 pub mod logfmt;
+pub mod lookup;
 pub mod pg;
+pub mod rds_api;
 pub mod relay;
 pub mod session;
 pub mod target;
@@ -39,3 +42,5 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+#[doc(hidden)]
+pub mod fuzzing;
