@@ -19,13 +19,20 @@
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * Operations: [`http`] (health checks, `/metrics`, `wait`), [`metrics`] (the Prometheus
+//!   registry, passed in each target's context), [`audit`] (a line per connection at open and
+//!   close), [`drain`] (the end of the shutdown window: 57P01 to each remaining client).
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod drain;
+pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod pg;
 pub mod relay;
 pub mod session;

@@ -20,6 +20,17 @@ pub use token::{Token, TokenError, TokenRequest};
 pub struct IamAuth {
     credentials: CredentialSource,
     cache: cache::TokenCache,
+    metrics: AuthMetrics,
+}
+
+/// What [`IamAuth`] counts for `/metrics` (clones of the registry's counters; `Default`:
+/// counted nowhere).
+#[derive(Debug, Clone, Default)]
+pub struct AuthMetrics {
+    pub tokens_minted: prometheus_client::metrics::counter::Counter,
+    pub tokens_reused: prometheus_client::metrics::counter::Counter,
+    /// Credential loads from the provider chain, the first included.
+    pub credential_refreshes: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +46,40 @@ impl IamAuth {
         IamAuth {
             credentials,
             cache: cache::TokenCache::default(),
+            metrics: AuthMetrics::default(),
         }
+    }
+
+    /// The IAM principal the credentials belong to, for audit lines; empty until known.
+    pub fn principal_arn(&self) -> String {
+        String::new()
+    }
+
+    /// Counts tokens and credential loads into `metrics`.
+    pub fn with_metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.credentials.count_loads(metrics.credential_refreshes.clone());
+        self.metrics = metrics;
+        self
+    }
+
+    fn mint_or_reuse(
+        &self,
+        request: &TokenRequest,
+        creds: &aws_credential_types::Credentials,
+    ) -> Result<Token, TokenError> {
+        let (token, minted) = self.cache.lookup_or_mint(request, creds, SystemTime::now())?;
+        if minted {
+            self.metrics.tokens_minted.inc();
+        } else {
+            self.metrics.tokens_reused.inc();
+        }
+        Ok(token)
     }
 
     /// A token for `request`, reused from the cache when still good.
     pub async fn token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         let creds = self.credentials.get().await?;
-        Ok(self.cache.get_or_mint(request, &creds, SystemTime::now())?)
+        Ok(self.mint_or_reuse(request, &creds)?)
     }
 
     /// Loads (and caches) the credentials without signing anything: the start-up check.
@@ -53,6 +91,6 @@ impl IamAuth {
     pub async fn fresh_token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         self.cache.invalidate(request);
         let creds = self.credentials.reload().await?;
-        Ok(self.cache.get_or_mint(request, &creds, SystemTime::now())?)
+        Ok(self.mint_or_reuse(request, &creds)?)
     }
 }
