@@ -49,6 +49,10 @@ pub struct AwsSetup {
     pub ssm_endpoint: Option<String>,
     /// The Secrets Manager endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
     pub secrets_endpoint: Option<String>,
+    /// The STS endpoint (GetCallerIdentity), e.g. the simulator's `http://127.0.0.1:PORT`.
+    pub sts_endpoint: Option<String>,
+    /// The RDS API endpoint (DescribeDBInstances/Clusters), e.g. the simulator's.
+    pub rds_endpoint: Option<String>,
 }
 
 impl From<AwsSetup> for Credentials {
@@ -86,6 +90,8 @@ pub async fn build_context_with(
                 credentials,
                 ssm_endpoint: None,
                 secrets_endpoint: None,
+                sts_endpoint: None,
+                rds_endpoint: None,
             }),
         ),
         Credentials::FixedWith(setup) => (
@@ -116,6 +122,18 @@ pub async fn build_context_with(
         };
         Arc::new(PasswordProvider::new(source))
     });
+    let mut auth = IamAuth::new(source).with_metrics(target_metrics.auth.clone());
+    // The principal ARN for audit lines; fixed credentials without an STS endpoint (tests)
+    // never ask the real STS.
+    let sts = match &aws {
+        AwsSource::Sdk(sdk) => Some(crate::auth::identity::StsApi::from_sdk_config(sdk, &region)),
+        AwsSource::Fixed(setup) => setup.sts_endpoint.as_deref().map(|endpoint| {
+            crate::auth::identity::StsApi::with_credentials(setup.credentials.clone(), &region, Some(endpoint))
+        }),
+    };
+    if let Some(sts) = sts {
+        auth = auth.with_identity(sts);
+    }
     Ok(Arc::new(TargetContext {
         target: Target {
             name: config.name.clone(),
@@ -125,7 +143,7 @@ pub async fn build_context_with(
         },
         tunnel,
         tls: tls::upstream_client_config(&config.ca_bundles)?,
-        auth: Arc::new(IamAuth::new(source).with_metrics(target_metrics.auth.clone())),
+        auth: Arc::new(auth),
         password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,

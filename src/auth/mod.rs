@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod credentials;
+pub mod identity;
 pub mod password;
 pub mod scram;
 pub mod secrets;
@@ -21,7 +22,15 @@ pub struct IamAuth {
     credentials: CredentialSource,
     cache: cache::TokenCache,
     metrics: AuthMetrics,
+    /// Asked who the credentials belong to, once per credential refresh (audit lines).
+    identity: Option<identity::StsApi>,
+    /// (access key id, principal ARN) of the credentials last asked about; the ARN is empty
+    /// when STS could not say.
+    principal: std::sync::Mutex<Option<(String, String)>>,
 }
+
+/// How long a login may wait for STS GetCallerIdentity (once per credential refresh).
+const IDENTITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What [`IamAuth`] counts for `/metrics` (clones of the registry's counters; `Default`:
 /// counted nowhere).
@@ -47,12 +56,52 @@ impl IamAuth {
             credentials,
             cache: cache::TokenCache::default(),
             metrics: AuthMetrics::default(),
+            identity: None,
+            principal: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Learns the IAM principal ARN of each new set of credentials from `sts`.
+    pub fn with_identity(mut self, sts: identity::StsApi) -> Self {
+        self.identity = Some(sts);
+        self
     }
 
     /// The IAM principal the credentials belong to, for audit lines; empty until known.
     pub fn principal_arn(&self) -> String {
-        String::new()
+        self.principal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, arn)| arn.clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks STS who `creds` belong to, unless already asked for these credentials.
+    async fn learn_principal(&self, creds: &aws_credential_types::Credentials) {
+        let Some(sts) = &self.identity else { return };
+        let key = creds.access_key_id();
+        let known = self
+            .principal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(k, _)| k == key);
+        if known {
+            return;
+        }
+        let arn = match tokio::time::timeout(IDENTITY_LIMIT, sts.caller_identity()).await {
+            Ok(Ok(id)) => id.arn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "STS GetCallerIdentity failed; audit lines carry no principal ARN");
+                String::new()
+            }
+            Err(_) => {
+                tracing::debug!("STS GetCallerIdentity did not answer in time; audit lines carry no principal ARN");
+                String::new()
+            }
+        };
+        *self.principal.lock().unwrap_or_else(|p| p.into_inner()) = Some((key.to_owned(), arn));
     }
 
     /// Counts tokens and credential loads into `metrics`.
@@ -79,6 +128,7 @@ impl IamAuth {
     /// A token for `request`, reused from the cache when still good.
     pub async fn token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         let creds = self.credentials.get().await?;
+        self.learn_principal(&creds).await;
         Ok(self.mint_or_reuse(request, &creds)?)
     }
 
@@ -91,6 +141,7 @@ impl IamAuth {
     pub async fn fresh_token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         self.cache.invalidate(request);
         let creds = self.credentials.reload().await?;
+        self.learn_principal(&creds).await;
         Ok(self.mint_or_reuse(request, &creds)?)
     }
 }
