@@ -22,6 +22,7 @@
 //! * Operations: [`http`] (health checks, `/metrics`, `wait`), [`metrics`] (the Prometheus
 //!   registry, passed in each target's context), [`audit`] (a line per connection at open and
 //!   close), [`drain`] (the end of the shutdown window: 57P01 to each remaining client).
+//! * `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of `tests/fuzz_corpus.rs`.
 
 pub mod app;
 pub mod audit;
@@ -43,3 +44,5 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+#[doc(hidden)]
+pub mod fuzzing;
