@@ -31,6 +31,7 @@ pub enum AppError {
 }
 
 /// Where credentials come from: the AWS chain (the product) or fixed ones (tests, demo).
+#[derive(Clone)]
 pub enum Credentials {
     /// aws-config's chain; `AWS_ENDPOINT_URL_SSM` and profiles apply.
     Chain,
@@ -228,6 +229,7 @@ impl Proxy {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let t = &self.ctx.target;
         tracing::info!(
+            name = %t.name,
             listen = %self.listeners.local_addr(),
             unix_socket = ?self.listeners.unix_path(),
             target = %format!("{}:{}", t.endpoint, t.port),

@@ -9,8 +9,10 @@
 //!                                     MD5, cleartext) ─▶ AuthenticationOk ─▶ relay
 //! ```
 //!
-//! * [`cli`], [`config`]: flags and the validated [`config::Config`].
-//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`].
+//! * [`cli`], [`config`]: flags and the validated [`config::Config`]; [`config_file`]: the TOML
+//!   file of several targets, layered under flags and variables; [`version`]: `--version`.
+//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
+//!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
@@ -25,6 +27,9 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod config_file;
+pub mod conntest;
+pub mod fleet;
 pub mod listener;
 pub mod pg;
 pub mod relay;
@@ -34,3 +39,4 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+pub mod version;
