@@ -86,7 +86,7 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--target is required: the RDS endpoint name, e.g. --target mydb.abc123.eu-central-1.rds.amazonaws.com")]
+    #[error("--target is required: the RDS endpoint name, e.g. --target mydb.abc123.eu-central-1.rds.amazonaws.com (or find it by name: --db-instance NAME, --db-cluster NAME)")]
     MissingTarget,
     #[error("--target {0:?} is not a valid ENDPOINT[:PORT]")]
     BadTarget(String),
@@ -144,6 +144,9 @@ impl Config {
                 };
                 if args.ssm_target.is_some() {
                     return Err(ConfigError::SsmFlagWithoutSsm("ssm-target"));
+                }
+                if !args.ssm_tag.is_empty() {
+                    return Err(ConfigError::SsmFlagWithoutSsm("ssm-tag"));
                 }
                 ViaConfig::Direct { connect_addr }
             }

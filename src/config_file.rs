@@ -23,7 +23,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 use toml::de::{DeTable, DeValue};
 
-use crate::cli::{Cli, LogArgs};
+use crate::cli::{Cli, LogArgs, ProxyArgs};
 use crate::config::{Config, ConfigError, ViaConfig};
 
 /// The default file, under `$XDG_CONFIG_HOME` (else `~/.config`).
@@ -62,7 +62,17 @@ pub struct Plan {
     /// The config file used, if any.
     pub file: Option<PathBuf>,
     pub targets: Vec<Config>,
+    /// Targets named through AWS (`--db-instance`, `--db-cluster`, `--ssm-target auto`): they
+    /// become configurations after the lookup, at start ([`crate::lookup::resolve_args`]).
+    pub pending: Vec<Pending>,
     pub log: LogArgs,
+}
+
+/// A target waiting for an AWS lookup; `name` is its file name, if it has one.
+#[derive(Debug)]
+pub struct Pending {
+    pub name: Option<String>,
+    pub args: ProxyArgs,
 }
 
 /// Builds the plan from the parsed command line (and so the environment clap read) and, when
@@ -74,9 +84,15 @@ pub fn plan(matches: &ArgMatches, env: impl Fn(&str) -> Option<OsString>) -> Res
         None => default_path(&env).filter(|p| p.is_file()),
     };
     let Some(path) = path else {
+        let (targets, pending) = if crate::lookup::needs_lookup(&cli.proxy) {
+            (vec![], vec![Pending { name: None, args: cli.proxy }])
+        } else {
+            (vec![Config::from_args(&cli.proxy)?], vec![])
+        };
         return Ok(Plan {
             file: None,
-            targets: vec![Config::from_args(&cli.proxy)?],
+            targets,
+            pending,
             log: cli.log,
         });
     };
@@ -117,22 +133,36 @@ pub fn plan_from_text(path: &Path, text: &str, cli: &CliLayer) -> Result<Plan, C
     };
 
     let mut targets = Vec::new();
+    let mut pending = Vec::new();
     let mut log = None;
     for table in selected {
         let resolved = resolve(&keys, cli, table, &file.top, flags_win, target_was_name);
-        let parsed = parse_resolved(&resolved.argv).map_err(ConfigFileError::Flags)?;
+        let parsed = parse_resolved(&resolved.argv).map_err(|e| match table {
+            Some(t) => ConfigFileError::At {
+                path: path.to_owned(),
+                line: t.line,
+                message: format!("[[target]] {:?}: {e}", t.name.as_ref().map_or("", |(n, _)| n)),
+            },
+            None => ConfigFileError::Flags(format!("{}: {e}", path.display())),
+        })?;
+        log.get_or_insert(parsed.log);
+        if crate::lookup::needs_lookup(&parsed.proxy) {
+            let name = table.and_then(|t| t.name.as_ref()).map(|(n, _)| n.clone());
+            pending.push(Pending { name, args: parsed.proxy });
+            continue;
+        }
         let mut config = Config::from_args(&parsed.proxy)
             .map_err(|e| locate_config_error(path, e, &resolved, table, &file.top))?;
         if let Some((name, _)) = table.and_then(|t| t.name.as_ref()) {
             config.name = name.clone();
         }
-        log.get_or_insert(parsed.log);
         targets.push((config, table));
     }
     check_listeners(path, &targets)?;
     Ok(Plan {
         file: Some(path.to_owned()),
         targets: targets.into_iter().map(|(c, _)| c).collect(),
+        pending,
         log: log.unwrap_or(LogArgs {
             log_format: crate::cli::LogFormat::Text,
             quiet: false,
@@ -599,6 +629,7 @@ fn static_id(flag: &str) -> &'static str {
     match flag {
         "ssm-target" => "ssm_target",
         "ssm-sessions" => "ssm_sessions",
+        "ssm-tag" => "ssm_tag",
         _ => "via",
     }
 }
@@ -686,8 +717,29 @@ fn check_listeners(path: &Path, targets: &[(Config, Option<&Layer>)]) -> Result<
 }
 
 /// `--list-targets`: one line per target — name, listener, endpoint, route.
-pub fn describe(targets: &[Config]) -> String {
-    let rows: Vec<[String; 4]> = targets
+pub fn describe(plan: &Plan) -> String {
+    let mut rows = rows(&plan.targets);
+    for p in &plan.pending {
+        let a = &p.args;
+        let endpoint = match (&a.db_instance, &a.db_cluster, &a.target) {
+            (Some(db), _, _) => format!("(DB instance {db})"),
+            (_, Some(c), _) if a.reader => format!("(reader of DB cluster {c})"),
+            (_, Some(c), _) => format!("(DB cluster {c})"),
+            (_, _, Some(t)) => t.clone(),
+            _ => String::new(),
+        };
+        let via = match a.via {
+            crate::cli::Via::Direct => "direct".to_owned(),
+            crate::cli::Via::Ssm => format!("ssm {} (up to {} sessions)", a.ssm_target.as_deref().unwrap_or("?"), a.ssm_sessions),
+        };
+        let name = p.name.clone().unwrap_or_else(|| endpoint.clone());
+        rows.push([name, SocketAddr::new(a.address, a.port).to_string(), endpoint, via]);
+    }
+    table(rows)
+}
+
+fn rows(targets: &[Config]) -> Vec<[String; 4]> {
+    targets
         .iter()
         .map(|c| {
             let mut listen = c.listen.address.to_string();
@@ -701,7 +753,10 @@ pub fn describe(targets: &[Config]) -> String {
             };
             [c.name.clone(), listen, format!("{}:{}", c.endpoint, c.port), via]
         })
-        .collect();
+        .collect()
+}
+
+fn table(rows: Vec<[String; 4]>) -> String {
     let header = ["NAME", "LISTEN", "ENDPOINT", "VIA"].map(str::to_owned);
     let mut widths = [0; 4];
     for row in std::iter::once(&header).chain(&rows) {
@@ -725,11 +780,6 @@ pub fn describe(targets: &[Config]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The listen address of every target, for messages and tests.
-pub fn listen_addrs(targets: &[Config]) -> Vec<SocketAddr> {
-    targets.iter().map(|c| c.listen.address).collect()
 }
 
 #[cfg(test)]
@@ -786,11 +836,14 @@ db_user = "prod_user"
         assert_eq!(prod.db_user.as_deref(), Some("prod_user"));
         assert_eq!(prod.region.as_deref(), Some("eu-west-1"));
         assert!(matches!(prod.via, ViaConfig::Direct { .. }));
-        let listing = describe(&plan.targets);
+        let listing = describe(&plan);
         assert!(listing.starts_with("NAME  LISTEN"), "{listing}");
         assert!(listing.contains("dev   127.0.0.1:7001  dev.abc.eu-west-1.rds.amazonaws.com:5432   ssm i-0123456789abcdef0 (up to 2 sessions)"), "{listing}");
         assert!(listing.contains("prod  127.0.0.1:7002  prod.abc.eu-west-1.rds.amazonaws.com:5432  direct\n"), "{listing}");
     }
+
+    /// (file, flags and variables, the region each target gets)
+    type Case<'a> = (&'a str, &'a [(&'a str, Origin, &'a str)], &'a [Option<&'a str>]);
 
     /// flag > env > file > default, for a key set in a single target's table, at the top level,
     /// or both; and with several targets a table's own key over the flag.
@@ -804,7 +857,7 @@ db_user = "prod_user"
                      [[target]]\nname = \"b\"\nendpoint = \"db2.example\"\nport = 7002\n";
         let none = "endpoint = \"db.example\"\n";
         #[rustfmt::skip]
-        let cases: &[(&str, &[(&str, Origin, &str)], &[Option<&str>])] = &[
+        let cases: &[Case] = &[
             // file                  flags/env                                        region per target
             (none,         &[],                                                 &[None]),
             (single_top,   &[],                                                 &[Some("top-1")]),

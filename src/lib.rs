@@ -21,6 +21,7 @@
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of `tests/fuzz_corpus.rs`.
 
 pub mod app;
 pub mod auth;
@@ -31,7 +32,9 @@ pub mod config_file;
 pub mod conntest;
 pub mod fleet;
 pub mod listener;
+pub mod lookup;
 pub mod pg;
+pub mod rds_api;
 pub mod relay;
 pub mod session;
 pub mod target;
@@ -40,3 +43,5 @@ pub mod tunnel;
 pub mod upstream;
 pub mod sim;
 pub mod version;
+#[doc(hidden)]
+pub mod fuzzing;

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     };
     if let Some(plan) = &plan {
         if cli.file.list_targets {
-            print!("{}", rds_auth_proxy::config_file::describe(&plan.targets));
+            print!("{}", rds_auth_proxy::config_file::describe(plan));
             return ExitCode::SUCCESS;
         }
     }
@@ -71,9 +71,30 @@ async fn run(cli: Cli, plan: Option<Plan>) -> ExitCode {
     }
 }
 
-async fn run_proxy(plan: Plan, run_test: bool) -> ExitCode {
+async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
     if let Some(file) = &plan.file {
-        tracing::info!(file = %file.display(), targets = plan.targets.len(), "configuration file read");
+        tracing::info!(file = %file.display(), targets = plan.targets.len() + plan.pending.len(), "configuration file read");
+    }
+    // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
+    for pending in std::mem::take(&mut plan.pending) {
+        let mut args = pending.args;
+        if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+            let name = pending.name.map(|n| format!("target {n:?}: ")).unwrap_or_default();
+            eprintln!("rds-auth-proxy: {name}{e}\n  hint: {}", e.hint());
+            return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+        }
+        match rds_auth_proxy::config::Config::from_args(&args) {
+            Ok(mut config) => {
+                if let Some(name) = pending.name {
+                    config.name = name;
+                }
+                plan.targets.push(config);
+            }
+            Err(e) => {
+                eprintln!("rds-auth-proxy: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
     }
     let fleet = match Fleet::bind(&plan.targets, Credentials::Chain).await {
         Ok(f) => f,
