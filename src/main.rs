@@ -36,6 +36,13 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
+    // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
+    let mut args = args.clone();
+    if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+        eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
+        return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+    }
+    let args = &args;
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
