@@ -500,16 +500,16 @@ async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five
         .spawn()
         .unwrap();
     // Mid-upload, the gateway stops reading: from here the WebSocket takes nothing more.
-    use rds_auth_proxy::sim::ssm::SsmSimStats;
-    let going = stats
-        .wait_until(Duration::from_secs(30), |s| SsmSimStats::get(&s.client_data_messages) >= before + 500)
-        .await;
-    assert!(going, "the upload never got going");
+    let started = Instant::now();
+    while stats.client_data_messages.load(std::sync::atomic::Ordering::SeqCst) < before + 500 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the upload never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sim.ssm.options().update(|o| o.stop_reading = true);
-    let stopped = stats
-        .wait_until(Duration::from_secs(30), |s| SsmSimStats::get(&s.reads_stopped) >= 1)
-        .await;
-    assert!(stopped, "reading never stopped");
+    while stats.reads_stopped.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "reading never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let at = Instant::now();
     assert_eq!(stop(child), Some(143));
     let took = at.elapsed();

@@ -18,10 +18,13 @@ fn stat(sim: &Simulator, f: impl Fn(&SsmSimStats) -> &std::sync::atomic::AtomicU
     f(&sim.ssm.stats()).load(Ordering::SeqCst)
 }
 
-/// Waits until `cond` holds on the simulator's counters (woken whenever one moves).
-async fn eventually(sim: &Simulator, what: &str, cond: impl Fn(&SsmSimStats) -> bool) {
-    let held = sim.ssm.stats().wait_until(Duration::from_secs(30), cond).await;
-    assert!(held, "timed out waiting for {what}");
+/// Polls until `cond` holds (the simulator's counters move on their own tasks).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The simulator with AWS's data-channel limits (1024-byte agent payloads, 1 ms agent pacing,
@@ -127,11 +130,10 @@ async fn copy_64_mib_each_way_under_loss_and_a_killed_websocket() {
     let killer = tokio::spawn(async move {
         let base = stats.ws_connections.load(Ordering::SeqCst);
         knobs.update(|o| o.kill_ws_after_messages = Some(20_000));
-        let killed = stats
-            .wait_until(Duration::from_secs(60), |s| SsmSimStats::get(&s.ws_killed) >= 1)
-            .await;
+        while stats.ws_killed.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         knobs.update(|o| o.kill_ws_after_messages = None);
-        assert!(killed, "the WebSocket was never killed");
         base
     });
 
@@ -203,17 +205,15 @@ async fn idle_timeout_with_and_without_open_connections() {
     let proxy = start_ssm_proxy(&args, &sim).await;
 
     // An open but quiet connection: the proxy's keepalive keeps the session from timing out.
-    // Three keepalives a second apart span more than the 2 s idle timeout.
     let client = connect(&proxy, "db_user").await.unwrap();
-    let pings = stat(&sim, |s| &s.pings);
-    eventually(&sim, "three keepalives", |s| SsmSimStats::get(&s.pings) >= pings + 3).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     client.simple_query("SELECT 1").await.expect("session still alive");
     assert_eq!(stat(&sim, |s| &s.idle_timeouts), 0);
     drop(client);
 
     // No connection: the service's idle timeout ends the session; the next connection gets a
     // fresh one transparently.
-    eventually(&sim, "the idle session to time out", |s| SsmSimStats::get(&s.idle_timeouts) >= 1).await;
+    eventually("the idle session to time out", || stat(&sim, |s| &s.idle_timeouts) >= 1).await;
     let client = connect(&proxy, "db_user").await.expect("a fresh session");
     client.simple_query("SELECT 1").await.unwrap();
     assert_eq!(stat(&sim, |s| &s.sessions_started), 2);
@@ -230,7 +230,7 @@ async fn refused_resume_gives_the_next_connection_a_new_session() {
         o.refuse_resume = true;
         o.kill_ws_after = Some(Duration::from_millis(1));
     });
-    eventually(&sim, "the resume to be refused", |s| SsmSimStats::get(&s.resume_refused) >= 1).await;
+    eventually("the resume to be refused", || stat(&sim, |s| &s.resume_refused) >= 1).await;
     sim.ssm.options().update(|o| {
         o.refuse_resume = false;
         o.kill_ws_after = None;

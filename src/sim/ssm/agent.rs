@@ -16,7 +16,7 @@ use tokio::time::{sleep_until, Instant};
 use uuid::Uuid;
 
 use super::port::{self, PortEvent, PortHandle};
-use super::{Fault, Inner, SessionInfo};
+use super::{bump, Fault, Inner, SessionInfo};
 use crate::tunnel::ssm::handshake::{
     self, ActionStatus, HandshakeCompletePayload, HandshakeResponsePayload,
     AGENT_KEEPALIVE_OFF_AFTER_CLIENT_VERSION, LOCAL_PORT_FORWARDING, MUX_MIN_CLIENT_VERSION,
@@ -544,7 +544,7 @@ impl Agent {
         let delivery = self.inc.on_message(seq, message.clone());
         if delivery.should_ack() {
             if self.inner.knobs.read(|o| o.hold_acks) {
-                self.inner.stats.bump(&self.inner.stats.acks_held);
+                bump(&self.inner.stats.acks_held);
             } else {
                 self.send_ack(&message);
             }
@@ -556,7 +556,7 @@ impl Agent {
                     self.deliver(message)?;
                 }
             }
-            Delivery::Duplicate => self.inner.stats.bump(&self.inner.stats.duplicates_reacked),
+            Delivery::Duplicate => bump(&self.inner.stats.duplicates_reacked),
             Delivery::Buffered | Delivery::Dropped => {}
         }
         Ok(())
@@ -601,7 +601,7 @@ impl Agent {
             }
             (Phase::Complete, PayloadType::Flag) => match FlagPayload::decode(&message.payload) {
                 Ok(FlagPayload::TerminateSession) => {
-                    self.inner.stats.bump(&self.inner.stats.terminate_flags);
+                    bump(&self.inner.stats.terminate_flags);
                     Err(End::TerminateFlag)
                 }
                 Ok(FlagPayload::DisconnectToPort) => {
@@ -670,7 +670,7 @@ impl Agent {
             .map_err(|e| End::Stopped(format!("cannot encode HandshakeComplete: {e}")))?;
         self.push(PayloadType::HandshakeComplete, Bytes::from(payload))?;
         self.phase = Phase::Complete;
-        self.inner.stats.bump(&self.inner.stats.handshakes_completed);
+        bump(&self.inner.stats.handshakes_completed);
         {
             let mut info = self.shared.info_mut();
             info.client_version = Some(client_version);
@@ -719,11 +719,11 @@ impl Agent {
     ) -> Result<(), End> {
         let now = Instant::now();
         if idle_at.is_some_and(|t| t <= now) {
-            self.inner.stats.bump(&self.inner.stats.idle_timeouts);
+            bump(&self.inner.stats.idle_timeouts);
             return Err(End::IdleTimeout);
         }
         if handshake_at.is_some_and(|t| t <= now) {
-            self.inner.stats.bump(&self.inner.stats.handshake_timeouts);
+            bump(&self.inner.stats.handshake_timeouts);
             return Err(End::HandshakeTimeout);
         }
         if self
@@ -752,7 +752,7 @@ impl Agent {
                 Vec::new()
             };
             for frame in due {
-                self.inner.stats.bump(&self.inner.stats.resends);
+                bump(&self.inner.stats.resends);
                 self.transmit(frame, false);
             }
         }
@@ -793,7 +793,7 @@ impl Agent {
         self.fresh_on_conn += 1;
         let limit = self.inner.knobs.read(|o| o.kill_ws_after_messages);
         if limit.is_some_and(|n| self.fresh_on_conn >= n) {
-            self.inner.stats.bump(&self.inner.stats.ws_killed);
+            bump(&self.inner.stats.ws_killed);
             self.send_ws(WsOut::Kill);
             self.ws = None;
             self.held_out = None;
@@ -848,7 +848,7 @@ impl Agent {
         let output = end.output();
         tracing::debug!(session = %self.shared.id, reason = ?end, "simulated session ended");
         let stats = &self.inner.stats;
-        stats.bump(&stats.sessions_ended);
+        bump(&stats.sessions_ended);
         stats.session_closed();
         self.shared.tokens().clear();
         let client_id = {

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{agent, channel, Inner, SIM_NODES, SIM_TARGET_ID};
+use super::{agent, bump, channel, Inner, SIM_NODES, SIM_TARGET_ID};
 use crate::sim::sigv4::{self, SignatureRejection};
 
 /// The service name SSM requests are signed for.
@@ -140,7 +140,7 @@ async fn handle(request: Request<Incoming>, inner: Arc<Inner>) -> Response<Full<
             if inner.knobs.read(|o| o.hang_upgrade) {
                 // No answer at all: the request is held until the simulator stops (or the
                 // client drops the connection, which drops this future).
-                inner.stats.bump(&inner.stats.upgrades_hung);
+                bump(&inner.stats.upgrades_hung);
                 let mut shutdown = inner.shutdown.subscribe();
                 let _ = shutdown.wait_for(|stopped| *stopped).await;
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "stopping");
@@ -237,7 +237,7 @@ fn parameter(parameters: &Map<String, Value>, name: &str) -> Result<Option<Strin
 fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value, ApiError> {
     let target = required(input, "Target")?;
     if let Some(code) = inner.knobs.read(|o| o.refuse_start.clone()) {
-        inner.stats.bump(&inner.stats.starts_refused);
+        bump(&inner.stats.starts_refused);
         let message = refusal_message(&code, target, &inner.region);
         return Err(ApiError::Refused { code, message });
     }
@@ -287,7 +287,7 @@ fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value
     inner.sessions().insert(id.clone(), shared.clone());
     let token = shared.issue_token().unwrap_or_default();
     inner.record_token(&token);
-    inner.stats.bump(&inner.stats.sessions_started);
+    bump(&inner.stats.sessions_started);
     Ok(json!({
         "SessionId": id,
         "TokenValue": token,
@@ -407,7 +407,7 @@ fn resume_session(inner: &Inner, input: &Map<String, Value>) -> Result<Value, Ap
     match token {
         Some(token) => {
             inner.record_token(&token);
-            inner.stats.bump(&inner.stats.sessions_resumed);
+            bump(&inner.stats.sessions_resumed);
             Ok(json!({
                 "SessionId": id,
                 "TokenValue": token,
@@ -416,7 +416,7 @@ fn resume_session(inner: &Inner, input: &Map<String, Value>) -> Result<Value, Ap
         }
         // What a timed-out session answers: no token, so the client gives up (§1.1).
         None => {
-            inner.stats.bump(&inner.stats.resume_refused);
+            bump(&inner.stats.resume_refused);
             Ok(json!({ "SessionId": id }))
         }
     }
@@ -427,7 +427,7 @@ async fn terminate_session(inner: &Inner, input: &Map<String, Value>) -> Result<
     let session = inner
         .session(id)
         .ok_or_else(|| ApiError::DoesNotExist(id.to_owned()))?;
-    inner.stats.bump(&inner.stats.terminate_api_calls);
+    bump(&inner.stats.terminate_api_calls);
     session.terminate().await;
     Ok(json!({ "SessionId": id }))
 }
@@ -453,7 +453,7 @@ fn upgrade(mut request: Request<Incoming>, inner: Arc<Inner>, id: &str) -> Respo
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    inner.stats.bump(&inner.stats.ws_connections);
+    bump(&inner.stats.ws_connections);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::agent::{Event, SessionShared, WsOut};
-use super::Inner;
+use super::{bump, Inner};
 
 /// How long a client has, after the upgrade, to send OpenDataChannel.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -149,7 +149,7 @@ pub(super) async fn serve<S>(
         let mut meter = InboundMeter::default();
         loop {
             if !exempt_from_stop && knobs.borrow_and_update().stop_reading {
-                inner.stats.bump(&inner.stats.reads_stopped);
+                bump(&inner.stats.reads_stopped);
                 if knobs.wait_for(|o| !o.stop_reading).await.is_err() {
                     return ReaderEnd::Closed;
                 }
@@ -170,7 +170,7 @@ pub(super) async fn serve<S>(
             match incoming {
                 Ok(Message::Binary(frame)) => {
                     if is_client_data(&frame) {
-                        inner.stats.bump(&inner.stats.client_data_messages);
+                        bump(&inner.stats.client_data_messages);
                         let in_window = meter.record(Instant::now());
                         inner
                             .stats
@@ -185,10 +185,8 @@ pub(super) async fn serve<S>(
                         return ReaderEnd::Closed;
                     }
                 }
-                // Pings are answered by tungstenite; counted so tests can wait for keepalives.
-                Ok(Message::Ping(_)) => inner.stats.bump(&inner.stats.pings),
-                // Nothing but the first message is text.
-                Ok(Message::Text(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                // Nothing but the first message is text; pings are answered by tungstenite.
+                Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) | Err(_) => return ReaderEnd::Closed,
             }
         }
@@ -215,7 +213,7 @@ pub(super) async fn serve<S>(
             end = &mut reader => {
                 if matches!(end, Ok(ReaderEnd::RateLimited)) {
                     tracing::debug!(session = %session.id, "simulated MGS: client above the rate limit, WebSocket cut");
-                    inner.stats.bump(&inner.stats.rate_limit_cuts);
+                    bump(&inner.stats.rate_limit_cuts);
                     reset = true;
                 }
                 break;
@@ -246,12 +244,12 @@ pub(super) async fn serve<S>(
             _ = sleep_until(wake_at.unwrap_or(opened)), if wake_at.is_some() => {
                 let now = Instant::now();
                 if kill_at.is_some_and(|t| t <= now) {
-                    inner.stats.bump(&inner.stats.ws_killed);
+                    bump(&inner.stats.ws_killed);
                     reset = true;
                     break;
                 }
                 if bye_at.is_some_and(|t| t <= now) {
-                    inner.stats.bump(&inner.stats.ws_byes);
+                    bump(&inner.stats.ws_byes);
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "Bye".into() }))).await;
                     break;
                 }

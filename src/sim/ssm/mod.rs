@@ -277,9 +277,8 @@ pub struct SsmSimStats {
     pub acks_held: AtomicU64,
     /// Client WebSockets whose reading was paused by the `stop_reading` knob.
     pub reads_stopped: AtomicU64,
-    /// Wakes [`SsmSimStats::wait_for_open_sessions`] and [`SsmSimStats::wait_until`] whenever
-    /// a counter moves (sessions open or close, or anything goes through [`SsmSimStats::bump`]).
-    changed: tokio::sync::Notify,
+    /// Wakes [`SsmSimStats::wait_for_open_sessions`] whenever `active_sessions` changes.
+    sessions_changed: tokio::sync::Notify,
     /// WebSocket upgrades accepted on the data channel path.
     pub ws_connections: AtomicU64,
     /// WebSockets killed abruptly by the `kill_ws_*` knobs.
@@ -300,8 +299,6 @@ pub struct SsmSimStats {
     pub duplicates_reacked: AtomicU64,
     /// Agent messages sent again after their retransmission timeout.
     pub resends: AtomicU64,
-    /// WebSocket pings received from clients (the proxy's `--ssm-keepalive`).
-    pub pings: AtomicU64,
 }
 
 impl SsmSimStats {
@@ -320,7 +317,7 @@ impl SsmSimStats {
     pub async fn wait_for_open_sessions(&self, n: u64, deadline: Duration) -> Result<(), u64> {
         let until = tokio::time::Instant::now() + deadline;
         loop {
-            let changed = self.changed.notified();
+            let changed = self.sessions_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if self.open_sessions() == n {
@@ -333,24 +330,6 @@ impl SsmSimStats {
         }
     }
 
-    /// Waits until `cond` holds, for at most `deadline`; false if it still does not then.
-    /// Event-driven, so tests wait for what they need instead of sleeping: wakes whenever a
-    /// counter moves.
-    pub async fn wait_until(&self, deadline: Duration, cond: impl Fn(&SsmSimStats) -> bool) -> bool {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if cond(self) {
-                return true;
-            }
-            if tokio::time::timeout_at(until, changed).await.is_err() {
-                return cond(self);
-            }
-        }
-    }
-
     /// Clears `peak_client_msgs_per_sec`, e.g. after a warm-up phase.
     pub fn reset_peak(&self) {
         self.peak_client_msgs_per_sec.store(0, Ordering::Relaxed);
@@ -358,21 +337,17 @@ impl SsmSimStats {
 
     fn session_opened(&self) {
         self.active_sessions.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.sessions_changed.notify_waiters();
     }
 
     fn session_closed(&self) {
         self.active_sessions.fetch_sub(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.sessions_changed.notify_waiters();
     }
 }
 
-impl SsmSimStats {
-    /// Counts one event on `counter` (one of ours) and wakes whoever waits on the counters.
-    fn bump(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_waiters();
-    }
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What the tests may ask about one session.
@@ -462,9 +437,9 @@ impl Inner {
             Fault::None
         };
         match fault {
-            Fault::Drop => self.stats.bump(&self.stats.messages_dropped),
-            Fault::Duplicate => self.stats.bump(&self.stats.messages_duplicated),
-            Fault::Reorder => self.stats.bump(&self.stats.messages_reordered),
+            Fault::Drop => bump(&self.stats.messages_dropped),
+            Fault::Duplicate => bump(&self.stats.messages_duplicated),
+            Fault::Reorder => bump(&self.stats.messages_reordered),
             Fault::None => {}
         }
         fault

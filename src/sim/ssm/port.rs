@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::Inner;
+use super::{bump, Inner};
 use crate::tunnel::ssm::smux::{self, Session, SmuxError};
 
 /// Port plugin output, in the order the agent must send it.
@@ -187,7 +187,7 @@ pub(super) fn start_mux(
         let session = session.clone();
         async move {
             while let Some(stream) = session.accept_stream().await {
-                inner.stats.bump(&inner.stats.streams_opened);
+                bump(&inner.stats.streams_opened);
                 let inner = inner.clone();
                 let host = host.clone();
                 let events = events_tx.clone();
@@ -196,7 +196,7 @@ pub(super) fn start_mux(
                         Ok(tcp) => pipe(stream, tcp).await,
                         Err(e) => {
                             tracing::debug!(error = %e, "simulated agent: stream dial failed");
-                            inner.stats.bump(&inner.stats.connect_errors);
+                            bump(&inner.stats.connect_errors);
                             // The flag first, then the FIN that dropping the stream queues.
                             let _ = events.send(PortEvent::ConnectError).await;
                             drop(stream);
@@ -273,10 +273,10 @@ async fn connect_basic(
     host: &str,
     events: &mpsc::Sender<PortEvent>,
 ) -> Result<BasicConn, PortError> {
-    inner.stats.bump(&inner.stats.streams_opened);
+    bump(&inner.stats.streams_opened);
     let tcp = dial(inner, host)
         .await
-        .inspect_err(|_| inner.stats.bump(&inner.stats.connect_errors))?;
+        .inspect_err(|_| bump(&inner.stats.connect_errors))?;
     let (rx, tx) = tcp.into_split();
     let reader = tokio::spawn({
         let inner = inner.clone();
