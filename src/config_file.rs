@@ -30,7 +30,7 @@ use crate::config::{Config, ConfigError, ViaConfig};
 pub const DEFAULT_FILE: &str = "rds-auth-proxy/config.toml";
 
 /// Keys that hold for the whole process, so only at the top level.
-const GLOBAL_KEYS: &[&str] = &["drain_timeout", "log_format", "quiet"];
+const GLOBAL_KEYS: &[&str] = &["drain_timeout", "exit_zero_on_sigterm", "http_address", "http_port", "log_format", "quiet"];
 
 /// Flags that are not keys: where the file is and what to do with the configuration.
 const NOT_KEYS: &[&str] = &["config", "list_targets", "run_connection_test", "help", "version"];

@@ -66,8 +66,20 @@ async fn run(cli: Cli, plan: Option<Plan>) -> ExitCode {
         (Some(Command::Token(args)), _) => token(args).await,
         (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
+        (Some(Command::Wait(args)), _) => wait(args).await,
         // Handled before the runtime starts.
         (None, None) | (Some(Command::Completions(_) | Command::Man), _) => ExitCode::SUCCESS,
+    }
+}
+
+async fn wait(args: rds_auth_proxy::cli::WaitArgs) -> ExitCode {
+    let addr = std::net::SocketAddr::new(args.http_address, args.http_port);
+    match rds_auth_proxy::http::wait(addr, std::time::Duration::from_secs(args.timeout)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 
@@ -96,6 +108,8 @@ async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
             }
         }
     }
+    // Process-wide, so every target carries the same value; the first one's is the one.
+    let exit_zero_on_sigterm = plan.targets.first().is_some_and(|c| c.exit_zero_on_sigterm);
     let fleet = match Fleet::bind(&plan.targets, Credentials::Chain).await {
         Ok(f) => f,
         Err(e) if plan.targets.len() == 1 => {
@@ -134,11 +148,32 @@ async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
             code = stop => code,
             code = connection_test(probes, run_test) => code,
         };
+        exit_on_second_interrupt();
         let _ = tx.send(code);
     };
     fleet.run(signal).await;
     tracing::info!("stopped");
-    ExitCode::from(rx.await.unwrap_or(0))
+    let code = rx.await.unwrap_or(0);
+    ExitCode::from(if code == EXIT_SIGTERM && exit_zero_on_sigterm { 0 } else { code })
+}
+
+const EXIT_SIGINT: u8 = 130;
+const EXIT_SIGTERM: u8 = 143;
+
+/// During the drain, a second Ctrl-C means "now": exit at once, open connections or not.
+fn exit_on_second_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::interrupt()) {
+        Ok(mut int) => {
+            tokio::spawn(async move {
+                if int.recv().await.is_some() {
+                    tracing::warn!("second SIGINT: exiting now without waiting for open connections");
+                    std::process::exit(i32::from(EXIT_SIGINT));
+                }
+            });
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot watch for a second SIGINT"),
+    }
 }
 
 /// `--run-connection-test`: resolves (with exit code 1) only if a target fails; when all pass,
@@ -191,7 +226,8 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let config_error = e.is::<ListenError>()
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion));
+        || e.is::<rds_auth_proxy::http::HttpError>()
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_)));
     if config_error {
         EXIT_CONFIG
     } else {
@@ -209,8 +245,8 @@ fn shutdown_signal() -> impl std::future::Future<Output = u8> {
     async move {
         match (int, term) {
             (Ok(mut int), Ok(mut term)) => tokio::select! {
-                _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); 130 }
-                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
+                _ = int.recv() => { tracing::info!("SIGINT received, shutting down (again to exit at once)"); EXIT_SIGINT }
+                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); EXIT_SIGTERM }
             },
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
@@ -224,7 +260,8 @@ fn init_logging(args: &LogArgs) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let default = if args.quiet { "warn" } else { "info" };
+    // Audit lines (one per connection at open and close) stay on with --quiet.
+    let default = if args.quiet { "warn,audit=info" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The SigV4 signer traces what it signs (access key id, canonical requests with the
     // presigned query): that never reaches our logs, whatever RUST_LOG asks for. The credential

@@ -104,6 +104,8 @@ pub struct TargetContext {
     /// `--db-user`: log in as this user whatever the client asked for.
     pub db_user: Option<String>,
     pub timeouts: Timeouts,
+    /// This target's series in the process's [`crate::metrics::Metrics`].
+    pub metrics: crate::metrics::TargetMetrics,
 }
 
 impl TargetContext {
