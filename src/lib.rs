@@ -9,8 +9,10 @@
 //!                                     MD5, cleartext) ─▶ AuthenticationOk ─▶ relay
 //! ```
 //!
-//! * [`cli`], [`config`]: flags and the validated [`config::Config`].
-//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`].
+//! * [`cli`], [`config`]: flags and the validated [`config::Config`]; [`config_file`]: the TOML
+//!   file of several targets, layered under flags and variables; [`version`]: `--version`.
+//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
+//!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
 //! * [`client_auth`]: who may use a listener — loopback and the owner's Unix socket freely,
@@ -34,7 +36,10 @@ pub mod cancel;
 pub mod cli;
 pub mod client_auth;
 pub mod config;
+pub mod config_file;
+pub mod conntest;
 pub mod drain;
+pub mod fleet;
 pub mod http;
 pub mod listener;
 pub mod logfmt;
@@ -49,5 +54,6 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+pub mod version;
 #[doc(hidden)]
 pub mod fuzzing;
