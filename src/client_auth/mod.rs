@@ -98,6 +98,7 @@ impl Access {
                 .unwrap_or(Err(AccessError::Timeout(limit.as_secs()))),
         };
         let user = startup.user();
+        let user: &str = &user;
         match &result {
             Ok(()) => {
                 tracing::debug!(%peer, user, "remote client logged in with the client password");
@@ -309,7 +310,7 @@ mod tests {
     }
 
     fn startup() -> StartupMessage {
-        let raw = crate::pg::startup::encode_startup(3, 0, &[("user".into(), "alice".into())]);
+        let raw = crate::pg::startup::encode_startup(3, 0, &[("user", "alice")]);
         match crate::pg::startup::parse_first_packet(raw).unwrap() {
             crate::pg::startup::FirstPacket::Startup(s) => s,
             other => panic!("{other:?}"),
