@@ -10,6 +10,8 @@
 //! ```
 //!
 //! * [`cli`], [`config`]: flags and the validated [`config::Config`].
+//! * [`connect_info`]: `connect-info`, client settings pointing at the local listener.
+//! * [`local_tls`]: `--local-tls`, TLS towards clients from a local CA kept on disk.
 //! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`].
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
@@ -25,7 +27,9 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod connect_info;
 pub mod listener;
+pub mod local_tls;
 pub mod pg;
 pub mod relay;
 pub mod session;

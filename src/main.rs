@@ -32,6 +32,25 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => token(args).await,
         Some(Command::Sim(args)) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         Some(Command::Demo(args)) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
+        Some(Command::ConnectInfo(args)) => connect_info(&args),
+    }
+}
+
+/// `rds-auth-proxy connect-info`: the settings on stdout, nothing else, so `$(…)` works.
+fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
+    use rds_auth_proxy::connect_info::ClientSettings;
+    let settings = Config::from_args(&args.proxy)
+        .map_err(|e| e.to_string())
+        .and_then(|c| ClientSettings::from_config(&c, &args.dbname).map_err(|e| e.to_string()));
+    match settings {
+        Ok(s) => {
+            print!("{}", s.render(args.format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -99,7 +118,7 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let config_error = e.is::<ListenError>()
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion));
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::LocalTls(_)));
     if config_error {
         EXIT_CONFIG
     } else {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::cancel;
+use crate::local_tls::{ClientStream, LocalTls};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
 use crate::pg::{ClientError, SqlState, UserFacing};
 use crate::relay;
@@ -77,14 +78,15 @@ impl UserFacing for SessionError {
 }
 
 /// Serves one accepted client connection. `peer` is for logs only.
-pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: &str)
+pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
+    let mut client = ClientStream::Plain(client);
     let first = match tokio::time::timeout(
         ctx.timeouts.client_startup,
-        read_startup(&mut client),
+        read_startup(&mut client, ctx.local_tls.as_ref()),
     )
     .await
     {
@@ -97,6 +99,10 @@ where
             tracing::debug!(%peer, %reason, "client went away before startup");
             return;
         }
+        Ok(Err(Failure::Handshake(e))) => {
+            tracing::warn!(%peer, error = %e, ca = ?ctx.local_tls.as_ref().and_then(|t| t.ca_cert.as_deref()), "TLS handshake with a client failed (with verify-full the client must trust the local CA: sslrootcert)");
+            return;
+        }
         Ok(Err(Failure::Client(err))) => {
             fail(&mut client, peer, &err).await;
             return;
@@ -107,6 +113,8 @@ where
     let startup = match first {
         Accepted::Cancel(request) => {
             // Close the client's socket first: clients wait for EOF, the upstream does not answer.
+            // Over TLS that is a close_notify, which TLS clients expect before the EOF.
+            let _ = client.shutdown().await;
             drop(client);
             match cancel::forward(ctx, &request).await {
                 Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
@@ -154,7 +162,7 @@ where
         tracing::debug!(%peer, error = %e, "client went away right after login");
         return;
     }
-    tracing::info!(%peer, %user, %database, setup_ms = started.elapsed().as_millis() as u64, "client connected");
+    tracing::info!(%peer, %user, %database, tls = client.is_tls(), setup_ms = started.elapsed().as_millis() as u64, "client connected");
     let mut stats = relay::relay(&mut client, &mut upstream.stream).await;
     // After the client said goodbye, an upstream that drops the connection without a TLS
     // close_notify (tunnels do: the SSM agent closes both sides at once) is a normal end.
@@ -190,11 +198,15 @@ enum Accepted {
 enum Failure {
     /// The client left; nobody is there to tell.
     Quiet(String),
+    /// The client's TLS handshake failed (`--local-tls`): no channel left to send an error on.
+    Handshake(std::io::Error),
     Client(ClientError),
 }
 
-/// The first-packet loop: SSLRequest and GSSENCRequest are each answered `N` at most once.
-async fn read_startup<S>(client: &mut S) -> Result<Accepted, Failure>
+/// The first-packet loop: SSLRequest and GSSENCRequest are each answered at most once —
+/// GSSENCRequest always `N`, SSLRequest `S` and a TLS handshake with `--local-tls`, else `N`.
+/// After TLS the next packet (a startup or a cancel request) is read inside it.
+async fn read_startup<S>(client: &mut ClientStream<S>, tls: Option<&LocalTls>) -> Result<Accepted, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -203,7 +215,19 @@ where
         match startup::read_first_packet(client).await {
             Ok(FirstPacket::SslRequest) if !ssl_done => {
                 ssl_done = true;
-                answer_no(client).await?;
+                match tls {
+                    Some(tls) => {
+                        // read_first_packet consumed exactly the 8 request bytes, so anything the
+                        // client pipelined before seeing `S` goes to rustls and fails the
+                        // handshake (no plaintext injected ahead of TLS, CVE-2021-23222).
+                        client
+                            .write_all(b"S")
+                            .await
+                            .map_err(|e| Failure::Quiet(e.to_string()))?;
+                        client.upgrade(tls).await.map_err(Failure::Handshake)?;
+                    }
+                    None => answer_no(client).await?,
+                }
             }
             Ok(FirstPacket::GssEncRequest) if !gss_done => {
                 gss_done = true;
