@@ -92,7 +92,7 @@ use clap::Parser;
 use futures_util::{SinkExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use rds_auth_proxy::app::{AwsSetup, Credentials, Proxy};
+use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
 use rds_auth_proxy::sim::postgres::DB_USER;
@@ -1226,11 +1226,7 @@ impl BenchProxy {
     ) -> Result<BenchProxy> {
         let mut args = ssm_args(sim);
         args.extend_from_slice(extra);
-        let setup = AwsSetup {
-            credentials: sim.aws_credentials(),
-            ssm_endpoint: Some(sim.ssm.endpoint_url()),
-        secrets_endpoint: Some(sim.secrets.endpoint_url()),
-        };
+        let setup = sim.aws_setup();
         BenchProxy::start(label, &args, Credentials::FixedWith(setup)).await
     }
 

@@ -50,6 +50,10 @@ pub struct AwsSetup {
     pub ssm_endpoint: Option<String>,
     /// The Secrets Manager endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
     pub secrets_endpoint: Option<String>,
+    /// The STS endpoint (GetCallerIdentity), e.g. the simulator's `http://127.0.0.1:PORT`.
+    pub sts_endpoint: Option<String>,
+    /// The RDS API endpoint (DescribeDBInstances/Clusters), e.g. the simulator's.
+    pub rds_endpoint: Option<String>,
 }
 
 impl From<AwsSetup> for Credentials {
@@ -77,6 +81,8 @@ pub async fn build_context(
                 credentials,
                 ssm_endpoint: None,
                 secrets_endpoint: None,
+                sts_endpoint: None,
+                rds_endpoint: None,
             }),
         ),
         Credentials::FixedWith(setup) => (
@@ -109,6 +115,7 @@ pub async fn build_context(
     });
     Ok(Arc::new(TargetContext {
         target: Target {
+            name: config.name.clone(),
             endpoint: config.endpoint.clone(),
             port: config.port,
             region,

@@ -86,7 +86,7 @@ pub enum Command {
     /// Print ready-made client settings for the local listener (a psql line, a libpq URI, a
     /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
     /// flags as the proxy; no password anywhere.
-    ConnectInfo(ConnectInfoArgs),
+    ConnectInfo(Box<ConnectInfoArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -179,7 +179,7 @@ pub struct ProxyArgs {
     pub connect_addr: Option<String>,
 
     /// SSM mode: the managed node that forwards to the database (instance id `i-…` or hybrid
-    /// node `mi-…`). It needs a running SSM Agent and network access to the endpoint's port;
+    /// node `mi-…`), or `auto` (see --ssm-tag). It needs a running SSM Agent and network access to the endpoint's port;
     /// you need ssm:StartSession on it and on the AWS-StartPortForwardingSessionToRemoteHost
     /// document.
     #[arg(long, value_name = "NODE_ID", env = "RDS_AUTH_PROXY_SSM_TARGET")]
@@ -284,6 +284,26 @@ pub struct ProxyArgs {
     /// The PEM private key of --local-tls-cert.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_LOCAL_TLS_KEY")]
     pub local_tls_key: Option<PathBuf>,
+
+    /// Instead of --target: find the endpoint and port of this RDS DB instance by its
+    /// identifier (rds:DescribeDBInstances). Refused early when IAM database authentication is
+    /// off, the engine is not PostgreSQL, or it is not available.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_DB_INSTANCE", conflicts_with_all = ["target", "db_cluster"])]
+    pub db_instance: Option<String>,
+
+    /// Instead of --target: the writer endpoint of this Aurora PostgreSQL cluster
+    /// (rds:DescribeDBClusters); with --reader its reader endpoint.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_DB_CLUSTER", conflicts_with = "target")]
+    pub db_cluster: Option<String>,
+
+    /// With --db-cluster: connect to the cluster's reader endpoint.
+    #[arg(long, requires = "db_cluster", env = "RDS_AUTH_PROXY_READER")]
+    pub reader: bool,
+
+    /// SSM mode with --ssm-target auto: only nodes with this tag (repeatable; all must match).
+    /// auto picks the online node (SSM DescribeInstanceInformation) with the smallest id.
+    #[arg(long, value_name = "KEY=VALUE", env = "RDS_AUTH_PROXY_SSM_TAG", value_delimiter = ',')]
+    pub ssm_tag: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -384,6 +404,20 @@ pub struct SimArgs {
     /// after its 15 s handshake timeout).
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_HANG_HANDSHAKE")]
     pub ssm_hang_handshake: bool,
+
+    /// Simulated SSM: the managed node has lost its connection (ConnectionLost in
+    /// DescribeInstanceInformation, TargetNotConnected from StartSession).
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_NODE_OFFLINE")]
+    pub ssm_node_offline: bool,
+    /// Simulated RDS API: report IAM database authentication as disabled.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_RDS_IAM_AUTH_DISABLED")]
+    pub rds_iam_auth_disabled: bool,
+    /// Simulated RDS API: the instance's engine (the cluster is aurora-postgresql for postgres).
+    #[arg(long, value_name = "ENGINE", default_value = "postgres", env = "RDS_AUTH_PROXY_SIM_RDS_ENGINE")]
+    pub rds_engine: String,
+    /// Simulated RDS API: the instance's and cluster's status.
+    #[arg(long, value_name = "STATUS", default_value = "available", env = "RDS_AUTH_PROXY_SIM_RDS_STATUS")]
+    pub rds_status: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -69,6 +69,8 @@ pub const MAX_SSM_PAYLOAD: usize = 64 * 1024;
 /// The validated configuration of one proxied target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// What logs and metrics call this target. Default: the endpoint host name.
+    pub name: String,
     pub endpoint: String,
     pub port: u16,
     /// From `--region` or the endpoint name; `None` means "ask the AWS configuration".
@@ -87,7 +89,7 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--target is required: the RDS endpoint name, e.g. --target mydb.abc123.eu-central-1.rds.amazonaws.com")]
+    #[error("--target is required: the RDS endpoint name, e.g. --target mydb.abc123.eu-central-1.rds.amazonaws.com (or find it by name: --db-instance NAME, --db-cluster NAME)")]
     MissingTarget,
     #[error("--target {0:?} is not a valid ENDPOINT[:PORT]")]
     BadTarget(String),
@@ -156,6 +158,9 @@ impl Config {
                 if args.ssm_target.is_some() {
                     return Err(ConfigError::SsmFlagWithoutSsm("ssm-target"));
                 }
+                if !args.ssm_tag.is_empty() {
+                    return Err(ConfigError::SsmFlagWithoutSsm("ssm-tag"));
+                }
                 ViaConfig::Direct { connect_addr }
             }
             Via::Ssm => ViaConfig::Ssm(ssm_config(args)?),
@@ -191,6 +196,7 @@ impl Config {
             timeouts: Timeouts::default(),
             password,
             local_tls,
+            name: endpoint.clone(),
             endpoint,
             port,
         })
@@ -379,6 +385,7 @@ mod tests {
     fn flags_map_into_config() {
         let c = Config::from_args(&args(&["--target", "db.x.eu-west-1.rds.amazonaws.com"])).unwrap();
         assert_eq!(c.listen.address.to_string(), "127.0.0.1:6543");
+        assert_eq!(c.name, "db.x.eu-west-1.rds.amazonaws.com", "the name defaults to the endpoint");
         assert_eq!(c.region.as_deref(), Some("eu-west-1"));
         assert_eq!(
             c.via,

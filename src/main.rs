@@ -32,14 +32,21 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => token(args).await,
         Some(Command::Sim(args)) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         Some(Command::Demo(args)) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
-        Some(Command::ConnectInfo(args)) => connect_info(&args),
+        Some(Command::ConnectInfo(args)) => connect_info(&args).await,
     }
 }
 
 /// `rds-auth-proxy connect-info`: the settings on stdout, nothing else, so `$(…)` works.
-fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
+async fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
     use rds_auth_proxy::connect_info::ClientSettings;
-    let settings = Config::from_args(&args.proxy)
+    // The same name lookups as the proxy (only when --db-instance, --db-cluster or
+    // --ssm-target auto ask for them), so both agree on the target.
+    let mut proxy_args = args.proxy.clone();
+    if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut proxy_args, &Credentials::Chain).await {
+        eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
+        return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+    }
+    let settings = Config::from_args(&proxy_args)
         .map_err(|e| e.to_string())
         .and_then(|c| ClientSettings::from_config(&c, &args.dbname).map_err(|e| e.to_string()));
     match settings {
@@ -55,6 +62,13 @@ fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
 }
 
 async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
+    // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
+    let mut args = args.clone();
+    if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+        eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
+        return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+    }
+    let args = &args;
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {

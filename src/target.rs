@@ -11,6 +11,8 @@ use crate::tunnel::Tunnel;
 /// for `endpoint:port`, wherever the bytes actually go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The target's name in logs, audit lines and metric labels ([`crate::config::Config::name`]).
+    pub name: String,
     pub endpoint: String,
     pub port: u16,
     pub region: String,

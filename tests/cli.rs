@@ -404,13 +404,16 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "SIM_DB_ENDPOINT", "SIM_DB_PORT",
             "SIM_DB_ADDR", "SIM_DB_USER", "SIM_DB_NAME", "SIM_CA_FILE", "SIM_PROXY_CMD",
             "AWS_ENDPOINT_URL_SSM", "SIM_SSM_TARGET", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-            "SIM_PASSWORD_USER", "SIM_PASSWORD_SECRET",
+            "SIM_PASSWORD_USER", "SIM_PASSWORD_SECRET", "AWS_ENDPOINT_URL_STS",
+            "AWS_ENDPOINT_URL_RDS",
         ],
         "exactly the contract's names, in order"
     );
     assert!(values["SIM_PROXY_CMD"].contains("--via ssm --ssm-target i-"), "{}", values["SIM_PROXY_CMD"]);
     assert!(values["AWS_ENDPOINT_URL_SSM"].starts_with("http://127.0.0.1:"));
     assert!(values["AWS_ENDPOINT_URL_SECRETS_MANAGER"].starts_with("http://127.0.0.1:"));
+    assert!(values["AWS_ENDPOINT_URL_STS"].starts_with("http://127.0.0.1:"));
+    assert!(values["AWS_ENDPOINT_URL_RDS"].starts_with("http://127.0.0.1:"));
     assert_eq!(values["SIM_PASSWORD_USER"], "scram_user");
     assert_eq!(values["SIM_PASSWORD_SECRET"], "rds-auth-proxy-sim/scram_user");
     let ca = values["SIM_CA_FILE"].clone();

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod credentials;
+pub mod identity;
 pub mod password;
 pub mod scram;
 pub mod secrets;

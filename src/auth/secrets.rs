@@ -151,7 +151,7 @@ impl SecretsApi {
 }
 
 /// Whether a credentials-provider failure is somewhere in the error's source chain.
-fn has_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn has_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.is::<aws_credential_types::provider::error::CredentialsError>() {

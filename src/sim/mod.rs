@@ -7,10 +7,13 @@
 
 pub mod certs;
 pub mod postgres;
+pub mod query;
 pub mod rds;
+pub mod rds_api;
 pub mod runner;
 pub mod secrets;
 pub mod sigv4;
+pub mod sts;
 pub mod ssm;
 
 pub use runner::{SimOptions, Simulator};

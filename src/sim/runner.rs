@@ -12,6 +12,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use super::certs::SimCa;
 use super::postgres::{PgCluster, PgClusterOptions, PgTls, DB_USER};
 use super::rds::{RdsFront, RdsFrontConfig, RdsFrontState};
+use super::query::QueryServer;
+use super::rds_api::{RdsApiOptions, RdsApiSim};
 use super::secrets::SecretsSim;
 use super::sigv4::SimCredentials;
 use super::ssm::{SsmSim, SsmSimOptions};
@@ -47,6 +49,8 @@ pub struct SimOptions {
     pub pg_extra_conf: Vec<String>,
     /// The simulated SSM service's knobs (faults, pacing, timeouts).
     pub ssm: SsmSimOptions,
+    /// What the simulated RDS API reports (IAM authentication, engine, status).
+    pub rds_api: RdsApiOptions,
 }
 
 impl Default for SimOptions {
@@ -56,6 +60,7 @@ impl Default for SimOptions {
             password_users: Vec::new(),
             pg_extra_conf: Vec::new(),
             ssm: SsmSimOptions::default(),
+            rds_api: RdsApiOptions::default(),
         }
     }
 }
@@ -72,6 +77,10 @@ pub struct Simulator {
     pub ssm: SsmSim,
     /// The Secrets Manager API with one secret per password user.
     pub secrets: SecretsSim,
+    /// STS GetCallerIdentity, naming the simulated IAM user.
+    pub sts: QueryServer,
+    /// RDS DescribeDBInstances/DescribeDBClusters for the served instance and a cluster.
+    pub rds_api: RdsApiSim,
     /// Current password of each password user (changed by [`Simulator::rotate_password`]).
     passwords: std::sync::Mutex<HashMap<String, String>>,
     front_task: tokio::task::JoinHandle<()>,
@@ -116,6 +125,8 @@ impl Simulator {
         let ca_file = dir.path().join("sim-ca.pem");
         std::fs::write(&ca_file, ca.pem())?;
         let secrets = SecretsSim::start(credentials.clone(), SIM_REGION).await?;
+        let sts = super::sts::start(credentials.clone()).await?;
+        let rds_api = RdsApiSim::start(options.rds_api.clone(), credentials.clone()).await?;
         let mut passwords = HashMap::new();
         for user in &password_users {
             let password = new_password();
@@ -154,6 +165,8 @@ impl Simulator {
             ca_file,
             ssm,
             secrets,
+            sts,
+            rds_api,
             passwords: std::sync::Mutex::new(passwords),
             front_task,
             _dir: dir,
@@ -186,6 +199,8 @@ impl Simulator {
             credentials: self.aws_credentials(),
             ssm_endpoint: Some(self.ssm.endpoint_url()),
             secrets_endpoint: Some(self.secrets.endpoint_url()),
+            sts_endpoint: Some(self.sts.endpoint_url()),
+            rds_endpoint: Some(self.rds_api.endpoint_url()),
         }
     }
 
@@ -237,12 +252,16 @@ impl Simulator {
             ("AWS_ENDPOINT_URL_SECRETS_MANAGER", self.secrets.endpoint_url()),
             ("SIM_PASSWORD_USER", SIM_PASSWORD_USER.to_owned()),
             ("SIM_PASSWORD_SECRET", secret_name(SIM_PASSWORD_USER)),
+            ("AWS_ENDPOINT_URL_STS", self.sts.endpoint_url()),
+            ("AWS_ENDPOINT_URL_RDS", self.rds_api.endpoint_url()),
         ]
     }
 
     pub async fn stop(self) {
         self.ssm.stop();
         self.secrets.stop();
+        self.sts.stop();
+        self.rds_api.stop();
         self.front_task.abort();
         if let Err(e) = self.postgres.stop().await {
             tracing::warn!(error = %e, "stopping the simulator's PostgreSQL failed");
@@ -312,6 +331,16 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         hang_handshake: args.ssm_hang_handshake,
         refuse_start: args.ssm_refuse_start.clone(),
         resend_front_only: args.ssm_aws_limits || args.ssm_resend_front_only,
+        node_offline: args.ssm_node_offline,
+    }
+}
+
+/// The `sim` flags' RDS API knobs.
+fn rds_api_options(args: &SimArgs) -> RdsApiOptions {
+    RdsApiOptions {
+        iam_auth: !args.rds_iam_auth_disabled,
+        engine: args.rds_engine.clone(),
+        status: args.rds_status.clone(),
     }
 }
 
@@ -333,8 +362,9 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     let ssm = ssm_options(&args);
     let sim = Simulator::start(SimOptions {
         listen: args.listen,
-        password_users: args.password_user,
+        password_users: args.password_user.clone(),
         ssm,
+        rds_api: rds_api_options(&args),
         ..SimOptions::default()
     })
     .await?;

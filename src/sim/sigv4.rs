@@ -1370,6 +1370,8 @@ pub struct SignedCall {
     /// The `X-Amz-Target` header, e.g. `AmazonSSM.StartSession` (empty when absent).
     pub target: String,
     pub body: bytes::Bytes,
+    /// The region of the signature's credential scope.
+    pub region: String,
 }
 
 /// Why [`read_signed_call`] refused a request; each simulated API maps it to its own error.
@@ -1390,6 +1392,20 @@ pub async fn read_signed_call(
     creds: &SimCredentials,
     region: &str,
 ) -> Result<SignedCall, SignedCallError> {
+    let call = read_signed_call_any_region(request, max_body, service, creds).await?;
+    if call.region != region {
+        return Err(SignedCallError::WrongRegion);
+    }
+    Ok(call)
+}
+
+/// [`read_signed_call`] for a service that accepts any region's scope (STS) or checks it itself.
+pub async fn read_signed_call_any_region(
+    request: http::Request<hyper::body::Incoming>,
+    max_body: usize,
+    service: &str,
+    creds: &SimCredentials,
+) -> Result<SignedCall, SignedCallError> {
     use http_body_util::BodyExt;
     let (parts, body) = request.into_parts();
     let body = http_body_util::Limited::new(body, max_body)
@@ -1399,14 +1415,15 @@ pub async fn read_signed_call(
         .to_bytes();
     let verified = verify_header_signed_request(&parts, &body, service, creds, SystemTime::now())
         .map_err(SignedCallError::Signature)?;
-    if verified.region != region {
-        return Err(SignedCallError::WrongRegion);
-    }
     let target = parts
         .headers
         .get("x-amz-target")
         .and_then(|t| t.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    Ok(SignedCall { target, body })
+    Ok(SignedCall {
+        target,
+        body,
+        region: verified.region,
+    })
 }

@@ -80,11 +80,7 @@ pub fn ssm_args(sim: &Simulator) -> Vec<String> {
 
 /// An in-process proxy whose SSM client talks to the simulator (no environment involved).
 pub async fn start_ssm_proxy(args: &[String], sim: &Simulator) -> RunningProxy {
-    let setup = rds_auth_proxy::app::AwsSetup {
-        credentials: sim.aws_credentials(),
-        ssm_endpoint: Some(sim.ssm.endpoint_url()),
-        secrets_endpoint: Some(sim.secrets.endpoint_url()),
-    };
+    let setup = sim.aws_setup();
     start_proxy_with(args, Credentials::FixedWith(setup)).await
 }
 

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{agent, bump, channel, Inner, SIM_TARGET_ID};
+use super::{agent, bump, channel, Inner, SIM_NODES, SIM_TARGET_ID};
 use crate::sim::sigv4::{self, SignatureRejection};
 
 /// The service name SSM requests are signed for.
@@ -185,6 +185,7 @@ async fn api_call(request: Request<Incoming>, inner: &Arc<Inner>) -> Result<Valu
         "StartSession" => start_session(inner, input),
         "ResumeSession" => resume_session(inner, input),
         "TerminateSession" => terminate_session(inner, input).await,
+        "DescribeInstanceInformation" => describe_instance_information(inner, input),
         other => Err(ApiError::UnknownOperation(other.to_owned())),
     }
 }
@@ -240,7 +241,7 @@ fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value
         let message = refusal_message(&code, target, &inner.region);
         return Err(ApiError::Refused { code, message });
     }
-    if target != SIM_TARGET_ID {
+    if !node_online(inner, target) {
         return Err(ApiError::TargetNotConnected(target.to_owned()));
     }
     let document = string_field(input, "DocumentName")?.unwrap_or(DEFAULT_DOCUMENT);
@@ -292,6 +293,84 @@ fn start_session(inner: &Arc<Inner>, input: &Map<String, Value>) -> Result<Value
         "TokenValue": token,
         "StreamUrl": inner.stream_url(&id),
     }))
+}
+
+/// Whether `id` is a known node whose agent is connected now.
+fn node_online(inner: &Inner, id: &str) -> bool {
+    let offline = inner.knobs.read(|o| o.node_offline);
+    SIM_NODES
+        .iter()
+        .any(|n| n.id == id && n.online && !(offline && n.id == SIM_TARGET_ID))
+}
+
+/// DescribeInstanceInformation with the `Filters` AWS documents for it that a client picking
+/// a node uses: `tag:KEY`, `tag-key`, `PingStatus`, `InstanceIds`. Other keys are refused as AWS
+/// refuses unknown ones. Tags filter but are not part of the output, as on AWS.
+fn describe_instance_information(inner: &Inner, input: &Map<String, Value>) -> Result<Value, ApiError> {
+    let mut filters: Vec<(String, Vec<String>)> = Vec::new();
+    match input.get("Filters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for f in list {
+                let key = f.get("Key").and_then(Value::as_str);
+                let values = f.get("Values").and_then(Value::as_array);
+                let (Some(key), Some(values)) = (key, values) else {
+                    return Err(ApiError::Serialization("Each filter needs a Key and a list of Values.".into()));
+                };
+                let values: Vec<String> = values.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+                if values.is_empty() {
+                    return Err(ApiError::Validation(format!("The filter {key} needs at least one value.")));
+                }
+                let known = key.starts_with("tag:") || ["tag-key", "PingStatus", "InstanceIds"].contains(&key);
+                if !known {
+                    return Err(ApiError::Refused {
+                        code: "InvalidFilterKey".into(),
+                        message: format!("The filter key {key} is not valid."),
+                    });
+                }
+                filters.push((key.to_owned(), values));
+            }
+        }
+        Some(_) => return Err(ApiError::Serialization("Filters must be a list.".into())),
+    }
+    let agent_version = inner.knobs.read(|o| o.agent_version.clone());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let list: Vec<Value> = SIM_NODES
+        .iter()
+        .filter(|node| {
+            let ping = if node_online(inner, node.id) { "Online" } else { "ConnectionLost" };
+            filters.iter().all(|(key, values)| match key.as_str() {
+                "PingStatus" => values.iter().any(|v| v == ping),
+                "InstanceIds" => values.iter().any(|v| v == node.id),
+                "tag-key" => values.iter().any(|v| node.tags.iter().any(|(k, _)| k == v)),
+                tag => {
+                    let k = tag.trim_start_matches("tag:");
+                    values.iter().any(|v| node.tags.iter().any(|(tk, tv)| *tk == k && tv == v))
+                }
+            })
+        })
+        .map(|node| {
+            let online = node_online(inner, node.id);
+            json!({
+                "InstanceId": node.id,
+                "PingStatus": if online { "Online" } else { "ConnectionLost" },
+                // An offline node's last ping is an hour old.
+                "LastPingDateTime": if online { now } else { now - 3600.0 },
+                "AgentVersion": agent_version,
+                "IsLatestVersion": false,
+                "PlatformType": "Linux",
+                "PlatformName": "Amazon Linux",
+                "PlatformVersion": "2023",
+                "ResourceType": "EC2Instance",
+                "IPAddress": node.ip,
+                "ComputerName": format!("ip-{}.{}.compute.internal", node.ip.replace('.', "-"), inner.region),
+            })
+        })
+        .collect();
+    Ok(json!({ "InstanceInformationList": list }))
 }
 
 /// What AWS says with each error code the `refuse_start` knob may name.

@@ -26,6 +26,40 @@ use super::sigv4::SimCredentials;
 /// The managed node id StartSession accepts; anything else is "not connected".
 pub const SIM_TARGET_ID: &str = "i-0123456789abcdef0";
 
+/// One managed node DescribeInstanceInformation lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimNode {
+    pub id: &'static str,
+    /// Whether its agent is connected (`Online`) or not (`ConnectionLost`).
+    pub online: bool,
+    pub tags: &'static [(&'static str, &'static str)],
+    pub ip: &'static str,
+}
+
+/// The managed nodes of the simulated account, in no particular order (AWS promises none). The
+/// ones online forward to the database; an offline one sorts first and shares the tags of
+/// [`SIM_TARGET_ID`], so `--ssm-target auto` must skip it.
+pub const SIM_NODES: &[SimNode] = &[
+    SimNode {
+        id: "i-0fedcba9876543210",
+        online: true,
+        tags: &[("Name", "web")],
+        ip: "10.0.1.20",
+    },
+    SimNode {
+        id: "i-00aaaaaaaaaaaaaa0",
+        online: false,
+        tags: &[("Name", "bastion-old"), ("role", "db-tunnel")],
+        ip: "10.0.1.5",
+    },
+    SimNode {
+        id: SIM_TARGET_ID,
+        online: true,
+        tags: &[("Name", "bastion"), ("role", "db-tunnel")],
+        ip: "10.0.1.10",
+    },
+];
+
 /// The agent version the simulated node reports unless told otherwise (the spec's reference agent).
 pub const DEFAULT_AGENT_VERSION: &str = "3.3.987.0";
 
@@ -109,6 +143,10 @@ pub struct SsmSimOptions {
     /// oldest unacked message and resend it if overdue — one message per tick, however many
     /// are missing. Off: every overdue message each pass (kinder than AWS).
     pub resend_front_only: bool,
+    /// The managed node [`SIM_TARGET_ID`] has lost its connection: DescribeInstanceInformation
+    /// reports it `ConnectionLost` and StartSession answers TargetNotConnected, as AWS does for
+    /// a stopped instance or a dead agent.
+    pub node_offline: bool,
 }
 
 impl SsmSimOptions {
@@ -151,6 +189,7 @@ impl Default for SsmSimOptions {
             hang_handshake: false,
             refuse_start: None,
             resend_front_only: false,
+            node_offline: false,
         }
     }
 }

@@ -466,3 +466,59 @@ mod tests {
         assert!(e.to_string().contains("ThrottlingException"));
     }
 }
+
+/// A managed node as DescribeInstanceInformation lists it (`--ssm-target auto`, `doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// `Online`, `ConnectionLost`, `Inactive`.
+    pub ping_status: String,
+    pub computer_name: Option<String>,
+}
+
+impl SsmApi {
+    /// Every node matching `filters` (`Key`, `Values`: `tag:Name`, `PingStatus`, `InstanceIds`…),
+    /// all pages.
+    pub async fn describe_nodes(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<NodeInfo>, ApiError> {
+        use aws_sdk_ssm::types::InstanceInformationStringFilter;
+        let mut nodes = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut call = self.client.describe_instance_information().max_results(50);
+            for (key, values) in filters {
+                let filter = InstanceInformationStringFilter::builder()
+                    .key(key)
+                    .set_values(Some(values.clone()))
+                    .build()
+                    .map_err(|_| ApiError::IncompleteResponse {
+                        operation: "DescribeInstanceInformation",
+                        field: "filter",
+                    })?;
+                call = call.filters(filter);
+            }
+            if let Some(token) = &next {
+                call = call.next_token(token);
+            }
+            let out = call.send().await.map_err(|e| {
+                self.map_error(
+                    "DescribeInstanceInformation",
+                    e,
+                    vec!["* (DescribeInstanceInformation takes no resource)".to_owned()],
+                )
+            })?;
+            for info in out.instance_information_list.unwrap_or_default() {
+                if let Some(id) = info.instance_id {
+                    nodes.push(NodeInfo {
+                        id,
+                        ping_status: info.ping_status.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+                        computer_name: info.computer_name,
+                    });
+                }
+            }
+            next = out.next_token.filter(|t| !t.is_empty());
+            if next.is_none() {
+                return Ok(nodes);
+            }
+        }
+    }
+}
