@@ -87,6 +87,9 @@ pub enum Command {
     /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
     /// flags as the proxy; no password anywhere.
     ConnectInfo(Box<ConnectInfoArgs>),
+    /// Wait until a proxy started with --http-port (or --http-address) reports /startup ok: for
+    /// scripts, dev containers and compose files. Exit 0 when up, 1 on timeout.
+    Wait(WaitArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +122,19 @@ pub struct ConnectInfoArgs {
     /// The proxy's own flags: the settings point where a proxy started with them listens.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// The proxy's --http-address.
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1", env = "RDS_AUTH_PROXY_HTTP_ADDRESS")]
+    pub http_address: IpAddr,
+    /// The proxy's --http-port.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_HTTP_PORT, env = "RDS_AUTH_PROXY_HTTP_PORT")]
+    pub http_port: u16,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "RDS_AUTH_PROXY_WAIT_TIMEOUT")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -259,7 +275,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
-    /// On SIGTERM/Ctrl-C, wait this long for open connections to finish.
+    /// On SIGTERM/Ctrl-C, stop accepting at once and wait this long for open connections to
+    /// finish; then each remaining client gets "terminating connection due to administrator
+    /// command" (57P01). A second Ctrl-C exits at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, env = "RDS_AUTH_PROXY_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
 
@@ -304,7 +322,23 @@ pub struct ProxyArgs {
     /// auto picks the online node (SSM DescribeInstanceInformation) with the smallest id.
     #[arg(long, value_name = "KEY=VALUE", env = "RDS_AUTH_PROXY_SSM_TAG", value_delimiter = ',')]
     pub ssm_tag: Vec<String>,
+
+    /// Serve /startup, /readiness, /liveness and /metrics (Prometheus) over HTTP on this address
+    /// (default 127.0.0.1 when --http-port is given). Off unless one of the two is given.
+    #[arg(long, value_name = "ADDRESS", env = "RDS_AUTH_PROXY_HTTP_ADDRESS")]
+    pub http_address: Option<IpAddr>,
+
+    /// The HTTP port for health checks and metrics (default 9090 when --http-address is given).
+    #[arg(long, value_name = "PORT", env = "RDS_AUTH_PROXY_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Exit with 0 instead of 143 after a SIGTERM (for service managers that call 143 a failure).
+    #[arg(long, env = "RDS_AUTH_PROXY_EXIT_ZERO_ON_SIGTERM")]
+    pub exit_zero_on_sigterm: bool,
 }
+
+/// The HTTP port when only --http-address is given.
+pub const DEFAULT_HTTP_PORT: u16 = 9090;
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {

@@ -21,17 +21,24 @@
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * Operations: [`http`] (health checks, `/metrics`, `wait`), [`metrics`] (the Prometheus
+//!   registry, passed in each target's context), [`audit`] (a line per connection at open and
+//!   close), [`drain`] (the end of the shutdown window: 57P01 to each remaining client).
 //! * `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of `tests/fuzz_corpus.rs`.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod connect_info;
+pub mod drain;
+pub mod http;
 pub mod listener;
 pub mod local_tls;
 pub mod lookup;
+pub mod metrics;
 pub mod pg;
 pub mod rds_api;
 pub mod relay;

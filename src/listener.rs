@@ -66,11 +66,13 @@ impl Listeners {
         self.unix.as_ref().map(|(_, p)| p.as_path())
     }
 
-    /// Accepts until `shutdown` resolves, then waits up to the drain timeout for open
-    /// connections before returning (and dropping whatever is still open).
+    /// Accepts until `shutdown` resolves; then closes the listeners at once, waits up to the
+    /// drain timeout for open connections, tells the rest to end (57P01 at a message boundary)
+    /// and gives them [`DRAIN_GRACE`] to do so before dropping them.
     pub async fn run(self, ctx: Arc<TargetContext>, shutdown: impl Future<Output = ()>) {
         let limit = (self.config.max_connections > 0)
             .then(|| Arc::new(Semaphore::new(self.config.max_connections)));
+        let (drain_trigger, drain) = crate::drain::channel();
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -82,12 +84,12 @@ impl Listeners {
                         if let Err(e) = ctx.timeouts.keepalive.apply(&stream) {
                             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive on a client connection");
                         }
-                        spawn_session(&mut sessions, &ctx, &limit, stream, peer.to_string());
+                        spawn_session(&mut sessions, &ctx, &limit, &drain, stream, peer.to_string());
                     }
                     Err(e) => accept_error(e).await,
                 },
                 accepted = accept_unix(self.unix.as_ref()) => match accepted {
-                    Ok(stream) => spawn_session(&mut sessions, &ctx, &limit, stream, "unix socket".into()),
+                    Ok(stream) => spawn_session(&mut sessions, &ctx, &limit, &drain, stream, "unix socket".into()),
                     Err(e) => accept_error(e).await,
                 },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -108,17 +110,31 @@ impl Listeners {
             })
             .await;
             if drained.is_err() {
-                tracing::warn!(open = sessions.len(), "drain timeout reached; closing the remaining connections");
-                sessions.shutdown().await;
+                tracing::warn!(open = sessions.len(), "drain timeout reached; closing the remaining connections (57P01)");
+                drain_trigger.fire();
+                let ended = tokio::time::timeout(DRAIN_GRACE, async {
+                    while sessions.join_next().await.is_some() {}
+                })
+                .await;
+                if ended.is_err() {
+                    tracing::warn!(open = sessions.len(), "connections still open after the drain; dropping them");
+                    sessions.shutdown().await;
+                }
             }
         }
     }
 }
 
+/// After the drain timeout, how long connections get to reach a message boundary and take
+/// their 57P01 (a server in the middle of a large row, a client not reading) before they are
+/// dropped. With the tunnel's 4 s shutdown limit, exit stays within --drain-timeout + 5 s.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn spawn_session<S>(
     sessions: &mut JoinSet<()>,
     ctx: &Arc<TargetContext>,
     limit: &Option<Arc<Semaphore>>,
+    drain: &crate::drain::DrainSignal,
     stream: S,
     peer: String,
 ) where
@@ -136,8 +152,9 @@ fn spawn_session<S>(
         None => None,
     };
     let ctx = ctx.clone();
+    let drain = drain.clone();
     sessions.spawn(async move {
-        session::serve(&ctx, stream, &peer).await;
+        session::serve(&ctx, stream, &peer, &drain).await;
         drop(permit);
     });
 }

@@ -33,6 +33,7 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Sim(args)) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         Some(Command::Demo(args)) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
         Some(Command::ConnectInfo(args)) => connect_info(&args).await,
+        Some(Command::Wait(args)) => wait(args).await,
     }
 }
 
@@ -57,6 +58,17 @@ async fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
         Err(e) => {
             eprintln!("rds-auth-proxy: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn wait(args: rds_auth_proxy::cli::WaitArgs) -> ExitCode {
+    let addr = std::net::SocketAddr::new(args.http_address, args.http_port);
+    match rds_auth_proxy::http::wait(addr, std::time::Duration::from_secs(args.timeout)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
@@ -93,11 +105,32 @@ async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let signal = async move {
         let code = stop.await;
+        exit_on_second_interrupt();
         let _ = tx.send(code);
     };
     proxy.run(signal).await;
     tracing::info!("stopped");
-    ExitCode::from(rx.await.unwrap_or(0))
+    let code = rx.await.unwrap_or(0);
+    ExitCode::from(if code == EXIT_SIGTERM && args.exit_zero_on_sigterm { 0 } else { code })
+}
+
+const EXIT_SIGINT: u8 = 130;
+const EXIT_SIGTERM: u8 = 143;
+
+/// During the drain, a second Ctrl-C means "now": exit at once, open connections or not.
+fn exit_on_second_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::interrupt()) {
+        Ok(mut int) => {
+            tokio::spawn(async move {
+                if int.recv().await.is_some() {
+                    tracing::warn!("second SIGINT: exiting now without waiting for open connections");
+                    std::process::exit(i32::from(EXIT_SIGINT));
+                }
+            });
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot watch for a second SIGINT"),
+    }
 }
 
 async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
@@ -132,7 +165,8 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let config_error = e.is::<ListenError>()
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::LocalTls(_)));
+        || e.is::<rds_auth_proxy::http::HttpError>()
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_) | AppError::LocalTls(_)));
     if config_error {
         EXIT_CONFIG
     } else {
@@ -150,8 +184,8 @@ fn shutdown_signal() -> impl std::future::Future<Output = u8> {
     async move {
         match (int, term) {
             (Ok(mut int), Ok(mut term)) => tokio::select! {
-                _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); 130 }
-                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
+                _ = int.recv() => { tracing::info!("SIGINT received, shutting down (again to exit at once)"); EXIT_SIGINT }
+                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); EXIT_SIGTERM }
             },
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
@@ -165,7 +199,8 @@ fn init_logging(args: &LogArgs) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let default = if args.quiet { "warn" } else { "info" };
+    // Audit lines (one per connection at open and close) stay on with --quiet.
+    let default = if args.quiet { "warn,audit=info" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The SigV4 signer traces what it signs (access key id, canonical requests with the
     // presigned query): that never reaches our logs, whatever RUST_LOG asks for. The credential

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
+use crate::drain::{self, DrainSignal};
 use crate::local_tls::{ClientStream, LocalTls};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
 use crate::pg::{ClientError, SqlState, UserFacing};
@@ -77,37 +79,43 @@ impl UserFacing for SessionError {
     }
 }
 
-/// Serves one accepted client connection. `peer` is for logs only.
-pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str)
+/// Serves one accepted client connection until it ends or `drain` fires (then the client gets
+/// 57P01 at a message boundary). `peer` is for logs only.
+pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str, drain: &DrainSignal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let _open = ctx.metrics.open_connection();
     let started = Instant::now();
     let mut client = ClientStream::Plain(client);
-    let first = match tokio::time::timeout(
-        ctx.timeouts.client_startup,
-        read_startup(&mut client, ctx.local_tls.as_ref()),
-    )
-    .await
-    {
-        Err(_) => {
+    let first = tokio::select! {
+        biased;
+        () = drain.expired() => None,
+        first = tokio::time::timeout(ctx.timeouts.client_startup, read_startup(&mut client, ctx.local_tls.as_ref())) => Some(first),
+    };
+    let first = match first {
+        None => {
+            fail(&mut client, peer, &drain::shutdown_error()).await;
+            return;
+        }
+        Some(Err(_)) => {
             let err = SessionError::StartupTimeout(ctx.timeouts.client_startup.as_secs());
             fail(&mut client, peer, &err.to_client_error()).await;
             return;
         }
-        Ok(Err(Failure::Quiet(reason))) => {
+        Some(Ok(Err(Failure::Quiet(reason)))) => {
             tracing::debug!(%peer, %reason, "client went away before startup");
             return;
         }
-        Ok(Err(Failure::Handshake(e))) => {
+        Some(Ok(Err(Failure::Handshake(e)))) => {
             tracing::warn!(%peer, error = %e, ca = ?ctx.local_tls.as_ref().and_then(|t| t.ca_cert.as_deref()), "TLS handshake with a client failed (with verify-full the client must trust the local CA: sslrootcert)");
             return;
         }
-        Ok(Err(Failure::Client(err))) => {
+        Some(Ok(Err(Failure::Client(err)))) => {
             fail(&mut client, peer, &err).await;
             return;
         }
-        Ok(Ok(first)) => first,
+        Some(Ok(Ok(first))) => first,
     };
 
     let startup = match first {
@@ -125,8 +133,21 @@ where
         Accepted::Startup(s) => s,
     };
 
+    let mut audit = Audit::new(peer, &ctx.target.name, startup.user(), startup.database());
+    let refused = |audit: &Audit, err: &ClientError| {
+        ctx.metrics.login_failed(err.sqlstate.code());
+        audit.closed(&Ending {
+            closed_by: Some(Closer::Error),
+            reason: err.message.clone(),
+            sqlstate: err.sqlstate.code().to_owned(),
+            duration: started.elapsed(),
+            ..Ending::default()
+        });
+    };
     if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
-        fail(&mut client, peer, &SessionError::Replication.to_client_error()).await;
+        let err = SessionError::Replication.to_client_error();
+        refused(&audit, &err);
+        fail(&mut client, peer, &err).await;
         return;
     }
     let startup = match &ctx.db_user {
@@ -135,35 +156,72 @@ where
     };
     let user = startup.user().to_owned();
     let database = startup.database().to_owned();
+    audit.db_user = crate::audit::escape(&user);
 
-    let mut upstream = match upstream::connect(ctx, &startup).await {
-        Ok(u) => u,
-        Err(UpstreamError::Rejected {
+    let connected = tokio::select! {
+        biased;
+        () = drain.expired() => None,
+        connected = upstream::connect(ctx, &startup) => Some(connected),
+    };
+    audit.principal_arn = ctx.auth.principal_arn();
+    let mut upstream = match connected {
+        None => {
+            let err = drain::shutdown_error();
+            audit.closed(&Ending {
+                closed_by: Some(Closer::Drain),
+                reason: "the drain timeout ran out during login".into(),
+                sqlstate: err.sqlstate.code().to_owned(),
+                duration: started.elapsed(),
+                ..Ending::default()
+            });
+            fail(&mut client, peer, &err).await;
+            return;
+        }
+        Some(Ok(u)) => u,
+        Some(Err(UpstreamError::Rejected {
             sqlstate,
             message,
             password_from,
             to_client,
             ..
-        }) => {
+        })) => {
             let with = password_from.unwrap_or("an IAM token");
             tracing::warn!(%peer, %user, %database, %sqlstate, error = %message, with, "login refused by the server; its error was passed to the client");
+            ctx.metrics.login_failed(&sqlstate);
+            audit.closed(&Ending {
+                closed_by: Some(Closer::Error),
+                reason: format!("login refused by the server: {message}"),
+                sqlstate: sqlstate.clone(),
+                duration: started.elapsed(),
+                ..Ending::default()
+            });
             let _ = client.write_all(&to_client).await;
             let _ = client.shutdown().await;
             return;
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let client_error = e.to_client_error();
             tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = %display_chain(&e), "login failed; the client was told why");
+            refused(&audit, &client_error);
             fail(&mut client, peer, &client_error).await;
             return;
         }
     };
+    audit.ssm_session = upstream.ssm_session.clone().unwrap_or_default();
     if let Err(e) = client.write_all(&upstream.to_client).await {
         tracing::debug!(%peer, error = %e, "client went away right after login");
         return;
     }
+    ctx.metrics.connect_seconds.observe(started.elapsed().as_secs_f64());
     tracing::info!(%peer, %user, %database, tls = client.is_tls(), setup_ms = started.elapsed().as_millis() as u64, "client connected");
-    let mut stats = relay::relay(&mut client, &mut upstream.stream).await;
+    audit.opened();
+    let mut stats = relay::relay_until(
+        &mut client,
+        &mut upstream.stream,
+        &upstream.to_client,
+        drain.expired(),
+    )
+    .await;
     // After the client said goodbye, an upstream that drops the connection without a TLS
     // close_notify (tunnels do: the SSM agent closes both sides at once) is a normal end.
     if stats.closed_by == Some(relay::ClosedBy::Client)
@@ -173,6 +231,12 @@ where
             .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
     {
         stats.upstream_error = None;
+    }
+    ctx.metrics.bytes_to_upstream.inc_by(stats.client_to_upstream);
+    ctx.metrics.bytes_to_client.inc_by(stats.upstream_to_client);
+    let drained = stats.closed_by == Some(relay::ClosedBy::Drain);
+    if drained {
+        fail(&mut client, peer, &drain::shutdown_error()).await;
     }
     let error = stats
         .client_error
@@ -188,6 +252,20 @@ where
         duration_s = started.elapsed().as_secs(),
         "connection closed"
     );
+    // An I/O error on either side is the end's cause, whoever noticed first.
+    let closed_by = match (&error, stats.closed_by) {
+        (_, Some(relay::ClosedBy::Drain)) => Some(Closer::Drain),
+        (Some(_), _) => Some(Closer::Error),
+        (None, by) => by.map(Closer::from),
+    };
+    audit.closed(&Ending {
+        closed_by,
+        reason: error.unwrap_or_default(),
+        sqlstate: if drained { drain::shutdown_error().sqlstate.code().to_owned() } else { String::new() },
+        bytes_to_upstream: stats.client_to_upstream,
+        bytes_to_client: stats.upstream_to_client,
+        duration: started.elapsed(),
+    });
 }
 
 enum Accepted {

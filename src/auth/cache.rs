@@ -34,10 +34,20 @@ impl TokenCache {
         credentials: &Credentials,
         now: SystemTime,
     ) -> Result<Token, TokenError> {
+        self.lookup_or_mint(request, credentials, now).map(|(token, _)| token)
+    }
+
+    /// [`TokenCache::get_or_mint`], also saying whether the token was minted (`true`) or reused.
+    pub fn lookup_or_mint(
+        &self,
+        request: &TokenRequest,
+        credentials: &Credentials,
+        now: SystemTime,
+    ) -> Result<(Token, bool), TokenError> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = entries.get(request) {
             if entry.access_key_id == credentials.access_key_id() && now < entry.usable_until {
-                return Ok(entry.token.clone());
+                return Ok((entry.token.clone(), false));
             }
         }
         let token = presign(request, credentials, now)?;
@@ -53,7 +63,7 @@ impl TokenCache {
                 usable_until,
             },
         );
-        Ok(token)
+        Ok((token, true))
     }
 
     /// Forgets the token for `request` (after the upstream refused it).

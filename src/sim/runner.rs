@@ -414,10 +414,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Res
     ])?;
     let config = Config::from_args(&cli.proxy)?;
     let setup = sim.aws_setup();
-    let proxy = Proxy {
-        listeners,
-        ctx: build_context(&config, setup.into()).await?,
-    };
+    let proxy = Proxy::from_parts(listeners, build_context(&config, setup.into()).await?);
     let addr = proxy.local_addr();
     print_flush(&format!(
         "\nrds-auth-proxy demo is running.\n\n\
