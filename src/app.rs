@@ -36,6 +36,7 @@ pub enum AppError {
 }
 
 /// Where credentials come from: the AWS chain (the product) or fixed ones (tests, demo).
+#[derive(Clone)]
 pub enum Credentials {
     /// aws-config's chain; `AWS_ENDPOINT_URL_SSM` and profiles apply.
     Chain,
@@ -347,7 +348,7 @@ impl Proxy {
 }
 
 /// Stops a background task when its owner is done with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -71,6 +71,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub file: FileArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,11 @@ pub enum Command {
     /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
     /// flags as the proxy; no password anywhere.
     ConnectInfo(Box<ConnectInfoArgs>),
+    /// Print a shell completion script, e.g. `source <(rds-auth-proxy completions bash)`, or
+    /// `rds-auth-proxy completions fish > ~/.config/fish/completions/rds-auth-proxy.fish`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), e.g. `rds-auth-proxy man > rds-auth-proxy.1; man ./rds-auth-proxy.1`.
+    Man,
     /// Wait until a proxy started with --http-port (or --http-address) reports /startup ok: for
     /// scripts, dev containers and compose files. Exit 0 when up, 1 on timeout.
     Wait(WaitArgs),
@@ -125,6 +133,13 @@ pub struct ConnectInfoArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
     /// The proxy's --http-address.
     #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1", env = "RDS_AUTH_PROXY_HTTP_ADDRESS")]
@@ -135,6 +150,30 @@ pub struct WaitArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "RDS_AUTH_PROXY_WAIT_TIMEOUT")]
     pub timeout: u64,
+}
+
+/// The config file and what to do with the configuration besides serving it. None of these is a
+/// key of the file itself.
+#[derive(Debug, Clone, Args)]
+pub struct FileArgs {
+    /// A TOML config file: defaults plus any number of [[target]] tables, each served on its own
+    /// listener by this one process (keys: the long flag names with `_`, see
+    /// config/rds-auth-proxy.toml). Default: $XDG_CONFIG_HOME/rds-auth-proxy/config.toml
+    /// (~/.config/…) when it exists. Flags and RDS_AUTH_PROXY_* variables win over the file's
+    /// top-level keys and over the keys of a file's only target; `--target NAME` serves just the
+    /// file's target NAME.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the targets the configuration defines (name, listener, endpoint, route) and exit.
+    #[arg(long)]
+    pub list_targets: bool,
+
+    /// After binding, connect once through every target and run `select 1` (as --db-user, else
+    /// $PGUSER or your login name, in database $PGDATABASE or postgres); exit 1 with each failing
+    /// target's error and HINT if any fails, else keep serving.
+    #[arg(long, env = "RDS_AUTH_PROXY_RUN_CONNECTION_TEST")]
+    pub run_connection_test: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

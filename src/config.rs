@@ -83,6 +83,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `--http-address`/`--http-port`: where health checks and metrics are served, if at all.
     pub http: Option<SocketAddr>,
+    /// `--exit-zero-on-sigterm`: exit 0, not 143, after a SIGTERM drain (process-wide).
+    pub exit_zero_on_sigterm: bool,
     /// `None`: IAM users (tokens); otherwise the password of a password user.
     pub password: Option<PasswordConfig>,
     /// `--local-tls`: TLS towards clients; `None`: SSLRequest is answered `N`.
@@ -199,6 +201,7 @@ impl Config {
             password,
             local_tls,
             http: http_address(args),
+            exit_zero_on_sigterm: args.exit_zero_on_sigterm,
             name: endpoint.clone(),
             endpoint,
             port,

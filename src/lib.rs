@@ -9,10 +9,12 @@
 //!                                     MD5, cleartext) ─▶ AuthenticationOk ─▶ relay
 //! ```
 //!
-//! * [`cli`], [`config`]: flags and the validated [`config::Config`].
+//! * [`cli`], [`config`]: flags and the validated [`config::Config`]; [`config_file`]: the TOML
+//!   file of several targets, layered under flags and variables; [`version`]: `--version`.
 //! * [`connect_info`]: `connect-info`, client settings pointing at the local listener.
 //! * [`local_tls`]: `--local-tls`, TLS towards clients from a local CA kept on disk.
-//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`].
+//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
+//!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
@@ -32,8 +34,11 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod connect_info;
+pub mod conntest;
 pub mod drain;
+pub mod fleet;
 pub mod http;
 pub mod listener;
 pub mod local_tls;
@@ -48,5 +53,6 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+pub mod version;
 #[doc(hidden)]
 pub mod fuzzing;

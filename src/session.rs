@@ -2,9 +2,11 @@
 //! tunnel → TLS to the endpoint → startup → IAM auth → relay. Each phase has a timeout and its
 //! own error type; whatever fails before relay reaches the client as an ErrorResponse.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
@@ -22,6 +24,9 @@ impl UserFacing for StartupError {
             StartupError::UnsupportedVersion(..) | StartupError::DirectTls => {
                 SqlState::FeatureNotSupported
             }
+            // PostgreSQL's own SQLSTATEs for these, so a client sees what the server would say.
+            StartupError::MissingUser => SqlState::InvalidAuthorization,
+            StartupError::InvalidReplication(_) => SqlState::InvalidParameterValue,
             _ => SqlState::ProtocolViolation,
         }
     }
@@ -35,6 +40,10 @@ impl UserFacing for StartupError {
             StartupError::UnsupportedVersion(..) => {
                 "Use a PostgreSQL client that speaks protocol 3 (every client since PostgreSQL 7.4)."
                     .into()
+            }
+            StartupError::MissingUser => "Give the database user name (psql -U NAME, or user= in the connection string).".into(),
+            StartupError::InvalidReplication(_) => {
+                "Valid values are: \"false\", 0, \"true\", 1, \"database\".".into()
             }
             StartupError::TooLong(_) => {
                 "Send fewer or shorter startup parameters (options, application_name, …).".into()
@@ -53,6 +62,12 @@ pub enum SessionError {
     RepeatedRequest(&'static str),
     #[error("replication connections cannot log in with RDS IAM authentication")]
     Replication,
+    /// An IAM token names its database user in UTF-8 text; PostgreSQL would look these bytes up
+    /// as they are and find no such role.
+    #[error("the user name is not valid UTF-8, so no IAM token can name it")]
+    UserNotUtf8,
+    #[error("too many connections")]
+    TooManyConnections,
 }
 
 impl UserFacing for SessionError {
@@ -62,6 +77,8 @@ impl UserFacing for SessionError {
                 SqlState::ProtocolViolation
             }
             SessionError::Replication => SqlState::FeatureNotSupported,
+            SessionError::UserNotUtf8 => SqlState::InvalidAuthorization,
+            SessionError::TooManyConnections => SqlState::TooManyConnections,
         }
     }
 
@@ -75,13 +92,47 @@ impl UserFacing for SessionError {
                 "AWS does not allow IAM authentication for replication; use a password user directly."
                     .into()
             }
+            SessionError::UserNotUtf8 => {
+                "Check the client's user name and encoding, or name the database user with --db-user."
+                    .into()
+            }
+            SessionError::TooManyConnections => {
+                "Close idle connections, or raise --max-connections.".into()
+            }
         })
     }
 }
 
-/// Serves one accepted client connection until it ends or `drain` fires (then the client gets
-/// 57P01 at a message boundary). `peer` is for logs only.
+/// How `--max-connections` reaches a session. A session slot is taken only once the first
+/// packet turns out to be a StartupMessage: a CancelRequest never takes one, so a cancel still
+/// gets through when the proxy is full — which is exactly when a user wants to stop a query.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// The listener's slot for a connection that has not sent its StartupMessage yet; held while
+    /// the first packets are read (under the startup timeout) and while a cancel is forwarded,
+    /// and released once the session has its own slot.
+    pub first_packet: Option<OwnedSemaphorePermit>,
+    /// The `--max-connections` slots (`None`: no limit).
+    pub sessions: Option<Arc<Semaphore>>,
+}
+
+/// Serves one accepted client connection with no connection limit until it ends or `drain`
+/// fires (then the client gets 57P01 at a message boundary). `peer` is for logs only.
 pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str, drain: &DrainSignal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    serve_admitted(ctx, client, peer, drain, Admission::default()).await;
+}
+
+/// [`serve`] under `admission`.
+pub async fn serve_admitted<S>(
+    ctx: &TargetContext,
+    client: S,
+    peer: &str,
+    drain: &DrainSignal,
+    admission: Admission,
+)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -128,12 +179,23 @@ where
                 Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
                 Err(e) => tracing::warn!(%peer, error = %display_chain(&e), "cancel request could not be forwarded"),
             }
+            drop(admission.first_packet);
             return;
         }
         Accepted::Startup(s) => s,
     };
+    let _session_slot = match admission.sessions.map(Semaphore::try_acquire_owned) {
+        Some(Err(_)) => {
+            tracing::warn!(%peer, "refusing a connection: --max-connections reached");
+            fail(&mut client, peer, &SessionError::TooManyConnections.to_client_error()).await;
+            return;
+        }
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
+    drop(admission.first_packet);
 
-    let mut audit = Audit::new(peer, &ctx.target.name, startup.user(), startup.database());
+    let mut audit = Audit::new(peer, &ctx.target.name, &startup.user(), &startup.database());
     let refused = |audit: &Audit, err: &ClientError| {
         ctx.metrics.login_failed(err.sqlstate.code());
         audit.closed(&Ending {
@@ -144,18 +206,26 @@ where
             ..Ending::default()
         });
     };
-    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+    // Read as PostgreSQL reads it (the last value, any boolean spelling), so `replication=off`
+    // passes and no spelling of "on" slips through to a server that would honour it.
+    if startup.replication() != startup::Replication::Off {
         let err = SessionError::Replication.to_client_error();
         refused(&audit, &err);
         fail(&mut client, peer, &err).await;
         return;
     }
     let startup = match &ctx.db_user {
-        Some(user) if user != startup.user() => startup.with_user(user),
+        Some(user) if user.as_bytes() != startup.user_bytes() => startup.with_user(user),
         _ => startup,
     };
-    let user = startup.user().to_owned();
-    let database = startup.database().to_owned();
+    if std::str::from_utf8(startup.user_bytes()).is_err() {
+        let err = SessionError::UserNotUtf8.to_client_error();
+        refused(&audit, &err);
+        fail(&mut client, peer, &err).await;
+        return;
+    }
+    let user = startup.user().into_owned();
+    let database = startup.database().into_owned();
     audit.db_user = crate::audit::escape(&user);
 
     let connected = tokio::select! {

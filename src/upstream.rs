@@ -254,7 +254,7 @@ async fn attempt(
             .await
             .map_err(UpstreamError::Io)?;
         stream.flush().await.map_err(UpstreamError::Io)?;
-        let to_client = authenticate(ctx, &mut stream, startup.user(), fresh).await?;
+        let to_client = authenticate(ctx, &mut stream, &startup.user(), fresh).await?;
         Ok(Upstream {
             stream,
             to_client,

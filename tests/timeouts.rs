@@ -59,7 +59,7 @@ async fn a_silent_upstream_gets_a_tls_timeout() {
     tokio::spawn(async move {
         rds_auth_proxy::session::serve(&ctx, proxy_side, "test", &rds_auth_proxy::drain::DrainSignal::never()).await;
     });
-    let startup = rds_auth_proxy::pg::startup::encode_startup(3, 0, &[("user".into(), "u".into())]);
+    let startup = rds_auth_proxy::pg::startup::encode_startup(3, 0, &[("user", "u")]);
     client.write_all(&startup).await.unwrap();
     let text = error_fields(&mut client).await;
     assert!(text.contains("C08001"), "{text}");
