@@ -119,3 +119,17 @@ write("config_args", "secret", argv("--target", "h", "--password-secret", "arn:a
                                     "--password-secret-key", "pw", "--log-format", "json", "-q"))
 write("config_args", "sim", argv("sim", "--ssm-drop-rate", "0.01", "--ssm-reorder-rate", "0.5"))
 write("config_args", "token", argv("token", "--hostname", "h", "--username", "u", "--region", "eu-west-1"))
+
+# --- config_file: TOML files as `--config` reads them ------------------------------------------
+with open(os.path.join(os.path.dirname(ROOT), "..", "config", "rds-auth-proxy.toml"), "rb") as f:
+    write("config_file", "shipped-example", f.read())
+write("config_file", "one-target", b'target = "db.abc.eu-west-1.rds.amazonaws.com"\nregion = "eu-west-1"\n')
+write("config_file", "two-targets", b'log_format = "json"\nhttp_port = 9090\n\n[[target]]\nname = "a"\n'
+      b'target = "a.x.us-east-1.rds.amazonaws.com:5433"\nport = 6543\nvia = "ssm"\nssm_target = "i-0123456789abcdef0"\n'
+      b'ssm_sessions = 2\n\n[[target]]\nname = "b"\ntarget = "b.x.us-east-1.rds.amazonaws.com"\nport = 6544\n'
+      b'db_user = "app"\nmax_connections = 5\n')
+write("config_file", "unknown-key", b'[[target]]\nname = "a"\ntarget = "h"\nbogus_key = 1\n')
+write("config_file", "wrong-type", b'[[target]]\nname = "a"\ntarget = "h"\nport = "six"\n')
+write("config_file", "bad-toml", b'[[target]\nname = "a\n')
+write("config_file", "duplicate-name", b'[[target]]\nname = "a"\ntarget = "h"\n[[target]]\nname = "a"\ntarget = "i"\nport = 6544\n')
+write("config_file", "lookup", b'[[target]]\nname = "c"\ndb_cluster = "my-cluster"\nreader = true\nssm_target = "auto"\nssm_tag = ["env=dev"]\n')

@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("ssm_payload", ssm_payload),
     ("smux", smux_session),
     ("config_args", config_args),
+    ("config_file", config_file),
 ];
 
 /// Runs a future that never waits on anything but in-memory readers (`&[u8]` is always ready).
@@ -225,13 +226,16 @@ pub fn smux_session(data: &[u8]) {
     use crate::tunnel::ssm::smux::{Config, Session};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+    thread_local! {
+        // One runtime for every input: building one per input cost more than the session.
         // Keepalive is off, but paused time also keeps any timer from costing wall-clock time.
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime builds");
-    runtime.block_on(async {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime builds");
+    }
+    RUNTIME.with(|runtime| runtime.block_on(async {
         // Budgets above any fuzz input, so flow control never waits for a reader we do not run.
         let config = Config {
             keepalive_interval: None,
@@ -265,7 +269,7 @@ pub fn smux_session(data: &[u8]) {
             "more bytes delivered than received"
         );
         drop(agent);
-    });
+    }));
 }
 
 /// Command-line arguments (NUL-separated) through clap and `Config::from_args`, as `main` runs
@@ -301,6 +305,32 @@ pub fn config_args(data: &[u8]) {
         }
         Err(e) => {
             let _ = e.render().to_string();
+        }
+    }
+}
+
+/// A config file (`--config`), parsed and planned as `main` plans it with no flags set. A mistake
+/// in the file must come back as an error of one line (what the user sees), never a panic.
+pub fn config_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // Same reason as in `config_args`: a path key may name a device whose read blocks.
+    if text.contains("/dev") || text.contains("/proc") {
+        return;
+    }
+    let path = std::path::Path::new("fuzz.toml");
+    let cli = crate::config_file::CliLayer::default();
+    match crate::config_file::plan_from_text(path, text, &cli) {
+        Ok(plan) => {
+            let _ = (crate::config_file::describe(&plan), format!("{plan:?}"));
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                !message.trim_end().contains('\n'),
+                "a config file error spans lines: {message:?}"
+            );
         }
     }
 }
