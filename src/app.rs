@@ -161,7 +161,10 @@ fn local_tls(config: &Config) -> Result<Option<LocalTls>, AppError> {
     let Some(local) = &config.local_tls else {
         return Ok(None);
     };
-    let tls = LocalTls::build(local, config.listen.address.ip())?;
+    let tls = LocalTls::build(local, config.listen.address.ip(), config.listen.client_ca_file.as_deref())?;
+    if let Some(ca) = &config.listen.client_ca_file {
+        tracing::info!(client_ca = %ca.display(), "clients from other hosts may log in with a certificate from this CA whose CN is their user name");
+    }
     match &tls.ca_cert {
         Some(ca) => tracing::info!(sslrootcert = %ca.display(), "local TLS on: clients may use sslmode=verify-full with this CA file as sslrootcert (host localhost, 127.0.0.1 or ::1)"),
         None => tracing::info!("local TLS on, with the certificate from --local-tls-cert"),

@@ -382,6 +382,12 @@ pub struct ProxyArgs {
     /// Clients on this host (loopback, the Unix socket) need none.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE")]
     pub client_password_file: Option<PathBuf>,
+
+    /// With --allow-remote and --local-tls: clients from other hosts may log in with a client
+    /// certificate issued by a CA in this PEM file (sslcert/sslkey) instead of the client
+    /// password; its CN must be the database user name they connect as.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The HTTP port when only --http-address is given.

@@ -620,6 +620,9 @@ fn error_key(e: &ConfigError) -> Option<&'static str> {
         ConfigError::TwoPasswordSources | ConfigError::EmptyPasswordSecret => "password_secret",
         ConfigError::SecretKeyWithoutSecret => "password_secret_key",
         ConfigError::BadPasswordFile(_) => "password_file",
+        ConfigError::ClientCaWithoutLocalTls | ConfigError::ClientCaWithoutRemote | ConfigError::MissingClientCaFile(_) => {
+            "client_ca_file"
+        }
         #[allow(unreachable_patterns)]
         _ => return None,
     })
