@@ -123,6 +123,7 @@ pub async fn build_context(
         password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
+        dbi_resource_id: config.dbi_resource_id.clone(),
     }))
 }
 

@@ -83,6 +83,20 @@ pub enum Command {
     /// Start the simulator and the proxy wired together on 127.0.0.1:6543, and print the psql
     /// line to try.
     Demo(DemoArgs),
+    /// Check the whole chain once, with the proxy's flags: credentials (who am I), region, name
+    /// lookups, SSM node and StartSession, the node reaching host:port, TLS verify-full, IAM
+    /// login, select 1. One line per step; exit code 0 only if every step passes.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The database to log in to for the check.
+    #[arg(long, value_name = "NAME", default_value = "postgres", env = "RDS_AUTH_PROXY_DOCTOR_DBNAME")]
+    pub dbname: String,
+    /// The proxy's flags (--target or --db-instance, --via, --db-user …); --db-user is required.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -82,6 +82,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `None`: IAM users (tokens); otherwise the password of a password user.
     pub password: Option<PasswordConfig>,
+    /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
+    /// `rds-db:connect` ARN of the hint when RDS refuses a token.
+    pub dbi_resource_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -180,6 +183,7 @@ impl Config {
             db_user: args.db_user.clone(),
             ca_bundles: args.ca_bundle.clone(),
             timeouts: Timeouts::default(),
+            dbi_resource_id: None,
             password,
             name: endpoint.clone(),
             endpoint,

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod listener;
 pub mod lookup;
 pub mod pg;

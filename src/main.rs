@@ -32,19 +32,26 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => token(args).await,
         Some(Command::Sim(args)) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         Some(Command::Demo(args)) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
+        Some(Command::Doctor(args)) => doctor(args).await,
     }
 }
 
 async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
     // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
     let mut args = args.clone();
-    if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
-        eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
-        return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
-    }
+    let resolved = match rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
+            return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+        }
+    };
     let args = &args;
     let config = match Config::from_args(args) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
+            c
+        }
         Err(e) => {
             eprintln!("rds-auth-proxy: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -74,7 +81,25 @@ async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
     ExitCode::from(rx.await.unwrap_or(0))
 }
 
+async fn doctor(args: rds_auth_proxy::cli::DoctorArgs) -> ExitCode {
+    if args.proxy.db_user.is_none() {
+        eprintln!("rds-auth-proxy doctor: --db-user is required: the database user to log in as, e.g. --db-user db_user");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let report = rds_auth_proxy::doctor::run(&args.proxy, &args.dbname, Credentials::Chain, |step| {
+        println!("{step}");
+    })
+    .await;
+    if report.passed() {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNTIME)
+    }
+}
+
 async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
+    let args_profile = args.profile.clone();
     match rds_auth_proxy::app::print_token(&args).await {
         Ok(token) => {
             // The one place a token is meant to be shown: the user asked for it.
@@ -83,6 +108,11 @@ async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            let credentials = e.is::<rds_auth_proxy::auth::CredentialsError>()
+                || matches!(e.downcast_ref::<rds_auth_proxy::auth::AuthError>(), Some(rds_auth_proxy::auth::AuthError::Credentials(_)));
+            if credentials {
+                eprintln!("  hint: {}", rds_auth_proxy::auth::credentials::fix_for(&*e, args_profile.as_deref()));
+            }
             ExitCode::from(EXIT_RUNTIME)
         }
     }

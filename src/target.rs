@@ -104,6 +104,8 @@ pub struct TargetContext {
     /// `--db-user`: log in as this user whatever the client asked for.
     pub db_user: Option<String>,
     pub timeouts: Timeouts,
+    /// See [`crate::config::Config::dbi_resource_id`].
+    pub dbi_resource_id: Option<String>,
 }
 
 impl TargetContext {
