@@ -541,12 +541,12 @@ mod tests {
     #[test]
     fn lines() {
         let ok = Step { name: "region", outcome: Outcome::Ok("eu-central-1".into()), took: Duration::from_millis(20) };
-        assert_eq!(ok.to_string(), "[ ok ] region            0.02s  eu-central-1");
+        assert_eq!(ok.to_string(), "[ ok ] region           0.02s  eu-central-1");
         let fail = Step {
             name: "tls",
             outcome: Outcome::Failed { cause: "bad".into(), fix: "do x".into() },
             took: Duration::from_millis(1500),
         };
-        assert_eq!(fail.to_string(), "[FAIL] tls               1.50s  bad\n       fix: do x");
+        assert_eq!(fail.to_string(), "[FAIL] tls              1.50s  bad\n       fix: do x");
     }
 }
