@@ -19,6 +19,7 @@
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of `tests/fuzz_corpus.rs`.
 
 pub mod app;
 pub mod auth;
@@ -37,3 +38,5 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+#[doc(hidden)]
+pub mod fuzzing;

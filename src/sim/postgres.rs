@@ -564,8 +564,8 @@ fn sim_conf(port: u16, socket_dir: &Path, extra: &[String]) -> String {
         "listen_addresses = '127.0.0.1'\n\
          port = {port}\n\
          unix_socket_directories = '{}'\n\
-         # tests open 200+ concurrent connections\n\
-         max_connections = 300\n\
+         # tests open 200+ concurrent connections, benches/soak.sh 500\n\
+         max_connections = 600\n\
          shared_buffers = 16MB\n\
          fsync = off\n\
          synchronous_commit = off\n\
@@ -750,7 +750,7 @@ mod tests {
                 .psql("postgres", "SHOW max_connections")
                 .await
                 .unwrap(),
-            "300"
+            "600"
         );
         // db_user is a plain login role granted rds_iam, like an RDS IAM user.
         assert_eq!(

@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rds_auth_proxy::fuzzing::backend_preauth(data));
