@@ -28,9 +28,12 @@ pub enum AppError {
     Listen(#[from] ListenError),
     #[error("cannot set up the SSM data channel client")]
     SsmSetup(#[from] WebSocketError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// Where credentials come from: the AWS chain (the product) or fixed ones (tests, demo).
+#[derive(Clone)]
 pub enum Credentials {
     /// aws-config's chain; `AWS_ENDPOINT_URL_SSM` and profiles apply.
     Chain,
@@ -59,11 +62,21 @@ impl From<AwsSetup> for Credentials {
     }
 }
 
-/// Builds the shared context of the target from the config.
+/// Builds the shared context of the target from the config, with metrics counted nowhere.
 pub async fn build_context(
     config: &Config,
     credentials: Credentials,
 ) -> Result<Arc<TargetContext>, AppError> {
+    build_context_with(config, credentials, &crate::metrics::Metrics::new()).await
+}
+
+/// Builds the shared context of the target, counting into `metrics` under the target's name.
+pub async fn build_context_with(
+    config: &Config,
+    credentials: Credentials,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Arc<TargetContext>, AppError> {
+    let target_metrics = metrics.target(&config.name);
     // Where an SSM client would come from; it is only built for --via ssm.
     let (region, source, aws) = match credentials {
         Credentials::Chain => {
@@ -90,7 +103,7 @@ pub async fn build_context(
     };
     let tunnel = match &config.via {
         ViaConfig::Direct { connect_addr } => Tunnel::Direct(Direct::new(connect_addr.clone(), config.timeouts.keepalive)),
-        ViaConfig::Ssm(ssm) => Tunnel::Ssm(ssm_tunnel(config, ssm, &region, &aws)?),
+        ViaConfig::Ssm(ssm) => Tunnel::Ssm(ssm_tunnel(config, ssm, &region, &aws, &target_metrics)?),
     };
     let password = config.password.as_ref().map(|p| {
         let source = match p {
@@ -110,6 +123,18 @@ pub async fn build_context(
         };
         Arc::new(PasswordProvider::new(source))
     });
+    let mut auth = IamAuth::new(source).with_metrics(target_metrics.auth.clone());
+    // The principal ARN for audit lines; fixed credentials without an STS endpoint (tests)
+    // never ask the real STS.
+    let sts = match &aws {
+        AwsSource::Sdk(sdk) => Some(crate::auth::identity::StsApi::from_sdk_config(sdk, &region)),
+        AwsSource::Fixed(setup) => setup.sts_endpoint.as_deref().map(|endpoint| {
+            crate::auth::identity::StsApi::with_credentials(setup.credentials.clone(), &region, Some(endpoint))
+        }),
+    };
+    if let Some(sts) = sts {
+        auth = auth.with_identity(sts);
+    }
     Ok(Arc::new(TargetContext {
         target: Target {
             name: config.name.clone(),
@@ -119,11 +144,12 @@ pub async fn build_context(
         },
         tunnel,
         tls: tls::upstream_client_config(&config.ca_bundles)?,
-        auth: Arc::new(IamAuth::new(source)),
+        auth: Arc::new(auth),
         password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
         dbi_resource_id: config.dbi_resource_id.clone(),
+        metrics: target_metrics,
     }))
 }
 
@@ -176,6 +202,7 @@ fn ssm_tunnel(
     ssm: &crate::config::SsmConfig,
     region: &str,
     aws: &AwsSource,
+    metrics: &crate::metrics::TargetMetrics,
 ) -> Result<SsmTunnel, AppError> {
     let (api, provider) = match aws {
         AwsSource::Sdk(sdk) => (
@@ -202,6 +229,7 @@ fn ssm_tunnel(
     settings.keepalive_interval = ssm.keepalive;
     settings.data_channel.max_payload = ssm.max_payload;
     settings.data_channel.max_rate = ssm.max_rate;
+    settings.data_channel.counters = metrics.ssm.clone();
     Ok(SsmTunnel::new(
         settings,
         Arc::new(api),
@@ -216,33 +244,77 @@ const TUNNEL_SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_sec
 pub struct Proxy {
     pub listeners: Listeners,
     pub ctx: Arc<TargetContext>,
+    /// Health state and metrics of this process.
+    pub ops: Arc<crate::http::Ops>,
+    /// The bound `--http-address`/`--http-port` listener, if asked for.
+    pub http: Option<tokio::net::TcpListener>,
 }
 
 impl Proxy {
     /// Binds the listeners first — a port in use is the most common start-up mistake, and it
     /// should not wait behind AWS configuration — then builds the target's context.
     pub async fn bind(config: &Config, credentials: Credentials) -> Result<Proxy, AppError> {
+        let http = match config.http {
+            Some(addr) => Some(crate::http::bind(addr).await?),
+            None => None,
+        };
         let listeners = Listeners::bind(&config.listen).await?;
-        let ctx = build_context(config, credentials).await?;
-        Ok(Proxy { listeners, ctx })
+        let ops = Arc::new(crate::http::Ops::new());
+        let ctx = build_context_with(config, credentials, &ops.metrics).await?;
+        ops.add_target(ctx.clone(), config.listen.max_connections);
+        Ok(Proxy {
+            listeners,
+            ctx,
+            ops,
+            http,
+        })
+    }
+
+    /// A proxy from parts built elsewhere (the demo), without an HTTP endpoint.
+    pub fn from_parts(listeners: Listeners, ctx: Arc<TargetContext>) -> Proxy {
+        let ops = Arc::new(crate::http::Ops::new());
+        ops.add_target(ctx.clone(), 0);
+        Proxy {
+            listeners,
+            ctx,
+            ops,
+            http: None,
+        }
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.listeners.local_addr()
     }
 
+    /// Where health checks and metrics are served, if they are.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Runs until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let t = &self.ctx.target;
+        let http_addr = self.http_addr();
+        let http = self
+            .http
+            .map(|listener| AbortOnDrop(tokio::spawn(crate::http::serve(listener, self.ops.clone()))));
         tracing::info!(
+            name = %t.name,
             listen = %self.listeners.local_addr(),
             unix_socket = ?self.listeners.unix_path(),
             target = %format!("{}:{}", t.endpoint, t.port),
             region = %t.region,
             via = %self.ctx.tunnel.describe(),
+            http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "ready for connections"
         );
+        self.ops.set_started();
         let ctx = self.ctx.clone();
+        let ops = self.ops.clone();
+        let shutdown = async move {
+            shutdown.await;
+            ops.set_draining();
+        };
         self.listeners.run(self.ctx, shutdown).await;
         // After the drain: no connection needs the tunnel any more (SSM: TerminateSession).
         // Bounded, so a half-open WebSocket cannot hold the exit up.
@@ -255,6 +327,16 @@ impl Proxy {
                 "the tunnel did not close in time; exiting anyway (sessions end at the service's idle timeout)"
             );
         }
+        drop(http);
+    }
+}
+
+/// Stops a background task when its owner is done with it.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub file: FileArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,14 @@ pub enum Command {
     /// lookups, SSM node and StartSession, the node reaching host:port, TLS verify-full, IAM
     /// login, select 1. One line per step; exit code 0 only if every step passes.
     Doctor(DoctorArgs),
+    /// Print a shell completion script, e.g. `source <(rds-auth-proxy completions bash)`, or
+    /// `rds-auth-proxy completions fish > ~/.config/fish/completions/rds-auth-proxy.fish`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), e.g. `rds-auth-proxy man > rds-auth-proxy.1; man ./rds-auth-proxy.1`.
+    Man,
+    /// Wait until a proxy started with --http-port (or --http-address) reports /startup ok: for
+    /// scripts, dev containers and compose files. Exit 0 when up, 1 on timeout.
+    Wait(WaitArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -97,6 +108,50 @@ pub struct DoctorArgs {
     /// The proxy's flags (--target or --db-instance, --via, --db-user …); --db-user is required.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// The proxy's --http-address.
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1", env = "RDS_AUTH_PROXY_HTTP_ADDRESS")]
+    pub http_address: IpAddr,
+    /// The proxy's --http-port.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_HTTP_PORT, env = "RDS_AUTH_PROXY_HTTP_PORT")]
+    pub http_port: u16,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "RDS_AUTH_PROXY_WAIT_TIMEOUT")]
+    pub timeout: u64,
+}
+
+/// The config file and what to do with the configuration besides serving it. None of these is a
+/// key of the file itself.
+#[derive(Debug, Clone, Args)]
+pub struct FileArgs {
+    /// A TOML config file: defaults plus any number of [[target]] tables, each served on its own
+    /// listener by this one process (keys: the long flag names with `_`, see
+    /// config/rds-auth-proxy.toml). Default: $XDG_CONFIG_HOME/rds-auth-proxy/config.toml
+    /// (~/.config/…) when it exists. Flags and RDS_AUTH_PROXY_* variables win over the file's
+    /// top-level keys and over the keys of a file's only target; `--target NAME` serves just the
+    /// file's target NAME.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the targets the configuration defines (name, listener, endpoint, route) and exit.
+    #[arg(long)]
+    pub list_targets: bool,
+
+    /// After binding, connect once through every target and run `select 1` (as --db-user, else
+    /// $PGUSER or your login name, in database $PGDATABASE or postgres); exit 1 with each failing
+    /// target's error and HINT if any fails, else keep serving.
+    #[arg(long, env = "RDS_AUTH_PROXY_RUN_CONNECTION_TEST")]
+    pub run_connection_test: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,7 +292,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
-    /// On SIGTERM/Ctrl-C, wait this long for open connections to finish.
+    /// On SIGTERM/Ctrl-C, stop accepting at once and wait this long for open connections to
+    /// finish; then each remaining client gets "terminating connection due to administrator
+    /// command" (57P01). A second Ctrl-C exits at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, env = "RDS_AUTH_PROXY_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
 
@@ -260,7 +317,23 @@ pub struct ProxyArgs {
     /// auto picks the online node (SSM DescribeInstanceInformation) with the smallest id.
     #[arg(long, value_name = "KEY=VALUE", env = "RDS_AUTH_PROXY_SSM_TAG", value_delimiter = ',')]
     pub ssm_tag: Vec<String>,
+
+    /// Serve /startup, /readiness, /liveness and /metrics (Prometheus) over HTTP on this address
+    /// (default 127.0.0.1 when --http-port is given). Off unless one of the two is given.
+    #[arg(long, value_name = "ADDRESS", env = "RDS_AUTH_PROXY_HTTP_ADDRESS")]
+    pub http_address: Option<IpAddr>,
+
+    /// The HTTP port for health checks and metrics (default 9090 when --http-address is given).
+    #[arg(long, value_name = "PORT", env = "RDS_AUTH_PROXY_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Exit with 0 instead of 143 after a SIGTERM (for service managers that call 143 a failure).
+    #[arg(long, env = "RDS_AUTH_PROXY_EXIT_ZERO_ON_SIGTERM")]
+    pub exit_zero_on_sigterm: bool,
 }
+
+/// The HTTP port when only --http-address is given.
+pub const DEFAULT_HTTP_PORT: u16 = 9090;
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {

@@ -80,6 +80,10 @@ pub struct Config {
     pub db_user: Option<String>,
     pub ca_bundles: Vec<PathBuf>,
     pub timeouts: Timeouts,
+    /// `--http-address`/`--http-port`: where health checks and metrics are served, if at all.
+    pub http: Option<SocketAddr>,
+    /// `--exit-zero-on-sigterm`: exit 0, not 143, after a SIGTERM drain (process-wide).
+    pub exit_zero_on_sigterm: bool,
     /// `None`: IAM users (tokens); otherwise the password of a password user.
     pub password: Option<PasswordConfig>,
     /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
@@ -185,11 +189,24 @@ impl Config {
             timeouts: Timeouts::default(),
             dbi_resource_id: None,
             password,
+            http: http_address(args),
+            exit_zero_on_sigterm: args.exit_zero_on_sigterm,
             name: endpoint.clone(),
             endpoint,
             port,
         })
     }
+}
+
+/// Either HTTP flag turns the server on; the other takes its default.
+fn http_address(args: &ProxyArgs) -> Option<SocketAddr> {
+    if args.http_address.is_none() && args.http_port.is_none() {
+        return None;
+    }
+    Some(SocketAddr::new(
+        args.http_address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        args.http_port.unwrap_or(crate::cli::DEFAULT_HTTP_PORT),
+    ))
 }
 
 fn password_config(args: &ProxyArgs) -> Result<Option<PasswordConfig>, ConfigError> {
@@ -357,6 +374,15 @@ mod tests {
         assert_eq!(c.listen.address.port(), 7000);
         assert_eq!(c.db_user.as_deref(), Some("iam"));
         assert_eq!(c.via, ViaConfig::Direct { connect_addr: "127.0.0.1:9999".into() });
+        assert_eq!(c.http, None, "no HTTP server unless asked");
+        let http = |extra: &[&str]| {
+            let mut v = vec!["--target", "db"];
+            v.extend_from_slice(extra);
+            Config::from_args(&args(&v)).unwrap().http.map(|a| a.to_string())
+        };
+        assert_eq!(http(&["--http-port", "9100"]).as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!(http(&["--http-address", "::1"]).as_deref(), Some("[::1]:9090"));
+        assert_eq!(http(&["--http-address", "0.0.0.0", "--http-port", "0"]).as_deref(), Some("0.0.0.0:0"));
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!                                     MD5, cleartext) ─▶ AuthenticationOk ─▶ relay
 //! ```
 //!
-//! * [`cli`], [`config`]: flags and the validated [`config::Config`].
-//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`].
+//! * [`cli`], [`config`]: flags and the validated [`config::Config`]; [`config_file`]: the TOML
+//!   file of several targets, layered under flags and variables; [`version`]: `--version`.
+//! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
+//!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
@@ -19,16 +21,26 @@
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * Operations: [`http`] (health checks, `/metrics`, `wait`), [`metrics`] (the Prometheus
+//!   registry, passed in each target's context), [`audit`] (a line per connection at open and
+//!   close), [`drain`] (the end of the shutdown window: 57P01 to each remaining client).
 //! * `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of `tests/fuzz_corpus.rs`.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod config_file;
+pub mod conntest;
+pub mod drain;
+pub mod fleet;
+pub mod http;
 pub mod listener;
 pub mod lookup;
+pub mod metrics;
 pub mod pg;
 pub mod rds_api;
 pub mod relay;
@@ -38,5 +50,6 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod sim;
+pub mod version;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::ListenConfig;
-use crate::pg::{ClientError, SqlState};
+use crate::pg::UserFacing;
 use crate::session;
 use crate::target::TargetContext;
 
@@ -66,11 +66,12 @@ impl Listeners {
         self.unix.as_ref().map(|(_, p)| p.as_path())
     }
 
-    /// Accepts until `shutdown` resolves, then waits up to the drain timeout for open
-    /// connections before returning (and dropping whatever is still open).
+    /// Accepts until `shutdown` resolves; then closes the listeners at once, waits up to the
+    /// drain timeout for open connections, tells the rest to end (57P01 at a message boundary)
+    /// and gives them [`DRAIN_GRACE`] to do so before dropping them.
     pub async fn run(self, ctx: Arc<TargetContext>, shutdown: impl Future<Output = ()>) {
-        let limit = (self.config.max_connections > 0)
-            .then(|| Arc::new(Semaphore::new(self.config.max_connections)));
+        let limit = Limits::new(self.config.max_connections);
+        let (drain_trigger, drain) = crate::drain::channel();
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -82,12 +83,12 @@ impl Listeners {
                         if let Err(e) = ctx.timeouts.keepalive.apply(&stream) {
                             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive on a client connection");
                         }
-                        spawn_session(&mut sessions, &ctx, &limit, stream, peer.to_string());
+                        spawn_session(&mut sessions, &ctx, &limit, &drain, stream, peer.to_string());
                     }
                     Err(e) => accept_error(e).await,
                 },
                 accepted = accept_unix(self.unix.as_ref()) => match accepted {
-                    Ok(stream) => spawn_session(&mut sessions, &ctx, &limit, stream, "unix socket".into()),
+                    Ok(stream) => spawn_session(&mut sessions, &ctx, &limit, &drain, stream, "unix socket".into()),
                     Err(e) => accept_error(e).await,
                 },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -108,51 +109,88 @@ impl Listeners {
             })
             .await;
             if drained.is_err() {
-                tracing::warn!(open = sessions.len(), "drain timeout reached; closing the remaining connections");
-                sessions.shutdown().await;
+                tracing::warn!(open = sessions.len(), "drain timeout reached; closing the remaining connections (57P01)");
+                drain_trigger.fire();
+                let ended = tokio::time::timeout(DRAIN_GRACE, async {
+                    while sessions.join_next().await.is_some() {}
+                })
+                .await;
+                if ended.is_err() {
+                    tracing::warn!(open = sessions.len(), "connections still open after the drain; dropping them");
+                    sessions.shutdown().await;
+                }
             }
         }
     }
 }
 
+/// The two bounds behind `--max-connections N` (none when N is 0, as before).
+///
+/// Sessions — connections that sent a StartupMessage — take one of N slots. Connections that
+/// have not sent their first packet yet, and cancels being forwarded, take one of N other slots:
+/// a cancel is never refused because N sessions are busy, yet a flood of silent connections
+/// cannot grow without bound either — each holds its slot at most for the startup timeout (30 s)
+/// or a cancel's connect and TLS timeouts. At most 2·N client sockets are open, the same rule
+/// PostgreSQL uses (it admits up to twice max_connections children, those still sending their
+/// startup packet or a cancel included).
+struct Limits {
+    first_packet: Option<Arc<Semaphore>>,
+    sessions: Option<Arc<Semaphore>>,
+}
+
+impl Limits {
+    fn new(max_connections: usize) -> Limits {
+        let bound = || (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
+        Limits {
+            first_packet: bound(),
+            sessions: bound(),
+        }
+    }
+}
+
+/// After the drain timeout, how long connections get to reach a message boundary and take
+/// their 57P01 (a server in the middle of a large row, a client not reading) before they are
+/// dropped. With the tunnel's 4 s shutdown limit, exit stays within --drain-timeout + 5 s.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn spawn_session<S>(
     sessions: &mut JoinSet<()>,
     ctx: &Arc<TargetContext>,
-    limit: &Option<Arc<Semaphore>>,
+    limit: &Limits,
+    drain: &crate::drain::DrainSignal,
     stream: S,
     peer: String,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let permit = match limit {
+    let first_packet = match &limit.first_packet {
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                let max = sem.available_permits();
-                sessions.spawn(refuse_busy(stream, peer, max));
+                sessions.spawn(refuse_busy(stream, peer));
                 return;
             }
         },
         None => None,
     };
+    let admission = session::Admission {
+        first_packet,
+        sessions: limit.sessions.clone(),
+    };
     let ctx = ctx.clone();
+    let drain = drain.clone();
     sessions.spawn(async move {
-        session::serve(&ctx, stream, &peer).await;
-        drop(permit);
+        session::serve_admitted(&ctx, stream, &peer, &drain, admission).await;
     });
 }
 
-async fn refuse_busy<S>(mut stream: S, peer: String, _available: usize)
+async fn refuse_busy<S>(mut stream: S, peer: String)
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    tracing::warn!(%peer, "refusing a connection: --max-connections reached");
-    let err = ClientError {
-        sqlstate: SqlState::TooManyConnections,
-        message: "rds-auth-proxy: too many connections".into(),
-        hint: Some("Close idle connections, or raise --max-connections.".into()),
-    };
+    tracing::warn!(%peer, "refusing a connection: --max-connections connections are still sending their first packet");
+    let err = session::SessionError::TooManyConnections.to_client_error();
     let _ = stream.write_all(&err.encode()).await;
     let _ = stream.shutdown().await;
 }

@@ -4,17 +4,51 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use rds_auth_proxy::app::{Credentials, Proxy};
+use clap::FromArgMatches;
+use rds_auth_proxy::app::Credentials;
 use rds_auth_proxy::cli::{Cli, Command, LogArgs, LogFormat};
-use rds_auth_proxy::config::Config;
+use rds_auth_proxy::config_file::Plan;
+use rds_auth_proxy::fleet::Fleet;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.log);
+    let matches = rds_auth_proxy::version::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The configuration (flags, variables, the config file) before anything else: its log
+    // settings decide how to log, and a mistake in it is one line and exit code 2.
+    let plan = match &cli.command {
+        None => match rds_auth_proxy::config_file::plan(&matches, |k| std::env::var_os(k)) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                eprintln!("rds-auth-proxy: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Some(Command::Completions(args)) => {
+            let mut cmd = rds_auth_proxy::version::command();
+            clap_complete::generate(args.shell, &mut cmd, "rds-auth-proxy", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            return match clap_mangen::Man::new(rds_auth_proxy::version::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rds-auth-proxy: cannot write the man page: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            };
+        }
+        Some(_) => None,
+    };
+    if let Some(plan) = &plan {
+        if cli.file.list_targets {
+            print!("{}", rds_auth_proxy::config_file::describe(plan));
+            return ExitCode::SUCCESS;
+        }
+    }
+    init_logging(plan.as_ref().map_or(&cli.log, |p| &p.log));
     rds_auth_proxy::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -23,62 +57,147 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli, plan))
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        None => run_proxy(&cli.proxy).await,
-        Some(Command::Token(args)) => token(args).await,
-        Some(Command::Sim(args)) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
-        Some(Command::Demo(args)) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
-        Some(Command::Doctor(args)) => doctor(args).await,
+async fn run(cli: Cli, plan: Option<Plan>) -> ExitCode {
+    match (cli.command, plan) {
+        (None, Some(plan)) => run_proxy(plan, cli.file.run_connection_test).await,
+        (Some(Command::Token(args)), _) => token(args).await,
+        (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
+        (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
+        (Some(Command::Wait(args)), _) => wait(args).await,
+        (Some(Command::Doctor(args)), _) => doctor(args).await,
+        // Handled before the runtime starts.
+        (None, None) | (Some(Command::Completions(_) | Command::Man), _) => ExitCode::SUCCESS,
     }
 }
 
-async fn run_proxy(args: &rds_auth_proxy::cli::ProxyArgs) -> ExitCode {
-    // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
-    let mut args = args.clone();
-    let resolved = match rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
-            return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
-        }
-    };
-    let args = &args;
-    let config = match Config::from_args(args) {
-        Ok(mut c) => {
-            c.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
-            c
-        }
+async fn wait(args: rds_auth_proxy::cli::WaitArgs) -> ExitCode {
+    let addr = std::net::SocketAddr::new(args.http_address, args.http_port);
+    match rds_auth_proxy::http::wait(addr, std::time::Duration::from_secs(args.timeout)).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rds-auth-proxy: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
+    if let Some(file) = &plan.file {
+        tracing::info!(file = %file.display(), targets = plan.targets.len() + plan.pending.len(), "configuration file read");
+    }
+    // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
+    for pending in std::mem::take(&mut plan.pending) {
+        let mut args = pending.args;
+        let resolved = match rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+            Ok(r) => r,
+            Err(e) => {
+                let name = pending.name.map(|n| format!("target {n:?}: ")).unwrap_or_default();
+                eprintln!("rds-auth-proxy: {name}{e}\n  hint: {}", e.hint());
+                return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+            }
+        };
+        match rds_auth_proxy::config::Config::from_args(&args) {
+            Ok(mut config) => {
+                // For the HINT on a PAM failure: the rds-db:connect ARN names the DbiResourceId.
+                config.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
+                if let Some(name) = pending.name {
+                    config.name = name;
+                }
+                plan.targets.push(config);
+            }
+            Err(e) => {
+                eprintln!("rds-auth-proxy: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    // Process-wide, so every target carries the same value; the first one's is the one.
+    let exit_zero_on_sigterm = plan.targets.first().is_some_and(|c| c.exit_zero_on_sigterm);
+    let fleet = match Fleet::bind(&plan.targets, Credentials::Chain).await {
+        Ok(f) => f,
+        Err(e) if plan.targets.len() == 1 => {
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&e.source));
             return ExitCode::from(EXIT_CONFIG);
         }
-    };
-    let proxy = match Proxy::bind(&config, Credentials::Chain).await {
-        Ok(p) => p,
         Err(e) => {
             eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     // Concurrently with serving: the chain may try the instance metadata service for a while.
-    tokio::spawn({
-        let ctx = proxy.ctx.clone();
-        let profile = config.profile.clone();
-        async move { rds_auth_proxy::app::report_credentials(&ctx, profile.as_deref()).await }
-    });
+    // One report per AWS profile, not per target.
+    let mut profiles = std::collections::BTreeSet::new();
+    for (proxy, config) in fleet.proxies.iter().zip(&plan.targets) {
+        if profiles.insert(config.profile.clone()) {
+            let ctx = proxy.ctx.clone();
+            let profile = config.profile.clone();
+            tokio::spawn(async move { rds_auth_proxy::app::report_credentials(&ctx, profile.as_deref()).await });
+        }
+    }
+    let probes: Vec<_> = fleet
+        .proxies
+        .iter()
+        .zip(&plan.targets)
+        .map(|(proxy, config)| {
+            rds_auth_proxy::conntest::Probe::new(&config.name, proxy.local_addr(), config.db_user.as_deref(), |k| {
+                std::env::var(k).ok()
+            })
+        })
+        .collect();
     let stop = shutdown_signal();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let signal = async move {
-        let code = stop.await;
+        let code = tokio::select! {
+            code = stop => code,
+            code = connection_test(probes, run_test) => code,
+        };
+        exit_on_second_interrupt();
         let _ = tx.send(code);
     };
-    proxy.run(signal).await;
+    fleet.run(signal).await;
     tracing::info!("stopped");
-    ExitCode::from(rx.await.unwrap_or(0))
+    let code = rx.await.unwrap_or(0);
+    ExitCode::from(if code == EXIT_SIGTERM && exit_zero_on_sigterm { 0 } else { code })
+}
+
+const EXIT_SIGINT: u8 = 130;
+const EXIT_SIGTERM: u8 = 143;
+
+/// During the drain, a second Ctrl-C means "now": exit at once, open connections or not.
+fn exit_on_second_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::interrupt()) {
+        Ok(mut int) => {
+            tokio::spawn(async move {
+                if int.recv().await.is_some() {
+                    tracing::warn!("second SIGINT: exiting now without waiting for open connections");
+                    std::process::exit(i32::from(EXIT_SIGINT));
+                }
+            });
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot watch for a second SIGINT"),
+    }
+}
+
+/// `--run-connection-test`: resolves (with exit code 1) only if a target fails; when all pass,
+/// or without the flag, it never resolves and the proxy keeps serving.
+async fn connection_test(probes: Vec<rds_auth_proxy::conntest::Probe>, enabled: bool) -> u8 {
+    if !enabled {
+        return std::future::pending().await;
+    }
+    let failures = rds_auth_proxy::conntest::run_all(&probes, rds_auth_proxy::conntest::PROBE_TIMEOUT).await;
+    if failures.is_empty() {
+        tracing::info!(targets = probes.len(), "connection test passed: `select 1` through every target");
+        return std::future::pending().await;
+    }
+    for (name, failure) in &failures {
+        tracing::error!(target_name = %name, error = %failure, "connection test failed");
+        eprintln!("rds-auth-proxy: connection test failed for target {name:?}: {failure}");
+    }
+    EXIT_RUNTIME
 }
 
 async fn doctor(args: rds_auth_proxy::cli::DoctorArgs) -> ExitCode {
@@ -136,7 +255,8 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let config_error = e.is::<ListenError>()
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion));
+        || e.is::<rds_auth_proxy::http::HttpError>()
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_)));
     if config_error {
         EXIT_CONFIG
     } else {
@@ -154,8 +274,8 @@ fn shutdown_signal() -> impl std::future::Future<Output = u8> {
     async move {
         match (int, term) {
             (Ok(mut int), Ok(mut term)) => tokio::select! {
-                _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); 130 }
-                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); 143 }
+                _ = int.recv() => { tracing::info!("SIGINT received, shutting down (again to exit at once)"); EXIT_SIGINT }
+                _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); EXIT_SIGTERM }
             },
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
@@ -169,7 +289,8 @@ fn init_logging(args: &LogArgs) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let default = if args.quiet { "warn" } else { "info" };
+    // Audit lines (one per connection at open and close) stay on with --quiet.
+    let default = if args.quiet { "warn,audit=info" } else { "info" };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The SigV4 signer traces what it signs (access key id, canonical requests with the
     // presigned query): that never reaches our logs, whatever RUST_LOG asks for. The credential

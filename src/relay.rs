@@ -4,6 +4,10 @@
 //! when the upstream sends a final ErrorResponse and closes while the client is still writing,
 //! the client's write fails but the final bytes still reach it. It also records who closed first,
 //! for the log line.
+//!
+//! A drain ([`relay_until`]) stops it between two server messages: the server → client direction
+//! follows PostgreSQL's framing (type byte, length) so that the proxy's own ErrorResponse
+//! (57P01) can follow without cutting a message in half.
 
 use std::future::poll_fn;
 use std::io;
@@ -20,6 +24,8 @@ const BUF_SIZE: usize = 64 * 1024;
 pub enum ClosedBy {
     Client,
     Upstream,
+    /// The proxy, at the end of a drain (shutdown).
+    Drain,
 }
 
 impl std::fmt::Display for ClosedBy {
@@ -27,6 +33,7 @@ impl std::fmt::Display for ClosedBy {
         f.write_str(match self {
             ClosedBy::Client => "client",
             ClosedBy::Upstream => "upstream",
+            ClosedBy::Drain => "drain",
         })
     }
 }
@@ -44,6 +51,58 @@ pub struct RelayStats {
     pub upstream_error: Option<io::Error>,
 }
 
+/// Where a byte stream of PostgreSQL messages (type byte, then a length that counts itself) is
+/// between message boundaries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Framer {
+    /// Header bytes of the current message seen so far (0 = at a boundary, or in a body).
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current message still to come.
+    body_left: u64,
+}
+
+impl Framer {
+    /// Follows `bytes` as they pass.
+    fn advance(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = bytes.len().min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
+                self.body_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = bytes.len().min(5 - self.header_len);
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == 5 {
+                let len = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+                // A length below 4 is invalid; the server would not send it. Treat it as an
+                // empty body so a bad stream cannot wedge the framer.
+                self.body_left = u64::from(len.saturating_sub(4));
+                self.header_len = 0;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
+
+    /// Most bytes to read without passing the end of the current message (`None` at a boundary).
+    fn until_boundary(&self) -> Option<usize> {
+        if self.body_left > 0 {
+            Some(usize::try_from(self.body_left).unwrap_or(usize::MAX))
+        } else if self.header_len > 0 {
+            Some(5 - self.header_len)
+        } else {
+            None
+        }
+    }
+}
+
 /// One direction: read from one side, write to the other.
 struct Half {
     buf: Box<[u8]>,
@@ -53,6 +112,10 @@ struct Half {
     done: bool,
     need_flush: bool,
     bytes: u64,
+    /// Message boundaries of what was read (server → client only).
+    framer: Option<Framer>,
+    /// Stop at the next message boundary, without shutting the writer down.
+    draining: bool,
 }
 
 enum HalfEnd {
@@ -60,6 +123,8 @@ enum HalfEnd {
     Eof,
     ReadError(io::Error),
     WriteError(io::Error),
+    /// Drained: everything read was written and flushed, and it ended on a message boundary.
+    Drained,
 }
 
 impl Half {
@@ -72,6 +137,15 @@ impl Half {
             done: false,
             need_flush: false,
             bytes: 0,
+            framer: None,
+            draining: false,
+        }
+    }
+
+    fn framed() -> Self {
+        Half {
+            framer: Some(Framer::default()),
+            ..Half::new()
         }
     }
 
@@ -98,11 +172,34 @@ impl Half {
                 }
                 continue;
             }
+            if self.draining && !self.read_done {
+                let limit = match &self.framer {
+                    Some(f) => f.until_boundary(),
+                    None => None,
+                };
+                if limit.is_none() {
+                    if self.need_flush {
+                        if let Err(e) = ready!(writer.as_mut().poll_flush(cx)) {
+                            return Poll::Ready(HalfEnd::WriteError(e));
+                        }
+                        self.need_flush = false;
+                    }
+                    return Poll::Ready(HalfEnd::Drained);
+                }
+            }
             if !self.read_done {
-                let mut rb = ReadBuf::new(&mut self.buf);
+                // Draining: never read past the end of the current message.
+                let room = match (&self.framer, self.draining) {
+                    (Some(f), true) => f.until_boundary().unwrap_or(0).min(self.buf.len()),
+                    _ => self.buf.len(),
+                };
+                let mut rb = ReadBuf::new(&mut self.buf[..room]);
                 match reader.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
+                        if let Some(f) = &mut self.framer {
+                            f.advance(&self.buf[..n]);
+                        }
                         self.pos = 0;
                         self.cap = n;
                         if n == 0 {
@@ -141,15 +238,49 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_until(client, upstream, &[], std::future::pending()).await
+}
+
+/// Relays until both directions are done, or until `drain` resolves: then the client's input is
+/// no longer forwarded, the server's output up to the end of its current message is, and the
+/// relay returns with [`ClosedBy::Drain`] and the client's side still open (for a last
+/// ErrorResponse).
+///
+/// `already_sent`: what the client got from the server before the relay (it starts on a message
+/// boundary and may end inside a message).
+pub async fn relay_until<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    already_sent: &[u8],
+    drain: impl std::future::Future<Output = ()>,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut c2u = Half::new();
-    let mut u2c = Half::new();
+    let mut u2c = Half::framed();
+    if let Some(f) = &mut u2c.framer {
+        f.advance(already_sent);
+    }
     let mut stats = RelayStats::default();
+    let mut drain = std::pin::pin!(drain);
+    let mut draining = false;
     poll_fn(|cx| {
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+            c2u.done = true;
+            u2c.draining = true;
+            if !u2c.done {
+                stats.closed_by.get_or_insert(ClosedBy::Drain);
+            }
+        }
         if !c2u.done {
             if let Poll::Ready(end) = c2u.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream)) {
                 c2u.done = true;
                 let by = match end {
                     HalfEnd::Eof => ClosedBy::Client,
+                    HalfEnd::Drained => ClosedBy::Drain,
                     HalfEnd::ReadError(e) => {
                         stats.client_error.get_or_insert(e);
                         ClosedBy::Client
@@ -167,6 +298,7 @@ where
                 u2c.done = true;
                 let by = match end {
                     HalfEnd::Eof => ClosedBy::Upstream,
+                    HalfEnd::Drained => ClosedBy::Drain,
                     HalfEnd::ReadError(e) => {
                         stats.upstream_error.get_or_insert(e);
                         ClosedBy::Upstream
@@ -221,6 +353,59 @@ mod tests {
         assert_eq!(stats.upstream_to_client, 3);
         assert_eq!(stats.closed_by, Some(ClosedBy::Client));
         assert!(stats.client_error.is_none() && stats.upstream_error.is_none());
+    }
+
+    #[test]
+    fn framer_follows_message_boundaries_byte_by_byte() {
+        // DataRow 'D' len 11 (7 body bytes), then ReadyForQuery 'Z' len 5 (1 body byte).
+        let stream: &[u8] = b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x01xZ\x00\x00\x00\x05I";
+        let mut whole = Framer::default();
+        whole.advance(stream);
+        assert!(whole.at_boundary());
+        let mut f = Framer::default();
+        let mut boundaries = vec![];
+        for (i, b) in stream.iter().enumerate() {
+            f.advance(std::slice::from_ref(b));
+            if f.at_boundary() {
+                boundaries.push(i + 1);
+            }
+        }
+        assert_eq!(boundaries, [12, 18]);
+        let mut f = Framer::default();
+        f.advance(&stream[..3]);
+        assert_eq!(f.until_boundary(), Some(2), "the rest of the header first");
+        f.advance(&stream[3..5]);
+        assert_eq!(f.until_boundary(), Some(7), "then the body");
+        f.advance(&stream[5..12]);
+        assert_eq!(f.until_boundary(), None);
+    }
+
+    #[tokio::test]
+    async fn a_drain_stops_at_the_end_of_the_current_server_message() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1 << 16);
+        let (mut proxy_upstream, mut upstream) = tokio::io::duplex(1 << 16);
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(async move {
+            let stats = relay_until(&mut proxy_client, &mut proxy_upstream, b"Z\x00\x00\x00\x05I", async {
+                let _ = drain_rx.await;
+            })
+            .await;
+            // The client side is still usable after a drain: the caller's last words.
+            proxy_client.write_all(b"LAST").await.unwrap();
+            stats
+        });
+        // Half a DataRow is in flight when the drain starts; the rest follows, plus more.
+        upstream.write_all(b"D\x00\x00\x00\x0b\x00\x01").await.unwrap();
+        let mut got = vec![0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        drain_tx.send(()).unwrap();
+        upstream.write_all(b"\x00\x00\x00\x01xZ\x00\x00\x00\x05I").await.unwrap();
+        let stats = relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::Drain));
+        assert_eq!(stats.upstream_to_client, 12, "the DataRow completed, the next message not begun");
+        let mut rest = vec![0u8; 9];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"\x00\x00\x00\x01xLAST");
     }
 
     #[tokio::test]

@@ -2,11 +2,15 @@
 //! tunnel → TLS to the endpoint → startup → IAM auth → relay. Each phase has a timeout and its
 //! own error type; whatever fails before relay reaches the client as an ErrorResponse.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
+use crate::drain::{self, DrainSignal};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
 use crate::pg::{ClientError, SqlState, UserFacing};
 use crate::relay;
@@ -19,6 +23,9 @@ impl UserFacing for StartupError {
             StartupError::UnsupportedVersion(..) | StartupError::DirectTls => {
                 SqlState::FeatureNotSupported
             }
+            // PostgreSQL's own SQLSTATEs for these, so a client sees what the server would say.
+            StartupError::MissingUser => SqlState::InvalidAuthorization,
+            StartupError::InvalidReplication(_) => SqlState::InvalidParameterValue,
             _ => SqlState::ProtocolViolation,
         }
     }
@@ -32,6 +39,10 @@ impl UserFacing for StartupError {
             StartupError::UnsupportedVersion(..) => {
                 "Use a PostgreSQL client that speaks protocol 3 (every client since PostgreSQL 7.4)."
                     .into()
+            }
+            StartupError::MissingUser => "Give the database user name (psql -U NAME, or user= in the connection string).".into(),
+            StartupError::InvalidReplication(_) => {
+                "Valid values are: \"false\", 0, \"true\", 1, \"database\".".into()
             }
             StartupError::TooLong(_) => {
                 "Send fewer or shorter startup parameters (options, application_name, …).".into()
@@ -50,6 +61,12 @@ pub enum SessionError {
     RepeatedRequest(&'static str),
     #[error("replication connections cannot log in with RDS IAM authentication")]
     Replication,
+    /// An IAM token names its database user in UTF-8 text; PostgreSQL would look these bytes up
+    /// as they are and find no such role.
+    #[error("the user name is not valid UTF-8, so no IAM token can name it")]
+    UserNotUtf8,
+    #[error("too many connections")]
+    TooManyConnections,
 }
 
 impl UserFacing for SessionError {
@@ -59,6 +76,8 @@ impl UserFacing for SessionError {
                 SqlState::ProtocolViolation
             }
             SessionError::Replication => SqlState::FeatureNotSupported,
+            SessionError::UserNotUtf8 => SqlState::InvalidAuthorization,
+            SessionError::TooManyConnections => SqlState::TooManyConnections,
         }
     }
 
@@ -72,36 +91,76 @@ impl UserFacing for SessionError {
                 "AWS does not allow IAM authentication for replication; use a password user directly."
                     .into()
             }
+            SessionError::UserNotUtf8 => {
+                "Check the client's user name and encoding, or name the database user with --db-user."
+                    .into()
+            }
+            SessionError::TooManyConnections => {
+                "Close idle connections, or raise --max-connections.".into()
+            }
         })
     }
 }
 
-/// Serves one accepted client connection. `peer` is for logs only.
-pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: &str)
+/// How `--max-connections` reaches a session. A session slot is taken only once the first
+/// packet turns out to be a StartupMessage: a CancelRequest never takes one, so a cancel still
+/// gets through when the proxy is full — which is exactly when a user wants to stop a query.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// The listener's slot for a connection that has not sent its StartupMessage yet; held while
+    /// the first packets are read (under the startup timeout) and while a cancel is forwarded,
+    /// and released once the session has its own slot.
+    pub first_packet: Option<OwnedSemaphorePermit>,
+    /// The `--max-connections` slots (`None`: no limit).
+    pub sessions: Option<Arc<Semaphore>>,
+}
+
+/// Serves one accepted client connection with no connection limit until it ends or `drain`
+/// fires (then the client gets 57P01 at a message boundary). `peer` is for logs only.
+pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str, drain: &DrainSignal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    serve_admitted(ctx, client, peer, drain, Admission::default()).await;
+}
+
+/// [`serve`] under `admission`.
+pub async fn serve_admitted<S>(
+    ctx: &TargetContext,
+    mut client: S,
+    peer: &str,
+    drain: &DrainSignal,
+    admission: Admission,
+)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _open = ctx.metrics.open_connection();
     let started = Instant::now();
-    let first = match tokio::time::timeout(
-        ctx.timeouts.client_startup,
-        read_startup(&mut client),
-    )
-    .await
-    {
-        Err(_) => {
+    let first = tokio::select! {
+        biased;
+        () = drain.expired() => None,
+        first = tokio::time::timeout(ctx.timeouts.client_startup, read_startup(&mut client)) => Some(first),
+    };
+    let first = match first {
+        None => {
+            fail(&mut client, peer, &drain::shutdown_error()).await;
+            return;
+        }
+        Some(Err(_)) => {
             let err = SessionError::StartupTimeout(ctx.timeouts.client_startup.as_secs());
             fail(&mut client, peer, &err.to_client_error()).await;
             return;
         }
-        Ok(Err(Failure::Quiet(reason))) => {
+        Some(Ok(Err(Failure::Quiet(reason)))) => {
             tracing::debug!(%peer, %reason, "client went away before startup");
             return;
         }
-        Ok(Err(Failure::Client(err))) => {
+        Some(Ok(Err(Failure::Client(err)))) => {
             fail(&mut client, peer, &err).await;
             return;
         }
-        Ok(Ok(first)) => first,
+        Some(Ok(Ok(first))) => first,
     };
 
     let startup = match first {
@@ -112,50 +171,119 @@ where
                 Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
                 Err(e) => tracing::warn!(%peer, error = %display_chain(&e), "cancel request could not be forwarded"),
             }
+            drop(admission.first_packet);
             return;
         }
         Accepted::Startup(s) => s,
     };
+    let _session_slot = match admission.sessions.map(Semaphore::try_acquire_owned) {
+        Some(Err(_)) => {
+            tracing::warn!(%peer, "refusing a connection: --max-connections reached");
+            fail(&mut client, peer, &SessionError::TooManyConnections.to_client_error()).await;
+            return;
+        }
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
+    drop(admission.first_packet);
 
-    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
-        fail(&mut client, peer, &SessionError::Replication.to_client_error()).await;
+    let mut audit = Audit::new(peer, &ctx.target.name, &startup.user(), &startup.database());
+    let refused = |audit: &Audit, err: &ClientError| {
+        ctx.metrics.login_failed(err.sqlstate.code());
+        audit.closed(&Ending {
+            closed_by: Some(Closer::Error),
+            reason: err.message.clone(),
+            sqlstate: err.sqlstate.code().to_owned(),
+            duration: started.elapsed(),
+            ..Ending::default()
+        });
+    };
+    // Read as PostgreSQL reads it (the last value, any boolean spelling), so `replication=off`
+    // passes and no spelling of "on" slips through to a server that would honour it.
+    if startup.replication() != startup::Replication::Off {
+        let err = SessionError::Replication.to_client_error();
+        refused(&audit, &err);
+        fail(&mut client, peer, &err).await;
         return;
     }
     let startup = match &ctx.db_user {
-        Some(user) if user != startup.user() => startup.with_user(user),
+        Some(user) if user.as_bytes() != startup.user_bytes() => startup.with_user(user),
         _ => startup,
     };
-    let user = startup.user().to_owned();
-    let database = startup.database().to_owned();
+    if std::str::from_utf8(startup.user_bytes()).is_err() {
+        let err = SessionError::UserNotUtf8.to_client_error();
+        refused(&audit, &err);
+        fail(&mut client, peer, &err).await;
+        return;
+    }
+    let user = startup.user().into_owned();
+    let database = startup.database().into_owned();
+    audit.db_user = crate::audit::escape(&user);
 
-    let mut upstream = match upstream::connect(ctx, &startup).await {
-        Ok(u) => u,
-        Err(UpstreamError::Rejected {
+    let connected = tokio::select! {
+        biased;
+        () = drain.expired() => None,
+        connected = upstream::connect(ctx, &startup) => Some(connected),
+    };
+    audit.principal_arn = ctx.auth.principal_arn();
+    let mut upstream = match connected {
+        None => {
+            let err = drain::shutdown_error();
+            audit.closed(&Ending {
+                closed_by: Some(Closer::Drain),
+                reason: "the drain timeout ran out during login".into(),
+                sqlstate: err.sqlstate.code().to_owned(),
+                duration: started.elapsed(),
+                ..Ending::default()
+            });
+            fail(&mut client, peer, &err).await;
+            return;
+        }
+        Some(Ok(u)) => u,
+        Some(Err(UpstreamError::Rejected {
             sqlstate,
             message,
             password_from,
             to_client,
             ..
-        }) => {
+        })) => {
             let with = password_from.unwrap_or("an IAM token");
             tracing::warn!(%peer, %user, %database, %sqlstate, error = %message, with, "login refused by the server; its error was passed to the client");
+            ctx.metrics.login_failed(&sqlstate);
+            audit.closed(&Ending {
+                closed_by: Some(Closer::Error),
+                reason: format!("login refused by the server: {message}"),
+                sqlstate: sqlstate.clone(),
+                duration: started.elapsed(),
+                ..Ending::default()
+            });
             let _ = client.write_all(&to_client).await;
             let _ = client.shutdown().await;
             return;
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let client_error = e.to_client_error();
             tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = %display_chain(&e), "login failed; the client was told why");
+            refused(&audit, &client_error);
             fail(&mut client, peer, &client_error).await;
             return;
         }
     };
+    audit.ssm_session = upstream.ssm_session.clone().unwrap_or_default();
     if let Err(e) = client.write_all(&upstream.to_client).await {
         tracing::debug!(%peer, error = %e, "client went away right after login");
         return;
     }
+    ctx.metrics.connect_seconds.observe(started.elapsed().as_secs_f64());
     tracing::info!(%peer, %user, %database, setup_ms = started.elapsed().as_millis() as u64, "client connected");
-    let mut stats = relay::relay(&mut client, &mut upstream.stream).await;
+    audit.opened();
+    let mut stats = relay::relay_until(
+        &mut client,
+        &mut upstream.stream,
+        &upstream.to_client,
+        drain.expired(),
+    )
+    .await;
     // After the client said goodbye, an upstream that drops the connection without a TLS
     // close_notify (tunnels do: the SSM agent closes both sides at once) is a normal end.
     if stats.closed_by == Some(relay::ClosedBy::Client)
@@ -165,6 +293,12 @@ where
             .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
     {
         stats.upstream_error = None;
+    }
+    ctx.metrics.bytes_to_upstream.inc_by(stats.client_to_upstream);
+    ctx.metrics.bytes_to_client.inc_by(stats.upstream_to_client);
+    let drained = stats.closed_by == Some(relay::ClosedBy::Drain);
+    if drained {
+        fail(&mut client, peer, &drain::shutdown_error()).await;
     }
     let error = stats
         .client_error
@@ -180,6 +314,20 @@ where
         duration_s = started.elapsed().as_secs(),
         "connection closed"
     );
+    // An I/O error on either side is the end's cause, whoever noticed first.
+    let closed_by = match (&error, stats.closed_by) {
+        (_, Some(relay::ClosedBy::Drain)) => Some(Closer::Drain),
+        (Some(_), _) => Some(Closer::Error),
+        (None, by) => by.map(Closer::from),
+    };
+    audit.closed(&Ending {
+        closed_by,
+        reason: error.unwrap_or_default(),
+        sqlstate: if drained { drain::shutdown_error().sqlstate.code().to_owned() } else { String::new() },
+        bytes_to_upstream: stats.client_to_upstream,
+        bytes_to_client: stats.upstream_to_client,
+        duration: started.elapsed(),
+    });
 }
 
 enum Accepted {

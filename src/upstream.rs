@@ -25,6 +25,8 @@ pub struct Upstream {
     /// seen during auth, AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery, and
     /// whatever the upstream already sent after it.
     pub to_client: BytesMut,
+    /// The SSM session the connection runs in (`--via ssm`).
+    pub ssm_session: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,8 +259,8 @@ async fn attempt(
     fresh: bool,
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts;
-    let raw = timed("opening the tunnel", t.connect, async {
-        ctx.tunnel.open().await.map_err(|e| tunnel_error(ctx, e))
+    let (raw, ssm_session) = timed("opening the tunnel", t.connect, async {
+        ctx.tunnel.open_tagged().await.map_err(|e| tunnel_error(ctx, e))
     })
     .await?;
     let mut stream = timed("negotiating TLS", t.tls, start_tls(ctx, raw)).await?;
@@ -268,8 +270,12 @@ async fn attempt(
             .await
             .map_err(UpstreamError::Io)?;
         stream.flush().await.map_err(UpstreamError::Io)?;
-        let to_client = authenticate(ctx, &mut stream, startup.user(), fresh).await?;
-        Ok(Upstream { stream, to_client })
+        let to_client = authenticate(ctx, &mut stream, &startup.user(), fresh).await?;
+        Ok(Upstream {
+            stream,
+            to_client,
+            ssm_session,
+        })
     })
     .await
 }

@@ -24,7 +24,9 @@ fn proxy_command(sim: &Simulator) -> Command {
         .env("AWS_REGION", SIM_REGION)
         .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        // Audit lines ask STS who the credentials are: the simulator's STS, never AWS's.
+        .env("AWS_ENDPOINT_URL_STS", sim.sts.endpoint_url());
     cmd
 }
 

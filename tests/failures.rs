@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::*;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
 use rds_auth_proxy::sim::SimOptions;
 
 fn replace_arg(args: &mut Vec<String>, flag: &str, value: Option<&str>) {
@@ -91,14 +90,22 @@ async fn failures_reach_the_client_with_sqlstate_and_hint() {
         assert!(hint.contains(needle), "hint lacks {needle}: {hint}");
     }
 
-    // Malformed startup (no user) and oversize startup, on raw sockets.
+    // Malformed startup (the empty value takes the terminator's place), startup without a user
+    // (PostgreSQL's 28000) and oversize startup, on raw sockets.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"\x00\x00\x00\x12\x00\x03\x00\x00database\x00\x00").await.unwrap();
     let (tag, body) = read_message(&mut s).await;
     assert_eq!(tag, b'E');
     assert_eq!(field(&body, b'C').as_deref(), Some("08P01"));
-    assert!(field(&body, b'M').unwrap().contains("no \"user\" parameter"));
+    assert!(field(&body, b'M').unwrap().contains("expected terminator as last byte"));
     assert!(field(&body, b'H').is_some());
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"\x00\x00\x00\x14\x00\x03\x00\x00database\x00x\x00\x00").await.unwrap();
+    let (tag, body) = read_message(&mut s).await;
+    assert_eq!(tag, b'E');
+    assert_eq!(field(&body, b'C').as_deref(), Some("28000"));
+    assert!(field(&body, b'M').unwrap().contains("no PostgreSQL user name specified"));
+    assert!(field(&body, b'H').unwrap().contains("--db-user") || field(&body, b'H').unwrap().contains("-U"));
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut huge = vec![0u8; 20_000];
     huge[..8].copy_from_slice(&[0, 0, 0x4e, 0x20, 0, 3, 0, 0]);
@@ -139,9 +146,9 @@ async fn startup_3_2_to_a_3_0_server_negotiates_and_works() {
         3,
         2,
         &[
-            ("user".into(), "db_user".into()),
-            ("database".into(), "postgres".into()),
-            ("_pq_.test_protocol_negotiation".into(), "on".into()),
+            ("user", "db_user"),
+            ("database", "postgres"),
+            ("_pq_.test_protocol_negotiation", "on"),
         ],
     );
     s.write_all(&startup).await.unwrap();
@@ -208,22 +215,71 @@ async fn max_connections_refuses_with_53300() {
     let mut args = direct_args(&sim);
     args.extend(["--max-connections".to_owned(), "1".to_owned()]);
     let proxy = start_proxy(&args, sim.aws_credentials()).await;
-    let first = connect(&proxy, "db_user").await.unwrap();
+    let (first, connection) = tokio_postgres::connect(&proxy.conn_string("db_user"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
     let (code, _, hint) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
     assert_eq!(code, "53300");
     assert!(hint.unwrap().contains("--max-connections"));
+    // The slot frees when the first connection ends: wait for the proxy to close it (the
+    // client's connection task ends on its EOF). The session returns its slot on its way out,
+    // just after its last write, so a connect may still meet the slot taken — but only for that
+    // instant; each retry waits for the proxy's answer, never for a timer.
     drop(first);
-    // The slot frees when the first connection ends.
-    let mut ok = false;
-    for _ in 0..100 {
-        if connect(&proxy, "db_user").await.is_ok() {
-            ok = true;
-            break;
+    connection.await.unwrap().expect("a clean close");
+    let started = Instant::now();
+    loop {
+        match connect(&proxy, "db_user").await {
+            Ok(_) => break,
+            Err(e) => assert_eq!(db_error(&e).0, "53300", "{e:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "the slot was never returned");
     }
-    assert!(ok);
-    let _ = (SIM_ENDPOINT, SIM_DB_PORT);
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// A CancelRequest takes no --max-connections slot: with every slot held by a query, a further
+/// session is refused, yet cancelling those very queries works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_are_forwarded_when_max_connections_are_busy() {
+    let sim = start_sim().await;
+    let mut args = direct_args(&sim);
+    args.extend(["--max-connections".to_owned(), "2".to_owned()]);
+    let proxy = start_proxy(&args, sim.aws_credentials()).await;
+    // Watch the server directly: the proxy has no slot to spare for an observer.
+    let (observer, observer_conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", sim.postgres.port()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(observer_conn);
+    let mut running = Vec::new();
+    for i in 0..2 {
+        let client = connect(&proxy, "db_user").await.unwrap();
+        let token = client.cancel_token();
+        let sql = format!("SELECT pg_sleep(30), {i}");
+        let query = tokio::spawn({
+            let sql = sql.clone();
+            async move { client.simple_query(&sql).await }
+        });
+        wait_until_active(&observer, &sql).await;
+        running.push((token, query));
+    }
+    let (code, _, _) = db_error(&connect(&proxy, "db_user").await.unwrap_err());
+    assert_eq!(code, "53300", "the proxy is full");
+    for (token, query) in running {
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
+        let result = tokio::time::timeout(Duration::from_secs(10), query)
+            .await
+            .expect("the query ended")
+            .unwrap();
+        let err = result.expect_err("the query was cancelled");
+        assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    }
+    assert_eq!(sim.front_state.cancels.load(std::sync::atomic::Ordering::SeqCst), 2);
     proxy.stop().await;
     sim.stop().await;
 }

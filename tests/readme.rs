@@ -130,3 +130,30 @@ async fn the_simulator_recipe_works_as_written() {
     assert!(status.success(), "recipe failed ({status}):\n{}\n{}", seen.join("\n"), rest.join("\n"));
     assert!(!ca_bundle.exists(), "the simulator was stopped and removed its files");
 }
+
+/// The README's config file is valid, and `--list-targets` prints for it what the README shows.
+#[test]
+fn the_config_file_example_lists_as_shown() {
+    let readme = readme();
+    // The file has blank lines, which end code_block_after's blocks: take every indented or
+    // blank line up to the next paragraph.
+    let file: Vec<String> = readme
+        .lines()
+        .skip_while(|l| !l.contains("<!-- tests/readme.rs: config file -->"))
+        .skip(2)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l).to_owned())
+        .collect();
+    assert!(file.iter().filter(|l| l.as_str() == "[[target]]").count() >= 2, "{file:?}");
+    let expected = code_block_after(&readme, "`--list-targets` prints one line per target");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, file.join("\n") + "\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "--list-targets"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected.join("\n") + "\n");
+}

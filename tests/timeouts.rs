@@ -35,7 +35,7 @@ async fn a_silent_client_gets_a_startup_timeout() {
     let ctx = context("127.0.0.1:9").await;
     let (mut client, proxy_side) = tokio::io::duplex(4096);
     let session = tokio::spawn(async move {
-        rds_auth_proxy::session::serve(&ctx, proxy_side, "test").await;
+        rds_auth_proxy::session::serve(&ctx, proxy_side, "test", &rds_auth_proxy::drain::DrainSignal::never()).await;
     });
     let text = error_fields(&mut client).await;
     assert!(text.contains("C08P01"), "{text}");
@@ -57,9 +57,9 @@ async fn a_silent_upstream_gets_a_tls_timeout() {
     let ctx = context(&addr).await;
     let (mut client, proxy_side) = tokio::io::duplex(4096);
     tokio::spawn(async move {
-        rds_auth_proxy::session::serve(&ctx, proxy_side, "test").await;
+        rds_auth_proxy::session::serve(&ctx, proxy_side, "test", &rds_auth_proxy::drain::DrainSignal::never()).await;
     });
-    let startup = rds_auth_proxy::pg::startup::encode_startup(3, 0, &[("user".into(), "u".into())]);
+    let startup = rds_auth_proxy::pg::startup::encode_startup(3, 0, &[("user", "u")]);
     client.write_all(&startup).await.unwrap();
     let text = error_fields(&mut client).await;
     assert!(text.contains("C08001"), "{text}");

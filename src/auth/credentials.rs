@@ -127,6 +127,8 @@ pub enum CredentialsError {
 pub struct CredentialSource {
     provider: SharedCredentialsProvider,
     current: Mutex<Option<Credentials>>,
+    /// Successful loads, for `/metrics`.
+    loads: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for CredentialSource {
@@ -140,7 +142,13 @@ impl CredentialSource {
         CredentialSource {
             provider,
             current: Mutex::new(None),
+            loads: Default::default(),
         }
+    }
+
+    /// Counts every successful load into `counter`.
+    pub fn count_loads(&mut self, counter: prometheus_client::metrics::counter::Counter) {
+        self.loads = counter;
     }
 
     /// From a loaded SDK config; fails when the config has no provider at all.
@@ -191,6 +199,7 @@ impl CredentialSource {
                 return Err(CredentialsError::Expired(humantime_lite::Rfc3339(exp)));
             }
         }
+        self.loads.inc();
         tracing::debug!(
             access_key_id = %mask_key_id(creds.access_key_id()),
             expires = ?creds.expiry().map(humantime_lite::Rfc3339),

@@ -21,6 +21,25 @@ pub use token::{Token, TokenError, TokenRequest};
 pub struct IamAuth {
     credentials: CredentialSource,
     cache: cache::TokenCache,
+    metrics: AuthMetrics,
+    /// Asked who the credentials belong to, once per credential refresh (audit lines).
+    identity: Option<identity::StsApi>,
+    /// (access key id, principal ARN) of the credentials last asked about; the ARN is empty
+    /// when STS could not say.
+    principal: std::sync::Mutex<Option<(String, String)>>,
+}
+
+/// How long a login may wait for STS GetCallerIdentity (once per credential refresh).
+const IDENTITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What [`IamAuth`] counts for `/metrics` (clones of the registry's counters; `Default`:
+/// counted nowhere).
+#[derive(Debug, Clone, Default)]
+pub struct AuthMetrics {
+    pub tokens_minted: prometheus_client::metrics::counter::Counter,
+    pub tokens_reused: prometheus_client::metrics::counter::Counter,
+    /// Credential loads from the provider chain, the first included.
+    pub credential_refreshes: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +55,81 @@ impl IamAuth {
         IamAuth {
             credentials,
             cache: cache::TokenCache::default(),
+            metrics: AuthMetrics::default(),
+            identity: None,
+            principal: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Learns the IAM principal ARN of each new set of credentials from `sts`.
+    pub fn with_identity(mut self, sts: identity::StsApi) -> Self {
+        self.identity = Some(sts);
+        self
+    }
+
+    /// The IAM principal the credentials belong to, for audit lines; empty until known.
+    pub fn principal_arn(&self) -> String {
+        self.principal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, arn)| arn.clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks STS who `creds` belong to, unless already asked for these credentials.
+    async fn learn_principal(&self, creds: &aws_credential_types::Credentials) {
+        let Some(sts) = &self.identity else { return };
+        let key = creds.access_key_id();
+        let known = self
+            .principal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(k, _)| k == key);
+        if known {
+            return;
+        }
+        let arn = match tokio::time::timeout(IDENTITY_LIMIT, sts.caller_identity()).await {
+            Ok(Ok(id)) => id.arn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "STS GetCallerIdentity failed; audit lines carry no principal ARN");
+                String::new()
+            }
+            Err(_) => {
+                tracing::debug!("STS GetCallerIdentity did not answer in time; audit lines carry no principal ARN");
+                String::new()
+            }
+        };
+        *self.principal.lock().unwrap_or_else(|p| p.into_inner()) = Some((key.to_owned(), arn));
+    }
+
+    /// Counts tokens and credential loads into `metrics`.
+    pub fn with_metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.credentials.count_loads(metrics.credential_refreshes.clone());
+        self.metrics = metrics;
+        self
+    }
+
+    fn mint_or_reuse(
+        &self,
+        request: &TokenRequest,
+        creds: &aws_credential_types::Credentials,
+    ) -> Result<Token, TokenError> {
+        let (token, minted) = self.cache.lookup_or_mint(request, creds, SystemTime::now())?;
+        if minted {
+            self.metrics.tokens_minted.inc();
+        } else {
+            self.metrics.tokens_reused.inc();
+        }
+        Ok(token)
     }
 
     /// A token for `request`, reused from the cache when still good.
     pub async fn token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         let creds = self.credentials.get().await?;
-        Ok(self.cache.get_or_mint(request, &creds, SystemTime::now())?)
+        self.learn_principal(&creds).await;
+        Ok(self.mint_or_reuse(request, &creds)?)
     }
 
     /// Loads (and caches) the credentials without signing anything: the start-up check.
@@ -54,6 +141,7 @@ impl IamAuth {
     pub async fn fresh_token(&self, request: &TokenRequest) -> Result<Token, AuthError> {
         self.cache.invalidate(request);
         let creds = self.credentials.reload().await?;
-        Ok(self.cache.get_or_mint(request, &creds, SystemTime::now())?)
+        self.learn_principal(&creds).await;
+        Ok(self.mint_or_reuse(request, &creds)?)
     }
 }

@@ -21,6 +21,8 @@ pub enum SqlState {
     ProtocolViolation,
     /// 0A000 feature_not_supported.
     FeatureNotSupported,
+    /// 22023 invalid_parameter_value: a startup parameter PostgreSQL would refuse (`replication`).
+    InvalidParameterValue,
     /// 53300 too_many_connections.
     TooManyConnections,
     /// 57P01 admin_shutdown.
@@ -36,6 +38,7 @@ impl SqlState {
             SqlState::ConnectionFailure => "08006",
             SqlState::ProtocolViolation => "08P01",
             SqlState::FeatureNotSupported => "0A000",
+            SqlState::InvalidParameterValue => "22023",
             SqlState::TooManyConnections => "53300",
             SqlState::AdminShutdown => "57P01",
         }

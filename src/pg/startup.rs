@@ -1,6 +1,13 @@
 //! The untyped first packets a client sends: SSLRequest, GSSENCRequest, CancelRequest and the
 //! StartupMessage (protocol 3.x). The StartupMessage is kept as the exact bytes the client sent so
 //! it can be forwarded verbatim, `_pq_.*` options included.
+//!
+//! The StartupMessage is read by PostgreSQL's own rules (`ProcessStartupPacket`, checked against
+//! a real PostgreSQL 15 by `tests/startup_rules.rs`), because the upstream reads the same bytes:
+//! a proxy that picked a different `user` than the server would sign a token for one role while
+//! the server logs in another. So: a repeated parameter is accepted and the last one wins; names
+//! and values are bytes, not text; `replication` is a PostgreSQL boolean or `database`, and an
+//! invalid value fails at once, before anything after it is looked at.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -62,13 +69,26 @@ impl std::fmt::Debug for CancelRequest {
     }
 }
 
+/// What a StartupMessage's `replication` parameters ask for, as PostgreSQL reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// No `replication` parameter, or the last one is false: a normal session.
+    Off,
+    /// A physical replication (walsender) connection: `replication=true` and the like.
+    Physical,
+    /// A logical replication connection to a database: `replication=database`.
+    Logical,
+}
+
 /// A parsed StartupMessage that still holds the client's exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartupMessage {
     raw: Bytes,
     major: u16,
     minor: u16,
-    params: Vec<(String, String)>,
+    /// Every name/value pair in the client's order, duplicates included (slices of `raw`).
+    params: Vec<(Bytes, Bytes)>,
+    replication: Replication,
 }
 
 impl StartupMessage {
@@ -81,60 +101,84 @@ impl StartupMessage {
         (self.major, self.minor)
     }
 
-    pub fn params(&self) -> &[(String, String)] {
+    /// Every parameter in the client's order, repeated ones included.
+    pub fn params(&self) -> &[(Bytes, Bytes)] {
         &self.params
     }
 
-    pub fn param(&self, name: &str) -> Option<&str> {
+    /// The value PostgreSQL uses for `name`: the last one given.
+    pub fn param(&self, name: &str) -> Option<&[u8]> {
         self.params
             .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .rev()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| &v[..])
     }
 
-    /// The `user` parameter; parsing guarantees it is present and non-empty.
-    pub fn user(&self) -> &str {
+    /// The `user` the server logs in: the last one; parsing guarantees it is non-empty.
+    pub fn user_bytes(&self) -> &[u8] {
         self.param("user").unwrap_or_default()
     }
 
-    /// The database, which PostgreSQL defaults to the user name.
-    pub fn database(&self) -> &str {
-        self.param("database").unwrap_or_else(|| self.user())
+    /// The user as text for messages, logs and the IAM token; exact when it is UTF-8, which the
+    /// session checks before it signs anything for it.
+    pub fn user(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.user_bytes())
     }
 
-    /// The same startup with `user` replaced (for `--db-user`); everything else, order included,
-    /// stays as the client sent it.
+    /// The database, which PostgreSQL defaults to the user name when absent or empty.
+    pub fn database_bytes(&self) -> &[u8] {
+        match self.param("database") {
+            Some(db) if !db.is_empty() => db,
+            _ => self.user_bytes(),
+        }
+    }
+
+    /// The database as text, for messages and logs.
+    pub fn database(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.database_bytes())
+    }
+
+    pub fn replication(&self) -> Replication {
+        self.replication
+    }
+
+    /// The same startup with every `user` value replaced (for `--db-user`), so the server sees
+    /// that user whichever occurrence it reads; every other name and value, order included,
+    /// stays byte for byte as the client sent it.
     pub fn with_user(&self, user: &str) -> StartupMessage {
-        let params: Vec<(String, String)> = self
+        let user = Bytes::copy_from_slice(user.as_bytes());
+        let params: Vec<(Bytes, Bytes)> = self
             .params
             .iter()
             .map(|(k, v)| {
-                if k == "user" {
-                    (k.clone(), user.to_owned())
-                } else {
-                    (k.clone(), v.clone())
-                }
+                let v = if k == "user" { user.clone() } else { v.clone() };
+                (k.clone(), v)
             })
             .collect();
-        let raw = encode_startup(self.major, self.minor, &params);
         StartupMessage {
-            raw,
+            raw: encode_startup(self.major, self.minor, &params),
             major: self.major,
             minor: self.minor,
             params,
+            replication: self.replication,
         }
     }
 }
 
 /// Encodes a StartupMessage; used by `with_user` and by tests and the simulator.
-pub fn encode_startup(major: u16, minor: u16, params: &[(String, String)]) -> Bytes {
+pub fn encode_startup<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    major: u16,
+    minor: u16,
+    params: &[(K, V)],
+) -> Bytes {
     let mut body = BytesMut::new();
     body.put_u16(major);
     body.put_u16(minor);
     for (k, v) in params {
-        body.put_slice(k.as_bytes());
+        body.put_slice(k.as_ref());
         body.put_u8(0);
-        body.put_slice(v.as_bytes());
+        body.put_slice(v.as_ref());
         body.put_u8(0);
     }
     body.put_u8(0);
@@ -161,8 +205,12 @@ pub enum StartupError {
     UnsupportedVersion(u16, u16),
     #[error("malformed startup packet: {0}")]
     Malformed(&'static str),
-    #[error("startup packet has no \"user\" parameter")]
+    /// PostgreSQL's wording and SQLSTATE (28000) for a missing or empty `user`.
+    #[error("no PostgreSQL user name specified in startup packet")]
     MissingUser,
+    /// PostgreSQL's wording and SQLSTATE (22023) for a `replication` value it cannot parse.
+    #[error("invalid value for parameter \"replication\": \"{0}\"")]
+    InvalidReplication(String),
     #[error("cancel request with a {0}-byte key (must be {MIN_CANCEL_KEY_LEN} to {MAX_CANCEL_KEY_LEN} bytes)")]
     CancelKeyLength(usize),
 }
@@ -226,45 +274,88 @@ pub fn parse_first_packet(packet: Bytes) -> Result<FirstPacket, StartupError> {
     }
 }
 
+/// PostgreSQL's `ProcessStartupPacket` loop. The last byte is the terminator by position, not
+/// by value: PostgreSQL checks only that the pairs end exactly one byte before the end (and so
+/// accepts a packet whose last byte is a one-byte name with no value); doing the same keeps the
+/// proxy's reading of a packet identical to the server's.
 fn parse_startup(packet: Bytes, code: u32) -> Result<StartupMessage, StartupError> {
     let major = (code >> 16) as u16;
     let minor = (code & 0xffff) as u16;
     if major != 3 {
         return Err(StartupError::UnsupportedVersion(major, minor));
     }
-    let body = &packet[8..];
-    let Some((&0, pairs)) = body.split_last() else {
-        return Err(StartupError::Malformed("parameter list is not terminated"));
-    };
+    let body = packet.slice(8..);
+    let n = body.len();
+    // PostgreSQL reads C strings from a buffer with one NUL appended after the packet.
+    let c_str_end = |from: usize| body[from..].iter().position(|&b| b == 0).map_or(n, |i| from + i);
     let mut params = Vec::new();
-    let mut fields = pairs.split(|&b| b == 0);
-    if !pairs.is_empty() {
-        // `pairs` ends with the NUL of the last value, so split yields one trailing empty item.
-        while let Some(name) = fields.next() {
-            if name.is_empty() {
-                if fields.next().is_none() {
-                    break;
-                }
-                return Err(StartupError::Malformed("empty parameter name"));
-            }
-            let Some(value) = fields.next() else {
-                return Err(StartupError::Malformed("parameter without a value"));
-            };
-            let name = std::str::from_utf8(name)
-                .map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
-            params.push((name.to_owned(), String::from_utf8_lossy(value).into_owned()));
+    let (mut walsender, mut db_walsender) = (false, false);
+    let mut offset = 0;
+    while offset < n {
+        let name_end = c_str_end(offset);
+        if name_end == offset {
+            break; // the terminator
         }
+        let value_start = name_end + 1;
+        if value_start >= n {
+            break; // a name without a value: the layout check below decides
+        }
+        let value_end = c_str_end(value_start);
+        let (name, value) = (body.slice(offset..name_end), body.slice(value_start..value_end));
+        if name == "replication" {
+            // A boolean, or the exact (case-sensitive) word `database` for logical replication.
+            if value == "database" {
+                (walsender, db_walsender) = (true, true);
+            } else {
+                walsender = parse_bool(&value).ok_or_else(|| {
+                    StartupError::InvalidReplication(String::from_utf8_lossy(&value).into_owned())
+                })?;
+            }
+        }
+        params.push((name, value));
+        offset = value_end + 1;
     }
+    if n == 0 || offset != n - 1 {
+        return Err(StartupError::Malformed(
+            "invalid startup packet layout: expected terminator as last byte",
+        ));
+    }
+    let replication = match (walsender, db_walsender) {
+        (false, _) => Replication::Off,
+        (true, false) => Replication::Physical,
+        (true, true) => Replication::Logical,
+    };
     let message = StartupMessage {
         raw: packet,
         major,
         minor,
         params,
+        replication,
     };
-    if message.param("user").is_none_or(str::is_empty) {
+    if message.user_bytes().is_empty() {
         return Err(StartupError::MissingUser);
     }
     Ok(message)
+}
+
+/// PostgreSQL's `parse_bool`: `true`/`false`/`yes`/`no` and any prefix of them, `on`/`off` and
+/// prefixes of at least two letters, `1`/`0`; ASCII case-insensitive, no surrounding blanks.
+pub fn parse_bool(value: &[u8]) -> Option<bool> {
+    let prefix_of = |word: &str, min: usize| {
+        (min..=word.len()).contains(&value.len())
+            && value.eq_ignore_ascii_case(&word.as_bytes()[..value.len()])
+    };
+    match value.first()?.to_ascii_lowercase() {
+        b't' if prefix_of("true", 1) => Some(true),
+        b'f' if prefix_of("false", 1) => Some(false),
+        b'y' if prefix_of("yes", 1) => Some(true),
+        b'n' if prefix_of("no", 1) => Some(false),
+        b'o' if prefix_of("on", 2) => Some(true),
+        b'o' if prefix_of("off", 2) => Some(false),
+        b'1' if value.len() == 1 => Some(true),
+        b'0' if value.len() == 1 => Some(false),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -272,11 +363,22 @@ mod tests {
     use super::*;
 
     fn startup_bytes(params: &[(&str, &str)]) -> Bytes {
-        let params: Vec<(String, String)> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        encode_startup(3, 0, &params)
+        encode_startup(3, 0, params)
+    }
+
+    fn startup(raw: &[u8]) -> Result<StartupMessage, StartupError> {
+        match parse_first_packet(Bytes::copy_from_slice(raw))? {
+            FirstPacket::Startup(m) => Ok(m),
+            other => panic!("not a startup: {other:?}"),
+        }
+    }
+
+    /// A protocol 3.0 StartupMessage around `pairs` (the name/value bytes and the terminator).
+    fn packet(pairs: &[u8]) -> Vec<u8> {
+        let mut p = ((pairs.len() + 8) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&[0, 3, 0, 0]);
+        p.extend_from_slice(pairs);
+        p
     }
 
     #[test]
@@ -291,6 +393,7 @@ mod tests {
         };
         assert_eq!(m.user(), "bob");
         assert_eq!(m.database(), "bob");
+        assert_eq!(m.replication(), Replication::Off);
         assert_eq!(m.as_bytes(), &raw[..]);
     }
 
@@ -306,10 +409,10 @@ mod tests {
             panic!()
         };
         assert_eq!(m.params().len(), 4);
-        assert_eq!(m.param("_pq_.test_protocol_negotiation"), Some("x"));
+        assert_eq!(m.param("_pq_.test_protocol_negotiation"), Some(&b"x"[..]));
         let rewritten = m.with_user("iam_user");
         assert_eq!(rewritten.user(), "iam_user");
-        assert_eq!(rewritten.params()[0], ("database".into(), "db".into()));
+        assert_eq!(rewritten.params()[0], (Bytes::from("database"), Bytes::from("db")));
         assert_eq!(
             rewritten.as_bytes(),
             &startup_bytes(&[
@@ -323,7 +426,7 @@ mod tests {
 
     #[test]
     fn protocol_3_2_is_accepted() {
-        let raw = encode_startup(3, 2, &[("user".into(), "u".into())]);
+        let raw = encode_startup(3, 2, &[("user", "u")]);
         assert_eq!(&raw[4..8], &[0, 3, 0, 2]);
         let FirstPacket::Startup(m) = parse_first_packet(raw).unwrap() else {
             panic!()
@@ -379,6 +482,8 @@ mod tests {
             (b"\x00\x00\x00\x0e\x00\x02\x00\x00u\x00v\x00\x00", "v2"),
             (b"\x00\x00\x00\x11\x00\x03\x00\x00\x00v\x00\x00\x00", "empty name"),
             (b"\x00\x00\x00\x11\x00\x03\x00\x00user\x00\x00\x00", "empty user"),
+            (b"\x00\x00\x00\x08\x00\x03\x00\x00", "empty body"),
+            (b"\x00\x00\x00\x12\x00\x03\x00\x00user\x00u\x00\x00\x00", "two terminators"),
         ];
         for (raw, what) in cases {
             assert!(
@@ -386,6 +491,100 @@ mod tests {
                 "{what} accepted"
             );
         }
+    }
+
+    #[test]
+    fn repeated_parameters_last_one_wins_as_in_postgresql() {
+        let raw = packet(b"user\0a\0database\0d1\0user\0b\0database\0d2\0\0");
+        let m = startup(&raw).unwrap();
+        assert_eq!(m.params().len(), 4, "every pair is kept, in order");
+        assert_eq!(m.user(), "b");
+        assert_eq!(m.database(), "d2");
+        assert_eq!(m.as_bytes(), &raw[..]);
+        // A last empty `user` is what PostgreSQL reads: no user (28000), whatever came before.
+        let err = startup(&packet(b"user\0a\0user\0\0\0")).unwrap_err();
+        assert!(matches!(err, StartupError::MissingUser), "{err:?}");
+        // An empty database means the user's name, as in PostgreSQL.
+        assert_eq!(startup(&packet(b"user\0u\0database\0\0\0")).unwrap().database(), "u");
+    }
+
+    #[test]
+    fn replication_is_a_postgresql_boolean_or_database() {
+        let off = ["off", "OFF", "of", "Of", "f", "F", "fa", "false", "FALSE", "n", "N", "no", "NO", "0"];
+        let on = ["on", "ON", "t", "T", "tr", "true", "TRUE", "tRuE", "y", "Y", "ye", "yes", "YES", "1"];
+        let bad = ["", "o", "O", "truex", "falsey", "yess", "non", "01", "10", "2", " on", "on ", "DATABASE",
+                   "Database", "data", "database ", "maybe"];
+        let with = |v: &str| startup(&startup_bytes(&[("user", "u"), ("replication", v)]));
+        for v in off {
+            assert_eq!(with(v).unwrap().replication(), Replication::Off, "{v:?}");
+        }
+        for v in on {
+            assert_eq!(with(v).unwrap().replication(), Replication::Physical, "{v:?}");
+        }
+        assert_eq!(with("database").unwrap().replication(), Replication::Logical);
+        for v in bad {
+            let err = with(v).unwrap_err();
+            assert!(matches!(&err, StartupError::InvalidReplication(x) if x == v), "{v:?}: {err:?}");
+        }
+        // Later values override earlier ones; `database` once seen keeps a later `on` logical.
+        let seq = |pairs: &[u8]| startup(&packet(pairs)).map(|m| m.replication());
+        assert_eq!(seq(b"user\0u\0replication\0on\0replication\0off\0\0").unwrap(), Replication::Off);
+        assert_eq!(seq(b"user\0u\0replication\0off\0replication\0yes\0\0").unwrap(), Replication::Physical);
+        assert_eq!(seq(b"user\0u\0replication\0database\0replication\0off\0\0").unwrap(), Replication::Off);
+        assert_eq!(seq(b"user\0u\0replication\0database\0replication\0\x31\0\0").unwrap(), Replication::Logical);
+        // An invalid value fails at once, as PostgreSQL's FATAL inside its loop does: before a
+        // later valid value, a layout error or a missing user is looked at.
+        for pairs in [
+            &b"user\0u\0replication\0bogus\0replication\0off\0\0"[..],
+            b"replication\0bogus\0user\0u\0x\0",
+            b"replication\0bogus\0\0",
+        ] {
+            assert!(matches!(seq(pairs), Err(StartupError::InvalidReplication(_))), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn layout_is_checked_as_postgresql_checks_it() {
+        // The byte after the last pair is the terminator by position: PostgreSQL accepts any
+        // one-byte "name" there, so this packet logs in as `u` on a real server.
+        let quirk = packet(b"user\0u\0x");
+        let m = startup(&quirk).unwrap();
+        assert_eq!(m.user(), "u");
+        assert_eq!(m.params().len(), 1);
+        assert_eq!(m.as_bytes(), &quirk[..]);
+        for pairs in [
+            &b"user\0u\0x\0"[..], // a name with no value before the end
+            b"user\0u\0xy",       // two bytes after the pairs
+            b"user\0u",           // the value runs into the end
+            b"user\0u\0\0v\0\0",  // an empty name in the middle
+            b"",
+        ] {
+            let err = startup(&packet(pairs)).unwrap_err();
+            assert!(
+                matches!(err, StartupError::Malformed(m) if m.contains("expected terminator as last byte")),
+                "{pairs:?}: {err:?}"
+            );
+        }
+        assert!(matches!(startup(&packet(b"\0")), Err(StartupError::MissingUser)));
+    }
+
+    #[test]
+    fn names_and_values_are_bytes_and_db_user_rewrites_only_user() {
+        let raw = packet(b"user\0u\xff\0application_name\0a\xffb\0x\xfe\0\xc3\0user\0v\0\0");
+        let m = startup(&raw).unwrap();
+        assert_eq!(m.user_bytes(), b"v");
+        assert_eq!(m.param("application_name"), Some(&b"a\xffb"[..]));
+        assert_eq!(m.params()[2], (Bytes::from_static(b"x\xfe"), Bytes::from_static(b"\xc3")));
+        let rewritten = m.with_user("iam");
+        assert_eq!(
+            rewritten.as_bytes(),
+            &packet(b"user\0iam\0application_name\0a\xffb\0x\xfe\0\xc3\0user\0iam\0\0")[..]
+        );
+        assert_eq!(rewritten.user(), "iam");
+        // A non-UTF-8 user is parsed (PostgreSQL looks it up as bytes); only text views are lossy.
+        let m = startup(&packet(b"user\0u\xff\0\0")).unwrap();
+        assert_eq!(m.user_bytes(), b"u\xff");
+        assert_eq!(m.user(), "u\u{fffd}");
     }
 
     #[test]

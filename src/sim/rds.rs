@@ -157,7 +157,7 @@ async fn login<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let user = startup.user().to_owned();
+    let user = startup.user().into_owned();
     if !is_iam_user(config.postgres, &user).await? {
         if config.password_users.contains(&user) {
             // What a password user meets on RDS: a password login, here PostgreSQL's own SCRAM.

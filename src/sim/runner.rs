@@ -49,6 +49,9 @@ pub struct SimOptions {
     pub pg_extra_conf: Vec<String>,
     /// The simulated SSM service's knobs (faults, pacing, timeouts).
     pub ssm: SsmSimOptions,
+    /// Extra pg_hba.conf lines, placed before the simulator's own (e.g. a `replication` line
+    /// for tests that compare replication connections with the proxy's).
+    pub pg_extra_hba: Vec<String>,
     /// What the simulated RDS API reports (IAM authentication, engine, status).
     pub rds_api: RdsApiOptions,
 }
@@ -60,6 +63,7 @@ impl Default for SimOptions {
             password_users: Vec::new(),
             pg_extra_conf: Vec::new(),
             ssm: SsmSimOptions::default(),
+            pg_extra_hba: Vec::new(),
             rds_api: RdsApiOptions::default(),
         }
     }
@@ -104,9 +108,13 @@ impl Simulator {
             login_roles: std::iter::once(DB_USER.to_owned())
                 .chain(password_users.iter().cloned())
                 .collect(),
-            hba: password_users
+            hba: options
+                .pg_extra_hba
                 .iter()
-                .map(|u| format!("host all \"{}\" 127.0.0.1/32 scram-sha-256", u.replace('"', "")))
+                .cloned()
+                .chain(password_users.iter().map(|u| {
+                    format!("host all \"{}\" 127.0.0.1/32 scram-sha-256", u.replace('"', ""))
+                }))
                 .collect(),
             tls: Some(PgTls {
                 cert_chain_pem,
@@ -414,10 +422,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Res
     ])?;
     let config = Config::from_args(&cli.proxy)?;
     let setup = sim.aws_setup();
-    let proxy = Proxy {
-        listeners,
-        ctx: build_context(&config, setup.into()).await?,
-    };
+    let proxy = Proxy::from_parts(listeners, build_context(&config, setup.into()).await?);
     let addr = proxy.local_addr();
     print_flush(&format!(
         "\nrds-auth-proxy demo is running.\n\n\

@@ -60,9 +60,18 @@ impl TunnelError {
 impl Tunnel {
     /// Opens one connection to the upstream's port.
     pub async fn open(&self) -> Result<TunnelStream, TunnelError> {
+        self.open_tagged().await.map(|(stream, _)| stream)
+    }
+
+    /// [`Tunnel::open`], also naming the SSM session the connection runs in (for audit lines).
+    pub async fn open_tagged(&self) -> Result<(TunnelStream, Option<String>), TunnelError> {
         match self {
-            Tunnel::Direct(d) => Ok(Box::new(d.open().await?)),
-            Tunnel::Ssm(t) => Ok(Box::new(t.open().await?)),
+            Tunnel::Direct(d) => Ok((Box::new(d.open().await?), None)),
+            Tunnel::Ssm(t) => {
+                let stream = t.open().await?;
+                let session = stream.session_id().to_owned();
+                Ok((Box::new(stream), Some(session)))
+            }
         }
     }
 

@@ -107,6 +107,8 @@ pub struct Config {
     /// Agent output queued for the local side beyond this is not accepted (no ack, so the
     /// agent resends it later): bounded memory when the local reader is slow.
     pub inbound_queue_bytes: usize,
+    /// Sessions started, resumed, failed and messages resent, for `/metrics`.
+    pub counters: super::SsmCounters,
 }
 
 impl Default for Config {
@@ -132,6 +134,7 @@ impl Default for Config {
             reconnect_max_delay: Duration::from_secs(30),
             terminate_wait: Duration::from_secs(1),
             inbound_queue_bytes: 1 << 20,
+            counters: super::SsmCounters::default(),
         }
     }
 }
@@ -905,6 +908,7 @@ impl Pump {
             self.pacer.take(now);
             self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
             self.shared.resends.fetch_add(1, Ordering::Relaxed);
+            self.config.counters.resent.inc();
             self.queue(Message::Binary(frame));
         }
     }
@@ -1138,6 +1142,7 @@ impl Pump {
                     self.last_agent = now;
                     self.replay(now);
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.config.counters.resumed.inc();
                     tracing::info!(session = %self.session_id, "SSM data channel resumed");
                     return Ok(());
                 }

@@ -480,9 +480,17 @@ impl Pool {
             port: self.settings.port,
         };
         let limit = self.settings.start_timeout;
-        let grant = tokio::time::timeout(limit, self.control.start_session(&request))
-            .await
-            .map_err(|_| SsmError::StartTimeout(limit.as_secs()))??;
+        let grant = match tokio::time::timeout(limit, self.control.start_session(&request)).await {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(e)) => {
+                self.config.counters.failed.inc();
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.config.counters.failed.inc();
+                return Err(SsmError::StartTimeout(limit.as_secs()));
+            }
+        };
         let session_id = grant.session_id.clone();
         match datachannel::open(
             grant,
@@ -493,6 +501,7 @@ impl Pool {
         .await
         {
             Ok(opened) => {
+                self.config.counters.started.inc();
                 tracing::info!(
                     session = %session_id,
                     target = %self.settings.target,
@@ -502,6 +511,7 @@ impl Pool {
                 Ok(opened)
             }
             Err(source) => {
+                self.config.counters.failed.inc();
                 tracing::debug!(session = %session_id, error = %source, "SSM session failed to open; terminating it");
                 datachannel::terminate_api(&*self.control, &session_id).await;
                 Err(SsmError::DataChannel { session_id, source })
@@ -597,6 +607,9 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                 }
                 session.smux.close();
                 if !matches!(reason, DataChannelError::Terminated) {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.config.counters.failed.inc();
+                    }
                     tracing::warn!(session = %id, %reason, "SSM session lost; the next connection opens a new one");
                 }
                 return;

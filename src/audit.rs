@@ -1,0 +1,141 @@
+//! One audit line when a connection is logged in and one when it closes, under the tracing
+//! target `audit` (kept at `--quiet`). With `--log-format json` the field names are stable and
+//! documented in the README; every field is present on every line (empty when not known).
+//!
+//! Strings a client chose (user, database) are escaped (`\n`, `\"`, `\u{…}`), so a crafted name
+//! cannot forge a log line or a field in a text log.
+
+use std::time::Duration;
+
+use crate::relay::ClosedBy;
+
+/// The tracing target of audit lines (`RUST_LOG=audit=off` silences them).
+pub const TARGET: &str = "audit";
+
+/// Who ended a connection, for the `closed_by` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    Client,
+    Upstream,
+    /// The proxy's drain timeout ran out (shutdown): the client got 57P01.
+    Drain,
+    /// The proxy refused or failed the connection before or during login.
+    Error,
+}
+
+impl Closer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closer::Client => "client",
+            Closer::Upstream => "upstream",
+            Closer::Drain => "drain",
+            Closer::Error => "error",
+        }
+    }
+}
+
+impl From<ClosedBy> for Closer {
+    fn from(c: ClosedBy) -> Self {
+        match c {
+            ClosedBy::Client => Closer::Client,
+            ClosedBy::Upstream => Closer::Upstream,
+            ClosedBy::Drain => Closer::Drain,
+        }
+    }
+}
+
+/// A client-supplied string made safe for one log line: control characters, quotes and
+/// backslashes escaped, and at most 256 characters kept.
+pub fn escape(s: &str) -> String {
+    let mut out: String = s.chars().take(256).flat_map(char::escape_debug).collect();
+    if s.chars().nth(256).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// The fields every audit line of one connection shares.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    pub client: String,
+    pub target: String,
+    pub db_user: String,
+    pub database: String,
+    pub principal_arn: String,
+    pub ssm_session: String,
+}
+
+/// How a connection ended, for [`Audit::closed`].
+#[derive(Debug, Clone, Default)]
+pub struct Ending {
+    pub closed_by: Option<Closer>,
+    /// What went wrong, or empty.
+    pub reason: String,
+    /// The SQLSTATE the client got from the proxy or the server's refusal, or empty.
+    pub sqlstate: String,
+    pub bytes_to_upstream: u64,
+    pub bytes_to_client: u64,
+    pub duration: Duration,
+}
+
+impl Audit {
+    /// `user` and `database` are the client's (escaped here).
+    pub fn new(client: &str, target: &str, user: &str, database: &str) -> Self {
+        Audit {
+            client: client.to_owned(),
+            target: target.to_owned(),
+            db_user: escape(user),
+            database: escape(database),
+            principal_arn: String::new(),
+            ssm_session: String::new(),
+        }
+    }
+
+    pub fn opened(&self) {
+        tracing::info!(
+            target: TARGET,
+            audit = "open",
+            client = %self.client,
+            target = %self.target,
+            db_user = %self.db_user,
+            database = %self.database,
+            principal_arn = %self.principal_arn,
+            ssm_session = %self.ssm_session,
+            "connection opened"
+        );
+    }
+
+    pub fn closed(&self, end: &Ending) {
+        tracing::info!(
+            target: TARGET,
+            audit = "close",
+            client = %self.client,
+            target = %self.target,
+            db_user = %self.db_user,
+            database = %self.database,
+            principal_arn = %self.principal_arn,
+            ssm_session = %self.ssm_session,
+            bytes_to_upstream = end.bytes_to_upstream,
+            bytes_to_client = end.bytes_to_client,
+            duration_ms = u64::try_from(end.duration.as_millis()).unwrap_or(u64::MAX),
+            closed_by = end.closed_by.map_or("", Closer::as_str),
+            reason = %escape(&end.reason),
+            sqlstate = %end.sqlstate,
+            "connection closed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_one_line_and_one_field() {
+        assert_eq!(escape("db_user"), "db_user");
+        assert_eq!(escape("a\nb\"c\\d\u{1b}[31m"), "a\\nb\\\"c\\\\d\\u{1b}[31m");
+        assert_eq!(escape("üñï"), "üñï", "printable non-ASCII stays readable");
+        let long = "x".repeat(300);
+        assert_eq!(escape(&long).chars().count(), 257);
+    }
+}

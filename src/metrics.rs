@@ -1,0 +1,322 @@
+//! Prometheus metrics (served on `/metrics` by [`crate::http`]): one [`Metrics`] registry per
+//! process, passed to whatever counts — no global singleton — and a [`TargetMetrics`] handle per
+//! target whose every series carries the label `target="<name>"`.
+//!
+//! The handles are `prometheus_client` counters, gauges and histograms: clones share one atomic,
+//! so the auth and SSM layers get plain clones ([`AuthMetrics`], [`SsmCounters`]) and need no
+//! knowledge of the registry. Values that are state rather than events (SSM sessions open) are
+//! read from the tunnels at scrape time.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub use crate::auth::AuthMetrics;
+pub use crate::tunnel::ssm::SsmCounters;
+use crate::tunnel::Tunnel;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "rds_auth_proxy";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    target: String,
+    sqlstate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    target: String,
+    /// `to_upstream` (client → database) or `to_client`.
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    target: String,
+    /// `minted` or `reused`.
+    outcome: String,
+}
+
+type HistogramFamily = Family<TargetLabel, Histogram, fn() -> Histogram>;
+
+/// Connect latency buckets: 5 ms doubling to ~20 s (an SSM session open takes about a second,
+/// a reused one a few milliseconds; the client's own limit is 30 s).
+fn connect_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+/// The families, one series per target (and SQLSTATE, direction, outcome).
+#[derive(Clone)]
+struct Families {
+    connections_open: Family<TargetLabel, Gauge>,
+    connections: Family<TargetLabel, Counter>,
+    login_failures: Family<FailureLabels, Counter>,
+    relayed_bytes: Family<DirectionLabels, Counter>,
+    iam_tokens: Family<TokenLabels, Counter>,
+    credential_refreshes: Family<TargetLabel, Counter>,
+    ssm_sessions_open: Family<TargetLabel, Gauge>,
+    ssm_sessions_started: Family<TargetLabel, Counter>,
+    ssm_sessions_resumed: Family<TargetLabel, Counter>,
+    ssm_sessions_failed: Family<TargetLabel, Counter>,
+    ssm_messages_resent: Family<TargetLabel, Counter>,
+    connect_seconds: HistogramFamily,
+}
+
+/// The process's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    /// Tunnels whose open SSM sessions are counted at scrape time, by target name.
+    tunnels: Mutex<Vec<(String, Tunnel)>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let families = Families {
+            connections_open: Family::default(),
+            connections: Family::default(),
+            login_failures: Family::default(),
+            relayed_bytes: Family::default(),
+            iam_tokens: Family::default(),
+            credential_refreshes: Family::default(),
+            ssm_sessions_open: Family::default(),
+            ssm_sessions_started: Family::default(),
+            ssm_sessions_resumed: Family::default(),
+            ssm_sessions_failed: Family::default(),
+            ssm_messages_resent: Family::default(),
+            connect_seconds: Family::new_with_constructor(connect_histogram as fn() -> Histogram),
+        };
+        let mut registry = Registry::with_prefix(PREFIX);
+        let f = &families;
+        registry.register("connections_open", "Client connections open now", f.connections_open.clone());
+        registry.register("connections", "Client connections accepted", f.connections.clone());
+        registry.register(
+            "login_failures",
+            "Connections refused before login completed, by the SQLSTATE the client got",
+            f.login_failures.clone(),
+        );
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed after login (to_upstream: client to database; to_client), counted when a connection closes",
+            f.relayed_bytes.clone(),
+        );
+        registry.register(
+            "iam_tokens",
+            "IAM tokens used for logins: minted (signed anew) or reused from the cache",
+            f.iam_tokens.clone(),
+        );
+        registry.register(
+            "credential_refreshes",
+            "AWS credentials loaded from the provider chain (the first load included)",
+            f.credential_refreshes.clone(),
+        );
+        registry.register("ssm_sessions_open", "SSM sessions open now", f.ssm_sessions_open.clone());
+        registry.register("ssm_sessions_started", "SSM sessions opened (StartSession and handshake done)", f.ssm_sessions_started.clone());
+        registry.register(
+            "ssm_sessions_resumed",
+            "SSM data channels resumed (ResumeSession) after the WebSocket dropped",
+            f.ssm_sessions_resumed.clone(),
+        );
+        registry.register(
+            "ssm_sessions_failed",
+            "SSM sessions that failed to open or were lost",
+            f.ssm_sessions_failed.clone(),
+        );
+        registry.register(
+            "ssm_messages_resent",
+            "SSM data-channel messages sent again (unacknowledged in time, or replayed after a resume)",
+            f.ssm_messages_resent.clone(),
+        );
+        registry.register(
+            "connect_duration_seconds",
+            "From accepting a client connection to its login completing",
+            f.connect_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            families,
+            tunnels: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The handle for target `name`: its series exist (at zero) from now on, so a scrape shows
+    /// every target before its first connection.
+    pub fn target(&self, name: &str) -> TargetMetrics {
+        let f = &self.families;
+        let label = TargetLabel { target: name.to_owned() };
+        let direction = |d: &str| DirectionLabels {
+            target: name.to_owned(),
+            direction: d.to_owned(),
+        };
+        let tokens = |o: &str| TokenLabels {
+            target: name.to_owned(),
+            outcome: o.to_owned(),
+        };
+        TargetMetrics {
+            name: name.to_owned(),
+            connections_open: f.connections_open.get_or_create_owned(&label),
+            connections: f.connections.get_or_create_owned(&label),
+            login_failures: f.login_failures.clone(),
+            bytes_to_upstream: f.relayed_bytes.get_or_create_owned(&direction("to_upstream")),
+            bytes_to_client: f.relayed_bytes.get_or_create_owned(&direction("to_client")),
+            connect_seconds: f.connect_seconds.get_or_create_owned(&label),
+            auth: AuthMetrics {
+                tokens_minted: f.iam_tokens.get_or_create_owned(&tokens("minted")),
+                tokens_reused: f.iam_tokens.get_or_create_owned(&tokens("reused")),
+                credential_refreshes: f.credential_refreshes.get_or_create_owned(&label),
+            },
+            ssm: SsmCounters {
+                started: f.ssm_sessions_started.get_or_create_owned(&label),
+                resumed: f.ssm_sessions_resumed.get_or_create_owned(&label),
+                failed: f.ssm_sessions_failed.get_or_create_owned(&label),
+                resent: f.ssm_messages_resent.get_or_create_owned(&label),
+            },
+        }
+    }
+
+    /// Counts `tunnel`'s open SSM sessions under `name` at every scrape (direct tunnels: none).
+    pub fn watch_tunnel(&self, name: &str, tunnel: &Tunnel) {
+        if let Tunnel::Ssm(_) = tunnel {
+            self.families
+                .ssm_sessions_open
+                .get_or_create_owned(&TargetLabel { target: name.to_owned() });
+            self.tunnels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((name.to_owned(), tunnel.clone()));
+        }
+    }
+
+    /// The scrape: OpenMetrics text ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        for (name, tunnel) in self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Tunnel::Ssm(t) = tunnel {
+                let open = i64::try_from(t.session_ids().len()).unwrap_or(i64::MAX);
+                self.families
+                    .ssm_sessions_open
+                    .get_or_create(&TargetLabel { target: name.clone() })
+                    .set(open);
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail; an encoder error would be a bug in a metric's name.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+/// One target's series. Cheap to clone (shared atomics).
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    name: String,
+    pub connections_open: Gauge,
+    pub connections: Counter,
+    login_failures: Family<FailureLabels, Counter>,
+    pub bytes_to_upstream: Counter,
+    pub bytes_to_client: Counter,
+    pub connect_seconds: Histogram,
+    pub auth: AuthMetrics,
+    pub ssm: SsmCounters,
+}
+
+impl TargetMetrics {
+    /// A handle counted nowhere (a context built without a registry).
+    pub fn detached(name: &str) -> Self {
+        Metrics::new().target(name)
+    }
+
+    /// One connection refused before login, with the SQLSTATE its client got.
+    pub fn login_failed(&self, sqlstate: &str) {
+        self.login_failures
+            .get_or_create(&FailureLabels {
+                target: self.name.clone(),
+                sqlstate: sqlstate.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one open connection until the guard is dropped.
+    pub fn open_connection(&self) -> OpenConnection {
+        self.connections.inc();
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
+    }
+}
+
+/// Decrements `connections_open` when the connection ends, however it ends.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_names_every_target_series_and_counts() {
+        let metrics = Metrics::new();
+        let a = metrics.target("dev");
+        let _b = metrics.target("prod");
+        let open = a.open_connection();
+        a.login_failed("28P01");
+        a.login_failed("28P01");
+        a.bytes_to_client.inc_by(1234);
+        a.auth.tokens_minted.inc();
+        a.connect_seconds.observe(0.015);
+        let text = metrics.encode();
+        for line in [
+            "rds_auth_proxy_connections_total{target=\"dev\"} 1",
+            "rds_auth_proxy_connections_open{target=\"dev\"} 1",
+            "rds_auth_proxy_connections_total{target=\"prod\"} 0",
+            "rds_auth_proxy_login_failures_total{target=\"dev\",sqlstate=\"28P01\"} 2",
+            "rds_auth_proxy_relayed_bytes_total{target=\"dev\",direction=\"to_client\"} 1234",
+            "rds_auth_proxy_iam_tokens_total{target=\"dev\",outcome=\"minted\"} 1",
+            "rds_auth_proxy_iam_tokens_total{target=\"dev\",outcome=\"reused\"} 0",
+            "rds_auth_proxy_connect_duration_seconds_count{target=\"dev\"} 1",
+            "rds_auth_proxy_connect_duration_seconds_bucket{le=\"0.01\",target=\"dev\"} 0",
+            "rds_auth_proxy_connect_duration_seconds_bucket{le=\"0.02\",target=\"dev\"} 1",
+            "rds_auth_proxy_ssm_messages_resent_total{target=\"prod\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        drop(open);
+        assert!(metrics
+            .encode()
+            .lines()
+            .any(|l| l == "rds_auth_proxy_connections_open{target=\"dev\"} 0"));
+    }
+}
