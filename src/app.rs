@@ -9,6 +9,7 @@ use crate::auth::secrets::SecretsApi;
 use crate::auth::{CredentialSource, CredentialsError, IamAuth};
 use crate::config::{Config, PasswordConfig, ViaConfig};
 use crate::listener::{ListenError, Listeners};
+use crate::local_tls::{LocalTls, LocalTlsError};
 use crate::target::{Target, TargetContext};
 use crate::tls::{self, TlsError};
 use crate::tunnel::ssm::api::SsmApi;
@@ -28,6 +29,8 @@ pub enum AppError {
     Listen(#[from] ListenError),
     #[error("cannot set up the SSM data channel client")]
     SsmSetup(#[from] WebSocketError),
+    #[error("cannot set up --local-tls")]
+    LocalTls(#[from] LocalTlsError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
 }
@@ -149,8 +152,22 @@ pub async fn build_context_with(
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
         dbi_resource_id: config.dbi_resource_id.clone(),
+        local_tls: local_tls(config)?,
         metrics: target_metrics,
     }))
+}
+
+/// The listener's TLS for `--local-tls`, with one line saying which CA file clients trust.
+fn local_tls(config: &Config) -> Result<Option<LocalTls>, AppError> {
+    let Some(local) = &config.local_tls else {
+        return Ok(None);
+    };
+    let tls = LocalTls::build(local, config.listen.address.ip())?;
+    match &tls.ca_cert {
+        Some(ca) => tracing::info!(sslrootcert = %ca.display(), "local TLS on: clients may use sslmode=verify-full with this CA file as sslrootcert (host localhost, 127.0.0.1 or ::1)"),
+        None => tracing::info!("local TLS on, with the certificate from --local-tls-cert"),
+    }
+    Ok(Some(tls))
 }
 
 /// `explicit` (from --region or the endpoint name), else the AWS configuration's, found quietly.

@@ -90,6 +90,10 @@ pub enum Command {
     /// lookups, SSM node and StartSession, the node reaching host:port, TLS verify-full, IAM
     /// login, select 1. One line per step; exit code 0 only if every step passes.
     Doctor(DoctorArgs),
+    /// Print ready-made client settings for the local listener (a psql line, a libpq URI, a
+    /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
+    /// flags as the proxy; no password anywhere.
+    ConnectInfo(Box<ConnectInfoArgs>),
     /// Print a shell completion script, e.g. `source <(rds-auth-proxy completions bash)`, or
     /// `rds-auth-proxy completions fish > ~/.config/fish/completions/rds-auth-proxy.fish`.
     Completions(CompletionsArgs),
@@ -98,6 +102,38 @@ pub enum Command {
     /// Wait until a proxy started with --http-port (or --http-address) reports /startup ok: for
     /// scripts, dev containers and compose files. Exit 0 when up, 1 on timeout.
     Wait(WaitArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConnectInfoFormat {
+    /// A psql command line.
+    Psql,
+    /// A libpq connection URI (postgresql://…), for psql, psycopg, node-postgres, tokio-postgres.
+    Dsn,
+    /// A pgJDBC URL (jdbc:postgresql://…).
+    Jdbc,
+    /// DBeaver's connection dialog, field by field.
+    Dbeaver,
+    /// A section for ~/.pg_service.conf (psql service=NAME).
+    #[value(alias = "pg_service")]
+    PgService,
+    /// export PGHOST=… lines: eval "$(rds-auth-proxy connect-info --format env)".
+    Env,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectInfoArgs {
+    /// What to print.
+    #[arg(long, value_enum, default_value = "psql", env = "RDS_AUTH_PROXY_CONNECT_INFO_FORMAT")]
+    pub format: ConnectInfoFormat,
+
+    /// The database the settings name (an RDS PostgreSQL instance has postgres).
+    #[arg(long, value_name = "NAME", default_value = "postgres", env = "RDS_AUTH_PROXY_CONNECT_INFO_DBNAME")]
+    pub dbname: String,
+
+    /// The proxy's own flags: the settings point where a proxy started with them listens.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -297,6 +333,28 @@ pub struct ProxyArgs {
     /// command" (57P01). A second Ctrl-C exits at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, env = "RDS_AUTH_PROXY_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
+
+    /// Offer TLS to clients (answer SSLRequest with S), for clients and copied connection
+    /// strings that insist on sslmode=require or verify-full. The certificate (localhost,
+    /// 127.0.0.1, ::1) is issued at start by a local CA kept in --local-tls-ca-out, which clients
+    /// give as sslrootcert for verify-full. Without it, SSLRequest is answered N.
+    #[arg(long, env = "RDS_AUTH_PROXY_LOCAL_TLS")]
+    pub local_tls: bool,
+
+    /// With --local-tls: where the local CA certificate is kept (created on first use, reused
+    /// after; its key beside it as .key, mode 0600). Default:
+    /// ~/.config/rds-auth-proxy/local-ca.pem ($XDG_CONFIG_HOME respected).
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_LOCAL_TLS_CA_OUT")]
+    pub local_tls_ca_out: Option<PathBuf>,
+
+    /// Serve this PEM certificate chain to clients instead of a generated one (implies
+    /// --local-tls; needs --local-tls-key).
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_LOCAL_TLS_CERT")]
+    pub local_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --local-tls-cert.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_LOCAL_TLS_KEY")]
+    pub local_tls_key: Option<PathBuf>,
 
     /// Instead of --target: find the endpoint and port of this RDS DB instance by its
     /// identifier (rds:DescribeDBInstances). Refused early when IAM database authentication is

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{ProxyArgs, Via};
+use crate::local_tls::LocalTlsConfig;
 use crate::target::Timeouts;
 
 /// The default PostgreSQL port of an RDS endpoint.
@@ -89,6 +90,8 @@ pub struct Config {
     /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
     /// `rds-db:connect` ARN of the hint when RDS refuses a token.
     pub dbi_resource_id: Option<String>,
+    /// `--local-tls`: TLS towards clients; `None`: SSLRequest is answered `N`.
+    pub local_tls: Option<LocalTlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -131,6 +134,16 @@ pub enum ConfigError {
     EmptyPasswordSecret,
     #[error("--password-file: {0}")]
     BadPasswordFile(String),
+    #[error("--local-tls-cert and --local-tls-key go together: give both")]
+    LocalTlsCertWithoutKey,
+    #[error("--local-tls-ca-out only applies to the generated certificate, not with --local-tls-cert")]
+    LocalTlsCaOutWithCert,
+    #[error("--{0} only applies with --local-tls")]
+    LocalTlsFlagWithoutLocalTls(&'static str),
+    #[error("--local-tls: no home directory to keep the local CA in (HOME is not set); give --local-tls-ca-out FILE")]
+    NoLocalCaDir,
+    #[error("--local-tls-cert/--local-tls-key {0} does not exist")]
+    MissingLocalTlsFile(PathBuf),
 }
 
 impl Config {
@@ -173,6 +186,7 @@ impl Config {
             return Err(ConfigError::EmptyDbUser);
         }
         let password = password_config(args)?;
+        let local_tls = local_tls_config(args)?;
         let region = args.region.clone().or_else(|| infer_region(&endpoint));
         Ok(Config {
             region,
@@ -189,12 +203,48 @@ impl Config {
             timeouts: Timeouts::default(),
             dbi_resource_id: None,
             password,
+            local_tls,
             http: http_address(args),
             exit_zero_on_sigterm: args.exit_zero_on_sigterm,
             name: endpoint.clone(),
             endpoint,
             port,
         })
+    }
+}
+
+fn local_tls_config(args: &ProxyArgs) -> Result<Option<LocalTlsConfig>, ConfigError> {
+    match (&args.local_tls_cert, &args.local_tls_key) {
+        (Some(cert), Some(key)) => {
+            if args.local_tls_ca_out.is_some() {
+                return Err(ConfigError::LocalTlsCaOutWithCert);
+            }
+            for file in [cert, key] {
+                if !file.is_file() {
+                    return Err(ConfigError::MissingLocalTlsFile(file.clone()));
+                }
+            }
+            Ok(Some(LocalTlsConfig::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }))
+        }
+        (Some(_), None) | (None, Some(_)) => Err(ConfigError::LocalTlsCertWithoutKey),
+        (None, None) if !args.local_tls => match args.local_tls_ca_out {
+            Some(_) => Err(ConfigError::LocalTlsFlagWithoutLocalTls("local-tls-ca-out")),
+            None => Ok(None),
+        },
+        (None, None) => {
+            let ca_cert = match &args.local_tls_ca_out {
+                Some(path) => path.clone(),
+                None => crate::local_tls::default_ca_path(
+                    std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
+                    std::env::var("HOME").ok().as_deref(),
+                )
+                .ok_or(ConfigError::NoLocalCaDir)?,
+            };
+            Ok(Some(LocalTlsConfig::Generated { ca_cert }))
+        }
     }
 }
 
@@ -475,6 +525,40 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(with(&["--password-file", "/nonexistent/pw"]), Err(ConfigError::BadPasswordFile(_))));
+    }
+
+    #[test]
+    fn local_tls_flags_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let with = |extra: &[&str]| {
+            let mut v = vec!["--target", "db.x.eu-west-1.rds.amazonaws.com"];
+            v.extend_from_slice(extra);
+            Config::from_args(&args(&v)).map(|c| c.local_tls)
+        };
+        assert_eq!(with(&[]), Ok(None));
+        assert_eq!(
+            with(&["--local-tls", "--local-tls-ca-out", "/x/ca.pem"]),
+            Ok(Some(LocalTlsConfig::Generated { ca_cert: "/x/ca.pem".into() }))
+        );
+        assert!(matches!(with(&["--local-tls"]), Ok(Some(LocalTlsConfig::Generated { .. })) | Err(ConfigError::NoLocalCaDir)));
+        let files = Ok(Some(LocalTlsConfig::Files { cert: cert.clone(), key: key.clone() }));
+        assert_eq!(with(&["--local-tls-cert", c, "--local-tls-key", k]), files);
+        assert_eq!(with(&["--local-tls", "--local-tls-cert", c, "--local-tls-key", k]), files);
+        assert_eq!(with(&["--local-tls-cert", c]), Err(ConfigError::LocalTlsCertWithoutKey));
+        assert_eq!(with(&["--local-tls-key", k]), Err(ConfigError::LocalTlsCertWithoutKey));
+        assert_eq!(
+            with(&["--local-tls-cert", c, "--local-tls-key", k, "--local-tls-ca-out", "/x"]),
+            Err(ConfigError::LocalTlsCaOutWithCert)
+        );
+        assert_eq!(with(&["--local-tls-ca-out", "/x"]), Err(ConfigError::LocalTlsFlagWithoutLocalTls("local-tls-ca-out")));
+        assert_eq!(
+            with(&["--local-tls-cert", "/nonexistent.pem", "--local-tls-key", k]),
+            Err(ConfigError::MissingLocalTlsFile("/nonexistent.pem".into()))
+        );
     }
 
     #[test]

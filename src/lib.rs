@@ -11,6 +11,8 @@
 //!
 //! * [`cli`], [`config`]: flags and the validated [`config::Config`]; [`config_file`]: the TOML
 //!   file of several targets, layered under flags and variables; [`version`]: `--version`.
+//! * [`connect_info`]: `connect-info`, client settings pointing at the local listener.
+//! * [`local_tls`]: `--local-tls`, TLS towards clients from a local CA kept on disk.
 //! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
 //!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
@@ -34,11 +36,13 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod config_file;
+pub mod connect_info;
 pub mod conntest;
 pub mod drain;
 pub mod fleet;
 pub mod http;
 pub mod listener;
+pub mod local_tls;
 pub mod lookup;
 pub mod metrics;
 pub mod pg;

@@ -66,10 +66,36 @@ async fn run(cli: Cli, plan: Option<Plan>) -> ExitCode {
         (Some(Command::Token(args)), _) => token(args).await,
         (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
+        (Some(Command::ConnectInfo(args)), _) => connect_info(&args).await,
         (Some(Command::Wait(args)), _) => wait(args).await,
         (Some(Command::Doctor(args)), _) => doctor(args).await,
         // Handled before the runtime starts.
         (None, None) | (Some(Command::Completions(_) | Command::Man), _) => ExitCode::SUCCESS,
+    }
+}
+
+/// `rds-auth-proxy connect-info`: the settings on stdout, nothing else, so `$(…)` works.
+async fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
+    use rds_auth_proxy::connect_info::ClientSettings;
+    // The same name lookups as the proxy (only when --db-instance, --db-cluster or
+    // --ssm-target auto ask for them), so both agree on the target.
+    let mut proxy_args = args.proxy.clone();
+    if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut proxy_args, &Credentials::Chain).await {
+        eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
+        return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+    }
+    let settings = rds_auth_proxy::config::Config::from_args(&proxy_args)
+        .map_err(|e| e.to_string())
+        .and_then(|c| ClientSettings::from_config(&c, &args.dbname).map_err(|e| e.to_string()));
+    match settings {
+        Ok(s) => {
+            print!("{}", s.render(args.format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -256,7 +282,7 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
         || e.is::<rds_auth_proxy::http::HttpError>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_)));
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_) | AppError::LocalTls(_)));
     if config_error {
         EXIT_CONFIG
     } else {

@@ -103,6 +103,8 @@ pub struct TargetContext {
     pub password: Option<Arc<PasswordProvider>>,
     /// `--db-user`: log in as this user whatever the client asked for.
     pub db_user: Option<String>,
+    /// `--local-tls`: answer a client's SSLRequest with `S` and this TLS; `None`: with `N`.
+    pub local_tls: Option<crate::local_tls::LocalTls>,
     pub timeouts: Timeouts,
     /// See [`crate::config::Config::dbi_resource_id`].
     pub dbi_resource_id: Option<String>,

@@ -362,7 +362,7 @@ fn environment_variable_names_follow_one_rule() {
         checked += 1;
     }
     for sub in cli.get_subcommands() {
-        let prefix = format!("RDS_AUTH_PROXY_{}_", sub.get_name().to_uppercase());
+        let prefix = format!("RDS_AUTH_PROXY_{}_", sub.get_name().replace('-', "_").to_uppercase());
         for arg in sub.get_arguments().filter(|a| a.get_env().is_some() && !a.is_global_set()) {
             let env = arg.get_env().unwrap().to_str().unwrap().to_owned();
             let shared = top.get(arg.get_long().unwrap()) == Some(&env);
