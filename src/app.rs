@@ -198,7 +198,7 @@ pub async fn report_credentials(ctx: &TargetContext, profile: Option<&str>) {
         Err(e) => {
             tracing::warn!(
                 %profile,
-                error = %crate::session::display_chain(&e),
+                error = crate::session::display_chain(&e),
                 "no AWS credentials found yet, so logins will fail until there are: run `aws sso login` \
                  (with --profile if you use one), or set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY; no restart needed"

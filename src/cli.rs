@@ -226,7 +226,9 @@ pub struct ProxyArgs {
     #[arg(short = 'a', long, default_value = "127.0.0.1", env = "RDS_AUTH_PROXY_ADDRESS")]
     pub address: IpAddr,
 
-    /// Accept a non-loopback --address: anyone who can reach it logs in as your IAM identity.
+    /// Accept a non-loopback --address, for clients on other hosts. Needs
+    /// --client-password-file: remote clients log in with that password, as they would log in
+    /// as your IAM identity.
     #[arg(long, env = "RDS_AUTH_PROXY_ALLOW_REMOTE")]
     pub allow_remote: bool,
 
@@ -388,6 +390,12 @@ pub struct ProxyArgs {
     /// Exit with 0 instead of 143 after a SIGTERM (for service managers that call 143 a failure).
     #[arg(long, env = "RDS_AUTH_PROXY_EXIT_ZERO_ON_SIGTERM")]
     pub exit_zero_on_sigterm: bool,
+
+    /// With --allow-remote: clients from other hosts must log in to the proxy with the password
+    /// in FILE (SCRAM-SHA-256; alone on one line, file readable by its owner only, chmod 600).
+    /// Clients on this host (loopback, the Unix socket) need none.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE")]
+    pub client_password_file: Option<PathBuf>,
 }
 
 /// The HTTP port when only --http-address is given.

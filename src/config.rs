@@ -18,6 +18,8 @@ pub struct ListenConfig {
     pub unix_socket_dir: Option<PathBuf>,
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// `--client-password-file`: remote (non-loopback) clients log in with this password.
+    pub client_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +102,7 @@ pub enum ConfigError {
     MissingTarget,
     #[error("--target {0:?} is not a valid ENDPOINT[:PORT]")]
     BadTarget(String),
-    #[error("--address {0} is not a loopback address; anyone who can reach it would log in as your AWS identity. Add --allow-remote if that is what you want")]
+    #[error("--address {0} is not a loopback address; anyone who can reach it would log in as your AWS identity. Add --allow-remote and --client-password-file FILE if that is what you want")]
     RemoteAddress(IpAddr),
     #[error("--connect-addr {0:?} must be HOST:PORT")]
     BadConnectAddr(String),
@@ -134,6 +136,12 @@ pub enum ConfigError {
     EmptyPasswordSecret,
     #[error("--password-file: {0}")]
     BadPasswordFile(String),
+    #[error("--allow-remote needs --client-password-file FILE: without it anyone who can reach the port would log in as your AWS identity. Put a password alone on one line in a file only you can read (chmod 600); clients on other hosts then give it (PGPASSWORD), clients on this host still need none")]
+    RemoteWithoutClientPassword,
+    #[error("--client-password-file only applies with --allow-remote (clients on this host never need a password)")]
+    ClientPasswordWithoutRemote,
+    #[error("--client-password-file: {0}")]
+    BadClientPasswordFile(String),
     #[error("--local-tls-cert and --local-tls-key go together: give both")]
     LocalTlsCertWithoutKey,
     #[error("--local-tls-ca-out only applies to the generated certificate, not with --local-tls-cert")]
@@ -186,6 +194,7 @@ impl Config {
             return Err(ConfigError::EmptyDbUser);
         }
         let password = password_config(args)?;
+        let client_password_file = client_password_config(args)?;
         let local_tls = local_tls_config(args)?;
         let region = args.region.clone().or_else(|| infer_region(&endpoint));
         Ok(Config {
@@ -196,6 +205,7 @@ impl Config {
                 unix_socket_dir: args.unix_socket.clone(),
                 max_connections: args.max_connections,
                 drain_timeout: Duration::from_secs(args.drain_timeout),
+                client_password_file,
             },
             via,
             db_user: args.db_user.clone(),
@@ -286,6 +296,22 @@ fn password_config(args: &ProxyArgs) -> Result<Option<PasswordConfig>, ConfigErr
         }
         (None, None) if args.password_secret_key.is_some() => Err(ConfigError::SecretKeyWithoutSecret),
         (None, None) => Ok(None),
+    }
+}
+
+/// A shared listener (`--allow-remote`) always has a client password, and a client password
+/// only comes with a shared listener.
+fn client_password_config(args: &ProxyArgs) -> Result<Option<PathBuf>, ConfigError> {
+    match (&args.client_password_file, args.allow_remote) {
+        (None, true) => Err(ConfigError::RemoteWithoutClientPassword),
+        (Some(_), false) => Err(ConfigError::ClientPasswordWithoutRemote),
+        (Some(file), true) => {
+            // Checked now, like --password-file, so a bad file stops the start.
+            crate::auth::password::read_password_file(file)
+                .map_err(|e| ConfigError::BadClientPasswordFile(e.to_string()))?;
+            Ok(Some(file.clone()))
+        }
+        (None, false) => Ok(None),
     }
 }
 
@@ -528,6 +554,37 @@ mod tests {
     }
 
     #[test]
+    fn client_password_flags_table() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "pw\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let open = dir.path().join("open");
+        std::fs::write(&open, "pw\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (good, open) = (good.to_str().unwrap(), open.to_str().unwrap());
+        let with = |extra: &[&str]| {
+            let mut v = vec!["--target", "db", "-a", "0.0.0.0"];
+            v.extend_from_slice(extra);
+            Config::from_args(&args(&v)).map(|c| c.listen.client_password_file)
+        };
+        assert_eq!(with(&["--allow-remote", "--client-password-file", good]), Ok(Some(good.into())));
+        assert_eq!(with(&["--allow-remote"]), Err(ConfigError::RemoteWithoutClientPassword));
+        assert_eq!(with(&["--client-password-file", good]), Err(ConfigError::RemoteAddress("0.0.0.0".parse().unwrap())));
+        assert_eq!(
+            Config::from_args(&args(&["--target", "db", "--client-password-file", good])).map(|c| c.listen.client_password_file),
+            Err(ConfigError::ClientPasswordWithoutRemote)
+        );
+        match with(&["--allow-remote", "--client-password-file", open]) {
+            Err(ConfigError::BadClientPasswordFile(msg)) => assert!(msg.contains("mode 0640") && msg.contains("chmod 600"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let msg = ConfigError::RemoteWithoutClientPassword.to_string();
+        assert!(msg.contains("--client-password-file FILE") && msg.contains("AWS identity") && msg.contains("chmod 600"), "{msg}");
+    }
+
+    #[test]
     fn local_tls_flags_table() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
@@ -568,7 +625,10 @@ mod tests {
             Config::from_args(&args(&["--target", "db", "-a", "0.0.0.0"])),
             Err(ConfigError::RemoteAddress(_))
         ));
-        assert!(Config::from_args(&args(&["--target", "db", "-a", "0.0.0.0", "--allow-remote"])).is_ok());
+        assert_eq!(
+            Config::from_args(&args(&["--target", "db", "-a", "0.0.0.0", "--allow-remote"])),
+            Err(ConfigError::RemoteWithoutClientPassword)
+        );
         assert!(Config::from_args(&args(&["--target", "db", "-a", "::1"])).is_ok());
         assert!(matches!(
             Config::from_args(&args(&["--target", "db", "--connect-addr", "nope"])),

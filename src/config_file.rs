@@ -881,9 +881,18 @@ db_user = "prod_user"
 
     #[test]
     fn defaults_switches_lists_and_globals() {
-        let text = "log_format = \"json\"\nquiet = true\ndrain_timeout = 3\nca_bundle = [\"/\", \"/\"]\n\
-                    [[target]]\nname = \"a\"\nendpoint = \"db.example:6000\"\naddress = \"0.0.0.0\"\nallow_remote = true\nport = 0\n";
-        let plan = plan_of(text, &CliLayer::default()).unwrap();
+        // A shared listener needs the client password file (owner-only).
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("client.pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let text = format!(
+            "log_format = \"json\"\nquiet = true\ndrain_timeout = 3\nca_bundle = [\"/\", \"/\"]\n\
+             [[target]]\nname = \"a\"\nendpoint = \"db.example:6000\"\naddress = \"0.0.0.0\"\nallow_remote = true\n\
+             client_password_file = {:?}\nport = 0\n",
+            pw.display().to_string()
+        );
+        let plan = plan_of(&text, &CliLayer::default()).unwrap();
         let t = &plan.targets[0];
         assert_eq!(plan.log.log_format, crate::cli::LogFormat::Json);
         assert!(plan.log.quiet);

@@ -17,11 +17,14 @@
 //!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests.
+//! * [`client_auth`]: who may use a listener — loopback and the owner's Unix socket freely,
+//!   remote clients with the client password (server-side SCRAM-SHA-256), nobody else.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
 //! * [`auth`]: credentials, IAM token minting and reuse; passwords (`--password-file`,
 //!   `--password-secret` via Secrets Manager) and the SCRAM mechanism choice and channel binding.
 //! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
+//! * [`logfmt`]: the text log format, escaped so no client- or server-supplied value can forge a line.
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
 //! * Operations: [`http`] (health checks, `/metrics`, `wait`), [`metrics`] (the Prometheus
 //!   registry, passed in each target's context), [`audit`] (a line per connection at open and
@@ -33,6 +36,7 @@ pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod cli;
+pub mod client_auth;
 pub mod config;
 pub mod doctor;
 pub mod config_file;
@@ -42,6 +46,7 @@ pub mod drain;
 pub mod fleet;
 pub mod http;
 pub mod listener;
+pub mod logfmt;
 pub mod local_tls;
 pub mod lookup;
 pub mod metrics;

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::client_auth::{self, Access, Verifier};
 use crate::config::ListenConfig;
 use crate::pg::UserFacing;
 use crate::session;
@@ -29,6 +30,8 @@ pub enum ListenError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--client-password-file")]
+    ClientPassword(#[source] crate::auth::password::PasswordError),
 }
 
 /// Bound listeners for one target, ready to [`Listeners::run`].
@@ -36,6 +39,8 @@ pub struct Listeners {
     tcp: TcpListener,
     unix: Option<(UnixListener, PathBuf)>,
     config: ListenConfig,
+    /// `--client-password-file`'s verifier: what remote TCP clients must prove they know.
+    client_password: Option<Arc<Verifier>>,
 }
 
 impl Listeners {
@@ -51,10 +56,17 @@ impl Listeners {
             Some(dir) => Some(bind_unix(dir, port)?),
             None => None,
         };
+        let client_password = match &config.client_password_file {
+            Some(path) => Some(Arc::new(
+                client_auth::load_client_password(path).map_err(ListenError::ClientPassword)?,
+            )),
+            None => None,
+        };
         Ok(Listeners {
             tcp,
             unix,
             config: config.clone(),
+            client_password,
         })
     }
 
@@ -83,12 +95,16 @@ impl Listeners {
                         if let Err(e) = ctx.timeouts.keepalive.apply(&stream) {
                             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive on a client connection");
                         }
-                        spawn_session(&mut sessions, &ctx, &limit, &drain, stream, peer.to_string());
+                        let access = Access::for_tcp(peer, self.client_password.as_ref());
+                        spawn_session(&mut sessions, &ctx, &limit, &drain, stream, peer.to_string(), access);
                     }
                     Err(e) => accept_error(e).await,
                 },
                 accepted = accept_unix(self.unix.as_ref()) => match accepted {
-                    Ok(stream) => spawn_session(&mut sessions, &ctx, &limit, &drain, stream, "unix socket".into()),
+                    Ok(stream) => {
+                        let access = Access::for_unix(&stream);
+                        spawn_session(&mut sessions, &ctx, &limit, &drain, stream, "unix socket".into(), access);
+                    }
                     Err(e) => accept_error(e).await,
                 },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -160,6 +176,7 @@ fn spawn_session<S>(
     drain: &crate::drain::DrainSignal,
     stream: S,
     peer: String,
+    access: Access,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -180,7 +197,7 @@ fn spawn_session<S>(
     let ctx = ctx.clone();
     let drain = drain.clone();
     sessions.spawn(async move {
-        session::serve_admitted(&ctx, stream, &peer, &drain, admission).await;
+        session::serve_with(&ctx, stream, &peer, &drain, admission, access).await;
     });
 }
 
@@ -210,24 +227,51 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
+/// Binds `DIR/.s.PGSQL.<port>` so that it is never reachable with a mode wider than 0600: it
+/// is bound inside a fresh 0700 directory next to its destination, made 0600 there, then
+/// renamed into place (atomic, same file system). A socket bound in place would accept
+/// connections with the umask's mode (0755 under the usual 022) until the chmod; changing the
+/// process-wide umask instead would race other threads (and needs unsafe code).
 fn bind_unix(dir: &Path, port: u16) -> Result<(UnixListener, PathBuf), ListenError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let path = dir.join(format!(".s.PGSQL.{port}"));
     let err = |source| ListenError::Unix {
         path: path.clone(),
         source,
     };
-    // A stale socket from a crashed run would make bind fail; a live one we must not steal.
-    if path.exists() {
+    // A stale socket from a crashed run is replaced; a live one we must not steal, nor
+    // anything that is not a socket.
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "it exists and is not a socket",
+            )));
+        }
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 "another process is listening on it",
             )));
         }
-        std::fs::remove_file(&path).map_err(err)?;
     }
-    let listener = UnixListener::bind(&path).map_err(err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok((listener, path))
+    // Short names: a socket path is limited to 107 bytes.
+    let staging = dir.join(format!(".rap-{:08x}", rand::random::<u32>()));
+    // `create`, not `create_all`: it fails on anything already there, link or not.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(err)?;
+    let staged = staging.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, &path)?;
+        Ok(listener)
+    });
+    if bound.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    let _ = std::fs::remove_dir(&staging);
+    Ok((bound.map_err(err)?, path))
 }

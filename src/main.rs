@@ -337,7 +337,12 @@ fn init_logging(args: &LogArgs) {
     // A global cap on top of RUST_LOG, which no directive (however specific) can lift.
     let cap = tracing_subscriber::filter::filter_fn(|meta| !leaks_secrets_at(meta));
     match args.log_format {
-        LogFormat::Text => builder.finish().with(cap).init(),
+        // Escaped fields: a client's user name or a server's error text cannot forge a line.
+        LogFormat::Text => builder
+            .fmt_fields(rds_auth_proxy::logfmt::EscapedFields)
+            .finish()
+            .with(cap)
+            .init(),
         LogFormat::Json => builder.json().finish().with(cap).init(),
     }
 }

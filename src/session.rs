@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
+use crate::client_auth::Access;
 use crate::drain::{self, DrainSignal};
 use crate::local_tls::{ClientStream, LocalTls};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
@@ -122,16 +123,18 @@ pub async fn serve<S>(ctx: &TargetContext, client: S, peer: &str, drain: &DrainS
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    serve_admitted(ctx, client, peer, drain, Admission::default()).await;
+    serve_with(ctx, client, peer, drain, Admission::default(), Access::Open).await
 }
 
-/// [`serve`] under `admission`.
-pub async fn serve_admitted<S>(
+/// [`serve`] under `admission` (the connection limit), for any client; `access` says what the
+/// client must do before it is logged in upstream (see [`crate::client_auth`]).
+pub async fn serve_with<S>(
     ctx: &TargetContext,
     client: S,
     peer: &str,
     drain: &DrainSignal,
     admission: Admission,
+    access: Access,
 )
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -155,7 +158,7 @@ where
             return;
         }
         Some(Ok(Err(Failure::Quiet(reason)))) => {
-            tracing::debug!(%peer, %reason, "client went away before startup");
+            tracing::debug!(%peer, reason = reason.as_str(), "client went away before startup");
             return;
         }
         Some(Ok(Err(Failure::Handshake(e)))) => {
@@ -175,15 +178,27 @@ where
             // Over TLS that is a close_notify, which TLS clients expect before the EOF.
             let _ = client.shutdown().await;
             drop(client);
+            if !access.may_cancel(peer) {
+                return;
+            }
             match cancel::forward(ctx, &request).await {
                 Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
-                Err(e) => tracing::warn!(%peer, error = %display_chain(&e), "cancel request could not be forwarded"),
+                Err(e) => tracing::warn!(%peer, error = display_chain(&e), "cancel request could not be forwarded"),
             }
             drop(admission.first_packet);
             return;
         }
         Accepted::Startup(s) => s,
     };
+    // The client's own login to the proxy (remote peers on a shared listener) comes first, while
+    // the first-packet slot is held: a client that cannot log in never takes a session slot.
+    if access
+        .admit(&mut client, peer, &startup, ctx.timeouts.client_startup)
+        .await
+        .is_err()
+    {
+        return;
+    }
     let _session_slot = match admission.sessions.map(Semaphore::try_acquire_owned) {
         Some(Err(_)) => {
             tracing::warn!(%peer, "refusing a connection: --max-connections reached");
@@ -256,7 +271,7 @@ where
             ..
         })) => {
             let with = password_from.unwrap_or("an IAM token");
-            tracing::warn!(%peer, %user, %database, %sqlstate, error = %message, with, "login refused by the server; its error was passed to the client");
+            tracing::warn!(%peer, user = user.as_str(), database = database.as_str(), sqlstate = sqlstate.as_str(), error = message.as_str(), with, "login refused by the server; its error was passed to the client");
             ctx.metrics.login_failed(&sqlstate);
             audit.closed(&Ending {
                 closed_by: Some(Closer::Error),
@@ -271,7 +286,7 @@ where
         }
         Some(Err(e)) => {
             let client_error = e.to_client_error();
-            tracing::warn!(%peer, %user, %database, via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = %display_chain(&e), "login failed; the client was told why");
+            tracing::warn!(%peer, user = user.as_str(), database = database.as_str(), via = %ctx.tunnel.describe(), sqlstate = client_error.sqlstate.code(), error = display_chain(&e), "login failed; the client was told why");
             refused(&audit, &client_error);
             fail(&mut client, peer, &client_error).await;
             return;
@@ -279,11 +294,11 @@ where
     };
     audit.ssm_session = upstream.ssm_session.clone().unwrap_or_default();
     if let Err(e) = client.write_all(&upstream.to_client).await {
-        tracing::debug!(%peer, error = %e, "client went away right after login");
+        tracing::debug!(%peer, error = e.to_string(), "client went away right after login");
         return;
     }
     ctx.metrics.connect_seconds.observe(started.elapsed().as_secs_f64());
-    tracing::info!(%peer, %user, %database, tls = client.is_tls(), setup_ms = started.elapsed().as_millis() as u64, "client connected");
+    tracing::info!(%peer, user = user.as_str(), database = database.as_str(), tls = client.is_tls(), setup_ms = started.elapsed().as_millis() as u64, "client connected");
     audit.opened();
     let mut stats = relay::relay_until(
         &mut client,
@@ -409,7 +424,7 @@ async fn answer_no<S: AsyncWrite + Unpin>(client: &mut S) -> Result<(), Failure>
 }
 
 async fn fail<S: AsyncWrite + Unpin>(client: &mut S, peer: &str, err: &ClientError) {
-    tracing::debug!(%peer, sqlstate = err.sqlstate.code(), message = %err.message, "sending error to client");
+    tracing::debug!(%peer, sqlstate = err.sqlstate.code(), error = err.message.as_str(), "sending error to client");
     let _ = client.write_all(&err.encode()).await;
     let _ = client.shutdown().await;
 }

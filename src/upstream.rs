@@ -233,7 +233,7 @@ pub async fn connect(
 ) -> Result<Upstream, UpstreamError> {
     match attempt(ctx, startup, false).await {
         Err(e) if e.is_login_failure() => {
-            tracing::info!(error = %e, "login refused; retrying once with fresh credentials (a new IAM token, or the password read again)");
+            tracing::info!(error = e.to_string(), "login refused; retrying once with fresh credentials (a new IAM token, or the password read again)");
             attempt(ctx, startup, true).await
         }
         other => other,

@@ -182,8 +182,14 @@ async fn a_vanished_client_is_dropped_by_keepalive() {
     let sim = start_sim().await;
     // The proxy listens on the host's end of the veth pair; a second one, on loopback with the
     // default keepalive, lets the test watch the database.
+    // A shared listener: the client in the namespace is remote, so it gives the client password.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password_file = dir.path().join("client-password");
+    std::fs::write(&password_file, "ka-client-pw\n").expect("write");
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let mut args = direct_args(&sim);
     args.extend(["--address".into(), netns.host_ip.clone(), "--allow-remote".into()]);
+    args.extend(["--client-password-file".into(), password_file.display().to_string()]);
     let proxy = start_proxy_with_keepalive(&args, &sim, SHORT).await;
     let observer_proxy = start_proxy_with_keepalive(&direct_args(&sim), &sim, TcpKeepalive::default()).await;
     let observer = connect(&observer_proxy, "db_user").await.expect("observer connects");
@@ -197,7 +203,7 @@ async fn a_vanished_client_is_dropped_by_keepalive() {
             netns.host_ip,
             proxy.addr.port()
         ))
-        .env_remove("PGPASSWORD")
+        .env("PGPASSWORD", "ka-client-pw")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -753,7 +753,7 @@ impl Pump {
                 tracing::debug!(session = %self.session_id, "data channel closed")
             }
             other => {
-                tracing::warn!(session = %self.session_id, reason = %other, "SSM session ended")
+                tracing::warn!(session = %self.session_id, reason = other.to_string(), "SSM session ended")
             }
         }
         if let HandshakeState::Waiting {
@@ -1066,7 +1066,7 @@ impl Pump {
             Outcome::Accepted(properties) => {
                 tracing::debug!(
                     session = %self.session_id,
-                    agent_version = %request.agent_version,
+                    agent_version = request.agent_version.as_str(),
                     "handshake request accepted"
                 );
                 if let HandshakeState::Waiting { agent_version, .. } = &mut self.handshake {
@@ -1096,7 +1096,7 @@ impl Pump {
         };
         if let Ok(complete) = HandshakeCompletePayload::from_payload(&msg.payload) {
             if !complete.customer_message.is_empty() {
-                tracing::info!(session = %self.session_id, message = %complete.customer_message, "SSM agent says");
+                tracing::info!(session = %self.session_id, text = complete.customer_message.as_str(), "SSM agent says");
             }
         }
         if let Some(ready) = ready.take() {
@@ -1112,7 +1112,7 @@ impl Pump {
     /// ResumeSession + reconnect with backoff, for as long as the budget allows and the
     /// service keeps handing out tokens. A Terminate ends it at any point.
     async fn reconnect(&mut self, cause: String) -> Result<(), DataChannelError> {
-        tracing::warn!(session = %self.session_id, %cause, "SSM data channel lost; resuming the session");
+        tracing::warn!(session = %self.session_id, cause = cause.as_str(), "SSM data channel lost; resuming the session");
         let started = Instant::now();
         let mut delay = self.config.reconnect_initial_delay;
         loop {

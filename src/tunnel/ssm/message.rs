@@ -463,10 +463,12 @@ fn read_u64(frame: &[u8], offset: usize) -> Result<u64, MessageError> {
     array(frame, offset).map(u64::from_be_bytes)
 }
 
-/// Strips NULs from both ends first (MGS pads `channel_closed` with them), then whitespace.
+/// Strips NULs and whitespace, mixed in any order, from both ends (MGS pads `channel_closed`
+/// with NULs, the rest with spaces). One pass over both, so decoding what we encode gives the
+/// same name back (fuzzing found `\x0c\0…` names that two passes changed on a round trip).
 fn parse_message_type(raw: &[u8]) -> Result<String, MessageError> {
     let text = std::str::from_utf8(raw).map_err(|_| MessageError::MessageTypeNotUtf8)?;
-    Ok(text.trim_matches('\0').trim().to_owned())
+    Ok(text.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_owned())
 }
 
 /// Payload of an `acknowledge` (§2.8). Receivers only need the sequence number, so the other

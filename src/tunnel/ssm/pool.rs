@@ -512,7 +512,7 @@ impl Pool {
             }
             Err(source) => {
                 self.config.counters.failed.inc();
-                tracing::debug!(session = %session_id, error = %source, "SSM session failed to open; terminating it");
+                tracing::debug!(session = %session_id, error = source.to_string(), "SSM session failed to open; terminating it");
                 datachannel::terminate_api(&*self.control, &session_id).await;
                 Err(SsmError::DataChannel { session_id, source })
             }
@@ -610,7 +610,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                     if let Some(pool) = pool.upgrade() {
                         pool.config.counters.failed.inc();
                     }
-                    tracing::warn!(session = %id, %reason, "SSM session lost; the next connection opens a new one");
+                    tracing::warn!(session = %id, reason = reason.to_string(), "SSM session lost; the next connection opens a new one");
                 }
                 return;
             }
@@ -621,7 +621,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                 if matches!(reason.root_cause(), smux::SmuxError::ClosedLocally) {
                     tracing::debug!(session = %id, "SSM multiplexer closed; terminating the session");
                 } else {
-                    tracing::warn!(session = %id, %reason, "SSM multiplexer failed; terminating the session");
+                    tracing::warn!(session = %id, reason = reason.to_string(), "SSM multiplexer failed; terminating the session");
                 }
                 session.channel.terminate().await;
                 return;

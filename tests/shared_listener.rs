@@ -1,0 +1,349 @@
+//! Who can use the listener (issue 7): remote clients of a shared listener log in with the
+//! client password (real psql, SCRAM-SHA-256), loopback stays password-less; the Unix socket is
+//! never reachable with a mode wider than 0600 and refuses other users; and no client-supplied
+//! string can forge a line of the text log.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rds_auth_proxy::config::ListenConfig;
+use rds_auth_proxy::listener::Listeners;
+use rds_auth_proxy::sim::runner::SIM_REGION;
+use rds_auth_proxy::sim::Simulator;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
+const CLIENT_PASSWORD: &str = "correct horse battery staple";
+
+/// A `chmod 600` file holding `password`.
+fn password_file(dir: &std::path::Path, password: &str) -> std::path::PathBuf {
+    let file = dir.join("client-password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
+/// An IPv4 address of this host that is not loopback: connections to it are routed locally,
+/// but the proxy sees a non-loopback peer address.
+fn non_loopback_address() -> Option<IpAddr> {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|cidr| cidr.split('/').next()?.parse::<IpAddr>().ok())
+        .find(|ip| !ip.is_loopback())
+}
+
+fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> std::process::Output {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-w", "-tA", "-c", sql, conninfo])
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/nonexistent")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .stdin(Stdio::null());
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd.output().expect("psql is installed (see README)")
+}
+
+/// The binary with the simulator's AWS identity only, logging `format` to a pipe.
+fn proxy_command(sim: &Simulator, format: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
+        .env("AWS_REGION", SIM_REGION)
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(direct_args(sim))
+        .args(["--log-format", format])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Starts `cmd`, waits for the ready line; returns the child, its port and its log lines.
+fn spawn_until_ready(mut cmd: Command) -> (Child, u16, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Split on '\n' only, whatever bytes the lines hold.
+        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the proxy did not log a ready line");
+        };
+        if line.contains("ready for connections") {
+            let listen = line
+                .split("listen=")
+                .nth(1)
+                .or_else(|| line.split("\"listen\":\"").nth(1))
+                .and_then(|s| s.split(['"', ' ']).next())
+                .expect("the ready line names the listen address");
+            let port = listen.rsplit(':').next().unwrap().parse().unwrap();
+            return (child, port, rx);
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_psql_needs_the_client_password_and_loopback_does_not() {
+    let Some(host_ip) = non_loopback_address() else {
+        eprintln!("SKIPPED remote_psql_needs_the_client_password_and_loopback_does_not: this host has no non-loopback IPv4 address");
+        return;
+    };
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), CLIENT_PASSWORD);
+    let mut cmd = proxy_command(&sim, "json");
+    cmd.args(["--address", "0.0.0.0", "--allow-remote"])
+        .env("RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE", &file);
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let remote = format!("host={host_ip} port={port} user=db_user dbname=postgres");
+    let local = format!("host=127.0.0.1 port={port} user=db_user dbname=postgres");
+
+    // No password: psql is asked for one (AuthenticationSASL) and has none.
+    let out = psql(&remote, None, "SELECT current_user");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no password supplied"), "{err}");
+
+    // A wrong one: 28P01 with the proxy's message and a HINT saying which password.
+    let out = psql(&remote, Some("the database password, perhaps"), "SELECT current_user");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("password authentication failed: wrong client password"), "{err}");
+    assert!(err.contains("HINT:") && err.contains("--client-password-file"), "{err}");
+
+    // The right one: SCRAM with the proxy, then the IAM login upstream as usual.
+    let out = psql(&remote, Some(CLIENT_PASSWORD), "SELECT current_user");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+
+    // Loopback: no password, none asked (a PGPASSWORD would go unused).
+    let out = psql(&local, None, "SELECT 6*7");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+
+    // tokio-postgres (another SCRAM client) from the remote side too.
+    let conn = format!("{remote} password='{CLIENT_PASSWORD}' connect_timeout=20");
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("tokio-postgres logs in");
+    tokio::spawn(connection);
+    let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(user, "db_user");
+    drop(client);
+
+    stop(child);
+    let events: Vec<serde_json::Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
+    assert_eq!(refused.len(), 1, "the wrong password is logged: {events:?}");
+    assert_eq!(refused[0]["fields"]["sqlstate"], "28P01");
+    assert!(refused[0]["fields"]["peer"].as_str().unwrap().starts_with(&host_ip.to_string()));
+    let all = events.iter().map(|v| v.to_string()).collect::<String>();
+    assert!(!all.contains(CLIENT_PASSWORD) && !all.contains("the database password"), "no password in the log");
+    sim.stop().await;
+}
+
+#[test]
+fn allow_remote_without_a_client_password_is_a_one_line_config_error() {
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "-a", "0.0.0.0", "--allow-remote"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+    for part in ["--allow-remote needs --client-password-file FILE", "AWS identity", "chmod 600", "PGPASSWORD"] {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+
+    // A readable-by-others client password file is refused like --password-file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), "pw");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "-a", "0.0.0.0", "--allow-remote"])
+        .arg("--client-password-file")
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--client-password-file") && err.contains("chmod 600"), "{err}");
+}
+
+/// The socket appears at its path with mode 0600 or not at all: a thread stats the path in a
+/// tight loop while the listener binds, many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_is_never_visible_with_a_wider_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    // The control: a socket bound in place gets the umask's mode, which is wider.
+    let plain = std::os::unix::net::UnixListener::bind(dir.path().join("plain")).unwrap();
+    let plain_mode = std::fs::metadata(dir.path().join("plain")).unwrap().permissions().mode() & 0o777;
+    assert_ne!(plain_mode, 0o600, "this test needs a umask under which sockets are not 0600");
+    drop(plain);
+    std::fs::remove_file(dir.path().join("plain")).unwrap();
+
+    let mut seen_modes = std::collections::BTreeMap::<u32, usize>::new();
+    for _ in 0..40 {
+        // A port that was free a moment ago, so the path is known before the bind.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = dir.path().join(format!(".s.PGSQL.{port}"));
+        let done = Arc::new(AtomicBool::new(false));
+        let poller = std::thread::spawn({
+            let (path, done) = (path.clone(), done.clone());
+            move || {
+                let mut modes = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        modes.push(meta.permissions().mode() & 0o777);
+                    }
+                }
+                modes
+            }
+        });
+        let config = ListenConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            unix_socket_dir: Some(dir.path().to_owned()),
+            max_connections: 0,
+            drain_timeout: Duration::from_secs(1),
+            client_password_file: None,
+        };
+        let Ok(listeners) = Listeners::bind(&config).await else {
+            done.store(true, Ordering::Relaxed);
+            let _ = poller.join();
+            continue; // the port was taken in between; try another
+        };
+        // Keep polling a little after the bind returned, as a client would.
+        let until = Instant::now() + Duration::from_millis(2);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        done.store(true, Ordering::Relaxed);
+        for mode in poller.join().unwrap() {
+            *seen_modes.entry(mode).or_default() += 1;
+        }
+        drop(listeners);
+        let _ = std::fs::remove_file(&path);
+    }
+    let shown: Vec<String> = seen_modes.iter().map(|(mode, n)| format!("{mode:o} ×{n}")).collect();
+    assert!(seen_modes.get(&0o600).is_some_and(|n| *n > 0), "the socket was never seen: {shown:?}");
+    assert_eq!(seen_modes.keys().copied().collect::<Vec<_>>(), vec![0o600], "modes seen: {shown:?}");
+    // Nothing is left behind: no staging directory, no socket.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_peer_of_another_user_is_refused() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED a_unix_socket_peer_of_another_user_is_refused: needs root to connect as another user (CI runs as root)");
+        return;
+    }
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Let `nobody` reach the socket at all: the directory and, below, the socket itself.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = proxy_command(&sim, "json");
+    cmd.arg("--unix-socket").arg(dir.path());
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let socket = dir.path().join(format!(".s.PGSQL.{port}"));
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let port = port.to_string();
+    let args = ["-X", "-w", "-tA", "-h", dir.path().to_str().unwrap(), "-p", &port, "-U", "db_user", "-d", "postgres", "-c", "SELECT 1"];
+
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "psql"])
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux) is installed");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serves only the user running rds-auth-proxy (uid 0)"), "{err}");
+    assert!(err.contains("uid 65534") && err.contains("HINT:"), "{err}");
+
+    // The owner still gets in.
+    let out = Command::new("psql").args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    stop(child);
+    let events: Vec<serde_json::Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    assert_eq!(refused[0]["fields"]["sqlstate"], "28000");
+    assert!(refused[0]["fields"]["error"].as_str().unwrap().contains("uid 65534"));
+    sim.stop().await;
+}
+
+/// A user name with a newline and an ANSI escape, sent by tokio-postgres: the text log (the
+/// binary's stderr, a pipe) holds it escaped on the line it belongs to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_log_lines() {
+    let sim = start_sim().await;
+    let mut cmd = proxy_command(&sim, "text");
+    cmd.env("RUST_LOG", "debug");
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let forged = "2026-01-01T00:00:00.000000Z  INFO client connected peer=10.0.0.1:1 user=\"admin\"";
+    let evil_user = format!("mallory\n{forged}\x1b[31m");
+    let evil_db = format!("db\r\n{forged}\x1b]0;title\x07");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(&evil_user)
+        .dbname(&evil_db)
+        .application_name("app\nFORGED")
+        .connect_timeout(Duration::from_secs(20));
+    let err = config.connect(tokio_postgres::NoTls).await.err().expect("the simulated RDS refuses this user");
+    assert!(err.as_db_error().is_some(), "{err:?}");
+    stop(child);
+
+    let lines: Vec<String> = logs.try_iter().collect();
+    let text = lines.join("\n");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "raw control bytes in the log: {text:?}");
+    assert!(!text.contains('\r'), "a raw carriage return in the log: {text:?}");
+    for line in &lines {
+        assert!(!line.starts_with("2026-01-01") && !line.starts_with("FORGED"), "forged line: {line:?}");
+    }
+    // The user is there, escaped, in its own field of a real log line.
+    let refused = lines
+        .iter()
+        .find(|l| l.contains("login refused") || l.contains("login failed"))
+        .unwrap_or_else(|| panic!("the failed login is logged: {text}"));
+    assert!(refused.contains(r#"user="mallory\n2026-01-01T00:00:00.000000Z  INFO client connected peer=10.0.0.1:1 user=\"admin\"\u{1b}[31m""#), "{refused}");
+    assert!(refused.contains(r#"database="db\r\n2026"#), "{refused}");
+    sim.stop().await;
+}
