@@ -89,7 +89,7 @@ pub enum Command {
     /// Check the whole chain once, with the proxy's flags: credentials (who am I), region, name
     /// lookups, SSM node and StartSession, the node reaching host:port, TLS verify-full, IAM
     /// login, select 1. One line per step; exit code 0 only if every step passes.
-    Doctor(DoctorArgs),
+    Doctor(Box<DoctorArgs>),
     /// Print ready-made client settings for the local listener (a psql line, a libpq URI, a
     /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
     /// flags as the proxy; no password anywhere.

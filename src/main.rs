@@ -226,7 +226,7 @@ async fn connection_test(probes: Vec<rds_auth_proxy::conntest::Probe>, enabled: 
     EXIT_RUNTIME
 }
 
-async fn doctor(args: rds_auth_proxy::cli::DoctorArgs) -> ExitCode {
+async fn doctor(args: Box<rds_auth_proxy::cli::DoctorArgs>) -> ExitCode {
     if args.proxy.db_user.is_none() {
         eprintln!("rds-auth-proxy doctor: --db-user is required: the database user to log in as, e.g. --db-user db_user");
         return ExitCode::from(EXIT_CONFIG);
