@@ -92,6 +92,9 @@ pub struct Config {
     pub exit_zero_on_sigterm: bool,
     /// `None`: IAM users (tokens); otherwise the password of a password user.
     pub password: Option<PasswordConfig>,
+    /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
+    /// `rds-db:connect` ARN of the hint when RDS refuses a token.
+    pub dbi_resource_id: Option<String>,
     /// `--local-tls`: TLS towards clients; `None`: SSLRequest is answered `N`.
     pub local_tls: Option<LocalTlsConfig>,
 }
@@ -218,6 +221,7 @@ impl Config {
             db_user: args.db_user.clone(),
             ca_bundles: args.ca_bundle.clone(),
             timeouts: Timeouts::default(),
+            dbi_resource_id: None,
             password,
             local_tls,
             http: http_address(args),
