@@ -151,6 +151,7 @@ pub async fn build_context_with(
         password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
+        dbi_resource_id: config.dbi_resource_id.clone(),
         local_tls: local_tls(config)?,
         metrics: target_metrics,
     }))

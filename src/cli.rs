@@ -86,6 +86,10 @@ pub enum Command {
     /// Start the simulator and the proxy wired together on 127.0.0.1:6543, and print the psql
     /// line to try.
     Demo(DemoArgs),
+    /// Check the whole chain once, with the proxy's flags: credentials (who am I), region, name
+    /// lookups, SSM node and StartSession, the node reaching host:port, TLS verify-full, IAM
+    /// login, select 1. One line per step; exit code 0 only if every step passes.
+    Doctor(Box<DoctorArgs>),
     /// Print ready-made client settings for the local listener (a psql line, a libpq URI, a
     /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
     /// flags as the proxy; no password anywhere.
@@ -128,6 +132,16 @@ pub struct ConnectInfoArgs {
     pub dbname: String,
 
     /// The proxy's own flags: the settings point where a proxy started with them listens.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The database to log in to for the check.
+    #[arg(long, value_name = "NAME", default_value = "postgres", env = "RDS_AUTH_PROXY_DOCTOR_DBNAME")]
+    pub dbname: String,
+    /// The proxy's flags (--target or --db-instance, --via, --db-user …); --db-user is required.
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }

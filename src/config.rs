@@ -89,6 +89,9 @@ pub struct Config {
     pub exit_zero_on_sigterm: bool,
     /// `None`: IAM users (tokens); otherwise the password of a password user.
     pub password: Option<PasswordConfig>,
+    /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
+    /// `rds-db:connect` ARN of the hint when RDS refuses a token.
+    pub dbi_resource_id: Option<String>,
     /// `--local-tls`: TLS towards clients; `None`: SSLRequest is answered `N`.
     pub local_tls: Option<LocalTlsConfig>,
     /// `--proxy-ca-bundle`: the roots for an RDS Proxy endpoint instead of the built-in Amazon
@@ -217,6 +220,7 @@ impl Config {
             ca_bundles: args.ca_bundle.clone(),
             proxy_ca_bundles: args.proxy_ca_bundle.clone(),
             timeouts: Timeouts::default(),
+            dbi_resource_id: None,
             password,
             local_tls,
             http: http_address(args),

@@ -39,6 +39,7 @@ pub mod cancel;
 pub mod cli;
 pub mod client_auth;
 pub mod config;
+pub mod doctor;
 pub mod config_file;
 pub mod connect_info;
 pub mod conntest;

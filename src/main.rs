@@ -68,6 +68,7 @@ async fn run(cli: Cli, plan: Option<Plan>) -> ExitCode {
         (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
         (Some(Command::ConnectInfo(args)), _) => connect_info(&args).await,
         (Some(Command::Wait(args)), _) => wait(args).await,
+        (Some(Command::Doctor(args)), _) => doctor(args).await,
         // Handled before the runtime starts.
         (None, None) | (Some(Command::Completions(_) | Command::Man), _) => ExitCode::SUCCESS,
     }
@@ -116,13 +117,18 @@ async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
     // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
     for pending in std::mem::take(&mut plan.pending) {
         let mut args = pending.args;
-        if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
-            let name = pending.name.map(|n| format!("target {n:?}: ")).unwrap_or_default();
-            eprintln!("rds-auth-proxy: {name}{e}\n  hint: {}", e.hint());
-            return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
-        }
+        let resolved = match rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+            Ok(r) => r,
+            Err(e) => {
+                let name = pending.name.map(|n| format!("target {n:?}: ")).unwrap_or_default();
+                eprintln!("rds-auth-proxy: {name}{e}\n  hint: {}", e.hint());
+                return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+            }
+        };
         match rds_auth_proxy::config::Config::from_args(&args) {
             Ok(mut config) => {
+                // For the HINT on a PAM failure: the rds-db:connect ARN names the DbiResourceId.
+                config.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
                 if let Some(name) = pending.name {
                     config.name = name;
                 }
@@ -220,7 +226,25 @@ async fn connection_test(probes: Vec<rds_auth_proxy::conntest::Probe>, enabled: 
     EXIT_RUNTIME
 }
 
+async fn doctor(args: Box<rds_auth_proxy::cli::DoctorArgs>) -> ExitCode {
+    if args.proxy.db_user.is_none() {
+        eprintln!("rds-auth-proxy doctor: --db-user is required: the database user to log in as, e.g. --db-user db_user");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let report = rds_auth_proxy::doctor::run(&args.proxy, &args.dbname, Credentials::Chain, |step| {
+        println!("{step}");
+    })
+    .await;
+    if report.passed() {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNTIME)
+    }
+}
+
 async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
+    let args_profile = args.profile.clone();
     match rds_auth_proxy::app::print_token(&args).await {
         Ok(token) => {
             // The one place a token is meant to be shown: the user asked for it.
@@ -229,6 +253,11 @@ async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            let credentials = e.is::<rds_auth_proxy::auth::CredentialsError>()
+                || matches!(e.downcast_ref::<rds_auth_proxy::auth::AuthError>(), Some(rds_auth_proxy::auth::AuthError::Credentials(_)));
+            if credentials {
+                eprintln!("  hint: {}", rds_auth_proxy::auth::credentials::fix_for(&*e, args_profile.as_deref()));
+            }
             ExitCode::from(EXIT_RUNTIME)
         }
     }

@@ -171,11 +171,7 @@ impl UserFacing for UpstreamError {
                     .into()
             }
             UpstreamError::Password(e) => e.hint(),
-            UpstreamError::Auth(AuthError::Credentials(_)) => {
-                "Provide AWS credentials: run `aws sso login` (with --profile if you use one), \
-                 or set AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; then reconnect."
-                    .into()
-            }
+            UpstreamError::Auth(AuthError::Credentials(e)) => crate::auth::credentials::fix_for(e, None),
             UpstreamError::Auth(_) => "Check --region and the AWS credentials.".into(),
             UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::Protocol(_) => {
                 "The upstream dropped the connection during login; retry, and check the server log \
@@ -222,6 +218,26 @@ fn tls_hint(endpoint: &str) -> String {
              --ca-bundle FILE."
         )
     }
+}
+
+/// The fix for RDS's `PAM authentication failed` on an IAM token: the identity lacks
+/// `rds-db:connect` on this user's ARN (or the token is for another user, region or endpoint).
+pub fn rds_db_connect_hint(region: &str, user: &str, resource_id: Option<&str>) -> String {
+    let resource = resource_id.unwrap_or("<DbiResourceId>");
+    let mut hint = format!(
+        "RDS refused the IAM token. Allow rds-db:connect for your IAM identity on \
+         arn:aws:rds-db:{region}:<account>:dbuser:{resource}/{user}"
+    );
+    if resource_id.is_none() {
+        hint.push_str(
+            " (the DbiResourceId: `aws rds describe-db-instances --query \
+             'DBInstances[].DbiResourceId'`; or start with --db-instance NAME, which looks it up)",
+        );
+    }
+    hint.push_str(&format!(
+        ", and check that \"{user}\" has GRANT rds_iam and that IAM database authentication is enabled."
+    ));
+    hint
 }
 
 /// Connects and authenticates `startup` upstream; retries once with freshly loaded credentials
@@ -530,7 +546,19 @@ async fn authenticate(
                         message,
                     });
                 }
-                to_client.extend_from_slice(msg.as_bytes());
+                // RDS's answer to a refused IAM token names no cause; the client gets the same
+                // error with the fix: the rds-db:connect ARN to allow.
+                if password_from.is_none() && !authenticated && sqlstate == "28000" && message.contains("PAM authentication failed") {
+                    let hint = rds_db_connect_hint(&ctx.target.region, user, ctx.dbi_resource_id.as_deref());
+                    let with_hint = crate::pg::error::ClientError {
+                        sqlstate: SqlState::InvalidAuthorization,
+                        message: message.clone(),
+                        hint: Some(hint),
+                    };
+                    to_client.extend_from_slice(&with_hint.encode());
+                } else {
+                    to_client.extend_from_slice(msg.as_bytes());
+                }
                 return Err(UpstreamError::Rejected {
                     sqlstate,
                     message,

@@ -234,3 +234,185 @@ async fn psql_through_db_instance_and_auto_node_by_name() {
     let _ = Duration::ZERO;
     sim.stop().await;
 }
+
+/// Runs doctor in process against `sim` with `flags`; returns the report and its printed lines.
+async fn doctor(sim: &rds_auth_proxy::sim::Simulator, flags: &[&str]) -> (rds_auth_proxy::doctor::Report, String) {
+    let args = proxy_args(flags);
+    let mut out = String::new();
+    let report = rds_auth_proxy::doctor::run(&args, "postgres", Credentials::FixedWith(sim.aws_setup()), |step| {
+        out.push_str(&format!("{step}\n"));
+    })
+    .await;
+    (report, out)
+}
+
+/// The failed step's name, cause and fix.
+fn failure(report: &rds_auth_proxy::doctor::Report) -> (&'static str, String, String) {
+    use rds_auth_proxy::doctor::Outcome;
+    let failed: Vec<_> = report
+        .steps
+        .iter()
+        .filter_map(|s| match &s.outcome {
+            Outcome::Failed { cause, fix } => Some((s.name, cause.clone(), fix.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "exactly one failed step: {report:#?}");
+    let after = report.steps.iter().skip_while(|s| s.name != failed[0].0).skip(1);
+    for s in after {
+        assert_eq!(s.outcome, Outcome::Skipped, "{} after the failure", s.name);
+    }
+    failed[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_and_names_each_injected_failure() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let ssm: Vec<&str> = vec!["--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ca-bundle", &ca, "--db-user", "db_user", "--region", SIM_REGION];
+
+    let (report, out) = doctor(&sim, &ssm).await;
+    assert!(report.passed(), "{out}");
+    let names: Vec<_> = report.steps.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["credentials", "region", "database", "ssm node", "reach", "tls", "iam login", "select 1"]);
+    assert!(out.contains("arn:aws:iam::123456789012:user/sim-user"), "{out}");
+    assert!(out.contains(SIM_DBI_RESOURCE_ID), "{out}");
+    assert!(out.contains(&format!("{SIM_TARGET_ID} online, StartSession allowed")), "{out}");
+    assert!(out.contains(&format!("certificate valid for {SIM_ENDPOINT}")), "{out}");
+    assert!(report.step("select 1").map(|s| format!("{:?}", s.outcome)).unwrap().contains("PostgreSQL"), "{out}");
+
+    // Wrong region: the endpoint's name says otherwise.
+    let target = format!("{SIM_ENDPOINT}:5432");
+    let direct = ["--target", &target, "--via", "direct", "--connect-addr", &sim.front_addr.to_string(), "--ca-bundle", &ca, "--db-user", "db_user"];
+    let mut flags = direct.to_vec();
+    flags.extend(["--region", "us-west-2"]);
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "region");
+    assert_eq!(cause, "the endpoint's name is in eu-central-1, but the region in use is us-west-2");
+    assert!(fix.starts_with("use --region eu-central-1"), "{fix}");
+
+    // The node offline.
+    sim.ssm.options().update(|o| o.node_offline = true);
+    let mut flags = ssm.clone();
+    flags[5] = SIM_TARGET_ID;
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    sim.ssm.options().update(|o| o.node_offline = false);
+    assert_eq!(name, "ssm node");
+    assert_eq!(cause, format!("managed node {SIM_TARGET_ID} is ConnectionLost (not Online)"));
+    assert!(fix.starts_with("start the instance or its SSM Agent"), "{fix}");
+
+    // AccessDenied on StartSession: the action and both resources.
+    sim.ssm.options().update(|o| o.refuse_start = Some("AccessDeniedException".into()));
+    let (name, cause, fix) = failure(&doctor(&sim, &ssm).await.0);
+    sim.ssm.options().update(|o| o.refuse_start = None);
+    assert_eq!(name, "ssm node");
+    assert!(cause.contains("not authorized to call ssm:StartSession"), "{cause}");
+    assert!(fix.starts_with("Allow ssm:StartSession for your IAM identity on"), "{fix}");
+    assert!(fix.contains(&format!("instance/{SIM_TARGET_ID}")) && fix.contains("document/AWS-StartPortForwardingSessionToRemoteHost"), "{fix}");
+
+    // Port unreachable.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut flags = direct.to_vec();
+    flags[5] = &closed;
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "reach");
+    assert!(cause.contains(&format!("cannot connect to {closed}")), "{cause}");
+    assert!(fix.starts_with(&format!("Check that {closed} is reachable from this machine")), "{fix}");
+
+    // Wrong CA: the simulator's CA not given, so the built-in RDS bundle refuses its certificate.
+    let flags: Vec<&str> = direct.iter().copied().filter(|f| *f != "--ca-bundle" && *f != ca).collect();
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "tls");
+    assert!(cause.starts_with(&format!("TLS handshake with {SIM_ENDPOINT} failed")), "{cause}");
+    assert!(fix.contains("not a CNAME or an IP"), "{fix}");
+
+    // A user without GRANT rds_iam.
+    let mut flags = direct.to_vec();
+    flags[9] = "postgres";
+    let (name, _cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "iam login");
+    assert!(fix.contains("GRANT rds_iam TO \"postgres\";"), "{fix}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_command_exit_codes() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let out = sim_command(&sim)
+        .args(["doctor", "--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ca-bundle", &ca, "--db-user", "db_user"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("[ ok ]")).count(), 8, "{stdout}");
+    assert!(stdout.ends_with("all checks passed\n"), "{stdout}");
+
+    sim.ssm.options().update(|o| o.refuse_start = Some("AccessDeniedException".into()));
+    let out = sim_command(&sim)
+        .args(["doctor", "--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ca-bundle", &ca, "--db-user", "db_user"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("[FAIL] ssm node") && stdout.contains("       fix: Allow ssm:StartSession"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("[skip]")).count(), 4, "{stdout}");
+    let out = sim_command(&sim).args(["doctor", "--target", SIM_ENDPOINT]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_iam_token_gets_the_rds_db_connect_arn_with_the_looked_up_resource_id() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let front = sim.front_addr.to_string();
+    let setup = Credentials::FixedWith(sim.aws_setup());
+    let mut args = proxy_args(&["--db-instance", "simdb", "--connect-addr", &front, "--ca-bundle", &ca, "--region", SIM_REGION, "--port", "0"]);
+    let resolved = resolve_args(&mut args, &setup).await.unwrap();
+    let mut config = rds_auth_proxy::config::Config::from_args(&args).unwrap();
+    config.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
+    let proxy = rds_auth_proxy::app::Proxy::bind(&config, Credentials::FixedWith(sim.aws_setup())).await.unwrap();
+    let proxy = common::RunningProxy::spawn(proxy);
+    assert!(common::connect(&proxy, "db_user").await.is_ok(), "a good token logs in");
+    // RDS refuses the token and the retry with fresh credentials: "PAM authentication failed".
+    sim.front_state.reject_next.store(2, std::sync::atomic::Ordering::SeqCst);
+    let err = common::connect(&proxy, "db_user").await.unwrap_err();
+    let (code, message, hint) = common::db_error(&err);
+    assert_eq!(code, "28000");
+    assert_eq!(message, "PAM authentication failed for user \"db_user\"");
+    let hint = hint.expect("a hint");
+    assert!(
+        hint.starts_with(&format!("RDS refused the IAM token. Allow rds-db:connect for your IAM identity on arn:aws:rds-db:eu-central-1:<account>:dbuser:{SIM_DBI_RESOURCE_ID}/db_user")),
+        "{hint}"
+    );
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[test]
+fn an_sso_profile_without_a_session_gets_the_exact_sso_login_command() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        "[profile dev-sso]\nsso_start_url = https://example.awsapps.com/start\nsso_region = eu-central-1\n\
+         sso_account_id = 123456789012\nsso_role_name = Dev\nregion = eu-central-1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["token", "--hostname", SIM_ENDPOINT, "--username", "db_user", "--profile", "dev-sso"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint: Your IAM Identity Center (SSO) session has expired or was never started: run `aws sso login --profile dev-sso`"), "{err}");
+}
