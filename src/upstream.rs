@@ -146,6 +146,12 @@ impl UserFacing for UpstreamError {
                  tunnel reaches its PostgreSQL port."
                     .into()
             }
+            UpstreamError::Tls { endpoint, source } if is_name_mismatch(endpoint, source) => format!(
+                "The server's certificate is not valid for the name {endpoint}: give --target the \
+                 endpoint name RDS shows (`aws rds describe-db-instances`, or --db-instance NAME), \
+                 not a CNAME or an IP address. rds-auth-proxy verifies that name whatever address \
+                 the bytes go to, so route with --connect-addr or --via ssm instead."
+            ),
             UpstreamError::Tls { endpoint, .. } => format!(
                 "The server's certificate must be valid for {endpoint} and signed by the RDS CA \
                  bundle built into rds-auth-proxy. Check that --target is the endpoint name RDS \
@@ -203,6 +209,20 @@ impl UserFacing for UpstreamError {
             }
         })
     }
+}
+
+/// A TLS failure caused by the name, not the CA: the certificate does not cover `endpoint`
+/// (a CNAME, a load balancer's name), or `endpoint` is an IP address, which an RDS certificate
+/// never names.
+fn is_name_mismatch(endpoint: &str, source: &std::io::Error) -> bool {
+    use rustls::CertificateError;
+    let by_name = matches!(
+        source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    );
+    by_name || endpoint.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
 }
 
 /// The fix for RDS's `PAM authentication failed` on an IAM token: the identity lacks
