@@ -146,7 +146,7 @@ pub async fn build_context_with(
             region,
         },
         tunnel,
-        tls: tls::upstream_client_config(&config.ca_bundles)?,
+        tls: upstream_tls(config)?,
         auth: Arc::new(auth),
         password,
         db_user: config.db_user.clone(),
@@ -155,6 +155,17 @@ pub async fn build_context_with(
         local_tls: local_tls(config)?,
         metrics: target_metrics,
     }))
+}
+
+/// The upstream TLS config, with one line saying which roots verify this endpoint name.
+fn upstream_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, AppError> {
+    let trust = tls::TrustStore::for_endpoint(&config.endpoint, &config.ca_bundles, &config.proxy_ca_bundles);
+    let kind = tls::classify_endpoint(&config.endpoint);
+    tracing::info!(target = %config.name, endpoint_kind = kind.as_str(), trust = %trust.describe(), "upstream TLS verifies the endpoint name with these roots");
+    if kind != tls::EndpointKind::RdsProxy && !config.proxy_ca_bundles.is_empty() {
+        tracing::warn!(endpoint = %config.endpoint, "--proxy-ca-bundle has no effect: the endpoint is not an RDS Proxy endpoint name (NAME.proxy-ID.REGION.rds.amazonaws.com)");
+    }
+    Ok(tls::upstream_client_config(&trust)?)
 }
 
 /// The listener's TLS for `--local-tls`, with one line saying which CA file clients trust.

@@ -331,8 +331,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 
-    /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle (e.g. Amazon
-    /// Root CAs for RDS Proxy). Repeatable.
+    /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle, for every
+    /// endpoint except RDS Proxy endpoints (see --proxy-ca-bundle). Repeatable.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CA_BUNDLE")]
     pub ca_bundle: Vec<PathBuf>,
 
@@ -406,6 +406,12 @@ pub struct ProxyArgs {
     /// Clients on this host (loopback, the Unix socket) need none.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE")]
     pub client_password_file: Option<PathBuf>,
+
+    /// For an RDS Proxy endpoint (NAME.proxy-ID.REGION.rds.amazonaws.com) only: trust exactly the
+    /// CA certificates in this PEM file instead of the built-in Amazon Trust Services roots.
+    /// Repeatable. Other endpoints ignore it.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PROXY_CA_BUNDLE")]
+    pub proxy_ca_bundle: Vec<PathBuf>,
 }
 
 /// The HTTP port when only --http-address is given.
@@ -523,6 +529,10 @@ pub struct SimArgs {
     /// Simulated RDS API: the instance's and cluster's status.
     #[arg(long, value_name = "STATUS", default_value = "available", env = "RDS_AUTH_PROXY_SIM_RDS_STATUS")]
     pub rds_status: String,
+    /// Simulated RDS: swap the certificate chains — the RDS Proxy endpoint (SIM_PROXY_ENDPOINT)
+    /// presents an RDS-CA certificate, every other name an ATS-like one. The proxy must refuse both.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SWAP_TLS_CHAINS")]
+    pub swap_tls_chains: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -94,6 +94,9 @@ pub struct Config {
     pub dbi_resource_id: Option<String>,
     /// `--local-tls`: TLS towards clients; `None`: SSLRequest is answered `N`.
     pub local_tls: Option<LocalTlsConfig>,
+    /// `--proxy-ca-bundle`: the roots for an RDS Proxy endpoint instead of the built-in Amazon
+    /// Trust Services roots ([`crate::tls::TrustStore`]).
+    pub proxy_ca_bundles: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,6 +113,8 @@ pub enum ConfigError {
     BadUnixSocketDir(PathBuf),
     #[error("--ca-bundle {0} does not exist")]
     MissingCaBundle(PathBuf),
+    #[error("--proxy-ca-bundle {0} does not exist")]
+    MissingProxyCaBundle(PathBuf),
     #[error("--db-user must not be empty")]
     EmptyDbUser,
     #[error("--via ssm needs --ssm-target: the id of an SSM managed node that can reach the database, e.g. --ssm-target i-0123456789abcdef0")]
@@ -190,6 +195,9 @@ impl Config {
                 return Err(ConfigError::MissingCaBundle(file.clone()));
             }
         }
+        if let Some(file) = args.proxy_ca_bundle.iter().find(|f| !f.exists()) {
+            return Err(ConfigError::MissingProxyCaBundle(file.clone()));
+        }
         if args.db_user.as_deref() == Some("") {
             return Err(ConfigError::EmptyDbUser);
         }
@@ -210,6 +218,7 @@ impl Config {
             via,
             db_user: args.db_user.clone(),
             ca_bundles: args.ca_bundle.clone(),
+            proxy_ca_bundles: args.proxy_ca_bundle.clone(),
             timeouts: Timeouts::default(),
             dbi_resource_id: None,
             password,

@@ -668,6 +668,7 @@ fn error_key(e: &ConfigError) -> Option<&'static str> {
         ConfigError::BadConnectAddr(_) | ConfigError::ConnectAddrWithSsm => "connect_addr",
         ConfigError::BadUnixSocketDir(_) => "unix_socket",
         ConfigError::MissingCaBundle(_) => "ca_bundle",
+        ConfigError::MissingProxyCaBundle(_) => "proxy_ca_bundle",
         ConfigError::EmptyDbUser => "db_user",
         ConfigError::MissingSsmTarget => "via",
         ConfigError::BadSsmTarget(_) => "ssm_target",

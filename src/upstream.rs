@@ -152,12 +152,7 @@ impl UserFacing for UpstreamError {
                  not a CNAME or an IP address. rds-auth-proxy verifies that name whatever address \
                  the bytes go to, so route with --connect-addr or --via ssm instead."
             ),
-            UpstreamError::Tls { endpoint, .. } => format!(
-                "The server's certificate must be valid for {endpoint} and signed by the RDS CA \
-                 bundle built into rds-auth-proxy. Check that --target is the endpoint name RDS \
-                 shows (not a CNAME or an IP); for another CA (RDS Proxy, a test CA) add it with \
-                 --ca-bundle FILE."
-            ),
+            UpstreamError::Tls { endpoint, .. } => tls_hint(endpoint),
             UpstreamError::NoPassword { user, .. }
             | UpstreamError::IamTokenNotPassword { user, .. } => format!(
                 "For a password user, give rds-auth-proxy its password: --password-secret \
@@ -223,6 +218,26 @@ fn is_name_mismatch(endpoint: &str, source: &std::io::Error) -> bool {
         ))
     );
     by_name || endpoint.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
+}
+
+/// What to check when verify-full fails: the name, and the roots that apply to this kind of name.
+fn tls_hint(endpoint: &str) -> String {
+    if crate::tls::classify_endpoint(endpoint) == crate::tls::EndpointKind::RdsProxy {
+        format!(
+            "The server's certificate must be valid for {endpoint} and, as {endpoint} is an RDS \
+             Proxy endpoint name, chain to the Amazon Trust Services roots built into \
+             rds-auth-proxy (or to --proxy-ca-bundle FILE if given); the RDS CA bundle and \
+             --ca-bundle do not apply to it. Check that --target is the proxy endpoint name RDS \
+             shows."
+        )
+    } else {
+        format!(
+            "The server's certificate must be valid for {endpoint} and signed by the RDS CA \
+             bundle built into rds-auth-proxy. Check that --target is the endpoint name RDS \
+             shows (not a CNAME or an IP); for another CA (a private or test CA) add it with \
+             --ca-bundle FILE."
+        )
+    }
 }
 
 /// The fix for RDS's `PAM authentication failed` on an IAM token: the identity lacks
