@@ -71,8 +71,13 @@ pub enum UpstreamError {
     },
     #[error("the server sent AuthenticationOk before proving it knows the password (SCRAM exchange not completed)")]
     ServerUnverified,
+    /// `profile`: the `--profile` in use, so an SSO HINT can name the exact `aws sso login`.
     #[error("could not create an IAM token")]
-    Auth(#[source] AuthError),
+    Auth {
+        #[source]
+        source: AuthError,
+        profile: Option<String>,
+    },
     #[error("no password for the database user")]
     Password(#[source] PasswordError),
     #[error("the upstream closed the connection during startup")]
@@ -120,7 +125,7 @@ impl UserFacing for UpstreamError {
             | UpstreamError::UnsupportedSasl(_)
             | UpstreamError::ServerSignature { .. }
             | UpstreamError::ServerUnverified
-            | UpstreamError::Auth(_)
+            | UpstreamError::Auth { .. }
             | UpstreamError::Password(_)
             | UpstreamError::Rejected { .. } => SqlState::InvalidAuthorization,
             UpstreamError::IamTokenNotPassword { .. } => SqlState::InvalidPassword,
@@ -177,8 +182,10 @@ impl UserFacing for UpstreamError {
                     .into()
             }
             UpstreamError::Password(e) => e.hint(),
-            UpstreamError::Auth(AuthError::Credentials(e)) => crate::auth::credentials::fix_for(e, None),
-            UpstreamError::Auth(_) => "Check --region and the AWS credentials.".into(),
+            UpstreamError::Auth { source: AuthError::Credentials(e), profile } => {
+                crate::auth::credentials::fix_for(e, profile.as_deref())
+            }
+            UpstreamError::Auth { .. } => "Check --region and the AWS credentials.".into(),
             UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::Protocol(_) => {
                 "The upstream dropped the connection during login; retry, and check the server log \
                  if it persists."
@@ -396,7 +403,7 @@ async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Result<Secret, 
     } else {
         ctx.auth.token(&request).await
     }
-    .map_err(UpstreamError::Auth)?;
+    .map_err(|source| UpstreamError::Auth { source, profile: ctx.profile.clone() })?;
     Ok(Secret::Token(token))
 }
 

@@ -483,8 +483,7 @@ async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_a
     let mut cmd = Command::new(BIN);
     env(&mut cmd);
     let mut child = cmd
-        .env("AWS_PROFILE", "dev-sso")
-        .args(["--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0", "--log-format", "json"])
+        .args(["--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0", "--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -509,6 +508,34 @@ async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_a
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("HINT:  Your IAM Identity Center (SSO) session has expired or was never started: run `aws sso login --profile dev-sso`"), "{err}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_on_start_session_names_the_action_and_both_resources_to_the_client() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    sim.ssm.options().update(|o| o.refuse_start = Some("AccessDeniedException".into()));
+    let args = proxy_args(&["--target", SIM_ENDPOINT, "--via", "ssm", "--ssm-target", SIM_TARGET_ID, "--ca-bundle", &ca, "--port", "0"]);
+    let config = rds_auth_proxy::config::Config::from_args(&args).unwrap();
+    let proxy = rds_auth_proxy::app::Proxy::bind(&config, Credentials::FixedWith(sim.aws_setup())).await.unwrap();
+    let proxy = common::RunningProxy::spawn(proxy);
+    let err = common::connect(&proxy, "db_user").await.unwrap_err();
+    let (code, message, hint) = common::db_error(&err);
+    assert_eq!(code, "08001");
+    assert!(message.contains("not authorized to call ssm:StartSession"), "{message}");
+    assert_eq!(
+        hint.as_deref(),
+        Some(
+            format!(
+                "Allow ssm:StartSession for your IAM identity on the managed node \
+                 (arn:aws:ec2:{SIM_REGION}:<account>:instance/{SIM_TARGET_ID}) and the document \
+                 arn:aws:ssm:{SIM_REGION}::document/AWS-StartPortForwardingSessionToRemoteHost."
+            )
+            .as_str()
+        )
+    );
+    proxy.stop().await;
     sim.stop().await;
 }
 
