@@ -154,6 +154,7 @@ pub async fn build_context_with(
         dbi_resource_id: config.dbi_resource_id.clone(),
         local_tls: local_tls(config)?,
         metrics: target_metrics,
+        profile: config.profile.clone(),
     }))
 }
 

@@ -134,6 +134,11 @@ pub struct ConnectInfoArgs {
     /// The proxy's own flags: the settings point where a proxy started with them listens.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    /// The proxy's config file, read as the proxy reads it (flags and variables win; `--target
+    /// NAME` picks a [[target]]). Default: $XDG_CONFIG_HOME/rds-auth-proxy/config.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -144,6 +149,11 @@ pub struct DoctorArgs {
     /// The proxy's flags (--target or --db-instance, --via, --db-user …); --db-user is required.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    /// The proxy's config file, read as the proxy reads it (flags and variables win; `--target
+    /// NAME` picks a [[target]]). Default: $XDG_CONFIG_HOME/rds-auth-proxy/config.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -71,6 +71,23 @@ impl Report {
 
 type StepResult = Result<String, (String, String)>;
 
+// doctor's own fixes (the other steps report the proxy's HINTs). Named `FIX_*` and `*_fix` so
+// tests/readme.rs finds them and checks that the README's troubleshooting table lists each.
+const FIX_NO_REGION: &str = "Pass --region, or set AWS_REGION or a region in your AWS profile.";
+const FIX_FLAG: &str = "Fix the flag and run doctor again.";
+const FIX_CONFIG: &str = "Fix the configuration and run doctor again.";
+const FIX_NODE_OFFLINE: &str = "Start the instance or its SSM Agent and check that its instance profile allows \
+     Session Manager, or pick another node (--ssm-target auto --ssm-tag KEY=VALUE).";
+const FIX_NO_NODE: &str = "Check --ssm-target and --region (`aws ssm describe-instance-information`).";
+const FIX_QUERY_IO: &str = "Retry the check; if it fails again, look in the server log.";
+const FIX_QUERY_SLOW: &str = "The server is slow to answer: check its load and retry.";
+const FIX_QUERY_REFUSED: &str = "The login worked but the query was refused: check the database user's privileges.";
+const FIX_QUERY_NO_ROW: &str = "The server answered select 1 without a row: check that it is PostgreSQL.";
+
+fn region_fix(named: &str) -> String {
+    format!("Use --region {named} (or drop --region: the endpoint name gives it).")
+}
+
 /// Runs the steps in order, printing each line as it completes (`print`).
 pub async fn run(
     args: &ProxyArgs,
@@ -129,7 +146,7 @@ pub async fn run(
         let result = match &region {
             None => Err((
                 "no AWS region".to_owned(),
-                "pass --region, or set AWS_REGION or a region in your AWS profile".to_owned(),
+                FIX_NO_REGION.to_owned(),
             )),
             Some(r) => {
                 let named = args
@@ -140,7 +157,7 @@ pub async fn run(
                 match named {
                     Some(n) if &n != r => Err((
                         format!("the endpoint's name is in {n}, but the region in use is {r}"),
-                        format!("use --region {n} (or drop --region: the endpoint name gives it)"),
+                        region_fix(&n),
                     )),
                     _ => {
                         region_ok = Some(r.clone());
@@ -195,7 +212,7 @@ pub async fn run(
     } else {
         match Config::from_args(&args) {
             Err(e) => {
-                push(&mut report, &mut failed, names[3], Some(Instant::now()), Some(Err((e.to_string(), "fix the flag and run doctor again".into()))));
+                push(&mut report, &mut failed, names[3], Some(Instant::now()), Some(Err((e.to_string(), FIX_FLAG.into()))));
                 None
             }
             Ok(config) => {
@@ -212,7 +229,7 @@ pub async fn run(
                 match crate::app::build_context(&config, creds).await {
                     Ok(ctx) => Some((ctx, config)),
                     Err(e) => {
-                        push(&mut report, &mut failed, names[3], Some(Instant::now()), Some(Err((crate::session::display_chain(&e), "fix the configuration and run doctor again".into()))));
+                        push(&mut report, &mut failed, names[3], Some(Instant::now()), Some(Err((crate::session::display_chain(&e), FIX_CONFIG.into()))));
                         None
                     }
                 }
@@ -237,13 +254,11 @@ pub async fn run(
                 Some(n) if n.ping_status == "Online" => Ok(()),
                 Some(n) => Err((
                     format!("managed node {node} is {} (not Online)", n.ping_status),
-                    "start the instance or its SSM Agent and check that its instance profile allows \
-                     Session Manager, or pick another node (--ssm-target auto --ssm-tag KEY=VALUE)"
-                        .to_owned(),
+                    FIX_NODE_OFFLINE.to_owned(),
                 )),
                 None => Err((
                     format!("no managed node {node} in {}", ctx.target.region),
-                    "check --ssm-target and --region (`aws ssm describe-instance-information`)".into(),
+                    FIX_NO_NODE.into(),
                 )),
             },
             Err(e) => Err((e.to_string(), e.hint())),
@@ -474,7 +489,7 @@ async fn select_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: 
     q.put_u8(b'Q');
     q.put_u32((sql.len() + 4) as u32);
     q.put_slice(sql);
-    let io = |e: std::io::Error| (format!("the connection failed during the query: {e}"), "retry; check the server log if it persists".to_owned());
+    let io = |e: std::io::Error| (format!("the connection failed during the query: {e}"), FIX_QUERY_IO.to_owned());
     s.write_all(&q).await.map_err(io)?;
     s.flush().await.map_err(io)?;
     let mut buf = BytesMut::new();
@@ -482,8 +497,8 @@ async fn select_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: 
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(20), backend::read_message(s, &mut buf, 1 << 20))
             .await
-            .map_err(|_| ("no answer to select 1 within 20 s".to_owned(), "check the server's load".to_owned()))?
-            .map_err(|e| (format!("reading the answer failed: {e}"), "retry".to_owned()))?;
+            .map_err(|_| ("no answer to select 1 within 20 s".to_owned(), FIX_QUERY_SLOW.to_owned()))?
+            .map_err(|e| (format!("reading the answer failed: {e}"), FIX_QUERY_IO.to_owned()))?;
         match msg.tag() {
             b'D' => version = data_row_column(msg.body(), 1),
             b'E' => {
@@ -491,7 +506,7 @@ async fn select_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: 
                     .ok()
                     .map(|e| backend::error_field(&e, b'M').unwrap_or_default().to_owned())
                     .unwrap_or_default();
-                return Err((format!("select 1 failed: {text}"), "check the database user's privileges".into()));
+                return Err((format!("select 1 failed: {text}"), FIX_QUERY_REFUSED.into()));
             }
             b'Z' => break,
             _ => {}
@@ -499,7 +514,7 @@ async fn select_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: 
     }
     match version {
         Some(v) => Ok(v),
-        None => Err(("select 1 returned no row".into(), "check the server".into())),
+        None => Err(("select 1 returned no row".into(), FIX_QUERY_NO_ROW.into())),
     }
 }
 

@@ -110,6 +110,8 @@ pub struct TargetContext {
     pub dbi_resource_id: Option<String>,
     /// This target's series in the process's [`crate::metrics::Metrics`].
     pub metrics: crate::metrics::TargetMetrics,
+    /// `--profile`: named in the HINT for an expired SSO session (`aws sso login --profile X`).
+    pub profile: Option<String>,
 }
 
 impl TargetContext {

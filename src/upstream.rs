@@ -71,8 +71,13 @@ pub enum UpstreamError {
     },
     #[error("the server sent AuthenticationOk before proving it knows the password (SCRAM exchange not completed)")]
     ServerUnverified,
+    /// `profile`: the `--profile` in use, so an SSO HINT can name the exact `aws sso login`.
     #[error("could not create an IAM token")]
-    Auth(#[source] AuthError),
+    Auth {
+        #[source]
+        source: AuthError,
+        profile: Option<String>,
+    },
     #[error("no password for the database user")]
     Password(#[source] PasswordError),
     #[error("the upstream closed the connection during startup")]
@@ -120,7 +125,7 @@ impl UserFacing for UpstreamError {
             | UpstreamError::UnsupportedSasl(_)
             | UpstreamError::ServerSignature { .. }
             | UpstreamError::ServerUnverified
-            | UpstreamError::Auth(_)
+            | UpstreamError::Auth { .. }
             | UpstreamError::Password(_)
             | UpstreamError::Rejected { .. } => SqlState::InvalidAuthorization,
             UpstreamError::IamTokenNotPassword { .. } => SqlState::InvalidPassword,
@@ -146,6 +151,12 @@ impl UserFacing for UpstreamError {
                  tunnel reaches its PostgreSQL port."
                     .into()
             }
+            UpstreamError::Tls { endpoint, source } if is_name_mismatch(endpoint, source) => format!(
+                "The server's certificate is not valid for the name {endpoint}: give --target the \
+                 endpoint name RDS shows (`aws rds describe-db-instances`, or --db-instance NAME), \
+                 not a CNAME or an IP address. rds-auth-proxy verifies that name whatever address \
+                 the bytes go to, so route with --connect-addr or --via ssm instead."
+            ),
             UpstreamError::Tls { endpoint, .. } => tls_hint(endpoint),
             UpstreamError::NoPassword { user, .. }
             | UpstreamError::IamTokenNotPassword { user, .. } => format!(
@@ -171,8 +182,10 @@ impl UserFacing for UpstreamError {
                     .into()
             }
             UpstreamError::Password(e) => e.hint(),
-            UpstreamError::Auth(AuthError::Credentials(e)) => crate::auth::credentials::fix_for(e, None),
-            UpstreamError::Auth(_) => "Check --region and the AWS credentials.".into(),
+            UpstreamError::Auth { source: AuthError::Credentials(e), profile } => {
+                crate::auth::credentials::fix_for(e, profile.as_deref())
+            }
+            UpstreamError::Auth { .. } => "Check --region and the AWS credentials.".into(),
             UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::Protocol(_) => {
                 "The upstream dropped the connection during login; retry, and check the server log \
                  if it persists."
@@ -198,6 +211,20 @@ impl UserFacing for UpstreamError {
             }
         })
     }
+}
+
+/// A TLS failure caused by the name, not the CA: the certificate does not cover `endpoint`
+/// (a CNAME, a load balancer's name), or `endpoint` is an IP address, which an RDS certificate
+/// never names.
+fn is_name_mismatch(endpoint: &str, source: &std::io::Error) -> bool {
+    use rustls::CertificateError;
+    let by_name = matches!(
+        source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    );
+    by_name || endpoint.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
 }
 
 /// What to check when verify-full fails: the name, and the roots that apply to this kind of name.
@@ -376,7 +403,7 @@ async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Result<Secret, 
     } else {
         ctx.auth.token(&request).await
     }
-    .map_err(UpstreamError::Auth)?;
+    .map_err(|source| UpstreamError::Auth { source, profile: ctx.profile.clone() })?;
     Ok(Secret::Token(token))
 }
 

@@ -254,3 +254,32 @@ async fn the_front_checks_the_token_host_against_the_name_asked_for() {
     assert_eq!(accepted_for(&sim, SIM_CLUSTER_ENDPOINT), 0);
     sim.stop().await;
 }
+
+/// `doctor` verifies with the same roots as the proxy: its tls step passes for the RDS Proxy
+/// name with the proxy roots, and fails with the Amazon Trust Services hint without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_uses_the_proxy_roots_for_a_proxy_name() {
+    let sim = common::start_sim().await;
+    let target = format!("{SIM_PROXY_ENDPOINT}:5432");
+    let front = sim.front_addr.to_string();
+    let proxy_ca = sim.proxy_ca_file.display().to_string();
+    let doctor = |extra: &[&str]| {
+        sim_command(&sim)
+            .args(["doctor", "--target", &target, "--via", "direct", "--connect-addr", &front, "--db-user", "db_user"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = doctor(&["--proxy-ca-bundle", &proxy_ca]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("[ ok ] tls"), "{text}");
+    assert_eq!(accepted_for(&sim, SIM_PROXY_ENDPOINT), 1);
+    let out = doctor(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("[FAIL] tls"), "{text}");
+    assert!(text.contains("chain to the Amazon Trust Services roots"), "{text}");
+    sim.stop().await;
+}
