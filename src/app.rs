@@ -146,14 +146,27 @@ pub async fn build_context_with(
             region,
         },
         tunnel,
-        tls: tls::upstream_client_config(&config.ca_bundles)?,
+        tls: upstream_tls(config)?,
         auth: Arc::new(auth),
         password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
+        dbi_resource_id: config.dbi_resource_id.clone(),
         local_tls: local_tls(config)?,
         metrics: target_metrics,
+        profile: config.profile.clone(),
     }))
+}
+
+/// The upstream TLS config, with one line saying which roots verify this endpoint name.
+fn upstream_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, AppError> {
+    let trust = tls::TrustStore::for_endpoint(&config.endpoint, &config.ca_bundles, &config.proxy_ca_bundles);
+    let kind = tls::classify_endpoint(&config.endpoint);
+    tracing::info!(target = %config.name, endpoint_kind = kind.as_str(), trust = %trust.describe(), "upstream TLS verifies the endpoint name with these roots");
+    if kind != tls::EndpointKind::RdsProxy && !config.proxy_ca_bundles.is_empty() {
+        tracing::warn!(endpoint = %config.endpoint, "--proxy-ca-bundle has no effect: the endpoint is not an RDS Proxy endpoint name (NAME.proxy-ID.REGION.rds.amazonaws.com)");
+    }
+    Ok(tls::upstream_client_config(&trust)?)
 }
 
 /// The listener's TLS for `--local-tls`, with one line saying which CA file clients trust.
@@ -161,7 +174,10 @@ fn local_tls(config: &Config) -> Result<Option<LocalTls>, AppError> {
     let Some(local) = &config.local_tls else {
         return Ok(None);
     };
-    let tls = LocalTls::build(local, config.listen.address.ip())?;
+    let tls = LocalTls::build(local, config.listen.address.ip(), config.listen.client_ca_file.as_deref())?;
+    if let Some(ca) = &config.listen.client_ca_file {
+        tracing::info!(client_ca = %ca.display(), "clients from other hosts may log in with a certificate from this CA whose CN is their user name");
+    }
     match &tls.ca_cert {
         Some(ca) => tracing::info!(sslrootcert = %ca.display(), "local TLS on: clients may use sslmode=verify-full with this CA file as sslrootcert (host localhost, 127.0.0.1 or ::1)"),
         None => tracing::info!("local TLS on, with the certificate from --local-tls-cert"),

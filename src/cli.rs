@@ -86,6 +86,10 @@ pub enum Command {
     /// Start the simulator and the proxy wired together on 127.0.0.1:6543, and print the psql
     /// line to try.
     Demo(DemoArgs),
+    /// Check the whole chain once, with the proxy's flags: credentials (who am I), region, name
+    /// lookups, SSM node and StartSession, the node reaching host:port, TLS verify-full, IAM
+    /// login, select 1. One line per step; exit code 0 only if every step passes.
+    Doctor(Box<DoctorArgs>),
     /// Print ready-made client settings for the local listener (a psql line, a libpq URI, a
     /// JDBC URL, DBeaver's fields, a pg_service.conf entry or PG* variables). Takes the same
     /// flags as the proxy; no password anywhere.
@@ -130,6 +134,26 @@ pub struct ConnectInfoArgs {
     /// The proxy's own flags: the settings point where a proxy started with them listens.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    /// The proxy's config file, read as the proxy reads it (flags and variables win; `--target
+    /// NAME` picks a [[target]]). Default: $XDG_CONFIG_HOME/rds-auth-proxy/config.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The database to log in to for the check.
+    #[arg(long, value_name = "NAME", default_value = "postgres", env = "RDS_AUTH_PROXY_DOCTOR_DBNAME")]
+    pub dbname: String,
+    /// The proxy's flags (--target or --db-instance, --via, --db-user …); --db-user is required.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// The proxy's config file, read as the proxy reads it (flags and variables win; `--target
+    /// NAME` picks a [[target]]). Default: $XDG_CONFIG_HOME/rds-auth-proxy/config.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -307,8 +331,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 
-    /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle (e.g. Amazon
-    /// Root CAs for RDS Proxy). Repeatable.
+    /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle, for every
+    /// endpoint except RDS Proxy endpoints (see --proxy-ca-bundle). Repeatable.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CA_BUNDLE")]
     pub ca_bundle: Vec<PathBuf>,
 
@@ -382,6 +406,18 @@ pub struct ProxyArgs {
     /// Clients on this host (loopback, the Unix socket) need none.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE")]
     pub client_password_file: Option<PathBuf>,
+
+    /// With --allow-remote and --local-tls: clients from other hosts may log in with a client
+    /// certificate issued by a CA in this PEM file (sslcert/sslkey) instead of the client
+    /// password; its CN must be the database user name they connect as.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// For an RDS Proxy endpoint (NAME.proxy-ID.REGION.rds.amazonaws.com) only: trust exactly the
+    /// CA certificates in this PEM file instead of the built-in Amazon Trust Services roots.
+    /// Repeatable. Other endpoints ignore it.
+    #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PROXY_CA_BUNDLE")]
+    pub proxy_ca_bundle: Vec<PathBuf>,
 }
 
 /// The HTTP port when only --http-address is given.
@@ -499,6 +535,10 @@ pub struct SimArgs {
     /// Simulated RDS API: the instance's and cluster's status.
     #[arg(long, value_name = "STATUS", default_value = "available", env = "RDS_AUTH_PROXY_SIM_RDS_STATUS")]
     pub rds_status: String,
+    /// Simulated RDS: swap the certificate chains — the RDS Proxy endpoint (SIM_PROXY_ENDPOINT)
+    /// presents an RDS-CA certificate, every other name an ATS-like one. The proxy must refuse both.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SWAP_TLS_CHAINS")]
+    pub swap_tls_chains: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -20,6 +20,9 @@ pub struct ListenConfig {
     pub drain_timeout: Duration,
     /// `--client-password-file`: remote (non-loopback) clients log in with this password.
     pub client_password_file: Option<PathBuf>,
+    /// `--client-ca-file` (with local TLS): remote clients may log in with a certificate from
+    /// this CA whose CN is their user name.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +92,14 @@ pub struct Config {
     pub exit_zero_on_sigterm: bool,
     /// `None`: IAM users (tokens); otherwise the password of a password user.
     pub password: Option<PasswordConfig>,
+    /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
+    /// `rds-db:connect` ARN of the hint when RDS refuses a token.
+    pub dbi_resource_id: Option<String>,
     /// `--local-tls`: TLS towards clients; `None`: SSLRequest is answered `N`.
     pub local_tls: Option<LocalTlsConfig>,
+    /// `--proxy-ca-bundle`: the roots for an RDS Proxy endpoint instead of the built-in Amazon
+    /// Trust Services roots ([`crate::tls::TrustStore`]).
+    pub proxy_ca_bundles: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +116,8 @@ pub enum ConfigError {
     BadUnixSocketDir(PathBuf),
     #[error("--ca-bundle {0} does not exist")]
     MissingCaBundle(PathBuf),
+    #[error("--proxy-ca-bundle {0} does not exist")]
+    MissingProxyCaBundle(PathBuf),
     #[error("--db-user must not be empty")]
     EmptyDbUser,
     #[error("--via ssm needs --ssm-target: the id of an SSM managed node that can reach the database, e.g. --ssm-target i-0123456789abcdef0")]
@@ -133,8 +144,14 @@ pub enum ConfigError {
     EmptyPasswordSecret,
     #[error("--password-file: {0}")]
     BadPasswordFile(String),
-    #[error("--allow-remote needs --client-password-file FILE: without it anyone who can reach the port would log in as your AWS identity. Put a password alone on one line in a file only you can read (chmod 600); clients on other hosts then give it (PGPASSWORD), clients on this host still need none")]
+    #[error("--allow-remote needs --client-password-file FILE, or --client-ca-file FILE with --local-tls: without one anyone who can reach the port would log in as your AWS identity. Either put a password alone on one line in a file only you can read (chmod 600), which clients on other hosts give (PGPASSWORD); or give the CA that issues your users' client certificates (CN = their database user name), which they present with sslcert/sslkey. Clients on this host still need neither")]
     RemoteWithoutClientPassword,
+    #[error("--client-ca-file needs --local-tls: client certificates are presented in the TLS handshake")]
+    ClientCaWithoutLocalTls,
+    #[error("--client-ca-file only applies with --allow-remote (clients on this host never need a certificate)")]
+    ClientCaWithoutRemote,
+    #[error("--client-ca-file {0} does not exist")]
+    MissingClientCaFile(PathBuf),
     #[error("--client-password-file only applies with --allow-remote (clients on this host never need a password)")]
     ClientPasswordWithoutRemote,
     #[error("--client-password-file: {0}")]
@@ -187,12 +204,15 @@ impl Config {
                 return Err(ConfigError::MissingCaBundle(file.clone()));
             }
         }
+        if let Some(file) = args.proxy_ca_bundle.iter().find(|f| !f.exists()) {
+            return Err(ConfigError::MissingProxyCaBundle(file.clone()));
+        }
         if args.db_user.as_deref() == Some("") {
             return Err(ConfigError::EmptyDbUser);
         }
         let password = password_config(args)?;
-        let client_password_file = client_password_config(args)?;
         let local_tls = local_tls_config(args)?;
+        let (client_password_file, client_ca_file) = client_auth_config(args, local_tls.is_some())?;
         let region = args.region.clone().or_else(|| infer_region(&endpoint));
         Ok(Config {
             region,
@@ -203,11 +223,14 @@ impl Config {
                 max_connections: args.max_connections,
                 drain_timeout: Duration::from_secs(args.drain_timeout),
                 client_password_file,
+                client_ca_file,
             },
             via,
             db_user: args.db_user.clone(),
             ca_bundles: args.ca_bundle.clone(),
+            proxy_ca_bundles: args.proxy_ca_bundle.clone(),
             timeouts: Timeouts::default(),
+            dbi_resource_id: None,
             password,
             local_tls,
             http: http_address(args),
@@ -295,20 +318,33 @@ fn password_config(args: &ProxyArgs) -> Result<Option<PasswordConfig>, ConfigErr
     }
 }
 
-/// A shared listener (`--allow-remote`) always has a client password, and a client password
-/// only comes with a shared listener.
-fn client_password_config(args: &ProxyArgs) -> Result<Option<PathBuf>, ConfigError> {
-    match (&args.client_password_file, args.allow_remote) {
-        (None, true) => Err(ConfigError::RemoteWithoutClientPassword),
-        (Some(_), false) => Err(ConfigError::ClientPasswordWithoutRemote),
+/// A shared listener (`--allow-remote`) always has a client credential: a client password, or
+/// a client CA over local TLS (certificates need TLS); and either only comes with a shared
+/// listener.
+fn client_auth_config(args: &ProxyArgs, local_tls: bool) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
+    if let Some(ca) = &args.client_ca_file {
+        if !local_tls {
+            return Err(ConfigError::ClientCaWithoutLocalTls);
+        }
+        if !args.allow_remote {
+            return Err(ConfigError::ClientCaWithoutRemote);
+        }
+        if !ca.is_file() {
+            return Err(ConfigError::MissingClientCaFile(ca.clone()));
+        }
+    }
+    let password = match (&args.client_password_file, args.allow_remote) {
+        (None, true) if args.client_ca_file.is_none() => return Err(ConfigError::RemoteWithoutClientPassword),
+        (Some(_), false) => return Err(ConfigError::ClientPasswordWithoutRemote),
         (Some(file), true) => {
             // Checked now, like --password-file, so a bad file stops the start.
             crate::auth::password::read_password_file(file)
                 .map_err(|e| ConfigError::BadClientPasswordFile(e.to_string()))?;
-            Ok(Some(file.clone()))
+            Some(file.clone())
         }
-        (None, false) => Ok(None),
-    }
+        (None, _) => None,
+    };
+    Ok((password, args.client_ca_file.clone()))
 }
 
 fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
@@ -578,6 +614,41 @@ mod tests {
         }
         let msg = ConfigError::RemoteWithoutClientPassword.to_string();
         assert!(msg.contains("--client-password-file FILE") && msg.contains("AWS identity") && msg.contains("chmod 600"), "{msg}");
+        assert!(msg.contains("--client-ca-file FILE with --local-tls") && msg.contains("sslcert/sslkey"), "{msg}");
+    }
+
+    #[test]
+    fn client_ca_flags_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let ca = ca.to_str().unwrap();
+        let tls = ["--local-tls", "--local-tls-ca-out", "/x/local-ca.pem"];
+        let with = |extra: &[&str]| {
+            let mut v = vec!["--target", "db", "-a", "0.0.0.0"];
+            v.extend_from_slice(extra);
+            Config::from_args(&args(&v)).map(|c| (c.listen.client_password_file, c.listen.client_ca_file))
+        };
+        // A client CA over local TLS is enough for a shared listener.
+        let mut ok = vec!["--allow-remote", "--client-ca-file", ca];
+        ok.extend_from_slice(&tls);
+        assert_eq!(with(&ok), Ok((None, Some(ca.into()))));
+        assert_eq!(with(&["--allow-remote", "--client-ca-file", ca]), Err(ConfigError::ClientCaWithoutLocalTls));
+        let mut local = vec!["--client-ca-file", ca];
+        local.extend_from_slice(&tls);
+        assert_eq!(
+            Config::from_args(&args(&[&["--target", "db"][..], &local].concat())).map(|c| c.listen.client_ca_file),
+            Err(ConfigError::ClientCaWithoutRemote)
+        );
+        let mut missing = vec!["--allow-remote", "--client-ca-file", "/nonexistent/ca.pem"];
+        missing.extend_from_slice(&tls);
+        assert_eq!(with(&missing), Err(ConfigError::MissingClientCaFile("/nonexistent/ca.pem".into())));
+        // Local TLS alone does not let remote clients in.
+        let mut no_ca = vec!["--allow-remote"];
+        no_ca.extend_from_slice(&tls);
+        assert_eq!(with(&no_ca), Err(ConfigError::RemoteWithoutClientPassword));
+        let msg = ConfigError::ClientCaWithoutLocalTls.to_string();
+        assert!(msg.contains("--local-tls") && !msg.contains('\n'), "{msg}");
     }
 
     #[test]

@@ -170,6 +170,65 @@ pub fn plan_from_text(path: &Path, text: &str, cli: &CliLayer) -> Result<Plan, C
     })
 }
 
+/// The one target a subcommand (`doctor`, `connect-info`) works on, read as the proxy reads its
+/// own: flag > `RDS_AUTH_PROXY_*` variable > the file (`config`, else the default path when it
+/// exists) > default, and `--target NAME` picks the file's `[[target]]` NAME. `matches` are the
+/// subcommand's own, which flatten [`ProxyArgs`] and so have the same ids. Returns the arguments
+/// and the table's name; a file of several targets without `--target NAME` is an error naming
+/// them, as a subcommand checks or describes one target.
+pub fn one_target(
+    matches: &ArgMatches,
+    config: Option<&Path>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<(ProxyArgs, Option<String>), ConfigFileError> {
+    let proxy = ProxyArgs::from_arg_matches(matches).map_err(|e| ConfigFileError::Flags(clap_reason(&e)))?;
+    let path = match config {
+        Some(path) => Some(path.to_owned()),
+        None => default_path(&env).filter(|p| p.is_file()),
+    };
+    let Some(path) = path else {
+        return Ok((proxy, None));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigFileError::Read {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let keys = Keys::from_cli();
+    let file = parse_file(&path, &text, &keys)?;
+    let cli = CliLayer::from_matches(matches);
+    let wanted = cli.values("target").and_then(|v| v.first().cloned());
+    let named = |t: &&Layer| t.name.as_ref().map(|(n, _)| n) == wanted.as_ref();
+    let (table, target_was_name) = match (file.targets.as_slice(), file.targets.iter().find(named)) {
+        (_, Some(t)) => (Some(t), true),
+        ([], None) => (None, false),
+        // An endpoint given with --target: the file's top-level keys are its defaults.
+        (_, None) if wanted.is_some() => (None, false),
+        ([only], None) => (Some(only), false),
+        (all, None) => {
+            let names: Vec<String> = all
+                .iter()
+                .map(|t| t.name.as_ref().map_or_else(|| format!("(unnamed, line {})", t.line), |(n, _)| n.clone()))
+                .collect();
+            return Err(ConfigFileError::Flags(format!(
+                "{} defines {} targets ({}): pick one with --target NAME",
+                path.display(),
+                all.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let resolved = resolve(&keys, &cli, table, &file.top, true, target_was_name);
+    let parsed = parse_resolved(&resolved.argv).map_err(|e| match table {
+        Some(t) => ConfigFileError::At {
+            path: path.clone(),
+            line: t.line,
+            message: format!("[[target]] {:?}: {e}", t.name.as_ref().map_or("", |(n, _)| n)),
+        },
+        None => ConfigFileError::Flags(format!("{}: {e}", path.display())),
+    })?;
+    Ok((parsed.proxy, table.and_then(|t| t.name.as_ref()).map(|(n, _)| n.clone())))
+}
+
 /// How a flag takes values, which decides what a key accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -609,6 +668,7 @@ fn error_key(e: &ConfigError) -> Option<&'static str> {
         ConfigError::BadConnectAddr(_) | ConfigError::ConnectAddrWithSsm => "connect_addr",
         ConfigError::BadUnixSocketDir(_) => "unix_socket",
         ConfigError::MissingCaBundle(_) => "ca_bundle",
+        ConfigError::MissingProxyCaBundle(_) => "proxy_ca_bundle",
         ConfigError::EmptyDbUser => "db_user",
         ConfigError::MissingSsmTarget => "via",
         ConfigError::BadSsmTarget(_) => "ssm_target",
@@ -620,6 +680,9 @@ fn error_key(e: &ConfigError) -> Option<&'static str> {
         ConfigError::TwoPasswordSources | ConfigError::EmptyPasswordSecret => "password_secret",
         ConfigError::SecretKeyWithoutSecret => "password_secret_key",
         ConfigError::BadPasswordFile(_) => "password_file",
+        ConfigError::ClientCaWithoutLocalTls | ConfigError::ClientCaWithoutRemote | ConfigError::MissingClientCaFile(_) => {
+            "client_ca_file"
+        }
         #[allow(unreachable_patterns)]
         _ => return None,
     })

@@ -22,7 +22,8 @@
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
 //! * [`auth`]: credentials, IAM token minting and reuse; passwords (`--password-file`,
 //!   `--password-secret` via Secrets Manager) and the SCRAM mechanism choice and channel binding.
-//! * [`tls`]: the upstream rustls config with the embedded RDS CA bundle.
+//! * [`tls`]: the upstream rustls config: the embedded RDS CA bundle, or for RDS Proxy endpoint
+//!   names the embedded Amazon Trust Services roots ([`tls::classify_endpoint`]).
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`logfmt`]: the text log format, escaped so no client- or server-supplied value can forge a line.
 //! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
@@ -38,6 +39,7 @@ pub mod cancel;
 pub mod cli;
 pub mod client_auth;
 pub mod config;
+pub mod doctor;
 pub mod config_file;
 pub mod connect_info;
 pub mod conntest;

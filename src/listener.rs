@@ -95,7 +95,7 @@ impl Listeners {
                         if let Err(e) = ctx.timeouts.keepalive.apply(&stream) {
                             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive on a client connection");
                         }
-                        let access = Access::for_tcp(peer, self.client_password.as_ref());
+                        let access = Access::for_tcp(peer, self.client_password.as_ref(), self.config.client_ca_file.is_some());
                         spawn_session(&mut sessions, &ctx, &limit, &drain, stream, peer.to_string(), access);
                     }
                     Err(e) => accept_error(e).await,

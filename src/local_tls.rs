@@ -69,6 +69,8 @@ pub enum LocalTlsError {
     Generate(#[from] rcgen::Error),
     #[error("the local TLS certificate or key cannot be used")]
     Rustls(#[from] rustls::Error),
+    #[error("--client-ca-file {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
 }
 
 /// The client-facing TLS of a listener, ready to accept.
@@ -77,12 +79,16 @@ pub struct LocalTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// The CA file clients give as `sslrootcert` (generated CA only).
     pub ca_cert: Option<PathBuf>,
+    /// Clients are asked for a certificate, verified against `--client-ca-file` (optional, so
+    /// clients without one still get TLS and the password path).
+    pub client_certificates: bool,
 }
 
 impl std::fmt::Debug for LocalTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalTls")
             .field("ca_cert", &self.ca_cert)
+            .field("client_certificates", &self.client_certificates)
             .finish_non_exhaustive()
     }
 }
@@ -107,7 +113,12 @@ pub fn default_ca_path(xdg_config_home: Option<&str>, home: Option<&str>) -> Opt
 impl LocalTls {
     /// Builds the listener's TLS. `listen_ip` is added to the certificate's names when it is
     /// not one of the loopback names already there (`--address` with `--allow-remote`).
-    pub fn build(config: &LocalTlsConfig, listen_ip: IpAddr) -> Result<LocalTls, LocalTlsError> {
+    /// `client_ca`: `--client-ca-file`, the PEM CA(s) whose client certificates are accepted.
+    pub fn build(
+        config: &LocalTlsConfig,
+        listen_ip: IpAddr,
+        client_ca: Option<&Path>,
+    ) -> Result<LocalTls, LocalTlsError> {
         let (chain, key, ca_cert) = match config {
             LocalTlsConfig::Generated { ca_cert } => {
                 let ca = load_or_create_ca(ca_cert)?;
@@ -116,18 +127,41 @@ impl LocalTls {
             }
             LocalTlsConfig::Files { cert, key } => (read_chain(cert)?, read_key(key)?, None),
         };
-        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+        let builder = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = match client_ca {
+            Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_single_cert(chain, key)?;
         // libpq offers ALPN "postgresql" and accepts a server that picks it; a client offering
         // only other protocols is refused, as PostgreSQL 17+ does.
         server.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(LocalTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             ca_cert,
+            client_certificates: client_ca.is_some(),
         })
     }
+}
+
+/// Asks every client for a certificate and checks one if given (chain to `path`, validity,
+/// clientAuth usage when the certificate restricts it). A client without one still completes
+/// the handshake: whether it may log in is [`crate::client_auth`]'s decision, and loopback
+/// clients and password users need none. A certificate that does not verify fails the handshake.
+fn client_verifier(path: &Path) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, LocalTlsError> {
+    let bad = |reason: String| LocalTlsError::ClientCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_chain(path)? {
+        roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate ({e})")))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::crypto_provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// The names every listener certificate carries: what a client may put in `host`.
@@ -310,6 +344,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
     }
+
+    /// The client's certificate, when it gave one in the TLS handshake; with a client CA
+    /// configured rustls has verified it by then (an unverified one fails the handshake).
+    pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
+        match self {
+            ClientStream::Tls(s) => s.get_ref().1.peer_certificates()?.first(),
+            _ => None,
+        }
+    }
 }
 
 fn closed() -> std::io::Error {
@@ -478,8 +521,8 @@ mod tests {
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         let lo = "127.0.0.1".parse().unwrap();
         let files = LocalTlsConfig::Files { cert: cert_path.clone(), key: key_path.clone() };
-        assert!(LocalTls::build(&files, lo).unwrap().ca_cert.is_none());
+        assert!(LocalTls::build(&files, lo, None).unwrap().ca_cert.is_none());
         let swapped = LocalTlsConfig::Files { cert: key_path.clone(), key: cert_path.clone() };
-        assert!(matches!(LocalTls::build(&swapped, lo), Err(LocalTlsError::NoCertificate { .. })));
+        assert!(matches!(LocalTls::build(&swapped, lo, None), Err(LocalTlsError::NoCertificate { .. })));
     }
 }

@@ -144,7 +144,7 @@ impl LookupError {
                 hint
             }
             LookupError::BadTag(_) => "Give tags as --ssm-tag KEY=VALUE, e.g. --ssm-tag role=db-tunnel.".into(),
-            LookupError::NoRegion => "e.g. --region eu-central-1".into(),
+            LookupError::NoRegion => "Give the region with --region (e.g. --region eu-central-1), or set AWS_REGION or a region in your AWS profile.".into(),
         }
     }
 }

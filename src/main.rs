@@ -42,6 +42,20 @@ fn main() -> ExitCode {
         }
         Some(_) => None,
     };
+    // doctor and connect-info work on one target, read from flags, variables and the config
+    // file as the proxy reads them.
+    let one = match (&cli.command, matches.subcommand()) {
+        (Some(Command::Doctor(a)), Some((_, sub))) => Some(one_target(sub, a.config.as_deref())),
+        (Some(Command::ConnectInfo(a)), Some((_, sub))) => Some(one_target(sub, a.config.as_deref())),
+        _ => None,
+    };
+    let one = match one.transpose() {
+        Ok(one) => one,
+        Err(e) => {
+            eprintln!("rds-auth-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Some(plan) = &plan {
         if cli.file.list_targets {
             print!("{}", rds_auth_proxy::config_file::describe(plan));
@@ -57,34 +71,51 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(run(cli, plan))
+    runtime.block_on(run(cli, plan, one))
 }
 
-async fn run(cli: Cli, plan: Option<Plan>) -> ExitCode {
+fn one_target(
+    matches: &clap::ArgMatches,
+    config: Option<&std::path::Path>,
+) -> Result<OneTarget, rds_auth_proxy::config_file::ConfigFileError> {
+    rds_auth_proxy::config_file::one_target(matches, config, |k| std::env::var_os(k))
+}
+
+/// A subcommand's target: the proxy's arguments and the config file table's name.
+type OneTarget = (rds_auth_proxy::cli::ProxyArgs, Option<String>);
+
+async fn run(cli: Cli, plan: Option<Plan>, one: Option<OneTarget>) -> ExitCode {
     match (cli.command, plan) {
         (None, Some(plan)) => run_proxy(plan, cli.file.run_connection_test).await,
         (Some(Command::Token(args)), _) => token(args).await,
         (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
         (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
-        (Some(Command::ConnectInfo(args)), _) => connect_info(&args).await,
+        (Some(Command::ConnectInfo(args)), _) => connect_info(&args, one).await,
         (Some(Command::Wait(args)), _) => wait(args).await,
+        (Some(Command::Doctor(args)), _) => doctor(args, one).await,
         // Handled before the runtime starts.
         (None, None) | (Some(Command::Completions(_) | Command::Man), _) => ExitCode::SUCCESS,
     }
 }
 
 /// `rds-auth-proxy connect-info`: the settings on stdout, nothing else, so `$(…)` works.
-async fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs) -> ExitCode {
+async fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs, one: Option<OneTarget>) -> ExitCode {
     use rds_auth_proxy::connect_info::ClientSettings;
+    let (mut proxy_args, name) = one.unwrap_or_else(|| (args.proxy.clone(), None));
     // The same name lookups as the proxy (only when --db-instance, --db-cluster or
     // --ssm-target auto ask for them), so both agree on the target.
-    let mut proxy_args = args.proxy.clone();
     if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut proxy_args, &Credentials::Chain).await {
         eprintln!("rds-auth-proxy: {e}\n  hint: {}", e.hint());
         return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
     }
     let settings = rds_auth_proxy::config::Config::from_args(&proxy_args)
         .map_err(|e| e.to_string())
+        .map(|mut c| {
+            if let Some(name) = name {
+                c.name = name;
+            }
+            c
+        })
         .and_then(|c| ClientSettings::from_config(&c, &args.dbname).map_err(|e| e.to_string()));
     match settings {
         Ok(s) => {
@@ -116,13 +147,18 @@ async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
     // --db-instance/--db-cluster and --ssm-target auto become --target and a node id first.
     for pending in std::mem::take(&mut plan.pending) {
         let mut args = pending.args;
-        if let Err(e) = rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
-            let name = pending.name.map(|n| format!("target {n:?}: ")).unwrap_or_default();
-            eprintln!("rds-auth-proxy: {name}{e}\n  hint: {}", e.hint());
-            return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
-        }
+        let resolved = match rds_auth_proxy::lookup::resolve_args(&mut args, &Credentials::Chain).await {
+            Ok(r) => r,
+            Err(e) => {
+                let name = pending.name.map(|n| format!("target {n:?}: ")).unwrap_or_default();
+                eprintln!("rds-auth-proxy: {name}{e}\n  hint: {}", e.hint());
+                return ExitCode::from(if e.is_input_error() { EXIT_CONFIG } else { EXIT_RUNTIME });
+            }
+        };
         match rds_auth_proxy::config::Config::from_args(&args) {
             Ok(mut config) => {
+                // For the HINT on a PAM failure: the rds-db:connect ARN names the DbiResourceId.
+                config.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
                 if let Some(name) = pending.name {
                     config.name = name;
                 }
@@ -220,7 +256,26 @@ async fn connection_test(probes: Vec<rds_auth_proxy::conntest::Probe>, enabled: 
     EXIT_RUNTIME
 }
 
+async fn doctor(args: Box<rds_auth_proxy::cli::DoctorArgs>, one: Option<OneTarget>) -> ExitCode {
+    let proxy = one.map_or_else(|| args.proxy.clone(), |(proxy, _)| proxy);
+    if proxy.db_user.is_none() {
+        eprintln!("rds-auth-proxy doctor: --db-user is required: the database user to log in as, e.g. --db-user db_user");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let report = rds_auth_proxy::doctor::run(&proxy, &args.dbname, Credentials::Chain, |step| {
+        println!("{step}");
+    })
+    .await;
+    if report.passed() {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNTIME)
+    }
+}
+
 async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
+    let args_profile = args.profile.clone();
     match rds_auth_proxy::app::print_token(&args).await {
         Ok(token) => {
             // The one place a token is meant to be shown: the user asked for it.
@@ -229,6 +284,11 @@ async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            let credentials = e.is::<rds_auth_proxy::auth::CredentialsError>()
+                || matches!(e.downcast_ref::<rds_auth_proxy::auth::AuthError>(), Some(rds_auth_proxy::auth::AuthError::Credentials(_)));
+            if credentials {
+                eprintln!("  hint: {}", rds_auth_proxy::auth::credentials::fix_for(&*e, args_profile.as_deref()));
+            }
             ExitCode::from(EXIT_RUNTIME)
         }
     }

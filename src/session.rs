@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
-use crate::client_auth::Access;
+use crate::client_auth::{Access, ClientCertificate};
 use crate::drain::{self, DrainSignal};
 use crate::local_tls::{ClientStream, LocalTls};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
@@ -192,8 +192,9 @@ where
     };
     // The client's own login to the proxy (remote peers on a shared listener) comes first, while
     // the first-packet slot is held: a client that cannot log in never takes a session slot.
+    let certificate = client.peer_certificate().map(|c| ClientCertificate::from_der(c));
     if access
-        .admit(&mut client, peer, &startup, ctx.timeouts.client_startup)
+        .admit(&mut client, peer, &startup, ctx.timeouts.client_startup, certificate.as_ref())
         .await
         .is_err()
     {

@@ -106,8 +106,12 @@ pub struct TargetContext {
     /// `--local-tls`: answer a client's SSLRequest with `S` and this TLS; `None`: with `N`.
     pub local_tls: Option<crate::local_tls::LocalTls>,
     pub timeouts: Timeouts,
+    /// See [`crate::config::Config::dbi_resource_id`].
+    pub dbi_resource_id: Option<String>,
     /// This target's series in the process's [`crate::metrics::Metrics`].
     pub metrics: crate::metrics::TargetMetrics,
+    /// `--profile`: named in the HINT for an expired SSO session (`aws sso login --profile X`).
+    pub profile: Option<String>,
 }
 
 impl TargetContext {

@@ -71,8 +71,13 @@ pub enum UpstreamError {
     },
     #[error("the server sent AuthenticationOk before proving it knows the password (SCRAM exchange not completed)")]
     ServerUnverified,
+    /// `profile`: the `--profile` in use, so an SSO HINT can name the exact `aws sso login`.
     #[error("could not create an IAM token")]
-    Auth(#[source] AuthError),
+    Auth {
+        #[source]
+        source: AuthError,
+        profile: Option<String>,
+    },
     #[error("no password for the database user")]
     Password(#[source] PasswordError),
     #[error("the upstream closed the connection during startup")]
@@ -120,7 +125,7 @@ impl UserFacing for UpstreamError {
             | UpstreamError::UnsupportedSasl(_)
             | UpstreamError::ServerSignature { .. }
             | UpstreamError::ServerUnverified
-            | UpstreamError::Auth(_)
+            | UpstreamError::Auth { .. }
             | UpstreamError::Password(_)
             | UpstreamError::Rejected { .. } => SqlState::InvalidAuthorization,
             UpstreamError::IamTokenNotPassword { .. } => SqlState::InvalidPassword,
@@ -146,12 +151,13 @@ impl UserFacing for UpstreamError {
                  tunnel reaches its PostgreSQL port."
                     .into()
             }
-            UpstreamError::Tls { endpoint, .. } => format!(
-                "The server's certificate must be valid for {endpoint} and signed by the RDS CA \
-                 bundle built into rds-auth-proxy. Check that --target is the endpoint name RDS \
-                 shows (not a CNAME or an IP); for another CA (RDS Proxy, a test CA) add it with \
-                 --ca-bundle FILE."
+            UpstreamError::Tls { endpoint, source } if is_name_mismatch(endpoint, source) => format!(
+                "The server's certificate is not valid for the name {endpoint}: give --target the \
+                 endpoint name RDS shows (`aws rds describe-db-instances`, or --db-instance NAME), \
+                 not a CNAME or an IP address. rds-auth-proxy verifies that name whatever address \
+                 the bytes go to, so route with --connect-addr or --via ssm instead."
             ),
+            UpstreamError::Tls { endpoint, .. } => tls_hint(endpoint),
             UpstreamError::NoPassword { user, .. }
             | UpstreamError::IamTokenNotPassword { user, .. } => format!(
                 "For a password user, give rds-auth-proxy its password: --password-secret \
@@ -176,12 +182,10 @@ impl UserFacing for UpstreamError {
                     .into()
             }
             UpstreamError::Password(e) => e.hint(),
-            UpstreamError::Auth(AuthError::Credentials(_)) => {
-                "Provide AWS credentials: run `aws sso login` (with --profile if you use one), \
-                 or set AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; then reconnect."
-                    .into()
+            UpstreamError::Auth { source: AuthError::Credentials(e), profile } => {
+                crate::auth::credentials::fix_for(e, profile.as_deref())
             }
-            UpstreamError::Auth(_) => "Check --region and the AWS credentials.".into(),
+            UpstreamError::Auth { .. } => "Check --region and the AWS credentials.".into(),
             UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::Protocol(_) => {
                 "The upstream dropped the connection during login; retry, and check the server log \
                  if it persists."
@@ -207,6 +211,60 @@ impl UserFacing for UpstreamError {
             }
         })
     }
+}
+
+/// A TLS failure caused by the name, not the CA: the certificate does not cover `endpoint`
+/// (a CNAME, a load balancer's name), or `endpoint` is an IP address, which an RDS certificate
+/// never names.
+fn is_name_mismatch(endpoint: &str, source: &std::io::Error) -> bool {
+    use rustls::CertificateError;
+    let by_name = matches!(
+        source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    );
+    by_name || endpoint.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
+}
+
+/// What to check when verify-full fails: the name, and the roots that apply to this kind of name.
+fn tls_hint(endpoint: &str) -> String {
+    if crate::tls::classify_endpoint(endpoint) == crate::tls::EndpointKind::RdsProxy {
+        format!(
+            "The server's certificate must be valid for {endpoint} and, as {endpoint} is an RDS \
+             Proxy endpoint name, chain to the Amazon Trust Services roots built into \
+             rds-auth-proxy (or to --proxy-ca-bundle FILE if given); the RDS CA bundle and \
+             --ca-bundle do not apply to it. Check that --target is the proxy endpoint name RDS \
+             shows."
+        )
+    } else {
+        format!(
+            "The server's certificate must be valid for {endpoint} and signed by the RDS CA \
+             bundle built into rds-auth-proxy. Check that --target is the endpoint name RDS \
+             shows (not a CNAME or an IP); for another CA (a private or test CA) add it with \
+             --ca-bundle FILE."
+        )
+    }
+}
+
+/// The fix for RDS's `PAM authentication failed` on an IAM token: the identity lacks
+/// `rds-db:connect` on this user's ARN (or the token is for another user, region or endpoint).
+pub fn rds_db_connect_hint(region: &str, user: &str, resource_id: Option<&str>) -> String {
+    let resource = resource_id.unwrap_or("<DbiResourceId>");
+    let mut hint = format!(
+        "RDS refused the IAM token. Allow rds-db:connect for your IAM identity on \
+         arn:aws:rds-db:{region}:<account>:dbuser:{resource}/{user}"
+    );
+    if resource_id.is_none() {
+        hint.push_str(
+            " (the DbiResourceId: `aws rds describe-db-instances --query \
+             'DBInstances[].DbiResourceId'`; or start with --db-instance NAME, which looks it up)",
+        );
+    }
+    hint.push_str(&format!(
+        ", and check that \"{user}\" has GRANT rds_iam and that IAM database authentication is enabled."
+    ));
+    hint
 }
 
 /// Connects and authenticates `startup` upstream; retries once with freshly loaded credentials
@@ -345,7 +403,7 @@ async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Result<Secret, 
     } else {
         ctx.auth.token(&request).await
     }
-    .map_err(UpstreamError::Auth)?;
+    .map_err(|source| UpstreamError::Auth { source, profile: ctx.profile.clone() })?;
     Ok(Secret::Token(token))
 }
 
@@ -515,7 +573,19 @@ async fn authenticate(
                         message,
                     });
                 }
-                to_client.extend_from_slice(msg.as_bytes());
+                // RDS's answer to a refused IAM token names no cause; the client gets the same
+                // error with the fix: the rds-db:connect ARN to allow.
+                if password_from.is_none() && !authenticated && sqlstate == "28000" && message.contains("PAM authentication failed") {
+                    let hint = rds_db_connect_hint(&ctx.target.region, user, ctx.dbi_resource_id.as_deref());
+                    let with_hint = crate::pg::error::ClientError {
+                        sqlstate: SqlState::InvalidAuthorization,
+                        message: message.clone(),
+                        hint: Some(hint),
+                    };
+                    to_client.extend_from_slice(&with_hint.encode());
+                } else {
+                    to_client.extend_from_slice(msg.as_bytes());
+                }
                 return Err(UpstreamError::Rejected {
                     sqlstate,
                     message,

@@ -1,6 +1,6 @@
 //! What `--version` prints: the version, the git commit it was built from, and the embedded RDS
-//! CA bundle's size and newest expiry — what to check first when a verify-full handshake fails
-//! after AWS rotates its CAs.
+//! CA bundle's and Amazon Trust Services roots' size and newest expiry — what to check first
+//! when a verify-full handshake fails after AWS rotates its CAs.
 
 use clap::CommandFactory;
 
@@ -36,11 +36,15 @@ pub fn bundle_info(pem: &[u8]) -> BundleInfo {
 /// The `--version` text.
 pub fn long_version() -> String {
     let bundle = embedded_bundle();
+    let ats = bundle_info(crate::tls::AMAZON_TRUST_SERVICES);
     format!(
-        "{}\ncommit: {GIT_COMMIT}\nembedded RDS CA bundle: {} certificates, newest expires {}",
+        "{}\ncommit: {GIT_COMMIT}\nembedded RDS CA bundle: {} certificates, newest expires {}\n\
+         embedded Amazon Trust Services roots (RDS Proxy endpoints only): {} certificates, newest expires {}",
         env!("CARGO_PKG_VERSION"),
         bundle.certificates,
-        bundle.newest_expiry.as_deref().unwrap_or("(unreadable)")
+        bundle.newest_expiry.as_deref().unwrap_or("(unreadable)"),
+        ats.certificates,
+        ats.newest_expiry.as_deref().unwrap_or("(unreadable)")
     )
 }
 

@@ -407,7 +407,7 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
             "SIM_DB_ADDR", "SIM_DB_USER", "SIM_DB_NAME", "SIM_CA_FILE", "SIM_PROXY_CMD",
             "AWS_ENDPOINT_URL_SSM", "SIM_SSM_TARGET", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
             "SIM_PASSWORD_USER", "SIM_PASSWORD_SECRET", "AWS_ENDPOINT_URL_STS",
-            "AWS_ENDPOINT_URL_RDS",
+            "AWS_ENDPOINT_URL_RDS", "SIM_PROXY_ENDPOINT", "SIM_PROXY_CA_FILE",
         ],
         "exactly the contract's names, in order"
     );

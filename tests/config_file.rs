@@ -346,6 +346,10 @@ fn version_names_the_commit_and_the_embedded_bundle() {
             info.newest_expiry.unwrap()
         )
     );
+    assert_eq!(
+        lines[3],
+        "embedded Amazon Trust Services roots (RDS Proxy endpoints only): 5 certificates, newest expires 2040-05-26 00:00:00 UTC"
+    );
     // -V stays the short version.
     let out = bare().arg("-V").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("rds-auth-proxy {}", env!("CARGO_PKG_VERSION")));

@@ -234,3 +234,397 @@ async fn psql_through_db_instance_and_auto_node_by_name() {
     let _ = Duration::ZERO;
     sim.stop().await;
 }
+
+/// Runs doctor in process against `sim` with `flags`; returns the report and its printed lines.
+async fn doctor(sim: &rds_auth_proxy::sim::Simulator, flags: &[&str]) -> (rds_auth_proxy::doctor::Report, String) {
+    let args = proxy_args(flags);
+    let mut out = String::new();
+    let report = rds_auth_proxy::doctor::run(&args, "postgres", Credentials::FixedWith(sim.aws_setup()), |step| {
+        out.push_str(&format!("{step}\n"));
+    })
+    .await;
+    (report, out)
+}
+
+/// The failed step's name, cause and fix.
+fn failure(report: &rds_auth_proxy::doctor::Report) -> (&'static str, String, String) {
+    use rds_auth_proxy::doctor::Outcome;
+    let failed: Vec<_> = report
+        .steps
+        .iter()
+        .filter_map(|s| match &s.outcome {
+            Outcome::Failed { cause, fix } => Some((s.name, cause.clone(), fix.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "exactly one failed step: {report:#?}");
+    assert!(!report.passed(), "a failed step fails the run (exit code 1)");
+    let after = report.steps.iter().skip_while(|s| s.name != failed[0].0).skip(1);
+    for s in after {
+        assert_eq!(s.outcome, Outcome::Skipped, "{} after the failure", s.name);
+    }
+    failed[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_and_names_each_injected_failure() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let ssm: Vec<&str> = vec!["--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ca-bundle", &ca, "--db-user", "db_user", "--region", SIM_REGION];
+
+    let (report, out) = doctor(&sim, &ssm).await;
+    assert!(report.passed(), "{out}");
+    let names: Vec<_> = report.steps.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["credentials", "region", "database", "ssm node", "reach", "tls", "iam login", "select 1"]);
+    assert!(out.contains("arn:aws:iam::123456789012:user/sim-user"), "{out}");
+    assert!(out.contains(SIM_DBI_RESOURCE_ID), "{out}");
+    assert!(out.contains(&format!("{SIM_TARGET_ID} online, StartSession allowed")), "{out}");
+    assert!(out.contains(&format!("certificate valid for {SIM_ENDPOINT}")), "{out}");
+    assert!(report.step("select 1").map(|s| format!("{:?}", s.outcome)).unwrap().contains("PostgreSQL"), "{out}");
+
+    // Wrong region: the endpoint's name says otherwise.
+    let target = format!("{SIM_ENDPOINT}:5432");
+    let direct = ["--target", &target, "--via", "direct", "--connect-addr", &sim.front_addr.to_string(), "--ca-bundle", &ca, "--db-user", "db_user"];
+    let mut flags = direct.to_vec();
+    flags.extend(["--region", "us-west-2"]);
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "region");
+    assert_eq!(cause, "the endpoint's name is in eu-central-1, but the region in use is us-west-2");
+    assert!(fix.starts_with("Use --region eu-central-1"), "{fix}");
+
+    // The node offline.
+    sim.ssm.options().update(|o| o.node_offline = true);
+    let mut flags = ssm.clone();
+    flags[5] = SIM_TARGET_ID;
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    sim.ssm.options().update(|o| o.node_offline = false);
+    assert_eq!(name, "ssm node");
+    assert_eq!(cause, format!("managed node {SIM_TARGET_ID} is ConnectionLost (not Online)"));
+    assert!(fix.starts_with("Start the instance or its SSM Agent"), "{fix}");
+
+    // AccessDenied on StartSession: the action and both resources.
+    sim.ssm.options().update(|o| o.refuse_start = Some("AccessDeniedException".into()));
+    let (name, cause, fix) = failure(&doctor(&sim, &ssm).await.0);
+    sim.ssm.options().update(|o| o.refuse_start = None);
+    assert_eq!(name, "ssm node");
+    assert!(cause.contains("not authorized to call ssm:StartSession"), "{cause}");
+    assert!(fix.starts_with("Allow ssm:StartSession for your IAM identity on"), "{fix}");
+    assert!(fix.contains(&format!("instance/{SIM_TARGET_ID}")) && fix.contains("document/AWS-StartPortForwardingSessionToRemoteHost"), "{fix}");
+
+    // Port unreachable.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut flags = direct.to_vec();
+    flags[5] = &closed;
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "reach");
+    assert!(cause.contains(&format!("cannot connect to {closed}")), "{cause}");
+    assert!(fix.starts_with(&format!("Check that {closed} is reachable from this machine")), "{fix}");
+
+    // Wrong CA: the simulator's CA not given, so the built-in RDS bundle refuses its certificate.
+    let flags: Vec<&str> = direct.iter().copied().filter(|f| *f != "--ca-bundle" && *f != ca).collect();
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "tls");
+    assert!(cause.starts_with(&format!("TLS handshake with {SIM_ENDPOINT} failed")), "{cause}");
+    assert!(fix.contains("not a CNAME or an IP"), "{fix}");
+
+    // A user without GRANT rds_iam.
+    let mut flags = direct.to_vec();
+    flags[9] = "postgres";
+    let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+    assert_eq!(name, "iam login");
+    assert!(cause.contains("for user \"postgres\"") && cause.contains("not an IAM database user"), "{cause}");
+    assert!(fix.contains("GRANT rds_iam TO \"postgres\";"), "{fix}");
+
+    // TLS name mismatch: a CNAME-like name, and an IP address, given instead of the endpoint name.
+    for given in ["localhost:5432", "127.0.0.1:5432"] {
+        let flags = ["--target", given, "--via", "direct", "--connect-addr", &sim.front_addr.to_string(), "--ca-bundle", &ca, "--db-user", "db_user", "--region", SIM_REGION]
+            .map(str::to_owned);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (name, cause, fix) = failure(&doctor(&sim, &flags).await.0);
+        let host = given.rsplit_once(':').unwrap().0;
+        assert_eq!(name, "tls", "{given}");
+        assert!(cause.starts_with(&format!("TLS handshake with {host} failed")), "{cause}");
+        assert!(
+            fix.starts_with(&format!("The server's certificate is not valid for the name {host}: give --target the endpoint name RDS shows")),
+            "{fix}"
+        );
+        assert!(fix.contains("not a CNAME or an IP address"), "{fix}");
+    }
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_command_exit_codes() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let out = sim_command(&sim)
+        .args(["doctor", "--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ca-bundle", &ca, "--db-user", "db_user"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("[ ok ]")).count(), 8, "{stdout}");
+    let select = stdout.lines().find(|l| l.starts_with("[ ok ] select 1")).unwrap_or_default();
+    assert!(select.contains("PostgreSQL 1"), "the server version: {stdout}");
+    assert!(stdout.ends_with("all checks passed\n"), "{stdout}");
+
+    sim.ssm.options().update(|o| o.refuse_start = Some("AccessDeniedException".into()));
+    let out = sim_command(&sim)
+        .args(["doctor", "--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ca-bundle", &ca, "--db-user", "db_user"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("[FAIL] ssm node") && stdout.contains("       fix: Allow ssm:StartSession"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("[skip]")).count(), 4, "{stdout}");
+    let out = sim_command(&sim).args(["doctor", "--target", SIM_ENDPOINT]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_iam_token_gets_the_rds_db_connect_arn_with_the_looked_up_resource_id() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let front = sim.front_addr.to_string();
+    let setup = Credentials::FixedWith(sim.aws_setup());
+    let mut args = proxy_args(&["--db-instance", "simdb", "--connect-addr", &front, "--ca-bundle", &ca, "--region", SIM_REGION, "--port", "0"]);
+    let resolved = resolve_args(&mut args, &setup).await.unwrap();
+    let mut config = rds_auth_proxy::config::Config::from_args(&args).unwrap();
+    config.dbi_resource_id = resolved.db.and_then(|d| d.description.resource_id);
+    let proxy = rds_auth_proxy::app::Proxy::bind(&config, Credentials::FixedWith(sim.aws_setup())).await.unwrap();
+    let proxy = common::RunningProxy::spawn(proxy);
+    assert!(common::connect(&proxy, "db_user").await.is_ok(), "a good token logs in");
+    // RDS refuses the token and the retry with fresh credentials: "PAM authentication failed".
+    sim.front_state.reject_next.store(2, std::sync::atomic::Ordering::SeqCst);
+    let err = common::connect(&proxy, "db_user").await.unwrap_err();
+    let (code, message, hint) = common::db_error(&err);
+    assert_eq!(code, "28000");
+    assert_eq!(message, "PAM authentication failed for user \"db_user\"");
+    let hint = hint.expect("a hint");
+    assert!(
+        hint.starts_with(&format!("RDS refused the IAM token. Allow rds-db:connect for your IAM identity on arn:aws:rds-db:eu-central-1:<account>:dbuser:{SIM_DBI_RESOURCE_ID}/db_user")),
+        "{hint}"
+    );
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[test]
+fn an_sso_profile_without_a_session_gets_the_exact_sso_login_command() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        "[profile dev-sso]\nsso_start_url = https://example.awsapps.com/start\nsso_region = eu-central-1\n\
+         sso_account_id = 123456789012\nsso_role_name = Dev\nregion = eu-central-1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["token", "--hostname", SIM_ENDPOINT, "--username", "db_user", "--profile", "dev-sso"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint: Your IAM Identity Center (SSO) session has expired or was never started: run `aws sso login --profile dev-sso`"), "{err}");
+}
+
+/// An AWS config with an IAM Identity Center profile that has no cached session.
+fn sso_profile(home: &std::path::Path) -> std::path::PathBuf {
+    let config = home.join("config");
+    std::fs::write(
+        &config,
+        "[profile dev-sso]\nsso_start_url = https://example.awsapps.com/start\nsso_region = eu-central-1\n\
+         sso_account_id = 123456789012\nsso_role_name = Dev\nregion = eu-central-1\n",
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_and_the_proxy() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let front = sim.front_addr.to_string();
+    let home = tempfile::tempdir().unwrap();
+    let config = sso_profile(home.path());
+    let env = |cmd: &mut Command| {
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    };
+    let mut cmd = Command::new(BIN);
+    env(&mut cmd);
+    let out = cmd
+        .args(["doctor", "--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--db-user", "db_user"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("[FAIL] credentials"), "{stdout}");
+    assert!(
+        stdout.contains("fix: Your IAM Identity Center (SSO) session has expired or was never started: run `aws sso login --profile dev-sso`"),
+        "{stdout}"
+    );
+
+    // The proxy starts (credentials may come later) and tells the client the same.
+    let mut cmd = Command::new(BIN);
+    env(&mut cmd);
+    let mut child = cmd
+        .args(["--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0", "--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let port = loop {
+        let line = lines.next().expect("a ready line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "ready for connections" {
+            break v["fields"]["listen"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+        }
+    };
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("HINT:  Your IAM Identity Center (SSO) session has expired or was never started: run `aws sso login --profile dev-sso`"), "{err}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_on_start_session_names_the_action_and_both_resources_to_the_client() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    sim.ssm.options().update(|o| o.refuse_start = Some("AccessDeniedException".into()));
+    let args = proxy_args(&["--target", SIM_ENDPOINT, "--via", "ssm", "--ssm-target", SIM_TARGET_ID, "--ca-bundle", &ca, "--port", "0"]);
+    let config = rds_auth_proxy::config::Config::from_args(&args).unwrap();
+    let proxy = rds_auth_proxy::app::Proxy::bind(&config, Credentials::FixedWith(sim.aws_setup())).await.unwrap();
+    let proxy = common::RunningProxy::spawn(proxy);
+    let err = common::connect(&proxy, "db_user").await.unwrap_err();
+    let (code, message, hint) = common::db_error(&err);
+    assert_eq!(code, "08001");
+    assert!(message.contains("not authorized to call ssm:StartSession"), "{message}");
+    assert_eq!(
+        hint.as_deref(),
+        Some(
+            format!(
+                "Allow ssm:StartSession for your IAM identity on the managed node \
+                 (arn:aws:ec2:{SIM_REGION}:<account>:instance/{SIM_TARGET_ID}) and the document \
+                 arn:aws:ssm:{SIM_REGION}::document/AWS-StartPortForwardingSessionToRemoteHost."
+            )
+            .as_str()
+        )
+    );
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cname_or_an_ip_as_target_gets_the_name_mismatch_hint_from_the_proxy() {
+    let sim = common::start_sim().await;
+    let ca = sim.ca_file.to_str().unwrap().to_owned();
+    let front = sim.front_addr.to_string();
+    for given in ["localhost", "127.0.0.1"] {
+        let args = proxy_args(&["--target", given, "--connect-addr", &front, "--ca-bundle", &ca, "--region", SIM_REGION, "--port", "0"]);
+        let config = rds_auth_proxy::config::Config::from_args(&args).unwrap();
+        let proxy = rds_auth_proxy::app::Proxy::bind(&config, Credentials::FixedWith(sim.aws_setup())).await.unwrap();
+        let proxy = common::RunningProxy::spawn(proxy);
+        let err = common::connect(&proxy, "db_user").await.unwrap_err();
+        let (code, message, hint) = common::db_error(&err);
+        assert_eq!(code, "08001", "{given}");
+        assert!(message.contains(&format!("TLS handshake with {given} failed")), "{message}");
+        let hint = hint.expect("a hint");
+        assert!(hint.starts_with(&format!("The server's certificate is not valid for the name {given}: give --target the endpoint name RDS shows")), "{hint}");
+        proxy.stop().await;
+    }
+    sim.stop().await;
+}
+
+/// `connect-info` run with a clean environment plus `env`; (exit code, stdout, stderr).
+fn connect_info(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("HOME", "/nonexistent");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.arg("connect-info").args(args).stdin(Stdio::null()).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_and_connect_info_read_the_config_file_as_the_proxy_does() {
+    let sim = common::start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The file's user is the superuser, not granted rds_iam: doctor fails unless a flag wins.
+    let text = format!(
+        "db_user = \"postgres\"\nca_bundle = \"{}\"\n\n[[target]]\nname = \"sim\"\nendpoint = \"{SIM_ENDPOINT}:5432\"\n\
+         via = \"direct\"\nconnect_addr = \"{}\"\nport = 16601\n\n[[target]]\nname = \"other\"\n\
+         endpoint = \"other.abc123.eu-central-1.rds.amazonaws.com\"\nport = 16602\n",
+        sim.ca_file.display(),
+        sim.front_addr
+    );
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &text).unwrap();
+    let f = file.to_str().unwrap();
+
+    // Two targets and no --target NAME: which one?
+    let (code, _, err) = connect_info(&["--config", f], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err, format!("rds-auth-proxy: {f} defines 2 targets (sim, other): pick one with --target NAME\n"));
+    // --target NAME picks the table; the top-level keys are its defaults.
+    let (code, out, err) = connect_info(&["--config", f, "--target", "sim", "--format", "dsn"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("postgresql://postgres@127.0.0.1:16601/postgres"), "{out}");
+    // Precedence: variable over file, flag over variable; RDS_AUTH_PROXY_CONFIG names the file.
+    let env = [("RDS_AUTH_PROXY_DB_USER", "env_user"), ("RDS_AUTH_PROXY_CONFIG", f)];
+    let (_, out, err) = connect_info(&["--target", "sim", "--format", "dsn"], &env);
+    assert!(out.starts_with("postgresql://env_user@127.0.0.1:16601/"), "{out}{err}");
+    let (_, out, err) = connect_info(&["--target", "sim", "--format", "dsn", "--db-user", "flag_user", "--port", "16609"], &env);
+    assert!(out.starts_with("postgresql://flag_user@127.0.0.1:16609/"), "{out}{err}");
+    // The default path, under $HOME/.config.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".config/rds-auth-proxy")).unwrap();
+    std::fs::write(home.path().join(".config/rds-auth-proxy/config.toml"), &text).unwrap();
+    let (code, out, err) = connect_info(&["--target", "other", "--format", "dsn"], &[("HOME", home.path().to_str().unwrap())]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("postgresql://postgres@127.0.0.1:16602/"), "{out}");
+
+    // doctor: the file's target and user (refused: not rds_iam), then a flag's user (passes).
+    let out = sim_command(&sim).args(["doctor", "--config", f, "--target", "sim"]).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("[FAIL] iam login") && stdout.contains("GRANT rds_iam TO \"postgres\";"), "{stdout}");
+    assert!(stdout.contains(&format!("{SIM_ENDPOINT}:5432 answers (direct to {})", sim.front_addr)), "{stdout}");
+    let out = sim_command(&sim)
+        .args(["doctor", "--target", "sim", "--db-user", "db_user"])
+        .env("RDS_AUTH_PROXY_CONFIG", f)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let out = sim_command(&sim).args(["doctor", "--config", f]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pick one with --target NAME"));
+    sim.stop().await;
+}

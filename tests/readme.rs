@@ -157,3 +157,249 @@ fn the_config_file_example_lists_as_shown() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected.join("\n") + "\n");
 }
+
+/// A token of Rust source, as far as finding HINT texts needs: identifiers, string literals (raw
+/// source text between the quotes) and single punctuation characters. Comments are skipped.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Punct(char),
+}
+
+fn tokens(src: &str) -> Vec<Tok> {
+    let c: Vec<char> = src.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        let ch = c[i];
+        if ch == '/' && c.get(i + 1) == Some(&'/') {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if ch == '/' && c.get(i + 1) == Some(&'*') {
+            i += 2;
+            while i + 1 < c.len() && !(c[i] == '*' && c[i + 1] == '/') {
+                i += 1;
+            }
+            i += 2;
+        } else if ch == '"' || (ch == 'r' && matches!(c.get(i + 1), Some('"') | Some('#'))) || (ch == 'b' && c.get(i + 1) == Some(&'"')) {
+            // "…", b"…", r"…", r#"…"#.
+            let raw = ch == 'r';
+            if ch != '"' {
+                i += 1;
+            }
+            let mut hashes = 0;
+            while raw && c.get(i) == Some(&'#') {
+                hashes += 1;
+                i += 1;
+            }
+            i += 1; // the opening quote
+            let start = i;
+            loop {
+                if i >= c.len() {
+                    break;
+                }
+                if !raw && c[i] == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if c[i] == '"' && (0..hashes).all(|h| c.get(i + 1 + h) == Some(&'#')) {
+                    break;
+                }
+                i += 1;
+            }
+            out.push(Tok::Str(c[start..i.min(c.len())].iter().collect()));
+            i += 1 + hashes;
+        } else if ch == '\'' {
+            // A char literal ('x', '\n', '"', '{') or a lifetime ('a).
+            if c.get(i + 1) == Some(&'\\') {
+                i += 2;
+                while i < c.len() && c[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if c.get(i + 2) == Some(&'\'') {
+                i += 3;
+            } else {
+                i += 1;
+            }
+        } else if ch.is_alphanumeric() || ch == '_' {
+            let start = i;
+            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
+                i += 1;
+            }
+            out.push(Tok::Ident(c[start..i].iter().collect()));
+        } else {
+            if !ch.is_whitespace() {
+                out.push(Tok::Punct(ch));
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether a function makes HINT (or doctor `fix:`) texts, by the naming rule the code follows.
+fn makes_hints(name: &str) -> bool {
+    name == "hint" || name.ends_with("_hint") || name == "fix_for" || name.ends_with("_fix")
+}
+
+/// A literal that starts a sentence meant for the user, not a pattern compared against.
+fn is_hint_text(toks: &[Tok], at: usize) -> bool {
+    let Tok::Str(s) = &toks[at] else { return false };
+    let compared = match (at.checked_sub(2).map(|p| &toks[p]), toks.get(at.wrapping_sub(1))) {
+        (Some(Tok::Punct('=' | '!')), Some(Tok::Punct('='))) => true,
+        (Some(Tok::Ident(f)), Some(Tok::Punct('('))) => {
+            ["contains", "starts_with", "ends_with", "eq_ignore_ascii_case", "strip_prefix"].contains(&f.as_str())
+        }
+        _ => false,
+    };
+    !compared && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && s.contains(' ')
+}
+
+/// The opening words of a HINT literal as the README's troubleshooting table quotes them: its
+/// first six words, up to a line continuation or code span, with `…` for each placeholder.
+fn opening(s: &str) -> String {
+    let end = s.find(['\\', '`']).unwrap_or(s.len());
+    let mut text = String::new();
+    let mut rest = &s[..end];
+    while let Some(open) = rest.find('{') {
+        text.push_str(&rest[..open]);
+        text.push('…');
+        rest = rest[open..].find('}').map_or("", |close| &rest[open + close + 1..]);
+    }
+    text.push_str(rest);
+    text.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
+}
+
+/// The HINT texts in one file's source, by their opening words: the literals in functions named
+/// `hint`, `*_hint`, `fix_for`, `*_fix`, in `const HINT_*` / `FIX_*`, and after `hint: Some(`.
+fn hints_in(src: &str) -> Vec<String> {
+    // Unit tests make up hints of their own.
+    let src = src.split("#[cfg(test)]\nmod tests {").next().unwrap_or_default();
+    let toks = tokens(src);
+    let mut found = Vec::new();
+    let mut push = |at: usize| {
+        if let (true, Tok::Str(s)) = (is_hint_text(&toks, at), &toks[at]) {
+            found.push(opening(s));
+        }
+    };
+    let mut i = 0;
+    while i < toks.len() {
+        match (&toks[i], toks.get(i + 1)) {
+            (Tok::Ident(kw), Some(Tok::Ident(name))) if kw == "fn" && makes_hints(name) => {
+                let Some(open) = (i..toks.len()).find(|&j| toks[j] == Tok::Punct('{')) else { break };
+                let mut depth = 0;
+                let mut j = open;
+                while j < toks.len() {
+                    match toks[j] {
+                        Tok::Punct('{') => depth += 1,
+                        Tok::Punct('}') => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => push(j),
+                    }
+                    j += 1;
+                }
+                i = j;
+            }
+            (Tok::Ident(kw), Some(Tok::Ident(name))) if kw == "const" && (name.starts_with("HINT_") || name.starts_with("FIX_")) => {
+                if let Some(j) = (i..toks.len()).find(|&j| matches!(toks[j], Tok::Str(_))) {
+                    push(j);
+                    i = j;
+                }
+            }
+            (Tok::Ident(kw), Some(Tok::Punct(':'))) if kw == "hint" && toks.get(i + 2) == Some(&Tok::Ident("Some".into())) => {
+                // hint: Some("…") or hint: Some(format!("…")).
+                if let Some(j) = (i + 3..(i + 8).min(toks.len())).find(|&j| matches!(toks[j], Tok::Str(_))) {
+                    push(j);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Every HINT the code can emit, as (file, opening words). The simulator's texts are AWS's and
+/// PostgreSQL's, not ours; `fuzzing.rs` makes none.
+fn hints_in_code() -> Vec<(String, String)> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut found = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(root).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("sim") {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("fuzzing.rs") || path.ends_with("tests.rs") {
+                continue;
+            }
+            let file = path.strip_prefix(root).unwrap().display().to_string();
+            for hint in hints_in(&std::fs::read_to_string(&path).unwrap()) {
+                found.push((file.clone(), hint));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn hint_finder_reads_rust_as_written() {
+    let src = r##"
+        // a comment with "quotes" and { braces
+        fn hint(&self) -> String {
+            let _c = '"'; let _d = '{'; let _l: &'static str = "x";
+            if code == "ExpiredToken" || m.contains("PAM authentication failed") { return "Run the thing now.".into() }
+            format!("Allow {action} on it, please.\
+                     And more.") + r#"Raw "quoted" text here"#
+        }
+        fn other() -> &'static str { "Not a hint at all" }
+        const FIX_X: &str = "Fix the flag and retry.";
+        fn region_fix(n: &str) -> String { format!("Use --region {n} now") }
+        let e = ClientError { hint: Some("Reconnect when it is back.".into()) };
+    "##;
+    let texts = hints_in(src);
+    assert_eq!(
+        texts,
+        ["Run the thing now.", "Allow … on it, please.", "Raw \"quoted\" text here", "Fix the flag and retry.", "Use --region … now", "Reconnect when it is back."]
+    );
+    assert_eq!(opening("Check that {} is reachable from this machine"), "Check that … is reachable from");
+    assert_eq!(opening("run `aws sso login` now"), "run");
+}
+
+/// Every HINT the code can emit has a row in the README's troubleshooting section, quoted by its
+/// opening words. A new HINT (in a `fn hint`, `*_hint`, `fix_for`, `*_fix`, a `const HINT_*`/
+/// `FIX_*`, or a `hint: Some(…)`) fails here until the README explains it.
+#[test]
+fn every_hint_in_the_code_has_a_troubleshooting_row() {
+    let readme = readme();
+    let section = readme
+        .split("\n## Troubleshooting by HINT")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Troubleshooting by HINT section");
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with('|')).collect();
+    let hints = hints_in_code();
+    assert!(hints.len() > 50, "the finder found only {}: {hints:#?}", hints.len());
+    for must in ["The server's certificate is not valid", "RDS refused the IAM token. Allow", "Your IAM Identity Center (SSO) session"] {
+        assert!(hints.iter().any(|(_, h)| h == must), "{must:?} not found in the code: {hints:#?}");
+    }
+    let missing: Vec<String> = hints
+        .iter()
+        .filter(|(_, h)| !rows.iter().any(|r| r.contains(h.as_str())))
+        .map(|(f, h)| format!("{f}: {h}"))
+        .collect();
+    assert!(missing.is_empty(), "HINTs with no row in the README's troubleshooting table:\n{}", missing.join("\n"));
+}

@@ -236,6 +236,7 @@ async fn the_unix_socket_is_never_visible_with_a_wider_mode() {
             max_connections: 0,
             drain_timeout: Duration::from_secs(1),
             client_password_file: None,
+            client_ca_file: None,
         };
         let Ok(listeners) = Listeners::bind(&config).await else {
             done.store(true, Ordering::Relaxed);
@@ -346,4 +347,131 @@ async fn a_client_cannot_forge_log_lines() {
     assert!(refused.contains(r#"user="mallory\n2026-01-01T00:00:00.000000Z  INFO client connected peer=10.0.0.1:1 user=\"admin\"\u{1b}[31m""#), "{refused}");
     assert!(refused.contains(r#"database="db\r\n2026"#), "{refused}");
     sim.stop().await;
+}
+
+/// A CA made for one test, and the PEM file holding its certificate.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    file: std::path::PathBuf,
+}
+
+fn test_ca(dir: &std::path::Path, name: &str) -> TestCa {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let file = dir.join(format!("{name}.pem"));
+    std::fs::write(&file, cert.pem()).unwrap();
+    TestCa { issuer: rcgen::Issuer::new(params, key), file }
+}
+
+/// A client certificate for `cn` issued by `ca`, as the `sslcert=… sslkey=…` of a conninfo
+/// (the key file 0600, as libpq insists).
+fn client_cert(dir: &std::path::Path, ca: &TestCa, cn: &str, name: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let (cert_file, key_file) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("sslcert={} sslkey={}", cert_file.display(), key_file.display())
+}
+
+/// `--client-ca-file` without a client password: remote psql with a certificate from that CA,
+/// whose CN is the user, is admitted with no password; a certificate of another CA fails the
+/// TLS handshake; the right CA but another CN, or no certificate at all (with or without TLS),
+/// gets 28000 with a HINT; loopback needs nothing, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_psql_with_a_client_certificate_needs_no_password() {
+    let Some(host_ip) = non_loopback_address() else {
+        eprintln!("SKIPPED remote_psql_with_a_client_certificate_needs_no_password: this host has no non-loopback IPv4 address");
+        return;
+    };
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(dir.path(), "client-ca");
+    let other_ca = test_ca(dir.path(), "other-ca");
+    let good = client_cert(dir.path(), &ca, "db_user", "good");
+    let foreign = client_cert(dir.path(), &other_ca, "db_user", "foreign");
+    let someone_else = client_cert(dir.path(), &ca, "someone_else", "someone-else");
+    let local_ca = dir.path().join("local-ca.pem");
+    let mut cmd = proxy_command(&sim, "json");
+    cmd.args(["--address", "0.0.0.0", "--allow-remote", "--local-tls"])
+        .arg("--local-tls-ca-out")
+        .arg(&local_ca)
+        .arg("--client-ca-file")
+        .arg(&ca.file);
+    let (child, port, logs) = spawn_until_ready(cmd);
+    let tls = format!("sslmode=verify-ca sslrootcert={}", local_ca.display());
+    let remote = |extra: &str| format!("host={host_ip} port={port} user=db_user dbname=postgres {extra}");
+
+    // The certificate is the credential: no password asked for or given.
+    let out = psql(&remote(&format!("{tls} {good}")), None, "SELECT current_user");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+
+    // Another CA's certificate: the proxy's TLS refuses it in the handshake.
+    let out = psql(&remote(&format!("{tls} {foreign}")), None, "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("ssl") && !err.contains("28000"), "{err}");
+
+    // The right CA, another CN: refused as PostgreSQL's clientcert=verify-full would.
+    let out = psql(&remote(&format!("{tls} {someone_else}")), None, "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"the client certificate's CN "someone_else" is not the user name "db_user""#), "{err}");
+    assert!(err.contains("HINT:") && err.contains("clientcert=verify-full"), "{err}");
+
+    // No certificate, over TLS or not, and no password configured: 28000 saying what to do.
+    for extra in [tls.clone(), "sslmode=disable".to_owned()] {
+        let out = psql(&remote(&extra), Some("a password does not help"), "SELECT 1");
+        assert!(!out.status.success(), "{extra}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("need a client certificate issued by this shared rds-auth-proxy's --client-ca-file"), "{extra}: {err}");
+        assert!(err.contains("HINT:") && err.contains("sslcert/sslkey"), "{extra}: {err}");
+    }
+
+    // Loopback: nothing needed, with or without TLS.
+    for extra in [format!("sslmode=verify-full sslrootcert={}", local_ca.display()), "sslmode=disable".to_owned()] {
+        let out = psql(&format!("host=127.0.0.1 port={port} user=db_user dbname=postgres {extra}"), None, "SELECT 6*7");
+        assert!(out.status.success(), "{extra}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    }
+
+    stop(child);
+    let events: Vec<serde_json::Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
+    assert_eq!(refused.len(), 3, "wrong CN, and no certificate twice: {events:?}");
+    assert!(refused.iter().all(|v| v["fields"]["sqlstate"] == "28000"), "{refused:?}");
+    assert!(
+        events.iter().any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("TLS handshake with a client failed"))),
+        "the foreign certificate is logged: {events:?}"
+    );
+    sim.stop().await;
+}
+
+#[test]
+fn client_ca_file_config_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(dir.path(), "ca");
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "-a", "0.0.0.0", "--allow-remote", "--client-ca-file"])
+            .arg(&ca.file)
+            .args(extra)
+            .env_clear()
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--client-ca-file needs --local-tls"), "{err}");
 }

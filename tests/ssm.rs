@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use common::*;
 use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats};
 use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy::tunnel::Tunnel;
 
 fn stat(sim: &Simulator, f: impl Fn(&SsmSimStats) -> &std::sync::atomic::AtomicU64) -> u64 {
     f(&sim.ssm.stats()).load(Ordering::SeqCst)
@@ -130,7 +131,10 @@ async fn copy_64_mib_each_way_under_loss_and_a_killed_websocket() {
     let killer = tokio::spawn(async move {
         let base = stats.ws_connections.load(Ordering::SeqCst);
         knobs.update(|o| o.kill_ws_after_messages = Some(20_000));
+        let started = Instant::now();
         while stats.ws_killed.load(Ordering::SeqCst) == 0 {
+            // A deadline, so a kill that never comes fails the test instead of hanging it.
+            assert!(started.elapsed() < Duration::from_secs(120), "the WebSocket was never killed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         knobs.update(|o| o.kill_ws_after_messages = None);
@@ -205,8 +209,14 @@ async fn idle_timeout_with_and_without_open_connections() {
     let proxy = start_ssm_proxy(&args, &sim).await;
 
     // An open but quiet connection: the proxy's keepalive keeps the session from timing out.
+    // Wait for the simulated agent to receive four keepalives (smux NOPs, nothing else on a
+    // quiet connection): sent a second apart, the first and the fourth are 3 s apart, more than
+    // the 2 s idle timeout, so only the keepalives can have kept the session open.
     let client = connect(&proxy, "db_user").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let quiet_since = Instant::now();
+    let seen = stat(&sim, |s| &s.client_keepalives);
+    eventually("four keepalives on the quiet session", || stat(&sim, |s| &s.client_keepalives) >= seen + 4).await;
+    assert!(quiet_since.elapsed() > Duration::from_secs(2), "the keepalives spanned the idle timeout");
     client.simple_query("SELECT 1").await.expect("session still alive");
     assert_eq!(stat(&sim, |s| &s.idle_timeouts), 0);
     drop(client);
@@ -224,13 +234,23 @@ async fn idle_timeout_with_and_without_open_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_resume_gives_the_next_connection_a_new_session() {
     let sim = start_sim().await;
-    let proxy = start_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let proxy = bind_ssm_proxy(&ssm_args(&sim), &sim).await;
+    let Tunnel::Ssm(tunnel) = proxy.ctx.tunnel.clone() else {
+        panic!("--via ssm gives an SSM tunnel");
+    };
+    let proxy = RunningProxy::spawn(proxy);
     connect(&proxy, "db_user").await.unwrap().simple_query("SELECT 1").await.unwrap();
+    assert_eq!(tunnel.session_ids().len(), 1);
     sim.ssm.options().update(|o| {
         o.refuse_resume = true;
         o.kill_ws_after = Some(Duration::from_millis(1));
     });
     eventually("the resume to be refused", || stat(&sim, |s| &s.resume_refused) >= 1).await;
+    // The simulator counts the refusal before the proxy reads the answer: wait until the proxy
+    // has dropped the session from its pool too. Connecting earlier puts the stream on the
+    // session whose resume is being refused, and it dies with it; that is not "the next
+    // connection" this test is about.
+    eventually("the proxy to give the session up", || tunnel.session_ids().is_empty()).await;
     sim.ssm.options().update(|o| {
         o.refuse_resume = false;
         o.kill_ws_after = None;

@@ -92,6 +92,27 @@ pub fn provider_name(creds: &Credentials) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The fix for a credentials failure: the exact `aws sso login --profile X` when it is an
+/// IAM Identity Center (SSO) session that expired or never started, else the general advice.
+pub fn fix_for(err: &(dyn std::error::Error + 'static), profile: Option<&str>) -> String {
+    let login = match profile
+        .map(str::to_owned)
+        .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()))
+    {
+        Some(profile) => format!("`aws sso login --profile {profile}`"),
+        None => "`aws sso login` (with --profile NAME for a named profile)".to_owned(),
+    };
+    let chain = crate::session::display_chain(err).to_ascii_lowercase();
+    if chain.contains("sso") {
+        format!("Your IAM Identity Center (SSO) session has expired or was never started: run {login}, then retry (no restart needed).")
+    } else {
+        format!(
+            "Provide AWS credentials: {login} for IAM Identity Center, or set AWS_PROFILE, or \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("no AWS credentials provider is configured")]

@@ -1,11 +1,13 @@
 //! Who may use a listener. Whoever gets through logs in as the proxy's AWS identity, so:
 //! loopback TCP clients and the proxy's own user on the Unix socket need no credential;
-//! remote TCP clients (a shared listener, `--allow-remote`) must first prove they know the
-//! client password (`--client-password-file`) with SCRAM-SHA-256; a Unix socket peer of another
-//! user is refused. The decision ([`Access`]) is made at accept time, from the peer address or
+//! remote TCP clients (a shared listener, `--allow-remote`) must first present a client
+//! certificate issued by `--client-ca-file` (over `--local-tls`) whose CN is the user they log
+//! in as, or prove they know the client password (`--client-password-file`) with SCRAM-SHA-256;
+//! a Unix socket peer of another user is refused. The decision ([`Access`]) is made at accept time, from the peer address or
 //! the peer's credentials; it is carried out after the StartupMessage, so the client reads the
 //! refusal as an ordinary ErrorResponse.
 
+pub mod certificate;
 pub mod scram;
 
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::auth::password::{read_password_file, PasswordError};
 use crate::pg::startup::StartupMessage;
 use crate::pg::{SqlState, UserFacing};
+pub use certificate::ClientCertificate;
 pub use scram::Verifier;
 use scram::ScramError;
 
@@ -32,20 +35,27 @@ pub enum Access {
     Open,
     /// A remote TCP peer: SCRAM-SHA-256 with the client password first.
     Password(Arc<Verifier>),
+    /// A remote TCP peer of a listener with `--client-ca-file`: a verified client certificate
+    /// whose CN is the user, else (no certificate) the client password when there is one.
+    Certificate { password: Option<Arc<Verifier>> },
     /// Refused whatever it sends.
     Refused(AccessError),
 }
 
 impl Access {
-    /// The rule for a TCP peer. A non-loopback peer without a client password configured is
-    /// refused (it can only reach a loopback listener by binding a non-loopback source
-    /// address, but fail closed all the same).
-    pub fn for_tcp(peer: SocketAddr, password: Option<&Arc<Verifier>>) -> Access {
+    /// The rule for a TCP peer. `certificates`: the listener's TLS verifies client
+    /// certificates against `--client-ca-file`. A non-loopback peer with neither credential
+    /// configured is refused (it can only reach a loopback listener by binding a non-loopback
+    /// source address, but fail closed all the same).
+    pub fn for_tcp(peer: SocketAddr, password: Option<&Arc<Verifier>>, certificates: bool) -> Access {
         // `::ffff:127.0.0.1` is loopback too when the listener is bound to `::`.
         if peer.ip().to_canonical().is_loopback() {
             return Access::Open;
         }
         match password {
+            _ if certificates => Access::Certificate {
+                password: password.cloned(),
+            },
             Some(verifier) => Access::Password(verifier.clone()),
             None => Access::Refused(AccessError::RemoteWithoutPassword),
         }
@@ -78,14 +88,17 @@ impl Access {
     }
 
     /// Carries the decision out after the client's StartupMessage: `Ok` when the client may
-    /// go on to the upstream login. Refusals are logged and sent to the client (ErrorResponse
-    /// with SQLSTATE and HINT) before `Err` is returned; the connection is then done.
+    /// go on to the upstream login. `certificate`: what the client's TLS handshake proved, if it
+    /// presented a certificate (only ever one that chains to `--client-ca-file`). Refusals are
+    /// logged and sent to the client (ErrorResponse with SQLSTATE and HINT) before `Err` is
+    /// returned; the connection is then done.
     pub async fn admit<S>(
         self,
         client: &mut S,
         peer: &str,
         startup: &StartupMessage,
         limit: Duration,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<(), AccessError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -93,15 +106,18 @@ impl Access {
         let result = match self {
             Access::Open => return Ok(()),
             Access::Refused(e) => Err(e),
-            Access::Password(verifier) => tokio::time::timeout(limit, authenticate(client, &verifier))
-                .await
-                .unwrap_or(Err(AccessError::Timeout(limit.as_secs()))),
+            Access::Password(verifier) => password_login(client, &verifier, limit).await,
+            Access::Certificate { password: pw } => match (certificate, pw) {
+                (Some(cert), _) => certificate_login(cert, startup),
+                (None, Some(verifier)) => password_login(client, &verifier, limit).await,
+                (None, None) => Err(AccessError::NoCertificate),
+            },
         };
         let user = startup.user();
         let user: &str = &user;
         match &result {
-            Ok(()) => {
-                tracing::debug!(%peer, user, "remote client logged in with the client password");
+            Ok(with) => {
+                tracing::debug!(%peer, user, with, "remote client logged in");
                 return Ok(());
             }
             Err(AccessError::Gone(e)) => {
@@ -119,7 +135,31 @@ impl Access {
             }
             let _ = client.shutdown().await;
         }
-        result
+        result.map(|_| ())
+    }
+}
+
+/// SCRAM with the client password, within `limit`.
+async fn password_login<S>(client: &mut S, verifier: &Verifier, limit: Duration) -> Result<&'static str, AccessError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(limit, authenticate(client, verifier))
+        .await
+        .unwrap_or(Err(AccessError::Timeout(limit.as_secs())))
+        .map(|()| "the client password")
+}
+
+/// PostgreSQL's `clientcert=verify-full`: the certificate's CN must be the user name the client
+/// sent (before any `--db-user`), byte for byte, so one person's certificate cannot log in as
+/// another database user through the shared identity.
+fn certificate_login(cert: &ClientCertificate, startup: &StartupMessage) -> Result<&'static str, AccessError> {
+    match &cert.common_name {
+        Some(cn) if cn.as_bytes() == startup.user_bytes() => Ok("a client certificate"),
+        other => Err(AccessError::CertificateUser {
+            common_name: other.clone(),
+            user: startup.user().into_owned(),
+        }),
     }
 }
 
@@ -132,6 +172,10 @@ pub enum AccessError {
     UnknownUser(#[source] std::io::Error),
     #[error("connections from other hosts need the client password, and this proxy has none")]
     RemoteWithoutPassword,
+    #[error("connections from other hosts need a client certificate issued by this shared rds-auth-proxy's --client-ca-file")]
+    NoCertificate,
+    #[error("the client certificate's CN {} is not the user name {user:?}", common_name.as_deref().map_or("(none)".to_owned(), |cn| format!("{cn:?}")))]
+    CertificateUser { common_name: Option<String>, user: String },
     #[error("password authentication failed: wrong client password for this shared rds-auth-proxy")]
     WrongPassword,
     #[error("client authentication failed")]
@@ -149,9 +193,11 @@ pub enum AccessError {
 impl UserFacing for AccessError {
     fn sqlstate(&self) -> SqlState {
         match self {
-            AccessError::OtherUser { .. } | AccessError::UnknownUser(_) | AccessError::RemoteWithoutPassword => {
-                SqlState::InvalidAuthorization
-            }
+            AccessError::OtherUser { .. }
+            | AccessError::UnknownUser(_)
+            | AccessError::RemoteWithoutPassword
+            | AccessError::NoCertificate
+            | AccessError::CertificateUser { .. } => SqlState::InvalidAuthorization,
             AccessError::WrongPassword => SqlState::InvalidPassword,
             AccessError::Scram(_)
             | AccessError::Mechanism(_)
@@ -170,7 +216,20 @@ impl UserFacing for AccessError {
             }
             AccessError::RemoteWithoutPassword => {
                 "Connect from the proxy's own host (127.0.0.1 or its Unix socket), or start the proxy \
-                 with --allow-remote and --client-password-file FILE."
+                 with --allow-remote and --client-password-file FILE (or --client-ca-file FILE and \
+                 --local-tls)."
+                    .into()
+            }
+            AccessError::NoCertificate => {
+                "Connect with sslmode=verify-ca (or require) and sslcert/sslkey naming a certificate \
+                 issued by the CA in the proxy's --client-ca-file, with your database user name as \
+                 its CN; or connect from the proxy's own host."
+                    .into()
+            }
+            AccessError::CertificateUser { .. } => {
+                "A client certificate logs in only as the user its CN names (like PostgreSQL's \
+                 clientcert=verify-full): connect with that user name, or use a certificate issued \
+                 for this user."
                     .into()
             }
             AccessError::WrongPassword => {
@@ -222,7 +281,8 @@ async fn send<S: AsyncWrite + Unpin>(client: &mut S, message: &[u8]) -> Result<(
     client.flush().await.map_err(AccessError::Gone)
 }
 
-/// AuthenticationSASL offering SCRAM-SHA-256 alone (no -PLUS: the listener has no TLS).
+/// AuthenticationSASL offering SCRAM-SHA-256 alone (no -PLUS: channel binding is not implemented, so
+/// a client with `channel_binding=require` is refused by its own library).
 fn auth_sasl() -> BytesMut {
     let mut list = Vec::with_capacity(scram::MECHANISM.len() + 2);
     list.extend_from_slice(scram::MECHANISM.as_bytes());
@@ -294,7 +354,7 @@ mod tests {
     #[test]
     fn peer_rules() {
         let v = Arc::new(Verifier::new("pw"));
-        let tcp = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), pw);
+        let tcp = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), pw, false);
         assert!(matches!(tcp("127.0.0.1:5000", Some(&v)), Access::Open));
         assert!(matches!(tcp("127.8.9.1:5000", None), Access::Open));
         assert!(matches!(tcp("[::1]:5000", None), Access::Open));
@@ -302,6 +362,12 @@ mod tests {
         assert!(matches!(tcp("192.0.2.7:5000", Some(&v)), Access::Password(_)));
         assert!(matches!(tcp("[::ffff:192.0.2.7]:5000", Some(&v)), Access::Password(_)));
         assert!(matches!(tcp("192.0.2.7:5000", None), Access::Refused(AccessError::RemoteWithoutPassword)));
+        // With --client-ca-file: loopback stays open; remote peers get the certificate rule,
+        // with the password as the other way in when there is one.
+        let certs = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), pw, true);
+        assert!(matches!(certs("127.0.0.1:5000", None), Access::Open));
+        assert!(matches!(certs("192.0.2.7:5000", None), Access::Certificate { password: None }));
+        assert!(matches!(certs("192.0.2.7:5000", Some(&v)), Access::Certificate { password: Some(_) }));
         assert!(matches!(Access::for_uid(Ok(1000), 1000), Access::Open));
         assert!(matches!(Access::for_uid(Ok(65534), 1000), Access::Refused(AccessError::OtherUser { peer: 65534, own: 1000 })));
         assert!(matches!(Access::for_uid(Err(std::io::Error::other("x")), 0), Access::Refused(AccessError::UnknownUser(_))));
@@ -319,7 +385,10 @@ mod tests {
 
     /// A whole exchange over a duplex pipe, the client side played by postgres-protocol.
     async fn exchange(password: &str) -> (Result<(), AccessError>, Vec<u8>) {
-        let access = Access::Password(Arc::new(Verifier::new("right one")));
+        exchange_with(Access::Password(Arc::new(Verifier::new("right one"))), password).await
+    }
+
+    async fn exchange_with(access: Access, password: &str) -> (Result<(), AccessError>, Vec<u8>) {
         let (mut server, mut client) = tokio::io::duplex(4096);
         let password = password.to_owned();
         let client_task = tokio::spawn(async move {
@@ -350,7 +419,7 @@ mod tests {
             client.read_to_end(&mut seen).await.unwrap();
             seen
         });
-        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5)).await;
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), None).await;
         drop(server);
         (result, client_task.await.unwrap())
     }
@@ -362,6 +431,44 @@ mod tests {
         assert_eq!(&rest[..1], b"R");
         assert_eq!(&rest[5..9], &[0, 0, 0, 12], "AuthenticationSASLFinal");
         assert!(rest[9..].starts_with(b"v="));
+    }
+
+    /// What the client reads after [`Access::admit`] with `certificate` and no password exchange.
+    async fn admit_with(access: Access, certificate: Option<&ClientCertificate>) -> (Result<(), AccessError>, String) {
+        let (mut server, mut client) = tokio::io::duplex(4096);
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), certificate).await;
+        drop(server);
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        (result, String::from_utf8_lossy(&seen).into_owned())
+    }
+
+    #[tokio::test]
+    async fn certificate_rules() {
+        let cert = |cn: Option<&str>| ClientCertificate { common_name: cn.map(str::to_owned) };
+        let rule = |pw: Option<&str>| Access::Certificate { password: pw.map(|p| Arc::new(Verifier::new(p))) };
+
+        // The CN is the user: in, with nothing sent (AuthenticationOk is the upstream's).
+        let (result, seen) = admit_with(rule(None), Some(&cert(Some("alice")))).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, "");
+        // Another CN, or none: 28000 naming both, even when a password is configured.
+        for (cn, pw) in [(Some("bob"), None), (Some("Alice"), Some("pw")), (None, Some("pw"))] {
+            let (result, seen) = admit_with(rule(pw), Some(&cert(cn))).await;
+            assert!(matches!(result, Err(AccessError::CertificateUser { .. })), "{cn:?}: {result:?}");
+            assert!(seen.contains("C28000\0") && seen.contains("is not the user name \"alice\""), "{seen}");
+            assert!(seen.contains("Hclientcert") || seen.contains("clientcert=verify-full"), "{seen}");
+        }
+        // No certificate and no password: 28000 with a HINT saying how to present one.
+        let (result, seen) = admit_with(rule(None), None).await;
+        assert!(matches!(result, Err(AccessError::NoCertificate)), "{result:?}");
+        assert!(seen.contains("C28000\0") && seen.contains("sslcert/sslkey"), "{seen}");
+        // No certificate, but a password configured: SCRAM as without --client-ca-file.
+        let (result, rest) = exchange_with(rule(Some("right one")), "right one").await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(&rest[5..9], &[0, 0, 0, 12], "AuthenticationSASLFinal");
+        let (result, _) = exchange_with(rule(Some("right one")), "wrong one").await;
+        assert!(matches!(result, Err(AccessError::WrongPassword)), "{result:?}");
     }
 
     #[tokio::test]
@@ -378,7 +485,7 @@ mod tests {
     async fn refused_peer_gets_28000_and_the_exchange_is_bounded() {
         let access = Access::for_uid(Ok(4242), 1000);
         let (mut server, mut client) = tokio::io::duplex(4096);
-        assert!(access.admit(&mut server, "test", &startup(), Duration::from_secs(5)).await.is_err());
+        assert!(access.admit(&mut server, "test", &startup(), Duration::from_secs(5), None).await.is_err());
         drop(server);
         let mut seen = Vec::new();
         client.read_to_end(&mut seen).await.unwrap();
@@ -389,7 +496,7 @@ mod tests {
         tokio::time::pause();
         let access = Access::Password(Arc::new(Verifier::new("pw")));
         let (mut server, _silent) = tokio::io::duplex(4096);
-        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(30)).await;
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(30), None).await;
         assert!(matches!(result, Err(AccessError::Timeout(30))), "{result:?}");
     }
 }

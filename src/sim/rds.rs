@@ -3,6 +3,11 @@
 //! with the simulator's credentials, `rds-db`, region, host:port, DBUser, expiry), and — on a valid
 //! login — the client's startup relayed verbatim to a real local PostgreSQL.
 //!
+//! One front serves several endpoint names (the instance, Aurora cluster / reader / custom
+//! endpoints, an RDS Proxy endpoint): the TLS certificate is chosen by SNI, and a token must be
+//! signed for the name the client asked for — a token for another of the front's names is refused,
+//! as IAM refuses a signature over the wrong host.
+//!
 //! Which login a user gets is decided as RDS decides it: by the `rds_iam` grant in that
 //! PostgreSQL. Members of `rds_iam` are asked for a password and must send a valid IAM token;
 //! anyone else — the superuser included, and roles that do not exist — is asked for SCRAM.
@@ -47,6 +52,20 @@ pub struct RdsFrontConfig {
     /// Users that are password users, not IAM users: PostgreSQL runs their login (SCRAM-SHA-256).
     /// Only consulted for users outside `rds_iam`; membership in `rds_iam` wins.
     pub password_users: HashSet<String>,
+    /// More names of this front besides `endpoint` (lowercase): a client that asks for one of them
+    /// by SNI must bring a token signed for it. Without SNI, or with another name, tokens must be
+    /// signed for `endpoint`.
+    pub other_names: Vec<String>,
+}
+
+impl RdsFrontConfig {
+    /// The host a token must be signed for on a connection that asked for `sni`.
+    pub fn token_host(&self, sni: Option<&str>) -> String {
+        match sni.map(str::to_ascii_lowercase) {
+            Some(name) if self.other_names.contains(&name) => name,
+            _ => self.endpoint.clone(),
+        }
+    }
 }
 
 /// Counters and fault switches tests can reach while the front runs.
@@ -61,6 +80,8 @@ pub struct RdsFrontState {
     pub reject_next: AtomicUsize,
     /// SHA-256 of every distinct token presented: tells whether the proxy reuses tokens.
     pub distinct_tokens: std::sync::Mutex<HashSet<[u8; 32]>>,
+    /// Accepted IAM logins per endpoint name (the host their token was signed for).
+    pub accepted_by_name: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub struct RdsFront {
@@ -122,8 +143,9 @@ async fn serve(
             FirstPacket::SslRequest => {
                 tcp.write_all(b"S").await?;
                 let mut tls = TlsAcceptor::from(config.tls.clone()).accept(tcp).await?;
+                let host = config.token_host(tls.get_ref().1.server_name());
                 return match startup::read_first_packet(&mut tls).await? {
-                    FirstPacket::Startup(s) => login(config, state, tls, s).await,
+                    FirstPacket::Startup(s) => login(config, state, tls, s, host).await,
                     FirstPacket::Cancel(c) => relay_cancel(config, state, c.as_bytes()).await,
                     _ => {
                         send_fatal(&mut tls, "08P01", "unsupported request inside TLS").await;
@@ -153,6 +175,7 @@ async fn login<S>(
     state: &RdsFrontState,
     mut client: S,
     startup: StartupMessage,
+    host: String,
 ) -> Result<(), BoxError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -198,7 +221,7 @@ where
         }
     };
     let expect = RdsTokenExpectation {
-        host: config.endpoint.clone(),
+        host: host.clone(),
         port: config.port,
         region: config.region.clone(),
         user: user.clone(),
@@ -231,6 +254,12 @@ where
         return Ok(());
     }
     state.accepted.fetch_add(1, Ordering::Relaxed);
+    *state
+        .accepted_by_name
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(host)
+        .or_default() += 1;
     let mut pg = TcpStream::connect(config.postgres).await?;
     pg.set_nodelay(true)?;
     pg.write_all(startup.as_bytes()).await?;

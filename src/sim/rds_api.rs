@@ -22,6 +22,9 @@ pub const SIM_CLUSTER_ID: &str = "simcluster";
 pub const SIM_CLUSTER_ENDPOINT: &str = "simcluster.cluster-c0sim0000000.eu-central-1.rds.amazonaws.com";
 pub const SIM_CLUSTER_READER_ENDPOINT: &str =
     "simcluster.cluster-ro-c0sim0000000.eu-central-1.rds.amazonaws.com";
+/// A custom endpoint of the cluster (not listed by DescribeDBClusters; served by the front).
+pub const SIM_CLUSTER_CUSTOM_ENDPOINT: &str =
+    "simcustom.cluster-custom-c0sim0000000.eu-central-1.rds.amazonaws.com";
 pub const SIM_CLUSTER_RESOURCE_ID: &str = "cluster-SIMABCDEFGHIJKLMNOPQRST";
 
 /// What the simulated RDS API says about its instance and cluster.

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::certs::SimCa;
+use super::certs::{SimCa, SniCerts};
 use super::postgres::{PgCluster, PgClusterOptions, PgTls, DB_USER};
 use super::rds::{RdsFront, RdsFrontConfig, RdsFrontState};
 use super::query::QueryServer;
-use super::rds_api::{RdsApiOptions, RdsApiSim};
+use super::rds_api::{
+    RdsApiOptions, RdsApiSim, SIM_CLUSTER_CUSTOM_ENDPOINT, SIM_CLUSTER_ENDPOINT, SIM_CLUSTER_READER_ENDPOINT,
+};
 use super::secrets::SecretsSim;
 use super::sigv4::SimCredentials;
 use super::ssm::{SsmSim, SsmSimOptions};
@@ -23,6 +25,10 @@ use crate::cli::{DemoArgs, SimArgs};
 pub const SIM_REGION: &str = "eu-central-1";
 /// The simulated endpoint: an RDS-shaped name (so region inference works) that resolves nowhere.
 pub const SIM_ENDPOINT: &str = "simdb.c0sim0000000.eu-central-1.rds.amazonaws.com";
+/// A simulated RDS Proxy endpoint: the front presents an "ATS-like" chain for it (root →
+/// intermediate → leaf, the root in [`Simulator::proxy_ca_file`]), as RDS Proxy presents an ACM
+/// certificate chaining to Amazon Trust Services.
+pub const SIM_PROXY_ENDPOINT: &str = "simproxy.proxy-c0sim0000000.eu-central-1.rds.amazonaws.com";
 /// The endpoint port tokens are signed for.
 pub const SIM_DB_PORT: u16 = 5432;
 pub const SIM_DB_NAME: &str = "postgres";
@@ -54,6 +60,9 @@ pub struct SimOptions {
     pub pg_extra_hba: Vec<String>,
     /// What the simulated RDS API reports (IAM authentication, engine, status).
     pub rds_api: RdsApiOptions,
+    /// Swap the two kinds of chain: the RDS Proxy name gets an RDS-CA certificate and every
+    /// other name an "ATS-like" one — what a proxy that mixed up its trust stores would accept.
+    pub swap_tls_chains: bool,
 }
 
 impl Default for SimOptions {
@@ -65,6 +74,7 @@ impl Default for SimOptions {
             ssm: SsmSimOptions::default(),
             pg_extra_hba: Vec::new(),
             rds_api: RdsApiOptions::default(),
+            swap_tls_chains: false,
         }
     }
 }
@@ -77,6 +87,10 @@ pub struct Simulator {
     pub front_state: Arc<RdsFrontState>,
     pub ca: SimCa,
     pub ca_file: PathBuf,
+    /// The "ATS-like" root that [`SIM_PROXY_ENDPOINT`]'s chain leads to: give it as
+    /// `--proxy-ca-bundle` (the real Amazon roots cannot sign for the simulator).
+    pub proxy_ca: SimCa,
+    pub proxy_ca_file: PathBuf,
     /// The SSM API and data channel, whose managed node reaches [`SIM_ENDPOINT`] at the front.
     pub ssm: SsmSim,
     /// The Secrets Manager API with one secret per password user.
@@ -132,6 +146,10 @@ impl Simulator {
         let dir = tempfile::Builder::new().prefix("rds-auth-proxy-sim-").tempdir()?;
         let ca_file = dir.path().join("sim-ca.pem");
         std::fs::write(&ca_file, ca.pem())?;
+        let proxy_ca = SimCa::new("rds-auth-proxy simulator ATS-like root")?;
+        let proxy_ca_file = dir.path().join("sim-proxy-ca.pem");
+        std::fs::write(&proxy_ca_file, proxy_ca.pem())?;
+        let front_tls = front_certificates(&ca, &proxy_ca, options.swap_tls_chains)?.server_config()?;
         let secrets = SecretsSim::start(credentials.clone(), SIM_REGION).await?;
         let sts = super::sts::start(credentials.clone()).await?;
         let rds_api = RdsApiSim::start(options.rds_api.clone(), credentials.clone()).await?;
@@ -148,9 +166,10 @@ impl Simulator {
                 port: SIM_DB_PORT,
                 region: SIM_REGION.to_owned(),
                 credentials: credentials.clone(),
-                tls: ca.server_config(&[SIM_ENDPOINT.to_owned()])?,
+                tls: front_tls,
                 postgres: postgres.addr(),
                 password_users: password_users.iter().cloned().collect::<HashSet<_>>(),
+                other_names: FRONT_NAMES[1..].iter().map(|n| n.to_string()).collect(),
             },
         )
         .await?;
@@ -161,7 +180,7 @@ impl Simulator {
             options.ssm.clone(),
             credentials.clone(),
             SIM_REGION,
-            HashMap::from([(SIM_ENDPOINT.to_owned(), front_addr)]),
+            FRONT_NAMES.iter().map(|n| (n.to_string(), front_addr)).collect(),
         )
         .await?;
         Ok(Simulator {
@@ -171,6 +190,8 @@ impl Simulator {
             front_state,
             ca,
             ca_file,
+            proxy_ca,
+            proxy_ca_file,
             ssm,
             secrets,
             sts,
@@ -262,6 +283,8 @@ impl Simulator {
             ("SIM_PASSWORD_SECRET", secret_name(SIM_PASSWORD_USER)),
             ("AWS_ENDPOINT_URL_STS", self.sts.endpoint_url()),
             ("AWS_ENDPOINT_URL_RDS", self.rds_api.endpoint_url()),
+            ("SIM_PROXY_ENDPOINT", SIM_PROXY_ENDPOINT.to_owned()),
+            ("SIM_PROXY_CA_FILE", self.proxy_ca_file.display().to_string()),
         ]
     }
 
@@ -275,6 +298,35 @@ impl Simulator {
             tracing::warn!(error = %e, "stopping the simulator's PostgreSQL failed");
         }
     }
+}
+
+/// Every name the RDS front answers to (the first is the instance, [`SIM_ENDPOINT`]); the
+/// simulated SSM node reaches each of them at the front.
+pub const FRONT_NAMES: [&str; 5] = [
+    SIM_ENDPOINT,
+    SIM_CLUSTER_ENDPOINT,
+    SIM_CLUSTER_READER_ENDPOINT,
+    SIM_CLUSTER_CUSTOM_ENDPOINT,
+    SIM_PROXY_ENDPOINT,
+];
+
+/// The front's certificates: an RDS-CA one for each name, but for the RDS Proxy name a leaf
+/// under an intermediate of the ATS-like root; `swap` turns both around.
+fn front_certificates(ca: &SimCa, proxy_ca: &SimCa, swap: bool) -> Result<SniCerts, BoxError> {
+    let ats_intermediate = proxy_ca.intermediate("rds-auth-proxy simulator ATS-like intermediate")?;
+    let issuer_for = |name: &str| {
+        let proxy_name = crate::tls::classify_endpoint(name) == crate::tls::EndpointKind::RdsProxy;
+        if proxy_name != swap {
+            &ats_intermediate
+        } else {
+            ca
+        }
+    };
+    let mut certs = SniCerts::new(issuer_for(SIM_ENDPOINT).certified_key(&[SIM_ENDPOINT.to_owned()])?);
+    for name in FRONT_NAMES {
+        certs.add(name, issuer_for(name).certified_key(&[name.to_owned()])?);
+    }
+    Ok(certs)
 }
 
 /// 24 random letters and digits: no quoting needed in SQL or JSON.
@@ -373,6 +425,7 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
         password_users: args.password_user.clone(),
         ssm,
         rds_api: rds_api_options(&args),
+        swap_tls_chains: args.swap_tls_chains,
         ..SimOptions::default()
     })
     .await?;

@@ -94,6 +94,16 @@ pub async fn start_proxy(args: &[String], credentials: aws_credential_types::Cre
 pub const TEST_DRAIN_TIMEOUT: &str = "1";
 
 pub async fn start_proxy_with(args: &[String], credentials: Credentials) -> RunningProxy {
+    RunningProxy::spawn(bind_proxy_with(args, credentials).await)
+}
+
+/// A bound in-process SSM proxy, not yet running: for tests that look inside it (its
+/// context, its tunnel) before [`RunningProxy::spawn`].
+pub async fn bind_ssm_proxy(args: &[String], sim: &Simulator) -> Proxy {
+    bind_proxy_with(args, Credentials::FixedWith(sim.aws_setup())).await
+}
+
+pub async fn bind_proxy_with(args: &[String], credentials: Credentials) -> Proxy {
     let mut argv = vec!["rds-auth-proxy".to_owned()];
     argv.extend_from_slice(args);
     if !args.iter().any(|a| a.starts_with("--drain-timeout")) {
@@ -101,10 +111,7 @@ pub async fn start_proxy_with(args: &[String], credentials: Credentials) -> Runn
     }
     let cli = Cli::try_parse_from(argv).expect("valid flags");
     let config = Config::from_args(&cli.proxy).expect("valid config");
-    let proxy = Proxy::bind(&config, credentials)
-        .await
-        .expect("proxy binds");
-    RunningProxy::spawn(proxy)
+    Proxy::bind(&config, credentials).await.expect("proxy binds")
 }
 
 impl RunningProxy {

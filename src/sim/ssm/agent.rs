@@ -67,6 +67,10 @@ const PORT_BACKLOG_LIMIT: usize = 4 * 1024 * 1024;
 /// agent pauses reading, as it does while MGS has paused publication.
 const WS_QUEUE_RESERVE: usize = 64;
 
+/// An smux NOP frame (version 1, cmd 3, length 0, stream 0), alone in one Output message: what
+/// a client's smux keepalive looks like on a quiet session.
+const SMUX_NOP: [u8; 8] = [1, 3, 0, 0, 0, 0, 0, 0];
+
 /// Input to a session task.
 pub(super) enum Event {
     /// A WebSocket presented a valid token and now carries the session.
@@ -594,6 +598,9 @@ impl Agent {
                 Ok(())
             }
             (Phase::Complete, PayloadType::Output) => {
+                if message.payload[..] == SMUX_NOP {
+                    bump(&self.inner.stats.client_keepalives);
+                }
                 if let Some(port) = &self.port {
                     port.write(message.payload);
                 }

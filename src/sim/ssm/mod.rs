@@ -299,6 +299,9 @@ pub struct SsmSimStats {
     pub duplicates_reacked: AtomicU64,
     /// Agent messages sent again after their retransmission timeout.
     pub resends: AtomicU64,
+    /// Client Output messages that were one smux NOP alone (the client's keepalive), counted
+    /// once each, in sequence. Each one is activity that pushes the idle timeout back.
+    pub client_keepalives: AtomicU64,
 }
 
 impl SsmSimStats {
