@@ -590,7 +590,10 @@ async fn shutdown_is_bounded_when_the_gateway_stops_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_websocket_write_is_resumed_not_hung() {
     let rig = rig_with(SsmSimOptions::default(), |s| {
-        s.data_channel.write_timeout = Duration::from_secs(2);
+        // Short enough to keep the test quick, long enough that a loaded 2-core machine (the
+        // simulator shares this process) still writes one buffer's worth within it: at 2 s a
+        // starved simulator made every resumed WebSocket look stuck too, again and again.
+        s.data_channel.write_timeout = Duration::from_secs(6);
         s.data_channel.max_rate = 0;
         // A window far larger than loopback's socket buffers, so the writes really stall
         // (with the default 512 messages the kernel would absorb them all).
@@ -606,7 +609,9 @@ async fn a_stuck_websocket_write_is_resumed_not_hung() {
     // The gateway stops reading this WebSocket: our writes fill the socket buffers and stall.
     rig.sim.options().update(|o| o.stop_reading = true);
     let data = pattern(12 << 20, 9);
-    let back = timeout(Duration::from_secs(120), echo(&mut stream, &data))
+    // A guard against a hang, not a speed bound: 12 MiB through a debug build takes minutes on
+    // a loaded 2-core machine, and a stuck write never finishes at all.
+    let back = timeout(Duration::from_secs(300), echo(&mut stream, &data))
         .await
         .expect("the transfer finishes on a resumed WebSocket instead of hanging")
         .expect("echo");
