@@ -18,6 +18,7 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
@@ -117,7 +118,7 @@ pub fn default_path(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
 /// The plan for the file `text` (read from `path`) under the flags and variables in `cli`.
 pub fn plan_from_text(path: &Path, text: &str, cli: &CliLayer) -> Result<Plan, ConfigFileError> {
     let keys = Keys::from_cli();
-    let file = parse_file(path, text, &keys)?;
+    let file = parse_file(path, text, keys)?;
     let cli_target = cli.values("target").and_then(|v| v.first().cloned());
     // (the tables to serve, whether flags win over a table's keys, whether --target was a name)
     let (selected, flags_win, target_was_name): (Vec<Option<&Layer>>, bool, bool) = if file.targets.is_empty() {
@@ -136,7 +137,7 @@ pub fn plan_from_text(path: &Path, text: &str, cli: &CliLayer) -> Result<Plan, C
     let mut pending = Vec::new();
     let mut log = None;
     for table in selected {
-        let resolved = resolve(&keys, cli, table, &file.top, flags_win, target_was_name);
+        let resolved = resolve(keys, cli, table, &file.top, flags_win, target_was_name);
         let parsed = parse_resolved(&resolved.argv).map_err(|e| match table {
             Some(t) => ConfigFileError::At {
                 path: path.to_owned(),
@@ -194,7 +195,7 @@ pub fn one_target(
         reason: e.to_string(),
     })?;
     let keys = Keys::from_cli();
-    let file = parse_file(&path, &text, &keys)?;
+    let file = parse_file(&path, &text, keys)?;
     let cli = CliLayer::from_matches(matches);
     let wanted = cli.values("target").and_then(|v| v.first().cloned());
     let named = |t: &&Layer| t.name.as_ref().map(|(n, _)| n) == wanted.as_ref();
@@ -217,7 +218,7 @@ pub fn one_target(
             )));
         }
     };
-    let resolved = resolve(&keys, &cli, table, &file.top, true, target_was_name);
+    let resolved = resolve(keys, &cli, table, &file.top, true, target_was_name);
     let parsed = parse_resolved(&resolved.argv).map_err(|e| match table {
         Some(t) => ConfigFileError::At {
             path: path.clone(),
@@ -255,8 +256,14 @@ struct Key {
 struct Keys(Vec<Key>);
 
 impl Keys {
-    /// Every long flag of the proxy itself (not of a subcommand) is a key.
-    fn from_cli() -> Keys {
+    /// Every long flag of the proxy itself (not of a subcommand) is a key. Built once: the
+    /// definition is static and building it costs more than parsing a file.
+    fn from_cli() -> &'static Keys {
+        static KEYS: OnceLock<Keys> = OnceLock::new();
+        KEYS.get_or_init(Keys::build)
+    }
+
+    fn build() -> Keys {
         let cmd = Cli::command();
         let keys = cmd
             .get_arguments()
@@ -307,7 +314,7 @@ pub struct CliLayer(BTreeMap<String, (Origin, Given)>);
 impl CliLayer {
     pub fn from_matches(matches: &ArgMatches) -> CliLayer {
         let mut layer = CliLayer::default();
-        for key in Keys::from_cli().0 {
+        for key in &Keys::from_cli().0 {
             let origin = match matches.value_source(&key.id) {
                 Some(ValueSource::CommandLine) => Origin::Flag,
                 Some(ValueSource::EnvVariable) => Origin::Env,
@@ -322,7 +329,7 @@ impl CliLayer {
                         .unwrap_or_default(),
                 ),
             };
-            layer.0.insert(key.id, (origin, given));
+            layer.0.insert(key.id.clone(), (origin, given));
         }
         layer
     }
@@ -559,9 +566,17 @@ fn clap_reason(e: &clap::Error) -> String {
     first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
-/// The command line definition with no `env =`: resolved values are all passed as flags.
+/// The command line definition with no `env =`: resolved values are all passed as flags. Built
+/// once and cloned, as a file parse runs it once per key.
 fn without_env() -> clap::Command {
-    Cli::command().mut_args(|a| a.env(None::<&str>))
+    static COMMAND: OnceLock<clap::Command> = OnceLock::new();
+    COMMAND
+        .get_or_init(|| {
+            let mut cmd = Cli::command().mut_args(|a| a.env(None::<&str>));
+            cmd.build();
+            cmd
+        })
+        .clone()
 }
 
 /// A TOML syntax error as one line, naming the key on that line when there is one.
@@ -1051,7 +1066,7 @@ db_user = "prod_user"
         let text = include_str!("../config/rds-auth-proxy.toml");
         let plan = plan_of(text, &CliLayer::default()).unwrap_or_else(|e| panic!("{e}"));
         assert!(plan.targets.len() >= 2, "the example shows several targets");
-        for key in Keys::from_cli().0 {
+        for key in &Keys::from_cli().0 {
             let documented = text.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
                 l.starts_with(&format!("{} =", key.key))

@@ -275,7 +275,7 @@ pub fn smux_session(data: &[u8]) {
 /// Command-line arguments (NUL-separated) through clap and `Config::from_args`, as `main` runs
 /// them.
 pub fn config_args(data: &[u8]) {
-    use clap::Parser;
+    use clap::FromArgMatches;
 
     let mut args = vec!["rds-auth-proxy".to_owned()];
     args.extend(
@@ -290,7 +290,20 @@ pub fn config_args(data: &[u8]) {
     {
         return;
     }
-    match crate::cli::Cli::try_parse_from(&args) {
+    // The definition `main` parses with (`version::command`), built once: building it
+    // costs far more than parsing, and the fuzzer's executions belong to the parser.
+    static COMMAND: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    let mut command = COMMAND
+        .get_or_init(|| {
+            let mut cmd = crate::version::command();
+            cmd.build();
+            cmd
+        })
+        .clone();
+    let parsed = command
+        .try_get_matches_from_mut(&args)
+        .and_then(|matches| crate::cli::Cli::from_arg_matches(&matches));
+    match parsed {
         Ok(cli) => {
             if cli.command.is_none() {
                 match crate::config::Config::from_args(&cli.proxy) {
