@@ -42,6 +42,7 @@ pub mod config;
 pub mod doctor;
 pub mod config_file;
 pub mod connect_info;
+pub mod der;
 pub mod conntest;
 pub mod drain;
 pub mod fleet;

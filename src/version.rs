@@ -55,41 +55,24 @@ pub fn command() -> clap::Command {
     Cli::command().long_version(long)
 }
 
-/// One DER element: (tag, contents, the bytes after it).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
 /// A certificate's `notAfter` as 14 digits `YYYYMMDDHHMMSS` (RFC 5280 §4.1: Certificate ::=
 /// SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber, signature,
 /// issuer, validity SEQUENCE { notBefore, notAfter }, … } … }). A few lines of DER walking
 /// instead of an X.509 crate: this is the only field we read, and only for `--version`.
 pub fn not_after(der: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
-    let (SEQUENCE, cert, _) = der_element(der)? else { return None };
-    let (SEQUENCE, tbs, _) = der_element(cert)? else { return None };
-    let (tag, _, mut rest) = der_element(tbs)?;
+    use crate::der::{element, SEQUENCE};
+    let (SEQUENCE, cert, _) = element(der)? else { return None };
+    let (SEQUENCE, tbs, _) = element(cert)? else { return None };
+    let (tag, _, mut rest) = element(tbs)?;
     if tag != 0xa0 {
         rest = tbs; // no explicit version: v1, the serial number comes first
     }
     for _ in 0..3 {
-        rest = der_element(rest)?.2; // serialNumber, signature, issuer
+        rest = element(rest)?.2; // serialNumber, signature, issuer
     }
-    let (SEQUENCE, validity, _) = der_element(rest)? else { return None };
-    let (_, _, after_not_before) = der_element(validity)?;
-    let (tag, time, _) = der_element(after_not_before)?;
+    let (SEQUENCE, validity, _) = element(rest)? else { return None };
+    let (_, _, after_not_before) = element(validity)?;
+    let (tag, time, _) = element(after_not_before)?;
     let time = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
     let full = match (tag, time.len()) {
         // UTCTime YYMMDDHHMMSSZ: years 50–99 are 19xx (RFC 5280 §4.1.2.5.1).

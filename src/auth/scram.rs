@@ -97,39 +97,11 @@ fn oid_hash(oid: &[u8]) -> Option<Hash> {
 /// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm AlgorithmIdentifier, … }`:
 /// the OID of the outer signatureAlgorithm, read with bounds checks only.
 fn signature_algorithm_oid(der: &[u8]) -> Option<&[u8]> {
-    let (tag, cert, _) = der_element(der)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (_, _, after_tbs) = der_element(cert)?;
-    let (tag, alg, _) = der_element(after_tbs)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, oid, _) = der_element(alg)?;
-    (tag == 0x06).then_some(oid)
-}
-
-/// One DER element: (tag, contents, what follows it).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
+    use crate::der::{element, expect, OID, SEQUENCE};
+    let (cert, _) = expect(der, SEQUENCE)?;
+    let (_, _, after_tbs) = element(cert)?;
+    let (alg, _) = expect(after_tbs, SEQUENCE)?;
+    expect(alg, OID).map(|(oid, _)| oid)
 }
 
 /// SASLInitialResponse: `p`, length, mechanism\0, Int32 length of the data, the data.

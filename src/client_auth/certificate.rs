@@ -21,43 +21,12 @@ impl ClientCertificate {
     }
 }
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const OID: u8 = 0x06;
+use crate::der::{element, expect, OID, SEQUENCE, SET};
+
 /// `[0] EXPLICIT Version` at the start of a TBSCertificate.
 const VERSION: u8 = 0xa0;
 /// 2.5.4.3, id-at-commonName.
 const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
-
-/// One DER element: its tag, its contents and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        // Long form: 1 to 4 length bytes (a certificate is far below 4 GiB).
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at(n);
-        (bytes.iter().fold(0usize, |len, b| (len << 8) | usize::from(*b)), rest)
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (contents, rest) = rest.split_at(len);
-    Some((tag, contents, rest))
-}
-
-/// The contents of the next element if it has `tag`, and what follows it.
-fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    match element(input)? {
-        (t, contents, rest) if t == tag => Some((contents, rest)),
-        _ => None,
-    }
-}
 
 /// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
 /// signature, issuer, validity, subject, … }, … }; subject ::= SEQUENCE OF SET OF
