@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -23,12 +23,14 @@ pub enum CertError {
     Tls(#[from] rustls::Error),
 }
 
+type Chain = Vec<CertificateDer<'static>>;
+
 /// A certificate authority that exists only for this run.
 pub struct SimCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
     /// Sent after a leaf it issues: itself (a root, as the simulator always did), or an
     /// intermediate alone (its root is what clients must already trust).
-    sent_after_leaf: Vec<rustls::pki_types::CertificateDer<'static>>,
+    sent_after_leaf: Chain,
 }
 
 impl std::fmt::Debug for SimCa {
@@ -39,16 +41,7 @@ impl std::fmt::Debug for SimCa {
 
 impl SimCa {
     pub fn new(common_name: &str) -> Result<SimCa, CertError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = ca_params(common_name, BasicConstraints::Unconstrained)?;
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         let sent_after_leaf = vec![issuer.der().clone()];
         Ok(SimCa { issuer, sent_after_leaf })
@@ -57,32 +50,35 @@ impl SimCa {
     /// An intermediate CA issued by this one; its leaves are sent with the intermediate only
     /// (path length 0: it may issue leaves, not more CAs).
     pub fn intermediate(&self, common_name: &str) -> Result<SimCa, CertError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = ca_params(common_name, BasicConstraints::Constrained(0))?;
         let issuer = CertifiedIssuer::signed_by(params, KeyPair::generate()?, &self.issuer)?;
         let sent_after_leaf = vec![issuer.der().clone()];
         Ok(SimCa { issuer, sent_after_leaf })
     }
 
-    /// A fresh certificate for `names` with its chain (as sent) and key, for [`SniCerts`].
-    pub fn certified_key(&self, names: &[String]) -> Result<Arc<CertifiedKey>, CertError> {
+    /// A fresh leaf for `names` (the first is also the CN) issued by this CA, and its key.
+    fn leaf(&self, names: &[String]) -> Result<(rcgen::Certificate, KeyPair), CertError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, first);
         }
         let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert, key))
+    }
+
+    /// A fresh leaf for `names` as a server sends it (leaf, then what this CA sends after it),
+    /// with its key.
+    fn leaf_chain(&self, names: &[String]) -> Result<(Chain, PrivateKeyDer<'static>), CertError> {
+        let (cert, key) = self.leaf(names)?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.sent_after_leaf.iter().cloned());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))))
+    }
+
+    /// A fresh certificate for `names` with its chain (as sent) and key, for [`SniCerts`].
+    pub fn certified_key(&self, names: &[String]) -> Result<Arc<CertifiedKey>, CertError> {
+        let (chain, key) = self.leaf_chain(names)?;
         Ok(Arc::new(CertifiedKey::from_der(chain, key, &crate::tls::crypto_provider())?))
     }
 
@@ -94,26 +90,13 @@ impl SimCa {
     /// A fresh certificate for `names` issued by this CA, as PEM (leaf then CA) and its key as
     /// PEM: for servers that read files (PostgreSQL).
     pub fn issue_pem(&self, names: &[String]) -> Result<(String, String), CertError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.to_vec())?;
-        if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, first);
-        }
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert, key) = self.leaf(names)?;
         Ok((format!("{}{}", cert.pem(), self.issuer.pem()), key.serialize_pem()))
     }
 
     /// A rustls server config presenting a fresh certificate for `names`, issued by this CA.
     pub fn server_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>, CertError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.to_vec())?;
-        if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, first);
-        }
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let mut chain = vec![cert.der().clone()];
-        chain.extend(self.sent_after_leaf.iter().cloned());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let (chain, key) = self.leaf_chain(names)?;
         let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -121,6 +104,19 @@ impl SimCa {
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// A CA's parameters: its CN, how deep a chain below it may go, and the usages of a CA.
+fn ca_params(common_name: &str, constraints: BasicConstraints) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(constraints);
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
 }
 
 /// Certificates chosen by SNI, as a server with several names does; a client that names none
