@@ -14,6 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// 64 KiB per direction: COPY moves large chunks and 8 KiB would cost syscalls.
@@ -36,6 +37,14 @@ impl std::fmt::Display for ClosedBy {
             ClosedBy::Drain => "drain",
         })
     }
+}
+
+/// Counters that move as bytes are written, not when the connection ends: a client such as
+/// DBeaver keeps one connection for hours, and a scrape must see its traffic meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Meters {
+    pub to_upstream: Option<Counter>,
+    pub to_client: Option<Counter>,
 }
 
 /// What happened during relay.
@@ -112,6 +121,8 @@ struct Half {
     done: bool,
     need_flush: bool,
     bytes: u64,
+    /// Also counts `bytes`, live.
+    meter: Option<Counter>,
     /// Message boundaries of what was read (server → client only).
     framer: Option<Framer>,
     /// Stop at the next message boundary, without shutting the writer down.
@@ -137,6 +148,7 @@ impl Half {
             done: false,
             need_flush: false,
             bytes: 0,
+            meter: None,
             framer: None,
             draining: false,
         }
@@ -166,6 +178,9 @@ impl Half {
                     Ok(n) => {
                         self.pos += n;
                         self.bytes += n as u64;
+                        if let Some(meter) = &self.meter {
+                            meter.inc_by(n as u64);
+                        }
                         self.need_flush = true;
                     }
                     Err(e) => return Poll::Ready(HalfEnd::WriteError(e)),
@@ -238,7 +253,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    relay_until(client, upstream, &[], std::future::pending()).await
+    relay_until(client, upstream, &[], std::future::pending(), Meters::default()).await
 }
 
 /// Relays until both directions are done, or until `drain` resolves: then the client's input is
@@ -247,19 +262,26 @@ where
 /// ErrorResponse).
 ///
 /// `already_sent`: what the client got from the server before the relay (it starts on a message
-/// boundary and may end inside a message).
+/// boundary and may end inside a message). `meters` count each direction as bytes are written.
 pub async fn relay_until<C, U>(
     client: &mut C,
     upstream: &mut U,
     already_sent: &[u8],
     drain: impl std::future::Future<Output = ()>,
+    meters: Meters,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut c2u = Half::new();
-    let mut u2c = Half::framed();
+    let mut c2u = Half {
+        meter: meters.to_upstream,
+        ..Half::new()
+    };
+    let mut u2c = Half {
+        meter: meters.to_client,
+        ..Half::framed()
+    };
     if let Some(f) = &mut u2c.framer {
         f.advance(already_sent);
     }
@@ -355,6 +377,35 @@ mod tests {
         assert!(stats.client_error.is_none() && stats.upstream_error.is_none());
     }
 
+    #[tokio::test]
+    async fn meters_move_while_the_connection_is_still_open() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1 << 16);
+        let (mut proxy_upstream, mut upstream) = tokio::io::duplex(1 << 16);
+        let meters = Meters {
+            to_upstream: Some(Counter::default()),
+            to_client: Some(Counter::default()),
+        };
+        let (to_upstream, to_client) = (meters.to_upstream.clone().unwrap(), meters.to_client.clone().unwrap());
+        let relay = tokio::spawn(async move {
+            relay_until(&mut proxy_client, &mut proxy_upstream, &[], std::future::pending(), meters).await
+        });
+        client.write_all(&[7; 5000]).await.unwrap();
+        let mut got = vec![0; 5000];
+        upstream.read_exact(&mut got).await.unwrap();
+        // Both ends still open: the bytes are counted already.
+        assert_eq!(to_upstream.get(), 5000);
+        upstream.write_all(b"Z\0\0\0\x05I").await.unwrap();
+        let mut back = [0; 6];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(to_client.get(), 6);
+        assert!(!relay.is_finished());
+        client.shutdown().await.unwrap();
+        drop(upstream);
+        let stats = relay.await.unwrap();
+        // The live count and the final count agree: nothing counted twice.
+        assert_eq!((stats.client_to_upstream, stats.upstream_to_client), (to_upstream.get(), to_client.get()));
+    }
+
     #[test]
     fn framer_follows_message_boundaries_byte_by_byte() {
         // DataRow 'D' len 11 (7 body bytes), then ReadyForQuery 'Z' len 5 (1 body byte).
@@ -386,10 +437,10 @@ mod tests {
         let (mut proxy_upstream, mut upstream) = tokio::io::duplex(1 << 16);
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let relay = tokio::spawn(async move {
-            let stats = relay_until(&mut proxy_client, &mut proxy_upstream, b"Z\x00\x00\x00\x05I", async {
+            let drain = async {
                 let _ = drain_rx.await;
-            })
-            .await;
+            };
+            let stats = relay_until(&mut proxy_client, &mut proxy_upstream, b"Z\x00\x00\x00\x05I", drain, Meters::default()).await;
             // The client side is still usable after a drain: the caller's last words.
             proxy_client.write_all(b"LAST").await.unwrap();
             stats

@@ -306,6 +306,10 @@ where
         &mut upstream.stream,
         &upstream.to_client,
         drain.expired(),
+        relay::Meters {
+            to_upstream: Some(ctx.metrics.bytes_to_upstream.clone()),
+            to_client: Some(ctx.metrics.bytes_to_client.clone()),
+        },
     )
     .await;
     // After the client said goodbye, an upstream that drops the connection without a TLS
@@ -318,8 +322,6 @@ where
     {
         stats.upstream_error = None;
     }
-    ctx.metrics.bytes_to_upstream.inc_by(stats.client_to_upstream);
-    ctx.metrics.bytes_to_client.inc_by(stats.upstream_to_client);
     let drained = stats.closed_by == Some(relay::ClosedBy::Drain);
     if drained {
         fail(&mut client, peer, &drain::shutdown_error()).await;
