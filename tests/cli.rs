@@ -5,84 +5,18 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::binary::*;
 use common::*;
 use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
-use rds_auth_proxy::sim::Simulator;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
-
-/// A command with only the simulator's AWS identity visible: no host config, no IMDS.
-fn proxy_command(sim: &Simulator) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
-        .env("AWS_REGION", SIM_REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        // Audit lines ask STS who the credentials are: the simulator's STS, never AWS's.
-        .env("AWS_ENDPOINT_URL_STS", sim.sts.endpoint_url());
-    cmd
-}
-
-/// Runs the proxy, waits for its "ready for connections" log line, returns (child, port, log).
-fn spawn_until_ready(mut cmd: Command) -> (Child, u16, std::sync::mpsc::Receiver<String>) {
-    cmd.args(["--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the proxy did not log a ready line");
-        };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "ready for connections" {
-            let listen = v["fields"]["listen"].as_str().unwrap().to_owned();
-            let port = listen.rsplit(':').next().unwrap().parse().unwrap();
-            return (child, port, rx);
-        }
-    }
-}
-
-fn psql(args: &[&str]) -> std::process::Output {
-    Command::new("psql")
-        .args(args)
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .output()
-        .expect("psql is installed (see README)")
-}
-
-fn stop(mut child: Child) -> Option<i32> {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    child.wait().ok().and_then(|s| s.code())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
     let sim = start_sim().await;
     let socket_dir = tempfile::tempdir().unwrap();
-    let mut cmd = proxy_command(&sim);
+    let mut cmd = sim_command(&sim);
     cmd.env("RUST_LOG", "trace")
         // Configuration through RDS_AUTH_PROXY_* instead of flags.
         .env("RDS_AUTH_PROXY_TARGET", format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"))
@@ -90,7 +24,8 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
         .env("RDS_AUTH_PROXY_CA_BUNDLE", &sim.ca_file)
         .env("RDS_AUTH_PROXY_PORT", "0")
         .args(["--unix-socket", socket_dir.path().to_str().unwrap()]);
-    let (child, port, logs) = spawn_until_ready(cmd);
+    let mut proxy = Running::start(cmd);
+    let port = proxy.port;
     let port_s = port.to_string();
 
     let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
@@ -116,12 +51,12 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 
-    assert_eq!(stop(child), Some(143), "SIGTERM exit code");
+    assert_eq!(proxy.stop(), Some(143), "SIGTERM exit code");
     assert!(!sock.exists(), "socket removed on shutdown");
 
     // Trace-level logs never carry the secret key, a token or its signature.
-    let log: Vec<String> = logs.try_iter().collect();
-    let events: Vec<serde_json::Value> = log.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let log = proxy.all_logs().to_vec();
+    let events: Vec<serde_json::Value> = log.iter().map(|l| json(l)).collect();
     let refused: Vec<&serde_json::Value> = events
         .iter()
         .filter(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("login refused")))
@@ -150,26 +85,26 @@ async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_shows_the_hint_when_the_ca_is_wrong() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim);
+    let mut cmd = sim_command(&sim);
     cmd.args([
         "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
         "--connect-addr", &sim.front_addr.to_string(),
         "--port", "0",
     ]);
-    let (child, port, _logs) = spawn_until_ready(cmd);
-    let out = psql(&["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-c", "SELECT 1"]);
+    let mut proxy = Running::start(cmd);
+    let out = psql(&["-h", "127.0.0.1", "-p", &proxy.port.to_string(), "-U", "db_user", "-d", "postgres", "-c", "SELECT 1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FATAL:  rds-auth-proxy: TLS handshake with simdb"), "{err}");
     assert!(err.contains("HINT:  The server's certificate must be valid for"), "{err}");
-    stop(child);
+    proxy.stop();
     sim.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_subcommand_prints_a_token_the_simulator_accepts() {
     let sim = start_sim().await;
-    let out = proxy_command(&sim)
+    let out = sim_command(&sim)
         .args(["token", "--hostname", SIM_ENDPOINT, "--port", "5432", "--username", "db_user"])
         .output()
         .unwrap();
@@ -235,11 +170,11 @@ fn a_password_file_others_can_read_is_a_one_line_config_error() {
 async fn psql_as_a_scram_user_with_the_secret_and_channel_binding_logs_no_password() {
     let sim = start_sim().await;
     let password = sim.password("scram_user").unwrap();
-    let mut cmd = proxy_command(&sim);
+    let mut cmd = sim_command(&sim);
     // Straight to PostgreSQL serving TLS (it offers SCRAM-SHA-256-PLUS); the password from the
-    // simulated Secrets Manager, found the standard way: AWS_ENDPOINT_URL_SECRETS_MANAGER.
+    // simulated Secrets Manager, found the standard way: AWS_ENDPOINT_URL_SECRETS_MANAGER (set
+    // by sim_command).
     cmd.env("RUST_LOG", "trace")
-        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", sim.secrets.endpoint_url())
         .env("RDS_AUTH_PROXY_PASSWORD_SECRET", rds_auth_proxy::sim::runner::secret_name("scram_user"))
         .args([
             "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
@@ -247,8 +182,8 @@ async fn psql_as_a_scram_user_with_the_secret_and_channel_binding_logs_no_passwo
             "--ca-bundle", sim.ca_file.to_str().unwrap(),
             "--port", "0",
         ]);
-    let (child, port, logs) = spawn_until_ready(cmd);
-    let port_s = port.to_string();
+    let mut proxy = Running::start(cmd);
+    let port_s = proxy.port.to_string();
     for _ in 0..2 {
         let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "scram_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -259,8 +194,8 @@ async fn psql_as_a_scram_user_with_the_secret_and_channel_binding_logs_no_passwo
     let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "scram_user", "-d", "postgres", "-tA", "-c", "SELECT 1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(sim.secrets.reads(), 2);
-    assert_eq!(stop(child), Some(143));
-    let log: Vec<String> = logs.iter().collect();
+    assert_eq!(proxy.stop(), Some(143));
+    let log = proxy.all_logs().to_vec();
     let all = log.join("\n");
     assert!(all.contains(r#""level":"TRACE""#), "trace is on");
     assert!(all.contains(r#""mechanism":"SCRAM-SHA-256-PLUS""#), "channel binding was used: {all}");
@@ -422,7 +357,7 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
     assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"));
     let addr = values["SIM_DB_ADDR"].clone();
     assert!(std::net::TcpStream::connect(&addr).is_ok(), "RDS front is up once ready is printed");
-    assert_eq!(stop(child), Some(0));
+    assert_eq!(stop_child(&mut child), Some(0));
     assert!(!std::path::Path::new(&ca).exists(), "temp files removed");
     assert!(std::net::TcpStream::connect(&addr).is_err(), "RDS front stopped");
 }
@@ -439,17 +374,11 @@ fn aws_like() -> rds_auth_proxy::sim::SimOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_the_binary_via_ssm() {
     let sim = start_sim_with(aws_like()).await;
-    let mut cmd = proxy_command(&sim);
-    // The SSM client finds the simulator the standard way: AWS_ENDPOINT_URL_SSM.
-    cmd.env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url()).args([
-        "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
-        "--via", "ssm",
-        "--ssm-target", sim.ssm.target_id(),
-        "--ca-bundle", sim.ca_file.to_str().unwrap(),
-        "--port", "0",
-    ]);
-    let (child, port, _logs) = spawn_until_ready(cmd);
-    let port_s = port.to_string();
+    let mut cmd = sim_command(&sim);
+    // The SSM client finds the simulator the standard way: AWS_ENDPOINT_URL_SSM (sim_command).
+    cmd.args(ssm_args(&sim));
+    let mut proxy = Running::start(cmd);
+    let port_s = proxy.port.to_string();
     for _ in 0..3 {
         let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -468,7 +397,7 @@ async fn psql_through_the_binary_via_ssm() {
     assert_eq!(stats.sessions_started.load(std::sync::atomic::Ordering::SeqCst), 1, "one shared session");
     assert_eq!(stats.rate_limit_cuts.load(std::sync::atomic::Ordering::SeqCst), 0, "never over the gateway's limit");
     assert!(stats.peak_client_msgs_per_sec.load(std::sync::atomic::Ordering::SeqCst) <= 1000);
-    assert_eq!(stop(child), Some(143));
+    assert_eq!(proxy.stop(), Some(143));
     assert!(stats.terminate_api_calls.load(std::sync::atomic::Ordering::SeqCst) >= 1, "TerminateSession on exit");
     sim.stop().await;
 }
@@ -476,17 +405,10 @@ async fn psql_through_the_binary_via_ssm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five_seconds() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim);
-    cmd.env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url()).args([
-        "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
-        "--via", "ssm",
-        "--ssm-target", sim.ssm.target_id(),
-        "--ca-bundle", sim.ca_file.to_str().unwrap(),
-        "--port", "0",
-        "--drain-timeout", "2",
-    ]);
-    let (child, port, _logs) = spawn_until_ready(cmd);
-    let port_s = port.to_string();
+    let mut cmd = sim_command(&sim);
+    cmd.args(ssm_args(&sim)).args(["--drain-timeout", "2"]);
+    let mut proxy = Running::start(cmd);
+    let port_s = proxy.port.to_string();
     let out = psql(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT 1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dir = tempfile::tempdir().unwrap();
@@ -494,8 +416,7 @@ async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five
     std::fs::write(&up, copy_lines(5, 8 << 20)).unwrap();
     let stats = sim.ssm.stats();
     let before = stats.client_data_messages.load(std::sync::atomic::Ordering::SeqCst);
-    let upload = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c", "CREATE TEMP TABLE t (line text)", "-c"])
+    let upload = psql_command(&["-h", "127.0.0.1", "-p", &port_s, "-U", "db_user", "-d", "postgres", "-c", "CREATE TEMP TABLE t (line text)", "-c"])
         .arg(format!("\\copy t from '{}'", up.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -513,7 +434,7 @@ async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let at = Instant::now();
-    assert_eq!(stop(child), Some(143));
+    assert_eq!(proxy.stop(), Some(143));
     let took = at.elapsed();
     assert!(took < Duration::from_secs(2 + 5), "exit took {took:?}");
     let mut upload = upload;
@@ -525,23 +446,15 @@ async fn sigterm_with_a_stuck_websocket_exits_within_the_drain_timeout_plus_five
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_via_ssm_carry_no_secret() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim);
-    cmd.env("RUST_LOG", "trace")
-        .env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url())
-        .args([
-            "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
-            "--via", "ssm",
-            "--ssm-target", sim.ssm.target_id(),
-            "--ca-bundle", sim.ca_file.to_str().unwrap(),
-            "--port", "0",
-        ]);
-    let (child, port, logs) = spawn_until_ready(cmd);
-    let out = psql(&["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"]);
+    let mut cmd = sim_command(&sim);
+    cmd.env("RUST_LOG", "trace").args(ssm_args(&sim));
+    let mut proxy = Running::start(cmd);
+    let out = psql_at(proxy.port, "db_user", "postgres", "SELECT current_user");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
-    assert_eq!(stop(child), Some(143));
+    assert_eq!(proxy.stop(), Some(143));
     // Every line, up to the exit (the reader thread ends at EOF).
-    let log: Vec<String> = logs.iter().collect();
+    let log = proxy.all_logs().to_vec();
     let all = log.join("\n");
     assert!(all.contains(r#""level":"TRACE""#), "trace is on");
     assert!(all.contains("data channel connected"), "the SSM path was logged");
@@ -575,10 +488,8 @@ fn port_in_use_is_exit_2_for_proxy_and_demo_alike() {
     let port = taken.local_addr().unwrap().port().to_string();
     let expected = format!("rds-auth-proxy: cannot listen on 127.0.0.1:{port}");
     for args in [vec!["--target", "db.x.eu-west-1.rds.amazonaws.com", "--port", &port], vec!["demo", "--port", &port]] {
-        let out = Command::new(BIN)
+        let out = bare()
             .args(&args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .output()
             .unwrap();
@@ -593,10 +504,8 @@ fn port_in_use_is_exit_2_for_proxy_and_demo_alike() {
 #[test]
 fn a_missing_region_is_one_quiet_line() {
     let empty = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new(BIN)
+    let out = bare()
         .args(["--target", "not-a-host"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
         .env("AWS_CONFIG_FILE", empty.path())
         .env("AWS_SHARED_CREDENTIALS_FILE", empty.path())
@@ -615,10 +524,8 @@ fn a_missing_region_is_one_quiet_line() {
 fn credentials_are_checked_once_at_start_and_logs_to_a_pipe_are_plain() {
     let empty = tempfile::NamedTempFile::new().unwrap();
     let run = |with_keys: bool| {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = bare();
         cmd.args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "--port", "0"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::temp_dir())
             .env("AWS_CONFIG_FILE", empty.path())
             .env("AWS_SHARED_CREDENTIALS_FILE", empty.path())
@@ -636,7 +543,7 @@ fn credentials_are_checked_once_at_start_and_logs_to_a_pipe_are_plain() {
             seen.push(lines.next().expect("the proxy keeps running and logs about credentials"));
         }
         let found = seen.iter().find(|l| l.contains("AWS credentials")).unwrap().clone();
-        assert_eq!(stop(child), Some(143), "not fatal: the proxy ran until stopped");
+        assert_eq!(stop_child(&mut child), Some(143), "not fatal: the proxy ran until stopped");
         for line in &seen {
             assert!(!line.contains('\x1b'), "colour codes in a pipe: {line:?}");
         }

@@ -5,113 +5,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
+use common::binary::*;
 use common::*;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
+use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
 use rds_auth_proxy::sim::Simulator;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
-
-/// A command with only the simulator's AWS identity visible: no host config, no IMDS, no HOME
-/// (so no default config file).
-fn proxy_command(sim: &Simulator) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
-        .env("AWS_REGION", SIM_REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url());
-    cmd
-}
-
-/// A command with nothing from the environment but PATH.
-fn bare() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    cmd
-}
-
-struct Running {
-    child: Child,
-    /// Listening port by target name, from the ready lines.
-    ports: HashMap<String, u16>,
-    /// The log lines up to the last ready line.
-    early: Vec<serde_json::Value>,
-    logs: std::sync::mpsc::Receiver<serde_json::Value>,
-}
-
-/// Runs the proxy with JSON logs and waits for `targets` "ready for connections" lines.
-fn spawn_until_ready(mut cmd: Command, targets: usize) -> Running {
-    cmd.args(["--log-format", "json"]).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, logs) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let mut ports = HashMap::new();
-    let mut early = Vec::new();
-    while ports.len() < targets {
-        let Ok(v) = logs.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the proxy did not log {targets} ready lines (got {ports:?})");
-        };
-        if v["fields"]["message"] == "ready for connections" {
-            let listen = v["fields"]["listen"].as_str().unwrap();
-            let port = listen.rsplit(':').next().unwrap().parse().unwrap();
-            ports.insert(v["fields"]["name"].as_str().unwrap().to_owned(), port);
-        }
-        early.push(v);
-    }
-    Running { child, ports, early, logs }
-}
-
-/// Waits for a log line whose message starts with `prefix`.
-fn wait_for_log(logs: &std::sync::mpsc::Receiver<serde_json::Value>, prefix: &str) -> serde_json::Value {
-    loop {
-        let v = logs
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("no log line starting with {prefix:?}"));
-        if v["fields"]["message"].as_str().is_some_and(|m| m.starts_with(prefix)) {
-            return v;
-        }
-    }
-}
-
-fn psql_select(port: u16, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-tA", "-c", sql])
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .output()
-        .expect("psql is installed (see README)");
-    assert!(out.status.success(), "psql on port {port}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn stop(mut child: Child) -> Option<i32> {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    child.wait().ok().and_then(|s| s.code())
-}
 
 fn write_file(dir: &Path, text: &str) -> String {
     write_named(dir, "config.toml", text)
@@ -144,9 +44,9 @@ async fn two_targets_from_one_file_direct_and_ssm_psql_to_each() {
         sim_target(&sim, "ssm-db", true)
     );
     let file = write_file(dir.path(), &text);
-    let mut cmd = proxy_command(&sim);
+    let mut cmd = sim_command(&sim);
     cmd.args(["--config", &file]);
-    let run = spawn_until_ready(cmd, 2);
+    let mut run = Running::start_targets(cmd, 2);
     let (direct, ssm) = (run.ports["direct-db"], run.ports["ssm-db"]);
     assert_ne!(direct, ssm);
     assert_eq!(psql_select(direct, "SELECT current_user"), "db_user");
@@ -159,13 +59,14 @@ async fn two_targets_from_one_file_direct_and_ssm_psql_to_each() {
     });
     assert_eq!((a.as_str(), b.as_str()), ("a", "b"));
     let started = run
-        .early
+        .early()
         .iter()
+        .map(|l| json(l))
         .find(|v| v["fields"]["message"] == "configuration file read")
         .expect("the file is named in the log");
     assert_eq!(started["fields"]["file"], file.as_str());
     assert_eq!(started["fields"]["targets"], 2);
-    assert_eq!(stop(run.child), Some(143));
+    assert_eq!(run.stop(), Some(143));
     sim.stop().await;
 }
 
@@ -253,7 +154,7 @@ async fn connection_test_exits_1_naming_the_failing_target_with_its_hint() {
         sim_target(&sim, "good", false),
     );
     let file = write_file(dir.path(), &text);
-    let out = proxy_command(&sim)
+    let out = sim_command(&sim)
         .args(["--config", &file, "--run-connection-test", "--quiet"])
         .stdin(Stdio::null())
         .output()
@@ -278,14 +179,14 @@ async fn connection_test_passes_and_keeps_serving() {
         sim_target(&sim, "ssm-db", true)
     );
     let file = write_file(dir.path(), &text);
-    let mut cmd = proxy_command(&sim);
+    let mut cmd = sim_command(&sim);
     cmd.args(["--config", &file, "--run-connection-test"]);
-    let run = spawn_until_ready(cmd, 2);
-    let passed = wait_for_log(&run.logs, "connection test passed");
+    let mut run = Running::start_targets(cmd, 2);
+    let passed = run.wait_for_log("connection test passed");
     assert_eq!(passed["fields"]["targets"], 2);
     // Still serving after the test.
     assert_eq!(psql_select(run.ports["ssm-db"], "SELECT 1"), "1");
-    assert_eq!(stop(run.child), Some(143));
+    assert_eq!(run.stop(), Some(143));
     sim.stop().await;
 }
 

@@ -7,9 +7,8 @@ mod common;
 
 use std::process::{Command, Stdio};
 
+use common::binary::BIN;
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
 
 /// `connect-info` with the proxy's flags (its fixed port instead of 0); stdout.
 fn connect_info(proxy_flags: &[String], port: u16, extra: &[&str]) -> String {

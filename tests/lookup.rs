@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use clap::Parser;
+use common::binary::*;
 use rds_auth_proxy::app::{AwsSetup, Credentials};
 use rds_auth_proxy::auth::identity::{IdentityError, StsApi};
 use rds_auth_proxy::cli::Cli;
@@ -17,8 +16,6 @@ use rds_auth_proxy::sim::rds_api::{RdsApiOptions, RdsApiSim, SIM_CLUSTER_READER_
 use rds_auth_proxy::sim::runner::{SIM_ENDPOINT, SIM_REGION};
 use rds_auth_proxy::sim::sigv4::SimCredentials;
 use rds_auth_proxy::sim::ssm::{SsmSim, SsmSimOptions, SIM_TARGET_ID};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
 
 const KEY_ID: &str = "AKIASIMLOOKUPTEST001";
 const SECRET: &str = "lookup-test-secret-access-key-0000000000";
@@ -160,62 +157,23 @@ async fn ssm_target_auto_picks_an_online_node_deterministically() {
     ssm.stop();
 }
 
-/// The binary with only the simulator's AWS identity and endpoints visible.
-fn sim_command(sim: &rds_auth_proxy::sim::Simulator) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
-        .env("AWS_REGION", SIM_REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (name, value) in sim.exports() {
-        if name.starts_with("AWS_ENDPOINT_URL_") {
-            cmd.env(name, value);
-        }
-    }
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_db_instance_and_auto_node_by_name() {
     let sim = common::start_sim().await;
     let mut cmd = sim_command(&sim);
     cmd.args([
         "--db-instance", "simdb", "--via", "ssm", "--ssm-target", "auto", "--ssm-tag", "role=db-tunnel",
-        "--ca-bundle", sim.ca_file.to_str().unwrap(), "--port", "0", "--log-format", "json",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-    let mut seen = Vec::new();
-    let port = loop {
-        let line = lines.next().unwrap_or_else(|| panic!("no ready line; log: {seen:#?}"));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        seen.push(line);
-        if v["fields"]["message"] == "ready for connections" {
-            assert_eq!(v["fields"]["target"], format!("{SIM_ENDPOINT}:5432"));
-            break v["fields"]["listen"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-        }
-    };
-    let log = seen.join("\n");
+        "--ca-bundle", sim.ca_file.to_str().unwrap(), "--port", "0",
+    ]);
+    let mut proxy = Running::start(cmd);
+    assert_eq!(proxy.ready_line()["fields"]["target"], format!("{SIM_ENDPOINT}:5432"));
+    let log = proxy.startup_log();
     assert!(log.contains("found the database by name") && log.contains("picked the online managed node"), "{log}");
     assert!(log.contains(SIM_TARGET_ID), "{log}");
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT current_user"])
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = psql_at(proxy.port, "db_user", "postgres", "SELECT current_user");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
+    proxy.stop();
 
     // IAM authentication off: refused before listening, exit code 2, the fix in the hint.
     sim.rds_api.update(|o| o.iam_auth = false);
@@ -231,7 +189,6 @@ async fn psql_through_db_instance_and_auto_node_by_name() {
     let out = sim_command(&sim).args(["--db-instance", "nosuchdb", "--port", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no DB instance named nosuchdb in eu-central-1"));
-    let _ = Duration::ZERO;
     sim.stop().await;
 }
 
@@ -457,14 +414,12 @@ async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_a
     let home = tempfile::tempdir().unwrap();
     let config = sso_profile(home.path());
     let env = |cmd: &mut Command| {
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", home.path())
+        cmd.env("HOME", home.path())
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("credentials"))
             .env("AWS_EC2_METADATA_DISABLED", "true");
     };
-    let mut cmd = Command::new(BIN);
+    let mut cmd = bare();
     env(&mut cmd);
     let out = cmd
         .args(["doctor", "--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--db-user", "db_user"])
@@ -480,31 +435,12 @@ async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_a
     );
 
     // The proxy starts (credentials may come later) and tells the client the same.
-    let mut cmd = Command::new(BIN);
+    let mut cmd = bare();
     env(&mut cmd);
-    let mut child = cmd
-        .args(["--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0", "--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
-    let port = loop {
-        let line = lines.next().expect("a ready line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "ready for connections" {
-            break v["fields"]["listen"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-        }
-    };
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "db_user", "-d", "postgres", "-tA", "-c", "SELECT 1"])
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
+    cmd.args(["--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0"]);
+    let mut proxy = Running::start(cmd);
+    let out = psql_at(proxy.port, "db_user", "postgres", "SELECT 1");
+    proxy.stop();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("HINT:  Your IAM Identity Center (SSO) session has expired or was never started: run `aws sso login --profile dev-sso`"), "{err}");
@@ -562,8 +498,8 @@ async fn a_cname_or_an_ip_as_target_gets_the_name_mismatch_hint_from_the_proxy()
 
 /// `connect-info` run with a clean environment plus `env`; (exit code, stdout, stderr).
 fn connect_info(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("HOME", "/nonexistent");
+    let mut cmd = bare();
+    cmd.env("HOME", "/nonexistent");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -4,18 +4,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::binary::*;
 use common::*;
 use rds_auth_proxy::app::{Credentials, Proxy};
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
-use rds_auth_proxy::sim::Simulator;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
+use rds_auth_proxy::sim::runner::SIM_ENDPOINT;
 
 /// The documented fields of every audit line (README, "Audit lines").
 const AUDIT_FIELDS: &[&str] = &[
@@ -60,16 +57,6 @@ fn value(scrape: &HashMap<String, f64>, series: &str) -> f64 {
     *scrape
         .get(series)
         .unwrap_or_else(|| panic!("no series {series} in {:#?}", scrape.keys().collect::<Vec<_>>()))
-}
-
-fn psql_at(port: u16, user: &str, db: &str, sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", db, "-tA", "-c", sql])
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .output()
-        .expect("psql is installed (see README)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,107 +150,6 @@ async fn readiness_reports_max_connections_and_failures_count_by_sqlstate_direct
 
 // ---- the binary ----
 
-/// A command with only the simulator's AWS identity visible: no host config, no IMDS.
-fn proxy_command(sim: &Simulator) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
-        .env("AWS_REGION", SIM_REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url())
-        .env("AWS_ENDPOINT_URL_STS", sim.sts.endpoint_url());
-    cmd
-}
-
-fn sim_target_args(sim: &Simulator, via_ssm: bool) -> Vec<String> {
-    let mut args = vec![
-        "--target".to_owned(),
-        format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
-        "--ca-bundle".to_owned(),
-        sim.ca_file.display().to_string(),
-        "--port".to_owned(),
-        "0".to_owned(),
-    ];
-    if via_ssm {
-        args.extend(["--via", "ssm", "--ssm-target", sim.ssm.target_id()].map(String::from));
-    } else {
-        args.extend(["--connect-addr".to_owned(), sim.front_addr.to_string()]);
-    }
-    args
-}
-
-struct Running {
-    child: Child,
-    port: u16,
-    logs: std::sync::mpsc::Receiver<String>,
-    seen: Vec<serde_json::Value>,
-}
-
-impl Running {
-    /// Reads log lines until one satisfies `pred` (30 s at most).
-    fn wait_log(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.logs.recv_timeout(left) else {
-                panic!("no log line {what}; saw {:#?}", self.seen);
-            };
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({ "raw": line }));
-            self.seen.push(v.clone());
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-
-    /// Every log line so far, the rest read until the process has exited.
-    fn all_logs(&mut self) -> Vec<serde_json::Value> {
-        while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({ "raw": line })));
-        }
-        self.seen.clone()
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal");
-    }
-
-    fn exit_code(&mut self) -> Option<i32> {
-        self.child.wait().ok().and_then(|s| s.code())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the proxy with JSON logs and waits for its ready line.
-fn spawn_until_ready(mut cmd: Command) -> Running {
-    cmd.args(["--log-format", "json"]).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut running = Running { child, port: 0, logs: rx, seen: Vec::new() };
-    let ready = running.wait_log("ready", |v| v["fields"]["message"] == "ready for connections");
-    let listen = ready["fields"]["listen"].as_str().unwrap().to_owned();
-    running.port = listen.rsplit(':').next().unwrap().parse().unwrap();
-    running
-}
-
 fn is_audit(v: &serde_json::Value, kind: &str) -> bool {
     v["fields"]["audit"] == kind
 }
@@ -287,9 +173,9 @@ async fn wait_exits_0_once_the_proxy_is_up_and_1_with_a_clear_line_on_timeout() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut cmd = proxy_command(&sim);
-    cmd.args(sim_target_args(&sim, false)).args(["--http-port", &port]);
-    let mut proxy = spawn_until_ready(cmd);
+    let mut cmd = sim_command(&sim);
+    cmd.args(direct_args(&sim)).args(["--http-port", &port]);
+    let mut proxy = Running::start(cmd);
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
@@ -300,9 +186,9 @@ async fn wait_exits_0_once_the_proxy_is_up_and_1_with_a_clear_line_on_timeout() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_audit_lines_carry_the_documented_fields_and_no_secret() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim);
-    cmd.env("RUST_LOG", "debug").args(sim_target_args(&sim, true));
-    let mut proxy = spawn_until_ready(cmd);
+    let mut cmd = sim_command(&sim);
+    cmd.env("RUST_LOG", "debug").args(ssm_args(&sim));
+    let mut proxy = Running::start(cmd);
     let port = proxy.port;
     let out = tokio::task::spawn_blocking(move || psql_at(port, "db_user", "postgres", "SELECT 1")).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -340,7 +226,7 @@ async fn json_audit_lines_carry_the_documented_fields_and_no_secret() {
 
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(proxy.exit_code(), Some(143));
-    let logs = proxy.all_logs();
+    let logs = proxy.all_json();
     let audit: Vec<String> = logs
         .iter()
         .filter(|v| !v["fields"]["audit"].is_null())
@@ -367,14 +253,11 @@ async fn json_audit_lines_carry_the_documented_fields_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drain_gives_a_running_query_57p01_refuses_new_connections_and_exits_143() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim);
-    cmd.args(sim_target_args(&sim, true)).args(["--drain-timeout", "3"]);
-    let mut proxy = spawn_until_ready(cmd);
+    let mut cmd = sim_command(&sim);
+    cmd.args(ssm_args(&sim)).args(["--drain-timeout", "3"]);
+    let mut proxy = Running::start(cmd);
     let port = proxy.port;
-    let long = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-c", "SELECT pg_sleep(60)"])
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
+    let long = psql_command(&["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "db_user", "-d", "postgres", "-c", "SELECT pg_sleep(60)"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -408,7 +291,7 @@ async fn sigterm_drain_gives_a_running_query_57p01_refuses_new_connections_and_e
     assert!(waited >= Duration::from_secs(3), "ended after {waited:?}, before the drain timeout");
     assert!(waited < Duration::from_secs(3 + 5), "ended after {waited:?}");
     assert_eq!(proxy.exit_code(), Some(143));
-    let logs = proxy.all_logs();
+    let logs = proxy.all_json();
     let drained: Vec<_> = logs.iter().filter(|v| is_audit(v, "close") && v["fields"]["closed_by"] == "drain").collect();
     assert_eq!(drained.len(), 1, "{logs:#?}");
     assert_eq!(drained[0]["fields"]["sqlstate"], "57P01");
@@ -420,17 +303,17 @@ async fn sigterm_drain_gives_a_running_query_57p01_refuses_new_connections_and_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_zero_on_sigterm_and_a_second_sigint_exits_at_once() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim);
-    cmd.args(sim_target_args(&sim, false)).arg("--exit-zero-on-sigterm");
-    let mut proxy = spawn_until_ready(cmd);
+    let mut cmd = sim_command(&sim);
+    cmd.args(direct_args(&sim)).arg("--exit-zero-on-sigterm");
+    let mut proxy = Running::start(cmd);
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(proxy.exit_code(), Some(0), "--exit-zero-on-sigterm");
     drop(proxy);
 
     // A long drain window and a query that would outlast it: the second Ctrl-C ends it now.
-    let mut cmd = proxy_command(&sim);
-    cmd.args(sim_target_args(&sim, false)).args(["--drain-timeout", "600"]);
-    let mut proxy = spawn_until_ready(cmd);
+    let mut cmd = sim_command(&sim);
+    cmd.args(direct_args(&sim)).args(["--drain-timeout", "600"]);
+    let mut proxy = Running::start(cmd);
     let port = proxy.port;
     let (client, connection) = tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user=db_user dbname=postgres"), tokio_postgres::NoTls)
         .await
@@ -478,17 +361,14 @@ async fn sleep_and_wake_the_next_connection_works_without_a_restart() {
     std::fs::write(&config, format!("[default]\ncredential_process = {}\n", script.display())).unwrap();
     let calls = || std::fs::read_to_string(&count).unwrap_or_default().lines().count();
 
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_REGION", SIM_REGION)
+    let mut cmd = sim_command(&sim);
+    // No keys in the environment: the credentials must come from credential_process, which
+    // expire while the laptop sleeps.
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("AWS_CONFIG_FILE", &config)
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_SSM", sim.ssm.endpoint_url())
-        .env("AWS_ENDPOINT_URL_STS", sim.sts.endpoint_url())
-        .args(sim_target_args(&sim, true));
-    let mut proxy = spawn_until_ready(cmd);
+        .args(ssm_args(&sim));
+    let mut proxy = Running::start(cmd);
     let port = proxy.port;
     let out = tokio::task::spawn_blocking(move || psql_at(port, "db_user", "postgres", "SELECT 1")).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

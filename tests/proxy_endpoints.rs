@@ -10,104 +10,28 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Stdio;
 
+use common::binary::*;
 use rds_auth_proxy::sim::rds_api::{SIM_CLUSTER_CUSTOM_ENDPOINT, SIM_CLUSTER_ENDPOINT, SIM_CLUSTER_READER_ENDPOINT};
-use rds_auth_proxy::sim::runner::{SIM_ENDPOINT, SIM_PROXY_ENDPOINT, SIM_REGION};
+use rds_auth_proxy::sim::runner::{SIM_ENDPOINT, SIM_PROXY_ENDPOINT};
 use rds_auth_proxy::sim::{SimOptions, Simulator};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
-
-/// The binary with only the simulator's AWS identity and endpoints visible.
-fn sim_command(sim: &Simulator) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
-        .env("AWS_REGION", SIM_REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (name, value) in sim.exports() {
-        if name.starts_with("AWS_ENDPOINT_URL_") {
-            cmd.env(name, value);
-        }
-    }
-    cmd
+/// A proxy process for `sim` with `args`, on a free port, up to its ready line.
+fn start(sim: &Simulator, args: &[&str]) -> Running {
+    let mut cmd = sim_command(sim);
+    cmd.args(args).args(["--port", "0"]);
+    Running::start(cmd)
 }
 
-/// A proxy process and its JSON log lines up to "ready for connections".
-struct Proxy {
-    child: Child,
-    port: String,
-    startup_log: String,
-}
-
-impl Proxy {
-    fn start(sim: &Simulator, args: &[&str]) -> Proxy {
-        let mut child = sim_command(sim)
-            .args(args)
-            .args(["--port", "0", "--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        // A thread keeps draining the log so the proxy never blocks on a full pipe.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no ready line; log: {seen:#?}");
-            };
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            seen.push(line);
-            if v["fields"]["message"] == "ready for connections" {
-                let port = v["fields"]["listen"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-                return Proxy {
-                    child,
-                    port,
-                    startup_log: seen.join("\n"),
-                };
-            }
-        }
-    }
-
-    /// psql through the proxy as db_user, no password anywhere: (success, stdout, stderr).
-    fn psql(&self, sql: &str) -> (bool, String, String) {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port, "-U", "db_user", "-d", "postgres", "-tA", "-c", sql])
-            .env_remove("PGPASSWORD")
-            .env("PGCONNECT_TIMEOUT", "20")
-            .stdin(Stdio::null())
-            .output()
-            .expect("psql is installed (see README)");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn stop(mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
+/// psql through `proxy` as db_user, no password anywhere: (success, stdout, stderr).
+fn psql_through(proxy: &Running, sql: &str) -> (bool, String, String) {
+    let out = psql_at(proxy.port, "db_user", "postgres", sql);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn accepted_for(sim: &Simulator, name: &str) -> u64 {
@@ -130,10 +54,10 @@ async fn rds_proxy_endpoint_verifies_against_the_proxy_roots_only() {
 
     // Through the simulated SSM node, which reaches the proxy name; no --ca-bundle at all.
     let node = sim.ssm.target_id().to_owned();
-    let proxy = Proxy::start(&sim, &["--target", &target, "--via", "ssm", "--ssm-target", &node, "--proxy-ca-bundle", &proxy_ca]);
-    assert!(proxy.startup_log.contains(r#""endpoint_kind":"RDS Proxy endpoint""#), "{}", proxy.startup_log);
-    assert!(proxy.startup_log.contains(&format!("--proxy-ca-bundle {proxy_ca} (RDS Proxy endpoint)")), "{}", proxy.startup_log);
-    let (ok, out, err) = proxy.psql("SELECT current_user");
+    let mut proxy = start(&sim, &["--target", &target, "--via", "ssm", "--ssm-target", &node, "--proxy-ca-bundle", &proxy_ca]);
+    assert!(proxy.startup_log().contains(r#""endpoint_kind":"RDS Proxy endpoint""#), "{}", proxy.startup_log());
+    assert!(proxy.startup_log().contains(&format!("--proxy-ca-bundle {proxy_ca} (RDS Proxy endpoint)")), "{}", proxy.startup_log());
+    let (ok, out, err) = psql_through(&proxy, "SELECT current_user");
     assert!(ok, "{err}");
     assert_eq!(out, "db_user");
     assert_eq!(accepted_for(&sim, SIM_PROXY_ENDPOINT), 1, "the token was signed for the proxy name");
@@ -142,9 +66,9 @@ async fn rds_proxy_endpoint_verifies_against_the_proxy_roots_only() {
     // Without --proxy-ca-bundle the built-in Amazon Trust Services roots verify it — and the
     // simulator cannot sign with Amazon's keys, so it is refused; the RDS CA given as
     // --ca-bundle does not apply to a proxy name either.
-    let proxy = Proxy::start(&sim, &["--target", &target, "--via", "direct", "--connect-addr", &front, "--ca-bundle", &rds_ca]);
-    assert!(proxy.startup_log.contains("the built-in Amazon Trust Services roots (RDS Proxy endpoint)"), "{}", proxy.startup_log);
-    let (ok, _, err) = proxy.psql("SELECT 1");
+    let mut proxy = start(&sim, &["--target", &target, "--via", "direct", "--connect-addr", &front, "--ca-bundle", &rds_ca]);
+    assert!(proxy.startup_log().contains("the built-in Amazon Trust Services roots (RDS Proxy endpoint)"), "{}", proxy.startup_log());
+    let (ok, _, err) = psql_through(&proxy, "SELECT 1");
     assert!(!ok);
     assert!(err.contains(&format!("FATAL:  rds-auth-proxy: TLS handshake with {SIM_PROXY_ENDPOINT} failed")), "{err}");
     assert!(err.contains("UnknownIssuer"), "{err}");
@@ -171,11 +95,11 @@ async fn swapped_chains_are_refused_for_both_kinds_of_name() {
         (SIM_PROXY_ENDPOINT, "chain to the Amazon Trust Services roots"),
     ] {
         let target = format!("{name}:5432");
-        let proxy = Proxy::start(&sim, &[
+        let mut proxy = start(&sim, &[
             "--target", &target, "--via", "direct", "--connect-addr", &front,
             "--ca-bundle", &rds_ca, "--proxy-ca-bundle", &proxy_ca,
         ]);
-        let (ok, _, err) = proxy.psql("SELECT 1");
+        let (ok, _, err) = psql_through(&proxy, "SELECT 1");
         assert!(!ok, "{name} with the other kind's chain must be refused");
         assert!(err.contains(&format!("TLS handshake with {name} failed")), "{err}");
         assert!(err.contains("UnknownIssuer"), "{err}");
@@ -200,10 +124,10 @@ async fn aurora_endpoints_sign_and_verify_for_their_own_names() {
     ];
     for (how, name, kind) in cases {
         let args: Vec<&str> = how.iter().chain(direct.iter()).copied().collect();
-        let proxy = Proxy::start(&sim, &args);
-        assert!(proxy.startup_log.contains(&format!(r#""endpoint_kind":"{kind}""#)), "{}", proxy.startup_log);
-        assert!(proxy.startup_log.contains("the built-in RDS CA bundle and --ca-bundle"), "{}", proxy.startup_log);
-        let (ok, out, err) = proxy.psql("SELECT current_user");
+        let mut proxy = start(&sim, &args);
+        assert!(proxy.startup_log().contains(&format!(r#""endpoint_kind":"{kind}""#)), "{}", proxy.startup_log());
+        assert!(proxy.startup_log().contains("the built-in RDS CA bundle and --ca-bundle"), "{}", proxy.startup_log());
+        let (ok, out, err) = psql_through(&proxy, "SELECT current_user");
         assert!(ok, "{how:?}: {err}");
         assert_eq!(out, "db_user");
         assert_eq!(accepted_for(&sim, name), 1, "{how:?}: the token was signed for {name}");
@@ -235,11 +159,9 @@ async fn the_front_checks_the_token_host_against_the_name_asked_for() {
             port = sim.front_addr.port(),
             ca = sim.ca_file.display()
         );
-        Command::new("psql")
-            .args([&conninfo, "-tA", "-c", "SELECT current_user"])
+        // The token as the password, as a client without the proxy would give it.
+        psql_command(&[&conninfo, "-tA", "-c", "SELECT current_user"])
             .env("PGPASSWORD", token)
-            .env("PGCONNECT_TIMEOUT", "20")
-            .stdin(Stdio::null())
             .output()
             .unwrap()
     };

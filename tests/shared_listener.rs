@@ -5,21 +5,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::*;
 use common::*;
 use rds_auth_proxy::config::ListenConfig;
 use rds_auth_proxy::listener::Listeners;
-use rds_auth_proxy::sim::runner::SIM_REGION;
 use rds_auth_proxy::sim::Simulator;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
 const CLIENT_PASSWORD: &str = "correct horse battery staple";
 
 /// A `chmod 600` file holding `password`.
@@ -42,74 +40,19 @@ fn non_loopback_address() -> Option<IpAddr> {
 }
 
 fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> std::process::Output {
-    let mut cmd = Command::new("psql");
-    cmd.args(["-X", "-w", "-tA", "-c", sql, conninfo])
-        .env_remove("PGPASSWORD")
-        .env("PGPASSFILE", "/nonexistent")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null());
+    let mut cmd = psql_command(&["-X", "-w", "-tA", "-c", sql, conninfo]);
+    cmd.env("PGPASSFILE", "/nonexistent");
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
     cmd.output().expect("psql is installed (see README)")
 }
 
-/// The binary with the simulator's AWS identity only, logging `format` to a pipe.
-fn proxy_command(sim: &Simulator, format: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &sim.credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &sim.credentials.secret_access_key)
-        .env("AWS_REGION", SIM_REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(direct_args(sim))
-        .args(["--log-format", format])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+/// The binary in front of `sim`, direct, with the simulator's AWS setup.
+fn proxy_command(sim: &Simulator) -> Command {
+    let mut cmd = sim_command(sim);
+    cmd.args(direct_args(sim));
     cmd
-}
-
-/// Starts `cmd`, waits for the ready line; returns the child, its port and its log lines.
-fn spawn_until_ready(mut cmd: Command) -> (Child, u16, std::sync::mpsc::Receiver<String>) {
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Split on '\n' only, whatever bytes the lines hold.
-        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the proxy did not log a ready line");
-        };
-        if line.contains("ready for connections") {
-            let listen = line
-                .split("listen=")
-                .nth(1)
-                .or_else(|| line.split("\"listen\":\"").nth(1))
-                .and_then(|s| s.split(['"', ' ']).next())
-                .expect("the ready line names the listen address");
-            let port = listen.rsplit(':').next().unwrap().parse().unwrap();
-            return (child, port, rx);
-        }
-    }
-}
-
-fn stop(mut child: Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,10 +64,11 @@ async fn remote_psql_needs_the_client_password_and_loopback_does_not() {
     let sim = start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let file = password_file(dir.path(), CLIENT_PASSWORD);
-    let mut cmd = proxy_command(&sim, "json");
+    let mut cmd = proxy_command(&sim);
     cmd.args(["--address", "0.0.0.0", "--allow-remote"])
         .env("RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE", &file);
-    let (child, port, logs) = spawn_until_ready(cmd);
+    let mut proxy = Running::start(cmd);
+    let port = proxy.port;
     let remote = format!("host={host_ip} port={port} user=db_user dbname=postgres");
     let local = format!("host=127.0.0.1 port={port} user=db_user dbname=postgres");
 
@@ -159,8 +103,8 @@ async fn remote_psql_needs_the_client_password_and_loopback_does_not() {
     assert_eq!(user, "db_user");
     drop(client);
 
-    stop(child);
-    let events: Vec<serde_json::Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    proxy.stop();
+    let events = proxy.all_json();
     let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
     assert_eq!(refused.len(), 1, "the wrong password is logged: {events:?}");
     assert_eq!(refused[0]["fields"]["sqlstate"], "28P01");
@@ -273,9 +217,10 @@ async fn a_unix_socket_peer_of_another_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     // Let `nobody` reach the socket at all: the directory and, below, the socket itself.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = proxy_command(&sim, "json");
+    let mut cmd = proxy_command(&sim);
     cmd.arg("--unix-socket").arg(dir.path());
-    let (child, port, logs) = spawn_until_ready(cmd);
+    let mut proxy = Running::start(cmd);
+    let port = proxy.port;
     let socket = dir.path().join(format!(".s.PGSQL.{port}"));
     assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -300,8 +245,8 @@ async fn a_unix_socket_peer_of_another_user_is_refused() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 
-    stop(child);
-    let events: Vec<serde_json::Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    proxy.stop();
+    let events = proxy.all_json();
     let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
     assert_eq!(refused.len(), 1, "{events:?}");
     assert_eq!(refused[0]["fields"]["sqlstate"], "28000");
@@ -314,9 +259,10 @@ async fn a_unix_socket_peer_of_another_user_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_forge_log_lines() {
     let sim = start_sim().await;
-    let mut cmd = proxy_command(&sim, "text");
+    let mut cmd = proxy_command(&sim);
     cmd.env("RUST_LOG", "debug");
-    let (child, port, logs) = spawn_until_ready(cmd);
+    let mut proxy = Running::start_with(cmd, "text", 1);
+    let port = proxy.port;
     let forged = "2026-01-01T00:00:00.000000Z  INFO client connected peer=10.0.0.1:1 user=\"admin\"";
     let evil_user = format!("mallory\n{forged}\x1b[31m");
     let evil_db = format!("db\r\n{forged}\x1b]0;title\x07");
@@ -330,9 +276,9 @@ async fn a_client_cannot_forge_log_lines() {
         .connect_timeout(Duration::from_secs(20));
     let err = config.connect(tokio_postgres::NoTls).await.err().expect("the simulated RDS refuses this user");
     assert!(err.as_db_error().is_some(), "{err:?}");
-    stop(child);
+    proxy.stop();
 
-    let lines: Vec<String> = logs.try_iter().collect();
+    let lines = proxy.all_logs().to_vec();
     let text = lines.join("\n");
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "raw control bytes in the log: {text:?}");
     assert!(!text.contains('\r'), "a raw carriage return in the log: {text:?}");
@@ -400,13 +346,14 @@ async fn remote_psql_with_a_client_certificate_needs_no_password() {
     let foreign = client_cert(dir.path(), &other_ca, "db_user", "foreign");
     let someone_else = client_cert(dir.path(), &ca, "someone_else", "someone-else");
     let local_ca = dir.path().join("local-ca.pem");
-    let mut cmd = proxy_command(&sim, "json");
+    let mut cmd = proxy_command(&sim);
     cmd.args(["--address", "0.0.0.0", "--allow-remote", "--local-tls"])
         .arg("--local-tls-ca-out")
         .arg(&local_ca)
         .arg("--client-ca-file")
         .arg(&ca.file);
-    let (child, port, logs) = spawn_until_ready(cmd);
+    let mut proxy = Running::start(cmd);
+    let port = proxy.port;
     let tls = format!("sslmode=verify-ca sslrootcert={}", local_ca.display());
     let remote = |extra: &str| format!("host={host_ip} port={port} user=db_user dbname=postgres {extra}");
 
@@ -444,8 +391,8 @@ async fn remote_psql_with_a_client_certificate_needs_no_password() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     }
 
-    stop(child);
-    let events: Vec<serde_json::Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    proxy.stop();
+    let events = proxy.all_json();
     let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
     assert_eq!(refused.len(), 3, "wrong CN, and no certificate twice: {events:?}");
     assert!(refused.iter().all(|v| v["fields"]["sqlstate"] == "28000"), "{refused:?}");

@@ -1,6 +1,8 @@
 //! Shared test harness: a simulator (RDS front + real PostgreSQL) and an in-process proxy bound
-//! to 127.0.0.1:0, wired the same way the binary wires them.
+//! to 127.0.0.1:0, wired the same way the binary wires them; [`binary`] runs the real binary.
 #![allow(dead_code)]
+
+pub mod binary;
 
 use std::net::SocketAddr;
 
