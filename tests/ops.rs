@@ -103,6 +103,17 @@ async fn health_endpoints_and_a_scrape_that_moves_with_psql_via_ssm() {
         sim.ssm.stats().sessions_started.load(std::sync::atomic::Ordering::SeqCst) as f64,
         "the simulator agrees"
     );
+
+    // A connection that stays open: its traffic shows in the scrape before it closes.
+    let open = connect(&proxy, "db_user").await.expect("login");
+    let row = open.query_one("SELECT repeat('y', 50000)", &[]).await.expect("query");
+    assert_eq!(row.get::<_, String>(0).len(), 50_000);
+    let during = scrape(http).await;
+    let d = |name: &str, labels: &str| value(&during, &format!("rds_auth_proxy_{name}{{{t}{labels}}}"));
+    assert_eq!(d("connections_open", ""), 1.0, "still open");
+    let to_client = d("relayed_bytes_total", ",direction=\"to_client\"") - v("relayed_bytes_total", ",direction=\"to_client\"");
+    assert!(to_client >= 50_000.0, "the open connection's result is counted already: {to_client}");
+    drop(open);
     proxy.stop().await;
     sim.stop().await;
 }
