@@ -199,6 +199,7 @@ async fn region_or_configured(explicit: Option<String>, profile: Option<&str>) -
 /// (never what they are), or what to do. Never fatal: `aws sso login` may come later, and the
 /// next connection picks the credentials up without a restart.
 pub async fn report_credentials(ctx: &TargetContext, profile: Option<&str>) {
+    let named = profile;
     let profile = profile
         .map(str::to_owned)
         .or_else(|| std::env::var("AWS_PROFILE").ok())
@@ -211,12 +212,13 @@ pub async fn report_credentials(ctx: &TargetContext, profile: Option<&str>) {
             "AWS credentials found"
         ),
         Err(e) => {
+            // The same fix a client gets: `aws sso login --profile X` for the profile in use.
+            let fix = crate::auth::credentials::fix_for(&e, named);
             tracing::warn!(
                 %profile,
                 error = crate::session::display_chain(&e),
-                "no AWS credentials found yet, so logins will fail until there are: run `aws sso login` \
-                 (with --profile if you use one), or set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY; no restart needed"
+                %fix,
+                "no AWS credentials found yet, so logins will fail until there are; no restart needed once there are"
             );
         }
     }

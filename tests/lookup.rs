@@ -439,6 +439,11 @@ async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_a
     env(&mut cmd);
     cmd.args(["--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0"]);
     let mut proxy = Running::start(cmd);
+    // Its start-up warning already names the exact command for the profile in use.
+    let warning = proxy.wait_for_log("no AWS credentials found yet");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    let fix = warning["fields"]["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("run `aws sso login --profile dev-sso`"), "{warning}");
     let out = psql_at(proxy.port, "db_user", "postgres", "SELECT 1");
     proxy.stop();
     let err = String::from_utf8_lossy(&out.stderr);
