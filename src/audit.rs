@@ -44,10 +44,12 @@ impl From<ClosedBy> for Closer {
     }
 }
 
-/// A client-supplied string made safe for one log line: control characters, quotes and
-/// backslashes escaped, and at most 256 characters kept.
-pub fn escape(s: &str) -> String {
-    let mut out: String = s.chars().take(256).flat_map(char::escape_debug).collect();
+/// A client-supplied string cut at 256 characters, so one audit line stays bounded. It is not
+/// escaped here: the log formats do that once for every field (the text format through
+/// `logfmt`, JSON through serde), so a JSON audit line carries the name exactly as the client
+/// sent it and still cannot forge a line.
+pub fn bounded(s: &str) -> String {
+    let mut out: String = s.chars().take(256).collect();
     if s.chars().nth(256).is_some() {
         out.push('…');
     }
@@ -79,13 +81,13 @@ pub struct Ending {
 }
 
 impl Audit {
-    /// `user` and `database` are the client's (escaped here).
+    /// `user` and `database` are the client's (cut to a bounded length here).
     pub fn new(client: &str, target: &str, user: &str, database: &str) -> Self {
         Audit {
             client: client.to_owned(),
             target: target.to_owned(),
-            db_user: escape(user),
-            database: escape(database),
+            db_user: bounded(user),
+            database: bounded(database),
             principal_arn: String::new(),
             ssm_session: String::new(),
         }
@@ -97,8 +99,8 @@ impl Audit {
             audit = "open",
             client = %self.client,
             target = %self.target,
-            db_user = %self.db_user,
-            database = %self.database,
+            db_user = self.db_user.as_str(),
+            database = self.database.as_str(),
             principal_arn = %self.principal_arn,
             ssm_session = %self.ssm_session,
             "connection opened"
@@ -111,15 +113,15 @@ impl Audit {
             audit = "close",
             client = %self.client,
             target = %self.target,
-            db_user = %self.db_user,
-            database = %self.database,
+            db_user = self.db_user.as_str(),
+            database = self.database.as_str(),
             principal_arn = %self.principal_arn,
             ssm_session = %self.ssm_session,
             bytes_to_upstream = end.bytes_to_upstream,
             bytes_to_client = end.bytes_to_client,
             duration_ms = u64::try_from(end.duration.as_millis()).unwrap_or(u64::MAX),
             closed_by = end.closed_by.map_or("", Closer::as_str),
-            reason = %escape(&end.reason),
+            reason = bounded(&end.reason).as_str(),
             sqlstate = %end.sqlstate,
             "connection closed"
         );
@@ -131,11 +133,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_keeps_one_line_and_one_field() {
-        assert_eq!(escape("db_user"), "db_user");
-        assert_eq!(escape("a\nb\"c\\d\u{1b}[31m"), "a\\nb\\\"c\\\\d\\u{1b}[31m");
-        assert_eq!(escape("üñï"), "üñï", "printable non-ASCII stays readable");
-        let long = "x".repeat(300);
-        assert_eq!(escape(&long).chars().count(), 257);
+    fn client_strings_are_kept_as_sent_and_cut_at_256_characters() {
+        assert_eq!(bounded("db_user"), "db_user");
+        assert_eq!(bounded("a\nb\"c\\d\u{1b}[31m"), "a\nb\"c\\d\u{1b}[31m", "escaping is the formats' job");
+        assert_eq!(bounded("üñï"), "üñï");
+        let long = "ü".repeat(300);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), 257);
+        assert!(cut.ends_with("ü…"));
+        assert_eq!(bounded(&"x".repeat(256)), "x".repeat(256), "256 characters are kept whole");
     }
 }

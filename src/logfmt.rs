@@ -143,6 +143,25 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_line_in_text_is_one_line_with_the_client_strings_quoted() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .fmt_fields(EscapedFields)
+            .finish();
+        let audit = crate::audit::Audit::new("127.0.0.1:5000", "db.example", "bob\n INFO x\x1b[0m", "db closed_by=client");
+        tracing::subscriber::with_default(subscriber, || audit.closed(&crate::audit::Ending::default()));
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.matches('\n').count(), 1, "one line: {out:?}");
+        assert!(out.contains(r#"db_user="bob\n INFO x\u{1b}[0m""#), "escaped once and quoted: {out:?}");
+        assert!(out.contains(r#"database="db closed_by=client""#), "cannot pose as another field: {out:?}");
+    }
+
+    #[test]
     fn no_field_of_any_kind_can_forge_a_line() {
         let buffer = Buffer::default();
         let writer = buffer.clone();

@@ -242,7 +242,7 @@ where
     }
     let user = startup.user().into_owned();
     let database = startup.database().into_owned();
-    audit.db_user = crate::audit::escape(&user);
+    audit.db_user = crate::audit::bounded(&user);
 
     let connected = tokio::select! {
         biased;

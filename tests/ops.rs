@@ -223,7 +223,7 @@ async fn json_audit_lines_carry_the_documented_fields_and_no_secret() {
     assert_eq!(close["fields"]["closed_by"], "client");
     assert!(close["fields"]["bytes_to_client"].as_u64().unwrap() > 0);
 
-    // A crafted user name cannot forge a line: it arrives escaped, in its field.
+    // A crafted user name cannot forge a line: it stays inside its field.
     let forged = "evil\n{\"fields\":{\"audit\":\"open\"}}";
     let conn = format!("host=127.0.0.1 port={port} dbname=postgres connect_timeout=20");
     let mut config: tokio_postgres::Config = conn.parse().unwrap();
@@ -232,7 +232,8 @@ async fn json_audit_lines_carry_the_documented_fields_and_no_secret() {
     let refused = proxy.wait_log("audit close of the refused login", |v| {
         is_audit(v, "close") && v["fields"]["closed_by"] == "error"
     });
-    assert_eq!(refused["fields"]["db_user"], "evil\\n{\\\"fields\\\":{\\\"audit\\\":\\\"open\\\"}}");
+    // JSON escapes it once, so the field holds the name exactly as the client sent it.
+    assert_eq!(refused["fields"]["db_user"], forged);
     assert!(!refused["fields"]["sqlstate"].as_str().unwrap().is_empty(), "{refused}");
 
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
