@@ -996,7 +996,9 @@ async fn a_client_paced_under_the_limit_keeps_its_websocket() {
     assert_eq!(stat(&stats.rate_limit_cuts), 0);
     assert_eq!(stat(&stats.ws_connections), 1);
     let peak = stat(&stats.peak_client_msgs_per_sec);
-    assert!((20..=40).contains(&peak), "peak {peak}/s");
+    // The upper bound is the point. The lower one only shows the pacing was measured at all: a
+    // loaded machine sends fewer than 25 in some second (19/s was seen), so it sits well below.
+    assert!((10..=40).contains(&peak), "peak {peak}/s");
 }
 
 #[tokio::test]
