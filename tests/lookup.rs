@@ -440,7 +440,7 @@ async fn an_sso_profile_without_a_session_gets_the_sso_login_command_in_doctor_a
     cmd.args(["--profile", "dev-sso", "--target", SIM_ENDPOINT, "--connect-addr", &front, "--ca-bundle", &ca, "--port", "0"]);
     let mut proxy = Running::start(cmd);
     // Its start-up warning already names the exact command for the profile in use.
-    let warning = proxy.wait_for_log("no AWS credentials found yet");
+    let warning = proxy.find_log("no AWS credentials found yet");
     assert_eq!(warning["level"], "WARN", "{warning}");
     let fix = warning["fields"]["fix"].as_str().unwrap_or_default();
     assert!(fix.contains("run `aws sso login --profile dev-sso`"), "{warning}");

@@ -162,6 +162,15 @@ impl Running {
         }
     }
 
+    /// The first line since start whose message starts with `prefix`: among the lines read so
+    /// far (a spawned task may log before the ready line), else waiting for it.
+    pub fn find_log(&mut self, prefix: &str) -> Value {
+        if let Some(v) = self.lines.iter().map(|l| json(l)).find(|v| message_starts_with(v, prefix)) {
+            return v;
+        }
+        self.wait_for_log(prefix)
+    }
+
     /// Reads log lines until one whose message starts with `prefix`.
     pub fn wait_for_log(&mut self, prefix: &str) -> Value {
         self.wait_log(&format!("starting with {prefix:?}"), |v| message_starts_with(v, prefix))
