@@ -142,8 +142,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_audit_line_in_text_is_one_line_with_the_client_strings_quoted() {
+    /// What `log` writes in the text format (no time, no target, no colour).
+    fn text_log(log: impl FnOnce()) -> String {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -153,9 +153,15 @@ mod tests {
             .with_target(false)
             .fmt_fields(EscapedFields)
             .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let out = buffer.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_audit_line_in_text_is_one_line_with_the_client_strings_quoted() {
         let audit = crate::audit::Audit::new("127.0.0.1:5000", "db.example", "bob\n INFO x\x1b[0m", "db closed_by=client");
-        tracing::subscriber::with_default(subscriber, || audit.closed(&crate::audit::Ending::default()));
-        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let out = text_log(|| audit.closed(&crate::audit::Ending::default()));
         assert_eq!(out.matches('\n').count(), 1, "one line: {out:?}");
         assert!(out.contains(r#"db_user="bob\n INFO x\u{1b}[0m""#), "escaped once and quoted: {out:?}");
         assert!(out.contains(r#"database="db closed_by=client""#), "cannot pose as another field: {out:?}");
@@ -163,21 +169,11 @@ mod tests {
 
     #[test]
     fn no_field_of_any_kind_can_forge_a_line() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_target(false)
-            .fmt_fields(EscapedFields)
-            .finish();
         let evil = "bob\n2026-01-01T00:00:00Z  INFO forged line\x1b[31m";
         let error = std::io::Error::other(evil);
-        tracing::subscriber::with_default(subscriber, || {
+        let out = text_log(|| {
             tracing::warn!(user = evil, display = %evil, debug = ?evil, error = &error as &dyn std::error::Error, r#type = 1, "message {evil}");
         });
-        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert_eq!(out.matches('\n').count(), 1, "one line: {out:?}");
         assert!(!out.contains('\x1b'), "{out:?}");
         assert_eq!(
