@@ -155,6 +155,7 @@ pub async fn build_context_with(
         local_tls: local_tls(config)?,
         metrics: target_metrics,
         profile: config.profile.clone(),
+        server: crate::upstream::ServerKnowledge::new(config.direct_tls),
     }))
 }
 
@@ -263,6 +264,7 @@ fn ssm_tunnel(
     settings.keepalive_interval = ssm.keepalive;
     settings.data_channel.max_payload = ssm.max_payload;
     settings.data_channel.max_rate = ssm.max_rate;
+    settings.prewarm = ssm.prewarm;
     settings.data_channel.counters = metrics.ssm.clone();
     Ok(SsmTunnel::new(
         settings,
@@ -343,6 +345,7 @@ impl Proxy {
             "ready for connections"
         );
         self.ops.set_started();
+        self.ctx.tunnel.start_prewarm();
         let ctx = self.ctx.clone();
         let ops = self.ops.clone();
         let shutdown = async move {

@@ -209,6 +209,19 @@ pub enum Via {
     Ssm,
 }
 
+/// `--direct-tls`: whether to open TLS to the server without an SSLRequest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum DirectTls {
+    /// Direct once the server has shown PostgreSQL 17 or later in a login, else SSLRequest;
+    /// a server that refuses it is remembered and gets SSLRequest from then on.
+    #[default]
+    Auto,
+    /// Always direct (PostgreSQL 17 or later only); a refusal is an error.
+    Always,
+    /// Always SSLRequest first, as every PostgreSQL before 17 needs.
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -295,6 +308,23 @@ pub struct ProxyArgs {
     /// 1024 bytes; raise it only against endpoints known to accept more.
     #[arg(long, value_name = "BYTES", default_value_t = 1024, env = "RDS_AUTH_PROXY_SSM_MAX_PAYLOAD")]
     pub ssm_max_payload: usize,
+
+    /// SSM mode: open an SSM session at start and always keep one open (with keepalives, so
+    /// the account's idle session timeout does not end it), so the first connection does not
+    /// wait for StartSession, the WebSocket and the handshake (about a second, more on a slow
+    /// network). Without it the first connection opens the session and an unused session
+    /// closes after --ssm-idle-timeout. A failure at start is logged and retried later; it is
+    /// not fatal.
+    #[arg(long, env = "RDS_AUTH_PROXY_SSM_PREWARM")]
+    pub ssm_prewarm: bool,
+
+    /// TLS to the server without an SSLRequest first (PostgreSQL 17's sslnegotiation=direct,
+    /// ALPN "postgresql"): saves one network round trip per new connection. auto: once a
+    /// login has shown the server is PostgreSQL 17 or later, falling back to SSLRequest (and
+    /// remembering it) if the server does not take it; always: direct only; never:
+    /// SSLRequest only. Certificate checks are the same either way.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto", env = "RDS_AUTH_PROXY_DIRECT_TLS")]
+    pub direct_tls: DirectTls,
 
     /// SSM mode: SigV4-sign the data channel WebSocket upgrade, as the newest
     /// session-manager-plugin does. Off by default: the session token authenticates it.
@@ -535,10 +565,31 @@ pub struct SimArgs {
     /// Simulated RDS API: the instance's and cluster's status.
     #[arg(long, value_name = "STATUS", default_value = "available", env = "RDS_AUTH_PROXY_SIM_RDS_STATUS")]
     pub rds_status: String,
+    /// Simulated RDS: the PostgreSQL major version the front emulates. 15 (default): the
+    /// version behind it, which closes a connection that starts with a TLS ClientHello
+    /// ("invalid length of startup packet"). 17: the front also takes PostgreSQL 17's direct
+    /// TLS (first byte 0x16, ALPN "postgresql" required) and reports server_version 17.4 in
+    /// the login's ParameterStatus. An emulation: the PostgreSQL behind it is still 15, so
+    /// psql's 17-only catalog queries (\d) may fail.
+    #[arg(long, value_name = "MAJOR", default_value_t = 15, value_parser = parse_pg_version, env = "RDS_AUTH_PROXY_SIM_RDS_PG_VERSION")]
+    pub rds_pg_version: u32,
+    /// Simulated RDS: with --rds-pg-version 17, refuse direct TLS anyway (close the connection),
+    /// as something in front of a PostgreSQL 17 that does not know it would.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_RDS_REFUSE_DIRECT_TLS")]
+    pub rds_refuse_direct_tls: bool,
     /// Simulated RDS: swap the certificate chains — the RDS Proxy endpoint (SIM_PROXY_ENDPOINT)
     /// presents an RDS-CA certificate, every other name an ATS-like one. The proxy must refuse both.
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SWAP_TLS_CHAINS")]
     pub swap_tls_chains: bool,
+}
+
+/// `sim --rds-pg-version`: the versions the front can act as.
+fn parse_pg_version(s: &str) -> Result<u32, String> {
+    match s {
+        "15" => Ok(15),
+        "17" => Ok(17),
+        _ => Err("the simulated RDS acts as PostgreSQL 15 or 17".into()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

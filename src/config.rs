@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{ProxyArgs, Via};
+use crate::cli::{DirectTls, ProxyArgs, Via};
 use crate::local_tls::LocalTlsConfig;
 use crate::target::Timeouts;
 
@@ -50,6 +50,8 @@ pub struct SsmConfig {
     pub max_payload: usize,
     /// Data-channel messages per second per session; 0 = unpaced.
     pub max_rate: u32,
+    /// `--ssm-prewarm`: open a session at start and always keep one open.
+    pub prewarm: bool,
 }
 
 /// Where a password user's password comes from.
@@ -100,6 +102,8 @@ pub struct Config {
     /// `--proxy-ca-bundle`: the roots for an RDS Proxy endpoint instead of the built-in Amazon
     /// Trust Services roots ([`crate::tls::TrustStore`]).
     pub proxy_ca_bundles: Vec<PathBuf>,
+    /// `--direct-tls`: when to open TLS without an SSLRequest (PostgreSQL 17 and later).
+    pub direct_tls: DirectTls,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -190,6 +194,9 @@ impl Config {
                 if !args.ssm_tag.is_empty() {
                     return Err(ConfigError::SsmFlagWithoutSsm("ssm-tag"));
                 }
+                if args.ssm_prewarm {
+                    return Err(ConfigError::SsmFlagWithoutSsm("ssm-prewarm"));
+                }
                 ViaConfig::Direct { connect_addr }
             }
             Via::Ssm => ViaConfig::Ssm(ssm_config(args)?),
@@ -235,6 +242,7 @@ impl Config {
             local_tls,
             http: http_address(args),
             exit_zero_on_sigterm: args.exit_zero_on_sigterm,
+            direct_tls: args.direct_tls,
             name: endpoint.clone(),
             endpoint,
             port,
@@ -375,6 +383,7 @@ fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
         keepalive: Duration::from_secs(args.ssm_keepalive),
         max_payload: args.ssm_max_payload,
         max_rate: args.ssm_max_rate,
+        prewarm: args.ssm_prewarm,
     })
 }
 
@@ -511,10 +520,11 @@ mod tests {
                 keepalive: Duration::from_secs(20),
                 max_payload: 1024,
                 max_rate: 900,
+                prewarm: false,
             })
         );
         assert_eq!(
-            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "2", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768", "--ssm-max-rate", "0"])
+            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "2", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768", "--ssm-max-rate", "0", "--ssm-prewarm"])
                 .unwrap()
                 .via,
             ViaConfig::Ssm(SsmConfig {
@@ -525,6 +535,7 @@ mod tests {
                 keepalive: Duration::from_secs(5),
                 max_payload: 32768,
                 max_rate: 0,
+                prewarm: true,
             })
         );
         let cases: [(&[&str], ConfigError); 9] = [
@@ -544,6 +555,10 @@ mod tests {
         assert_eq!(
             Config::from_args(&args(&["--target", t, "--ssm-target", "i-0123456789abcdef0"])),
             Err(ConfigError::SsmFlagWithoutSsm("ssm-target"))
+        );
+        assert_eq!(
+            Config::from_args(&args(&["--target", t, "--ssm-prewarm"])),
+            Err(ConfigError::SsmFlagWithoutSsm("ssm-prewarm"))
         );
     }
 

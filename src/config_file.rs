@@ -708,6 +708,7 @@ fn static_id(flag: &str) -> &'static str {
         "ssm-target" => "ssm_target",
         "ssm-sessions" => "ssm_sessions",
         "ssm-tag" => "ssm_tag",
+        "ssm-prewarm" => "ssm_prewarm",
         _ => "via",
     }
 }

@@ -112,6 +112,9 @@ pub struct TargetContext {
     pub metrics: crate::metrics::TargetMetrics,
     /// `--profile`: named in the HINT for an expired SSO session (`aws sso login --profile X`).
     pub profile: Option<String>,
+    /// What logins have shown about the server (its version, whether it takes direct TLS),
+    /// and `--direct-tls`.
+    pub server: crate::upstream::ServerKnowledge,
 }
 
 impl TargetContext {

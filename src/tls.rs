@@ -229,6 +229,9 @@ fn add_bundle_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsErro
     Ok(())
 }
 
+/// PostgreSQL's registered ALPN protocol id.
+pub const POSTGRESQL_ALPN: &[u8] = b"postgresql";
+
 /// The client config for upstream connections to names verified with `trust`.
 pub fn upstream_client_config(trust: &TrustStore) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = trust.roots()?;
@@ -237,8 +240,9 @@ pub fn upstream_client_config(trust: &TrustStore) -> Result<Arc<ClientConfig>, T
         .map_err(TlsError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    // PostgreSQL's registered ALPN id; servers that do not know it ignore it.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    // PostgreSQL's registered ALPN id; servers that do not know it ignore it, and direct TLS
+    // (PostgreSQL 17+) requires it.
+    config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

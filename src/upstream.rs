@@ -1,8 +1,10 @@
 //! The connect side: open the tunnel, SSLRequest → `S` → TLS verify-full against the endpoint
-//! name, send the client's startup, answer the password request (an IAM token, or a configured
+//! name (or, on PostgreSQL 17 and later, TLS at once: [`ServerKnowledge`]), send the client's startup, answer the password request (an IAM token, or a configured
 //! password: cleartext, SCRAM-SHA-256(-PLUS) with the server's signature verified before
 //! AuthenticationOk is believed, MD5), and stop at the first ReadyForQuery. The client only ever
 //! sees AuthenticationOk and the session start — or an error that says why not.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bytes::{BufMut, BytesMut};
 use rustls::pki_types::ServerName;
@@ -11,6 +13,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::auth::scram;
+use crate::cli::DirectTls;
 use crate::auth::{AuthError, PasswordError};
 use crate::pg::backend::{self, AuthRequest, FrameError, MAX_PREAUTH_MESSAGE_LEN};
 use crate::pg::startup::{StartupMessage, SSL_REQUEST};
@@ -42,6 +45,14 @@ pub enum UpstreamError {
     Timeout { phase: &'static str, secs: u64 },
     #[error("the upstream at {endpoint} does not accept TLS")]
     TlsRefused { endpoint: String },
+    /// TLS without SSLRequest (PostgreSQL 17's direct TLS) failed before it completed, for
+    /// another reason than the certificate: closed, not TLS, or no ALPN `postgresql`.
+    #[error("the upstream at {endpoint} does not take direct TLS (PostgreSQL 17's sslnegotiation=direct)")]
+    DirectTlsRefused {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("TLS handshake with {endpoint} failed")]
     Tls {
         endpoint: String,
@@ -134,6 +145,7 @@ impl UserFacing for UpstreamError {
             UpstreamError::Tunnel { .. }
             | UpstreamError::Timeout { .. }
             | UpstreamError::TlsRefused { .. }
+            | UpstreamError::DirectTlsRefused { .. }
             | UpstreamError::Tls { .. } => SqlState::UnableToConnect,
         }
     }
@@ -149,6 +161,13 @@ impl UserFacing for UpstreamError {
             UpstreamError::TlsRefused { .. } => {
                 "RDS always offers TLS: check that --target names an RDS endpoint and that the \
                  tunnel reaches its PostgreSQL port."
+                    .into()
+            }
+            UpstreamError::DirectTlsRefused { .. } => {
+                "Direct TLS needs PostgreSQL 17 or later at the other end, and takes nothing in \
+                 between that does not know it (RDS Proxy, a pooler). Start rds-auth-proxy with \
+                 --direct-tls auto (the default: direct only after a login showed version 17 or \
+                 later, with a fallback to SSLRequest) or --direct-tls never."
                     .into()
             }
             UpstreamError::Tls { endpoint, source } if is_name_mismatch(endpoint, source) => format!(
@@ -301,12 +320,33 @@ async fn attempt(
     fresh: bool,
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts;
-    let (raw, ssm_session) = timed("opening the tunnel", t.connect, async {
-        ctx.tunnel.open_tagged().await.map_err(|e| tunnel_error(ctx, e))
-    })
-    .await?;
-    let mut stream = timed("negotiating TLS", t.tls, start_tls(ctx, raw)).await?;
+    let open = || {
+        timed("opening the tunnel", t.connect, async {
+            ctx.tunnel.open_tagged().await.map_err(|e| tunnel_error(ctx, e))
+        })
+    };
+    let (raw, mut ssm_session) = open().await?;
+    let direct = ctx.server.use_direct_tls();
+    let mut stream = match timed("negotiating TLS", t.tls, negotiate_tls(ctx, raw, direct)).await {
+        Err(e @ UpstreamError::DirectTlsRefused { .. }) if ctx.server.mode() == DirectTls::Auto => {
+            // Something answers for this name that is not PostgreSQL 17 (or lets no direct TLS
+            // through); it keeps SSLRequest from now on, and this connection starts over.
+            ctx.server.direct_tls_refused();
+            tracing::info!(
+                target = %ctx.target.name,
+                server_version = ctx.server.major_version().unwrap_or(0),
+                error = crate::session::display_chain(&e),
+                "the server reported PostgreSQL 17 or later but did not take direct TLS; connecting with SSLRequest, now and from now on"
+            );
+            let (raw, session) = open().await?;
+            ssm_session = session;
+            timed("negotiating TLS", t.tls, negotiate_tls(ctx, raw, false)).await?
+        }
+        other => other?,
+    };
     timed("authenticating", t.auth, async {
+        // Right behind the TLS client Finished (which the handshake has flushed): no round
+        // trip between the two.
         stream
             .write_all(startup.as_bytes())
             .await
@@ -320,6 +360,89 @@ async fn attempt(
         })
     })
     .await
+}
+
+/// TLS either way: direct (PostgreSQL 17+) or after SSLRequest.
+async fn negotiate_tls(
+    ctx: &TargetContext,
+    raw: TunnelStream,
+    direct: bool,
+) -> Result<TlsStream<TunnelStream>, UpstreamError> {
+    if direct {
+        start_direct_tls(ctx, raw).await
+    } else {
+        start_tls(ctx, raw).await
+    }
+}
+
+/// What this process has learnt about one target's server, in memory: its PostgreSQL major
+/// version (from the `server_version` of the last successful login) and whether it refused
+/// direct TLS. Decides, per `--direct-tls`, whether a new connection opens TLS at once.
+#[derive(Debug, Default)]
+pub struct ServerKnowledge {
+    mode: DirectTls,
+    /// 0 until a login has shown it.
+    major: AtomicU32,
+    /// A direct TLS attempt failed before TLS completed (`--direct-tls auto`): SSLRequest only.
+    refuses_direct: AtomicBool,
+}
+
+/// The first PostgreSQL major version with direct TLS.
+pub const DIRECT_TLS_MIN_VERSION: u32 = 17;
+
+impl ServerKnowledge {
+    pub fn new(mode: DirectTls) -> Self {
+        ServerKnowledge {
+            mode,
+            ..ServerKnowledge::default()
+        }
+    }
+
+    pub fn mode(&self) -> DirectTls {
+        self.mode
+    }
+
+    /// Whether the next connection opens TLS without an SSLRequest.
+    pub fn use_direct_tls(&self) -> bool {
+        match self.mode {
+            DirectTls::Always => true,
+            DirectTls::Never => false,
+            DirectTls::Auto => {
+                self.major.load(Ordering::Relaxed) >= DIRECT_TLS_MIN_VERSION
+                    && !self.refuses_direct.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// The major version the last successful login reported, if any did.
+    pub fn major_version(&self) -> Option<u32> {
+        Some(self.major.load(Ordering::Relaxed)).filter(|&v| v > 0)
+    }
+
+    /// Whether a direct TLS attempt to this server has failed (it then gets SSLRequest only).
+    pub fn refused_direct_tls(&self) -> bool {
+        self.refuses_direct.load(Ordering::Relaxed)
+    }
+
+    /// A successful login's `server_version` ("17.4", "16.6 (Debian …)", "18beta1").
+    pub fn saw_server_version(&self, version: &str) {
+        let digits = version.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(major) = version[..digits].parse::<u32>() else {
+            return;
+        };
+        let before = self.major.swap(major, Ordering::Relaxed);
+        if before != major
+            && self.mode == DirectTls::Auto
+            && major >= DIRECT_TLS_MIN_VERSION
+            && !self.refused_direct_tls()
+        {
+            tracing::info!(server_version = version, "the server is PostgreSQL {major}: new connections open TLS directly (one round trip less)");
+        }
+    }
+
+    fn direct_tls_refused(&self) {
+        self.refuses_direct.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A tunnel failure with the tunnel's own hint when it has one.
@@ -359,10 +482,7 @@ pub async fn start_tls(
             })
         }
     }
-    let name = ServerName::try_from(endpoint.clone()).map_err(|_| UpstreamError::Tls {
-        endpoint: endpoint.clone(),
-        source: std::io::Error::other("the endpoint is not a valid DNS name"),
-    })?;
+    let name = server_name(ctx)?;
     TlsConnector::from(ctx.tls.clone())
         .connect(name, raw)
         .await
@@ -370,6 +490,74 @@ pub async fn start_tls(
             endpoint: endpoint.clone(),
             source,
         })
+}
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): the ClientHello at once, with ALPN
+/// `postgresql`, which the server must select. Verify-full exactly as after SSLRequest. A
+/// failure before TLS completes that is not about the certificate (closed, not TLS, no ALPN)
+/// is [`UpstreamError::DirectTlsRefused`]: the caller may start over with SSLRequest.
+pub async fn start_direct_tls(
+    ctx: &TargetContext,
+    raw: TunnelStream,
+) -> Result<TlsStream<TunnelStream>, UpstreamError> {
+    let endpoint = &ctx.target.endpoint;
+    let name = server_name(ctx)?;
+    let stream = match TlsConnector::from(ctx.tls.clone()).connect(name, raw).await {
+        Ok(stream) => stream,
+        Err(source) => {
+            // The tunnel's own failure (SSM: the node could not reach the database).
+            if let Some(tunnel) = TunnelError::from_stream_error(&source) {
+                return Err(tunnel_error(ctx, tunnel));
+            }
+            return Err(if is_certificate_error(&source) {
+                UpstreamError::Tls {
+                    endpoint: endpoint.clone(),
+                    source,
+                }
+            } else {
+                UpstreamError::DirectTlsRefused {
+                    endpoint: endpoint.clone(),
+                    source,
+                }
+            });
+        }
+    };
+    // As libpq does: a server that did not select ALPN `postgresql` may not be PostgreSQL.
+    if stream.get_ref().1.alpn_protocol() != Some(crate::tls::POSTGRESQL_ALPN) {
+        return Err(UpstreamError::DirectTlsRefused {
+            endpoint: endpoint.clone(),
+            source: std::io::Error::other("the server did not select the ALPN protocol \"postgresql\""),
+        });
+    }
+    Ok(stream)
+}
+
+/// The name TLS sends as SNI and verifies: the endpoint, never the address we dialled.
+fn server_name(ctx: &TargetContext) -> Result<ServerName<'static>, UpstreamError> {
+    ServerName::try_from(ctx.target.endpoint.clone()).map_err(|_| UpstreamError::Tls {
+        endpoint: ctx.target.endpoint.clone(),
+        source: std::io::Error::other("the endpoint is not a valid DNS name"),
+    })
+}
+
+/// A TLS failure about the server's certificate (or our trust in it), not about the protocol.
+fn is_certificate_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::InvalidCertRevocationList(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+    )
+}
+
+/// A ParameterStatus body: name `\0` value `\0`.
+fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name, value))
 }
 
 /// The credential a password request is answered with.
@@ -460,6 +648,8 @@ async fn authenticate(
     let mut exchange: Option<ScramExchange> = None;
     let password_from = ctx.password.as_ref().map(|p| p.describe());
     let mut authenticated = false;
+    // Believed once the login has succeeded (ReadyForQuery).
+    let mut server_version: Option<String> = None;
     loop {
         let msg = backend::read_message(stream, &mut buf, MAX_PREAUTH_MESSAGE_LEN)
             .await
@@ -595,6 +785,9 @@ async fn authenticate(
                 });
             }
             b'Z' if authenticated => {
+                if let Some(version) = &server_version {
+                    ctx.server.saw_server_version(version);
+                }
                 to_client.extend_from_slice(msg.as_bytes());
                 // Anything already read past ReadyForQuery belongs to the client.
                 to_client.extend_from_slice(&buf);
@@ -603,12 +796,63 @@ async fn authenticate(
             // NegotiateProtocolVersion and notices pass through untouched, in order; after
             // AuthenticationOk so do ParameterStatus and BackendKeyData.
             b'v' | b'N' => to_client.extend_from_slice(msg.as_bytes()),
-            b'S' | b'K' if authenticated => to_client.extend_from_slice(msg.as_bytes()),
+            b'S' | b'K' if authenticated => {
+                if msg.tag() == b'S' {
+                    if let Some(("server_version", value)) = parameter_status(msg.body()) {
+                        server_version = Some(value.to_owned());
+                    }
+                }
+                to_client.extend_from_slice(msg.as_bytes());
+            }
             other => {
                 return Err(UpstreamError::Protocol(
                     format!("unexpected message '{}' before ReadyForQuery", other as char).into(),
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_tls_follows_the_mode_and_what_the_server_showed() {
+        let auto = ServerKnowledge::new(DirectTls::Auto);
+        assert!(!auto.use_direct_tls(), "nothing known: SSLRequest");
+        auto.saw_server_version("16.6 (Debian 16.6-1)");
+        assert_eq!(auto.major_version(), Some(16));
+        assert!(!auto.use_direct_tls());
+        auto.saw_server_version("17.4");
+        assert!(auto.use_direct_tls());
+        auto.direct_tls_refused();
+        assert!(!auto.use_direct_tls(), "refused once: never again");
+        auto.saw_server_version("18beta1");
+        assert_eq!(auto.major_version(), Some(18));
+        assert!(!auto.use_direct_tls());
+
+        let always = ServerKnowledge::new(DirectTls::Always);
+        assert!(always.use_direct_tls());
+        let never = ServerKnowledge::new(DirectTls::Never);
+        never.saw_server_version("17.0");
+        assert!(!never.use_direct_tls());
+    }
+
+    #[test]
+    fn odd_server_versions_teach_nothing() {
+        let k = ServerKnowledge::new(DirectTls::Auto);
+        for v in ["", "beta", "x17", "99999999999999999999"] {
+            k.saw_server_version(v);
+            assert_eq!(k.major_version(), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn parameter_status_bodies() {
+        assert_eq!(parameter_status(b"server_version\x0017.4\x00"), Some(("server_version", "17.4")));
+        assert_eq!(parameter_status(b"TimeZone\x00UTC\x00"), Some(("TimeZone", "UTC")));
+        assert_eq!(parameter_status(b"no_terminator"), None);
+        assert_eq!(parameter_status(b"\xff\x00v\x00"), None);
     }
 }

@@ -19,6 +19,16 @@
 //! here; channel binding is exercised against the simulator's PostgreSQL directly, which serves
 //! TLS itself. Everyone else outside `rds_iam` (the superuser, unknown roles) is asked for SCRAM
 //! by the front itself, which can never succeed: nobody gets in as them through the front.
+//!
+//! Versions ([`PgEmulation`]): the PostgreSQL behind the front is Debian 12's 15, and by default
+//! the front acts as 15 does where versions differ: a connection that opens with a TLS
+//! ClientHello instead of SSLRequest is closed at once ("invalid length of startup packet"), and
+//! TLS negotiates no ALPN. As PostgreSQL 17 it also takes direct TLS (`sslnegotiation=direct`:
+//! first byte 0x16; ALPN `postgresql` required, a connection without it is closed after the
+//! handshake, one offering only other protocols gets the `no_application_protocol` alert) and
+//! reports `server_version` 17.4 in the login's ParameterStatus (that one message rewritten;
+//! its value says it is an emulation). Everything else is still PostgreSQL 15's: a client that
+//! believes the version and sends 17-only SQL (psql's `\d`) gets 15's errors.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -56,6 +66,56 @@ pub struct RdsFrontConfig {
     /// by SNI must bring a token signed for it. Without SNI, or with another name, tokens must be
     /// signed for `endpoint`.
     pub other_names: Vec<String>,
+    /// Which PostgreSQL the front acts as where versions differ.
+    pub emulation: PgEmulation,
+}
+
+/// The PostgreSQL version the front acts as (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PgEmulation {
+    /// Like the PostgreSQL 15 behind it: no direct TLS, no ALPN.
+    #[default]
+    Pg15,
+    /// PostgreSQL 17: direct TLS with ALPN `postgresql` (unless `direct_tls` is false: then a
+    /// ClientHello is closed as 15 closes it, as something in front of a 17 that does not know
+    /// direct TLS would), and `server_version` [`PG17_SERVER_VERSION`].
+    Pg17 { direct_tls: bool },
+}
+
+/// The `server_version` the front reports as PostgreSQL 17.
+pub const PG17_SERVER_VERSION: &str = "17.4 (emulated by the rds-auth-proxy simulator; PostgreSQL 15 behind)";
+
+impl PgEmulation {
+    /// From `sim --rds-pg-version MAJOR` and `--rds-refuse-direct-tls`.
+    pub fn from_flags(major: u32, refuse_direct_tls: bool) -> PgEmulation {
+        match major {
+            17 => PgEmulation::Pg17 {
+                direct_tls: !refuse_direct_tls,
+            },
+            _ => PgEmulation::Pg15,
+        }
+    }
+
+    fn takes_direct_tls(self) -> bool {
+        matches!(self, PgEmulation::Pg17 { direct_tls: true })
+    }
+
+    /// The `server_version` to report instead of the real one, if any.
+    fn server_version(self) -> Option<&'static str> {
+        match self {
+            PgEmulation::Pg15 => None,
+            PgEmulation::Pg17 { .. } => Some(PG17_SERVER_VERSION),
+        }
+    }
+
+    /// The front's TLS for this version: ALPN `postgresql` from 17 on, none before.
+    pub fn tls_config(self, mut tls: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+        tls.alpn_protocols = match self {
+            PgEmulation::Pg15 => Vec::new(),
+            PgEmulation::Pg17 { .. } => vec![crate::tls::POSTGRESQL_ALPN.to_vec()],
+        };
+        Arc::new(tls)
+    }
 }
 
 impl RdsFrontConfig {
@@ -82,6 +142,12 @@ pub struct RdsFrontState {
     pub distinct_tokens: std::sync::Mutex<HashSet<[u8; 32]>>,
     /// Accepted IAM logins per endpoint name (the host their token was signed for).
     pub accepted_by_name: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Connections that opened with an SSLRequest.
+    pub ssl_requests: AtomicU64,
+    /// Connections that opened with a TLS ClientHello (direct TLS), taken or not.
+    pub direct_tls_attempts: AtomicU64,
+    /// Direct TLS handshakes completed with ALPN `postgresql`.
+    pub direct_tls_accepted: AtomicU64,
 }
 
 pub struct RdsFront {
@@ -138,20 +204,32 @@ async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), BoxError> {
+    // Only the very first byte can start direct TLS, as in PostgreSQL 17.
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
+        state.direct_tls_attempts.fetch_add(1, Ordering::Relaxed);
+        if !config.emulation.takes_direct_tls() {
+            // PostgreSQL before 17 reads the ClientHello's first bytes as a length, logs this
+            // and closes without a word to the client.
+            tracing::debug!(%peer, "simulated RDS: invalid length of startup packet (a TLS ClientHello: no direct TLS here)");
+            return Ok(());
+        }
+        let tls = TlsAcceptor::from(config.tls.clone()).accept(tcp).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(crate::tls::POSTGRESQL_ALPN) {
+            // PostgreSQL 17 logs it (COMMERROR: not sent) and closes.
+            tracing::debug!(%peer, "simulated RDS: received direct SSL connection request without ALPN protocol negotiation extension");
+            return Ok(());
+        }
+        state.direct_tls_accepted.fetch_add(1, Ordering::Relaxed);
+        return serve_tls(config, state, tls).await;
+    }
     loop {
         match startup::read_first_packet(&mut tcp).await? {
             FirstPacket::SslRequest => {
+                state.ssl_requests.fetch_add(1, Ordering::Relaxed);
                 tcp.write_all(b"S").await?;
-                let mut tls = TlsAcceptor::from(config.tls.clone()).accept(tcp).await?;
-                let host = config.token_host(tls.get_ref().1.server_name());
-                return match startup::read_first_packet(&mut tls).await? {
-                    FirstPacket::Startup(s) => login(config, state, tls, s, host).await,
-                    FirstPacket::Cancel(c) => relay_cancel(config, state, c.as_bytes()).await,
-                    _ => {
-                        send_fatal(&mut tls, "08P01", "unsupported request inside TLS").await;
-                        Ok(())
-                    }
-                };
+                let tls = TlsAcceptor::from(config.tls.clone()).accept(tcp).await?;
+                return serve_tls(config, state, tls).await;
             }
             FirstPacket::GssEncRequest => tcp.write_all(b"N").await?,
             FirstPacket::Cancel(c) => return relay_cancel(config, state, c.as_bytes()).await,
@@ -166,6 +244,23 @@ async fn serve(
                 send_fatal(&mut tcp, "28000", &msg).await;
                 return Ok(());
             }
+        }
+    }
+}
+
+/// After TLS, however it was negotiated: a startup or a cancel request.
+async fn serve_tls(
+    config: &RdsFrontConfig,
+    state: &RdsFrontState,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+) -> Result<(), BoxError> {
+    let host = config.token_host(tls.get_ref().1.server_name());
+    match startup::read_first_packet(&mut tls).await? {
+        FirstPacket::Startup(s) => login(config, state, tls, s, host).await,
+        FirstPacket::Cancel(c) => relay_cancel(config, state, c.as_bytes()).await,
+        _ => {
+            send_fatal(&mut tls, "08P01", "unsupported request inside TLS").await;
+            Ok(())
         }
     }
 }
@@ -187,9 +282,7 @@ where
             let mut pg = TcpStream::connect(config.postgres).await?;
             pg.set_nodelay(true)?;
             pg.write_all(startup.as_bytes()).await?;
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024)
-                .await?;
-            return Ok(());
+            return relay(config.emulation, client, pg).await;
         }
         // What any other non-IAM user meets on RDS: SCRAM. There is no password to check it
         // against, so whatever the client sends is refused as PostgreSQL refuses a wrong
@@ -266,8 +359,62 @@ where
     if !buf.is_empty() {
         pg.write_all(&buf).await?;
     }
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
+    relay(config.emulation, client, pg).await
+}
+
+/// Relays a logged-in (or logging-in) client and PostgreSQL until either ends. Emulating another
+/// version, PostgreSQL's messages up to the first ReadyForQuery go one by one, with
+/// `server_version` rewritten; then bytes as they come.
+async fn relay<S>(emulation: PgEmulation, mut client: S, mut pg: TcpStream) -> Result<(), BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(version) = emulation.server_version() else {
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
+        return Ok(());
+    };
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut pg_r, mut pg_w) = pg.split();
+    let up = async {
+        tokio::io::copy(&mut client_r, &mut pg_w).await?;
+        pg_w.shutdown().await
+    };
+    let down = async {
+        let mut buf = BytesMut::new();
+        loop {
+            let msg = match backend::read_message(&mut pg_r, &mut buf, MAX_PREAUTH_MESSAGE_LEN).await {
+                Ok(msg) => msg,
+                // PostgreSQL closed (a FATAL already relayed): so does the client's side.
+                Err(_) => break,
+            };
+            if msg.tag() == b'S' && msg.body().starts_with(b"server_version\0") {
+                client_w.write_all(&parameter_status("server_version", version)).await?;
+            } else {
+                client_w.write_all(msg.as_bytes()).await?;
+            }
+            if msg.tag() == b'Z' {
+                client_w.write_all(&buf).await?;
+                tokio::io::copy(&mut pg_r, &mut client_w).await?;
+                break;
+            }
+        }
+        client_w.shutdown().await
+    };
+    tokio::try_join!(up, down)?;
     Ok(())
+}
+
+/// A ParameterStatus message.
+fn parameter_status(name: &str, value: &str) -> BytesMut {
+    use bytes::BufMut;
+    let mut m = BytesMut::new();
+    m.put_u8(b'S');
+    m.put_u32((4 + name.len() + 1 + value.len() + 1) as u32);
+    m.put_slice(name.as_bytes());
+    m.put_u8(0);
+    m.put_slice(value.as_bytes());
+    m.put_u8(0);
+    m
 }
 
 /// Whether `user` is a member of `rds_iam`, directly or through other roles, asked of the real

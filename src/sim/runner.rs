@@ -11,7 +11,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use super::certs::{SimCa, SniCerts};
 use super::postgres::{PgCluster, PgClusterOptions, PgTls, DB_USER};
-use super::rds::{RdsFront, RdsFrontConfig, RdsFrontState};
+use super::rds::{PgEmulation, RdsFront, RdsFrontConfig, RdsFrontState};
 use super::query::QueryServer;
 use super::rds_api::{
     RdsApiOptions, RdsApiSim, SIM_CLUSTER_CUSTOM_ENDPOINT, SIM_CLUSTER_ENDPOINT, SIM_CLUSTER_READER_ENDPOINT,
@@ -63,6 +63,9 @@ pub struct SimOptions {
     /// Swap the two kinds of chain: the RDS Proxy name gets an RDS-CA certificate and every
     /// other name an "ATS-like" one — what a proxy that mixed up its trust stores would accept.
     pub swap_tls_chains: bool,
+    /// The PostgreSQL version the RDS front acts as where versions differ (direct TLS,
+    /// `server_version`); default 15, the version behind it.
+    pub rds_pg: PgEmulation,
 }
 
 impl Default for SimOptions {
@@ -75,6 +78,7 @@ impl Default for SimOptions {
             pg_extra_hba: Vec::new(),
             rds_api: RdsApiOptions::default(),
             swap_tls_chains: false,
+            rds_pg: PgEmulation::default(),
         }
     }
 }
@@ -150,6 +154,7 @@ impl Simulator {
         let proxy_ca_file = dir.path().join("sim-proxy-ca.pem");
         std::fs::write(&proxy_ca_file, proxy_ca.pem())?;
         let front_tls = front_certificates(&ca, &proxy_ca, options.swap_tls_chains)?.server_config()?;
+        let front_tls = options.rds_pg.tls_config(rustls::ServerConfig::clone(&front_tls));
         let secrets = SecretsSim::start(credentials.clone(), SIM_REGION).await?;
         let sts = super::sts::start(credentials.clone()).await?;
         let rds_api = RdsApiSim::start(options.rds_api.clone(), credentials.clone()).await?;
@@ -170,6 +175,7 @@ impl Simulator {
                 postgres: postgres.addr(),
                 password_users: password_users.iter().cloned().collect::<HashSet<_>>(),
                 other_names: FRONT_NAMES[1..].iter().map(|n| n.to_string()).collect(),
+                emulation: options.rds_pg,
             },
         )
         .await?;
@@ -426,6 +432,7 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
         ssm,
         rds_api: rds_api_options(&args),
         swap_tls_chains: args.swap_tls_chains,
+        rds_pg: PgEmulation::from_flags(args.rds_pg_version, args.rds_refuse_direct_tls),
         ..SimOptions::default()
     })
     .await?;

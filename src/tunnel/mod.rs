@@ -107,6 +107,14 @@ impl Tunnel {
         }
     }
 
+    /// Opens what `--ssm-prewarm` keeps open, in the background; nothing otherwise.
+    pub fn start_prewarm(&self) {
+        match self {
+            Tunnel::Direct(_) => {}
+            Tunnel::Ssm(t) => t.start_prewarm(),
+        }
+    }
+
     /// Ends what the tunnel keeps open between connections (SSM sessions: TerminateSession).
     /// Call after the listeners have drained.
     pub async fn shutdown(&self) {

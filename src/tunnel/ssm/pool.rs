@@ -8,6 +8,9 @@
 //!   (`--ssm-sessions`); beyond that the least-loaded uncongested session is shared anyway.
 //! - Sessions without streams close after `idle_timeout`; smux NOP keepalives flow only while
 //!   a session carries streams, so the account's idle timeout still applies to unused ones.
+//!   With `prewarm` (`--ssm-prewarm`) one session opens at start and one is always kept: the
+//!   last session is never retired and has keepalives, and [`keep_warm`] opens another when it
+//!   ends (never more than that one).
 //! - Opening runs detached from the connection that asked for it, each step under its own
 //!   limit (StartSession, WebSocket upgrade, handshake; they add up to less than the client's
 //!   connect limit). A client that gives up does not cancel it; a session that fails after
@@ -62,6 +65,8 @@ pub struct SsmSettings {
     pub start_timeout: Duration,
     /// Per data channel tuning (payload size, pacing, timeouts, reconnect budget).
     pub data_channel: datachannel::Config,
+    /// Open a session at start and always keep one open (`--ssm-prewarm`).
+    pub prewarm: bool,
 }
 
 /// Default per-stream receive buffer.
@@ -84,6 +89,7 @@ impl SsmSettings {
             session_buffer: DEFAULT_SESSION_BUFFER,
             start_timeout: Duration::from_secs(8),
             data_channel: datachannel::Config::default(),
+            prewarm: false,
         }
     }
 }
@@ -264,6 +270,14 @@ impl SsmTunnel {
         }
     }
 
+    /// `--ssm-prewarm`: opens a session now, in the background, and keeps one open from then
+    /// on ([`keep_warm`]). Nothing without `prewarm` in the settings. Call once, at start.
+    pub fn start_prewarm(&self) {
+        if self.pool.settings.prewarm {
+            tokio::spawn(keep_warm(Arc::downgrade(&self.pool)));
+        }
+    }
+
     fn basic_stream(&self, opened: Opened) -> SsmStream {
         let channel = Arc::new(opened.channel);
         self.pool.lock().basic.push(Arc::downgrade(&channel));
@@ -375,15 +389,7 @@ impl Pool {
                 } else if let Some(s) = self.pick(&mut st) {
                     return Ok(Acquired::Mux(s));
                 } else {
-                    Some(match &st.opening {
-                        Some(rx) => rx.clone(),
-                        None => {
-                            let (tx, rx) = watch::channel(None);
-                            st.opening = Some(rx.clone());
-                            tokio::spawn(self.clone().open_shared(tx));
-                            rx
-                        }
-                    })
+                    Some(self.join_opening(&mut st))
                 }
             };
             let Some(mut rx) = waiting else {
@@ -392,6 +398,47 @@ impl Pool {
             let outcome = match rx.wait_for(Option::is_some).await {
                 Ok(outcome) => outcome.clone(),
                 Err(_) => Some(Err(SsmError::ShuttingDown)),
+            };
+            if let Some(Err(e)) = outcome {
+                return Err(e);
+            }
+        }
+    }
+
+    /// The session open in flight, or a new one started: its outcome is published there.
+    fn join_opening(self: &Arc<Self>, st: &mut PoolState) -> watch::Receiver<OpenResult> {
+        match &st.opening {
+            Some(rx) => rx.clone(),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                st.opening = Some(rx.clone());
+                tokio::spawn(self.clone().open_shared(tx));
+                rx
+            }
+        }
+    }
+
+    /// A live shared session, opened if there is none (or joining the open in flight); `None`
+    /// in basic mode, where sessions are not shared.
+    async fn warm_session(self: &Arc<Self>) -> Result<Option<Arc<MuxSession>>, SsmError> {
+        loop {
+            let mut rx = {
+                let mut st = self.lock();
+                if st.shutting_down {
+                    return Err(SsmError::ShuttingDown);
+                }
+                if st.basic_mode {
+                    return Ok(None);
+                }
+                st.sessions.retain(|s| s.is_alive());
+                if let Some(session) = st.sessions.first() {
+                    return Ok(Some(session.clone()));
+                }
+                self.join_opening(&mut st)
+            };
+            let outcome = match rx.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                Err(_) => return Err(SsmError::ShuttingDown),
             };
             if let Some(Err(e)) = outcome {
                 return Err(e);
@@ -551,10 +598,15 @@ impl Pool {
         self.lock().sessions.retain(|s| !Arc::ptr_eq(s, session));
     }
 
-    /// Removes the session if it is still unused; true when it was removed.
+    /// Removes the session if it is still unused (and, with `prewarm`, not the last one); true
+    /// when it was removed.
     fn retire_if_idle(&self, session: &Arc<MuxSession>) -> bool {
         let mut st = self.lock();
         if session.active.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let others = st.sessions.iter().filter(|s| !Arc::ptr_eq(s, session) && s.is_alive());
+        if self.settings.prewarm && others.count() == 0 {
             return false;
         }
         st.sessions.retain(|s| !Arc::ptr_eq(s, session));
@@ -568,6 +620,8 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
     let Some(idle_timeout) = pool.upgrade().map(|p| p.settings.idle_timeout) else {
         return;
     };
+    // The session --ssm-prewarm keeps must outlive the account's idle session timeout too.
+    let keep_warm = pool.upgrade().is_some_and(|p| p.settings.prewarm);
     let id = session.channel.session_id().to_owned();
     let mut sample =
         tokio::time::interval_at(tokio::time::Instant::now() + RATE_SAMPLE, RATE_SAMPLE);
@@ -577,7 +631,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
     let mut idle_since = tokio::time::Instant::now();
     loop {
         let active = session.active.load(Ordering::Acquire);
-        session.smux.set_keepalive(active > 0);
+        session.smux.set_keepalive(active > 0 || keep_warm);
         if active > 0 {
             idle_since = tokio::time::Instant::now();
         }
@@ -639,8 +693,74 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                     session.channel.terminate().await;
                     return;
                 }
+                // Kept (in use again, or the one --ssm-prewarm keeps): a new idle period.
+                idle_since = tokio::time::Instant::now();
             }
         }
+    }
+}
+
+/// After a failed prewarm open, the first wait before trying again; it doubles up to
+/// [`PREWARM_RETRY_MAX`].
+const PREWARM_RETRY_FIRST: Duration = Duration::from_secs(15);
+const PREWARM_RETRY_MAX: Duration = Duration::from_secs(300);
+/// A kept session that ends is reopened at once, but when two in a row lasted less than this,
+/// only after the retry wait: a session that dies as it opens makes no loop of StartSessions.
+const PREWARM_MIN_LIFE: Duration = Duration::from_secs(60);
+
+/// `--ssm-prewarm`: makes sure one shared session is open, now and whenever the last one ends
+/// (the monitor never retires the last one). Opens at most one at a time, through the same
+/// path as a connection, and only while none is open. A failure is logged once as a warning
+/// (not fatal: connections still open sessions as usual) and retried with a growing wait.
+/// Ends with the pool, at shutdown, or when the agent turns out too old for mux.
+async fn keep_warm(pool: Weak<Pool>) {
+    let mut retry = PREWARM_RETRY_FIRST;
+    let mut failures = 0u32;
+    let mut short_lives = 0u32;
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let warm = p.warm_session().await;
+        let target = p.settings.target.clone();
+        drop(p);
+        let wait = match warm {
+            Ok(Some(session)) => {
+                if failures > 0 {
+                    tracing::info!(%target, "--ssm-prewarm: an SSM session is open again");
+                }
+                failures = 0;
+                let found = tokio::time::Instant::now();
+                tokio::select! {
+                    _ = session.channel.wait_ended() => {}
+                    _ = session.smux.closed() => {}
+                }
+                if found.elapsed() >= PREWARM_MIN_LIFE {
+                    short_lives = 0;
+                    retry = PREWARM_RETRY_FIRST;
+                    continue;
+                }
+                short_lives += 1;
+                if short_lives == 1 {
+                    continue;
+                }
+                retry
+            }
+            Ok(None) => {
+                tracing::info!(%target, "--ssm-prewarm keeps no session open: the SSM agent is too old for multiplexing, so every connection needs a session of its own");
+                return;
+            }
+            Err(SsmError::ShuttingDown) => return,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(%target, error = %crate::session::display_chain(&e), hint = %e.hint(), retry_s = retry.as_secs(), "--ssm-prewarm could not open an SSM session; trying again in the background (connections open one as usual meanwhile)");
+                } else {
+                    tracing::debug!(%target, error = %crate::session::display_chain(&e), retry_s = retry.as_secs(), "--ssm-prewarm: still no SSM session");
+                }
+                retry
+            }
+        };
+        tokio::time::sleep(wait).await;
+        retry = (retry * 2).min(PREWARM_RETRY_MAX);
     }
 }
 

@@ -645,3 +645,86 @@ async fn a_minute_without_acks_from_the_agent_is_survived() {
     assert_eq!(stat(&rig.sim.stats().sessions_started), 1);
     assert!(stat(&rig.sim.stats().acks_held) > 0);
 }
+
+/// Polls `cond` until it holds (bounded by [`GUARD`]).
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let started = tokio::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < GUARD, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `--ssm-prewarm`: a session opens with no connection asking, the first connection runs in
+/// it, and once idle it outlives the idle timeout, kept open with keepalives.
+#[tokio::test]
+async fn prewarm_opens_a_session_at_start_and_keeps_it_open() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.prewarm = true;
+        s.idle_timeout = Duration::from_millis(200);
+        s.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let stats = rig.sim.stats();
+    rig.tunnel.start_prewarm();
+    until("the prewarmed session", || rig.tunnel.session_ids().len() == 1).await;
+    let warm = rig.tunnel.session_ids();
+    let mut stream = timeout(GUARD, rig.tunnel.open()).await.unwrap().expect("open");
+    assert_eq!(stream.session_id(), warm[0], "the first connection runs in the prewarmed session");
+    assert_eq!(echo(&mut stream, b"warm").await.unwrap(), b"warm");
+    assert_eq!(stat(&stats.sessions_started), 1);
+    drop(stream);
+    // Idle again: more keepalives than fit in two idle timeouts, and the session is kept.
+    let before = stat(&stats.client_keepalives);
+    until("keepalives on the idle session", || stat(&stats.client_keepalives) >= before + 5).await;
+    assert_eq!(rig.tunnel.session_ids(), warm, "the idle timeout did not retire it");
+    assert_eq!(stat(&stats.terminate_api_calls), 0);
+    assert_eq!(stat(&stats.sessions_started), 1, "no more sessions than the one kept");
+}
+
+/// The kept session ended (here the service's idle timeout, which keepalives slower than it
+/// cannot prevent): another opens at once, with no connection asking.
+#[tokio::test]
+async fn prewarm_reopens_when_the_kept_session_ends() {
+    let rig = rig_with(
+        SsmSimOptions {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..SsmSimOptions::default()
+        },
+        |s| s.prewarm = true,
+    )
+    .await;
+    let stats = rig.sim.stats();
+    rig.tunnel.start_prewarm();
+    until("the prewarmed session", || rig.tunnel.session_ids().len() == 1).await;
+    let first = rig.tunnel.session_ids();
+    until("the service's idle timeout", || stat(&stats.idle_timeouts) == 1).await;
+    until("a new kept session", || {
+        let ids = rig.tunnel.session_ids();
+        ids.len() == 1 && ids != first
+    })
+    .await;
+    assert_eq!(stat(&stats.sessions_started), 2);
+}
+
+/// A prewarm that cannot open a session is not fatal: it is tried, connections get the usual
+/// error meanwhile, and once StartSession works they get a session as usual.
+#[tokio::test]
+async fn a_failed_prewarm_leaves_connections_working() {
+    let rig = rig_with(
+        SsmSimOptions {
+            refuse_start: Some("AccessDeniedException".into()),
+            ..SsmSimOptions::default()
+        },
+        |s| s.prewarm = true,
+    )
+    .await;
+    let stats = rig.sim.stats();
+    rig.tunnel.start_prewarm();
+    until("the prewarm's StartSession", || stat(&stats.starts_refused) >= 1).await;
+    let err = timeout(GUARD, rig.tunnel.open()).await.unwrap().expect_err("refused");
+    assert!(matches!(err, SsmError::Api(_)), "{err:?}");
+    rig.sim.options().update(|o| o.refuse_start = None);
+    let mut stream = timeout(GUARD, rig.tunnel.open()).await.unwrap().expect("open");
+    assert_eq!(echo(&mut stream, b"ok").await.unwrap(), b"ok");
+}

@@ -1,0 +1,168 @@
+//! Fewer network round trips per new connection: PostgreSQL 17's direct TLS once the server has
+//! shown version 17 (with the fallback when it does not take it), and `--ssm-prewarm`. The
+//! simulated RDS front emulates PostgreSQL 17 where asked ([`PgEmulation`]); its counters say
+//! how each connection opened (SSLRequest or a ClientHello first).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rds_auth_proxy::app::Credentials;
+use rds_auth_proxy::sim::postgres::DB_USER;
+use rds_auth_proxy::sim::rds::PgEmulation;
+use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy::target::TargetContext;
+
+/// How the front saw connections open: (SSLRequest, ClientHello first, direct TLS taken).
+fn openings(sim: &Simulator) -> (u64, u64, u64) {
+    let s = &sim.front_state;
+    (
+        s.ssl_requests.load(Ordering::SeqCst),
+        s.direct_tls_attempts.load(Ordering::SeqCst),
+        s.direct_tls_accepted.load(Ordering::SeqCst),
+    )
+}
+
+/// Polls until `cond` holds (counters move on other tasks).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn sim_as(emulation: PgEmulation) -> Simulator {
+    start_sim_with(SimOptions {
+        rds_pg: emulation,
+        ..SimOptions::default()
+    })
+    .await
+}
+
+/// A running proxy with `extra` flags after `base`, and its target context to look into.
+async fn proxy(sim: &Simulator, mut base: Vec<String>, extra: &[&str]) -> (RunningProxy, Arc<TargetContext>) {
+    base.extend(extra.iter().map(|s| s.to_string()));
+    let bound = bind_proxy_with(&base, Credentials::FixedWith(sim.aws_setup())).await;
+    let ctx = bound.ctx.clone();
+    (RunningProxy::spawn(bound), ctx)
+}
+
+/// One login and one query through the proxy.
+async fn login(proxy: &RunningProxy) {
+    let client = connect(proxy, DB_USER).await.expect("login through the proxy");
+    let rows = client.simple_query("SELECT 1").await.expect("query");
+    assert!(!rows.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_once_the_server_has_shown_17() {
+    let sim = sim_as(PgEmulation::Pg17 { direct_tls: true }).await;
+    let (proxy, ctx) = proxy(&sim, direct_args(&sim), &[]).await;
+    assert_eq!(ctx.server.major_version(), None);
+    login(&proxy).await;
+    assert_eq!(openings(&sim), (1, 0, 0), "nothing known yet: SSLRequest");
+    assert_eq!(ctx.server.major_version(), Some(17), "learnt from server_version");
+    login(&proxy).await;
+    login(&proxy).await;
+    assert_eq!(openings(&sim), (1, 2, 2), "then TLS at once, no SSLRequest");
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_through_ssm() {
+    let sim = sim_as(PgEmulation::Pg17 { direct_tls: true }).await;
+    let (proxy, _ctx) = proxy(&sim, ssm_args(&sim), &[]).await;
+    login(&proxy).await;
+    login(&proxy).await;
+    assert_eq!(openings(&sim), (1, 1, 1));
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// Something in front of a PostgreSQL 17 that does not take direct TLS (RDS Proxy, a pooler):
+/// the one direct attempt fails, that connection starts over with SSLRequest and logs in, and
+/// no later connection tries direct TLS again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_claims_17_but_refuses_direct_tls_is_tried_once() {
+    let sim = sim_as(PgEmulation::Pg17 { direct_tls: false }).await;
+    let (proxy, ctx) = proxy(&sim, direct_args(&sim), &[]).await;
+    login(&proxy).await;
+    assert_eq!(ctx.server.major_version(), Some(17));
+    login(&proxy).await;
+    assert_eq!(openings(&sim), (2, 1, 0), "tried direct, fell back to SSLRequest");
+    assert!(ctx.server.refused_direct_tls());
+    login(&proxy).await;
+    login(&proxy).await;
+    assert_eq!(openings(&sim), (4, 1, 0), "never tried again");
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_never_keeps_sslrequest() {
+    let sim = sim_as(PgEmulation::Pg17 { direct_tls: true }).await;
+    let (proxy, _ctx) = proxy(&sim, direct_args(&sim), &["--direct-tls", "never"]).await;
+    login(&proxy).await;
+    login(&proxy).await;
+    assert_eq!(openings(&sim), (2, 0, 0));
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// `--direct-tls always` against PostgreSQL 15, which closes a connection that starts with a
+/// ClientHello: an error that says why and what to do, and no SSLRequest behind its back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_always_against_15_is_explained() {
+    let sim = sim_as(PgEmulation::Pg15).await;
+    let (proxy, _ctx) = proxy(&sim, direct_args(&sim), &["--direct-tls", "always"]).await;
+    let err = connect(&proxy, DB_USER).await.expect_err("PostgreSQL 15 takes no direct TLS");
+    let (code, message, hint) = db_error(&err);
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("direct TLS"), "{message}");
+    assert!(hint.unwrap_or_default().contains("--direct-tls auto"));
+    assert_eq!(openings(&sim), (0, 1, 0));
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// Direct TLS verifies the certificate exactly as after SSLRequest, and a certificate the
+/// proxy does not trust is a TLS error, not a reason to fall back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_verifies_the_certificate_and_does_not_fall_back_on_it() {
+    let sim = sim_as(PgEmulation::Pg17 { direct_tls: true }).await;
+    // Without --ca-bundle: the simulator's CA is not trusted.
+    let mut args = direct_args(&sim);
+    let at = args.iter().position(|a| a == "--ca-bundle").expect("--ca-bundle");
+    args.drain(at..at + 2);
+    let (proxy, ctx) = proxy(&sim, args, &[]).await;
+    ctx.server.saw_server_version("17.4");
+    let err = connect(&proxy, DB_USER).await.expect_err("untrusted certificate");
+    let (code, message, hint) = db_error(&err);
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("TLS handshake"), "{message}");
+    assert!(hint.unwrap_or_default().contains("--ca-bundle"));
+    assert_eq!(openings(&sim).0, 0, "no SSLRequest fallback");
+    assert_eq!(openings(&sim).1, 1);
+    assert!(!ctx.server.refused_direct_tls());
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// `--ssm-prewarm`: the session opens at start with no client asking, and the first psql logs
+/// in without opening another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_opens_the_session_before_the_first_client() {
+    let sim = start_sim().await;
+    let (proxy, _ctx) = proxy(&sim, ssm_args(&sim), &["--ssm-prewarm"]).await;
+    let stats = sim.ssm.stats();
+    eventually("the prewarmed session", || stats.handshakes_completed.load(Ordering::SeqCst) == 1).await;
+    login(&proxy).await;
+    assert_eq!(stats.sessions_started.load(Ordering::SeqCst), 1, "the first client used the prewarmed session");
+    proxy.stop().await;
+    sim.stop().await;
+}
