@@ -80,9 +80,14 @@ async fn a_login_costs_at_most_four_client_flights_and_a_query_one_more() {
     );
     assert_eq!(first_flights.session_id, second_flights.session_id, "one session for both");
 
-    // One simple query: one more flight on that connection, none on the other.
-    let n: i32 = second.query_one("SELECT 1", &[]).await.expect("select 1").get(0);
-    assert_eq!(n, 1);
+    // One simple query (Query → rows + ReadyForQuery): one more flight on that connection,
+    // none on the other. (`query_one` with SQL text would be two: Parse/Describe, then Bind.)
+    let rows = second.simple_query("SELECT 1").await.expect("select 1");
+    let one = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(one.as_deref(), Some("1"));
     let after = eventually("the query's flight", || {
         let now = flights_of(&sim, &second_flights);
         (now > second_flights.client_flights).then_some(now)
