@@ -482,14 +482,15 @@ pub async fn start_tls(
             })
         }
     }
-    let name = server_name(ctx)?;
+    let tls_error = |source| UpstreamError::Tls {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let name = server_name(endpoint).map_err(tls_error)?;
     TlsConnector::from(ctx.tls.clone())
         .connect(name, raw)
         .await
-        .map_err(|source| UpstreamError::Tls {
-            endpoint: endpoint.clone(),
-            source,
-        })
+        .map_err(tls_error)
 }
 
 /// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): the ClientHello at once, with ALPN
@@ -501,7 +502,10 @@ pub async fn start_direct_tls(
     raw: TunnelStream,
 ) -> Result<TlsStream<TunnelStream>, UpstreamError> {
     let endpoint = &ctx.target.endpoint;
-    let name = server_name(ctx)?;
+    let name = server_name(endpoint).map_err(|source| UpstreamError::Tls {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     let stream = match TlsConnector::from(ctx.tls.clone()).connect(name, raw).await {
         Ok(stream) => stream,
         Err(source) => {
@@ -533,11 +537,9 @@ pub async fn start_direct_tls(
 }
 
 /// The name TLS sends as SNI and verifies: the endpoint, never the address we dialled.
-fn server_name(ctx: &TargetContext) -> Result<ServerName<'static>, UpstreamError> {
-    ServerName::try_from(ctx.target.endpoint.clone()).map_err(|_| UpstreamError::Tls {
-        endpoint: ctx.target.endpoint.clone(),
-        source: std::io::Error::other("the endpoint is not a valid DNS name"),
-    })
+fn server_name(endpoint: &str) -> Result<ServerName<'static>, std::io::Error> {
+    ServerName::try_from(endpoint.to_owned())
+        .map_err(|_| std::io::Error::other("the endpoint is not a valid DNS name"))
 }
 
 /// A TLS failure about the server's certificate (or our trust in it), not about the protocol.
