@@ -621,7 +621,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
         return;
     };
     // The session --ssm-prewarm keeps must outlive the account's idle session timeout too.
-    let keep_warm = pool.upgrade().is_some_and(|p| p.settings.prewarm);
+    let prewarm = pool.upgrade().is_some_and(|p| p.settings.prewarm);
     let id = session.channel.session_id().to_owned();
     let mut sample =
         tokio::time::interval_at(tokio::time::Instant::now() + RATE_SAMPLE, RATE_SAMPLE);
@@ -631,7 +631,7 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
     let mut idle_since = tokio::time::Instant::now();
     loop {
         let active = session.active.load(Ordering::Acquire);
-        session.smux.set_keepalive(active > 0 || keep_warm);
+        session.smux.set_keepalive(active > 0 || prewarm);
         if active > 0 {
             idle_since = tokio::time::Instant::now();
         }
