@@ -100,6 +100,8 @@ pub struct Config {
     /// `--proxy-ca-bundle`: the roots for an RDS Proxy endpoint instead of the built-in Amazon
     /// Trust Services roots ([`crate::tls::TrustStore`]).
     pub proxy_ca_bundles: Vec<PathBuf>,
+    /// `--spare-connections`, `--spare-max-age`.
+    pub spares: crate::spare::SpareSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -235,6 +237,10 @@ impl Config {
             local_tls,
             http: http_address(args),
             exit_zero_on_sigterm: args.exit_zero_on_sigterm,
+            spares: crate::spare::SpareSettings {
+                per_key: args.spare_connections,
+                max_age: Duration::from_secs(args.spare_max_age),
+            },
             name: endpoint.clone(),
             endpoint,
             port,

@@ -112,6 +112,8 @@ pub struct TargetContext {
     pub metrics: crate::metrics::TargetMetrics,
     /// `--profile`: named in the HINT for an expired SSO session (`aws sso login --profile X`).
     pub profile: Option<String>,
+    /// `--spare-connections`: logged-in upstream connections kept ready for known clients.
+    pub spares: crate::spare::Spares,
 }
 
 impl TargetContext {
