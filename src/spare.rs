@@ -457,3 +457,68 @@ async fn terminate(mut upstream: Upstream) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::startup::{encode_startup, parse_first_packet, FirstPacket};
+
+    fn startup(app: &str) -> StartupMessage {
+        let packet = encode_startup(3, 0, &[("user", "u"), ("database", "d"), ("application_name", app)]);
+        match parse_first_packet(packet) {
+            Ok(FirstPacket::Startup(s)) => s,
+            other => panic!("not a startup: {other:?}"),
+        }
+    }
+
+    /// Spares with no context to open anything with: the bookkeeping alone.
+    fn spares(per_key: usize) -> Spares {
+        let settings = SpareSettings { per_key, max_age: DEFAULT_MAX_AGE };
+        Spares::new(settings, Weak::new(), SpareMetrics::default())
+    }
+
+    fn keys(s: &Spares) -> Vec<(String, usize)> {
+        s.state()
+            .keys
+            .iter()
+            .map(|k| (String::from_utf8_lossy(k.startup.param("application_name").unwrap_or_default()).into_owned(), k.sessions))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_capped_and_the_least_recent_idle_one_gives_way() {
+        let s = spares(1);
+        let a = s.lease(&startup("a"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(s.lease(&startup("b")));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(s.lease(&startup("c")));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(s.lease(&startup("d")));
+        assert_eq!(keys(&s).len(), MAX_KEYS);
+        // "a" is the oldest but has a session open: "b" gives way.
+        let _e = s.lease(&startup("e"));
+        assert_eq!(keys(&s), [("a".into(), 1), ("c".into(), 0), ("d".into(), 0), ("e".into(), 1)]);
+        drop(a);
+        assert_eq!(keys(&s)[0], ("a".into(), 0), "the lease ends with its session");
+    }
+
+    #[tokio::test]
+    async fn off_or_closed_keeps_nothing_and_takes_nothing() {
+        let off = spares(0);
+        let _lease = off.lease(&startup("a"));
+        assert!(keys(&off).is_empty());
+        assert!(off.take(&startup("a")).await.is_none());
+        assert_eq!(off.metrics.misses.get(), 0, "no misses counted while off");
+
+        let on = spares(2);
+        drop(on.lease(&startup("a")));
+        assert!(on.take(&startup("a")).await.is_none());
+        assert!(on.take(&startup("b")).await.is_none());
+        assert_eq!(on.metrics.misses.get(), 2);
+        on.close();
+        let _lease = on.lease(&startup("a"));
+        assert!(keys(&on).is_empty(), "nothing kept after close");
+        on.closed().await;
+    }
+}
