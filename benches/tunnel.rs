@@ -54,6 +54,18 @@
 //!    session busy with a download it queues behind the agent's backlog). Goal: near-linear
 //!    with the elastic pool, about flat with one.
 //!
+//! 5. A real network (the simulator's `SsmSimOptions::real_network()` on top of the AWS-like
+//!    preset: 25 ms each way, a 50 ms round trip, and the agent's 5 ms early-input window), per
+//!    round: the first connection through a freshly started proxy (StartSession, the WebSocket
+//!    upgrade and the handshake included), NET_CONNECTS new connections on the session that
+//!    first one keeps open, and NET_SELECTS prepared `select 1` round trips on it, vs the same
+//!    `select 1` through `--via direct`, which has no simulated network. Each time is also
+//!    given in round trips (time / 50 ms), beside the client flights the simulated agent counted
+//!    for the connection (`SsmSim::stream_flights`: how often the client waited for an answer).
+//!    "Pacing must never cost latency it does not have to": a `select 1` should cost one round
+//!    trip plus what it costs direct, nothing more; the row shows the excess.
+//!    `SECTIONS=network` runs this section alone (a few seconds; no table is loaded).
+//!
 //! Simulator caveat: the simulated agent's "1 ms" pacing sleeps on tokio's millisecond timer,
 //! which rounds up, so one agent message takes about 2 ms: a one-session download here runs at
 //! about half of what 1024 B per ms would give, and under the preset a back-to-back round trip
@@ -69,6 +81,7 @@
 //! ```text
 //! cargo bench --bench tunnel          # ROUNDS=3 SIZE_MIB=64 CAPPED_MIB=4 LATENCY_ITERS=2000
 //! ROUNDS=5 SIZE_MIB=128 CAPPED_MIB=8 cargo bench --bench tunnel
+//! SECTIONS=network cargo bench --bench tunnel     # section 5 only
 //! ```
 //!
 //! MB/s is 10^6 bytes per second. Progress goes to stderr, the summary to stdout; RUST_LOG turns
@@ -130,6 +143,11 @@ const BUSY_WAIT_CAP: Duration = Duration::from_secs(3);
 const BUSY_POLL: Duration = Duration::from_millis(20);
 /// Untimed `select 1` round trips before each timed latency run.
 const LATENCY_WARMUP: usize = 100;
+/// Section 5: new connections timed per round on an open session.
+const NET_CONNECTS: usize = 8;
+/// Section 5: prepared `select 1` round trips timed per round (after NET_WARMUP untimed ones).
+const NET_SELECTS: usize = 20;
+const NET_WARMUP: usize = 3;
 
 fn main() -> Result<()> {
     let settings = Settings::from_env()?;
@@ -161,6 +179,8 @@ struct Settings {
     capped_size: usize,
     /// `select 1` round trips per route and round.
     latency_iters: usize,
+    /// `SECTIONS=network`: only section 5.
+    only_network: bool,
 }
 
 impl Settings {
@@ -170,6 +190,12 @@ impl Settings {
             size: env_number("SIZE_MIB", 64)? * MIB,
             capped_size: env_number("CAPPED_MIB", 4)? * MIB,
             latency_iters: env_number("LATENCY_ITERS", 2000)?,
+            only_network: match std::env::var("SECTIONS") {
+                Err(_) => false,
+                Ok(s) if s.trim() == "network" => true,
+                Ok(s) if s.trim() == "all" => false,
+                Ok(s) => bail!("SECTIONS={s:?}: use `network` (section 5 only) or `all`"),
+            },
         })
     }
 }
@@ -206,6 +232,12 @@ async fn run(settings: Settings) -> Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("the simulator did not start: {e}"))?;
 
+    if settings.only_network {
+        let network = real_network(&sim, &settings).await?;
+        print_network_summary(&settings, &network, started.elapsed());
+        sim.stop().await;
+        return Ok(());
+    }
     eprintln!(
         "tunnel bench: rounds={} size={} MiB capped={} MiB per COPY latency={} round trips",
         settings.rounds,
@@ -254,6 +286,7 @@ async fn run(settings: Settings) -> Result<()> {
     let latency = latency(&sim, &settings).await?;
     let beside = beside_bulk(&sim, &settings, &capped).await?;
     let scaling = elastic_scaling(&sim, &settings, &capped).await?;
+    let network = real_network(&sim, &settings).await?;
 
     print_summary(
         &settings,
@@ -264,6 +297,7 @@ async fn run(settings: Settings) -> Result<()> {
         &scaling,
         started.elapsed(),
     );
+    print_network_summary(&settings, &network, started.elapsed());
     sim.stop().await;
     Ok(())
 }
@@ -1008,6 +1042,162 @@ async fn copy_out_tracked(
         "COPY capped TO returned {received} bytes, expected {expected}"
     );
     Ok(hasher.map(|h| hex::encode(h.finalize())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 5: a real network
+
+/// Section 5's results, in milliseconds, one entry per round unless said otherwise.
+#[derive(Default)]
+struct RealNetwork {
+    /// The first connection through a freshly started proxy.
+    first_connect: Vec<f64>,
+    first_flights: Vec<u64>,
+    /// Median new connection on the open session.
+    new_connect: Vec<f64>,
+    /// Client flights of every new connection (all rounds).
+    new_flights: Vec<u64>,
+    /// Median prepared `select 1`, through the tunnel and direct.
+    select_ssm: Vec<f64>,
+    select_direct: Vec<f64>,
+    /// Client data the simulated agent dropped in its early-input window, whole section.
+    early_drops: u64,
+}
+
+/// The simulated round trip of [`SsmSimOptions::real_network`].
+fn network_rtt() -> Duration {
+    2 * SsmSimOptions::real_network().latency.unwrap_or_default()
+}
+
+async fn real_network(sim: &Simulator, settings: &Settings) -> Result<RealNetwork> {
+    set_aws_limits(sim, true);
+    let network = SsmSimOptions::real_network();
+    sim.ssm.options().update(|o| {
+        o.latency = network.latency;
+        o.early_input_window = network.early_input_window;
+    });
+    let stats = sim.ssm.stats();
+    let drops_before = SsmSimStats::get(&stats.early_input_dropped);
+    let mut out = RealNetwork::default();
+    let direct = BenchProxy::start_direct("direct", sim).await?;
+    let direct_client = direct.connect().await?;
+    for round in 1..=settings.rounds {
+        let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+        // A fresh proxy: its first connection opens the session too.
+        let proxy = BenchProxy::start_ssm("ssm real network", sim, &[]).await?;
+        let (keep, took, flights) = timed_connect(sim, &proxy).await?;
+        out.first_connect.push(took);
+        out.first_flights.push(flights);
+        let mut times = Vec::new();
+        for _ in 0..NET_CONNECTS {
+            let (client, took, flights) = timed_connect(sim, &proxy).await?;
+            times.push(took);
+            out.new_flights.push(flights);
+            drop(client);
+        }
+        out.new_connect.push(median(&times));
+        let ssm = prepared_select_ms(&keep).await.context("ssm real network: select 1")?;
+        let direct = prepared_select_ms(&direct_client).await.context("direct: select 1")?;
+        out.select_ssm.push(median(&ssm));
+        out.select_direct.push(median(&direct));
+        no_cuts(&stats, cuts, "ssm real network", "connections and select 1")?;
+        eprintln!(
+            "round {round} network   first connection {:.0} ms ({} flights), new connection median {:.0} ms, \
+             select 1 median {:.1} ms (direct {:.2} ms)",
+            out.first_connect[round - 1],
+            out.first_flights[round - 1],
+            out.new_connect[round - 1],
+            out.select_ssm[round - 1],
+            out.select_direct[round - 1],
+        );
+        drop(keep);
+        proxy.stop().await;
+    }
+    out.early_drops = SsmSimStats::get(&stats.early_input_dropped) - drops_before;
+    sim.ssm.options().update(|o| {
+        o.latency = None;
+        o.early_input_window = None;
+    });
+    drop(direct_client);
+    direct.stop().await;
+    Ok(out)
+}
+
+/// Connects through `proxy`; returns the client, how long the login took (ms) and the client
+/// flights the simulated agent counted for the one target connection it opened.
+async fn timed_connect(sim: &Simulator, proxy: &BenchProxy) -> Result<(tokio_postgres::Client, f64, u64)> {
+    let before = sim.ssm.stream_flights().len();
+    let start = Instant::now();
+    let client = proxy.connect().await?;
+    let took = start.elapsed().as_secs_f64() * 1e3;
+    let opened = sim.ssm.stream_flights();
+    ensure!(
+        opened.len() == before + 1,
+        "{}: one login opened {} target connections",
+        proxy.label,
+        opened.len().saturating_sub(before)
+    );
+    Ok((client, took, opened[before].client_flights))
+}
+
+/// NET_SELECTS timed prepared `select 1` round trips (after NET_WARMUP), in ms each.
+async fn prepared_select_ms(client: &tokio_postgres::Client) -> Result<Vec<f64>> {
+    let statement = client.prepare("SELECT 1").await.context("prepare")?;
+    for _ in 0..NET_WARMUP {
+        client.query_one(&statement, &[]).await.context("warm-up")?;
+    }
+    let mut times = Vec::with_capacity(NET_SELECTS);
+    for _ in 0..NET_SELECTS {
+        let start = Instant::now();
+        let one: i32 = client.query_one(&statement, &[]).await?.get(0);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        ensure!(one == 1, "select 1 returned {one}");
+    }
+    Ok(times)
+}
+
+fn print_network_summary(settings: &Settings, net: &RealNetwork, took: Duration) {
+    let rtt = network_rtt().as_secs_f64() * 1e3;
+    let flights = |values: &[u64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        match (sorted.first(), sorted.last()) {
+            (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
+            (Some(lo), Some(hi)) => format!("{lo}–{hi}"),
+            _ => "-".to_owned(),
+        }
+    };
+    println!();
+    println!(
+        "5. real network: {rtt:.0} ms round trip (25 ms each way), AWS-like limits, the agent's 5 ms \
+         early-input window; median of {} rounds (run took {:.0} s)",
+        settings.rounds,
+        took.as_secs_f64()
+    );
+    println!("{:<46} {:>10} {:>8} {:>15}", "", "ms", "RTTs", "client flights");
+    let row = |label: &str, ms: f64, flights: String| {
+        println!("{label:<46} {ms:>10.1} {:>8.2} {flights:>15}", ms / rtt);
+    };
+    row(
+        "first connection after proxy start",
+        median(&net.first_connect),
+        flights(&net.first_flights),
+    );
+    row(
+        "new connection on an open session",
+        median(&net.new_connect),
+        flights(&net.new_flights),
+    );
+    let ssm = median(&net.select_ssm);
+    let direct = median(&net.select_direct);
+    row("prepared select 1 through the tunnel", ssm, "1 expected".to_owned());
+    row("prepared select 1 direct (no network)", direct, "-".to_owned());
+    println!(
+        "  pacing must never cost latency it does not have to: select 1 through the tunnel - 1 RTT - direct = \
+         {:+.2} ms; early input dropped by the agent: {}",
+        ssm - rtt - direct,
+        net.early_drops
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

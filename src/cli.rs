@@ -510,9 +510,10 @@ pub struct SimArgs {
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_REFUSE_RESUME")]
     pub ssm_refuse_resume: bool,
     /// Simulated SSM: enforce AWS's known limits together — 1024-byte agent payloads, 1 ms
-    /// agent pacing, and cutting a client WebSocket above 1000 data messages/s. Each part
-    /// stays its own flag (--ssm-payload-cap, --ssm-pacing, --ssm-client-rate-limit), which
-    /// wins when given.
+    /// agent pacing, cutting a client WebSocket above 1000 data messages/s, the agent's
+    /// one-message-per-tick resends, and its 5 ms early-input window after the handshake. Each
+    /// part stays its own flag (--ssm-payload-cap, --ssm-pacing, --ssm-client-rate-limit,
+    /// --ssm-early-input-window), which wins when given. No latency: add --ssm-real-network.
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_AWS_LIMITS")]
     pub ssm_aws_limits: bool,
     /// Simulated SSM: reset a data channel WebSocket (no close frame; the session stays
@@ -537,6 +538,30 @@ pub struct SimArgs {
     /// after its 15 s handshake timeout).
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_HANG_HANDSHAKE")]
     pub ssm_hang_handshake: bool,
+
+    /// Simulated SSM: one-way network delay between the client and AWS, e.g. 25ms. Each way:
+    /// every data channel frame arrives this much later in both directions, so a message and
+    /// its answer cost twice this (one round trip); every API call and WebSocket upgrade pays
+    /// a round trip, plus two more (TCP and TLS handshakes) on a new connection. Frames in
+    /// flight overlap, so throughput is not capped by it. Default: none (loopback).
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_LATENCY")]
+    pub ssm_latency: Option<std::time::Duration>,
+    /// Simulated SSM: random extra delay, 0 to DURATION, added to each frame and request on
+    /// top of --ssm-latency, each way. Frames of one WebSocket still arrive in order.
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_JITTER")]
+    pub ssm_jitter: Option<std::time::Duration>,
+    /// Simulated SSM: for this long after the agent sends HandshakeComplete, client data is
+    /// dropped without an ack (the port plugin is not ready yet), so the client must resend
+    /// it — AWS's agent does this for 0.4–5 ms. 0 = off (the default; 5ms with
+    /// --ssm-aws-limits or --ssm-real-network).
+    #[arg(long, value_name = "DURATION", value_parser = crate::sim::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_SSM_EARLY_INPUT_WINDOW")]
+    pub ssm_early_input_window: Option<std::time::Duration>,
+    /// Simulated SSM: a real network between the client and AWS — 25 ms each way (a 50 ms
+    /// round trip, see --ssm-latency) and the agent's 5 ms early-input window. Combine with
+    /// --ssm-aws-limits for AWS's limits too; --ssm-latency, --ssm-jitter and
+    /// --ssm-early-input-window win when given.
+    #[arg(long, env = "RDS_AUTH_PROXY_SIM_SSM_REAL_NETWORK")]
+    pub ssm_real_network: bool,
 
     /// Simulated SSM: the managed node has lost its connection (ConnectionLost in
     /// DescribeInstanceInformation, TargetNotConnected from StartSession).

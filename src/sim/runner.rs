@@ -363,9 +363,16 @@ fn current_exe() -> String {
 
 /// The `sim` flags' SSM knobs.
 fn ssm_options(args: &SimArgs) -> SsmSimOptions {
-    // --ssm-aws-limits fills in what the individual flags leave unset (the payload cap's
-    // default already is AWS's 1024); 0 switches the rate limit off either way.
+    // --ssm-aws-limits and --ssm-real-network fill in what the individual flags leave unset
+    // (the payload cap's default already is AWS's 1024); 0 switches the rate limit and the
+    // early-input window off either way.
     let limits = args.ssm_aws_limits.then(SsmSimOptions::aws_limits);
+    let network = args.ssm_real_network.then(SsmSimOptions::real_network);
+    let presets = || limits.iter().chain(network.iter());
+    let early_input_window = match args.ssm_early_input_window {
+        Some(window) => (!window.is_zero()).then_some(window),
+        None => presets().find_map(|p| p.early_input_window),
+    };
     let client_rate_limit = match args.ssm_client_rate_limit {
         Some(0) => None,
         Some(n) => Some(n),
@@ -392,6 +399,9 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         refuse_start: args.ssm_refuse_start.clone(),
         resend_front_only: args.ssm_aws_limits || args.ssm_resend_front_only,
         node_offline: args.ssm_node_offline,
+        latency: args.ssm_latency.or_else(|| presets().find_map(|p| p.latency)),
+        jitter: args.ssm_jitter.or_else(|| presets().find_map(|p| p.jitter)),
+        early_input_window,
     }
 }
 
@@ -549,5 +559,23 @@ mod tests {
         let faults = sim_options(&["--ssm-refuse-start", "AccessDeniedException", "--ssm-hang-upgrade", "--ssm-hang-handshake"]);
         assert_eq!(faults.refuse_start.as_deref(), Some("AccessDeniedException"));
         assert!(faults.hang_upgrade && faults.hang_handshake);
+        let no_window = sim_options(&["--ssm-aws-limits", "--ssm-early-input-window", "0"]);
+        assert_eq!(no_window.early_input_window, None, "0 switches the window off");
+    }
+
+    #[test]
+    fn real_network_flag_and_its_parts() {
+        assert_eq!(sim_options(&["--ssm-real-network"]), SsmSimOptions::real_network());
+        assert_eq!(
+            sim_options(&["--ssm-real-network", "--ssm-aws-limits"]),
+            SsmSimOptions::aws_limits().with_real_network()
+        );
+        let tuned = sim_options(&["--ssm-real-network", "--ssm-latency", "100ms", "--ssm-jitter", "5ms"]);
+        assert_eq!(tuned.latency, Some(Duration::from_millis(100)), "an explicit flag wins");
+        assert_eq!(tuned.jitter, Some(Duration::from_millis(5)));
+        assert_eq!(tuned.early_input_window, Some(Duration::from_millis(5)));
+        let alone = sim_options(&["--ssm-latency", "10ms"]);
+        assert_eq!(alone.latency, Some(Duration::from_millis(10)));
+        assert_eq!(alone.early_input_window, None, "latency alone adds no window");
     }
 }

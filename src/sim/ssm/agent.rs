@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use uuid::Uuid;
 
+use super::flights::SessionFlights;
 use super::port::{self, PortEvent, PortHandle};
 use super::{bump, Fault, Inner, SessionInfo};
 use crate::tunnel::ssm::handshake::{
@@ -284,6 +285,11 @@ struct Agent {
     started: Instant,
     /// Last pass of the front-only resend scheduler (`resend_front_only`).
     last_resend_pass: Instant,
+    /// When HandshakeComplete went out: the port plugin is not ready for the
+    /// `early_input_window` after it.
+    complete_sent_at: Option<Instant>,
+    /// Round trips per target connection, once the port plugin runs.
+    flights: Option<SessionFlights>,
 }
 
 impl Agent {
@@ -313,6 +319,8 @@ impl Agent {
             handshake_sent: false,
             started: now,
             last_resend_pass: now,
+            complete_sent_at: None,
+            flights: None,
         }
     }
 
@@ -367,6 +375,7 @@ impl Agent {
             sent_at: self.started,
         };
         self.push(PayloadType::HandshakeRequest, Bytes::from(payload))
+            .map(drop)
     }
 
     async fn run(&mut self, events: &mut mpsc::Receiver<Event>) -> End {
@@ -499,8 +508,11 @@ impl Agent {
             message_type::ACKNOWLEDGE => {
                 match message.json_payload::<AcknowledgeContent>("acknowledge") {
                     Ok(ack) => {
-                        self.out
-                            .on_ack(ack.acknowledged_message_sequence_number, Instant::now());
+                        let seq = ack.acknowledged_message_sequence_number;
+                        self.out.on_ack(seq, Instant::now());
+                        if let Some(flights) = &mut self.flights {
+                            flights.on_ack(seq);
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(session = %self.shared.id, error = %e, "simulated agent: bad ack dropped");
@@ -541,6 +553,12 @@ impl Agent {
     /// One `input_stream_data`, after the fault injection: ack, order, deliver (§4.2).
     fn on_stream(&mut self, message: ClientMessage) -> Result<(), End> {
         let seq = message.sequence_number;
+        if seq == self.inc.expected() && self.in_early_input_window(&message) {
+            // The port plugin is not ready yet (§6a): ErrHandlerNotReady, as below.
+            bump(&self.inner.stats.early_input_dropped);
+            tracing::debug!(session = %self.shared.id, seq, "simulated agent: early input dropped unacked");
+            return Ok(());
+        }
         if seq == self.inc.expected() && !self.ready_for(&message) {
             // ErrHandlerNotReady: neither acked nor consumed, so the client resends it later.
             return Ok(());
@@ -564,6 +582,20 @@ impl Agent {
             Delivery::Buffered | Delivery::Dropped => {}
         }
         Ok(())
+    }
+
+    /// Whether `message` is client Output arriving while the port plugin is still getting
+    /// ready after HandshakeComplete (the `early_input_window` knob).
+    fn in_early_input_window(&self, message: &ClientMessage) -> bool {
+        let Some(sent_at) = self.complete_sent_at else {
+            return false;
+        };
+        message.payload_type == PayloadType::Output
+            && self
+                .inner
+                .knobs
+                .read(|o| o.early_input_window)
+                .is_some_and(|window| Instant::now() < sent_at + window)
     }
 
     fn ready_for(&self, message: &ClientMessage) -> bool {
@@ -601,6 +633,9 @@ impl Agent {
                 if message.payload[..] == SMUX_NOP {
                     bump(&self.inner.stats.client_keepalives);
                 }
+                if let Some(flights) = &mut self.flights {
+                    flights.on_client_output(&message.payload);
+                }
                 if let Some(port) = &self.port {
                     port.write(message.payload);
                 }
@@ -612,6 +647,9 @@ impl Agent {
                     Err(End::TerminateFlag)
                 }
                 Ok(FlagPayload::DisconnectToPort) => {
+                    if let Some(flights) = &mut self.flights {
+                        flights.on_disconnect();
+                    }
                     if let Some(port) = &self.port {
                         port.disconnect();
                     }
@@ -676,6 +714,7 @@ impl Agent {
         let payload = serde_json::to_vec(&complete)
             .map_err(|e| End::Stopped(format!("cannot encode HandshakeComplete: {e}")))?;
         self.push(PayloadType::HandshakeComplete, Bytes::from(payload))?;
+        self.complete_sent_at = Some(Instant::now());
         self.phase = Phase::Complete;
         bump(&self.inner.stats.handshakes_completed);
         {
@@ -698,13 +737,22 @@ impl Agent {
         };
         self.port = Some(handle);
         self.port_events = Some(events);
+        self.flights = Some(SessionFlights::new(
+            self.inner.stats.clone(),
+            &self.shared.id,
+            mux,
+        ));
         Ok(())
     }
 
     fn on_port_event(&mut self, event: PortEvent, pacing: Option<Duration>) -> Result<(), End> {
         match event {
             PortEvent::Output(data) => {
-                self.push(PayloadType::Output, data)?;
+                let payload = self.flights.is_some().then(|| data.clone());
+                let seq = self.push(PayloadType::Output, data)?;
+                if let (Some(flights), Some(payload)) = (&mut self.flights, payload) {
+                    flights.on_agent_output(seq, &payload);
+                }
                 if let Some(pacing) = pacing {
                     // From the planned time, not from now: timers fire up to a millisecond
                     // late, and "now + 1 ms" would pace at ~2 ms per message, half AWS's rate.
@@ -714,6 +762,7 @@ impl Agent {
             }
             PortEvent::ConnectError => {
                 self.push(PayloadType::Flag, FlagPayload::ConnectToPortError.encode())
+                    .map(drop)
             }
             PortEvent::Failed(text) => Err(End::PortFailed(text)),
         }
@@ -766,8 +815,9 @@ impl Agent {
         Ok(())
     }
 
-    /// Numbers, keeps and sends one `output_stream_data` (SYN on seq 0, as the agent sets it).
-    fn push(&mut self, payload_type: PayloadType, payload: Bytes) -> Result<(), End> {
+    /// Numbers, keeps and sends one `output_stream_data` (SYN on seq 0, as the agent sets it);
+    /// returns its sequence number.
+    fn push(&mut self, payload_type: PayloadType, payload: Bytes) -> Result<i64, End> {
         let now = Instant::now();
         let queued = self
             .out
@@ -786,7 +836,7 @@ impl Agent {
         self.last_activity = now;
         self.transmit(queued.frame, false);
         self.count_fresh();
-        Ok(())
+        Ok(queued.sequence_number)
     }
 
     /// Counts one new stream message (either direction) on the current connection and kills
@@ -863,6 +913,9 @@ impl Agent {
             info.ended = Some(output.clone());
             info.client_id.clone()
         };
+        if let Some(flights) = &mut self.flights {
+            flights.finish();
+        }
         // Close the target side first, as the agent cancels its plugin before closing.
         self.port = None;
         self.port_events = None;

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -118,9 +119,12 @@ pub(super) async fn serve(listener: TcpListener, inner: Arc<Inner>) {
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
         tokio::spawn(async move {
+            // The first request on a connection also pays for opening it (see `handle`).
+            let opened = std::sync::atomic::AtomicBool::new(false);
             let service = service_fn(move |request| {
                 let inner = inner.clone();
-                async move { Ok::<_, Infallible>(handle(request, inner).await) }
+                let new_connection = !opened.swap(true, std::sync::atomic::Ordering::Relaxed);
+                async move { Ok::<_, Infallible>(handle(request, inner, new_connection).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -133,7 +137,38 @@ pub(super) async fn serve(listener: TcpListener, inner: Arc<Inner>) {
     }
 }
 
-async fn handle(request: Request<Incoming>, inner: Arc<Inner>) -> Response<Full<Bytes>> {
+/// Round trips to open an `https://`/`wss://` connection before its first request: the TCP
+/// handshake and the TLS 1.3 handshake.
+const CONNECTION_SETUP_ROUND_TRIPS: usize = 2;
+
+/// One request over the simulated network (the `latency`/`jitter` knobs; see
+/// [`super::SsmSimOptions`]): it reaches the service one way after it was sent (plus the TCP and
+/// TLS 1.3 handshakes, [`CONNECTION_SETUP_ROUND_TRIPS`], on a `new_connection`), is served, and
+/// the answer takes another one way back. A data channel upgrade, always on a new connection,
+/// thus answers after 3 round trips; an API call on a kept-alive connection after 1.
+async fn handle(
+    request: Request<Incoming>,
+    inner: Arc<Inner>,
+    new_connection: bool,
+) -> Response<Full<Bytes>> {
+    let crossings = if new_connection {
+        1 + 2 * CONNECTION_SETUP_ROUND_TRIPS
+    } else {
+        1
+    };
+    let there: Duration = (0..crossings).map(|_| inner.one_way_delay()).sum();
+    if !there.is_zero() {
+        tokio::time::sleep(there).await;
+    }
+    let response = answer(request, inner.clone()).await;
+    let back = inner.one_way_delay();
+    if !back.is_zero() {
+        tokio::time::sleep(back).await;
+    }
+    response
+}
+
+async fn answer(request: Request<Incoming>, inner: Arc<Inner>) -> Response<Full<Bytes>> {
     if request.method() == Method::GET {
         if let Some(id) = request.uri().path().strip_prefix(DATA_CHANNEL_PATH) {
             let id = id.to_owned();

@@ -1,7 +1,9 @@
 //! One data channel WebSocket as MGS serves it (`ssm-protocol.md` §1.2): the OpenDataChannel
 //! text frame with a single-use token, then binary frames relayed to and from the session task,
 //! plus the connection faults (abrupt kill after N messages or T seconds, `1000 Bye`), the
-//! gateway's inbound rate limit and a reader that stops reading.
+//! gateway's inbound rate limit and a reader that stops reading. With the `latency`/`jitter`
+//! knobs every frame crosses a [`DelayLine`] in each direction (the network between the client
+//! and AWS; see [`super::SsmSimOptions`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Frames queued from the session to this connection.
 const OUT_QUEUE: usize = 4096;
+
+/// Frames in flight on the simulated network per direction before the sender is held back
+/// (TCP's window: beyond it the sender's writes stall).
+const IN_FLIGHT: usize = 4096;
 
 /// Connection ids, so a session can ignore a connection it has replaced.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -91,6 +97,121 @@ impl InboundMeter {
     }
 }
 
+/// A one-way network path: what goes in comes out after its delay, in the order it went in (a
+/// frame never overtakes the one ahead of it, as on one TCP connection). Frames in flight
+/// overlap, so the delay costs latency, not throughput.
+pub(super) struct DelayLine<T> {
+    queue: VecDeque<(Instant, T)>,
+    /// When the last frame in will come out; no later frame comes out earlier.
+    last_due: Option<Instant>,
+}
+
+impl<T> Default for DelayLine<T> {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            last_due: None,
+        }
+    }
+}
+
+impl<T> DelayLine<T> {
+    /// Sends `item` at `now` across a path that takes `delay`. Returns it back when it would
+    /// arrive at once (no delay, nothing ahead of it), so the caller can skip the queue.
+    pub(super) fn send(&mut self, now: Instant, delay: Duration, item: T) -> Option<T> {
+        if delay.is_zero() && self.queue.is_empty() {
+            self.last_due = None;
+            return Some(item);
+        }
+        let due = self.last_due.map_or(now + delay, |last| (now + delay).max(last));
+        self.last_due = Some(due);
+        self.queue.push_back((due, item));
+        None
+    }
+
+    /// When the next frame arrives, if any is in flight.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(due, _)| *due)
+    }
+
+    /// The next frame if it has arrived by `now`.
+    pub(super) fn arrived(&mut self, now: Instant) -> Option<T> {
+        if self.next_due().is_some_and(|due| due <= now) {
+            self.queue.pop_front().map(|(_, item)| item)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// What the gateway does with one frame that reached it from the client.
+enum Arrival {
+    Deliver,
+    /// The client exceeded the `client_rate_limit` knob.
+    RateLimited,
+}
+
+/// Meters one client frame as it reaches the gateway (after the network's delay: bursts that
+/// the path bunched up count as bursts).
+fn meter_arrival(inner: &Inner, meter: &mut InboundMeter, frame: &[u8]) -> Arrival {
+    if !is_client_data(frame) {
+        return Arrival::Deliver;
+    }
+    bump(&inner.stats.client_data_messages);
+    let in_window = meter.record(Instant::now());
+    inner
+        .stats
+        .peak_client_msgs_per_sec
+        .fetch_max(in_window, Ordering::Relaxed);
+    let limit = inner.knobs.read(|o| o.client_rate_limit);
+    if limit.is_some_and(|n| in_window > u64::from(n)) {
+        Arrival::RateLimited
+    } else {
+        Arrival::Deliver
+    }
+}
+
+/// What the writer does after handing one frame to the socket.
+enum Sent {
+    Continue,
+    /// The connection is over (close sent or the socket failed).
+    Stop,
+}
+
+async fn send_out<S>(sink: &mut S, out: WsOut) -> Sent
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match out {
+        WsOut::Binary(frame) | WsOut::Replay(frame) => {
+            if sink.send(Message::Binary(frame)).await.is_err() {
+                Sent::Stop
+            } else {
+                Sent::Continue
+            }
+        }
+        WsOut::Close { code, reason } => {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                })))
+                .await;
+            Sent::Stop
+        }
+        // Handled before it enters the delay line (a reset does not wait for the data ahead).
+        WsOut::Kill => Sent::Stop,
+    }
+}
+
 /// Whether a raw frame is an `input_stream_data` message, judged from its MessageType field
 /// alone (bytes 4..36, space or NUL padded), as a gateway would meter it without decoding.
 fn is_client_data(frame: &[u8]) -> bool {
@@ -130,70 +251,22 @@ pub(super) async fn serve<S>(
         out: out_tx,
         client_id: open.client_id,
     };
-    if events.send(attach).await.is_err() {
-        return;
-    }
     let opened = Instant::now();
     let mut knobs = inner.knobs.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
     // Reading and writing run independently, as MGS does: a peer that is busy writing to us
     // must never find us blocked writing to it (both TCP buffers full = deadlock).
-    let (mut sink, mut stream) = futures_util::StreamExt::split(ws);
-    let reader_events = events.clone();
-    let reader_inner = inner.clone();
-    let mut reader = tokio::spawn(async move {
-        let inner = reader_inner;
-        let mut knobs = inner.knobs.subscribe();
-        // A resume that arrives while reading is stopped is served normally (see the knob).
-        let exempt_from_stop = knobs.borrow_and_update().stop_reading;
-        let mut meter = InboundMeter::default();
-        loop {
-            if !exempt_from_stop && knobs.borrow_and_update().stop_reading {
-                bump(&inner.stats.reads_stopped);
-                if knobs.wait_for(|o| !o.stop_reading).await.is_err() {
-                    return ReaderEnd::Closed;
-                }
-            }
-            let incoming = tokio::select! {
-                incoming = stream.next() => incoming,
-                // Re-check the stop knob; `next` is cancel-safe (partial frames stay buffered).
-                changed = knobs.changed() => {
-                    if changed.is_err() {
-                        return ReaderEnd::Closed;
-                    }
-                    continue;
-                }
-            };
-            let Some(incoming) = incoming else {
-                return ReaderEnd::Closed;
-            };
-            match incoming {
-                Ok(Message::Binary(frame)) => {
-                    if is_client_data(&frame) {
-                        bump(&inner.stats.client_data_messages);
-                        let in_window = meter.record(Instant::now());
-                        inner
-                            .stats
-                            .peak_client_msgs_per_sec
-                            .fetch_max(in_window, Ordering::Relaxed);
-                        let limit = inner.knobs.read(|o| o.client_rate_limit);
-                        if limit.is_some_and(|n| in_window > u64::from(n)) {
-                            return ReaderEnd::RateLimited;
-                        }
-                    }
-                    if reader_events.send(Event::Frame { frame }).await.is_err() {
-                        return ReaderEnd::Closed;
-                    }
-                }
-                // Nothing but the first message is text; pings are answered by tungstenite.
-                Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Close(_)) | Err(_) => return ReaderEnd::Closed,
-            }
-        }
-    });
+    let (mut sink, stream) = futures_util::StreamExt::split(ws);
+    // The OpenDataChannel frame crossed the network too: the session learns of the connection
+    // one way after the client sent it, ahead of every frame that followed it.
+    let mut inbound = DelayLine::default();
+    let attach = inbound.send(opened, inner.one_way_delay(), attach);
+    let mut reader = tokio::spawn(read_client(inner.clone(), stream, events.clone(), inbound, attach));
+    // Agent → client: frames cross the network before they reach the client's socket.
+    let mut outbound: DelayLine<WsOut> = DelayLine::default();
     // Whether the connection ends abruptly (TCP reset) rather than with a close or EOF.
     let mut reset = false;
-    loop {
+    'serve: loop {
         if *shutdown.borrow_and_update() {
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
@@ -203,10 +276,16 @@ pub(super) async fn serve<S>(
                 .await;
             break;
         }
+        while let Some(out) = outbound.arrived(Instant::now()) {
+            if let Sent::Stop = send_out(&mut sink, out).await {
+                break 'serve;
+            }
+        }
         let (kill_after, bye_after) = inner.knobs.read(|o| (o.kill_ws_after, o.bye_after));
         let kill_at = kill_after.map(|d| opened + d);
         let bye_at = bye_after.map(|d| opened + d);
         let wake_at = kill_at.into_iter().chain(bye_at).min();
+        let arrival = outbound.next_due();
         tokio::select! {
             biased;
             _ = shutdown.changed() => {}
@@ -218,21 +297,20 @@ pub(super) async fn serve<S>(
                 }
                 break;
             }
-            out = out_rx.recv() => match out {
-                Some(WsOut::Binary(frame) | WsOut::Replay(frame)) => {
-                    if sink.send(Message::Binary(frame)).await.is_err() {
-                        break;
-                    }
-                }
+            out = out_rx.recv(), if outbound.len() < IN_FLIGHT => match out {
                 // The session counts what the kill knob counts (it knows which messages are new).
-                // An abrupt end: the connection is dropped without a close frame.
+                // An abrupt end: the connection is dropped without a close frame, and whatever
+                // is still in flight is lost with it.
                 Some(WsOut::Kill) => {
                     reset = true;
                     break;
                 }
-                Some(WsOut::Close { code, reason }) => {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
-                    break;
+                Some(out) => {
+                    if let Some(out) = outbound.send(Instant::now(), inner.one_way_delay(), out) {
+                        if let Sent::Stop = send_out(&mut sink, out).await {
+                            break;
+                        }
+                    }
                 }
                 // Replaced by a newer connection for the same session.
                 None => {
@@ -241,6 +319,7 @@ pub(super) async fn serve<S>(
                 }
             },
             _ = knobs.changed() => {}
+            _ = sleep_until(arrival.unwrap_or(opened)), if arrival.is_some() => {}
             _ = sleep_until(wake_at.unwrap_or(opened)), if wake_at.is_some() => {
                 let now = Instant::now();
                 if kill_at.is_some_and(|t| t <= now) {
@@ -266,6 +345,86 @@ pub(super) async fn serve<S>(
     reader.abort();
     drop(sink);
     let _ = events.send(Event::Detach { conn }).await;
+}
+
+/// The reading half: client frames cross the network (`inbound`), are metered at the gateway
+/// and go to the session in order. `attach` is the Attach event when it arrived at once.
+async fn read_client<S>(
+    inner: Arc<Inner>,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    events: mpsc::Sender<Event>,
+    mut inbound: DelayLine<Event>,
+    attach: Option<Event>,
+) -> ReaderEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut knobs = inner.knobs.subscribe();
+    // A resume that arrives while reading is stopped is served normally (see the knob).
+    let exempt_from_stop = knobs.borrow_and_update().stop_reading;
+    let mut meter = InboundMeter::default();
+    let mut stopped = false;
+    // The client closed (close frame, EOF): what it sent before still arrives, then the end.
+    let mut closed = false;
+    if let Some(attach) = attach {
+        if events.send(attach).await.is_err() {
+            return ReaderEnd::Closed;
+        }
+    }
+    loop {
+        while let Some(event) = inbound.arrived(Instant::now()) {
+            if let Event::Frame { frame } = &event {
+                if let Arrival::RateLimited = meter_arrival(&inner, &mut meter, frame) {
+                    return ReaderEnd::RateLimited;
+                }
+            }
+            if events.send(event).await.is_err() {
+                return ReaderEnd::Closed;
+            }
+        }
+        if closed && inbound.is_empty() {
+            return ReaderEnd::Closed;
+        }
+        let stop = !exempt_from_stop && knobs.borrow_and_update().stop_reading;
+        if stop && !stopped {
+            bump(&inner.stats.reads_stopped);
+        }
+        stopped = stop;
+        let read = !closed && !stopped && inbound.len() < IN_FLIGHT;
+        let arrival = inbound.next_due();
+        let incoming = tokio::select! {
+            // `next` is cancel-safe (partial frames stay buffered).
+            incoming = stream.next(), if read => incoming,
+            // Re-check the stop knob.
+            changed = knobs.changed() => {
+                if changed.is_err() {
+                    return ReaderEnd::Closed;
+                }
+                continue;
+            }
+            _ = sleep_until(arrival.unwrap_or_else(Instant::now)), if arrival.is_some() => continue,
+        };
+        match incoming {
+            Some(Ok(Message::Binary(frame))) => {
+                let event = Event::Frame { frame };
+                if let Some(Event::Frame { frame }) =
+                    inbound.send(Instant::now(), inner.one_way_delay(), event)
+                {
+                    if let Arrival::RateLimited = meter_arrival(&inner, &mut meter, &frame) {
+                        return ReaderEnd::RateLimited;
+                    }
+                    if events.send(Event::Frame { frame }).await.is_err() {
+                        return ReaderEnd::Closed;
+                    }
+                }
+            }
+            // Nothing but the first message is text; pings are answered by tungstenite.
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(_))) | None => closed = true,
+            // A broken connection loses what was in flight.
+            Some(Err(_)) => return ReaderEnd::Closed,
+        }
+    }
 }
 
 async fn open<S>(

@@ -6,6 +6,7 @@
 mod agent;
 mod api;
 mod channel;
+mod flights;
 mod port;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::sigv4::SimCredentials;
+pub use flights::StreamFlights;
 
 /// The managed node id StartSession accepts; anything else is "not connected".
 pub const SIM_TARGET_ID: &str = "i-0123456789abcdef0";
@@ -72,6 +74,15 @@ pub const AWS_AGENT_PACING: Duration = Duration::from_millis(1);
 /// The gateway's observed inbound limit, in client data messages per second (§5.4).
 pub const AWS_CLIENT_RATE_LIMIT: u32 = 1000;
 
+/// How long after sending HandshakeComplete AWS's agent drops client input, unacked, because its
+/// port plugin is not ready yet (`ssm-protocol.md` §6a: 0.4–5 ms observed; the upper bound, so
+/// the simulator is never kinder).
+pub const AWS_EARLY_INPUT_WINDOW: Duration = Duration::from_millis(5);
+
+/// One-way latency of [`SsmSimOptions::real_network`]: 25 ms each way, a 50 ms round trip, as
+/// between a laptop and a nearby AWS region.
+pub const REAL_NETWORK_LATENCY: Duration = Duration::from_millis(25);
+
 /// Errors starting the simulated SSM service.
 #[derive(Debug, thiserror::Error)]
 pub enum SsmSimError {
@@ -82,6 +93,20 @@ pub enum SsmSimError {
 
 /// Behaviour of the simulated service. Every field can also be changed while it runs, through
 /// [`SsmSimKnobs`]; running sessions pick the change up at their next message.
+///
+/// **The network model** (`latency`, `jitter`): the client is that far from AWS, and every
+/// exchange pays for it as it would over the internet:
+/// - every data channel WebSocket frame, in each direction (client → agent and agent → client,
+///   data, acks, the OpenDataChannel text frame and close frames alike), arrives `latency` plus
+///   a random `0..=jitter` after it was sent, never before the frame sent ahead of it on the same
+///   WebSocket (one FIFO delay line per direction per WebSocket, as TCP delivers in order). It is
+///   a delay, not a stop-and-wait: frames in flight overlap, so throughput does not collapse;
+/// - an HTTP request (the API calls, the WebSocket upgrade) costs one round trip: the request
+///   reaches the service one way later, the answer the client another one way later;
+/// - the first request on a new TCP connection pays two more round trips first: the TCP
+///   handshake and the TLS 1.3 handshake of the real `https://`/`wss://` endpoint. A data
+///   channel upgrade (always a new connection) therefore answers after 3 round trips — TCP +
+///   TLS 1.3 + the HTTP upgrade — and an API call on a kept-alive connection after 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SsmSimOptions {
     /// `AgentVersion` in the HandshakeRequest. Clients key mux support on it (> 3.0.196.0).
@@ -147,22 +172,51 @@ pub struct SsmSimOptions {
     /// reports it `ConnectionLost` and StartSession answers TargetNotConnected, as AWS does for
     /// a stopped instance or a dead agent.
     pub node_offline: bool,
+    /// One-way network delay between the client and the service (see the network model above).
+    /// `None` = loopback speed.
+    pub latency: Option<Duration>,
+    /// Extra random delay per frame or request, uniform in `0..=jitter`, on top of `latency`.
+    /// Never reorders frames of one WebSocket direction.
+    pub jitter: Option<Duration>,
+    /// For this long after the agent sends HandshakeComplete, client Output is dropped without
+    /// an ack and without advancing the sequence (the port plugin is not ready yet), so the
+    /// client must resend it, as AWS's agent does (`ssm-protocol.md` §6a; AWS: up to 5 ms,
+    /// [`AWS_EARLY_INPUT_WINDOW`]). Measured at the agent from the moment it sends
+    /// HandshakeComplete. Counted in [`SsmSimStats::early_input_dropped`].
+    pub early_input_window: Option<Duration>,
 }
 
 impl SsmSimOptions {
-    /// AWS's limits as far as they are known (`ssm-protocol.md` §4.3, §5.4): 1024-byte agent
-    /// payloads, 1 ms agent pacing, the gateway cutting a client above 1000 data messages per
-    /// second, and the agent's front-only resend scheduler. Every part stays its own knob.
+    /// AWS's limits as far as they are known (`ssm-protocol.md` §4.3, §5.4, §6a): 1024-byte
+    /// agent payloads, 1 ms agent pacing, the gateway cutting a client above 1000 data messages
+    /// per second, the agent's front-only resend scheduler, and its 5 ms early-input window
+    /// after HandshakeComplete. Every part stays its own knob. No latency: that is
+    /// [`SsmSimOptions::real_network`], so tests at loopback speed stay fast.
     pub fn aws_limits() -> Self {
         SsmSimOptions::default().with_aws_limits()
     }
 
-    /// These options with [`SsmSimOptions::aws_limits`]' three knobs set.
+    /// These options with [`SsmSimOptions::aws_limits`]' five knobs set.
     pub fn with_aws_limits(mut self) -> Self {
         self.payload_cap = DEFAULT_PAYLOAD_CAP;
         self.pacing = Some(AWS_AGENT_PACING);
         self.client_rate_limit = Some(AWS_CLIENT_RATE_LIMIT);
         self.resend_front_only = true;
+        self.early_input_window = Some(AWS_EARLY_INPUT_WINDOW);
+        self
+    }
+
+    /// A real network between the client and AWS: [`REAL_NETWORK_LATENCY`] (25 ms) each way
+    /// (see the network model on [`SsmSimOptions`]) and the agent's early-input window. Combine
+    /// with AWS's limits as `SsmSimOptions::aws_limits().with_real_network()`.
+    pub fn real_network() -> Self {
+        SsmSimOptions::default().with_real_network()
+    }
+
+    /// These options with [`SsmSimOptions::real_network`]'s two knobs set.
+    pub fn with_real_network(mut self) -> Self {
+        self.latency = Some(REAL_NETWORK_LATENCY);
+        self.early_input_window = Some(AWS_EARLY_INPUT_WINDOW);
         self
     }
 }
@@ -190,6 +244,9 @@ impl Default for SsmSimOptions {
             refuse_start: None,
             resend_front_only: false,
             node_offline: false,
+            latency: None,
+            jitter: None,
+            early_input_window: None,
         }
     }
 }
@@ -302,6 +359,12 @@ pub struct SsmSimStats {
     /// Client Output messages that were one smux NOP alone (the client's keepalive), counted
     /// once each, in sequence. Each one is activity that pushes the idle timeout back.
     pub client_keepalives: AtomicU64,
+    /// Client Output messages the agent dropped, unacked and without advancing the sequence,
+    /// because they arrived within the `early_input_window` after HandshakeComplete (each
+    /// arrival counts, so a message resent into the window again counts again).
+    pub early_input_dropped: AtomicU64,
+    /// Round trips per target connection; see [`SsmSimStats::stream_flights`].
+    flights: flights::Registry,
 }
 
 impl SsmSimStats {
@@ -331,6 +394,14 @@ impl SsmSimStats {
                 return if open == n { Ok(()) } else { Err(open) };
             }
         }
+    }
+
+    /// The round-trip account of every target connection (mux: smux stream; basic: the
+    /// session's connection), in the order they opened (the last 65 536 are kept). Its
+    /// `client_flights` is how many times the client had to wait for the far side: 4 for a
+    /// login through the proxy today. See [`StreamFlights`].
+    pub fn stream_flights(&self) -> Vec<StreamFlights> {
+        self.flights.snapshot()
     }
 
     /// Clears `peak_client_msgs_per_sec`, e.g. after a warm-up phase.
@@ -448,6 +519,17 @@ impl Inner {
         fault
     }
 
+    /// One network crossing's delay for something sent now: `latency` plus a random
+    /// `0..=jitter` (zero without the knobs).
+    fn one_way_delay(&self) -> Duration {
+        let (latency, jitter) = self.knobs.read(|o| (o.latency, o.jitter));
+        let base = latency.unwrap_or_default();
+        match jitter {
+            Some(jitter) if !jitter.is_zero() => base + jitter.mul_f64(rand::rng().random::<f64>()),
+            _ => base,
+        }
+    }
+
     fn stream_url(&self, session_id: &str) -> String {
         format!(
             "ws://{}/v1/data-channel/{session_id}?role=publish_subscribe",
@@ -530,6 +612,12 @@ impl SsmSim {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The round-trip account of every target connection, in the order they opened: the same
+    /// as [`SsmSimStats::stream_flights`].
+    pub fn stream_flights(&self) -> Vec<StreamFlights> {
+        self.inner.stats.stream_flights()
     }
 
     /// Ids of every session started so far, in no particular order.

@@ -876,20 +876,38 @@ async fn echoed(client: &mut Client, len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn aws_limits_preset_sets_its_four_knobs_only() {
+fn aws_limits_preset_sets_its_five_knobs_only() {
     let limits = SsmSimOptions::aws_limits();
     assert_eq!(limits.payload_cap, 1024);
     assert_eq!(limits.pacing, Some(Duration::from_millis(1)));
     assert_eq!(limits.client_rate_limit, Some(1000));
     assert!(limits.resend_front_only);
+    assert_eq!(limits.early_input_window, Some(Duration::from_millis(5)));
     let rest = SsmSimOptions {
         payload_cap: limits.payload_cap,
         pacing: limits.pacing,
         client_rate_limit: limits.client_rate_limit,
         resend_front_only: true,
+        early_input_window: limits.early_input_window,
         ..SsmSimOptions::default()
     };
     assert_eq!(limits, rest, "nothing else changes");
+}
+
+#[test]
+fn real_network_preset_is_25ms_each_way_and_the_early_input_window() {
+    let network = SsmSimOptions::real_network();
+    assert_eq!(network.latency, Some(Duration::from_millis(25)));
+    assert_eq!(network.early_input_window, Some(Duration::from_millis(5)));
+    let rest = SsmSimOptions {
+        latency: network.latency,
+        early_input_window: network.early_input_window,
+        ..SsmSimOptions::default()
+    };
+    assert_eq!(network, rest, "nothing else changes");
+    let both = SsmSimOptions::aws_limits().with_real_network();
+    assert_eq!(both.latency, network.latency);
+    assert_eq!(both.pacing, SsmSimOptions::aws_limits().pacing);
 }
 
 #[tokio::test]
@@ -1265,4 +1283,167 @@ async fn front_only_resends_one_oldest_message_per_tick_like_the_agent() {
             assert!(distinct.len() >= 5, "every overdue message: {resends:?}");
         }
     }
+}
+
+/// Sequence numbers in the order they first appear in `seqs`, which must be consecutive from
+/// `from`: a frame that overtook the one ahead of it shows up as a gap filled later.
+fn assert_first_seen_in_order(seqs: &[i64], from: i64, what: &str) {
+    let mut next = from;
+    for &seq in seqs {
+        if seq >= next {
+            assert_eq!(seq, next, "{what} out of order: {seqs:?}");
+            next += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn latency_delays_every_exchange_each_way_and_keeps_frames_in_order() {
+    const LATENCY: Duration = Duration::from_millis(30);
+    const RTT: Duration = Duration::from_millis(60);
+    let sim = start_sim(SsmSimOptions {
+        latency: Some(LATENCY),
+        // Up to 2/3 of the latency at random per frame: without the FIFO rule, frames sent
+        // back to back would overtake each other all the time.
+        jitter: Some(Duration::from_millis(20)),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    // An API call on a new connection: TCP, TLS 1.3 and the request itself, 3 round trips.
+    let started = Instant::now();
+    let (_, token, url) = start_session(&sim, DB_HOST).await;
+    assert!(started.elapsed() >= 3 * RTT, "StartSession after {:?}", started.elapsed());
+    // The WebSocket upgrade, a new connection too: 3 round trips.
+    let started = Instant::now();
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    assert!(started.elapsed() >= 3 * RTT, "upgrade after {:?}", started.elapsed());
+    // OpenDataChannel reaches the agent one way later, its HandshakeRequest comes back one
+    // way later.
+    let started = Instant::now();
+    let request = client.expect_stream().await;
+    assert_eq!(request.payload_type, PayloadType::HandshakeRequest);
+    assert!(started.elapsed() >= RTT, "HandshakeRequest after {:?}", started.elapsed());
+    let payload = HandshakeRequestPayload::from_payload(&request.payload).expect("request");
+    let (response, _) = handshake::respond(&payload, "0.0.1"); // basic mode: raw echo
+    let started = Instant::now();
+    client
+        .send(PayloadType::HandshakeResponse, response.to_payload().expect("json"))
+        .await;
+    let complete = client.expect_stream().await;
+    assert_eq!(complete.payload_type, PayloadType::HandshakeComplete);
+    assert!(started.elapsed() >= RTT, "HandshakeComplete after {:?}", started.elapsed());
+
+    // 40 messages back to back, each way through the jittery path.
+    let started = Instant::now();
+    let mut sent = Vec::new();
+    for i in 0..40u8 {
+        let data = vec![b'a' + i % 26; 100];
+        sent.extend_from_slice(&data);
+        client.send(PayloadType::Output, Bytes::from(data)).await;
+    }
+    let first = client.expect_stream().await;
+    assert!(started.elapsed() >= RTT, "first echo after {:?}", started.elapsed());
+    let mut back = first.payload.to_vec();
+    back.extend(echoed(&mut client, sent.len() - back.len()).await);
+    assert_eq!(back, sent);
+    // The agent acks in the order client frames reach it; the acks come back in the order
+    // it sent them: both directions kept their order.
+    assert_first_seen_in_order(&client.acks, 0, "client → agent frames");
+    assert!(client.acks.len() >= 41, "acks {:?}", client.acks);
+}
+
+#[tokio::test]
+async fn agent_frames_keep_their_order_under_jitter() {
+    let sim = start_sim(SsmSimOptions {
+        latency: Some(Duration::from_millis(10)),
+        jitter: Some(Duration::from_millis(30)),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (_, _, mut client, _) = basic_client(&sim).await;
+    // 20 000 bytes echo back as at least twenty 1024-byte Output messages, sent back to back.
+    client.send(PayloadType::Output, Bytes::from(vec![b'j'; 20_000])).await;
+    let seqs = unacked_outputs(&mut client, Duration::from_millis(600)).await;
+    assert!(seqs.len() >= 20, "{seqs:?}");
+    // Output numbering starts at 2 (HandshakeRequest 0, HandshakeComplete 1).
+    assert_first_seen_in_order(&seqs, 2, "agent → client frames");
+}
+
+#[tokio::test]
+async fn early_input_is_dropped_unacked_until_the_window_closes() {
+    let sim = start_sim(SsmSimOptions {
+        // Far longer than AWS's 5 ms, so the test controls when the window closes.
+        early_input_window: Some(Duration::from_secs(600)),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let stats = sim.stats();
+    let (id, _, mut client, _) = basic_client(&sim).await;
+    let (seq, frame) = client
+        .send(PayloadType::Output, Bytes::from_static(b"early"))
+        .await;
+    // Every resend below is by hand: the client's own timer must not add copies.
+    client.out.on_ack(seq, Instant::now());
+    wait_until("the early input is dropped", || stat(&stats.early_input_dropped) == 1).await;
+    // The same message again: dropped again, so the first was neither consumed nor did it
+    // advance the sequence (a consumed one would now be a re-acked duplicate).
+    client.ws.send(Message::Binary(frame.clone())).await.expect("resend");
+    wait_until("the resend is dropped too", || stat(&stats.early_input_dropped) == 2).await;
+    assert_eq!(stat(&stats.duplicates_reacked), 0);
+
+    sim.options().update(|o| o.early_input_window = None);
+    client.ws.send(Message::Binary(frame)).await.expect("resend");
+    let echo = client.expect_stream().await;
+    assert_eq!(&echo.payload[..], b"early");
+    assert_eq!(
+        client.acks,
+        vec![0, seq],
+        "no ack for the dropped copies; one for the delivered one"
+    );
+    let flights = sim.stream_flights();
+    assert_eq!(flights.len(), 1, "{flights:?}");
+    assert_eq!(flights[0].session_id, id);
+    assert_eq!(flights[0].bytes_in, 5, "delivered once: {flights:?}");
+    assert_eq!(stat(&stats.early_input_dropped), 2);
+}
+
+#[tokio::test]
+async fn flights_count_what_waited_for_an_answer_and_not_resends() {
+    let sim = start_sim(SsmSimOptions {
+        drop_rate: 0.2,
+        duplicate_rate: 0.1,
+        seed: 17,
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let (id, token, url) = start_session(&sim, DB_HOST).await;
+    let mut client = Client::connect(&url, &token, Uuid::new_v4()).await;
+    client.handshake(MODERN_CLIENT).await;
+    let (session, _events) = client.into_mux();
+    let mut stream = session.open_stream().await.expect("open stream");
+    let mut sent = 0;
+    for round in 0..6u8 {
+        // Two writes before any answer: one flight; then wait for the whole echo.
+        let data = [vec![round; 300], vec![round + 100; 300]];
+        for part in &data {
+            stream.write_all(part).await.expect("write");
+            sent += part.len();
+        }
+        let mut back = vec![0u8; 600];
+        timeout(GUARD, stream.read_exact(&mut back)).await.expect("in time").expect("read");
+        assert_eq!(back, data.concat());
+    }
+    let faults = stat(&sim.stats().messages_dropped) + stat(&sim.stats().messages_duplicated);
+    assert!(faults > 0, "the seed gives some drops and duplicates");
+    let flights = sim.stream_flights();
+    assert_eq!(flights.len(), 1, "{flights:?}");
+    let stream_flights = &flights[0];
+    assert_eq!(stream_flights.session_id, id);
+    assert_eq!(stream_flights.stream_id, stream.id());
+    assert_eq!(stream_flights.client_flights, 6, "{stream_flights:?}");
+    assert_eq!(stream_flights.bytes_in, u64::try_from(sent).unwrap());
+    assert_eq!(stream_flights.bytes_out, u64::try_from(sent).unwrap());
+    assert!(!stream_flights.ended);
+    drop(stream);
+    wait_until("the stream's end is seen", || sim.stream_flights()[0].ended).await;
 }
