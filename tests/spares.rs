@@ -250,3 +250,48 @@ async fn a_spare_hit_through_ssm() {
     proxy.stop().await;
     sim.stop().await;
 }
+
+/// On a simulated real network (25 ms each way): a login served by a spare costs no client
+/// flight through the tunnel — the spare's stream has the same flights after the hit as when it
+/// was ready, and the client's first query is that stream's next flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_hit_costs_no_tunnel_round_trip() {
+    use rds_auth_proxy::sim::ssm::SsmSimOptions;
+    use rds_auth_proxy::sim::SimOptions;
+
+    let sim = start_sim_with(SimOptions {
+        ssm: SsmSimOptions::real_network(),
+        ..SimOptions::default()
+    })
+    .await;
+    let (proxy, ctx) = start_with(&sim, true, &["--spare-connections", "1"]).await;
+    let spares = &ctx.metrics.spares;
+    let first = connect_as(&proxy, "postgres", "spares_flights").await;
+    eventually("a spare", || spares.ready.get() == 1).await;
+    // The first client's stream, then the spare's, opened after the first login completed.
+    let mut streams = sim.ssm.stream_flights();
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert_eq!(streams[0].session_id, streams[1].session_id, "one session: {streams:?}");
+    streams.sort_by_key(|s| s.stream_id);
+    let (login, spare) = (streams[0].client_flights, streams[1].clone());
+    let flights_of_spare = || {
+        sim.ssm
+            .stream_flights()
+            .into_iter()
+            .find(|f| f.session_id == spare.session_id && f.stream_id == spare.stream_id)
+            .expect("the spare's stream is still recorded")
+            .client_flights
+    };
+    assert_eq!(spare.client_flights, login, "a spare's own login costs what a client's does");
+
+    let client = connect_as(&proxy, "postgres", "spares_flights").await;
+    assert_eq!(spares.hits.get(), 1);
+    assert_eq!(flights_of_spare(), spare.client_flights, "the hit's login crossed the tunnel");
+    client.simple_query("SELECT 1").await.expect("select 1");
+    eventually("the query's flight on the spare's stream", || flights_of_spare() > spare.client_flights).await;
+    assert_eq!(flights_of_spare(), spare.client_flights + 1, "the client runs on the spare's stream");
+    eprintln!("client flights: a login {login}, a login served by a spare 0");
+    drop((first, client));
+    proxy.stop().await;
+    sim.stop().await;
+}
