@@ -64,7 +64,9 @@
 //!    for the connection (`SsmSim::stream_flights`: how often the client waited for an answer).
 //!    "Pacing must never cost latency it does not have to": a `select 1` should cost one round
 //!    trip plus what it costs direct, nothing more; the row shows the excess.
-//!    `SECTIONS=network` runs this section alone (a few seconds; no table is loaded).
+//!    `SECTIONS=network` runs this section alone (a few seconds; no table is loaded). The
+//!    simulator's delays sleep on tokio's millisecond timer, which fires up to 1 ms late: each
+//!    crossing costs 25–26 ms, so up to 2 ms of a round trip's excess is the simulator's.
 //!
 //! Simulator caveat: the simulated agent's "1 ms" pacing sleeps on tokio's millisecond timer,
 //! which rounds up, so one agent message takes about 2 ms: a one-session download here runs at
@@ -1194,7 +1196,7 @@ fn print_network_summary(settings: &Settings, net: &RealNetwork, took: Duration)
     row("prepared select 1 direct (no network)", direct, "-".to_owned());
     println!(
         "  pacing must never cost latency it does not have to: select 1 through the tunnel - 1 RTT - direct = \
-         {:+.2} ms; early input dropped by the agent: {}",
+         {:+.2} ms (up to 2 ms of it the simulator's timers); early input dropped by the agent: {}",
         ssm - rtt - direct,
         net.early_drops
     );

@@ -82,7 +82,7 @@ pub enum Command {
     Token(TokenArgs),
     /// Run the local AWS simulator (RDS front + throwaway PostgreSQL) and print its settings as
     /// `export NAME=value` lines, then `ready`.
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
     /// Start the simulator and the proxy wired together on 127.0.0.1:6543, and print the psql
     /// line to try.
     Demo(DemoArgs),

@@ -88,7 +88,7 @@ async fn run(cli: Cli, plan: Option<Plan>, one: Option<OneTarget>) -> ExitCode {
     match (cli.command, plan) {
         (None, Some(plan)) => run_proxy(plan, cli.file.run_connection_test).await,
         (Some(Command::Token(args)), _) => token(args).await,
-        (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(args, shutdown_signal()).await),
+        (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(*args, shutdown_signal()).await),
         (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
         (Some(Command::ConnectInfo(args)), _) => connect_info(&args, one).await,
         (Some(Command::Wait(args)), _) => wait(args).await,

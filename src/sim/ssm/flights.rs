@@ -34,8 +34,9 @@ pub struct StreamFlights {
     /// Mux: the smux stream id. Basic: the session's connections numbered from 1 (a new one
     /// starts with the first Output after a DisconnectToPort flag).
     pub stream_id: u32,
-    /// Client flights so far (see the module doc): 4 for a login today (SYN + SSLRequest,
-    /// ClientHello, Finished + startup, password).
+    /// Client flights so far (see the module doc). A plain login through the proxy takes 4
+    /// (SYN + SSLRequest, ClientHello, Finished + startup, password) unless the client saves
+    /// some; a simple query adds 1.
     pub client_flights: u64,
     /// Client payload bytes for the connection that reached the agent (smux frame headers
     /// excluded).

@@ -398,8 +398,8 @@ impl SsmSimStats {
 
     /// The round-trip account of every target connection (mux: smux stream; basic: the
     /// session's connection), in the order they opened (the last 65 536 are kept). Its
-    /// `client_flights` is how many times the client had to wait for the far side: 4 for a
-    /// login through the proxy today. See [`StreamFlights`].
+    /// `client_flights` is how many times the client had to wait for the far side (a plain
+    /// login through the proxy: 4). See [`StreamFlights`].
     pub fn stream_flights(&self) -> Vec<StreamFlights> {
         self.flights.snapshot()
     }
