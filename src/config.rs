@@ -442,6 +442,19 @@ mod tests {
     }
 
     #[test]
+    fn spares_are_off_by_default_and_bounded() {
+        let t = ["--target", "db.example"];
+        let off = Config::from_args(&args(&t)).unwrap();
+        assert_eq!(off.spares, crate::spare::SpareSettings { per_key: 0, max_age: Duration::from_secs(60) });
+        let on = Config::from_args(&args(&[&t[..], &["--spare-connections", "2", "--spare-max-age", "900"]].concat())).unwrap();
+        assert_eq!(on.spares, crate::spare::SpareSettings { per_key: 2, max_age: Duration::from_secs(900) });
+        for bad in [["--spare-connections", "17"], ["--spare-max-age", "0"], ["--spare-max-age", "901"]] {
+            let argv = [&["rds-auth-proxy"][..], &t, &bad].concat();
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn target_and_region_table() {
         let cases = [
             ("mydb.abc123.eu-central-1.rds.amazonaws.com", Ok(("mydb.abc123.eu-central-1.rds.amazonaws.com", 5432)), Some("eu-central-1")),
