@@ -295,3 +295,33 @@ async fn a_spare_hit_costs_no_tunnel_round_trip() {
     proxy.stop().await;
     sim.stop().await;
 }
+
+/// A spare never outlives the AWS credentials its IAM token was signed with, whatever
+/// `--spare-max-age` allows: with credentials expiring in seconds and the longest max age, it
+/// still ages out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_never_outlives_the_credentials_of_its_login() {
+    let sim = start_sim().await;
+    let keys = sim.aws_credentials();
+    let expiry = std::time::SystemTime::now() + Duration::from_secs(8);
+    let expiring = aws_credential_types::Credentials::new(
+        keys.access_key_id(),
+        keys.secret_access_key(),
+        None,
+        Some(expiry),
+        "expiring",
+    );
+    let mut args = direct_args(&sim);
+    args.extend(["--spare-connections", "1", "--spare-max-age", "900"].map(str::to_owned));
+    let proxy = bind_proxy_with(&args, Credentials::Fixed(expiring)).await;
+    let ctx = proxy.ctx.clone();
+    let proxy = RunningProxy::spawn(proxy);
+    let spares = &ctx.metrics.spares;
+    let client = connect_as(&proxy, "postgres", "spares_expiring").await;
+    eventually("a spare", || spares.opened.get() == 1).await;
+    eventually("the spare aged out with its credentials", || spares.aged.get() == 1).await;
+    assert_eq!(spares.hits.get(), 0);
+    drop(client);
+    proxy.stop().await;
+    sim.stop().await;
+}
