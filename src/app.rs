@@ -138,7 +138,13 @@ pub async fn build_context_with(
     if let Some(sts) = sts {
         auth = auth.with_identity(sts);
     }
-    Ok(Arc::new(TargetContext {
+    let spares = config.spares;
+    let spare_metrics = target_metrics.spares.clone();
+    let tls = upstream_tls(config)?;
+    let local_tls = local_tls(config)?;
+    // Spares open connections in background tasks, which reach the context they belong to weakly.
+    Ok(Arc::new_cyclic(|ctx| TargetContext {
+        spares: crate::spare::Spares::new(spares, ctx.clone(), spare_metrics),
         target: Target {
             name: config.name.clone(),
             endpoint: config.endpoint.clone(),
@@ -146,13 +152,13 @@ pub async fn build_context_with(
             region,
         },
         tunnel,
-        tls: upstream_tls(config)?,
+        tls,
         auth: Arc::new(auth),
         password,
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
         dbi_resource_id: config.dbi_resource_id.clone(),
-        local_tls: local_tls(config)?,
+        local_tls,
         metrics: target_metrics,
         profile: config.profile.clone(),
         server: crate::upstream::ServerKnowledge::new(config.direct_tls),
@@ -273,6 +279,10 @@ fn ssm_tunnel(
     ))
 }
 
+/// Longest wait, after the drain, for spare connections to close (Terminate) and for background
+/// logins still under way to end, before the tunnel closes under them.
+const SPARES_CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Longest wait for the tunnel to close after the drain (SSM: flag, TerminateSession).
 const TUNNEL_SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
 
@@ -348,11 +358,17 @@ impl Proxy {
         self.ctx.tunnel.start_prewarm();
         let ctx = self.ctx.clone();
         let ops = self.ops.clone();
+        let spares = self.ctx.clone();
         let shutdown = async move {
             shutdown.await;
             ops.set_draining();
+            // No new client can use a spare now: close them while the open sessions drain.
+            spares.spares.close();
         };
         self.listeners.run(self.ctx, shutdown).await;
+        if tokio::time::timeout(SPARES_CLOSE_LIMIT, ctx.spares.closed()).await.is_err() {
+            tracing::debug!("spare connections still closing; the tunnel's shutdown ends them");
+        }
         // After the drain: no connection needs the tunnel any more (SSM: TerminateSession).
         // Bounded, so a half-open WebSocket cannot hold the exit up.
         if tokio::time::timeout(TUNNEL_SHUTDOWN_LIMIT, ctx.tunnel.shutdown())

@@ -370,6 +370,22 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
+    /// Keep up to N upstream connections per kind of client opened and logged in ahead of time,
+    /// so a new connection of that kind starts at once: no tunnel round trip, no login (worth
+    /// most through --via ssm on a distant network). A kind is the exact startup parameters a
+    /// client sends (user, database, application_name, client_encoding, options …); spares are
+    /// opened in the background once a client of that kind has logged in, for the 4 kinds seen
+    /// last, and refilled while the kind is in use. Each is a real server connection (it counts
+    /// against the database's max_connections) and a login every --spare-max-age. 0 = off.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=crate::spare::MAX_PER_KEY as u64), env = "RDS_AUTH_PROXY_SPARE_CONNECTIONS")]
+    pub spare_connections: usize,
+
+    /// With --spare-connections: close a spare connection unused for this many seconds (with
+    /// Terminate) and open a fresh one if its kind of client is still in use. A spare never
+    /// outlives the IAM token or AWS credentials it logged in with (15 minutes at most).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::spare::DEFAULT_MAX_AGE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=crate::spare::MAX_MAX_AGE.as_secs()), env = "RDS_AUTH_PROXY_SPARE_MAX_AGE")]
+    pub spare_max_age: u64,
+
     /// On SIGTERM/Ctrl-C, stop accepting at once and wait this long for open connections to
     /// finish; then each remaining client gets "terminating connection due to administrator
     /// command" (57P01). A second Ctrl-C exits at once.

@@ -104,6 +104,8 @@ pub struct Config {
     pub proxy_ca_bundles: Vec<PathBuf>,
     /// `--direct-tls`: when to open TLS without an SSLRequest (PostgreSQL 17 and later).
     pub direct_tls: DirectTls,
+    /// `--spare-connections`, `--spare-max-age`.
+    pub spares: crate::spare::SpareSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -243,6 +245,10 @@ impl Config {
             http: http_address(args),
             exit_zero_on_sigterm: args.exit_zero_on_sigterm,
             direct_tls: args.direct_tls,
+            spares: crate::spare::SpareSettings {
+                per_key: args.spare_connections,
+                max_age: Duration::from_secs(args.spare_max_age),
+            },
             name: endpoint.clone(),
             endpoint,
             port,
@@ -442,6 +448,19 @@ mod tests {
         let mut v = vec!["rds-auth-proxy"];
         v.extend_from_slice(extra);
         Cli::try_parse_from(v).unwrap().proxy
+    }
+
+    #[test]
+    fn spares_are_off_by_default_and_bounded() {
+        let t = ["--target", "db.example"];
+        let off = Config::from_args(&args(&t)).unwrap();
+        assert_eq!(off.spares, crate::spare::SpareSettings { per_key: 0, max_age: Duration::from_secs(60) });
+        let on = Config::from_args(&args(&[&t[..], &["--spare-connections", "2", "--spare-max-age", "900"]].concat())).unwrap();
+        assert_eq!(on.spares, crate::spare::SpareSettings { per_key: 2, max_age: Duration::from_secs(900) });
+        for bad in [["--spare-connections", "17"], ["--spare-max-age", "0"], ["--spare-max-age", "901"]] {
+            let argv = [&["rds-auth-proxy"][..], &t, &bad].concat();
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
 //!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
-//!   byte pump after auth, [`cancel`] routes CancelRequests.
+//!   byte pump after auth, [`cancel`] routes CancelRequests; [`spare`] keeps logged-in upstream
+//!   connections ready (`--spare-connections`) so a matching client skips the connect side.
 //! * [`client_auth`]: who may use a listener — loopback and the owner's Unix socket freely,
 //!   remote clients with the client password (server-side SCRAM-SHA-256), nobody else.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
@@ -56,6 +57,7 @@ pub mod pg;
 pub mod rds_api;
 pub mod relay;
 pub mod session;
+pub mod spare;
 pub mod target;
 pub mod tls;
 pub mod tunnel;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 pub use crate::auth::AuthMetrics;
+pub use crate::spare::SpareMetrics;
 pub use crate::tunnel::ssm::SsmCounters;
 use crate::tunnel::Tunnel;
 
@@ -42,6 +43,13 @@ struct DirectionLabels {
     target: String,
     /// `to_upstream` (client → database) or `to_client`.
     direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiscardLabels {
+    target: String,
+    /// `aged`, `dead` or `evicted`.
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +82,11 @@ struct Families {
     ssm_sessions_failed: Family<TargetLabel, Counter>,
     ssm_messages_resent: Family<TargetLabel, Counter>,
     connect_seconds: HistogramFamily,
+    spare_hits: Family<TargetLabel, Counter>,
+    spare_misses: Family<TargetLabel, Counter>,
+    spares_opened: Family<TargetLabel, Counter>,
+    spares_discarded: Family<DiscardLabels, Counter>,
+    spares_ready: Family<TargetLabel, Gauge>,
 }
 
 /// The process's metrics registry.
@@ -111,6 +124,11 @@ impl Metrics {
             ssm_sessions_failed: Family::default(),
             ssm_messages_resent: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram as fn() -> Histogram),
+            spare_hits: Family::default(),
+            spare_misses: Family::default(),
+            spares_opened: Family::default(),
+            spares_discarded: Family::default(),
+            spares_ready: Family::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         let f = &families;
@@ -158,6 +176,23 @@ impl Metrics {
             "From accepting a client connection to its login completing",
             f.connect_seconds.clone(),
         );
+        registry.register(
+            "spare_hits",
+            "Logins served at once by a spare connection (--spare-connections)",
+            f.spare_hits.clone(),
+        );
+        registry.register(
+            "spare_misses",
+            "Logins that found no spare connection for their startup parameters and logged in upstream",
+            f.spare_misses.clone(),
+        );
+        registry.register("spares_opened", "Spare connections logged in ahead of time", f.spares_opened.clone());
+        registry.register(
+            "spares_discarded",
+            "Spare connections closed unused: aged (--spare-max-age or the token's end), dead (closed by the server), evicted (a newer kind of client took their place)",
+            f.spares_discarded.clone(),
+        );
+        registry.register("spares_ready", "Spare connections ready now", f.spares_ready.clone());
         Metrics {
             registry,
             families,
@@ -178,6 +213,10 @@ impl Metrics {
             target: name.to_owned(),
             outcome: o.to_owned(),
         };
+        let discarded = |r: &str| DiscardLabels {
+            target: name.to_owned(),
+            reason: r.to_owned(),
+        };
         TargetMetrics {
             name: name.to_owned(),
             connections_open: f.connections_open.get_or_create_owned(&label),
@@ -196,6 +235,15 @@ impl Metrics {
                 resumed: f.ssm_sessions_resumed.get_or_create_owned(&label),
                 failed: f.ssm_sessions_failed.get_or_create_owned(&label),
                 resent: f.ssm_messages_resent.get_or_create_owned(&label),
+            },
+            spares: SpareMetrics {
+                hits: f.spare_hits.get_or_create_owned(&label),
+                misses: f.spare_misses.get_or_create_owned(&label),
+                opened: f.spares_opened.get_or_create_owned(&label),
+                aged: f.spares_discarded.get_or_create_owned(&discarded("aged")),
+                dead: f.spares_discarded.get_or_create_owned(&discarded("dead")),
+                evicted: f.spares_discarded.get_or_create_owned(&discarded("evicted")),
+                ready: f.spares_ready.get_or_create_owned(&label),
             },
         }
     }
@@ -245,6 +293,7 @@ pub struct TargetMetrics {
     pub connect_seconds: Histogram,
     pub auth: AuthMetrics,
     pub ssm: SsmCounters,
+    pub spares: SpareMetrics,
 }
 
 impl TargetMetrics {
@@ -309,6 +358,9 @@ mod tests {
             "rds_auth_proxy_connect_duration_seconds_bucket{le=\"0.01\",target=\"dev\"} 0",
             "rds_auth_proxy_connect_duration_seconds_bucket{le=\"0.02\",target=\"dev\"} 1",
             "rds_auth_proxy_ssm_messages_resent_total{target=\"prod\"} 0",
+            "rds_auth_proxy_spare_hits_total{target=\"dev\"} 0",
+            "rds_auth_proxy_spares_discarded_total{target=\"dev\",reason=\"aged\"} 0",
+            "rds_auth_proxy_spares_ready{target=\"dev\"} 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

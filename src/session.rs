@@ -244,10 +244,14 @@ where
     let database = startup.database().into_owned();
     audit.db_user = crate::audit::bounded(&user);
 
-    let connected = tokio::select! {
-        biased;
-        () = drain.expired() => None,
-        connected = upstream::connect(ctx, &startup) => Some(connected),
+    // A spare logged in with these exact startup parameters costs no upstream round trip.
+    let connected = match ctx.spares.take(&startup).await {
+        Some(spare) => Some(Ok(spare)),
+        None => tokio::select! {
+            biased;
+            () = drain.expired() => None,
+            connected = upstream::connect(ctx, &startup) => Some(connected),
+        },
     };
     audit.principal_arn = ctx.auth.principal_arn();
     let mut upstream = match connected {
@@ -293,6 +297,8 @@ where
             return;
         }
     };
+    // Logged in: keep spares ready for this kind of client while it is in use.
+    let _spares = ctx.spares.lease(&startup);
     audit.ssm_session = upstream.ssm_session.clone().unwrap_or_default();
     if let Err(e) = client.write_all(&upstream.to_client).await {
         tracing::debug!(%peer, error = e.to_string(), "client went away right after login");

@@ -115,6 +115,8 @@ pub struct TargetContext {
     /// What logins have shown about the server (its version, whether it takes direct TLS),
     /// and `--direct-tls`.
     pub server: crate::upstream::ServerKnowledge,
+    /// `--spare-connections`: logged-in upstream connections kept ready for known clients.
+    pub spares: crate::spare::Spares,
 }
 
 impl TargetContext {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use tokio::time::Instant;
 
-use super::token::{presign, Token, TokenError, TokenRequest};
+use super::token::{presign, Token, TokenError, TokenRequest, TOKEN_LIFETIME};
 
 /// How long a minted token is reused.
 pub const MAX_TOKEN_REUSE: Duration = Duration::from_secs(14 * 60);
@@ -30,6 +30,8 @@ struct Entry {
     /// Which credentials signed it: a token from replaced credentials is not reused.
     access_key_id: String,
     usable_until: SystemTime,
+    /// When RDS stops accepting it: its 15-minute life, or the credentials' expiry if sooner.
+    valid_until: SystemTime,
     /// Last handed out (or minted): what idle eviction and the size cap go by.
     last_used: Instant,
 }
@@ -102,8 +104,10 @@ impl TokenCache {
         }
         let token = presign(request, credentials, now)?;
         let mut usable_until = now + MAX_TOKEN_REUSE;
+        let mut valid_until = now + TOKEN_LIFETIME;
         if let Some(expiry) = credentials.expiry() {
             usable_until = usable_until.min(expiry);
+            valid_until = valid_until.min(expiry);
         }
         if !entries.map.contains_key(request) {
             entries.make_room();
@@ -114,10 +118,20 @@ impl TokenCache {
                 token: token.clone(),
                 access_key_id: credentials.access_key_id().to_owned(),
                 usable_until,
+                valid_until,
                 last_used: used_at,
             },
         );
         Ok((token, true))
+    }
+
+    /// When the token cached for `request` stops being valid, if one is cached and still reused
+    /// at `now` (what a login right now would most likely use); for a connection logged in with
+    /// it, e.g. a spare kept ready ([`crate::spare`]), which must not outlive its login's token.
+    pub fn valid_until(&self, request: &TokenRequest, now: SystemTime) -> Option<SystemTime> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.map.get(request)?;
+        (now < entry.usable_until).then_some(entry.valid_until)
     }
 
     /// Forgets the token for `request` (after the upstream refused it).
@@ -200,6 +214,22 @@ mod tests {
             .get_or_mint(&req("u"), &other, t0 + Duration::from_secs(122))
             .unwrap();
         assert_ne!(d, e);
+    }
+
+    /// A token's end is its 15 minutes, or the credentials' expiry when sooner; nothing is
+    /// reported once the token is no longer reused.
+    #[test]
+    fn valid_until_is_the_token_life_capped_by_the_credentials() {
+        let cache = TokenCache::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(cache.valid_until(&req("u"), t0), None);
+        let long = Credentials::from_keys("AKIAEXAMPLEEXAMPLE", "s", None);
+        cache.get_or_mint(&req("u"), &long, t0).unwrap();
+        assert_eq!(cache.valid_until(&req("u"), t0 + Duration::from_secs(60)), Some(t0 + TOKEN_LIFETIME));
+        assert_eq!(cache.valid_until(&req("u"), t0 + MAX_TOKEN_REUSE), None, "no longer reused");
+        let short = Credentials::new("ASIAEXAMPLEEXAMPLE", "s", Some("tok".into()), Some(t0 + Duration::from_secs(300)), "test");
+        cache.get_or_mint(&req("v"), &short, t0).unwrap();
+        assert_eq!(cache.valid_until(&req("v"), t0), Some(t0 + Duration::from_secs(300)));
     }
 
     /// Idle entries go away after a token's life, on tokio's paused clock (no real waiting).

@@ -132,6 +132,12 @@ impl IamAuth {
         Ok(self.mint_or_reuse(request, &creds)?)
     }
 
+    /// When the token a login for `request` would use now stops being valid (see
+    /// [`cache::TokenCache::valid_until`]); `None` when none is cached. Mints nothing.
+    pub fn token_valid_until(&self, request: &TokenRequest) -> Option<SystemTime> {
+        self.cache.valid_until(request, SystemTime::now())
+    }
+
     /// Loads (and caches) the credentials without signing anything: the start-up check.
     pub async fn credentials(&self) -> Result<aws_credential_types::Credentials, CredentialsError> {
         self.credentials.get().await
