@@ -392,6 +392,9 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         refuse_start: args.ssm_refuse_start.clone(),
         resend_front_only: args.ssm_aws_limits || args.ssm_resend_front_only,
         node_offline: args.ssm_node_offline,
+        // Failure-branch knobs, for in-process tests only.
+        hang_resume: false,
+        extra_handshake_action: None,
     }
 }
 

@@ -147,6 +147,17 @@ pub struct SsmSimOptions {
     /// reports it `ConnectionLost` and StartSession answers TargetNotConnected, as AWS does for
     /// a stopped instance or a dead agent.
     pub node_offline: bool,
+    // --- Failure-branch knobs (the `faults` work); kept together at the end. ---
+    /// While on, ResumeSession calls get no answer at all (held until the client gives up or
+    /// the simulator stops), like a request lost when the Wi-Fi drops mid-call.
+    pub hang_resume: bool,
+    /// A newer agent: its HandshakeRequest also asks for this action, which no client knows
+    /// (parameters `{"Feature":"sim"}`). For the actions it knows the agent does what AWS's
+    /// does (any status but Success cancels the session); for this one it accepts the answer
+    /// every plugin released so far gives an unknown action (`ActionResult` 3 with status 0,
+    /// or status 3 Unsupported), notes it in [`SessionInfo::declined_actions`] and goes on, as
+    /// it must to work with them. Any other failed answer cancels the session.
+    pub extra_handshake_action: Option<String>,
 }
 
 impl SsmSimOptions {
@@ -190,6 +201,8 @@ impl Default for SsmSimOptions {
             refuse_start: None,
             resend_front_only: false,
             node_offline: false,
+            hang_resume: false,
+            extra_handshake_action: None,
         }
     }
 }
@@ -302,6 +315,9 @@ pub struct SsmSimStats {
     /// Client Output messages that were one smux NOP alone (the client's keepalive), counted
     /// once each, in sequence. Each one is activity that pushes the idle timeout back.
     pub client_keepalives: AtomicU64,
+    // --- Failure-branch counters (the `faults` work); kept together at the end. ---
+    /// ResumeSession calls left unanswered by the `hang_resume` knob.
+    pub resumes_hung: AtomicU64,
 }
 
 impl SsmSimStats {
@@ -366,6 +382,9 @@ pub struct SessionInfo {
     pub agent_keepalive: Option<bool>,
     /// Set once the session is over, with the `channel_closed` Output text (may be empty).
     pub ended: Option<String>,
+    // --- Failure-branch fields (the `faults` work). ---
+    /// Handshake actions the client answered as unknown (see `extra_handshake_action`).
+    pub declined_actions: Vec<String>,
 }
 
 /// A fault decision for one stream-data message.
