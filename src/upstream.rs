@@ -27,6 +27,8 @@ pub struct Upstream {
     pub to_client: BytesMut,
     /// The SSM session the connection runs in (`--via ssm`).
     pub ssm_session: Option<String>,
+    /// Resolves when the tunnel reset this connection because its client stopped reading.
+    pub stall: Option<crate::tunnel::ssm::pool::StallWatch>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,11 +303,12 @@ async fn attempt(
     fresh: bool,
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts;
-    let (raw, ssm_session) = timed("opening the tunnel", t.connect, async {
-        ctx.tunnel.open_tagged().await.map_err(|e| tunnel_error(ctx, e))
+    let opened = timed("opening the tunnel", t.connect, async {
+        ctx.tunnel.open_watched().await.map_err(|e| tunnel_error(ctx, e))
     })
     .await?;
-    let mut stream = timed("negotiating TLS", t.tls, start_tls(ctx, raw)).await?;
+    let (ssm_session, stall) = (opened.ssm_session, opened.stall);
+    let mut stream = timed("negotiating TLS", t.tls, start_tls(ctx, opened.stream)).await?;
     timed("authenticating", t.auth, async {
         stream
             .write_all(startup.as_bytes())
@@ -317,6 +320,7 @@ async fn attempt(
             stream,
             to_client,
             ssm_session,
+            stall,
         })
     })
     .await
