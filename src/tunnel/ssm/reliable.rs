@@ -115,8 +115,9 @@ impl Pending {
 
     /// Marks one resend at `now` that is due by `timeout`; `cap` is [`Config::max_backoff`].
     fn resent(&mut self, now: Instant, timeout: Duration, rto: Duration, cap: Duration) {
+        let expedited = self.attempts == 1 && self.first_timeout.is_some();
         let by_timer = !self.presumed_lost
-            && !(self.attempts == 1 && self.first_timeout.is_some())
+            && !expedited
             && now.saturating_duration_since(self.last_sent) >= timeout;
         self.timed_out |= by_timer;
         self.last_sent = now;
