@@ -58,7 +58,8 @@ pub(crate) struct StreamState {
     pub(crate) read_waker: Option<Waker>,
     /// Where in the session's inbound byte stream the peer's FIN frame began, if it came.
     pub(crate) fin_at: Option<u64>,
-    /// Since when `buf` has held at least `max_stream_buffer` bytes (the reader is stalled).
+    /// Since when `buf` has held at least `max_stream_buffer` bytes without the reader taking
+    /// any of it (every read restarts it): the reader has stalled.
     pub(crate) full_since: Option<Instant>,
     /// Reset by [`Session::reset_stalled`]: buffer discarded, FIN sent, further data dropped.
     pub(crate) reset: bool,

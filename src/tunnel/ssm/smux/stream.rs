@@ -105,9 +105,9 @@ impl AsyncRead for Stream {
             let n = stream.buf.len().min(out.remaining());
             out.put_slice(&stream.buf[..n]);
             stream.buf.advance(n);
-            if stream.buf.len() < shared.config.max_stream_buffer {
-                stream.full_since = None;
-            }
+            // Reading at all is not stalling: the clock restarts (or stops below the cap).
+            stream.full_since = (stream.buf.len() >= shared.config.max_stream_buffer)
+                .then(tokio::time::Instant::now);
             if stream.buf.is_empty() && stream.buf.capacity() > SHRINK_THRESHOLD {
                 stream.buf = BytesMut::new();
             }
