@@ -74,8 +74,13 @@ const RESEND_BATCH: usize = 64;
 /// AWS's agent drops input that reaches it within the first ~0.4–5 ms after it sent
 /// HandshakeComplete, without an ack (its port plugin is not ready yet; `ssm-protocol.md` §6a).
 /// Messages we send this soon after HandshakeComplete arrived are resent after
-/// [`EARLY_RESEND`] if still unacked, instead of after a whole RTO (≈200 ms at first).
+/// [`EARLY_RESEND`] if still unacked, instead of after a whole RTO (≈200 ms at first) — but
+/// only on a link fast enough for our input to land in that window at all: the round trip from
+/// our HandshakeResponse to the agent's HandshakeComplete under [`EARLY_INPUT_MAX_RTT`]. On a
+/// slower link the early resend would only be spurious.
 const EARLY_INPUT_GUARD: Duration = Duration::from_millis(100);
+/// See [`EARLY_INPUT_GUARD`].
+const EARLY_INPUT_MAX_RTT: Duration = Duration::from_millis(10);
 /// See [`EARLY_INPUT_GUARD`]; later resends follow the normal RTO.
 const EARLY_RESEND: Duration = Duration::from_millis(20);
 /// At most this many messages get the early resend: the first flight (smux SYN, SSLRequest).
@@ -425,6 +430,7 @@ pub async fn open(
         early_until: None,
         early_left: EARLY_MESSAGES,
         inbound_offset: 0,
+        response_sent_at: None,
         config: config.clone(),
     };
     tokio::spawn(pump.run());
@@ -794,6 +800,8 @@ struct Pump {
     early_left: u32,
     /// Output bytes delivered to the local side so far: positions in the agent's byte stream.
     inbound_offset: u64,
+    /// When our HandshakeResponse went out; HandshakeComplete follows one round trip later.
+    response_sent_at: Option<Instant>,
 }
 
 impl Pump {
@@ -1167,6 +1175,7 @@ impl Pump {
             .to_payload()
             .map_err(|e| DataChannelError::HandshakeInvalid(e.to_string()))?;
         self.send_stream(PayloadType::HandshakeResponse, payload)?;
+        self.response_sent_at = Some(Instant::now());
         match outcome {
             Outcome::Accepted(properties) => {
                 if let Some(declined) = &response.errors {
@@ -1215,7 +1224,13 @@ impl Pump {
             }));
         }
         self.handshake = HandshakeState::Complete;
-        self.early_until = Some(Instant::now() + EARLY_INPUT_GUARD);
+        let now = Instant::now();
+        let round_trip = self
+            .response_sent_at
+            .map(|at| now.saturating_duration_since(at));
+        if round_trip.is_some_and(|rtt| rtt < EARLY_INPUT_MAX_RTT) {
+            self.early_until = Some(now + EARLY_INPUT_GUARD);
+        }
         Ok(())
     }
 

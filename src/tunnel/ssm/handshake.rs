@@ -307,7 +307,11 @@ pub fn respond(
             )),
         };
         let (status, error, action_result) = match result {
-            Ok(()) => (ActionStatus::Success, String::new(), serde_json::Value::Null),
+            Ok(()) => (
+                ActionStatus::Success,
+                String::new(),
+                serde_json::Value::Null,
+            ),
             Err((ActionStatus::Unsupported, err)) => (
                 ActionStatus::Unsupported,
                 err.to_string(),

@@ -378,8 +378,11 @@ impl Pool {
     /// it may not come back, and a new session works now.
     fn pick(&self, st: &mut PoolState) -> Option<Arc<MuxSession>> {
         st.sessions.retain(|s| s.is_alive());
-        let usable: Vec<&Arc<MuxSession>> =
-            st.sessions.iter().filter(|s| !s.is_reconnecting()).collect();
+        let usable: Vec<&Arc<MuxSession>> = st
+            .sessions
+            .iter()
+            .filter(|s| !s.is_reconnecting())
+            .collect();
         let least = |pred: &dyn Fn(&MuxSession) -> bool| {
             usable
                 .iter()

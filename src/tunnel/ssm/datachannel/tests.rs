@@ -695,7 +695,10 @@ async fn input_right_after_the_handshake_is_resent_within_20_ms_when_not_acked()
     let again = agent.recv_stream().await;
     assert_eq!(again, first);
     let waited = sent.elapsed();
-    assert!(waited <= Duration::from_millis(21), "resent after {waited:?}");
+    assert!(
+        waited <= Duration::from_millis(21),
+        "resent after {waited:?}"
+    );
     agent.ack(&again).await;
     // Later input follows the normal RTO (≈190 ms here), not the early 20 ms.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -705,5 +708,47 @@ async fn input_right_after_the_handshake_is_resent_within_20_ms_when_not_acked()
     let again = agent.recv_stream().await;
     assert_eq!(again, later);
     let waited = sent.elapsed();
-    assert!(waited >= Duration::from_millis(100), "resent after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(100),
+        "resent after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_a_slow_link_input_after_the_handshake_follows_the_normal_rto() {
+    let mut s = setup();
+    let opening = s.open("token-1");
+    let mut agent = s.agent().await;
+    // The handshake with a 50 ms round trip: our input cannot reach the agent in its first
+    // milliseconds after HandshakeComplete, so an early resend would only be spurious.
+    agent
+        .send_stream(
+            0,
+            PayloadType::HandshakeRequest,
+            HANDSHAKE_REQUEST.as_bytes().to_vec(),
+        )
+        .await;
+    assert_eq!(agent.recv_ack().await, 0);
+    let response = agent.recv_stream().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    agent.ack(&response).await;
+    agent
+        .send_stream(
+            1,
+            PayloadType::HandshakeComplete,
+            &br#"{"HandshakeTimeToComplete":1000,"CustomerMessage":""}"#[..],
+        )
+        .await;
+    assert_eq!(agent.recv_ack().await, 1);
+    let mut opened = opening.await.unwrap().expect("open");
+    opened.stream.write_all(b"select 1").await.unwrap();
+    let first = agent.recv_stream().await;
+    let sent = Instant::now();
+    let again = agent.recv_stream().await;
+    assert_eq!(again, first);
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100),
+        "resent after {waited:?}"
+    );
 }
