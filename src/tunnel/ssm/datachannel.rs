@@ -21,7 +21,10 @@
 //! same ClientId, unacked messages replayed); the session is declared dead only when data we
 //! sent has waited `agent_timeout` with nothing at all from the agent, like the plugin's
 //! ~5 minutes of resends. Our own back-pressure never counts as silence: the agent's resends
-//! keep arriving while we hold its output back.
+//! keep arriving while we hold its output back. Each ResumeSession call has `resume_timeout`
+//! to answer. A session that ends in a failure of ours (agent silent, sequence state, resume
+//! given up) is ended on the service too: the TerminateSession flag while the WebSocket
+//! works, then the API, so the node's connections to the database do not outlive it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -15,6 +15,13 @@
 //! - Memory: a stream holding `stream_buffer` bytes its client has not read makes its session
 //!   congested (no new streams); the session keeps buffering up to `session_buffer` in all
 //!   (plus the data channel's `inbound_queue_bytes`), and only then stops taking agent output.
+//!   A stream whose client has read nothing for `stall_timeout` while holding that much is
+//!   reset (smux v1 has no flow control: it is the only way the session's other streams go
+//!   on); its connection learns it through [`SsmStream::stall_watch`].
+//! - A session whose WebSocket is being resumed is never picked for a new stream, and does not
+//!   count against `max_sessions` meanwhile: a new session works now, the resume may not.
+//! - A ConnectToPortError flag is matched to the stream it belongs to by its place in the
+//!   agent's output (the first FIN-before-data after it), never to a later stream.
 
 use std::io;
 use std::pin::Pin;
