@@ -268,6 +268,7 @@ fn ssm_tunnel(
     settings.max_sessions = ssm.sessions;
     settings.idle_timeout = ssm.idle_timeout;
     settings.keepalive_interval = ssm.keepalive;
+    settings.stall_timeout = ssm.stall_timeout;
     settings.data_channel.max_payload = ssm.max_payload;
     settings.data_channel.max_rate = ssm.max_rate;
     settings.prewarm = ssm.prewarm;

@@ -304,6 +304,14 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 20, env = "RDS_AUTH_PROXY_SSM_KEEPALIVE")]
     pub ssm_keepalive: u64,
 
+    /// SSM mode: give up a connection whose client has stopped reading its results for this
+    /// many seconds while the tunnel holds a full buffer for it. Connections share an SSM
+    /// session, and one that is not read would otherwise stall all the others on it (the
+    /// session's multiplexer has no per-connection flow control). The client gets the message
+    /// it was in the middle of and an error saying why.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, env = "RDS_AUTH_PROXY_SSM_STALL_TIMEOUT")]
+    pub ssm_stall_timeout: u64,
+
     /// SSM mode: largest data payload per data-channel message. AWS's own clients send at most
     /// 1024 bytes; raise it only against endpoints known to accept more.
     #[arg(long, value_name = "BYTES", default_value_t = 1024, env = "RDS_AUTH_PROXY_SSM_MAX_PAYLOAD")]

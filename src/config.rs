@@ -52,6 +52,8 @@ pub struct SsmConfig {
     pub max_rate: u32,
     /// `--ssm-prewarm`: open a session at start and always keep one open.
     pub prewarm: bool,
+    /// Give up a connection whose client has not read a full buffer for this long.
+    pub stall_timeout: Duration,
 }
 
 /// Where a password user's password comes from.
@@ -140,6 +142,8 @@ pub enum ConfigError {
     ConnectAddrWithSsm,
     #[error("--ssm-keepalive must be at least 1 second")]
     BadSsmKeepalive,
+    #[error("--ssm-stall-timeout must be at least 1 second")]
+    BadSsmStallTimeout,
     #[error("--ssm-max-payload {0} must be between 1 and 65536 bytes")]
     BadSsmMaxPayload(usize),
     #[error("--password-file and --password-secret exclude each other: choose where the password comes from")]
@@ -378,6 +382,9 @@ fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
     if args.ssm_keepalive == 0 {
         return Err(ConfigError::BadSsmKeepalive);
     }
+    if args.ssm_stall_timeout == 0 {
+        return Err(ConfigError::BadSsmStallTimeout);
+    }
     if !(1..=MAX_SSM_PAYLOAD).contains(&args.ssm_max_payload) {
         return Err(ConfigError::BadSsmMaxPayload(args.ssm_max_payload));
     }
@@ -387,6 +394,7 @@ fn ssm_config(args: &ProxyArgs) -> Result<SsmConfig, ConfigError> {
         idle_timeout: Duration::from_secs(args.ssm_idle_timeout),
         sign_websocket: args.ssm_sign_websocket,
         keepalive: Duration::from_secs(args.ssm_keepalive),
+        stall_timeout: Duration::from_secs(args.ssm_stall_timeout),
         max_payload: args.ssm_max_payload,
         max_rate: args.ssm_max_rate,
         prewarm: args.ssm_prewarm,
@@ -540,10 +548,11 @@ mod tests {
                 max_payload: 1024,
                 max_rate: 900,
                 prewarm: false,
+                stall_timeout: Duration::from_secs(30),
             })
         );
         assert_eq!(
-            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "2", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768", "--ssm-max-rate", "0", "--ssm-prewarm"])
+            ok(&["--ssm-target", "mi-0123456789abcdef0", "--ssm-sessions", "2", "--ssm-idle-timeout", "60", "--ssm-sign-websocket", "--ssm-keepalive", "5", "--ssm-max-payload", "32768", "--ssm-max-rate", "0", "--ssm-prewarm", "--ssm-stall-timeout", "7"])
                 .unwrap()
                 .via,
             ViaConfig::Ssm(SsmConfig {
@@ -555,9 +564,10 @@ mod tests {
                 max_payload: 32768,
                 max_rate: 0,
                 prewarm: true,
+                stall_timeout: Duration::from_secs(7),
             })
         );
-        let cases: [(&[&str], ConfigError); 9] = [
+        let cases: [(&[&str], ConfigError); 10] = [
             (&[], ConfigError::MissingSsmTarget),
             (&["--ssm-target", "web-server"], ConfigError::BadSsmTarget("web-server".into())),
             (&["--ssm-target", "i-xyz"], ConfigError::BadSsmTarget("i-xyz".into())),
@@ -566,6 +576,7 @@ mod tests {
             (&["--ssm-target", "i-0123456789abcdef0", "--ssm-idle-timeout", "0"], ConfigError::BadSsmIdleTimeout),
             (&["--ssm-target", "i-0123456789abcdef0", "--connect-addr", "127.0.0.1:1"], ConfigError::ConnectAddrWithSsm),
             (&["--ssm-target", "i-0123456789abcdef0", "--ssm-keepalive", "0"], ConfigError::BadSsmKeepalive),
+            (&["--ssm-target", "i-0123456789abcdef0", "--ssm-stall-timeout", "0"], ConfigError::BadSsmStallTimeout),
             (&["--ssm-target", "i-0123456789abcdef0", "--ssm-max-payload", "70000"], ConfigError::BadSsmMaxPayload(70000)),
         ];
         for (extra, expected) in cases {

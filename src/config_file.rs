@@ -691,6 +691,7 @@ fn error_key(e: &ConfigError) -> Option<&'static str> {
         ConfigError::BadSsmIdleTimeout => "ssm_idle_timeout",
         ConfigError::SsmFlagWithoutSsm(flag) => return Some(static_id(flag)),
         ConfigError::BadSsmKeepalive => "ssm_keepalive",
+        ConfigError::BadSsmStallTimeout => "ssm_stall_timeout",
         ConfigError::BadSsmMaxPayload(_) => "ssm_max_payload",
         ConfigError::TwoPasswordSources | ConfigError::EmptyPasswordSecret => "password_secret",
         ConfigError::SecretKeyWithoutSecret => "password_secret_key",

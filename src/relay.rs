@@ -127,6 +127,9 @@ struct Half {
     framer: Option<Framer>,
     /// Stop at the next message boundary, without shutting the writer down.
     draining: bool,
+    /// `framer` as it was before the chunk now in `buf` was read, so a cut can find the
+    /// message boundaries inside it.
+    chunk_start: Option<Framer>,
 }
 
 enum HalfEnd {
@@ -151,6 +154,7 @@ impl Half {
             meter: None,
             framer: None,
             draining: false,
+            chunk_start: None,
         }
     }
 
@@ -213,6 +217,7 @@ impl Half {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
                         if let Some(f) = &mut self.framer {
+                            self.chunk_start = Some(f.clone());
                             f.advance(&self.buf[..n]);
                         }
                         self.pos = 0;
@@ -247,6 +252,40 @@ impl Half {
     }
 }
 
+impl Half {
+    /// Stops reading: what is left to write is shortened to end on the first message boundary
+    /// at or after what the client already got, so the caller's ErrorResponse can follow.
+    /// False when the current message does not end inside what was read (it cannot be
+    /// completed without reading more).
+    fn cut_at_boundary(&mut self) -> bool {
+        let Some(framer) = &self.framer else {
+            return false;
+        };
+        if self.pos >= self.cap {
+            let at_boundary = framer.until_boundary().is_none();
+            self.draining |= at_boundary;
+            return at_boundary;
+        }
+        let Some(mut f) = self.chunk_start.clone() else {
+            return false;
+        };
+        f.advance(&self.buf[..self.pos]);
+        let mut at = self.pos;
+        while let Some(k) = f.until_boundary() {
+            let end = at.saturating_add(k);
+            if end > self.cap {
+                return false;
+            }
+            f.advance(&self.buf[at..end]);
+            at = end;
+        }
+        self.cap = at;
+        self.framer = Some(f);
+        self.draining = true;
+        true
+    }
+}
+
 /// Relays until both directions are done.
 pub async fn relay<C, U>(client: &mut C, upstream: &mut U) -> RelayStats
 where
@@ -274,6 +313,27 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_until_or_cut(client, upstream, already_sent, drain, std::future::pending(), meters).await
+}
+
+/// [`relay_until`], and when `cut` resolves the upstream is given up (the tunnel reset it): the
+/// client's input is no longer forwarded, and the client gets what the proxy holds for it only
+/// up to the end of the message it is in the middle of (read from the upstream only if that
+/// message goes on past what was read). Then the relay returns with [`ClosedBy::Drain`] and the
+/// client's side still open for a last ErrorResponse — or, when the upstream no longer has the
+/// rest of that message, with an upstream read error (nothing can follow half a message).
+pub async fn relay_until_or_cut<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    already_sent: &[u8],
+    drain: impl std::future::Future<Output = ()>,
+    cut: impl std::future::Future<Output = ()>,
+    meters: Meters,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut c2u = Half {
         meter: meters.to_upstream,
         ..Half::new()
@@ -288,7 +348,20 @@ where
     let mut stats = RelayStats::default();
     let mut drain = std::pin::pin!(drain);
     let mut draining = false;
+    let mut cut = std::pin::pin!(cut);
+    let mut cutting = false;
     poll_fn(|cx| {
+        if !cutting && cut.as_mut().poll(cx).is_ready() {
+            cutting = true;
+            draining = true;
+            c2u.done = true;
+            if !u2c.done && !u2c.cut_at_boundary() {
+                // The message goes on past what was read: read up to its end, if the upstream
+                // still has it; if not, the half ends with a read error (no ErrorResponse can
+                // follow half a message).
+                u2c.draining = true;
+            }
+        }
         if !draining && drain.as_mut().poll(cx).is_ready() {
             draining = true;
             c2u.done = true;
@@ -477,5 +550,48 @@ mod tests {
         assert_eq!(got, b"E-final");
         let stats = relay.await.unwrap();
         assert_eq!(stats.closed_by, Some(ClosedBy::Upstream));
+    }
+
+    /// A Half that read `chunk` in one go (after `before`) and wrote `written` bytes of it.
+    fn half_with(before: &[u8], chunk: &[u8], written: usize) -> Half {
+        let mut half = Half::framed();
+        if let Some(f) = &mut half.framer {
+            f.advance(before);
+            half.chunk_start = Some(f.clone());
+            f.advance(chunk);
+        }
+        half.buf[..chunk.len()].copy_from_slice(chunk);
+        half.cap = chunk.len();
+        half.pos = written;
+        half
+    }
+
+    #[test]
+    fn a_cut_ends_on_the_first_boundary_after_what_the_client_got() {
+        // Three DataRows of 12 bytes each, then half of a fourth.
+        let row: &[u8] = b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x01x";
+        let chunk = [row, row, row, &row[..5]].concat();
+        // The client got 8 bytes: the rest of the first row is still owed, then the cut.
+        let mut half = half_with(&[], &chunk, 8);
+        assert!(half.cut_at_boundary());
+        assert_eq!((half.pos, half.cap, half.draining), (8, 12, true));
+        assert_eq!(half.framer.as_ref().and_then(Framer::until_boundary), None);
+        // Exactly at a boundary: nothing more is owed.
+        let mut half = half_with(&[], &chunk, 24);
+        assert!(half.cut_at_boundary());
+        assert_eq!((half.pos, half.cap), (24, 24));
+        // Inside the half row at the end: it cannot be completed.
+        let mut half = half_with(&[], &chunk, 38);
+        assert!(!half.cut_at_boundary());
+        // A chunk that began inside a message (its first 7 bytes read before): the boundary
+        // is counted from where that message began.
+        let mut half = half_with(&row[..7], &chunk[7..], 2);
+        assert!(half.cut_at_boundary());
+        assert_eq!(half.cap, 5);
+        // Everything written and the last message complete: at a boundary already.
+        let mut half = half_with(&[], &chunk[..24], 24);
+        assert!(half.cut_at_boundary());
+        let mut half = half_with(&[], &chunk, chunk.len());
+        assert!(!half.cut_at_boundary(), "the client has half a message");
     }
 }

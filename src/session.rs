@@ -307,17 +307,45 @@ where
     ctx.metrics.connect_seconds.observe(started.elapsed().as_secs_f64());
     tracing::info!(%peer, user = user.as_str(), database = database.as_str(), tls = client.is_tls(), setup_ms = started.elapsed().as_millis() as u64, "client connected");
     audit.opened();
-    let mut stats = relay::relay_until(
+    // `--via ssm`: the tunnel resets a connection whose client stopped reading (so the others
+    // on its SSM session can go on); the client then gets what it was in the middle of and an
+    // ErrorResponse, if it reads again within another stall timeout.
+    let stall = upstream.stall.clone();
+    let stalled = async {
+        match &stall {
+            Some(watch) => watch.stalled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let relay = relay::relay_until_or_cut(
         &mut client,
         &mut upstream.stream,
         &upstream.to_client,
         drain.expired(),
+        stalled,
         relay::Meters {
             to_upstream: Some(ctx.metrics.bytes_to_upstream.clone()),
             to_client: Some(ctx.metrics.bytes_to_client.clone()),
         },
-    )
-    .await;
+    );
+    let given_up = async {
+        match &stall {
+            Some(watch) => {
+                watch.stalled().await;
+                tokio::time::sleep(watch.grace()).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let mut stats = tokio::select! {
+        stats = relay => stats,
+        () = given_up => relay::RelayStats {
+            closed_by: Some(relay::ClosedBy::Client),
+            client_error: Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading and did not come back")),
+            ..relay::RelayStats::default()
+        },
+    };
+    let stall_error = stall.as_ref().filter(|w| w.is_stalled()).map(|w| w.client_error());
     // After the client said goodbye, an upstream that drops the connection without a TLS
     // close_notify (tunnels do: the SSM agent closes both sides at once) is a normal end.
     if stats.closed_by == Some(relay::ClosedBy::Client)
@@ -329,7 +357,13 @@ where
         stats.upstream_error = None;
     }
     let drained = stats.closed_by == Some(relay::ClosedBy::Drain);
-    if drained {
+    if let Some(err) = &stall_error {
+        tracing::warn!(%peer, user = user.as_str(), database = database.as_str(), sqlstate = err.sqlstate.code(), "the client stopped reading its results; the tunnel gave its connection up");
+        if drained {
+            let limit = stall.as_ref().map_or(std::time::Duration::ZERO, |w| w.grace());
+            let _ = tokio::time::timeout(limit, fail(&mut client, peer, err)).await;
+        }
+    } else if drained {
         fail(&mut client, peer, &drain::shutdown_error()).await;
     }
     let error = stats
@@ -348,14 +382,22 @@ where
     );
     // An I/O error on either side is the end's cause, whoever noticed first.
     let closed_by = match (&error, stats.closed_by) {
+        _ if stall_error.is_some() => Some(Closer::Error),
         (_, Some(relay::ClosedBy::Drain)) => Some(Closer::Drain),
         (Some(_), _) => Some(Closer::Error),
         (None, by) => by.map(Closer::from),
     };
     audit.closed(&Ending {
         closed_by,
-        reason: error.unwrap_or_default(),
-        sqlstate: if drained { drain::shutdown_error().sqlstate.code().to_owned() } else { String::new() },
+        reason: match &stall_error {
+            Some(err) => err.message.clone(),
+            None => error.unwrap_or_default(),
+        },
+        sqlstate: match &stall_error {
+            Some(err) => err.sqlstate.code().to_owned(),
+            None if drained => drain::shutdown_error().sqlstate.code().to_owned(),
+            None => String::new(),
+        },
         bytes_to_upstream: stats.client_to_upstream,
         bytes_to_client: stats.upstream_to_client,
         duration: started.elapsed(),

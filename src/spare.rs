@@ -105,6 +105,15 @@ pub struct Spares {
     tasks: Arc<watch::Sender<usize>>,
 }
 
+/// A clone is a new, empty set of spares with the same settings and metrics, attached to no
+/// context (a cloned [`TargetContext`] is another context: its connections are its own, and it
+/// opens no spares in the background).
+impl Clone for Spares {
+    fn clone(&self) -> Self {
+        Spares::new(self.settings.clone(), Weak::new(), self.metrics.clone())
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// At most [`MAX_KEYS`]; a linear search is the fastest map at that size.

@@ -92,7 +92,7 @@ impl Default for Timeouts {
 }
 
 /// What every session of one target shares.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TargetContext {
     pub target: Target,
     pub tunnel: Tunnel,

@@ -30,6 +30,8 @@ pub struct Upstream {
     pub to_client: BytesMut,
     /// The SSM session the connection runs in (`--via ssm`).
     pub ssm_session: Option<String>,
+    /// Resolves when the tunnel reset this connection because its client stopped reading.
+    pub stall: Option<crate::tunnel::ssm::pool::StallWatch>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,10 +324,11 @@ async fn attempt(
     let t = ctx.timeouts;
     let open = || {
         timed("opening the tunnel", t.connect, async {
-            ctx.tunnel.open_tagged().await.map_err(|e| tunnel_error(ctx, e))
+            ctx.tunnel.open_watched().await.map_err(|e| tunnel_error(ctx, e))
         })
     };
-    let (raw, mut ssm_session) = open().await?;
+    let opened = open().await?;
+    let (raw, mut ssm_session, mut stall) = (opened.stream, opened.ssm_session, opened.stall);
     let direct = ctx.server.use_direct_tls();
     let mut stream = match timed("negotiating TLS", t.tls, negotiate_tls(ctx, raw, direct)).await {
         Err(e @ UpstreamError::DirectTlsRefused { .. }) if ctx.server.mode() == DirectTls::Auto => {
@@ -338,8 +341,9 @@ async fn attempt(
                 error = crate::session::display_chain(&e),
                 "the server reported PostgreSQL 17 or later but did not take direct TLS; connecting with SSLRequest, now and from now on"
             );
-            let (raw, session) = open().await?;
-            ssm_session = session;
+            let opened = open().await?;
+            (ssm_session, stall) = (opened.ssm_session, opened.stall);
+            let raw = opened.stream;
             timed("negotiating TLS", t.tls, negotiate_tls(ctx, raw, false)).await?
         }
         other => other?,
@@ -357,6 +361,7 @@ async fn attempt(
             stream,
             to_client,
             ssm_session,
+            stall,
         })
     })
     .await
@@ -385,6 +390,17 @@ pub struct ServerKnowledge {
     major: AtomicU32,
     /// A direct TLS attempt failed before TLS completed (`--direct-tls auto`): SSLRequest only.
     refuses_direct: AtomicBool,
+}
+
+/// A clone starts from what this one knows now; from then on each learns on its own.
+impl Clone for ServerKnowledge {
+    fn clone(&self) -> Self {
+        ServerKnowledge {
+            mode: self.mode,
+            major: AtomicU32::new(self.major.load(Ordering::Relaxed)),
+            refuses_direct: AtomicBool::new(self.refuses_direct.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// The first PostgreSQL major version with direct TLS.

@@ -408,6 +408,9 @@ fn ssm_options(args: &SimArgs) -> SsmSimOptions {
         latency: args.ssm_latency.or_else(|| presets().find_map(|p| p.latency)),
         jitter: args.ssm_jitter.or_else(|| presets().find_map(|p| p.jitter)),
         early_input_window,
+        // Failure-branch knobs, for in-process tests only.
+        hang_resume: false,
+        extra_handshake_action: None,
     }
 }
 

@@ -14,6 +14,15 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> TunnelIo for T {}
 /// One opened tunnel connection.
 pub type TunnelStream = Box<dyn TunnelIo>;
 
+/// One opened tunnel connection and what is known about it.
+pub struct OpenedTunnel {
+    pub stream: TunnelStream,
+    /// The SSM session it runs in (`--via ssm`), for audit lines.
+    pub ssm_session: Option<String>,
+    /// Resolves when the tunnel reset the connection because its client stopped reading.
+    pub stall: Option<ssm::pool::StallWatch>,
+}
+
 /// The configured way to reach one target.
 #[derive(Debug, Clone)]
 pub enum Tunnel {
@@ -65,12 +74,27 @@ impl Tunnel {
 
     /// [`Tunnel::open`], also naming the SSM session the connection runs in (for audit lines).
     pub async fn open_tagged(&self) -> Result<(TunnelStream, Option<String>), TunnelError> {
+        self.open_watched().await.map(|o| (o.stream, o.ssm_session))
+    }
+
+    /// [`Tunnel::open_tagged`], plus what tells when the tunnel gave the connection up because
+    /// its client stopped reading (SSM mux: see `--ssm-stall-timeout`).
+    pub async fn open_watched(&self) -> Result<OpenedTunnel, TunnelError> {
         match self {
-            Tunnel::Direct(d) => Ok((Box::new(d.open().await?), None)),
+            Tunnel::Direct(d) => Ok(OpenedTunnel {
+                stream: Box::new(d.open().await?),
+                ssm_session: None,
+                stall: None,
+            }),
             Tunnel::Ssm(t) => {
                 let stream = t.open().await?;
-                let session = stream.session_id().to_owned();
-                Ok((Box::new(stream), Some(session)))
+                let ssm_session = Some(stream.session_id().to_owned());
+                let stall = stream.stall_watch();
+                Ok(OpenedTunnel {
+                    stream: Box::new(stream),
+                    ssm_session,
+                    stall,
+                })
             }
         }
     }

@@ -290,6 +290,9 @@ struct Agent {
     complete_sent_at: Option<Instant>,
     /// Round trips per target connection, once the port plugin runs.
     flights: Option<SessionFlights>,
+    // --- Failure-branch state (the `faults` work). ---
+    /// The extra action this session's HandshakeRequest asked for (`extra_handshake_action`).
+    extra_action: Option<String>,
 }
 
 impl Agent {
@@ -321,6 +324,7 @@ impl Agent {
             last_resend_pass: now,
             complete_sent_at: None,
             flights: None,
+            extra_action: None,
         }
     }
 
@@ -343,29 +347,44 @@ impl Agent {
             session_type: &'a str,
             properties: &'a serde_json::Value,
         }
+        /// One requested action; its parameters are a SessionType request or raw JSON.
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Parameters<'a> {
+            SessionType(SessionTypeRequest<'a>),
+            Other(serde_json::Value),
+        }
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
         struct Action<'a> {
             action_type: &'a str,
-            action_parameters: SessionTypeRequest<'a>,
+            action_parameters: Parameters<'a>,
         }
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
         struct Request<'a> {
             agent_version: &'a str,
-            requested_client_actions: [Action<'a>; 1],
+            requested_client_actions: Vec<Action<'a>>,
         }
         self.agent_version = self.inner.knobs.read(|o| o.agent_version.clone());
+        self.extra_action = self.inner.knobs.read(|o| o.extra_handshake_action.clone());
         let agent_version = self.agent_version.clone();
+        let mut actions = vec![Action {
+            action_type: handshake::ACTION_SESSION_TYPE,
+            action_parameters: Parameters::SessionType(SessionTypeRequest {
+                session_type: handshake::SESSION_TYPE_PORT,
+                properties: &self.properties,
+            }),
+        }];
+        if let Some(extra) = &self.extra_action {
+            actions.push(Action {
+                action_type: extra,
+                action_parameters: Parameters::Other(serde_json::json!({ "Feature": "sim" })),
+            });
+        }
         let request = Request {
             agent_version: &agent_version,
-            requested_client_actions: [Action {
-                action_type: handshake::ACTION_SESSION_TYPE,
-                action_parameters: SessionTypeRequest {
-                    session_type: handshake::SESSION_TYPE_PORT,
-                    properties: &self.properties,
-                },
-            }],
+            requested_client_actions: actions,
         };
         let payload = serde_json::to_vec(&request)
             .map_err(|e| End::Stopped(format!("cannot encode HandshakeRequest: {e}")))?;
@@ -680,11 +699,21 @@ impl Agent {
             message.json_payload("HandshakeResponse").map_err(|e| {
                 End::HandshakeFailed(format!("Failed to read the handshake response: {e}"))
             })?;
-        if let Some(failed) = response
-            .processed_client_actions
-            .iter()
-            .find(|a| a.action_status != ActionStatus::Success)
-        {
+        let mut declined = Vec::new();
+        for action in &response.processed_client_actions {
+            // A newer agent's optional action: what every released client answers for an
+            // action it does not know (the plugin: status 0, result 3) is accepted.
+            let optional = self.extra_action.as_deref() == Some(action.action_type.as_str());
+            let unsupported = action.action_status == ActionStatus::Unsupported
+                || (action.action_status == ActionStatus::Unknown(0)
+                    && action.action_result == serde_json::json!(3));
+            if optional && unsupported {
+                declined.push(action.action_type.clone());
+            }
+        }
+        if let Some(failed) = response.processed_client_actions.iter().find(|a| {
+            a.action_status != ActionStatus::Success && !declined.contains(&a.action_type)
+        }) {
             return Err(End::HandshakeFailed(format!(
                 "{} failed on client with status {} error: {}",
                 failed.action_type,
@@ -722,6 +751,7 @@ impl Agent {
             info.client_version = Some(client_version);
             info.mux = Some(mux);
             info.agent_keepalive = mux.then_some(keepalive);
+            info.declined_actions = declined;
         }
         let host = self
             .properties

@@ -218,7 +218,17 @@ async fn api_call(request: Request<Incoming>, inner: &Arc<Inner>) -> Result<Valu
     })?;
     match operation {
         "StartSession" => start_session(inner, input),
-        "ResumeSession" => resume_session(inner, input),
+        "ResumeSession" => {
+            if inner.knobs.read(|o| o.hang_resume) {
+                // No answer at all, like a request lost with the Wi-Fi: held until the
+                // simulator stops or the client gives up (which drops this future).
+                bump(&inner.stats.resumes_hung);
+                let mut shutdown = inner.shutdown.subscribe();
+                let _ = shutdown.wait_for(|stopped| *stopped).await;
+                return Err(ApiError::Serialization("The simulator is stopping.".to_owned()));
+            }
+            resume_session(inner, input)
+        }
         "TerminateSession" => terminate_session(inner, input).await,
         "DescribeInstanceInformation" => describe_instance_information(inner, input),
         other => Err(ApiError::UnknownOperation(other.to_owned())),

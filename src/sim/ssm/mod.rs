@@ -184,6 +184,17 @@ pub struct SsmSimOptions {
     /// [`AWS_EARLY_INPUT_WINDOW`]). Measured at the agent from the moment it sends
     /// HandshakeComplete. Counted in [`SsmSimStats::early_input_dropped`].
     pub early_input_window: Option<Duration>,
+    // --- Failure-branch knobs (the `faults` work); kept together at the end. ---
+    /// While on, ResumeSession calls get no answer at all (held until the client gives up or
+    /// the simulator stops), like a request lost when the Wi-Fi drops mid-call.
+    pub hang_resume: bool,
+    /// A newer agent: its HandshakeRequest also asks for this action, which no client knows
+    /// (parameters `{"Feature":"sim"}`). For the actions it knows the agent does what AWS's
+    /// does (any status but Success cancels the session); for this one it accepts the answer
+    /// every plugin released so far gives an unknown action (`ActionResult` 3 with status 0,
+    /// or status 3 Unsupported), notes it in [`SessionInfo::declined_actions`] and goes on, as
+    /// it must to work with them. Any other failed answer cancels the session.
+    pub extra_handshake_action: Option<String>,
 }
 
 impl SsmSimOptions {
@@ -247,6 +258,8 @@ impl Default for SsmSimOptions {
             latency: None,
             jitter: None,
             early_input_window: None,
+            hang_resume: false,
+            extra_handshake_action: None,
         }
     }
 }
@@ -365,6 +378,9 @@ pub struct SsmSimStats {
     pub early_input_dropped: AtomicU64,
     /// Round trips per target connection; see [`SsmSimStats::stream_flights`].
     flights: flights::Registry,
+    // --- Failure-branch counters (the `faults` work); kept together at the end. ---
+    /// ResumeSession calls left unanswered by the `hang_resume` knob.
+    pub resumes_hung: AtomicU64,
 }
 
 impl SsmSimStats {
@@ -437,6 +453,9 @@ pub struct SessionInfo {
     pub agent_keepalive: Option<bool>,
     /// Set once the session is over, with the `channel_closed` Output text (may be empty).
     pub ended: Option<String>,
+    // --- Failure-branch fields (the `faults` work). ---
+    /// Handshake actions the client answered as unknown (see `extra_handshake_action`).
+    pub declined_actions: Vec<String>,
 }
 
 /// A fault decision for one stream-data message.

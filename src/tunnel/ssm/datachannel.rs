@@ -21,7 +21,10 @@
 //! same ClientId, unacked messages replayed); the session is declared dead only when data we
 //! sent has waited `agent_timeout` with nothing at all from the agent, like the plugin's
 //! ~5 minutes of resends. Our own back-pressure never counts as silence: the agent's resends
-//! keep arriving while we hold its output back.
+//! keep arriving while we hold its output back. Each ResumeSession call has `resume_timeout`
+//! to answer. A session that ends in a failure of ours (agent silent, sequence state, resume
+//! given up) is ended on the service too: the TerminateSession flag while the WebSocket
+//! works, then the API, so the node's connections to the database do not outlive it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -71,6 +74,24 @@ const READER_QUEUE: usize = 256;
 /// Most resends per pass, so a long gap does not become one huge burst even unpaced.
 const RESEND_BATCH: usize = 64;
 
+/// AWS's agent drops input that reaches it within the first ~0.4–5 ms after it sent
+/// HandshakeComplete, without an ack (its port plugin is not ready yet; `ssm-protocol.md` §6a).
+/// Messages we send this soon after HandshakeComplete arrived are resent after
+/// [`EARLY_RESEND`] if still unacked, instead of after a whole RTO (≈200 ms at first) — but
+/// only on a link fast enough for our input to land in that window at all: the round trip from
+/// our HandshakeResponse to the agent's HandshakeComplete under [`EARLY_INPUT_MAX_RTT`]. On a
+/// slower link the early resend would only be spurious.
+const EARLY_INPUT_GUARD: Duration = Duration::from_millis(100);
+/// See [`EARLY_INPUT_GUARD`].
+const EARLY_INPUT_MAX_RTT: Duration = Duration::from_millis(10);
+/// See [`EARLY_INPUT_GUARD`]; later resends follow the normal RTO.
+const EARLY_RESEND: Duration = Duration::from_millis(20);
+/// At most this many messages get the early resend: the first flight (smux SYN, SSLRequest).
+const EARLY_MESSAGES: u32 = 8;
+
+/// Recent ConnectToPortError positions kept (see `Shared::connect_errors`).
+const CONNECT_ERROR_LOG: usize = 256;
+
 /// Tuning of one data channel. `Default` matches AWS's limits and the plugin's behaviour where
 /// it is sound, and is more patient where the plugin is known to give up too early (§4.6).
 #[derive(Debug, Clone)]
@@ -99,6 +120,9 @@ pub struct Config {
     pub agent_timeout: Duration,
     /// Keep trying ResumeSession + reconnect this long after a drop.
     pub reconnect_budget: Duration,
+    /// One ResumeSession call must answer within this; a call that hangs (Wi-Fi gone mid
+    /// request) counts as a failed attempt and is retried within `reconnect_budget`.
+    pub resume_timeout: Duration,
     /// First reconnect delay; doubles (with jitter) up to `reconnect_max_delay`.
     pub reconnect_initial_delay: Duration,
     pub reconnect_max_delay: Duration,
@@ -121,6 +145,7 @@ impl Default for Config {
                 max_backoff: Duration::from_secs(8),
                 // Out-of-order agent output is held here before the local queue: bounded too.
                 incoming_capacity: 1024,
+                karn: true,
                 ..reliable::Config::default()
             },
             connect_timeout: Duration::from_secs(8),
@@ -130,6 +155,7 @@ impl Default for Config {
             dead_after: Duration::from_secs(120),
             agent_timeout: Duration::from_secs(300),
             reconnect_budget: Duration::from_secs(300),
+            resume_timeout: Duration::from_secs(8),
             reconnect_initial_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(30),
             terminate_wait: Duration::from_secs(1),
@@ -171,6 +197,20 @@ pub enum DataChannelError {
 }
 
 impl DataChannelError {
+    /// True when the session may still be open on AWS after ending this way: it failed on
+    /// our side, so nobody else will end it before the idle timeout. Not for the handshake
+    /// errors (the opener terminates those), a session AWS closed or refused to resume, or
+    /// our own orderly end.
+    pub fn leaves_session_open(&self) -> bool {
+        matches!(
+            self,
+            DataChannelError::AgentUnresponsive(_)
+                | DataChannelError::Sequence(_)
+                | DataChannelError::ReconnectGaveUp { .. }
+                | DataChannelError::Resume(_)
+        )
+    }
+
     pub fn hint(&self) -> String {
         match self {
             DataChannelError::Connect(_) | DataChannelError::ConnectTimeout(_) => {
@@ -221,10 +261,15 @@ enum Command {
 struct Shared {
     /// `Some(reason)` once the pump has stopped.
     ended: watch::Sender<Option<DataChannelError>>,
-    /// ConnectToPortError flags not yet matched to a failed stream (§5.3: they carry no id).
-    connect_errors: AtomicU64,
+    /// Where recent ConnectToPortError flags arrived in the agent's output byte stream (bytes
+    /// of Output delivered before each), oldest first, at most [`CONNECT_ERROR_LOG`]. They
+    /// carry no stream id (§5.3); the stream whose FIN follows a flag is the failed one.
+    connect_errors: std::sync::Mutex<std::collections::VecDeque<u64>>,
     /// Successful reconnects, for logs and tests.
     reconnects: AtomicU64,
+    /// Set while the WebSocket is down and ResumeSession + reconnect are being tried: the
+    /// session carries nothing now, so the pool gives new connections another one.
+    reconnecting: AtomicBool,
     /// Agent output queued for the local side, in bytes.
     inbound_bytes: AtomicUsize,
     /// Set while agent output is being refused because the local side is not reading.
@@ -328,8 +373,9 @@ pub async fn open(
     let (ended, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         ended,
-        connect_errors: AtomicU64::new(0),
+        connect_errors: std::sync::Mutex::default(),
         reconnects: AtomicU64::new(0),
+        reconnecting: AtomicBool::new(false),
         inbound_bytes: AtomicUsize::new(0),
         congested: AtomicBool::new(false),
         messages_out: AtomicU64::new(0),
@@ -384,6 +430,10 @@ pub async fn open(
         last_agent: now,
         waiting_since: None,
         pacer: Pacer::new(config.max_rate, now),
+        early_until: None,
+        early_left: EARLY_MESSAGES,
+        inbound_offset: 0,
+        response_sent_at: None,
         config: config.clone(),
     };
     tokio::spawn(pump.run());
@@ -444,12 +494,21 @@ impl DataChannel {
         reason.unwrap_or(DataChannelError::Terminated)
     }
 
-    /// Consumes one unmatched ConnectToPortError, if any arrived.
-    pub fn take_connect_error(&self) -> bool {
+    /// Where recent ConnectToPortError flags came in the agent's output byte stream (the
+    /// number of Output bytes delivered before each), oldest first.
+    pub fn connect_error_offsets(&self) -> Vec<u64> {
         self.shared
             .connect_errors
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Whether the WebSocket is down and being resumed right now.
+    pub fn is_reconnecting(&self) -> bool {
+        self.shared.reconnecting.load(Ordering::Acquire)
     }
 
     /// Reconnects so far.
@@ -738,6 +797,14 @@ struct Pump {
     /// Since when the window has held unacked data (None while it is empty).
     waiting_since: Option<Instant>,
     pacer: Pacer,
+    /// Until when messages get the early resend, and how many more may (see
+    /// [`EARLY_INPUT_GUARD`]).
+    early_until: Option<Instant>,
+    early_left: u32,
+    /// Output bytes delivered to the local side so far: positions in the agent's byte stream.
+    inbound_offset: u64,
+    /// When our HandshakeResponse went out; HandshakeComplete follows one round trip later.
+    response_sent_at: Option<Instant>,
 }
 
 impl Pump {
@@ -746,6 +813,20 @@ impl Pump {
             Ok(()) => DataChannelError::Terminated,
             Err(e) => e,
         };
+        // A session that failed on our side (agent silent, sequence state, resume given up)
+        // would stay open on AWS until its idle timeout, and with it the node's connections
+        // to the database and the locks they hold: end it. A failed open is the opener's to
+        // end (it always calls TerminateSession).
+        let end_it = reason.leaves_session_open() && self.handshake_complete();
+        // The flag only where the WebSocket is known to work (after a failed resume it is not).
+        if end_it
+            && matches!(
+                reason,
+                DataChannelError::AgentUnresponsive(_) | DataChannelError::Sequence(_)
+            )
+        {
+            self.queue_terminate_flag();
+        }
         // What is queued (e.g. a refusing HandshakeResponse) still goes out, briefly.
         self.link.finish(false, Duration::from_secs(1)).await;
         match &reason {
@@ -762,13 +843,32 @@ impl Pump {
         {
             let _ = ready.send(Err(reason.clone()));
         }
+        // Streams learn the reason before the API call.
         self.shared.ended.send_replace(Some(reason));
-        if let Some(done) = self.pending_terminate.take() {
+        let pending_terminate = self.pending_terminate.take();
+        if end_it || pending_terminate.is_some() {
             terminate_api(&*self.control, &self.session_id).await;
+        }
+        if let Some(done) = pending_terminate {
             let _ = done.send(());
         }
         if let Some(done) = self.terminated.take() {
             let _ = done.send(());
+        }
+    }
+
+    /// The TerminateSession flag, if the WebSocket still works, without waiting for its ack
+    /// (the TerminateSession API follows and works without a WebSocket).
+    fn queue_terminate_flag(&mut self) {
+        if self.ws_broken.is_some() || !self.out.has_room() {
+            return;
+        }
+        if let Ok(queued) = self.out.push(
+            Instant::now(),
+            PayloadType::Flag,
+            FlagPayload::TerminateSession.encode(),
+        ) {
+            self.queue(Message::Binary(queued.frame));
         }
     }
 
@@ -789,7 +889,10 @@ impl Pump {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(cause) = self.ws_broken.take() {
+                self.shared.reconnecting.store(true, Ordering::Release);
+                // Left set when resuming fails: the session is over, never to be picked again.
                 self.reconnect(cause).await?;
+                self.shared.reconnecting.store(false, Ordering::Release);
             }
             let now = Instant::now();
             let inbound_full = self.inbound_full();
@@ -887,6 +990,10 @@ impl Pump {
             .push(now, payload_type, payload)
             .map_err(DataChannelError::Sequence)?;
         self.waiting_since.get_or_insert(now);
+        if self.early_left > 0 && self.early_until.is_some_and(|until| now < until) {
+            self.early_left -= 1;
+            self.out.expedite(queued.sequence_number, EARLY_RESEND);
+        }
         self.pacer.take(now);
         self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
         self.queue(Message::Binary(queued.frame));
@@ -1014,6 +1121,7 @@ impl Pump {
                 self.shared
                     .inbound_bytes
                     .fetch_add(msg.payload.len(), Ordering::Relaxed);
+                self.inbound_offset += msg.payload.len() as u64;
                 // The receiver only goes away with the local pipe; then nobody needs the bytes.
                 let _ = self.inbound_tx.send(msg.payload);
                 Ok(())
@@ -1027,7 +1135,15 @@ impl Pump {
                 match FlagPayload::decode(&msg.payload) {
                     Ok(FlagPayload::ConnectToPortError) => {
                         tracing::warn!(session = %self.session_id, "the managed node could not connect to the target port");
-                        self.shared.connect_errors.fetch_add(1, Ordering::AcqRel);
+                        let mut log = self
+                            .shared
+                            .connect_errors
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if log.len() >= CONNECT_ERROR_LOG {
+                            log.pop_front();
+                        }
+                        log.push_back(self.inbound_offset);
                     }
                     Ok(other) => {
                         tracing::debug!(session = %self.session_id, flag = ?other, "flag from the agent")
@@ -1062,8 +1178,13 @@ impl Pump {
             .to_payload()
             .map_err(|e| DataChannelError::HandshakeInvalid(e.to_string()))?;
         self.send_stream(PayloadType::HandshakeResponse, payload)?;
+        self.response_sent_at = Some(Instant::now());
         match outcome {
             Outcome::Accepted(properties) => {
+                if let Some(declined) = &response.errors {
+                    // Unknown actions, answered Unsupported; the agent decides whether to go on.
+                    tracing::info!(session = %self.session_id, declined = declined.join("; "), "SSM agent asked for handshake actions this version does not know");
+                }
                 tracing::debug!(
                     session = %self.session_id,
                     agent_version = request.agent_version.as_str(),
@@ -1106,6 +1227,13 @@ impl Pump {
             }));
         }
         self.handshake = HandshakeState::Complete;
+        let now = Instant::now();
+        let round_trip = self
+            .response_sent_at
+            .map(|at| now.saturating_duration_since(at));
+        if round_trip.is_some_and(|rtt| rtt < EARLY_INPUT_MAX_RTT) {
+            self.early_until = Some(now + EARLY_INPUT_GUARD);
+        }
         Ok(())
     }
 
@@ -1225,7 +1353,14 @@ async fn resume(
     client_id: Uuid,
     config: &Config,
 ) -> Result<(WsStream, String), Result<String, DataChannelError>> {
-    let grant = match control.resume_session(session_id).await {
+    let limit = config.resume_timeout;
+    let Ok(answer) = tokio::time::timeout(limit, control.resume_session(session_id)).await else {
+        return Err(Ok(format!(
+            "ResumeSession did not answer within {} ms",
+            limit.as_millis()
+        )));
+    };
+    let grant = match answer {
         Ok(Some(grant)) => grant,
         Ok(None) => {
             return Err(Err(DataChannelError::ResumeRefused {

@@ -53,8 +53,9 @@ pub enum HandshakeError {
     /// The SessionType action's parameters lacked a SessionType string.
     #[error("SessionType action has no valid SessionType parameter")]
     MalformedSessionType,
-    /// An action type this client does not know.
-    #[error("action {0:?} is not supported by rds-auth-proxy")]
+    /// An action type this client does not know; answered Unsupported, never a refusal.
+    /// The text is the plugin's, word for word.
+    #[error("Unsupported action {0}")]
     UnsupportedAction(String),
     /// The agent never told us the session type, so we cannot know how to forward.
     #[error("the agent's handshake request has no SessionType action")]
@@ -264,8 +265,16 @@ pub enum Outcome {
     Refused(Vec<HandshakeError>),
 }
 
+/// `ActionResult` the plugin puts in its answer to an action it does not know.
+const UNSUPPORTED_RESULT: i64 = 3;
+
 /// Builds the HandshakeResponse for `request` (§3.2): accept a `Port` SessionType, refuse
-/// KMSEncryption with Failed, and answer unknown actions with Unsupported.
+/// KMSEncryption with Failed, and answer unknown actions as AWS's plugin does, then go on: an
+/// entry with the error "Unsupported action X" (also listed in `Errors`) and `ActionResult` 3.
+/// The plugin leaves `ActionStatus` at 0 there (a bug: it means to say Unsupported); we send
+/// 3, Unsupported, so an agent that looks at either field reads the same answer. Whether the
+/// session goes on is the agent's call: today's agents only ask for actions every client
+/// knows, and a newer one must accept this answer to work with any plugin released so far.
 pub fn respond(
     request: &HandshakeRequestPayload,
     client_version: &str,
@@ -297,18 +306,27 @@ pub fn respond(
                 HandshakeError::UnsupportedAction(other.to_owned()),
             )),
         };
-        let (status, error) = match result {
-            Ok(()) => (ActionStatus::Success, String::new()),
+        let (status, error, action_result) = match result {
+            Ok(()) => (
+                ActionStatus::Success,
+                String::new(),
+                serde_json::Value::Null,
+            ),
+            Err((ActionStatus::Unsupported, err)) => (
+                ActionStatus::Unsupported,
+                err.to_string(),
+                UNSUPPORTED_RESULT.into(),
+            ),
             Err((status, err)) => {
                 let text = err.to_string();
                 refusals.push(err);
-                (status, text)
+                (status, text, serde_json::Value::Null)
             }
         };
         processed.push(ProcessedClientAction {
             action_type: action.action_type.clone(),
             action_status: status,
-            action_result: serde_json::Value::Null,
+            action_result,
             error,
         });
     }
@@ -468,10 +486,32 @@ mod tests {
         let Outcome::Refused(errors) = outcome else {
             panic!("expected refusal")
         };
+        // Only the session type is a refusal; the unknown action is merely declined.
         assert!(
-            matches!(errors[0], HandshakeError::UnsupportedSessionType(ref t) if t == "Standard_Stream")
+            matches!(errors[..], [HandshakeError::UnsupportedSessionType(ref t)] if t == "Standard_Stream")
         );
-        assert!(matches!(errors[1], HandshakeError::UnsupportedAction(_)));
+    }
+
+    #[test]
+    fn an_unknown_action_is_declined_as_the_plugin_does_and_the_session_goes_on() {
+        let request: HandshakeRequestPayload = serde_json::from_value(json!({
+            "AgentVersion": "3.9.1.0",
+            "RequestedClientActions": [
+                {"ActionType": "SessionType", "ActionParameters": {"SessionType": "Port", "Properties": {"type": "LocalPortForwarding"}}},
+                {"ActionType": "Teleport", "ActionParameters": {"Where": "Mars"}}
+            ]
+        }))
+        .expect("json");
+        let (response, outcome) = respond(&request, "1.2.650.0");
+        assert!(
+            matches!(outcome, Outcome::Accepted(ref p) if p.is_local_port_forwarding()),
+            "{outcome:?}"
+        );
+        let wire = String::from_utf8(response.to_payload().expect("json").to_vec()).expect("utf8");
+        assert_eq!(
+            wire,
+            r#"{"ClientVersion":"1.2.650.0","ProcessedClientActions":[{"ActionType":"SessionType","ActionStatus":1,"ActionResult":null,"Error":""},{"ActionType":"Teleport","ActionStatus":3,"ActionResult":3,"Error":"Unsupported action Teleport"}],"Errors":["Unsupported action Teleport"]}"#
+        );
     }
 
     #[test]

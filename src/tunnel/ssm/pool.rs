@@ -18,6 +18,13 @@
 //! - Memory: a stream holding `stream_buffer` bytes its client has not read makes its session
 //!   congested (no new streams); the session keeps buffering up to `session_buffer` in all
 //!   (plus the data channel's `inbound_queue_bytes`), and only then stops taking agent output.
+//!   A stream whose client has read nothing for `stall_timeout` while holding that much is
+//!   reset (smux v1 has no flow control: it is the only way the session's other streams go
+//!   on); its connection learns it through [`SsmStream::stall_watch`].
+//! - A session whose WebSocket is being resumed is never picked for a new stream, and does not
+//!   count against `max_sessions` meanwhile: a new session works now, the resume may not.
+//! - A ConnectToPortError flag is matched to the stream it belongs to by its place in the
+//!   agent's output (the first FIN-before-data after it), never to a later stream.
 
 use std::io;
 use std::pin::Pin;
@@ -61,6 +68,9 @@ pub struct SsmSettings {
     pub stream_buffer: usize,
     /// Most unread bytes over all streams of one session; beyond it agent output waits.
     pub session_buffer: usize,
+    /// A stream that has held `stream_buffer` unread bytes this long is reset, so its session's
+    /// other streams go on (`--ssm-stall-timeout`); its client is told why.
+    pub stall_timeout: Duration,
     /// Limit for the StartSession call.
     pub start_timeout: Duration,
     /// Per data channel tuning (payload size, pacing, timeouts, reconnect budget).
@@ -75,6 +85,8 @@ pub const DEFAULT_STREAM_BUFFER: usize = 8 << 20;
 pub const DEFAULT_SESSION_BUFFER: usize = 64 << 20;
 /// Default upper bound of the pool.
 pub const DEFAULT_MAX_SESSIONS: usize = 4;
+/// Default `--ssm-stall-timeout`.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SsmSettings {
     pub fn new(target: String, host: String, port: u16) -> Self {
@@ -87,6 +99,7 @@ impl SsmSettings {
             keepalive_interval: Duration::from_secs(20),
             stream_buffer: DEFAULT_STREAM_BUFFER,
             session_buffer: DEFAULT_SESSION_BUFFER,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             start_timeout: Duration::from_secs(8),
             data_channel: datachannel::Config::default(),
             prewarm: false,
@@ -125,7 +138,8 @@ struct Pool {
 struct PoolState {
     /// Live mux sessions.
     sessions: Vec<Arc<MuxSession>>,
-    /// Basic-mode data channels (one per connection), for shutdown.
+    /// Basic-mode data channels of the open connections (one each), for shutdown; each
+    /// connection takes its own off when it ends.
     basic: Vec<Weak<DataChannel>>,
     /// A basic-mode channel opened by the mux opener that found an old agent.
     spare_basic: Option<Opened>,
@@ -148,6 +162,8 @@ struct MuxSession {
     opened: AtomicU64,
     /// Data messages per second (the larger direction), sampled by the monitor.
     rate: AtomicU64,
+    /// Streams reset because their client stopped reading (see `stall_timeout`).
+    stalls_reset: AtomicU64,
 }
 
 impl MuxSession {
@@ -163,6 +179,12 @@ impl MuxSession {
     fn is_busy(&self) -> bool {
         self.rate.load(Ordering::Relaxed) > BUSY_RATE
     }
+
+    /// Its WebSocket is down and being resumed: a stream opened now would wait for the resume
+    /// (or die with it), so new connections go elsewhere.
+    fn is_reconnecting(&self) -> bool {
+        self.channel.is_reconnecting()
+    }
 }
 
 /// What one session is doing, for logs, tests and benches.
@@ -172,6 +194,10 @@ pub struct SessionLoad {
     pub streams: usize,
     pub congested: bool,
     pub busy: bool,
+    /// Being resumed after its WebSocket dropped; not given new connections meanwhile.
+    pub reconnecting: bool,
+    /// Streams reset so far because their client stopped reading.
+    pub stalls_reset: u64,
     pub stats: datachannel::ChannelStats,
 }
 
@@ -197,6 +223,19 @@ impl SsmTunnel {
         &self.pool.settings
     }
 
+    /// A new tunnel to the same node with `change` applied to these settings. It shares the
+    /// API client and the WebSocket connector with this one, but no session; for tests and
+    /// benches that need limits the flags do not offer (e.g. small buffers).
+    pub fn with_settings(&self, change: impl FnOnce(&mut SsmSettings)) -> SsmTunnel {
+        let mut settings = (*self.pool.settings).clone();
+        change(&mut settings);
+        SsmTunnel::new(
+            settings,
+            self.pool.control.clone(),
+            self.pool.connector.clone(),
+        )
+    }
+
     /// Ids of the live shared sessions.
     pub fn session_ids(&self) -> Vec<String> {
         self.pool
@@ -218,6 +257,8 @@ impl SsmTunnel {
                 streams: s.active.load(Ordering::Acquire),
                 congested: s.is_congested(),
                 busy: s.is_busy(),
+                reconnecting: s.is_reconnecting(),
+                stalls_reset: s.stalls_reset.load(Ordering::Relaxed),
                 stats: s.channel.stats(),
             })
             .collect()
@@ -285,6 +326,7 @@ impl SsmTunnel {
             inner: Inner::Basic {
                 stream: opened.stream,
                 channel,
+                pool: Arc::downgrade(&self.pool),
             },
             settings: self.pool.settings.clone(),
         }
@@ -353,19 +395,26 @@ impl Pool {
     }
 
     /// A shared session to open a stream on (its slot reserved), or `None`: open a new one.
+    /// A session being resumed is never picked and does not count against `max_sessions`:
+    /// it may not come back, and a new session works now.
     fn pick(&self, st: &mut PoolState) -> Option<Arc<MuxSession>> {
         st.sessions.retain(|s| s.is_alive());
+        let usable: Vec<&Arc<MuxSession>> = st
+            .sessions
+            .iter()
+            .filter(|s| !s.is_reconnecting())
+            .collect();
         let least = |pred: &dyn Fn(&MuxSession) -> bool| {
-            st.sessions
+            usable
                 .iter()
                 .filter(|s| pred(s))
                 .min_by_key(|s| s.active.load(Ordering::Acquire))
-                .cloned()
+                .map(|s| (*s).clone())
         };
         if let Some(s) = least(&|s| !s.is_congested() && !s.is_busy()) {
             return Some(reserve(&s));
         }
-        if st.sessions.len() < self.settings.max_sessions.max(1) {
+        if usable.len() < self.settings.max_sessions.max(1) {
             return None;
         }
         // At the limit: share a busy session rather than a congested one, if there is a choice.
@@ -590,6 +639,7 @@ impl Pool {
             changed: Notify::new(),
             opened: AtomicU64::new(0),
             rate: AtomicU64::new(0),
+            stalls_reset: AtomicU64::new(0),
         }))
     }
 
@@ -645,6 +695,19 @@ async fn monitor(pool: Weak<Pool>, session: Arc<MuxSession>) {
                 let inn = now.0.messages_in.saturating_sub(last.0.messages_in);
                 session.rate.store((out.max(inn) as f64 / secs) as u64, Ordering::Relaxed);
                 last = now;
+                if let Some(pool) = pool.upgrade() {
+                    let stall = pool.settings.stall_timeout;
+                    for (stream, dropped) in session.smux.reset_stalled(stall) {
+                        session.stalls_reset.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            session = %id,
+                            stream,
+                            discarded_bytes = dropped,
+                            stalled_s = stall.as_secs(),
+                            "a client stopped reading its results; its stream is reset so the other connections on the session can go on"
+                        );
+                    }
+                }
                 let congested = session.is_congested();
                 if congested != was_congested {
                     if congested {
@@ -787,6 +850,8 @@ enum Inner {
     Basic {
         stream: DuplexStream,
         channel: Arc<DataChannel>,
+        /// To take the channel off the pool's shutdown list when the connection ends.
+        pool: Weak<Pool>,
     },
 }
 
@@ -809,6 +874,19 @@ impl SsmStream {
         match &self.inner {
             Inner::Mux { session, .. } => session.channel.session_id(),
             Inner::Basic { channel, .. } => channel.session_id(),
+        }
+    }
+
+    /// For a mux stream: tells when it is reset because its client stopped reading for
+    /// `stall_timeout` (see [`SsmSettings::stall_timeout`]). Basic mode has no such reset: the
+    /// session is the connection's own, and holding it back holds up nobody else.
+    pub fn stall_watch(&self) -> Option<StallWatch> {
+        match &self.inner {
+            Inner::Mux { stream, .. } => Some(StallWatch {
+                watch: stream.reset_watch(),
+                stall_timeout: self.settings.stall_timeout,
+            }),
+            Inner::Basic { .. } => None,
         }
     }
 
@@ -837,9 +915,17 @@ impl SsmStream {
     /// Turns a bare EOF into the real reason where there is one.
     fn explain_eof(&self) -> Option<io::Error> {
         match &self.inner {
-            // FIN before any data right after a ConnectToPortError: the agent's dial failed.
+            // FIN before any data, the first such after a ConnectToPortError: the agent's
+            // dial for this stream failed.
             Inner::Mux { stream, session } => {
-                if !stream.received_any_data() && session.channel.take_connect_error() {
+                let failed = stream.empty_fin_offset().is_some_and(|fin| {
+                    is_connect_failure(
+                        &session.channel.connect_error_offsets(),
+                        &session.smux.empty_fin_offsets(),
+                        fin,
+                    )
+                });
+                if failed {
                     return Some(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
                         SsmError::ConnectToPort {
@@ -855,6 +941,74 @@ impl SsmStream {
             Inner::Basic { .. } => self.ended_error(io::ErrorKind::ConnectionAborted),
         }
     }
+}
+
+/// Tells when one connection's stream was reset because its client stopped reading.
+#[derive(Debug, Clone)]
+pub struct StallWatch {
+    watch: smux::ResetWatch,
+    stall_timeout: Duration,
+}
+
+impl StallWatch {
+    /// Resolves once the stream is reset; never if it ends another way.
+    pub async fn stalled(&self) {
+        self.watch.reset().await;
+    }
+
+    /// Whether the stream has been reset.
+    pub fn is_stalled(&self) -> bool {
+        self.watch.is_reset()
+    }
+
+    /// How long the client had stopped reading (`--ssm-stall-timeout`).
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    /// How long after the reset the client may take to read what it is owed and the error
+    /// (the connection holds no tunnel resources any more, only its socket); then it is closed.
+    pub fn grace(&self) -> Duration {
+        self.stall_timeout.max(Duration::from_secs(60))
+    }
+
+    /// What the client is told after the reset.
+    pub fn client_error(&self) -> crate::pg::ClientError {
+        let secs = self.stall_timeout.as_secs_f64();
+        crate::pg::ClientError {
+            sqlstate: crate::pg::SqlState::ConnectionFailure,
+            message: format!(
+                "the rest of this result was discarded: the client stopped reading it for {secs} s"
+            ),
+            hint: Some(format!(
+                "Read results as they arrive, or fetch large ones in batches (a cursor with \
+                 FETCH). Through SSM, connections share a session and a client that stops \
+                 reading holds up the others, so rds-auth-proxy gives its connection up after \
+                 --ssm-stall-timeout ({secs} s); reconnect to go on."
+            )),
+        }
+    }
+}
+
+/// Whether the empty FIN at `fin` answers a ConnectToPortError. The agent dials once per
+/// accepted stream and, when that fails, sends the flag and then closes the stream, so each
+/// flag belongs to the first empty FIN (FIN before any data) at or after its position that no
+/// earlier flag claimed. `flags` and `fins` are positions in the agent's output byte stream,
+/// each in ascending order. A flag whose stream was closed here first still claims that
+/// stream's FIN, so it can never be blamed on a later stream.
+fn is_connect_failure(flags: &[u64], fins: &[u64], fin: u64) -> bool {
+    let mut next = 0;
+    for &flag in flags {
+        while fins.get(next).is_some_and(|f| *f < flag) {
+            next += 1;
+        }
+        match fins.get(next) {
+            None => return false,
+            Some(f) if *f == fin => return true,
+            Some(_) => next += 1,
+        }
+    }
+    false
 }
 
 impl AsyncRead for SsmStream {
@@ -919,7 +1073,14 @@ impl Drop for SsmStream {
     fn drop(&mut self) {
         match &self.inner {
             Inner::Mux { session, .. } => release(session),
-            Inner::Basic { channel, .. } => {
+            Inner::Basic { channel, pool, .. } => {
+                // Off the shutdown list: this connection terminates its own session now.
+                if let Some(pool) = pool.upgrade() {
+                    let ended = Arc::downgrade(channel);
+                    pool.lock()
+                        .basic
+                        .retain(|w| w.strong_count() > 0 && !w.ptr_eq(&ended));
+                }
                 // Basic mode never reuses a session (a server-side close is not signalled).
                 let channel = channel.clone();
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -932,3 +1093,25 @@ impl Drop for SsmStream {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod connect_failure_tests {
+    use super::is_connect_failure;
+
+    #[test]
+    fn each_flag_claims_the_first_empty_fin_after_it() {
+        // A flag at 100 and its stream's FIN at 120.
+        assert!(is_connect_failure(&[100], &[120], 120));
+        // An empty FIN before any flag is an ordinary early close.
+        assert!(!is_connect_failure(&[100], &[40, 120], 40));
+        // A FIN after the one the flag claimed is not blamed, however late it comes.
+        assert!(!is_connect_failure(&[100], &[120, 5000], 5000));
+        // Two failed dials whose flags came before either FIN: one FIN each, in order.
+        assert!(is_connect_failure(&[100, 110], &[130, 140, 900], 130));
+        assert!(is_connect_failure(&[100, 110], &[130, 140, 900], 140));
+        assert!(!is_connect_failure(&[100, 110], &[130, 140, 900], 900));
+        // A FIN at the flag's own position (nothing in between) counts.
+        assert!(is_connect_failure(&[100], &[100], 100));
+        assert!(!is_connect_failure(&[], &[100], 100));
+    }
+}

@@ -40,6 +40,11 @@ pub struct Config {
     /// Resend a message as soon as this many later messages were acked (0 = only on RTO).
     /// Without it every lost message stalls a full window for an RTO.
     pub fast_retransmit_after: u32,
+    /// Karn's rule: no RTT sample from a message that was sent more than once (its ack may
+    /// answer any of the sends), and a backed-off timeout is kept until a clean sample comes.
+    /// Off by default, as the agent and plugin sample against the latest send (§4.3): after an
+    /// RTT jump their RTO stays below the real RTT and every message is resent spuriously.
+    pub karn: bool,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             rtt_alpha: 1.0 / 8.0,
             rttvar_beta: 1.0 / 4.0,
             fast_retransmit_after: 3,
+            karn: false,
         }
     }
 }
@@ -91,6 +97,37 @@ struct Pending {
     /// waiting for the RTO (fast retransmit; the WebSocket below is ordered, so a gap in the
     /// acks means a loss, not a delay).
     presumed_lost: bool,
+    /// A shorter timeout for the first resend only (see [`Outgoing::expedite`]).
+    first_timeout: Option<Duration>,
+    /// Resent at least once because its timer ran out (not as a fast or expedited resend):
+    /// the RTO was too short, so under Karn's rule the backed-off timeout is kept.
+    timed_out: bool,
+}
+
+impl Pending {
+    /// How long after `last_sent` this message is due again, given the current RTO.
+    fn timeout(&self, rto: Duration) -> Duration {
+        match self.first_timeout {
+            Some(first) if self.attempts == 1 => first.min(rto),
+            _ => self.backoff.unwrap_or(rto).max(rto),
+        }
+    }
+
+    /// Marks one resend at `now` that is due by `timeout`; `cap` is [`Config::max_backoff`].
+    fn resent(&mut self, now: Instant, timeout: Duration, rto: Duration, cap: Duration) {
+        let expedited = self.attempts == 1 && self.first_timeout.is_some();
+        let by_timer = !self.presumed_lost
+            && !expedited
+            && now.saturating_duration_since(self.last_sent) >= timeout;
+        self.timed_out |= by_timer;
+        self.last_sent = now;
+        self.later_acks = 0;
+        self.presumed_lost = false;
+        self.attempts = self.attempts.saturating_add(1);
+        if !cap.is_zero() {
+            self.backoff = Some(timeout.saturating_mul(2).min(cap.max(rto)));
+        }
+    }
 }
 
 /// A frame accepted into the outgoing window, ready to be written to the WebSocket.
@@ -169,6 +206,8 @@ impl Outgoing {
                 backoff: None,
                 later_acks: 0,
                 presumed_lost: false,
+                first_timeout: None,
+                timed_out: false,
             },
         );
         self.next_seq = next;
@@ -205,8 +244,17 @@ impl Outgoing {
                 }
             }
         }
-        // Sampled against the latest send, as plugin and agent do (§4.3): after a resend this
-        // can under-estimate, which only makes the next resend a little eager.
+        if self.config.karn && pending.attempts > 1 {
+            // The ack may answer any of the sends: no sample. If the timer ran out, the RTO
+            // was too short; keep the backed-off timeout until a clean sample arrives.
+            if pending.timed_out {
+                let kept = pending.backoff.unwrap_or(self.rto).max(self.rto);
+                self.rto = kept.min(self.config.max_rto);
+            }
+            return true;
+        }
+        // Without Karn's rule: sampled against the latest send, as plugin and agent do (§4.3);
+        // after a resend this under-estimates.
         let sample = now
             .saturating_duration_since(pending.last_sent)
             .as_secs_f64();
@@ -225,6 +273,17 @@ impl Outgoing {
         true
     }
 
+    /// Gives message `seq` a shorter timeout for its first resend only (later resends follow
+    /// the RTO): for input the peer may drop without an ack just after the handshake (§6a),
+    /// where waiting a whole RTO would cost the first query ~200 ms. No effect once resent.
+    pub fn expedite(&mut self, seq: i64, first_timeout: Duration) {
+        if let Some(pending) = self.unacked.get_mut(&seq) {
+            if pending.attempts == 1 {
+                pending.first_timeout = Some(first_timeout);
+            }
+        }
+    }
+
     /// Frames whose last send is at least one RTO old, oldest seq first, marking each as sent
     /// at `now`. Every overdue frame is returned, not only the oldest.
     pub fn due_for_resend(&mut self, now: Instant) -> Vec<Bytes> {
@@ -240,16 +299,10 @@ impl Outgoing {
             if due.len() >= limit {
                 break;
             }
-            let timeout = pending.backoff.unwrap_or(rto).max(rto);
+            let timeout = pending.timeout(rto);
             if pending.presumed_lost || now.saturating_duration_since(pending.last_sent) >= timeout
             {
-                pending.last_sent = now;
-                pending.later_acks = 0;
-                pending.presumed_lost = false;
-                pending.attempts = pending.attempts.saturating_add(1);
-                if !cap.is_zero() {
-                    pending.backoff = Some(timeout.saturating_mul(2).min(cap.max(rto)));
-                }
+                pending.resent(now, timeout, rto, cap);
                 due.push(pending.frame.clone());
             }
         }
@@ -259,20 +312,13 @@ impl Outgoing {
     /// The agent's and plugin's scheduler (§4.3): only the oldest unacked frame, and only if it
     /// is overdue; later overdue frames wait until it is acked.
     pub fn resend_front_if_due(&mut self, now: Instant) -> Option<Bytes> {
-        let rto = self.rto;
-        let cap = self.config.max_backoff;
+        let (rto, cap) = (self.rto, self.config.max_backoff);
         let pending = self.unacked.values_mut().next()?;
-        let timeout = pending.backoff.unwrap_or(rto).max(rto);
+        let timeout = pending.timeout(rto);
         if !pending.presumed_lost && now.saturating_duration_since(pending.last_sent) < timeout {
             return None;
         }
-        pending.last_sent = now;
-        pending.later_acks = 0;
-        pending.presumed_lost = false;
-        pending.attempts = pending.attempts.saturating_add(1);
-        if !cap.is_zero() {
-            pending.backoff = Some(timeout.saturating_mul(2).min(cap.max(rto)));
-        }
+        pending.resent(now, timeout, rto, cap);
         Some(pending.frame.clone())
     }
 
@@ -285,7 +331,7 @@ impl Outgoing {
                 if p.presumed_lost {
                     p.last_sent
                 } else {
-                    p.last_sent + p.backoff.unwrap_or(self.rto).max(self.rto)
+                    p.last_sent + p.timeout(self.rto)
                 }
             })
             .min()
@@ -789,5 +835,97 @@ mod tests {
             slow.on_ack(seq, t1);
         }
         assert!(slow.due_for_resend(t1).is_empty(), "disabled: RTO only");
+    }
+
+    /// One message through a link with round-trip time `rtt`, resent whenever the state says
+    /// so, acked `rtt` after its first send; returns how often it was resent.
+    fn round_trip(out: &mut Outgoing, now: &mut Instant, rtt: Duration) -> usize {
+        let seq = out.push_with(*now, frame).expect("room").sequence_number;
+        let ack_at = *now + rtt;
+        let mut resends = 0;
+        while let Some(at) = out.next_resend_at().filter(|at| *at < ack_at) {
+            resends += out.due_for_resend(at).len();
+        }
+        assert!(out.on_ack(seq, ack_at));
+        *now = ack_at;
+        resends
+    }
+
+    /// The data channel's settings: backoff capped at 8 s, Karn's rule on or off.
+    fn channel_like(karn: bool) -> Outgoing {
+        Outgoing::new(Config {
+            max_backoff: Duration::from_secs(8),
+            karn,
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn karn_no_sample_from_a_resent_message_so_the_rto_catches_up_with_an_rtt_jump() {
+        let t0 = Instant::now();
+        for karn in [false, true] {
+            let mut out = channel_like(karn);
+            let mut now = t0;
+            // A steady 10 ms link: the RTO settles near its 10 ms floor above the RTT.
+            for _ in 0..40 {
+                assert_eq!(round_trip(&mut out, &mut now, ms(10)), 0);
+            }
+            assert!(out.rto() < ms(30), "{:?}", out.rto());
+            // The RTT jumps to 500 ms (a Wi-Fi hand-over, a loaded gateway).
+            let resends: Vec<usize> = (0..10)
+                .map(|_| round_trip(&mut out, &mut now, ms(500)))
+                .collect();
+            if karn {
+                // Resent 4 times (20, 60, 140, 300 ms: the backoff), then the kept 320 ms
+                // timeout once, then the 640 ms one holds and clean samples follow.
+                assert_eq!(resends, [4, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+                assert!(out.rto() >= ms(500), "{:?}", out.rto());
+                assert!(out.srtt() > ms(200), "{:?}", out.srtt());
+            } else {
+                // Sampled against the last resend: the RTO never reaches the RTT, and every
+                // message is resent spuriously (what the plugin and the agent do).
+                assert!(resends.iter().all(|&r| r > 0), "{resends:?}");
+                assert!(out.rto() < ms(500), "{:?}", out.rto());
+            }
+        }
+    }
+
+    #[test]
+    fn karn_a_fast_retransmit_does_not_back_off_the_rto() {
+        let t0 = Instant::now();
+        let mut out = channel_like(true);
+        for _ in 0..5 {
+            out.push(t0, PayloadType::Output, Bytes::from_static(b"x"))
+                .unwrap();
+        }
+        for seq in 1..4 {
+            out.on_ack(seq, t0 + ms(5));
+        }
+        let rto = out.rto();
+        assert_eq!(out.due_for_resend(t0 + ms(5)).len(), 1, "seq 0 fast");
+        assert!(out.on_ack(0, t0 + ms(10)));
+        // A loss, not a slow link: no sample from it, and the RTO is not backed off.
+        assert_eq!(out.rto(), rto);
+    }
+
+    #[test]
+    fn an_expedited_message_is_resent_early_once_then_by_the_rto() {
+        let t0 = Instant::now();
+        let mut out = channel_like(true);
+        let seq = out.push_with(t0, frame).expect("room").sequence_number;
+        let later = out.push_with(t0, frame).expect("room").sequence_number;
+        out.expedite(seq, ms(20));
+        assert_eq!(out.next_resend_at(), Some(t0 + ms(20)));
+        assert_eq!(out.due_for_resend(t0 + ms(20)), vec![frame(seq)]);
+        // The early resend was not the RTO running out: no sample, no backoff of the RTO.
+        assert!(out.on_ack(seq, t0 + ms(30)));
+        assert_eq!(out.rto(), ms(200));
+        // Everything not expedited waits a whole RTO (200 ms).
+        assert_eq!(out.next_resend_at(), Some(t0 + ms(200)));
+        assert!(out.due_for_resend(t0 + ms(199)).is_empty());
+        assert_eq!(out.due_for_resend(t0 + ms(200)), vec![frame(later)]);
+        // Expediting a message already resent changes nothing.
+        out.expedite(later, ms(1));
+        assert!(out.due_for_resend(t0 + ms(201)).is_empty());
     }
 }

@@ -646,7 +646,7 @@ async fn a_minute_without_acks_from_the_agent_is_survived() {
     assert!(stat(&rig.sim.stats().acks_held) > 0);
 }
 
-/// Polls `cond` until it holds (bounded by [`GUARD`]).
+/// Polls `cond` (bounded by [`GUARD`]); the simulator's counters move on their own tasks.
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let started = tokio::time::Instant::now();
     while !cond() {
@@ -727,4 +727,261 @@ async fn a_failed_prewarm_leaves_connections_working() {
     rig.sim.options().update(|o| o.refuse_start = None);
     let mut stream = timeout(GUARD, rig.tunnel.open()).await.unwrap().expect("open");
     assert_eq!(echo(&mut stream, b"ok").await.unwrap(), b"ok");
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_during_a_hung_resume_goes_to_a_new_session() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.data_channel.resume_timeout = Duration::from_millis(300);
+        s.data_channel.reconnect_budget = Duration::from_secs(3);
+    })
+    .await;
+    let stats = rig.sim.stats();
+    let mut first = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    assert_eq!(echo(&mut first, b"hello").await.expect("echo"), b"hello");
+    let first_id = first.session_id().to_owned();
+
+    // The WebSocket dies with the next message, and ResumeSession never answers.
+    rig.sim.options().update(|o| {
+        o.hang_resume = true;
+        o.kill_ws_after_messages = Some(1);
+    });
+    first.write_all(b"ping").await.expect("write");
+    until("the WebSocket to be killed", || stat(&stats.ws_killed) >= 1).await;
+    rig.sim
+        .options()
+        .update(|o| o.kill_ws_after_messages = None);
+    until("a hung ResumeSession", || stat(&stats.resumes_hung) >= 1).await;
+    assert!(rig.tunnel.load().iter().any(|l| l.reconnecting));
+
+    // Meanwhile a new client is served at once, by a new session.
+    let mut second = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open during the resume");
+    assert_ne!(second.session_id(), first_id, "not the session being resumed");
+    let data = pattern(5000, 3);
+    assert_eq!(
+        timeout(GUARD, echo(&mut second, &data))
+            .await
+            .expect("served, not stuck behind the resume")
+            .expect("echo"),
+        data
+    );
+
+    // The hung request is abandoned after its limit and retried; when the budget is spent the
+    // first stream gets the reason instead of hanging, and the session is terminated.
+    let mut buf = [0u8; 16];
+    let err = timeout(GUARD, async {
+        loop {
+            match first.read(&mut buf).await {
+                Ok(0) => panic!("EOF instead of the reason"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await
+    .expect("the first stream does not hang");
+    let ssm = SsmError::from_io(&err).expect("an SSM reason");
+    assert!(format!("{ssm:?}").contains("ReconnectGaveUp"), "{ssm:?}");
+    assert!(stat(&stats.resumes_hung) >= 2, "retried after the timeout");
+    assert_eq!(
+        stats.wait_for_open_sessions(1, GUARD).await,
+        Ok(()),
+        "the abandoned session is terminated; the new one stays"
+    );
+    assert!(stat(&stats.terminate_api_calls) >= 1);
+    assert_eq!(echo(&mut second, b"still").await.expect("echo"), b"still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_agent_goes_silent_is_terminated() {
+    let rig = rig_with(SsmSimOptions::default(), |s| {
+        s.data_channel.agent_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let stats = rig.sim.stats();
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    assert_eq!(echo(&mut stream, b"x").await.expect("echo"), b"x");
+    assert_eq!(stats.open_sessions(), 1);
+    // The agent stops acknowledging: our data waits, and after `agent_timeout` the session is
+    // declared dead (AgentUnresponsive).
+    rig.sim.options().update(|o| o.hold_acks = true);
+    stream.write_all(b"anyone there?").await.expect("write");
+    let mut buf = [0u8; 64];
+    let err = timeout(GUARD, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => panic!("EOF instead of the reason"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await
+    .expect("the stream learns the session died");
+    let ssm = SsmError::from_io(&err).expect("an SSM reason");
+    assert!(format!("{ssm:?}").contains("AgentUnresponsive"), "{ssm:?}");
+    // …and the session does not linger on the service until its idle timeout.
+    assert_eq!(stats.wait_for_open_sessions(0, GUARD).await, Ok(()));
+    // The API call is always made (the flag goes first while the WebSocket is up; which of the
+    // two the service acts on first is a race).
+    until("the TerminateSession API call", || {
+        stat(&stats.terminate_api_calls) >= 1
+    })
+    .await;
+    assert!(stat(&stats.terminate_flags) <= 1);
+}
+
+#[tokio::test]
+async fn an_unknown_handshake_action_is_declined_and_the_session_goes_on() {
+    let rig = rig(SsmSimOptions {
+        extra_handshake_action: Some("Teleport".to_owned()),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let mut stream = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("a newer agent's unknown action does not fail the handshake");
+    let data = pattern(3000, 8);
+    assert_eq!(echo(&mut stream, &data).await.expect("echo"), data);
+    let info = rig
+        .sim
+        .session_info(stream.session_id())
+        .expect("session known");
+    assert_eq!(info.declined_actions, ["Teleport"], "answered, as unsupported");
+    assert_eq!(info.mux, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_not_blamed_on_a_later_stream_that_closes_early() {
+    // A port nothing listens on yet: the node's dial is refused.
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    };
+    let rig = rig_to(addr, SsmSimOptions::default(), |_| {}).await;
+    let stats = rig.sim.stats();
+    // A connection whose dial fails on the node; its client leaves without reading the reason.
+    let failed = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    until("the node's failed dial", || stat(&stats.connect_errors) >= 1).await;
+    drop(failed);
+
+    // The database comes up, and closes the next connection at once without a byte.
+    let listener = TcpListener::bind(addr).await.expect("rebind the port");
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    let mut later = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let mut buf = [0u8; 8];
+    let read = timeout(GUARD, later.read(&mut buf)).await.unwrap();
+    assert!(
+        matches!(read, Ok(0)),
+        "a plain EOF, not the earlier stream's connect failure: {read:?}"
+    );
+    drop(later);
+
+    // A real failure afterwards is still reported as one.
+    server.abort();
+    let _ = server.await;
+    let mut again = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    let err = timeout(GUARD, again.read(&mut buf))
+        .await
+        .unwrap()
+        .expect_err("the dial fails again");
+    let ssm = SsmError::from_io(&err).expect("an SSM reason");
+    assert!(matches!(ssm, SsmError::ConnectToPort { .. }), "{ssm:?}");
+    assert_eq!(stat(&stats.sessions_started), 1);
+}
+
+#[tokio::test]
+async fn basic_mode_connections_leave_the_shutdown_list_when_they_end() {
+    let rig = rig(SsmSimOptions {
+        agent_version: "3.0.100.0".into(),
+        ..SsmSimOptions::default()
+    })
+    .await;
+    let mut kept = timeout(GUARD, rig.tunnel.open())
+        .await
+        .unwrap()
+        .expect("open");
+    for i in 0..5u8 {
+        let mut stream = timeout(GUARD, rig.tunnel.open())
+            .await
+            .unwrap()
+            .expect("open");
+        assert_eq!(echo(&mut stream, &[i; 10]).await.expect("echo"), [i; 10]);
+        assert_eq!(rig.tunnel.pool.lock().basic.len(), 2);
+    }
+    // Only the connection still open is listed (was: every one ever opened, until shutdown).
+    assert_eq!(rig.tunnel.pool.lock().basic.len(), 1);
+    assert_eq!(echo(&mut kept, b"still").await.expect("echo"), b"still");
+    drop(kept);
+    assert!(rig.tunnel.pool.lock().basic.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_reset_and_the_other_streams_on_its_session_go_on() {
+    let rig = blaster_rig(SsmSimOptions::default(), |s| {
+        s.max_sessions = 1;
+        s.stream_buffer = 256 * 1024;
+        s.session_buffer = 1 << 20;
+        s.stall_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // An interactive connection, already open on the session.
+    let mut other = ask(&rig.tunnel, 0).await;
+    assert_eq!(echo(&mut other, b"before").await.expect("echo"), b"before");
+    // This client asks for 16 MiB and stops reading: far past the session's 1 MiB budget.
+    let mut stalled = ask(&rig.tunnel, 16 << 20).await;
+    assert_eq!(stalled.session_id(), other.session_id(), "one session only");
+    let watch = stalled.stall_watch().expect("a mux stream");
+    // Without the reset the session would freeze for every stream once the budget is used.
+    timeout(GUARD, watch.stalled())
+        .await
+        .expect("the stalled stream is reset");
+    for i in 0..5u8 {
+        let msg = pattern(2000, i);
+        let back = timeout(GUARD, echo(&mut other, &msg))
+            .await
+            .expect("the other connection keeps answering")
+            .expect("echo");
+        assert_eq!(back, msg);
+    }
+    // The stalled client, when it reads again, learns its stream was reset.
+    let mut buf = vec![0u8; 64 * 1024];
+    let err = timeout(GUARD, async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) => panic!("EOF instead of the reset"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await
+    .expect("in time");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(rig.tunnel.load()[0].stats.reconnects == 0);
+    assert_eq!(stat(&rig.sim.stats().sessions_started), 1);
 }

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use codec::{Cmd, HEADER_LEN, MAX_FRAME_SIZE_LIMIT, VERSION};
-pub use session::Session;
+pub use session::{ResetWatch, Session};
 pub use stream::Stream;
 
 /// Tuning knobs; `Default` gives smux's `DefaultConfig()` values, which both AWS sides use.
@@ -185,6 +185,10 @@ pub enum SmuxError {
     /// All stream ids of this session have been used; smux calls this `ErrGoAway`.
     #[error("smux stream ids exhausted, a new session is needed")]
     StreamIdsExhausted,
+    /// This one stream was reset by [`Session::reset_stalled`]: its reader left `max_stream_buffer`
+    /// bytes unread too long. The session and its other streams go on.
+    #[error("smux stream reset: its reader stopped reading")]
+    StreamReset,
 }
 
 impl SmuxError {
@@ -209,6 +213,7 @@ impl SmuxError {
                 io::ErrorKind::ConnectionReset
             }
             SmuxError::KeepaliveTimeout(_) => io::ErrorKind::TimedOut,
+            SmuxError::StreamReset => io::ErrorKind::ConnectionReset,
             SmuxError::BadVersion(_)
             | SmuxError::InvalidCommand(_)
             | SmuxError::UnexpectedPayload { .. } => io::ErrorKind::InvalidData,

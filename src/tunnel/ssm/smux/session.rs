@@ -1,7 +1,7 @@
 //! One smux session: the shared state behind one lock, the reader (with the per-stream and
 //! session receive budgets), the writer and the keepalive tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::poll_fn;
@@ -56,6 +56,13 @@ pub(crate) struct StreamState {
     pub(crate) received_data: bool,
     /// The task blocked reading this stream.
     pub(crate) read_waker: Option<Waker>,
+    /// Where in the session's inbound byte stream the peer's FIN frame began, if it came.
+    pub(crate) fin_at: Option<u64>,
+    /// Since when `buf` has held at least `max_stream_buffer` bytes without the reader taking
+    /// any of it (every read restarts it): the reader has stalled.
+    pub(crate) full_since: Option<Instant>,
+    /// Reset by [`Session::reset_stalled`]: buffer discarded, FIN sent, further data dropped.
+    pub(crate) reset: bool,
 }
 
 impl StreamState {
@@ -65,9 +72,19 @@ impl StreamState {
             peer_fin: false,
             received_data: false,
             read_waker: None,
+            fin_at: None,
+            full_since: None,
+            reset: false,
         }
     }
 }
+
+/// Bytes a reset stream keeps readable (see [`Session::reset_stalled`]).
+pub(crate) const RESET_KEEP: usize = 64 * 1024;
+
+/// How many recent "FIN before any data" positions a session remembers (see
+/// [`Session::empty_fin_offsets`]), and how many ids of streams dropped before any data.
+pub(crate) const EMPTY_FIN_LOG: usize = 256;
 
 /// Session state shared by the handle, the streams and the tasks, behind one lock: every
 /// operation is short and none awaits while holding it.
@@ -88,6 +105,37 @@ pub(crate) struct State {
     pub(crate) out: OutQueue,
     /// Tasks waiting for room in `out`.
     pub(crate) write_waiters: Vec<Waker>,
+    /// Inbound bytes consumed before the frame being handled: the position of every frame
+    /// in the session's inbound byte stream.
+    pub(crate) rx_offset: u64,
+    /// Positions of recent peer FINs that came before any data on their stream, oldest first,
+    /// including FINs for streams already dropped here without data (at most
+    /// [`EMPTY_FIN_LOG`]).
+    pub(crate) empty_fins: VecDeque<u64>,
+    /// Streams dropped here before any data arrived and before the peer's FIN, so that FIN
+    /// still counts as "before any data" (at most [`EMPTY_FIN_LOG`]).
+    pub(crate) dropped_empty: VecDeque<u32>,
+}
+
+impl State {
+    /// Remembers an empty FIN at `offset`, forgetting the oldest beyond the log's size.
+    fn log_empty_fin(&mut self, offset: u64) {
+        if self.empty_fins.len() >= EMPTY_FIN_LOG {
+            self.empty_fins.pop_front();
+        }
+        self.empty_fins.push_back(offset);
+    }
+
+    /// A stream dropped here: if nothing arrived on it yet, its FIN may still come.
+    pub(crate) fn note_dropped(&mut self, id: u32, stream: &StreamState) {
+        if stream.received_data || stream.peer_fin {
+            return;
+        }
+        if self.dropped_empty.len() >= EMPTY_FIN_LOG {
+            self.dropped_empty.pop_front();
+        }
+        self.dropped_empty.push_back(id);
+    }
 }
 
 /// What the session handle, streams and tasks share.
@@ -104,6 +152,8 @@ pub(crate) struct Shared {
     pub(crate) closed_tx: watch::Sender<Option<SmuxError>>,
     /// Whether the keepalive task sends NOPs now (see [`Session::set_keepalive`]).
     pub(crate) keepalive_on: std::sync::atomic::AtomicBool,
+    /// Bumped on every [`Session::reset_stalled`] that reset a stream; wakes [`ResetWatch`]es.
+    pub(crate) resets: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -249,12 +299,16 @@ impl Session {
                 last_rx: Instant::now(),
                 out: OutQueue::default(),
                 write_waiters: Vec::new(),
+                rx_offset: 0,
+                empty_fins: VecDeque::new(),
+                dropped_empty: VecDeque::new(),
             }),
             config,
             budget_freed: Notify::new(),
             write_ready: Notify::new(),
             closed_tx,
             keepalive_on: std::sync::atomic::AtomicBool::new(true),
+            resets: watch::Sender::new(0),
         });
         let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (read_half, write_half) = tokio::io::split(transport);
@@ -393,11 +447,112 @@ impl Session {
     pub fn buffered_bytes(&self) -> usize {
         self.shared.lock().buffered
     }
+
+    /// Resets every stream that has held at least `max_stream_buffer` unread bytes for
+    /// `stalled_for` or longer: its buffered data is discarded but for the first 64 KiB
+    /// (freeing the session budget, so the other streams go on), FIN is sent (the peer closes
+    /// its end), data still arriving for it is dropped, and once the kept bytes are read its
+    /// reads fail with [`SmuxError::StreamReset`]. smux v1 has no flow
+    /// control, so this is the only way to stop one reader that stopped from holding up all.
+    /// Returns the id and discarded bytes of each stream reset now.
+    pub fn reset_stalled(&self, stalled_for: Duration) -> Vec<(u32, usize)> {
+        let now = Instant::now();
+        let mut wakers = Vec::new();
+        let reset = {
+            let mut st = self.shared.lock();
+            if st.closed.is_some() {
+                return Vec::new();
+            }
+            let due: Vec<u32> = st
+                .streams
+                .iter()
+                .filter(|(_, s)| {
+                    !s.reset
+                        && s.full_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= stalled_for)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let mut reset = Vec::with_capacity(due.len());
+            for id in due {
+                let Some(s) = st.streams.get_mut(&id) else {
+                    continue;
+                };
+                // The first bytes stay readable: what the reader needs to finish the message it
+                // is in the middle of, in any protocol with small messages.
+                let keep = s.buf.len().min(RESET_KEEP);
+                let dropped = s.buf.len() - keep;
+                s.buf = BytesMut::from(&s.buf[..keep]);
+                s.reset = true;
+                s.full_since = None;
+                wakers.extend(s.read_waker.take());
+                st.buffered = st.buffered.saturating_sub(dropped);
+                // Past the queue limit on purpose, as on drop: a FIN is 8 bytes.
+                st.out.push(Cmd::Fin, id, &[]);
+                reset.push((id, dropped));
+            }
+            reset
+        };
+        if !reset.is_empty() {
+            self.shared.budget_freed.notify_one();
+            self.shared.write_ready.notify_one();
+            self.shared.resets.send_modify(|n| *n += 1);
+        }
+        for waker in wakers {
+            waker.wake();
+        }
+        reset
+    }
+
+    /// Where recent peer FINs that came before any data on their stream began in the inbound
+    /// byte stream, oldest first (the last [`EMPTY_FIN_LOG`]), whether or not the stream was
+    /// still open here. The SSM agent's ConnectToPortError flag precedes such a FIN.
+    pub fn empty_fin_offsets(&self) -> Vec<u64> {
+        self.shared.lock().empty_fins.iter().copied().collect()
+    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Waits for one stream to be reset by [`Session::reset_stalled`], apart from the stream itself
+/// (which may be wrapped, e.g. in TLS, where its read error is not seen until someone reads).
+#[derive(Clone)]
+pub struct ResetWatch {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u32,
+}
+
+impl fmt::Debug for ResetWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResetWatch").field("id", &self.id).finish()
+    }
+}
+
+impl ResetWatch {
+    /// Whether the stream has been reset.
+    pub fn is_reset(&self) -> bool {
+        self.shared
+            .lock()
+            .streams
+            .get(&self.id)
+            .is_some_and(|s| s.reset)
+    }
+
+    /// Resolves once the stream is reset; never if it ends another way.
+    pub async fn reset(&self) {
+        let mut resets = self.shared.resets.subscribe();
+        loop {
+            if self.is_reset() {
+                return;
+            }
+            if resets.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -440,6 +595,7 @@ where
         }
         handle_frame(shared, &accept_tx, header, &buf[HEADER_LEN..frame_len]).await?;
         buf.advance(frame_len);
+        shared.lock().rx_offset += frame_len as u64;
     }
 }
 
@@ -520,10 +676,26 @@ pub(crate) async fn handle_frame(
         Cmd::Fin => {
             let waker = {
                 let mut st = shared.lock();
-                st.streams.get_mut(&id).and_then(|s| {
-                    s.peer_fin = true;
-                    s.read_waker.take()
-                })
+                let offset = st.rx_offset;
+                let (empty, waker) = match st.streams.get_mut(&id) {
+                    Some(s) if !s.peer_fin => {
+                        s.peer_fin = true;
+                        s.fin_at = Some(offset);
+                        (!s.received_data, s.read_waker.take())
+                    }
+                    Some(_) => (false, None),
+                    None => match st.dropped_empty.iter().position(|d| *d == id) {
+                        Some(i) => {
+                            st.dropped_empty.remove(i);
+                            (true, None)
+                        }
+                        None => (false, None),
+                    },
+                };
+                if empty {
+                    st.log_empty_fin(offset);
+                }
+                waker
             };
             match waker {
                 Some(waker) => waker.wake(),
@@ -536,10 +708,16 @@ pub(crate) async fn handle_frame(
             }
             let waker = {
                 let mut st = shared.lock();
+                let cap = shared.config.max_stream_buffer;
                 match st.streams.get_mut(&id) {
+                    // Reset: the peer does not know yet (no flow control in v1); drop it.
+                    Some(s) if s.reset => None,
                     Some(s) => {
                         s.buf.extend_from_slice(payload);
                         s.received_data = true;
+                        if s.buf.len() >= cap && s.full_since.is_none() {
+                            s.full_since = Some(Instant::now());
+                        }
                         let waker = s.read_waker.take();
                         st.buffered += payload.len();
                         waker

@@ -57,6 +57,25 @@ impl Stream {
             .is_some_and(|s| s.received_data)
     }
 
+    /// Where the peer's FIN began in the session's inbound byte stream, if it came before any
+    /// data (see [`super::Session::empty_fin_offsets`]).
+    pub fn empty_fin_offset(&self) -> Option<u64> {
+        self.shared
+            .lock()
+            .streams
+            .get(&self.id)
+            .filter(|s| !s.received_data)
+            .and_then(|s| s.fin_at)
+    }
+
+    /// A handle that tells when this stream is reset (see [`super::Session::reset_stalled`]).
+    pub fn reset_watch(&self) -> ResetWatch {
+        ResetWatch {
+            shared: self.shared.clone(),
+            id: self.id,
+        }
+    }
+
     /// Whether the peer has sent FIN (buffered data may still be readable).
     pub fn peer_closed(&self) -> bool {
         self.shared
@@ -86,12 +105,18 @@ impl AsyncRead for Stream {
             let n = stream.buf.len().min(out.remaining());
             out.put_slice(&stream.buf[..n]);
             stream.buf.advance(n);
+            // Reading at all is not stalling: the clock restarts (or stops below the cap).
+            stream.full_since = (stream.buf.len() >= shared.config.max_stream_buffer)
+                .then(tokio::time::Instant::now);
             if stream.buf.is_empty() && stream.buf.capacity() > SHRINK_THRESHOLD {
                 stream.buf = BytesMut::new();
             }
             st.buffered = st.buffered.saturating_sub(n);
             shared.wake_reader_if_budget(st);
             return Poll::Ready(Ok(()));
+        }
+        if stream.reset {
+            return Poll::Ready(Err(SmuxError::StreamReset.into_io()));
         }
         if stream.peer_fin {
             return Poll::Ready(Ok(()));
@@ -129,7 +154,7 @@ impl AsyncWrite for Stream {
         }
         let shared = &self.shared;
         let mut st = ready!(shared.poll_queue_space(cx, Some(self.id))).map_err(SmuxError::into_io)?;
-        if st.streams.get(&self.id).is_none_or(|s| s.peer_fin) {
+        if st.streams.get(&self.id).is_none_or(|s| s.peer_fin || s.reset) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "smux stream closed by peer",
@@ -154,7 +179,8 @@ impl AsyncWrite for Stream {
     /// Sends FIN, which in v1 closes both directions at the peer; reads here still see the rest
     /// of the peer's data until its FIN.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.fin_sent {
+        let reset = self.shared.lock().streams.get(&self.id).is_some_and(|s| s.reset);
+        if self.fin_sent || reset {
             return Poll::Ready(Ok(()));
         }
         let shared = self.shared.clone();
@@ -179,12 +205,16 @@ impl Drop for Stream {
         let shared = &self.shared;
         let queued_fin = {
             let mut st = shared.lock();
+            let mut was_reset = false;
             if let Some(stream) = st.streams.remove(&self.id) {
                 st.buffered = st.buffered.saturating_sub(stream.buf.len());
+                st.note_dropped(self.id, &stream);
+                was_reset = stream.reset;
                 shared.wake_reader_if_budget(&st);
             }
             // Past the queue limit on purpose: drop cannot wait, and a FIN is 8 bytes per stream.
-            let queue_fin = !self.fin_sent && st.closed.is_none();
+            // A reset stream sent its FIN already.
+            let queue_fin = !self.fin_sent && !was_reset && st.closed.is_none();
             if queue_fin {
                 st.out.push(Cmd::Fin, self.id, &[]);
             }

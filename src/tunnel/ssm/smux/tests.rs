@@ -966,3 +966,101 @@ fn the_out_queue_serves_streams_round_robin_and_session_frames_first() {
     assert_eq!(&out[..], &psh(3, &[3u8; 1000])[..]);
     assert!(q.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_at_its_cap_unread_too_long_is_reset_and_the_others_go_on() {
+    const CAP: usize = 8 * 1024;
+    const BUDGET: usize = 128 * 1024;
+    const KEPT: usize = 64 * 1024;
+    let cfg = Config {
+        max_stream_buffer: CAP,
+        max_receive_buffer: BUDGET,
+        ..no_keepalive()
+    };
+    let (raw, transport) = duplex(1 << 20);
+    let client = Session::client(transport, cfg).expect("config");
+    let mut a = client.open_stream().await.expect("open a");
+    let mut b = client.open_stream().await.expect("open b");
+    let watch = a.reset_watch();
+    let (mut peer_rx, mut peer_tx) = tokio::io::split(raw);
+    for _ in 0..2 {
+        assert_eq!(read_header(&mut peer_rx).await.cmd, Cmd::Syn);
+    }
+    // A fills the whole budget and is not read: B's frame waits behind it (v1).
+    for i in 0..4u8 {
+        peer_tx.write_all(&psh(3, &[i; 32 * 1024])).await.unwrap();
+    }
+    peer_tx.write_all(&psh(5, b"hello")).await.unwrap();
+    // A reader that reads, however little, is not stalled.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let mut one = [0u8; 1];
+    timeout_read(&mut a, &mut one).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(client.reset_stalled(Duration::from_secs(30)).is_empty());
+    assert!(!watch.is_reset());
+    // 30 s without a read: reset. All but the first 64 KiB is dropped, FIN is sent.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let reset = client.reset_stalled(Duration::from_secs(30));
+    assert_eq!(reset, [(3, BUDGET - 1 - KEPT)]);
+    assert!(watch.is_reset());
+    tokio::time::timeout(GUARD, watch.reset()).await.expect("resolves");
+    assert_eq!(
+        read_header(&mut peer_rx).await,
+        Header {
+            cmd: Cmd::Fin,
+            len: 0,
+            stream_id: 3
+        }
+    );
+    // The budget is free again: B goes on while A is still not read, and data still arriving
+    // for A is dropped on arrival.
+    peer_tx.write_all(&psh(3, &[9u8; 4000])).await.unwrap();
+    peer_tx.write_all(&psh(5, b" world")).await.unwrap();
+    let mut got = [0u8; 11];
+    timeout_read(&mut b, &mut got).await;
+    assert_eq!(&got, b"hello world");
+    assert_eq!(client.buffered_bytes(), KEPT);
+    // The kept bytes are still readable (what A was in the middle of), then the reset shows.
+    let mut kept = vec![0u8; KEPT];
+    timeout_read(&mut a, &mut kept).await;
+    // One byte of the first frame was read before: its rest, the second frame, one byte more.
+    let first = 32 * 1024 - 1;
+    assert!(kept[..first].iter().all(|&x| x == 0));
+    assert!(kept[first..KEPT - 1].iter().all(|&x| x == 1) && kept[KEPT - 1] == 2);
+    let err = a.read(&mut one).await.expect_err("reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(client.buffered_bytes(), 0);
+    assert!(a.write_all(b"x").await.is_err(), "no writes after a reset");
+    drop(a);
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn fins_before_data_are_logged_by_position_even_for_dropped_streams() {
+    let (raw, transport) = duplex(1 << 20);
+    let client = Session::client(transport, no_keepalive()).expect("config");
+    let mut a = client.open_stream().await.expect("open a"); // 3: gets data, then FIN
+    let b = client.open_stream().await.expect("open b"); // 5: FIN first, still open here
+    let c = client.open_stream().await.expect("open c"); // 7: dropped here, then FIN
+    let (mut peer_rx, mut peer_tx) = tokio::io::split(raw);
+    for _ in 0..3 {
+        assert_eq!(read_header(&mut peer_rx).await.cmd, Cmd::Syn);
+    }
+    drop(c);
+    assert_eq!(read_header(&mut peer_rx).await.cmd, Cmd::Fin);
+    peer_tx.write_all(&psh(3, b"data")).await.unwrap(); // bytes 0..12
+    peer_tx.write_all(&frame(1, 0, 3)).await.unwrap(); // 12..20: not empty
+    peer_tx.write_all(&frame(1, 0, 5)).await.unwrap(); // 20..28: empty
+    peer_tx.write_all(&frame(1, 0, 7)).await.unwrap(); // 28..36: empty (dropped here)
+    peer_tx.write_all(&frame(1, 0, 7)).await.unwrap(); // a repeat counts once
+    let mut buf = [0u8; 8];
+    timeout_read(&mut a, &mut buf[..4]).await;
+    let started = Instant::now();
+    while client.empty_fin_offsets().len() < 2 {
+        assert!(started.elapsed() < GUARD, "FINs not seen");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.empty_fin_offsets(), [20, 28]);
+    assert_eq!(b.empty_fin_offset(), Some(20));
+    assert_eq!(a.empty_fin_offset(), None, "it had data");
+}
