@@ -476,41 +476,46 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_direction_holds_no_buffer_and_a_pushed_back_one_keeps_every_byte() {
-        let (mut client, mut proxy_client) = tokio::io::duplex(1 << 20);
-        // A 1 KiB pipe upstream: a 200 000-byte write pushes back at once.
-        let (mut proxy_upstream, mut upstream) = tokio::io::duplex(1024);
-        let mut half = Half::new();
-        let mut poll = |half: &mut Half| {
-            let waker = std::task::Waker::noop();
-            let mut cx = Context::from_waker(waker);
-            half.poll_copy(&mut cx, Pin::new(&mut proxy_client), Pin::new(&mut proxy_upstream))
-        };
-        // Idle: nothing to read, nothing held.
-        assert!(poll(&mut half).is_pending());
-        assert!(half.held.is_none());
-        // A small message goes through without a buffer of its own.
-        client.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
-        assert!(poll(&mut half).is_pending());
-        assert!(half.held.is_none());
-        let mut got = vec![0; 14];
-        upstream.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, b"Q\0\0\0\x0dselect 1\0");
-        // A bulk write the upstream cannot take at once: the rest is held until it can.
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        client.write_all(&data).await.unwrap();
-        assert!(poll(&mut half).is_pending());
-        assert!(half.held.is_some(), "the writer pushed back: the unwritten bytes are kept");
-        let mut received = Vec::new();
-        let mut chunk = vec![0; 4096];
-        while received.len() < data.len() {
-            let n = upstream.read(&mut chunk).await.unwrap();
-            received.extend_from_slice(&chunk[..n]);
-            let _ = poll(&mut half);
-        }
-        assert_eq!(received, data);
-        assert!(poll(&mut half).is_pending());
-        assert!(half.held.is_none(), "idle again: the buffer is released");
-        assert_eq!(half.bytes, 14 + 200_000);
+        // The half is polled by hand from this task, which also awaits the far ends: without
+        // tokio's cooperative budget, a budget spent on those polls cannot stall the test.
+        tokio::task::unconstrained(async {
+            let (mut client, mut proxy_client) = tokio::io::duplex(1 << 20);
+            // A 1 KiB pipe upstream: a 200 000-byte write pushes back at once.
+            let (mut proxy_upstream, mut upstream) = tokio::io::duplex(1024);
+            let mut half = Half::new();
+            let mut poll = |half: &mut Half| {
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                half.poll_copy(&mut cx, Pin::new(&mut proxy_client), Pin::new(&mut proxy_upstream))
+            };
+            // Idle: nothing to read, nothing held.
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_none());
+            // A small message goes through without a buffer of its own.
+            client.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_none());
+            let mut got = vec![0; 14];
+            upstream.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, b"Q\0\0\0\x0dselect 1\0");
+            // A bulk write the upstream cannot take at once: the rest is held until it can.
+            let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).await.unwrap();
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_some(), "the writer pushed back: the unwritten bytes are kept");
+            let mut received = Vec::new();
+            let mut chunk = vec![0; 4096];
+            while received.len() < data.len() {
+                let n = upstream.read(&mut chunk).await.unwrap();
+                received.extend_from_slice(&chunk[..n]);
+                let _ = poll(&mut half);
+            }
+            assert_eq!(received, data);
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_none(), "idle again: the buffer is released");
+            assert_eq!(half.bytes, 14 + 200_000);
+        })
+        .await;
     }
 
     #[test]
