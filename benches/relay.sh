@@ -21,8 +21,10 @@ DURATION=${DURATION:-8}
 PROXY_PORT=${PROXY_PORT:-16543}
 SOCAT_PORT=${SOCAT_PORT:-16544}
 
-cargo build --release --locked --quiet
-BIN=${CARGO_TARGET_DIR:-target}/release/rds-auth-proxy
+if [ -z "${BIN:-}" ]; then   # BIN=path measures another build (e.g. main's)
+    cargo build --release --locked --quiet
+    BIN=${CARGO_TARGET_DIR:-target}/release/rds-auth-proxy
+fi
 work=$(mktemp -d)
 cleanup() {
     kill $(jobs -p) 2>/dev/null || true
