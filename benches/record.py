@@ -42,7 +42,7 @@ The results file (JSON, one entry per bench, written sorted so diffs stay small)
 
 Recording replaces the bench's whole entry (figures not in this run are dropped); commit the
 file with the change it measures. RESULTS=path points at another file (default: beside this
-script).
+script); RECORD_COMMIT=REV names the commit when the build measured is not this tree's (BIN=...).
 """
 
 import argparse
@@ -162,7 +162,7 @@ def main():
 
     if os.environ.get("RECORD") == "1":
         results[args.bench] = {
-            "commit": git_commit(),
+            "commit": os.environ.get("RECORD_COMMIT") or git_commit(),
             "date": datetime.date.today().isoformat(),
             "note": args.note,
             "figures": figures,
