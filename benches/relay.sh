@@ -4,8 +4,13 @@
 # TCP_NODELAY) on the same path, in alternating rounds within one run. Reports medians and ratios;
 # machines here are noisy, so only same-run ratios mean anything.
 #
+# The proxy's figures are also compared with the last recorded result (benches/results.json, by
+# benches/record.py): as same-run ratios (proxy/socat for TPS and latency, proxy/direct for the
+# connection rate), never as absolute numbers. RECORD=1 writes this run's figures there.
+#
 #   ./benches/relay.sh                 # ROUNDS=3 DURATION=8 by default
 #   ROUNDS=5 DURATION=15 ./benches/relay.sh
+#   RECORD=1 ./benches/relay.sh        # also record the figures
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -16,8 +21,10 @@ DURATION=${DURATION:-8}
 PROXY_PORT=${PROXY_PORT:-16543}
 SOCAT_PORT=${SOCAT_PORT:-16544}
 
-cargo build --release --locked --quiet
-BIN=${CARGO_TARGET_DIR:-target}/release/rds-auth-proxy
+if [ -z "${BIN:-}" ]; then   # BIN=path measures another build (e.g. main's)
+    cargo build --release --locked --quiet
+    BIN=${CARGO_TARGET_DIR:-target}/release/rds-auth-proxy
+fi
 work=$(mktemp -d)
 cleanup() {
     kill $(jobs -p) 2>/dev/null || true
@@ -94,3 +101,9 @@ awk -v d4="$d4" -v s4="$s4" -v p4="$p4" -v d1="$d1" -v s1="$s1" -v p1="$p1" -v d
     printf "c1 added RTT:  proxy %+.0f us  socat %+.0f us                          (goal proxy <= socat)\n", (p1-d1)*1000, (s1-d1)*1000
     printf "-C conn rate:  proxy/direct %.2f  socat/direct %.2f                     (goal proxy/direct >= 0.8)\n", pc/dc, sc/dc
 }'
+echo
+awk -v d4="$d4" -v s4="$s4" -v p4="$p4" -v s1="$s1" -v p1="$p1" -v dc="$dc" -v pc="$pc" 'BEGIN {
+    printf "c4_tps\tproxy TPS, -M prepared -c 4 (goal >= 1.1x socat)\t%.0f\ttps\t%.3f\tsocat\tratio\thigher\n", p4, p4/s4
+    printf "c1_latency\tproxy latency, -M prepared -c 1\t%.3f\tms\t%.3f\tsocat\tratio\tlower\n", p1, p1/s1
+    printf "conn_rate\tproxy connections/s, -C -c 4 (goal >= 0.8x direct)\t%.0f\tconn/s\t%.3f\tdirect\tratio\thigher\n", pc, pc/dc
+}' | python3 benches/record.py relay --note "${NOTE:-ROUNDS=$ROUNDS DURATION=$DURATION, medians}"

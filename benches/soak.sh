@@ -20,6 +20,10 @@
 #   CLIENTS=500 RATE=400 DURATION=600 BASELINE=60 PROFILE=release ./benches/soak.sh
 #
 # The simulator's PostgreSQL allows 600 connections, so CLIENTS may be up to ~590.
+#
+# The headline figures are also compared with the last recorded result (benches/results.json, by
+# benches/record.py): errors and RSS growth as values, p50/p99 service time as ratios to DIRECT in
+# the same run. RECORD=1 writes this run's figures there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -138,3 +142,14 @@ read -r ss50 ss99 < <(pct ssm '$3 - $7')
 echo "latency ms (from scheduled start): direct p50=$d50 p99=$d99 | via SSM p50=$s50 p99=$s99"
 echo "service ms (minus schedule lag):   direct p50=$ds50 p99=$ds99 | via SSM p50=$ss50 p99=$ss99"
 tail -n 12 "$work/ssm.out"
+
+ssm_failed=$(awk -F': ' '/number of failed transactions/ {split($2, a, " "); print a[1]}' "$work/ssm.out")
+ssm_aborted=$(grep -c 'aborted' "$work/ssm.out" || true)
+echo
+awk -v f="${ssm_failed:-0}" -v a="$ssm_aborted" -v r0="$rss_start" -v r1="$rss_end" \
+    -v d50="$ds50" -v s50="$ss50" -v d99="$ds99" -v s99="$ss99" 'BEGIN {
+    printf "errors\tfailed transactions + aborted clients (goal 0)\t%d\terrors\t-\t-\tvalue\tlower\n", f + a
+    printf "rss_growth\tproxy RSS end - start (goal: flat)\t%d\tKiB\t-\t-\tvalue\tlower\n", r1 - r0
+    if (d50 + 0 > 0 && s50 + 0 > 0) printf "service_p50\tservice time p50 via SSM\t%.2f\tms\t%.3f\tdirect\tratio\tlower\n", s50, s50 / d50
+    if (d99 + 0 > 0 && s99 + 0 > 0) printf "service_p99\tservice time p99 via SSM\t%.2f\tms\t%.3f\tdirect\tratio\tlower\n", s99, s99 / d99
+}' | python3 benches/record.py soak --note "DURATION=$DURATION CLIENTS=$CLIENTS RATE=$RATE SEED=$SEED PROFILE=$PROFILE"

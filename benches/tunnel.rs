@@ -89,6 +89,10 @@
 //! MB/s is 10^6 bytes per second. Progress goes to stderr, the summary to stdout; RUST_LOG turns
 //! on the proxy's and the simulator's logs.
 //!
+//! The headline figures are then compared with the last recorded result (benches/results.json,
+//! through benches/record.py) as same-run ratios (ssm / direct, ssm / plugin-like pace, N COPYs /
+//! one); `RECORD=1 cargo bench --bench tunnel` records this run's figures there.
+//!
 //! The peer client product.md §6 names, the `aws-ssm-bridge` crate (0.6), is not measured. It
 //! can be pointed at the simulator (an `SdkConfig` endpoint override, and
 //! `EndpointPolicy::AllowAny` for the `ws://` data channel), but its port forward evicts a
@@ -1870,6 +1874,46 @@ fn print_summary(
          {s_scale:.2}x with --ssm-sessions 1 (ideal ~1x)   ({})",
         verdict(e_scale >= 0.75 * n_max as f64 && s_scale < 1.5)
     );
+
+    // Against the last recorded result (benches/results.json): timings as same-run ratios.
+    let figure = |id: &str, label: &str, value: f64, unit: &str, ratio: f64, baseline: &str, better: &str| {
+        format!("{id}\t{label}\t{value:.3}\t{unit}\t{ratio:.3}\t{baseline}\tratio\t{better}\n")
+    };
+    let figures = [
+        figure("caps_off_copy_from", "caps off, ssm 32 KiB COPY FROM", from[CapsOff::SSM_BIG].median(), "MB/s", ssm_from, "direct", "higher"),
+        figure("caps_off_copy_to", "caps off, ssm 32 KiB COPY TO", to[CapsOff::SSM_BIG].median(), "MB/s", ssm_to, "direct", "higher"),
+        figure("aws_upload", "AWS-like, one session COPY FROM", aws.ssm_from.median(), "MB/s", vs_plugin, "plugin-like", "higher"),
+        figure(
+            "added_rtt",
+            "select 1 round trip added by ssm (agent unpaced)",
+            added / 1000.0,
+            "ms",
+            latency.ssm_unpaced_agent.median() / latency.direct.median(),
+            "direct",
+            "lower",
+        ),
+        figure("elastic_scale", &format!("elastic pool, {n_max} COPY TO"), window(&scaling.elastic[last]), "MB/s", e_scale, "1 COPY", "higher"),
+    ];
+    record("tunnel", &figures.concat(), &format!("ROUNDS={}, medians", settings.rounds));
+}
+
+/// Hands the figures to benches/record.py (value, same-run ratio, change against the recorded
+/// result; `RECORD=1` records them). Without python3 the summary above is all there is.
+fn record(bench: &str, figures: &str, note: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    println!();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/record.py");
+    let child = Command::new("python3").arg(script).arg(bench).arg("--note").arg(note).stdin(Stdio::piped()).spawn();
+    match child {
+        Ok(mut child) => {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(figures.as_bytes());
+            }
+            let _ = child.wait();
+        }
+        Err(e) => eprintln!("cannot run {script}: {e}"),
+    }
 }
 
 fn verdict(met: bool) -> &'static str {

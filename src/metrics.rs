@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "relayed_bytes",
-            "Bytes relayed after login (to_upstream: client to database; to_client), counted when a connection closes",
+            "Bytes relayed after login (to_upstream: client to database; to_client), counted as they are written",
             f.relayed_bytes.clone(),
         );
         registry.register(

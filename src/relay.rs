@@ -11,6 +11,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -113,8 +114,16 @@ impl Framer {
 }
 
 /// One direction: read from one side, write to the other.
+///
+/// An idle connection holds no buffer: each read lands in a 64 KiB scratch array on the
+/// polling thread's stack and is written on at once, which is all a request/response exchange
+/// ever needs. Only when the writer pushes back does the rest move to a heap buffer of its own
+/// ([`Half::held`]), read into directly while the transfer stays busy (COPY) and released as
+/// soon as the reader has nothing more (PostgreSQL clients idle for hours; two 64 KiB buffers
+/// per connection were most of the proxy's memory per idle connection).
 struct Half {
-    buf: Box<[u8]>,
+    /// Bytes read but not written yet (`held[pos..cap]`); `None` while the direction is idle.
+    held: Option<Box<[u8]>>,
     pos: usize,
     cap: usize,
     read_done: bool,
@@ -144,7 +153,7 @@ enum HalfEnd {
 impl Half {
     fn new() -> Self {
         Half {
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            held: None,
             pos: 0,
             cap: 0,
             read_done: false,
@@ -165,6 +174,25 @@ impl Half {
         }
     }
 
+    /// Counts `n` bytes written.
+    fn wrote(&mut self, n: usize) {
+        self.bytes += n as u64;
+        if let Some(meter) = &self.meter {
+            meter.inc_by(n as u64);
+        }
+        self.need_flush = true;
+    }
+
+    /// Most bytes the next read may take (draining: never past the end of the current message).
+    fn room(&self) -> usize {
+        match (&self.framer, self.draining) {
+            (Some(f), true) => f.until_boundary().unwrap_or(0).min(BUF_SIZE),
+            _ => BUF_SIZE,
+        }
+    }
+
+    // Not inlined: the scratch array then takes 64 KiB of stack once, not once per direction.
+    #[inline(never)]
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -175,17 +203,15 @@ impl Half {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); BUF_SIZE];
         loop {
             if self.pos < self.cap {
-                match ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.cap])) {
+                let held = self.held.as_deref().expect("bytes held in a buffer");
+                match ready!(writer.as_mut().poll_write(cx, &held[self.pos..self.cap])) {
                     Ok(0) => return Poll::Ready(HalfEnd::WriteError(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
                         self.pos += n;
-                        self.bytes += n as u64;
-                        if let Some(meter) = &self.meter {
-                            meter.inc_by(n as u64);
-                        }
-                        self.need_flush = true;
+                        self.wrote(n);
                     }
                     Err(e) => return Poll::Ready(HalfEnd::WriteError(e)),
                 }
@@ -207,24 +233,72 @@ impl Half {
                 }
             }
             if !self.read_done {
-                // Draining: never read past the end of the current message.
-                let room = match (&self.framer, self.draining) {
-                    (Some(f), true) => f.until_boundary().unwrap_or(0).min(self.buf.len()),
-                    _ => self.buf.len(),
-                };
-                let mut rb = ReadBuf::new(&mut self.buf[..room]);
-                match reader.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
+                let room = self.room();
+                let read = match self.held.take() {
+                    // Busy (the writer pushed back before): read straight into the held buffer.
+                    Some(mut held) => {
+                        let mut rb = ReadBuf::new(&mut held[..room]);
+                        let read = reader.as_mut().poll_read(cx, &mut rb);
                         let n = rb.filled().len();
                         if let Some(f) = &mut self.framer {
                             self.chunk_start = Some(f.clone());
-                            f.advance(&self.buf[..n]);
+                            f.advance(&held[..n]);
                         }
-                        self.pos = 0;
-                        self.cap = n;
-                        if n == 0 {
-                            self.read_done = true;
+                        if matches!(read, Poll::Ready(Ok(()))) && n > 0 {
+                            self.pos = 0;
+                            self.cap = n;
+                            self.held = Some(held);
+                            continue;
                         }
+                        // Nothing more to read for now (or the end): the buffer goes.
+                        read
+                    }
+                    None => {
+                        let mut rb = ReadBuf::uninit(&mut scratch[..room]);
+                        let read = reader.as_mut().poll_read(cx, &mut rb);
+                        let data = rb.filled();
+                        // The framer before this read, for `chunk_start` if some of it is held.
+                        let before = self.framer.clone();
+                        if let Some(f) = &mut self.framer {
+                            f.advance(data);
+                        }
+                        if matches!(read, Poll::Ready(Ok(()))) && !data.is_empty() {
+                            let mut written = 0;
+                            while written < data.len() {
+                                match writer.as_mut().poll_write(cx, &data[written..]) {
+                                    Poll::Ready(Ok(0)) => {
+                                        return Poll::Ready(HalfEnd::WriteError(io::ErrorKind::WriteZero.into()))
+                                    }
+                                    Poll::Ready(Ok(k)) => {
+                                        written += k;
+                                        self.wrote(k);
+                                    }
+                                    Poll::Ready(Err(e)) => return Poll::Ready(HalfEnd::WriteError(e)),
+                                    Poll::Pending => {
+                                        // The writer pushed back: keep the rest until it takes it.
+                                        let rest = &data[written..];
+                                        let mut held = vec![0; BUF_SIZE].into_boxed_slice();
+                                        held[..rest.len()].copy_from_slice(rest);
+                                        self.pos = 0;
+                                        self.cap = rest.len();
+                                        self.held = Some(held);
+                                        self.chunk_start = before.map(|mut f| {
+                                            f.advance(&data[..written]);
+                                            f
+                                        });
+                                        return Poll::Pending;
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        read
+                    }
+                };
+                match read {
+                    Poll::Ready(Ok(())) => {
+                        // Zero bytes with room to read: the end.
+                        self.read_done = true;
                         continue;
                     }
                     Poll::Ready(Err(e)) => {
@@ -266,17 +340,17 @@ impl Half {
             self.draining |= at_boundary;
             return at_boundary;
         }
-        let Some(mut f) = self.chunk_start.clone() else {
+        let (Some(mut f), Some(buf)) = (self.chunk_start.clone(), self.held.as_deref()) else {
             return false;
         };
-        f.advance(&self.buf[..self.pos]);
+        f.advance(&buf[..self.pos]);
         let mut at = self.pos;
         while let Some(k) = f.until_boundary() {
             let end = at.saturating_add(k);
             if end > self.cap {
                 return false;
             }
-            f.advance(&self.buf[at..end]);
+            f.advance(&buf[at..end]);
             at = end;
         }
         self.cap = at;
@@ -479,6 +553,50 @@ mod tests {
         assert_eq!((stats.client_to_upstream, stats.upstream_to_client), (to_upstream.get(), to_client.get()));
     }
 
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer_and_a_pushed_back_one_keeps_every_byte() {
+        // The half is polled by hand from this task, which also awaits the far ends: without
+        // tokio's cooperative budget, a budget spent on those polls cannot stall the test.
+        tokio::task::unconstrained(async {
+            let (mut client, mut proxy_client) = tokio::io::duplex(1 << 20);
+            // A 1 KiB pipe upstream: a 200 000-byte write pushes back at once.
+            let (mut proxy_upstream, mut upstream) = tokio::io::duplex(1024);
+            let mut half = Half::new();
+            let mut poll = |half: &mut Half| {
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                half.poll_copy(&mut cx, Pin::new(&mut proxy_client), Pin::new(&mut proxy_upstream))
+            };
+            // Idle: nothing to read, nothing held.
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_none());
+            // A small message goes through without a buffer of its own.
+            client.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_none());
+            let mut got = vec![0; 14];
+            upstream.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, b"Q\0\0\0\x0dselect 1\0");
+            // A bulk write the upstream cannot take at once: the rest is held until it can.
+            let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).await.unwrap();
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_some(), "the writer pushed back: the unwritten bytes are kept");
+            let mut received = Vec::new();
+            let mut chunk = vec![0; 4096];
+            while received.len() < data.len() {
+                let n = upstream.read(&mut chunk).await.unwrap();
+                received.extend_from_slice(&chunk[..n]);
+                let _ = poll(&mut half);
+            }
+            assert_eq!(received, data);
+            assert!(poll(&mut half).is_pending());
+            assert!(half.held.is_none(), "idle again: the buffer is released");
+            assert_eq!(half.bytes, 14 + 200_000);
+        })
+        .await;
+    }
+
     #[test]
     fn framer_follows_message_boundaries_byte_by_byte() {
         // DataRow 'D' len 11 (7 body bytes), then ReadyForQuery 'Z' len 5 (1 body byte).
@@ -560,7 +678,9 @@ mod tests {
             half.chunk_start = Some(f.clone());
             f.advance(chunk);
         }
-        half.buf[..chunk.len()].copy_from_slice(chunk);
+        let mut held = vec![0; BUF_SIZE].into_boxed_slice();
+        held[..chunk.len()].copy_from_slice(chunk);
+        half.held = Some(held);
         half.cap = chunk.len();
         half.pos = written;
         half

@@ -139,13 +139,15 @@ pub async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // The phases before the relay (startup, client login, upstream connect) run boxed: their
+    // states, many KiB, would otherwise stay in this task for the whole life of the connection.
     let _open = ctx.metrics.open_connection();
     let started = Instant::now();
     let mut client = ClientStream::Plain(client);
     let first = tokio::select! {
         biased;
         () = drain.expired() => None,
-        first = tokio::time::timeout(ctx.timeouts.client_startup, read_startup(&mut client, ctx.local_tls.as_ref())) => Some(first),
+        first = tokio::time::timeout(ctx.timeouts.client_startup, Box::pin(read_startup(&mut client, ctx.local_tls.as_ref()))) => Some(first),
     };
     let first = match first {
         None => {
@@ -181,7 +183,7 @@ where
             if !access.may_cancel(peer) {
                 return;
             }
-            match cancel::forward(ctx, &request).await {
+            match Box::pin(cancel::forward(ctx, &request)).await {
                 Ok(()) => tracing::info!(%peer, pid = request.pid(), "cancel request forwarded"),
                 Err(e) => tracing::warn!(%peer, error = display_chain(&e), "cancel request could not be forwarded"),
             }
@@ -193,8 +195,7 @@ where
     // The client's own login to the proxy (remote peers on a shared listener) comes first, while
     // the first-packet slot is held: a client that cannot log in never takes a session slot.
     let certificate = client.peer_certificate().map(|c| ClientCertificate::from_der(c));
-    if access
-        .admit(&mut client, peer, &startup, ctx.timeouts.client_startup, certificate.as_ref())
+    if Box::pin(access.admit(&mut client, peer, &startup, ctx.timeouts.client_startup, certificate.as_ref()))
         .await
         .is_err()
     {
@@ -245,12 +246,12 @@ where
     audit.db_user = crate::audit::bounded(&user);
 
     // A spare logged in with these exact startup parameters costs no upstream round trip.
-    let connected = match ctx.spares.take(&startup).await {
+    let connected = match Box::pin(ctx.spares.take(&startup)).await {
         Some(spare) => Some(Ok(spare)),
         None => tokio::select! {
             biased;
             () = drain.expired() => None,
-            connected = upstream::connect(ctx, &startup) => Some(connected),
+            connected = Box::pin(upstream::connect(ctx, &startup)) => Some(connected),
         },
     };
     audit.principal_arn = ctx.auth.principal_arn();
@@ -490,4 +491,26 @@ pub fn display_chain(err: &dyn std::error::Error) -> String {
         cur = e.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, D, E, F, R>(_: fn(A, B, C, D, E, F) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A connection's task is as large as the largest state of [`serve_with`], and it is held for
+    /// the connection's whole life: idle connections by the thousand must not each carry the
+    /// upstream login's states (TLS handshake, SCRAM, AWS calls) while they relay.
+    #[test]
+    fn a_connection_task_does_not_carry_the_login_phases() {
+        let size = future_size(
+            serve_with::<tokio::net::TcpStream>
+                as fn(&'static TargetContext, _, &'static str, &'static DrainSignal, _, _) -> _,
+        );
+        assert!(size <= 8192, "serve_with's future is {size} bytes (about 18 KiB when the login phases were not boxed)");
+    }
 }
