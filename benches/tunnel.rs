@@ -115,6 +115,7 @@ use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
 use rds_auth_proxy::sim::postgres::DB_USER;
+use rds_auth_proxy::sim::rds::PgEmulation;
 use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
 use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats};
 use rds_auth_proxy::sim::{SimOptions, Simulator};
@@ -1068,6 +1069,16 @@ struct RealNetwork {
     select_direct: Vec<f64>,
     /// Client data the simulated agent dropped in its early-input window, whole section.
     early_drops: u64,
+    /// The first connection through a fresh `--ssm-prewarm` proxy, once its session is open.
+    prewarm_connect: Vec<f64>,
+    prewarm_flights: Vec<u64>,
+    /// Median new connection on an open session to a PostgreSQL 17 front (direct TLS).
+    pg17_connect: Vec<f64>,
+    pg17_flights: Vec<u64>,
+    /// A client served by a spare (`--spare-connections 1`), and the client flights its login
+    /// added on streams that were open before it (the spare's own included).
+    spare_connect: Vec<f64>,
+    spare_flights: Vec<u64>,
 }
 
 /// The simulated round trip of [`SsmSimOptions::real_network`].
@@ -1119,6 +1130,72 @@ async fn real_network(sim: &Simulator, settings: &Settings) -> Result<RealNetwor
         drop(keep);
         proxy.stop().await;
     }
+    for round in 1..=settings.rounds {
+        let cuts = stats.rate_limit_cuts.load(Ordering::SeqCst);
+        // --ssm-prewarm: the session is open before the first client comes.
+        let proxy = BenchProxy::start_ssm("ssm real network prewarm", sim, &["--ssm-prewarm".to_owned()]).await?;
+        wait_for("the prewarmed session", || proxy.ssm_load().len() == 1).await?;
+        let (client, took, flights) = timed_connect(sim, &proxy).await?;
+        out.prewarm_connect.push(took);
+        out.prewarm_flights.push(flights);
+        drop(client);
+        proxy.stop().await;
+        // --spare-connections 1: the second client of the same kind gets the spare the first
+        // one left ready.
+        let spare_args = ["--spare-connections".to_owned(), "1".to_owned()];
+        let proxy = BenchProxy::start_ssm("ssm real network spares", sim, &spare_args).await?;
+        let (first, _, _) = timed_connect(sim, &proxy).await?;
+        wait_for("a spare", || proxy.ctx.spares.ready() == 1).await?;
+        let before = sim.ssm.stream_flights();
+        let start = Instant::now();
+        let client = proxy.connect().await?;
+        out.spare_connect.push(start.elapsed().as_secs_f64() * 1e3);
+        let after = sim.ssm.stream_flights();
+        out.spare_flights.push(
+            after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.client_flights.saturating_sub(b.client_flights))
+                .sum(),
+        );
+        drop((first, client));
+        proxy.stop().await;
+        no_cuts(&stats, cuts, "ssm real network", "prewarm and spares")?;
+        eprintln!(
+            "round {round} network   first connection with prewarm {:.0} ms ({} flights), spare hit {:.0} ms ({} flights)",
+            out.prewarm_connect[round - 1],
+            out.prewarm_flights[round - 1],
+            out.spare_connect[round - 1],
+            out.spare_flights[round - 1],
+        );
+    }
+    // A PostgreSQL 17 front: once the first login has shown 17, connections open TLS directly.
+    let sim17 = Simulator::start(SimOptions {
+        ssm: sim.ssm.options().get(),
+        rds_pg: PgEmulation::Pg17 { direct_tls: true },
+        ..SimOptions::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the PostgreSQL 17 simulator did not start: {e}"))?;
+    for round in 1..=settings.rounds {
+        let proxy = BenchProxy::start_ssm("ssm real network pg17", &sim17, &[]).await?;
+        let (keep, _, _) = timed_connect(&sim17, &proxy).await?;
+        let mut times = Vec::new();
+        for _ in 0..NET_CONNECTS {
+            let (client, took, flights) = timed_connect(&sim17, &proxy).await?;
+            times.push(took);
+            out.pg17_flights.push(flights);
+            drop(client);
+        }
+        out.pg17_connect.push(median(&times));
+        eprintln!(
+            "round {round} network   new connection on PostgreSQL 17 (direct TLS) median {:.0} ms",
+            out.pg17_connect[round - 1]
+        );
+        drop(keep);
+        proxy.stop().await;
+    }
+    sim17.stop().await;
     out.early_drops = SsmSimStats::get(&stats.early_input_dropped) - drops_before;
     sim.ssm.options().update(|o| {
         o.latency = None;
@@ -1194,6 +1271,21 @@ fn print_network_summary(settings: &Settings, net: &RealNetwork, took: Duration)
         median(&net.new_connect),
         flights(&net.new_flights),
     );
+    row(
+        "new connection, PostgreSQL 17 (direct TLS)",
+        median(&net.pg17_connect),
+        flights(&net.pg17_flights),
+    );
+    row(
+        "first connection after start, --ssm-prewarm",
+        median(&net.prewarm_connect),
+        flights(&net.prewarm_flights),
+    );
+    row(
+        "new connection served by a spare",
+        median(&net.spare_connect),
+        flights(&net.spare_flights),
+    );
     let ssm = median(&net.select_ssm);
     let direct = median(&net.select_direct);
     row("prepared select 1 through the tunnel", ssm, "1 expected".to_owned());
@@ -1204,6 +1296,39 @@ fn print_network_summary(settings: &Settings, net: &RealNetwork, took: Duration)
         ssm - rtt - direct,
         net.early_drops
     );
+    println!("  AWS's plugin under the same psql: 4 round trips per new connection (a byte pipe: psql's own SSLRequest, TLS, startup, password)");
+    // Against the last recorded result: round trips as values (they are counts, not timings),
+    // and the connection times in RTTs of the simulated network.
+    let most = |values: &[u64]| values.iter().copied().max().unwrap_or(0) as f64;
+    let figure = |id: &str, label: &str, value: f64, unit: &str, compare: &str| {
+        let ratio = if unit == "ms" { format!("{:.3}", value / rtt) } else { "-".to_owned() };
+        let baseline = if unit == "ms" { "RTT" } else { "-" };
+        format!("{id}\t{label}\t{value:.3}\t{unit}\t{ratio}\t{baseline}\t{compare}\tlower\n")
+    };
+    let figures = [
+        figure("new_conn_flights", "round trips, new connection on an open session (PostgreSQL 15)", most(&net.new_flights), "round trips", "value"),
+        figure("pg17_conn_flights", "round trips, new connection, PostgreSQL 17 direct TLS", most(&net.pg17_flights), "round trips", "value"),
+        figure("first_conn_flights", "round trips, first connection (data channel only)", most(&net.first_flights), "round trips", "value"),
+        figure("prewarm_conn_flights", "round trips, first connection with --ssm-prewarm", most(&net.prewarm_flights), "round trips", "value"),
+        figure("spare_conn_flights", "round trips, a connection served by a spare", most(&net.spare_flights), "round trips", "value"),
+        figure("new_conn_ms", "new connection on an open session", median(&net.new_connect), "ms", "ratio"),
+        figure("pg17_conn_ms", "new connection, PostgreSQL 17 direct TLS", median(&net.pg17_connect), "ms", "ratio"),
+        figure("first_conn_ms", "first connection after start", median(&net.first_connect), "ms", "ratio"),
+        figure("prewarm_conn_ms", "first connection after start, --ssm-prewarm", median(&net.prewarm_connect), "ms", "ratio"),
+        figure("spare_conn_ms", "new connection served by a spare", median(&net.spare_connect), "ms", "ratio"),
+        figure("select1_ms", "prepared select 1 through the tunnel", ssm, "ms", "ratio"),
+    ];
+    record("tunnel_network", &figures.concat(), &format!("ROUNDS={}, medians, 25 ms each way", settings.rounds));
+}
+
+/// Polls `cond` every 20 ms for up to 30 s (what it waits for happens on other tasks).
+async fn wait_for(what: &str, cond: impl Fn() -> bool) -> Result<()> {
+    let started = Instant::now();
+    while !cond() {
+        ensure!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ pub struct Spares {
 /// opens no spares in the background).
 impl Clone for Spares {
     fn clone(&self) -> Self {
-        Spares::new(self.settings.clone(), Weak::new(), self.metrics.clone())
+        Spares::new(self.settings, Weak::new(), self.metrics.clone())
     }
 }
 
@@ -193,6 +193,11 @@ impl Spares {
             state: Mutex::new(State::default()),
             tasks: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Spares ready to be handed out now, of every kind.
+    pub fn ready(&self) -> usize {
+        self.state().keys.iter().map(|k| k.ready.len()).sum()
     }
 
     pub fn enabled(&self) -> bool {
