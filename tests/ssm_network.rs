@@ -206,11 +206,13 @@ async fn copy_on_a_real_network_with_loss_and_a_killed_websocket_is_byte_exact()
     assert_eq!(back.len(), data.len());
     assert_eq!(hex::encode(Sha256::digest(&back)), sent_sum, "byte-exact both ways");
 
+    assert!(get(&stats.sessions_resumed) >= 1, "the session resumed");
+    assert_eq!(get(&stats.sessions_started), 1, "the transfer needed no new session");
+    // (A new connection may get a session of its own: the elastic pool steers it away from one
+    // that was just busy with a bulk transfer.)
     let fresh = connect(&proxy, "db_user").await.expect("a new login afterwards");
     let n: i32 = fresh.query_one("SELECT 1", &[]).await.expect("select 1").get(0);
     assert_eq!(n, 1);
-    assert!(get(&stats.sessions_resumed) >= 1, "the session resumed");
-    assert_eq!(get(&stats.sessions_started), 1, "no new session was needed");
     assert_eq!(get(&stats.rate_limit_cuts), 0, "never cut by the gateway's rate limit");
     assert!(get(&stats.peak_client_msgs_per_sec) <= 1000);
     assert!(get(&stats.messages_dropped) > 0 && get(&stats.messages_duplicated) > 0);
