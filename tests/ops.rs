@@ -84,7 +84,18 @@ async fn health_endpoints_and_a_scrape_that_moves_with_psql_via_ssm() {
     let out = tokio::task::spawn_blocking(move || psql_at(port, "db_user", "nosuchdb", "SELECT 1")).await.unwrap();
     assert!(!out.status.success());
 
-    let after = scrape(http).await;
+    // psql has exited; the proxy's side of its connection ends a moment later (through SSM:
+    // once the server's close has come back through the tunnel), so wait for that.
+    let open_series = format!("rds_auth_proxy_connections_open{{{t}}}");
+    let started = Instant::now();
+    let after = loop {
+        let after = scrape(http).await;
+        if value(&after, &open_series) == 0.0 {
+            break after;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the connections never closed on the proxy's side");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let v = |name: &str, labels: &str| value(&after, &format!("rds_auth_proxy_{name}{{{t}{labels}}}"));
     assert_eq!(v("connections_total", ""), 3.0);
     assert_eq!(v("connections_open", ""), 0.0, "all closed again");
