@@ -4,7 +4,9 @@
 //! AuthenticationOk is believed, MD5), and stop at the first ReadyForQuery. The client only ever
 //! sees AuthenticationOk and the session start — or an error that says why not.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use bytes::{BufMut, BytesMut};
 use rustls::pki_types::ServerName;
@@ -93,6 +95,11 @@ pub enum UpstreamError {
     },
     #[error("no password for the database user")]
     Password(#[source] PasswordError),
+    /// The IAM token went out with the startup message, as the server had asked a cleartext
+    /// password for this login before, and this time it asked otherwise: the connection is
+    /// dropped and the login starts over without sending ahead (never seen by a client).
+    #[error("the server asked {asked} where it had asked a cleartext password before")]
+    SentAhead { asked: &'static str },
     #[error("the upstream closed the connection during startup")]
     Closed,
     #[error("connection to the upstream failed during startup")]
@@ -142,7 +149,9 @@ impl UserFacing for UpstreamError {
             | UpstreamError::Password(_)
             | UpstreamError::Rejected { .. } => SqlState::InvalidAuthorization,
             UpstreamError::IamTokenNotPassword { .. } => SqlState::InvalidPassword,
-            UpstreamError::Closed | UpstreamError::Io(_) => SqlState::ConnectionFailure,
+            UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::SentAhead { .. } => {
+                SqlState::ConnectionFailure
+            }
             UpstreamError::Protocol(_) | UpstreamError::Scram(_) => SqlState::ProtocolViolation,
             UpstreamError::Tunnel { .. }
             | UpstreamError::Timeout { .. }
@@ -207,7 +216,10 @@ impl UserFacing for UpstreamError {
                 crate::auth::credentials::fix_for(e, profile.as_deref())
             }
             UpstreamError::Auth { .. } => "Check --region and the AWS credentials.".into(),
-            UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::Protocol(_) => {
+            UpstreamError::Closed
+            | UpstreamError::Io(_)
+            | UpstreamError::Protocol(_)
+            | UpstreamError::SentAhead { .. } => {
                 "The upstream dropped the connection during login; retry, and check the server log \
                  if it persists."
                     .into()
@@ -316,10 +328,34 @@ async fn timed<T>(
         }))
 }
 
+/// One login, sending the IAM token ahead when this login was asked a cleartext password
+/// before; when the server now asks otherwise, once more without.
 async fn attempt(
     ctx: &TargetContext,
     startup: &StartupMessage,
     fresh: bool,
+) -> Result<Upstream, UpstreamError> {
+    let ahead = ctx.server.asks_cleartext(&startup.user(), &startup.database());
+    match attempt_once(ctx, startup, fresh, ahead).await {
+        Err(e @ UpstreamError::SentAhead { .. }) => {
+            tracing::info!(
+                target = %ctx.target.name,
+                db_user = %startup.user(),
+                database = %startup.database(),
+                error = %e,
+                "logging in again without sending the IAM token ahead (the server's authentication for this user changed)"
+            );
+            attempt_once(ctx, startup, fresh, false).await
+        }
+        other => other,
+    }
+}
+
+async fn attempt_once(
+    ctx: &TargetContext,
+    startup: &StartupMessage,
+    fresh: bool,
+    ahead: bool,
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts;
     let open = || {
@@ -349,14 +385,29 @@ async fn attempt(
         other => other?,
     };
     timed("authenticating", t.auth, async {
+        // The server asked this login a cleartext password last time: the token goes in the
+        // same flight as the startup message, and the password request finds it waiting.
+        let sent_ahead = match ahead {
+            true => match secret(ctx, &startup.user(), fresh).await? {
+                token @ Secret::Token(_) => Some(token),
+                Secret::Password(_) => None,
+            },
+            false => None,
+        };
         // Right behind the TLS client Finished (which the handshake has flushed): no round
         // trip between the two.
         stream
             .write_all(startup.as_bytes())
             .await
             .map_err(UpstreamError::Io)?;
+        if let Some(token) = &sent_ahead {
+            stream
+                .write_all(&password_message(token.expose().as_bytes()))
+                .await
+                .map_err(UpstreamError::Io)?;
+        }
         stream.flush().await.map_err(UpstreamError::Io)?;
-        let to_client = authenticate(ctx, &mut stream, &startup.user(), fresh).await?;
+        let to_client = authenticate(ctx, &mut stream, startup, fresh, sent_ahead.is_some()).await?;
         Ok(Upstream {
             stream,
             to_client,
@@ -390,6 +441,10 @@ pub struct ServerKnowledge {
     major: AtomicU32,
     /// A direct TLS attempt failed before TLS completed (`--direct-tls auto`): SSLRequest only.
     refuses_direct: AtomicBool,
+    /// (user, database) logins that the server last asked for a cleartext password and that were
+    /// answered with an IAM token: the next one sends its token right behind the startup message
+    /// (one round trip less). Forgotten as soon as the server asks otherwise.
+    cleartext: Mutex<HashSet<(String, String)>>,
 }
 
 /// A clone starts from what this one knows now; from then on each learns on its own.
@@ -399,12 +454,17 @@ impl Clone for ServerKnowledge {
             mode: self.mode,
             major: AtomicU32::new(self.major.load(Ordering::Relaxed)),
             refuses_direct: AtomicBool::new(self.refuses_direct.load(Ordering::Relaxed)),
+            cleartext: Mutex::new(self.cleartext_logins().clone()),
         }
     }
 }
 
 /// The first PostgreSQL major version with direct TLS.
 pub const DIRECT_TLS_MIN_VERSION: u32 = 17;
+
+/// Most (user, database) logins remembered as asked for a cleartext password; past it a new
+/// one is simply not remembered (its logins take the usual round trip).
+const MAX_CLEARTEXT_LOGINS: usize = 4096;
 
 impl ServerKnowledge {
     pub fn new(mode: DirectTls) -> Self {
@@ -458,6 +518,29 @@ impl ServerKnowledge {
 
     fn direct_tls_refused(&self) {
         self.refuses_direct.store(true, Ordering::Relaxed);
+    }
+
+    fn cleartext_logins(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.cleartext.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the last login of `user` to `database` was asked for a cleartext password and
+    /// answered with an IAM token: the next one sends the token with the startup message.
+    pub fn asks_cleartext(&self, user: &str, database: &str) -> bool {
+        let key = (user.to_owned(), database.to_owned());
+        self.cleartext_logins().contains(&key)
+    }
+
+    fn saw_cleartext_request(&self, user: &str, database: &str) {
+        let mut logins = self.cleartext_logins();
+        if logins.len() < MAX_CLEARTEXT_LOGINS {
+            logins.insert((user.to_owned(), database.to_owned()));
+        }
+    }
+
+    fn forget_cleartext_request(&self, user: &str, database: &str) {
+        self.cleartext_logins()
+            .remove(&(user.to_owned(), database.to_owned()));
     }
 }
 
@@ -655,12 +738,17 @@ fn password_message(secret: &[u8]) -> BytesMut {
     p
 }
 
+/// `sent_ahead`: an IAM token already followed the startup message, for the cleartext password
+/// request this login got last time; any other first request is [`UpstreamError::SentAhead`].
 async fn authenticate(
     ctx: &TargetContext,
     stream: &mut TlsStream<TunnelStream>,
-    user: &str,
+    startup: &StartupMessage,
     fresh: bool,
+    mut sent_ahead: bool,
 ) -> Result<BytesMut, UpstreamError> {
+    let (user, database) = (startup.user(), startup.database());
+    let (user, database) = (&*user, &*database);
     let mut buf = BytesMut::with_capacity(1024);
     let mut to_client = BytesMut::new();
     let mut exchange: Option<ScramExchange> = None;
@@ -676,6 +764,14 @@ async fn authenticate(
             b'R' => {
                 let request = backend::parse_auth_request(msg.body())
                     .map_err(|e| UpstreamError::Protocol(Box::new(e)))?;
+                if sent_ahead && !matches!(request, AuthRequest::CleartextPassword) {
+                    // The token ahead would be read as the answer to this request (a SCRAM
+                    // message, an MD5 hash) or as a query after AuthenticationOk.
+                    ctx.server.forget_cleartext_request(user, database);
+                    return Err(UpstreamError::SentAhead {
+                        asked: request.describe(),
+                    });
+                }
                 match request {
                     AuthRequest::Ok if !authenticated => {
                         // Never vouch for a server that has not proved it knows the password.
@@ -695,8 +791,15 @@ async fn authenticate(
                             "an authentication request after AuthenticationOk".into(),
                         ))
                     }
+                    AuthRequest::CleartextPassword if sent_ahead => {
+                        sent_ahead = false;
+                        tracing::debug!(db_user = user, "the IAM token for the password request went with the startup message");
+                    }
                     AuthRequest::CleartextPassword => {
                         let secret = secret(ctx, user, fresh).await?;
+                        if matches!(secret, Secret::Token(_)) {
+                            ctx.server.saw_cleartext_request(user, database);
+                        }
                         send(stream, &password_message(secret.expose().as_bytes())).await?;
                         match &secret {
                             Secret::Token(_) => tracing::debug!(db_user = user, "answered the password request with an IAM token"),

@@ -208,13 +208,15 @@ async fn a_new_connection_on_an_open_session_takes_three_round_trips_on_17() {
     let (_second, second) = login_flights(&sim, &proxy, "17, login on the open session").await;
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].session_id, first[0].session_id);
-    assert!(second[0].client_flights <= 3, "{second:?}");
+    assert_eq!(second[0].client_flights, 2, "direct TLS, then the startup with the token sent ahead: {second:?}");
     assert_eq!(openings(&sim), (1, 1, 1));
     proxy.stop().await;
     sim.stop().await;
 }
 
-/// PostgreSQL 15 keeps SSLRequest (4); a server that reports 17 but refuses direct TLS costs one
+/// PostgreSQL 15 keeps SSLRequest: the first login takes 4 round trips, the next ones 3 (the IAM
+/// token goes with the startup message once the server has asked this login a cleartext
+/// password); a server that reports 17 but refuses direct TLS costs one
 /// connection a second target connection, and the next ones are back to 4 without trying again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_on_15_and_on_a_17_that_refuses_direct_tls() {
@@ -223,7 +225,7 @@ async fn round_trips_on_15_and_on_a_17_that_refuses_direct_tls() {
     let _first = login_flights(&sim, &proxy, "15, first login").await;
     let (_second, second) = login_flights(&sim, &proxy, "15, login on the open session").await;
     assert_eq!(second.len(), 1);
-    assert_eq!(second[0].client_flights, 4);
+    assert_eq!(second[0].client_flights, 3, "SSLRequest, TLS, the startup with the token sent ahead");
     assert_eq!(openings(&sim), (2, 0, 0));
     proxy.stop().await;
     sim.stop().await;
@@ -233,11 +235,11 @@ async fn round_trips_on_15_and_on_a_17_that_refuses_direct_tls() {
     let _first = login_flights(&sim, &proxy, "17 refusing direct TLS, first login").await;
     let (_second, second) = login_flights(&sim, &proxy, "17 refusing direct TLS, the direct attempt").await;
     assert_eq!(second.len(), 2, "the refused attempt, then SSLRequest: {second:?}");
-    assert_eq!(second[1].client_flights, 4);
+    assert_eq!(second[1].client_flights, 3);
     assert!(ctx.server.refused_direct_tls());
     let (_third, third) = login_flights(&sim, &proxy, "17 refusing direct TLS, after it").await;
     assert_eq!(third.len(), 1, "no second direct attempt");
-    assert_eq!(third[0].client_flights, 4);
+    assert_eq!(third[0].client_flights, 3);
     assert_eq!(openings(&sim), (3, 1, 0));
     proxy.stop().await;
     sim.stop().await;
@@ -256,6 +258,52 @@ async fn with_prewarm_the_first_login_opens_no_session_and_takes_four_round_trip
     assert_eq!(SsmSimStats::get(&stats.sessions_started), 1, "no session opened for the login");
     assert_eq!(first.len(), 1);
     assert!(first[0].client_flights <= 4, "{first:?}");
+    proxy.stop().await;
+    sim.stop().await;
+}
+
+/// The IAM token goes with the startup message only for a login the server asked a cleartext
+/// password last time, and as soon as the server asks otherwise (here: the `rds_iam` grant was
+/// revoked, so it runs SCRAM) that connection is dropped before anything else, the login starts
+/// over without sending ahead, and the client gets the same error as without the shortcut; with
+/// the grant back, the next login learns again. A token sent ahead that the server refuses is
+/// retried once with a fresh one, as any refused token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_goes_ahead_only_while_the_server_asks_cleartext() {
+    let sim = start_sim().await;
+    let su = sim.postgres.superuser().to_owned();
+    let (proxy, ctx) = run_proxy(&sim, direct_args(&sim), &[]).await;
+    assert!(!ctx.server.asks_cleartext(DB_USER, "postgres"));
+    login(&proxy).await;
+    assert!(ctx.server.asks_cleartext(DB_USER, "postgres"), "learnt from the password request");
+    assert!(!ctx.server.asks_cleartext(DB_USER, "otherdb"), "per database");
+    login(&proxy).await;
+    assert_eq!(openings(&sim).0, 2);
+    assert_eq!(sim.front_state.accepted.load(Ordering::SeqCst), 2);
+
+    // A token sent ahead and refused: the retry sends a fresh one ahead and logs in.
+    sim.front_state.reject_next.store(1, Ordering::SeqCst);
+    login(&proxy).await;
+    assert_eq!(sim.front_state.rejected.load(Ordering::SeqCst), 1);
+    assert_eq!(sim.front_state.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(openings(&sim).0, 4);
+
+    sim.postgres.psql(&su, &format!("REVOKE rds_iam FROM {DB_USER}")).await.unwrap();
+    let (code, message, _hint) = db_error(&connect(&proxy, DB_USER).await.unwrap_err());
+    assert_eq!(code, "28P01", "{message}");
+    assert!(message.contains("it is a password user, not an IAM database user"), "{message}");
+    assert_eq!(openings(&sim).0, 6, "the connection the token went ahead on, then one without");
+    assert!(!ctx.server.asks_cleartext(DB_USER, "postgres"), "forgotten");
+    let (code, _, _) = db_error(&connect(&proxy, DB_USER).await.unwrap_err());
+    assert_eq!(code, "28P01");
+    assert_eq!(openings(&sim).0, 7, "nothing sent ahead any more: one connection");
+
+    sim.postgres.psql(&su, &format!("GRANT rds_iam TO {DB_USER}")).await.unwrap();
+    login(&proxy).await;
+    assert!(ctx.server.asks_cleartext(DB_USER, "postgres"), "learnt again");
+    login(&proxy).await;
+    assert_eq!(openings(&sim).0, 9);
+    assert_eq!(sim.front_state.accepted.load(Ordering::SeqCst), 5);
     proxy.stop().await;
     sim.stop().await;
 }

@@ -282,7 +282,9 @@ async fn a_spare_hit_costs_no_tunnel_round_trip() {
             .expect("the spare's stream is still recorded")
             .client_flights
     };
-    assert_eq!(spare.client_flights, login, "a spare's own login costs what a client's does");
+    // The first login taught that this login is asked a cleartext password: the spare's sends
+    // its token with the startup message, one round trip less.
+    assert_eq!(spare.client_flights + 1, login, "a spare's own login costs what a second client's does");
 
     let client = connect_as(&proxy, "postgres", "spares_flights").await;
     assert_eq!(spares.hits.get(), 1);

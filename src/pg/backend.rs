@@ -113,6 +113,20 @@ pub enum AuthRequest {
     Other(i32),
 }
 
+impl AuthRequest {
+    /// What the server asked, for logs and errors.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AuthRequest::Ok => "nothing (AuthenticationOk)",
+            AuthRequest::CleartextPassword => "a cleartext password",
+            AuthRequest::Md5Password(_) => "an MD5 password",
+            AuthRequest::Sasl(_) => "SASL (SCRAM)",
+            AuthRequest::SaslContinue(_) | AuthRequest::SaslFinal(_) => "a SASL step",
+            AuthRequest::Other(_) => "an unsupported authentication method",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed {0} message from upstream")]
 pub struct ParseError(pub &'static str);
