@@ -486,8 +486,13 @@ pub fn display_chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
+        // Many errors (the AWS SDK's among them) repeat their source in their own text, or wrap
+        // an error of the same words once more: a link already said adds nothing.
+        let text = e.to_string();
+        if !text.is_empty() && !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = e.source();
     }
     s

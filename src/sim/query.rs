@@ -45,6 +45,7 @@ impl QueryError {
             "MissingAuthenticationTokenException" => "MissingAuthenticationToken",
             "IncompleteSignatureException" => "IncompleteSignature",
             "UnrecognizedClientException" => "InvalidClientTokenId",
+            "ExpiredTokenException" => "ExpiredToken",
             _ => "SignatureDoesNotMatch",
         };
         QueryError {

@@ -1,0 +1,129 @@
+//! IAM Identity Center (SSO) end to end: the real binary with a legacy SSO profile whose token is
+//! in `~/.aws/sso/cache`, the SDK's SSO provider calling the simulated portal
+//! (`AWS_ENDPOINT_URL_SSO`), and the RDS front, STS and the other simulated services accepting
+//! the temporary credentials it issues. Renewal without a restart (one portal call per renewal),
+//! the expired portal session's HINT, and a new `aws sso login` picked up without a restart.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::binary::{sim_command, Running};
+use common::{db_error, direct_args, start_sim};
+use rds_auth_proxy::sim::runner::SIM_REGION;
+use rds_auth_proxy::sim::sso::{SIM_SSO_ROLE, SIM_SSO_START_URL};
+use rds_auth_proxy::sim::sts::SIM_ACCOUNT;
+use rds_auth_proxy::sim::Simulator;
+
+const PROFILE: &str = "sim-sso";
+
+/// The proxy renews credentials with less than this left (`EXPIRY_MARGIN` in
+/// src/auth/credentials.rs): role credentials of `RENEW_MARGIN + w` are used for `w`.
+const RENEW_MARGIN: Duration = Duration::from_secs(60);
+/// How long role credentials stay usable before the proxy renews them, in this test.
+const USABLE: Duration = Duration::from_secs(8);
+/// Longest a poll below waits for the proxy to renew (it takes [`USABLE`]).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `HOME/.aws/config` with one legacy SSO profile for the simulated portal.
+fn write_profile(home: &Path) -> std::path::PathBuf {
+    let config = home.join(".aws/config");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[profile {PROFILE}]\nsso_start_url = {SIM_SSO_START_URL}\nsso_region = {SIM_REGION}\n\
+             sso_account_id = {SIM_ACCOUNT}\nsso_role_name = {SIM_SSO_ROLE}\nregion = {SIM_REGION}\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The proxy as an SSO user runs it: no access keys in the environment, only the profile.
+fn sso_command(sim: &Simulator, home: &Path) -> Command {
+    let config = write_profile(home);
+    let mut cmd = sim_command(sim);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", home)
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_ENDPOINT_URL_SSO", sim.sso.endpoint_url())
+        .args(direct_args(sim))
+        .args(["--profile", PROFILE]);
+    cmd
+}
+
+async fn login(port: u16) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=db_user dbname=postgres connect_timeout=20"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    let task = tokio::spawn(connection);
+    let one: i32 = client.query_one("SELECT 1", &[]).await?.get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sso_profile_login_renewal_expired_session_hint_and_relogin_without_restart() {
+    let sim = start_sim().await;
+    let home = tempfile::tempdir().unwrap();
+    sim.sso.login(home.path(), SIM_SSO_START_URL, SIM_REGION).unwrap();
+    sim.sso.set_role_lifetime(RENEW_MARGIN + USABLE);
+    let mut proxy = Running::start(sso_command(&sim, home.path()));
+    let port = proxy.port;
+
+    // Login: the start-up check, the IAM token and the audit line's STS call share one load.
+    login(port).await.expect("login with SSO role credentials");
+    assert_eq!(sim.sso.role_credentials_issued(), 1, "one GetRoleCredentials for the start-up check, the token and STS");
+    let audit = proxy.wait_log("the audit line with the principal", |v| {
+        v["fields"]["principal_arn"].as_str().is_some_and(|a| !a.is_empty())
+    });
+    assert!(audit.to_string().contains("arn:aws:"), "{audit}");
+
+    // Renewal: the role credentials near their expiry are renewed by the next login, once.
+    let deadline = Instant::now() + DEADLINE;
+    while sim.sso.role_credentials_issued() < 2 {
+        assert!(Instant::now() < deadline, "the role credentials were not renewed");
+        login(port).await.expect("logins keep working while the credentials are renewed");
+    }
+    login(port).await.expect("login with the renewed credentials");
+    assert_eq!(sim.sso.role_credentials_issued(), 2, "one GetRoleCredentials per renewal");
+    assert_eq!(sim.sso.unauthorized_calls(), 0);
+
+    // The portal session ends: once the role credentials need renewing, the client is told to
+    // log in again with the exact command.
+    sim.sso.expire_sessions();
+    let deadline = Instant::now() + DEADLINE;
+    let err = loop {
+        assert!(Instant::now() < deadline, "logins kept working after the SSO session ended");
+        if let Err(e) = login(port).await {
+            break e;
+        }
+    };
+    let (code, message, hint) = db_error(&err);
+    assert_eq!(code, "28000", "{message}");
+    let hint = hint.unwrap_or_default();
+    assert!(hint.contains("IAM Identity Center"), "{hint}");
+    assert!(hint.contains(&format!("`aws sso login --profile {PROFILE}`")), "{hint}");
+    assert!(sim.sso.unauthorized_calls() >= 1);
+    // The error chain in the log says each thing once.
+    let failure = proxy.wait_log("the failed login's error", |v| {
+        v.to_string().contains("Session token not found or invalid")
+    });
+    let text = failure.to_string();
+    assert_eq!(text.matches("Session token not found or invalid").count(), 1, "{text}");
+    assert!(text.matches("an error occurred while loading credentials").count() <= 1, "{text}");
+
+    // `aws sso login` again: the next login works, no restart.
+    sim.sso.login(home.path(), SIM_SSO_START_URL, SIM_REGION).unwrap();
+    login(port).await.expect("login after a new aws sso login");
+    assert_eq!(sim.sso.role_credentials_issued(), 3);
+    proxy.stop();
+}
