@@ -483,8 +483,13 @@ async fn fail<S: AsyncWrite + Unpin>(client: &mut S, peer: &str, err: &ClientErr
 
 /// An error with its whole source chain, for one log line.
 pub fn display_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
+    with_sources(err.to_string(), err.source())
+}
+
+/// `head`, then `source` and each of its sources after ": ".
+pub fn with_sources(head: String, source: Option<&dyn std::error::Error>) -> String {
+    let mut s = head;
+    let mut cur = source;
     while let Some(e) = cur {
         // Many errors (the AWS SDK's among them) repeat their source in their own text, or wrap
         // an error of the same words once more: a link already said adds nothing.

@@ -6,18 +6,22 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::binary::{sim_command, Running};
 use common::{db_error, direct_args, start_sim};
 use rds_auth_proxy::sim::runner::SIM_REGION;
-use rds_auth_proxy::sim::sso::{SIM_SSO_ROLE, SIM_SSO_START_URL};
+use rds_auth_proxy::auth::credentials::humantime_lite::Rfc3339;
+use rds_auth_proxy::sim::sso::{cache_file_stem, SIM_SSO_ROLE, SIM_SSO_START_URL};
 use rds_auth_proxy::sim::sts::SIM_ACCOUNT;
 use rds_auth_proxy::sim::Simulator;
 
 const PROFILE: &str = "sim-sso";
+/// A profile in the `sso_session` format, and its session.
+const SESSION_PROFILE: &str = "sim-sso-session";
+const SESSION: &str = "sim-session";
 
 /// The proxy renews credentials with less than this left (`EXPIRY_MARGIN` in
 /// src/auth/credentials.rs): role credentials of `RENEW_MARGIN + w` are used for `w`.
@@ -27,15 +31,19 @@ const USABLE: Duration = Duration::from_secs(8);
 /// Longest a poll below waits for the proxy to renew (it takes [`USABLE`]).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// `HOME/.aws/config` with one legacy SSO profile for the simulated portal.
-fn write_profile(home: &Path) -> std::path::PathBuf {
+/// `HOME/.aws/config` with a legacy SSO profile ([`PROFILE`]) for the simulated portal, and one
+/// in the `sso_session` format ([`SESSION_PROFILE`]).
+fn write_profiles(home: &Path) -> PathBuf {
     let config = home.join(".aws/config");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(
         &config,
         format!(
             "[profile {PROFILE}]\nsso_start_url = {SIM_SSO_START_URL}\nsso_region = {SIM_REGION}\n\
-             sso_account_id = {SIM_ACCOUNT}\nsso_role_name = {SIM_SSO_ROLE}\nregion = {SIM_REGION}\n"
+             sso_account_id = {SIM_ACCOUNT}\nsso_role_name = {SIM_SSO_ROLE}\nregion = {SIM_REGION}\n\n\
+             [profile {SESSION_PROFILE}]\nsso_session = {SESSION}\nsso_account_id = {SIM_ACCOUNT}\n\
+             sso_role_name = {SIM_SSO_ROLE}\nregion = {SIM_REGION}\n\n\
+             [sso-session {SESSION}]\nsso_start_url = {SIM_SSO_START_URL}\nsso_region = {SIM_REGION}\n"
         ),
     )
     .unwrap();
@@ -43,8 +51,8 @@ fn write_profile(home: &Path) -> std::path::PathBuf {
 }
 
 /// The proxy as an SSO user runs it: no access keys in the environment, only the profile.
-fn sso_command(sim: &Simulator, home: &Path) -> Command {
-    let config = write_profile(home);
+fn sso_command(sim: &Simulator, home: &Path, profile: &str) -> Command {
+    let config = write_profiles(home);
     let mut cmd = sim_command(sim);
     cmd.env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -52,7 +60,7 @@ fn sso_command(sim: &Simulator, home: &Path) -> Command {
         .env("AWS_CONFIG_FILE", &config)
         .env("AWS_ENDPOINT_URL_SSO", sim.sso.endpoint_url())
         .args(direct_args(sim))
-        .args(["--profile", PROFILE]);
+        .args(["--profile", profile]);
     cmd
 }
 
@@ -76,7 +84,7 @@ async fn sso_profile_login_renewal_expired_session_hint_and_relogin_without_rest
     let home = tempfile::tempdir().unwrap();
     sim.sso.login(home.path(), SIM_SSO_START_URL, SIM_REGION).unwrap();
     sim.sso.set_role_lifetime(RENEW_MARGIN + USABLE);
-    let mut proxy = Running::start(sso_command(&sim, home.path()));
+    let mut proxy = Running::start(sso_command(&sim, home.path(), PROFILE));
     let port = proxy.port;
 
     // Login: the start-up check, the IAM token and the audit line's STS call share one load.
@@ -114,16 +122,51 @@ async fn sso_profile_login_renewal_expired_session_hint_and_relogin_without_rest
     assert!(hint.contains(&format!("`aws sso login --profile {PROFILE}`")), "{hint}");
     assert!(sim.sso.unauthorized_calls() >= 1);
     // The error chain in the log says each thing once.
-    let failure = proxy.wait_log("the failed login's error", |v| {
-        v.to_string().contains("Session token not found or invalid")
-    });
-    let text = failure.to_string();
-    assert_eq!(text.matches("Session token not found or invalid").count(), 1, "{text}");
-    assert!(text.matches("an error occurred while loading credentials").count() <= 1, "{text}");
+    // The error chain says each thing once, to the client and in the log.
+    let failure = proxy.wait_for_log("login failed; the client was told why");
+    for text in [message.as_str(), failure["fields"]["error"].as_str().unwrap_or_default()] {
+        assert_eq!(text.matches("UnauthorizedException: Session token not found or invalid").count(), 1, "{text}");
+        assert_eq!(text.matches("an error occurred while loading credentials").count(), 1, "{text}");
+    }
 
     // `aws sso login` again: the next login works, no restart.
     sim.sso.login(home.path(), SIM_SSO_START_URL, SIM_REGION).unwrap();
     login(port).await.expect("login after a new aws sso login");
     assert_eq!(sim.sso.role_credentials_issued(), 3);
+    proxy.stop();
+
+    // The `sso_session` format: the SDK refreshes the token itself, here in vain (the OIDC
+    // endpoint refuses), so the expired token reaches the portal, which answers 401: the same HINT.
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let now = std::time::SystemTime::now();
+    std::fs::write(
+        cache.join(format!("{}.json", cache_file_stem(SESSION))),
+        serde_json::json!({
+            "startUrl": SIM_SSO_START_URL,
+            "region": SIM_REGION,
+            "accessToken": "an-expired-portal-token",
+            "expiresAt": Rfc3339(now - Duration::from_secs(60)).to_string(),
+            "refreshToken": "a-refresh-token",
+            "clientId": "a-client-id",
+            "clientSecret": "a-client-secret",
+            "registrationExpiresAt": Rfc3339(now + Duration::from_secs(86_400)).to_string(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = sso_command(&sim, home.path(), SESSION_PROFILE);
+    cmd.env("AWS_ENDPOINT_URL_SSO_OIDC", sim.sso.endpoint_url());
+    // The refresh is tried once (the SDK waits 30 s before another try): by the start-up check
+    // or by the login, whichever comes first; the login's error is the same HINT either way.
+    let unauthorized = sim.sso.unauthorized_calls();
+    let mut proxy = Running::start(cmd);
+    let err = login(proxy.port).await.expect_err("the SSO session has expired");
+    let (code, message, hint) = db_error(&err);
+    assert_eq!(code, "28000", "{message}");
+    let hint = hint.unwrap_or_default();
+    assert!(hint.contains(&format!("`aws sso login --profile {SESSION_PROFILE}`")), "{hint}");
+    assert!(sim.sso.unauthorized_calls() > unauthorized, "the expired token reached the portal");
     proxy.stop();
 }

@@ -120,8 +120,8 @@ impl SimCredentials {
         let issued = TemporaryCredentials {
             access_key_id: format!("ASIASIM{}", Alphanumeric.sample_string(&mut rng, 13).to_uppercase()),
             secret_access_key: Alphanumeric.sample_string(&mut rng, 40),
-            // 160 bytes → 216 base64 characters with no padding; one byte more gives the '='.
-            session_token: base64::engine::general_purpose::STANDARD.encode(&token[..159]),
+            // 158 bytes → 212 base64 characters, the last one a '=' (158 = 3 × 52 + 2).
+            session_token: base64::engine::general_purpose::STANDARD.encode(&token[..158]),
             expiration: SystemTime::now() + lifetime,
         };
         self.issued
