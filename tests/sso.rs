@@ -170,3 +170,63 @@ async fn sso_profile_login_renewal_expired_session_hint_and_relogin_without_rest
     assert!(sim.sso.unauthorized_calls() > unauthorized, "the expired token reached the portal");
     proxy.stop();
 }
+
+/// The simulated STS issues temporary credentials as AWS does (AssumeRole, GetSessionToken), and
+/// the other simulated services accept requests signed with them; a forged session token is
+/// `InvalidClientTokenId`, a too-short duration refused as STS refuses it.
+#[tokio::test]
+async fn sts_temporary_credentials_are_accepted_by_every_simulated_service() {
+    use rds_auth_proxy::auth::identity::{IdentityError, StsApi};
+    use rds_auth_proxy::auth::secrets::SecretsApi;
+    use rds_auth_proxy::sim::secrets::SecretsSim;
+    use rds_auth_proxy::sim::sigv4::SimCredentials;
+
+    rds_auth_proxy::tls::install_default_provider();
+    let sim_creds = SimCredentials::new("AKIASIMSTSTEST000001", "sts-test-secret-access-key-000000000000");
+    let sts = rds_auth_proxy::sim::sts::start(sim_creds.clone()).await.unwrap();
+    let secrets = SecretsSim::start(sim_creds.clone(), SIM_REGION).await.unwrap();
+    secrets.put("app/db", r#"{"username":"app","password":"s3cret"}"#);
+    let long_term = aws_credential_types::Credentials::from_keys(&sim_creds.access_key_id, &sim_creds.secret_access_key, None);
+    let client = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::new()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new(SIM_REGION))
+            .credentials_provider(long_term)
+            .http_client(rds_auth_proxy::auth::credentials::http_client())
+            .endpoint_url(sts.endpoint_url())
+            .build(),
+    );
+    let out = client
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{SIM_ACCOUNT}:role/Dev"))
+        .role_session_name("alice")
+        .duration_seconds(900)
+        .send()
+        .await
+        .expect("AssumeRole");
+    assert_eq!(out.assumed_role_user.unwrap().arn, format!("arn:aws:sts::{SIM_ACCOUNT}:assumed-role/Dev/alice"));
+    let c = out.credentials.expect("credentials");
+    assert!(c.access_key_id.starts_with("ASIA"), "{}", c.access_key_id);
+    let expires = std::time::SystemTime::try_from(c.expiration).unwrap();
+    let left = expires.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left <= Duration::from_secs(900) && left > Duration::from_secs(800), "{left:?}");
+    let temp = aws_credential_types::Credentials::new(&c.access_key_id, &c.secret_access_key, Some(c.session_token.clone()), Some(expires), "test");
+
+    let who = StsApi::with_credentials(temp.clone(), SIM_REGION, Some(&sts.endpoint_url())).caller_identity().await;
+    assert!(who.is_ok(), "{who:?}");
+    let secret = SecretsApi::with_credentials(temp.clone(), SIM_REGION, Some(&secrets.endpoint_url()))
+        .get_secret_string("app/db")
+        .await
+        .expect("GetSecretValue with temporary credentials");
+    assert!(secret.contains("s3cret"));
+
+    let forged = aws_credential_types::Credentials::new(&c.access_key_id, &c.secret_access_key, Some("forged".to_owned()), Some(expires), "test");
+    match StsApi::with_credentials(forged, SIM_REGION, Some(&sts.endpoint_url())).caller_identity().await {
+        Err(IdentityError::Refused { code, .. }) => assert_eq!(code, "InvalidClientTokenId"),
+        other => panic!("{other:?}"),
+    }
+    let session = client.get_session_token().send().await.expect("GetSessionToken");
+    assert!(session.credentials.unwrap().access_key_id.starts_with("ASIA"));
+    let short = client.get_session_token().duration_seconds(60).send().await.expect_err("60 s is below STS's minimum");
+    assert!(format!("{short:?}").contains("ValidationError"), "{short:?}");
+}
