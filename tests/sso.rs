@@ -90,10 +90,12 @@ async fn sso_profile_login_renewal_expired_session_hint_and_relogin_without_rest
     // Login: the start-up check, the IAM token and the audit line's STS call share one load.
     login(port).await.expect("login with SSO role credentials");
     assert_eq!(sim.sso.role_credentials_issued(), 1, "one GetRoleCredentials for the start-up check, the token and STS");
+    // STS names the role IAM Identity Center signed the user in to, as AWS does.
     let audit = proxy.wait_log("the audit line with the principal", |v| {
         v["fields"]["principal_arn"].as_str().is_some_and(|a| !a.is_empty())
     });
-    assert!(audit.to_string().contains("arn:aws:"), "{audit}");
+    let arn = audit["fields"]["principal_arn"].as_str().unwrap_or_default();
+    assert!(arn.starts_with(&format!("arn:aws:sts::{SIM_ACCOUNT}:assumed-role/AWSReservedSSO_{SIM_SSO_ROLE}_")), "{audit}");
 
     // Renewal: the role credentials near their expiry are renewed by the next login, once.
     let deadline = Instant::now() + DEADLINE;
@@ -212,8 +214,9 @@ async fn sts_temporary_credentials_are_accepted_by_every_simulated_service() {
     assert!(left <= Duration::from_secs(900) && left > Duration::from_secs(800), "{left:?}");
     let temp = aws_credential_types::Credentials::new(&c.access_key_id, &c.secret_access_key, Some(c.session_token.clone()), Some(expires), "test");
 
-    let who = StsApi::with_credentials(temp.clone(), SIM_REGION, Some(&sts.endpoint_url())).caller_identity().await;
-    assert!(who.is_ok(), "{who:?}");
+    let who = StsApi::with_credentials(temp.clone(), SIM_REGION, Some(&sts.endpoint_url())).caller_identity().await.expect("GetCallerIdentity");
+    assert_eq!(who.arn, format!("arn:aws:sts::{SIM_ACCOUNT}:assumed-role/Dev/alice"));
+    assert!(who.user_id.starts_with("AROA") && who.user_id.ends_with(":alice"), "{}", who.user_id);
     let secret = SecretsApi::with_credentials(temp.clone(), SIM_REGION, Some(&secrets.endpoint_url()))
         .get_secret_string("app/db")
         .await

@@ -68,6 +68,9 @@ pub struct TemporaryCredentials {
     pub secret_access_key: String,
     pub session_token: String,
     pub expiration: SystemTime,
+    /// Who STS GetCallerIdentity says signed with them: (ARN, user id); `None` is the identity
+    /// they were issued from (GetSessionToken).
+    pub caller: Option<(String, String)>,
 }
 
 impl fmt::Debug for TemporaryCredentials {
@@ -111,6 +114,12 @@ impl SimCredentials {
     /// simulated service that shares these credentials. The session token has the `+`, `/` and
     /// `=` of AWS's, so a signer that forgets to encode it fails here as it would at AWS.
     pub fn issue_temporary(&self, lifetime: Duration) -> TemporaryCredentials {
+        self.issue_temporary_as(lifetime, None)
+    }
+
+    /// [`SimCredentials::issue_temporary`] for another identity (an assumed role): `caller` is
+    /// its (ARN, user id), what GetCallerIdentity answers for these credentials.
+    pub fn issue_temporary_as(&self, lifetime: Duration, caller: Option<(String, String)>) -> TemporaryCredentials {
         use base64::Engine;
         use rand::distr::{Alphanumeric, SampleString};
         use rand::RngCore;
@@ -123,6 +132,7 @@ impl SimCredentials {
             // 158 bytes → 212 base64 characters, the last one a '=' (158 = 3 × 52 + 2).
             session_token: base64::engine::general_purpose::STANDARD.encode(&token[..158]),
             expiration: SystemTime::now() + lifetime,
+            caller,
         };
         self.issued
             .lock()
@@ -134,6 +144,12 @@ impl SimCredentials {
     /// How many temporary credentials were issued (and are still known), expired ones included.
     pub fn issued_count(&self) -> usize {
         self.issued.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The (ARN, user id) of the identity temporary credentials were issued for, if another.
+    pub fn caller_of(&self, access_key_id: &str) -> Option<(String, String)> {
+        let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        issued.get(access_key_id).and_then(|t| t.caller.clone())
     }
 
     /// The key for `access_key_id`: these credentials' own, or temporary ones issued from them.
@@ -1579,6 +1595,8 @@ pub struct SignedCall {
     pub body: bytes::Bytes,
     /// The region of the signature's credential scope.
     pub region: String,
+    /// The access key id that signed the call.
+    pub access_key_id: String,
 }
 
 /// Why [`read_signed_call`] refused a request; each simulated API maps it to its own error.
@@ -1632,5 +1650,6 @@ pub async fn read_signed_call_any_region(
         target,
         body,
         region: verified.region,
+        access_key_id: verified.access_key_id,
     })
 }

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::sigv4::SimCredentials;
-use super::sts::SIM_ACCOUNT;
+use super::sts::{SIM_ACCOUNT, SIM_ROLE_ID};
 use crate::auth::credentials::humantime_lite::Rfc3339;
 
 /// The permission set (role) the simulated user is assigned in [`SIM_ACCOUNT`]; the portal
@@ -232,7 +232,11 @@ fn handle(request: Request<Incoming>, inner: &Inner) -> Response<Full<Bytes>> {
         return error(StatusCode::FORBIDDEN, "ForbiddenException", "No access");
     }
     let lifetime = *inner.role_lifetime.lock().unwrap_or_else(|p| p.into_inner());
-    let issued = inner.credentials.issue_temporary(lifetime);
+    // IAM Identity Center signs users in to a role it made for the permission set.
+    let arn = format!("arn:aws:sts::{SIM_ACCOUNT}:assumed-role/AWSReservedSSO_{SIM_SSO_ROLE}_0123456789abcdef/sim-user");
+    let issued = inner
+        .credentials
+        .issue_temporary_as(lifetime, Some((arn, format!("{SIM_ROLE_ID}:sim-user"))));
     inner.issued.fetch_add(1, Ordering::SeqCst);
     let expiration_ms = issued
         .expiration

@@ -16,16 +16,25 @@ pub const SIM_ACCOUNT: &str = "123456789012";
 pub const SIM_USER_ARN: &str = "arn:aws:iam::123456789012:user/sim-user";
 /// Its unique id, shaped like an IAM user's (`AIDA…`).
 pub const SIM_USER_ID: &str = "AIDASIMUSER0EXAMPLE01";
+/// The unique id of every role assumed in the simulator (`AROA…`), before `:session`.
+pub const SIM_ROLE_ID: &str = "AROASIMROLE0EXAMPLE01";
 
 /// Starts the simulated STS. Every region's scope is accepted: every region has an STS endpoint,
 /// so a client set to another region still finds one. GetSessionToken and AssumeRole issue
 /// temporary credentials that every simulated service sharing `credentials` then accepts.
 pub async fn start(credentials: SimCredentials) -> std::io::Result<QueryServer> {
     let issuer = credentials.clone();
-    let handler: Handler = Arc::new(move |action, params| match action {
-        "GetCallerIdentity" => Ok(format!(
-            "    <Arn>{SIM_USER_ARN}</Arn>\n    <UserId>{SIM_USER_ID}</UserId>\n    <Account>{SIM_ACCOUNT}</Account>\n"
-        )),
+    let handler: Handler = Arc::new(move |action, params, signer| match action {
+        "GetCallerIdentity" => {
+            let (arn, user_id) = issuer
+                .caller_of(signer)
+                .unwrap_or_else(|| (SIM_USER_ARN.to_owned(), SIM_USER_ID.to_owned()));
+            Ok(format!(
+                "    <Arn>{}</Arn>\n    <UserId>{}</UserId>\n    <Account>{SIM_ACCOUNT}</Account>\n",
+                xml_escape(&arn),
+                xml_escape(&user_id)
+            ))
+        }
         "GetSessionToken" => {
             let lifetime = duration(params, 43_200, 129_600)?;
             Ok(credentials_xml(&issuer.issue_temporary(lifetime)))
@@ -38,9 +47,10 @@ pub async fn start(credentials: SimCredentials) -> std::io::Result<QueryServer> 
                 .filter(|r| !r.is_empty())
                 .ok_or_else(|| QueryError::bad_request("AccessDenied", format!("User: {SIM_USER_ARN} is not authorized to perform: sts:AssumeRole on resource: {role_arn}")))?;
             let lifetime = duration(params, 3_600, 43_200)?;
-            let issued = issuer.issue_temporary(lifetime);
+            let arn = format!("arn:aws:sts::{SIM_ACCOUNT}:assumed-role/{role}/{session}");
+            let issued = issuer.issue_temporary_as(lifetime, Some((arn, format!("{SIM_ROLE_ID}:{session}"))));
             Ok(format!(
-                "{}    <AssumedRoleUser>\n      <AssumedRoleId>AROASIMROLE0EXAMPLE01:{session}</AssumedRoleId>\n      \
+                "{}    <AssumedRoleUser>\n      <AssumedRoleId>{SIM_ROLE_ID}:{session}</AssumedRoleId>\n      \
                  <Arn>arn:aws:sts::{SIM_ACCOUNT}:assumed-role/{role}/{session}</Arn>\n    </AssumedRoleUser>\n",
                 credentials_xml(&issued),
                 session = xml_escape(session),
