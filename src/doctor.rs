@@ -127,7 +127,7 @@ pub async fn run(
             .and_then(|(e, _)| crate::config::infer_region(&e))
     });
     let sdk = match &credentials {
-        Credentials::Chain => Some(crate::auth::credentials::load_sdk_config(args.profile.as_deref(), region.as_deref()).await),
+        Credentials::Chain => Some(crate::auth::credentials::load_shared_sdk_config(args.profile.as_deref(), region.as_deref()).await),
         _ => None,
     };
     let setup = fixed_setup(&credentials);

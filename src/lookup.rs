@@ -337,7 +337,7 @@ pub async fn resolve_args(args: &mut ProxyArgs, credentials: &Credentials) -> Re
     let region = lookup_region(args, credentials).await?;
     match credentials {
         Credentials::Chain => {
-            let sdk = crate::auth::credentials::load_sdk_config(args.profile.as_deref(), Some(&region)).await;
+            let sdk = crate::auth::credentials::load_shared_sdk_config(args.profile.as_deref(), Some(&region)).await;
             resolve_names(args, &ApiSource::Sdk(&sdk), &region).await
         }
         Credentials::Fixed(c) => {

@@ -1,6 +1,9 @@
 //! AWS credentials for signing: the aws-config default chain (env, profile, SSO, assume-role,
 //! credential_process, IMDS) loaded once, kept, and re-read when they near expiry or when a login
-//! failure suggests they went stale.
+//! failure suggests they went stale. One [`CredentialSource`] is the one cache of a target: the
+//! IAM tokens and every AWS client (STS, Secrets Manager, SSM, RDS API) take their credentials
+//! from it ([`CredentialSource::shared_with`]), so SSO's GetRoleCredentials is called once per
+//! renewal, not once per client.
 
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +37,16 @@ pub async fn load_sdk_config(profile: Option<&str>, region: Option<&str>) -> Sdk
         loader = loader.region(aws_config::Region::new(region.to_owned()));
     }
     loader.load().await
+}
+
+/// [`load_sdk_config`] with one credentials cache for every client built from it (see
+/// [`CredentialSource::shared_with`]); unchanged when it has no credentials provider at all.
+pub async fn load_shared_sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfig {
+    let sdk = load_sdk_config(profile, region).await;
+    match CredentialSource::shared_with(&sdk) {
+        Ok((_, shared)) => shared,
+        Err(_) => sdk,
+    }
 }
 
 /// The region from the AWS configuration, asked quietly: `AWS_REGION`/`AWS_DEFAULT_REGION`, the
@@ -103,7 +116,7 @@ pub fn fix_for(err: &(dyn std::error::Error + 'static), profile: Option<&str>) -
         None => "`aws sso login` (with --profile NAME for a named profile)".to_owned(),
     };
     let chain = crate::session::display_chain(err).to_ascii_lowercase();
-    if chain.contains("sso") {
+    if sso_session_expired(err) || chain.contains("sso") {
         format!("Your IAM Identity Center (SSO) session has expired or was never started: run {login}, then retry (no restart needed).")
     } else {
         format!(
@@ -111,6 +124,23 @@ pub fn fix_for(err: &(dyn std::error::Error + 'static), profile: Option<&str>) -
              AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
         )
     }
+}
+
+/// Whether IAM Identity Center refused the portal session: GetRoleCredentials answered 401
+/// `UnauthorizedException` ("Session token not found or invalid": `aws sso login` expired, or
+/// the `sso_session` token could not be refreshed). The error text does not say "SSO".
+fn sso_session_expired(err: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_sdk_sso::operation::get_role_credentials::GetRoleCredentialsError;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<GetRoleCredentialsError>()
+            .is_some_and(GetRoleCredentialsError::is_unauthorized_exception)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +153,18 @@ pub enum CredentialsError {
     Expired(humantime_lite::Rfc3339),
 }
 
-/// A credentials provider with one cached value.
+/// A credentials provider with one cached value. Clones share the value: hand a clone to every
+/// AWS client ([`CredentialSource::shared_with`]) and there is one cache for all of them.
+#[derive(Clone)]
 pub struct CredentialSource {
+    shared: std::sync::Arc<Shared>,
+}
+
+struct Shared {
     provider: SharedCredentialsProvider,
     current: Mutex<Option<Credentials>>,
     /// Successful loads, for `/metrics`.
-    loads: prometheus_client::metrics::counter::Counter,
+    loads: std::sync::Mutex<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for CredentialSource {
@@ -140,15 +176,17 @@ impl std::fmt::Debug for CredentialSource {
 impl CredentialSource {
     pub fn new(provider: SharedCredentialsProvider) -> Self {
         CredentialSource {
-            provider,
-            current: Mutex::new(None),
-            loads: Default::default(),
+            shared: std::sync::Arc::new(Shared {
+                provider,
+                current: Mutex::new(None),
+                loads: Default::default(),
+            }),
         }
     }
 
     /// Counts every successful load into `counter`.
     pub fn count_loads(&mut self, counter: prometheus_client::metrics::counter::Counter) {
-        self.loads = counter;
+        *self.shared.loads.lock().unwrap_or_else(|p| p.into_inner()) = counter;
     }
 
     /// From a loaded SDK config; fails when the config has no provider at all.
@@ -159,6 +197,19 @@ impl CredentialSource {
             .ok_or(CredentialsError::NoProvider)
     }
 
+    /// The source for `config`'s credentials, and `config` changed so that every client built
+    /// from it takes its credentials from that source (no cache of its own): one load serves
+    /// the IAM tokens and every AWS call, and a reload after a failed login reaches them all.
+    pub fn shared_with(config: &SdkConfig) -> Result<(Self, SdkConfig), CredentialsError> {
+        let source = Self::from_sdk_config(config)?;
+        let config = config
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(source.clone()))
+            .identity_cache(aws_config::identity::IdentityCache::no_cache())
+            .build();
+        Ok((source, config))
+    }
+
     /// Fixed credentials (tests, the simulator's demo).
     pub fn fixed(credentials: Credentials) -> Self {
         Self::new(SharedCredentialsProvider::new(credentials))
@@ -166,7 +217,7 @@ impl CredentialSource {
 
     /// The cached credentials, re-read first when absent or close to expiry.
     pub async fn get(&self) -> Result<Credentials, CredentialsError> {
-        let mut current = self.current.lock().await;
+        let mut current = self.shared.current.lock().await;
         if let Some(creds) = current.as_ref() {
             let fresh = creds
                 .expiry()
@@ -182,7 +233,7 @@ impl CredentialSource {
 
     /// Drops the cached credentials and loads them again (after an IAM login failure).
     pub async fn reload(&self) -> Result<Credentials, CredentialsError> {
-        let mut current = self.current.lock().await;
+        let mut current = self.shared.current.lock().await;
         let creds = self.load().await?;
         *current = Some(creds.clone());
         Ok(creds)
@@ -190,6 +241,7 @@ impl CredentialSource {
 
     async fn load(&self) -> Result<Credentials, CredentialsError> {
         let creds = self
+            .shared
             .provider
             .provide_credentials()
             .await
@@ -199,13 +251,30 @@ impl CredentialSource {
                 return Err(CredentialsError::Expired(humantime_lite::Rfc3339(exp)));
             }
         }
-        self.loads.inc();
+        self.shared.loads.lock().unwrap_or_else(|p| p.into_inner()).inc();
         tracing::debug!(
             access_key_id = %mask_key_id(creds.access_key_id()),
             expires = ?creds.expiry().map(humantime_lite::Rfc3339),
             "loaded AWS credentials"
         );
         Ok(creds)
+    }
+}
+
+/// What the AWS clients see: the cached credentials, loaded (once, for all) when needed.
+impl ProvideCredentials for CredentialSource {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        use aws_credential_types::provider::error::CredentialsError as SdkCredentialsError;
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            self.get().await.map_err(|e| match e {
+                // The chain's own error, not wrapped once more.
+                CredentialsError::Load(e) => e,
+                other => SdkCredentialsError::provider_error(other),
+            })
+        })
     }
 }
 

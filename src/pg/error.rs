@@ -50,14 +50,7 @@ pub trait UserFacing: std::error::Error {
     fn sqlstate(&self) -> SqlState;
     /// The primary message; defaults to the error's Display, which must therefore hold no secret.
     fn client_message(&self) -> String {
-        let mut msg = format!("rds-auth-proxy: {self}");
-        let mut source = self.source();
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        msg
+        crate::session::with_sources(format!("rds-auth-proxy: {self}"), self.source())
     }
     fn hint(&self) -> Option<String>;
     fn to_client_error(&self) -> ClientError {

@@ -2,8 +2,9 @@
 //! AWS. Real protocols on loopback, never mock objects: a TLS "RDS front" that checks IAM tokens
 //! as IAM would ([`rds`], [`sigv4`]), in front of a real throwaway PostgreSQL ([`postgres`]), with
 //! a CA generated per run ([`certs`]), and the SSM API plus the agent side of the port-forwarding
-//! data channel ([`ssm`]), and Secrets Manager's GetSecretValue ([`secrets`]). [`runner`] starts
-//! them together.
+//! data channel ([`ssm`]), and Secrets Manager's GetSecretValue ([`secrets`]), STS ([`sts`]) and
+//! the IAM Identity Center portal ([`sso`]), whose temporary credentials every part accepts.
+//! [`runner`] starts them together.
 
 pub mod certs;
 pub mod postgres;
@@ -13,6 +14,7 @@ pub mod rds_api;
 pub mod runner;
 pub mod secrets;
 pub mod sigv4;
+pub mod sso;
 pub mod sts;
 pub mod ssm;
 

@@ -45,6 +45,7 @@ impl QueryError {
             "MissingAuthenticationTokenException" => "MissingAuthenticationToken",
             "IncompleteSignatureException" => "IncompleteSignature",
             "UnrecognizedClientException" => "InvalidClientTokenId",
+            "ExpiredTokenException" => "ExpiredToken",
             _ => "SignatureDoesNotMatch",
         };
         QueryError {
@@ -58,8 +59,9 @@ impl QueryError {
 /// The form parameters of one call, `Action` and `Version` included.
 pub type Params = HashMap<String, String>;
 
-/// What a simulated Query service does with a verified call: the XML inside `<ActionResult>`.
-pub type Handler = Arc<dyn Fn(&str, &Params) -> Result<String, QueryError> + Send + Sync>;
+/// What a simulated Query service does with a verified call (action, parameters, the access key
+/// id that signed it): the XML inside `<ActionResult>`.
+pub type Handler = Arc<dyn Fn(&str, &Params, &str) -> Result<String, QueryError> + Send + Sync>;
 
 /// How a Query service is signed and named.
 #[derive(Debug, Clone)]
@@ -209,7 +211,7 @@ async fn call(
             format!("Could not find operation {action} for version {}", params.get("Version").map_or("NO_VERSION_SPECIFIED", String::as_str)),
         ));
     }
-    let result = handler(&action, &params)?;
+    let result = handler(&action, &params, &call.access_key_id)?;
     Ok((action, result))
 }
 

@@ -58,7 +58,7 @@ impl RdsApiSim {
     pub async fn start(options: RdsApiOptions, credentials: SimCredentials) -> std::io::Result<Self> {
         let options = Arc::new(Mutex::new(options));
         let state = options.clone();
-        let handler: Handler = Arc::new(move |action, params| {
+        let handler: Handler = Arc::new(move |action, params, _signer| {
             let options = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
             match action {
                 "DescribeDBInstances" => describe_instances(&options, params),

@@ -18,6 +18,7 @@ use super::rds_api::{
 };
 use super::secrets::SecretsSim;
 use super::sigv4::SimCredentials;
+use super::sso::SsoPortal;
 use super::ssm::{SsmSim, SsmSimOptions};
 use crate::cli::{DemoArgs, SimArgs};
 
@@ -103,6 +104,9 @@ pub struct Simulator {
     pub sts: QueryServer,
     /// RDS DescribeDBInstances/DescribeDBClusters for the served instance and a cluster.
     pub rds_api: RdsApiSim,
+    /// The IAM Identity Center portal (GetRoleCredentials), for `AWS_ENDPOINT_URL_SSO` and an
+    /// SSO profile; its role credentials are good at every simulated service.
+    pub sso: SsoPortal,
     /// Current password of each password user (changed by [`Simulator::rotate_password`]).
     passwords: std::sync::Mutex<HashMap<String, String>>,
     front_task: tokio::task::JoinHandle<()>,
@@ -158,6 +162,7 @@ impl Simulator {
         let secrets = SecretsSim::start(credentials.clone(), SIM_REGION).await?;
         let sts = super::sts::start(credentials.clone()).await?;
         let rds_api = RdsApiSim::start(options.rds_api.clone(), credentials.clone()).await?;
+        let sso = SsoPortal::start(credentials.clone()).await?;
         let mut passwords = HashMap::new();
         for user in &password_users {
             let password = new_password();
@@ -202,6 +207,7 @@ impl Simulator {
             secrets,
             sts,
             rds_api,
+            sso,
             passwords: std::sync::Mutex::new(passwords),
             front_task,
             _dir: dir,
@@ -298,6 +304,7 @@ impl Simulator {
         self.ssm.stop();
         self.secrets.stop();
         self.sts.stop();
+        self.sso.stop();
         self.rds_api.stop();
         self.front_task.abort();
         if let Err(e) = self.postgres.stop().await {

@@ -8,8 +8,10 @@
 //! Nothing here ever formats a token, a signature, a session token or a secret: rejections name the
 //! reason only, and [`SimCredentials`]'s `Debug` redacts the secret parts.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -42,7 +44,8 @@ const SIGV4_QUERY: &AsciiSet = &NON_ALPHANUMERIC
 /// Same as [`SIGV4_QUERY`] but keeps `/`, for canonical URI paths.
 const SIGV4_PATH: &AsciiSet = &SIGV4_QUERY.remove(b'/');
 
-/// The simulator's own AWS credentials, the only ones its RDS and SSM fronts accept.
+/// The simulator's own AWS credentials, and the temporary credentials issued from them: the only
+/// ones its RDS front and its APIs accept.
 #[derive(Clone)]
 pub struct SimCredentials {
     /// Access key id; public (it appears in every credential scope).
@@ -52,6 +55,42 @@ pub struct SimCredentials {
     /// Session token the simulator issued with these credentials, if any. When `None`, a request or
     /// token that carries a session token is rejected, as AWS rejects a token it did not issue.
     pub session_token: Option<String>,
+    /// Temporary credentials issued from these (STS, the IAM Identity Center portal), shared by
+    /// every clone: a key the simulated STS issues is at once good at every simulated service.
+    issued: Arc<Mutex<HashMap<String, TemporaryCredentials>>>,
+}
+
+/// Temporary credentials as AWS issues them (STS, IAM Identity Center): an `ASIA…` access key, its
+/// secret, the session token every signature must carry, and when they stop being accepted.
+#[derive(Clone)]
+pub struct TemporaryCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: SystemTime,
+    /// Who STS GetCallerIdentity says signed with them: (ARN, user id); `None` is the identity
+    /// they were issued from (GetSessionToken).
+    pub caller: Option<(String, String)>,
+}
+
+impl fmt::Debug for TemporaryCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TemporaryCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .finish()
+    }
+}
+
+/// The key material a signature is checked with, once its access key id is known.
+struct SigningKey {
+    secret: String,
+    /// The session token the signature must carry (temporary credentials), if any.
+    session_token: Option<String>,
+    /// When temporary credentials stop being accepted.
+    expiration: Option<SystemTime>,
 }
 
 impl SimCredentials {
@@ -61,6 +100,7 @@ impl SimCredentials {
             access_key_id: access_key_id.into(),
             secret_access_key: secret_access_key.into(),
             session_token: None,
+            issued: Arc::default(),
         }
     }
 
@@ -68,6 +108,65 @@ impl SimCredentials {
     pub fn with_session_token(mut self, session_token: impl Into<String>) -> Self {
         self.session_token = Some(session_token.into());
         self
+    }
+
+    /// Issues new temporary credentials valid for `lifetime`, accepted from now on by every
+    /// simulated service that shares these credentials. The session token has the `+`, `/` and
+    /// `=` of AWS's, so a signer that forgets to encode it fails here as it would at AWS.
+    pub fn issue_temporary(&self, lifetime: Duration) -> TemporaryCredentials {
+        self.issue_temporary_as(lifetime, None)
+    }
+
+    /// [`SimCredentials::issue_temporary`] for another identity (an assumed role): `caller` is
+    /// its (ARN, user id), what GetCallerIdentity answers for these credentials.
+    pub fn issue_temporary_as(&self, lifetime: Duration, caller: Option<(String, String)>) -> TemporaryCredentials {
+        use base64::Engine;
+        use rand::distr::{Alphanumeric, SampleString};
+        use rand::RngCore;
+        let mut rng = rand::rng();
+        let mut token = [0u8; 160];
+        rng.fill_bytes(&mut token);
+        let issued = TemporaryCredentials {
+            access_key_id: format!("ASIASIM{}", Alphanumeric.sample_string(&mut rng, 13).to_uppercase()),
+            secret_access_key: Alphanumeric.sample_string(&mut rng, 40),
+            // 158 bytes → 212 base64 characters, the last one a '=' (158 = 3 × 52 + 2).
+            session_token: base64::engine::general_purpose::STANDARD.encode(&token[..158]),
+            expiration: SystemTime::now() + lifetime,
+            caller,
+        };
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(issued.access_key_id.clone(), issued.clone());
+        issued
+    }
+
+    /// How many temporary credentials were issued (and are still known), expired ones included.
+    pub fn issued_count(&self) -> usize {
+        self.issued.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The (ARN, user id) of the identity temporary credentials were issued for, if another.
+    pub fn caller_of(&self, access_key_id: &str) -> Option<(String, String)> {
+        let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        issued.get(access_key_id).and_then(|t| t.caller.clone())
+    }
+
+    /// The key for `access_key_id`: these credentials' own, or temporary ones issued from them.
+    fn key_for(&self, access_key_id: &str) -> Option<SigningKey> {
+        if access_key_id == self.access_key_id {
+            return Some(SigningKey {
+                secret: self.secret_access_key.clone(),
+                session_token: self.session_token.clone(),
+                expiration: None,
+            });
+        }
+        let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        issued.get(access_key_id).map(|t| SigningKey {
+            secret: t.secret_access_key.clone(),
+            session_token: Some(t.session_token.clone()),
+            expiration: Some(t.expiration),
+        })
     }
 }
 
@@ -169,6 +268,13 @@ pub enum TokenRejection {
     /// The token carries a session token the simulator did not issue.
     #[error("IAM token carries an unknown session token")]
     InvalidSessionToken,
+    /// Signed with temporary credentials that have expired (RDS refuses such a token even while
+    /// the token's own 15 minutes last).
+    #[error("IAM token was signed with temporary credentials that expired {seconds_ago} s ago")]
+    ExpiredSessionToken {
+        /// How long ago the credentials expired.
+        seconds_ago: u64,
+    },
     /// The signature does not match what the simulator computes.
     #[error("IAM token signature does not match")]
     BadSignature,
@@ -232,6 +338,9 @@ pub enum SignatureRejection {
     /// A session token the simulator did not issue.
     #[error("the security token included in the request is invalid")]
     InvalidSessionToken,
+    /// Temporary credentials past their expiration.
+    #[error("the security token included in the request is expired")]
+    ExpiredToken,
     /// The signature does not match what the simulator computes.
     #[error("the request signature does not match")]
     BadSignature,
@@ -252,6 +361,7 @@ impl SignatureRejection {
             Self::UnknownAccessKey | Self::MissingSessionToken | Self::InvalidSessionToken => {
                 "UnrecognizedClientException"
             }
+            Self::ExpiredToken => "ExpiredTokenException",
             Self::WrongService { .. }
             | Self::ScopeDateMismatch
             | Self::ClockSkew { .. }
@@ -328,9 +438,9 @@ pub fn verify_rds_token(
             got: user.to_owned(),
         });
     }
-    if scope.access_key_id != creds.access_key_id {
-        return Err(R::UnknownAccessKey);
-    }
+    let key = creds
+        .key_for(scope.access_key_id)
+        .ok_or(R::UnknownAccessKey)?;
     if scope.service != RDS_SERVICE {
         return Err(R::WrongService {
             got: scope.service.to_owned(),
@@ -366,7 +476,7 @@ pub fn verify_rds_token(
     }
     match (
         param("X-Amz-Security-Token"),
-        creds.session_token.as_deref(),
+        key.session_token.as_deref(),
     ) {
         (None, None) => {}
         (None, Some(_)) => return Err(R::MissingSessionToken),
@@ -375,6 +485,14 @@ pub fn verify_rds_token(
             if !constant_time_eq(got.as_bytes(), want.as_bytes()) {
                 return Err(R::InvalidSessionToken);
             }
+        }
+    }
+    if let Some(expiration) = key.expiration {
+        let expiration = unix_secs(expiration);
+        if now >= expiration {
+            return Err(R::ExpiredSessionToken {
+                seconds_ago: now.abs_diff(expiration),
+            });
         }
     }
 
@@ -393,7 +511,7 @@ pub fn verify_rds_token(
     let canonical_request =
         format!("GET\n/\n{canonical_query}\nhost:{host_header}\n\nhost\n{EMPTY_SHA256}");
     if signature_matches(
-        &creds.secret_access_key,
+        &key.secret,
         &scope,
         amz_date,
         &canonical_request,
@@ -434,9 +552,9 @@ pub fn verify_header_signed_request(
     let amz_date = single_header(&head.headers, "x-amz-date").ok_or(R::MissingDate)?;
     let signed_at = parse_amz_date(amz_date).ok_or(R::MalformedDate)?;
 
-    if scope.access_key_id != creds.access_key_id {
-        return Err(R::UnknownAccessKey);
-    }
+    let key = creds
+        .key_for(scope.access_key_id)
+        .ok_or(R::UnknownAccessKey)?;
     if scope.service != service {
         return Err(R::WrongService {
             expected: service.to_owned(),
@@ -452,7 +570,7 @@ pub fn verify_header_signed_request(
     }
     match (
         head.headers.get("x-amz-security-token"),
-        creds.session_token.as_deref(),
+        key.session_token.as_deref(),
     ) {
         (None, None) => {}
         (None, Some(_)) => return Err(R::MissingSessionToken),
@@ -462,6 +580,10 @@ pub fn verify_header_signed_request(
                 return Err(R::InvalidSessionToken);
             }
         }
+    }
+    // AWS answers ExpiredToken for temporary credentials past their expiration.
+    if key.expiration.is_some_and(|expiration| now >= expiration) {
+        return Err(R::ExpiredToken);
     }
 
     let signed_names: Vec<&str> = auth.signed_headers.split(';').collect();
@@ -517,7 +639,7 @@ pub fn verify_header_signed_request(
         signed = auth.signed_headers,
     );
     if signature_matches(
-        &creds.secret_access_key,
+        &key.secret,
         &scope,
         amz_date,
         &canonical_request,
@@ -999,6 +1121,107 @@ mod tests {
         );
     }
 
+    /// Temporary credentials the simulator issued are good for IAM tokens (signed by the proxy's
+    /// own signer, with the session token's `+`, `/` and `=` encoded) until they expire, and any
+    /// clone of the issuing credentials knows them.
+    #[test]
+    fn issued_temporary_credentials_sign_rds_tokens_until_they_expire() {
+        let issuer = SimCredentials::new("AKIASIMISSUER0000000", "issuer-secret");
+        let front = issuer.clone();
+        let temp = issuer.issue_temporary(Duration::from_secs(3600));
+        assert!(temp.access_key_id.starts_with("ASIA"));
+        assert!(temp.session_token.ends_with('='));
+        let request = crate::auth::TokenRequest {
+            endpoint: "mydb.abc123xyz.eu-west-1.rds.amazonaws.com".into(),
+            port: 5432,
+            region: "eu-west-1".into(),
+            db_user: "iam_user".into(),
+        };
+        let expect = RdsTokenExpectation {
+            host: request.endpoint.clone(),
+            port: 5432,
+            region: "eu-west-1".into(),
+            user: "iam_user".into(),
+        };
+        let signed_at = SystemTime::now();
+        let sdk = |t: &TemporaryCredentials| {
+            aws_credential_types::Credentials::new(
+                &t.access_key_id,
+                &t.secret_access_key,
+                Some(t.session_token.clone()),
+                Some(t.expiration),
+                "test",
+            )
+        };
+        let token = crate::auth::token::presign(&request, &sdk(&temp), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Ok(()));
+        // Without the session token the same keys are refused; a wrong one is refused.
+        let no_session = aws_credential_types::Credentials::from_keys(&temp.access_key_id, &temp.secret_access_key, None);
+        let token = crate::auth::token::presign(&request, &no_session, signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::MissingSessionToken));
+        let mut forged = temp.clone();
+        forged.session_token.insert(0, 'x');
+        let token = crate::auth::token::presign(&request, &sdk(&forged), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::InvalidSessionToken));
+        // Credentials that expire in a second: a token signed before is refused after.
+        let short = issuer.issue_temporary(Duration::from_secs(1));
+        let token = crate::auth::token::presign(&request, &sdk(&short), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Ok(()));
+        assert!(matches!(
+            verify_rds_token(token.expose(), &expect, &front, signed_at + Duration::from_secs(5)),
+            Err(TokenRejection::ExpiredSessionToken { .. })
+        ));
+        // Credentials issued by another simulator are unknown here.
+        let stranger = SimCredentials::new("AKIASIMOTHER00000000", "x").issue_temporary(Duration::from_secs(3600));
+        let token = crate::auth::token::presign(&request, &sdk(&stranger), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::UnknownAccessKey));
+        assert_eq!(issuer.issued_count(), 2);
+    }
+
+    /// Header-signed requests with issued credentials: the session token is required and checked,
+    /// and expired credentials get AWS's ExpiredTokenException.
+    #[test]
+    fn issued_temporary_credentials_sign_api_requests_until_they_expire() {
+        let issuer = SimCredentials::new("AKIASIMISSUER0000000", "issuer-secret");
+        let temp = issuer.issue_temporary(Duration::from_secs(900));
+        let keys = SimCredentials::new(temp.access_key_id.clone(), temp.secret_access_key.clone());
+        let t = "20260301T101500Z";
+        let now = at(t);
+        let body = SSM_BODY;
+        let request = |token: Option<&str>| {
+            let mut headers = vec![
+                ("Host", "127.0.0.1:4566"),
+                ("X-Amz-Target", "AmazonSSM.StartSession"),
+            ];
+            if let Some(token) = token {
+                headers.push(("X-Amz-Security-Token", token));
+            }
+            sign("POST", "/", &headers, body, "ssm", &keys, t)
+        };
+        // `now` is the signing time; the issued credentials' expiry is real time, so move it.
+        issuer
+            .issued
+            .lock()
+            .unwrap()
+            .get_mut(&temp.access_key_id)
+            .unwrap()
+            .expiration = now + Duration::from_secs(900);
+        let ok = verify_header_signed_request(&request(Some(&temp.session_token)), body, "ssm", &issuer, now).unwrap();
+        assert_eq!(ok.access_key_id, temp.access_key_id);
+        let missing = verify_header_signed_request(&request(None), body, "ssm", &issuer, now).unwrap_err();
+        assert_eq!(missing, SignatureRejection::MissingSessionToken);
+        assert_eq!(missing.aws_error_code(), "UnrecognizedClientException");
+        assert_eq!(
+            verify_header_signed_request(&request(Some("forged")), body, "ssm", &issuer, now),
+            Err(SignatureRejection::InvalidSessionToken)
+        );
+        let later = now + Duration::from_secs(900);
+        let expired = verify_header_signed_request(&request(Some(&temp.session_token)), body, "ssm", &issuer, later).unwrap_err();
+        assert_eq!(expired, SignatureRejection::ExpiredToken);
+        assert_eq!(expired.aws_error_code(), "ExpiredTokenException");
+        assert!(!format!("{expired} {expired:?} {temp:?}").contains(&temp.session_token));
+    }
+
     #[test]
     fn credentials_debug_redacts_secrets() {
         let creds =
@@ -1372,6 +1595,8 @@ pub struct SignedCall {
     pub body: bytes::Bytes,
     /// The region of the signature's credential scope.
     pub region: String,
+    /// The access key id that signed the call.
+    pub access_key_id: String,
 }
 
 /// Why [`read_signed_call`] refused a request; each simulated API maps it to its own error.
@@ -1425,5 +1650,6 @@ pub async fn read_signed_call_any_region(
         target,
         body,
         region: verified.region,
+        access_key_id: verified.access_key_id,
     })
 }
