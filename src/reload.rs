@@ -228,9 +228,9 @@ impl Supervisor {
 
     /// The file's targets, looked up and validated as at start, and its log settings.
     async fn load(&self, watch: &mut Watcher) -> Result<(Vec<Config>, LogArgs), ReloadError> {
-        let reload = &watch.reload;
-        let read = tokio::fs::read(&reload.file).await;
+        let read = tokio::fs::read(&watch.reload.file).await;
         watch.seen = read.as_ref().ok().map(|bytes| Sha256::digest(bytes).into());
+        let reload = &watch.reload;
         let bytes = read.map_err(|source| ReloadError::Read {
             path: reload.file.clone(),
             source,
@@ -338,7 +338,6 @@ impl Supervisor {
 
     fn serve(&mut self, config: Config, listeners: Listeners, ctx: Arc<TargetContext>) {
         self.ops.add_target(ctx.clone(), config.listen.max_connections);
-        ctx.tunnel.start_prewarm();
         let proxy = Proxy {
             listeners,
             ctx,
