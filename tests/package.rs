@@ -8,12 +8,12 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");
 
-/// `scripts/package --profile dev --no-build` with `packager`: the .deb it printed.
+/// `scripts/package --profile dev --no-build --fast` with `packager`: the .deb it printed.
 fn package(packager: &str, output: &Path) -> PathBuf {
     let bin = Path::new(BIN);
     let target_dir = bin.parent().and_then(Path::parent).expect("the binary is in TARGET/debug");
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package"))
-        .args(["--profile", "dev", "--no-build", "--output"])
+        .args(["--profile", "dev", "--no-build", "--fast", "--output"])
         .arg(output)
         .env("CARGO_TARGET_DIR", target_dir)
         .env("RDS_AUTH_PROXY_PACKAGER", packager)
@@ -75,7 +75,7 @@ fn the_package_holds_the_binary_man_page_completions_user_unit_and_example_confi
     let man = String::from_utf8_lossy(&man.stdout);
     assert!(man.contains(".TH rds-auth-proxy 1") && man.contains("drain\\-timeout"), "{}", &man[..man.len().min(300)]);
     let bash = std::fs::read_to_string(root.join("usr/share/bash-completion/completions/rds-auth-proxy")).unwrap();
-    assert!(bash.contains("complete -F _rds-auth-proxy") && bash.contains("--ssm-target"));
+    assert!(bash.contains("complete -F _rds__auth__proxy") && bash.contains("--ssm-target"), "{}", &bash[..bash.len().min(300)]);
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/user/rds-auth-proxy.service")).unwrap();
     for expected in [
         "ExecStart=/usr/bin/rds-auth-proxy --config %E/rds-auth-proxy/config.toml",
