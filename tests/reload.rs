@@ -75,12 +75,26 @@ fn field<'v>(v: &'v Value, key: &str) -> &'v str {
     v["fields"][key].as_str().unwrap_or_default()
 }
 
-/// The next "ready for connections" line of target `name`, and its port.
-fn wait_ready(run: &mut Running, name: &str) -> u16 {
-    let line = run.wait_log(&format!("ready for {name}"), |v| {
-        v["fields"]["message"] == "ready for connections" && v["fields"]["name"] == name
-    });
-    field(&line, "listen").rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+fn ready_port(v: &Value) -> u16 {
+    field(v, "listen").rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+}
+
+/// Reads on to the next "configuration reloaded" line and, with `ready`, that target's next
+/// ready line, in either order (the target's own task logs the latter): the first, and the port.
+fn wait_reloaded(run: &mut Running, ready: Option<&str>) -> (Value, Option<u16>) {
+    let (mut reloaded, mut port) = (None, None);
+    while reloaded.is_none() || (ready.is_some() && port.is_none()) {
+        let v = run.wait_log("of the reload", |v| {
+            message_starts_with(v, "configuration reloaded")
+                || (v["fields"]["message"] == "ready for connections" && Some(field(v, "name")) == ready)
+        });
+        if message_starts_with(&v, "configuration reloaded") {
+            reloaded = Some(v);
+        } else {
+            port = Some(ready_port(&v));
+        }
+    }
+    (reloaded.expect("read above"), port)
 }
 
 fn start(sim: &Simulator, file: &Path, targets: usize) -> Running {
@@ -102,12 +116,11 @@ async fn the_watcher_adds_a_target_within_2s_while_a_session_on_the_first_comple
 
     let edited = Instant::now();
     write_file(&file, &file_text(&sim, "", &[one, sim_target(&sim, "two", 0)]));
-    let second = wait_ready(&mut run, "two");
-    assert_eq!(psql_select(second, "SELECT 'two'"), "two");
+    let (reloaded, second) = wait_reloaded(&mut run, Some("two"));
+    assert_eq!(psql_select(second.expect("a port"), "SELECT 'two'"), "two");
     let took = edited.elapsed();
     assert!(took < Duration::from_secs(2), "the new target served psql {took:?} after the edit");
 
-    let reloaded = run.wait_for_log("configuration reloaded");
     assert_eq!(field(&reloaded, "trigger"), "file");
     assert_eq!(field(&reloaded, "added"), "two");
     assert_eq!(field(&reloaded, "unchanged"), "one");
@@ -130,16 +143,16 @@ async fn sighup_moves_a_changed_port_while_the_open_session_completes() {
     let new = free_port();
     write_file(&file, &file_text(&sim, "", &[sim_target(&sim, "one", new)]));
     run.signal(Signal::SIGHUP);
-    let reloaded = run.wait_for_log("configuration reloaded");
+    let (reloaded, port) = wait_reloaded(&mut run, Some("one"));
     assert_eq!(field(&reloaded, "trigger"), "sighup", "SIGHUP reloads at once, before the watcher's poll");
     assert_eq!(field(&reloaded, "changed"), "one");
-    assert_eq!(wait_ready(&mut run, "one"), new);
+    assert_eq!(port, Some(new));
     assert_eq!(psql_select(new, "SELECT 'moved'"), "moved");
     assert!(refused(old), "the old port is closed to new connections");
     assert_finished(session);
     // Nothing more to do: a SIGHUP with the file as it is changes nothing.
     run.signal(Signal::SIGHUP);
-    let again = run.wait_for_log("configuration reloaded");
+    let (again, _) = wait_reloaded(&mut run, None);
     assert_eq!(field(&again, "unchanged"), "one");
     assert_eq!(field(&again, "changed"), "");
     assert_eq!(run.stop(), Some(143));
@@ -159,7 +172,7 @@ async fn a_removed_target_stops_listening_and_its_session_drains() {
 
     write_file(&file, &file_text(&sim, "", &[one]));
     run.signal(Signal::SIGHUP);
-    let reloaded = run.wait_for_log("configuration reloaded");
+    let (reloaded, _) = wait_reloaded(&mut run, None);
     assert_eq!(field(&reloaded, "removed"), "two");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !refused(second) {
@@ -211,8 +224,8 @@ async fn a_broken_file_changes_nothing_and_says_where_then_a_fixed_one_applies()
     run.signal(Signal::SIGHUP);
     let kept = run.wait_for_log("these keys apply to the whole process");
     assert_eq!(field(&kept, "keys"), "http_address/http_port, drain_timeout");
-    let second = wait_ready(&mut run, "two");
-    assert_eq!(psql_select(second, "SELECT 'two'"), "two");
+    let (_, second) = wait_reloaded(&mut run, Some("two"));
+    assert_eq!(psql_select(second.expect("a port"), "SELECT 'two'"), "two");
     let (_, metrics) = rds_auth_proxy::http::get(http, "/metrics").await.unwrap();
     assert!(metrics.contains("rds_auth_proxy_config_reloads_total 1\n"), "{metrics}");
     assert!(metrics.contains("rds_auth_proxy_config_reload_failures_total 1\n"), "{metrics}");
