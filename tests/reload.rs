@@ -120,6 +120,7 @@ async fn the_watcher_adds_a_target_within_2s_while_a_session_on_the_first_comple
     assert_eq!(psql_select(second.expect("a port"), "SELECT 'two'"), "two");
     let took = edited.elapsed();
     assert!(took < Duration::from_secs(2), "the new target served psql {took:?} after the edit");
+    eprintln!("the new target served psql {took:?} after the edit");
 
     assert_eq!(field(&reloaded, "trigger"), "file");
     assert_eq!(field(&reloaded, "added"), "two");
@@ -155,6 +156,14 @@ async fn sighup_moves_a_changed_port_while_the_open_session_completes() {
     let (again, _) = wait_reloaded(&mut run, None);
     assert_eq!(field(&again, "unchanged"), "one");
     assert_eq!(field(&again, "changed"), "");
+    // A change that keeps the port: the old listener lets go of it and the new one takes it.
+    let same_port = sim_target(&sim, "one", new) + "max_connections = 5\n";
+    write_file(&file, &file_text(&sim, "", &[same_port]));
+    run.signal(Signal::SIGHUP);
+    let (changed, port) = wait_reloaded(&mut run, Some("one"));
+    assert_eq!(field(&changed, "changed"), "one");
+    assert_eq!(port, Some(new));
+    assert_eq!(psql_select(new, "SELECT 'same port'"), "same port");
     assert_eq!(run.stop(), Some(143));
     sim.stop().await;
 }
