@@ -344,6 +344,13 @@ impl Proxy {
 
     /// Runs until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with(shutdown, true).await;
+    }
+
+    /// Runs until `shutdown` resolves, then drains. `whole_process`: the shutdown is the
+    /// process's, so readiness turns to "shutting down"; a target stopped by a reload
+    /// ([`crate::reload`]) drains alone and leaves the others ready.
+    pub async fn run_with(self, shutdown: impl Future<Output = ()>, whole_process: bool) {
         let t = &self.ctx.target;
         let http_addr = self.http_addr();
         let http = self
@@ -366,7 +373,9 @@ impl Proxy {
         let spares = self.ctx.clone();
         let shutdown = async move {
             shutdown.await;
-            ops.set_draining();
+            if whole_process {
+                ops.set_draining();
+            }
             // No new client can use a spare now: close them while the open sessions drain.
             spares.spares.close();
         };

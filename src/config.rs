@@ -592,6 +592,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn password_flags_table() {
         use std::os::unix::fs::PermissionsExt;
@@ -630,6 +631,7 @@ mod tests {
         assert!(matches!(with(&["--password-file", "/nonexistent/pw"]), Err(ConfigError::BadPasswordFile(_))));
     }
 
+    #[cfg(unix)]
     #[test]
     fn client_password_flags_table() {
         use std::os::unix::fs::PermissionsExt;

@@ -105,14 +105,10 @@ pub fn plan(matches: &ArgMatches, env: impl Fn(&str) -> Option<OsString>) -> Res
 }
 
 /// `$XDG_CONFIG_HOME/rds-auth-proxy/config.toml`, else `$HOME/.config/…` (the XDG rule: a
-/// relative XDG_CONFIG_HOME is ignored).
+/// relative XDG_CONFIG_HOME is ignored); on Windows `%APPDATA%\rds-auth-proxy\config.toml`
+/// ([`crate::os::config_dir`]).
 pub fn default_path(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
-    let non_empty = |name| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let base = match non_empty("XDG_CONFIG_HOME").filter(|p| p.is_absolute()) {
-        Some(dir) => dir,
-        None => non_empty("HOME")?.join(".config"),
-    };
-    Some(base.join(DEFAULT_FILE))
+    crate::os::config_dir(env).map(|dir| dir.join("config.toml"))
 }
 
 /// The plan for the file `text` (read from `path`) under the flags and variables in `cli`.
@@ -965,6 +961,7 @@ db_user = "prod_user"
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("client.pw");
         std::fs::write(&pw, "secret\n").unwrap();
+        #[cfg(unix)]
         std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let text = format!(
             "log_format = \"json\"\nquiet = true\ndrain_timeout = 3\nca_bundle = [\"/\", \"/\"]\n\
@@ -1045,6 +1042,7 @@ db_user = "prod_user"
         assert!(got.starts_with("--address 10.1.2.3 is not a loopback address"), "{got}");
     }
 
+    #[cfg(not(windows))]
     #[test]
     fn default_path_follows_xdg() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {

@@ -145,11 +145,18 @@ fn server_error(body: &[u8]) -> ProbeFailure {
     }
 }
 
+#[cfg(unix)]
 fn login_name() -> Option<String> {
     nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()
         .map(|u| u.name)
+}
+
+/// Windows: the account name, as libpq takes it for a missing user name.
+#[cfg(not(unix))]
+fn login_name() -> Option<String> {
+    std::env::var("USERNAME").ok().filter(|n| !n.is_empty())
 }
 
 /// Runs every probe at once; the failures, by target name, in the order given.

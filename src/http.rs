@@ -61,6 +61,15 @@ impl Ops {
             .push((ctx, max_connections));
     }
 
+    /// Takes target `name` out of the readiness check (removed or replaced by a reload).
+    pub fn remove_target(&self, name: &str) {
+        self.metrics.unwatch_tunnel(name);
+        self.targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(ctx, _)| ctx.target.name != name);
+    }
+
     /// Every listener is bound and accepting.
     pub fn set_started(&self) {
         self.started.store(true, Ordering::SeqCst);

@@ -14,7 +14,8 @@
 //! * [`connect_info`]: `connect-info`, client settings pointing at the local listener.
 //! * [`local_tls`]: `--local-tls`, TLS towards clients from a local CA kept on disk.
 //! * [`app`]: builds the shared [`target::TargetContext`] and runs the [`listener`]; [`fleet`]
-//!   serves several targets in one process; [`conntest`] is `--run-connection-test`.
+//!   serves several targets in one process; [`conntest`] is `--run-connection-test`; [`reload`]
+//!   applies config file changes (SIGHUP, the file watcher) to the running targets.
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests; [`spare`] keeps logged-in upstream
 //!   connections ready (`--spare-connections`) so a matching client skips the connect side.
@@ -53,9 +54,11 @@ pub mod logfmt;
 pub mod local_tls;
 pub mod lookup;
 pub mod metrics;
+pub mod os;
 pub mod pg;
 pub mod rds_api;
 pub mod relay;
+pub mod reload;
 pub mod session;
 pub mod spare;
 pub mod target;

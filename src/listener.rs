@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -34,10 +34,17 @@ pub enum ListenError {
     ClientPassword(#[source] crate::auth::password::PasswordError),
 }
 
+/// A bound Unix socket and its path.
+#[cfg(unix)]
+type UnixSocket = (tokio::net::UnixListener, PathBuf);
+/// No Unix sockets on this OS: `--unix-socket` fails at start ([`bind_unix`]).
+#[cfg(not(unix))]
+type UnixSocket = (std::convert::Infallible, PathBuf);
+
 /// Bound listeners for one target, ready to [`Listeners::run`].
 pub struct Listeners {
     tcp: TcpListener,
-    unix: Option<(UnixListener, PathBuf)>,
+    unix: Option<UnixSocket>,
     config: ListenConfig,
     /// `--client-password-file`'s verifier: what remote TCP clients must prove they know.
     client_password: Option<Arc<Verifier>>,
@@ -101,8 +108,7 @@ impl Listeners {
                     Err(e) => accept_error(e).await,
                 },
                 accepted = accept_unix(self.unix.as_ref()) => match accepted {
-                    Ok(stream) => {
-                        let access = Access::for_unix(&stream);
+                    Ok((stream, access)) => {
                         spawn_session(&mut sessions, &ctx, &limit, &drain, stream, "unix socket".into(), access);
                     }
                     Err(e) => accept_error(e).await,
@@ -212,13 +218,22 @@ where
     let _ = stream.shutdown().await;
 }
 
-async fn accept_unix(
-    unix: Option<&(UnixListener, PathBuf)>,
-) -> std::io::Result<tokio::net::UnixStream> {
+/// The next Unix socket client, with what it may do (the peer's uid decides).
+#[cfg(unix)]
+async fn accept_unix(unix: Option<&UnixSocket>) -> std::io::Result<(tokio::net::UnixStream, Access)> {
     match unix {
-        Some((l, _)) => l.accept().await.map(|(s, _)| s),
+        Some((l, _)) => l.accept().await.map(|(s, _)| {
+            let access = Access::for_unix(&s);
+            (s, access)
+        }),
         None => std::future::pending().await,
     }
+}
+
+/// No Unix sockets on this OS: nothing ever arrives.
+#[cfg(not(unix))]
+async fn accept_unix(_: Option<&UnixSocket>) -> std::io::Result<(tokio::net::TcpStream, Access)> {
+    std::future::pending().await
 }
 
 /// Accept errors are mostly out of file descriptors: back off instead of spinning.
@@ -232,8 +247,10 @@ async fn accept_error(e: std::io::Error) {
 /// renamed into place (atomic, same file system). A socket bound in place would accept
 /// connections with the umask's mode (0755 under the usual 022) until the chmod; changing the
 /// process-wide umask instead would race other threads (and needs unsafe code).
-fn bind_unix(dir: &Path, port: u16) -> Result<(UnixListener, PathBuf), ListenError> {
+#[cfg(unix)]
+fn bind_unix(dir: &Path, port: u16) -> Result<UnixSocket, ListenError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use tokio::net::UnixListener;
     let path = dir.join(format!(".s.PGSQL.{port}"));
     let err = |source| ListenError::Unix {
         path: path.clone(),
@@ -274,4 +291,13 @@ fn bind_unix(dir: &Path, port: u16) -> Result<(UnixListener, PathBuf), ListenErr
     }
     let _ = std::fs::remove_dir(&staging);
     Ok((bound.map_err(err)?, path))
+}
+
+/// `--unix-socket` on an OS without Unix sockets (Windows): refused at start, in one line.
+#[cfg(not(unix))]
+fn bind_unix(dir: &Path, port: u16) -> Result<UnixSocket, ListenError> {
+    Err(ListenError::Unix {
+        path: dir.join(format!(".s.PGSQL.{port}")),
+        source: std::io::Error::new(std::io::ErrorKind::Unsupported, "Unix sockets are not available on this OS; use the TCP port"),
+    })
 }

@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -101,6 +100,10 @@ pub fn ca_key_path(ca_cert: &Path) -> PathBuf {
 /// The default CA file: `$XDG_CONFIG_HOME/rds-auth-proxy/local-ca.pem`, else
 /// `~/.config/rds-auth-proxy/local-ca.pem`; `None` without a home directory.
 pub fn default_ca_path(xdg_config_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
+    // Windows: beside the config file, in %APPDATA% (see crate::os::config_dir).
+    if cfg!(windows) {
+        return crate::os::config_dir(|k| std::env::var_os(k)).map(|dir| dir.join("local-ca.pem"));
+    }
     // The XDG spec: a relative XDG_CONFIG_HOME is invalid and must be ignored.
     let base = match (xdg_config_home, home) {
         (Some(x), _) if Path::new(x).is_absolute() => PathBuf::from(x),
@@ -235,10 +238,7 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), LocalTlsErro
         path: path.to_owned(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
+    let mut file = crate::os::create_with_mode(std::fs::OpenOptions::new().write(true).create_new(true), mode)
         .open(path)
         .map_err(err)?;
     file.write_all(contents).map_err(err)?;
@@ -248,14 +248,11 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), LocalTlsErro
 /// Rebuilds the issuer from the stored key and the fixed CA subject; the stored certificate must
 /// carry that key, or leaves signed now would not chain to it.
 fn load_ca(cert_path: &Path, key_path: &Path) -> Result<Issuer<'static, KeyPair>, LocalTlsError> {
-    let mode = std::fs::metadata(key_path)
-        .map_err(|source| LocalTlsError::Read {
-            path: key_path.to_owned(),
-            source,
-        })?
-        .permissions()
-        .mode()
-        & 0o777;
+    let meta = std::fs::metadata(key_path).map_err(|source| LocalTlsError::Read {
+        path: key_path.to_owned(),
+        source,
+    })?;
+    let mode = crate::os::mode(&meta) & 0o777;
     if mode & 0o077 != 0 {
         return Err(LocalTlsError::OpenKey {
             key: key_path.to_owned(),
@@ -457,7 +454,7 @@ mod tests {
         let ca = load_or_create_ca(&cert).unwrap();
         let key = ca_key_path(&cert);
         assert_eq!(key, dir.path().join("sub/local-ca.key"));
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(crate::os::mode(&std::fs::metadata(&key).unwrap()) & 0o777, 0o600);
         let pem = std::fs::read(&cert).unwrap();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         for name in ["localhost", "127.0.0.1", "::1"] {
@@ -481,9 +478,13 @@ mod tests {
         load_or_create_ca(&cert).unwrap();
         let key = ca_key_path(&cert);
 
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create_ca(&cert), Err(LocalTlsError::OpenKey { mode: 0o644, .. })));
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(matches!(load_or_create_ca(&cert), Err(LocalTlsError::OpenKey { mode: 0o644, .. })));
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
 
         // Another CA's certificate beside this key.
         let other = dir.path().join("other.pem");

@@ -71,7 +71,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(run(cli, plan, one))
+    // The flags and variables a reload layers over the file again, as at start.
+    let layer = rds_auth_proxy::config_file::CliLayer::from_matches(&matches);
+    runtime.block_on(run(cli, plan, one, layer))
 }
 
 fn one_target(
@@ -84,9 +86,9 @@ fn one_target(
 /// A subcommand's target: the proxy's arguments and the config file table's name.
 type OneTarget = (rds_auth_proxy::cli::ProxyArgs, Option<String>);
 
-async fn run(cli: Cli, plan: Option<Plan>, one: Option<OneTarget>) -> ExitCode {
+async fn run(cli: Cli, plan: Option<Plan>, one: Option<OneTarget>, layer: rds_auth_proxy::config_file::CliLayer) -> ExitCode {
     match (cli.command, plan) {
-        (None, Some(plan)) => run_proxy(plan, cli.file.run_connection_test).await,
+        (None, Some(plan)) => run_proxy(plan, cli.file.run_connection_test, layer).await,
         (Some(Command::Token(args)), _) => token(args).await,
         (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(*args, shutdown_signal()).await),
         (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
@@ -140,7 +142,7 @@ async fn wait(args: rds_auth_proxy::cli::WaitArgs) -> ExitCode {
     }
 }
 
-async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
+async fn run_proxy(mut plan: Plan, run_test: bool, layer: rds_auth_proxy::config_file::CliLayer) -> ExitCode {
     if let Some(file) = &plan.file {
         tracing::info!(file = %file.display(), targets = plan.targets.len() + plan.pending.len(), "configuration file read");
     }
@@ -213,7 +215,14 @@ async fn run_proxy(mut plan: Plan, run_test: bool) -> ExitCode {
         exit_on_second_interrupt();
         let _ = tx.send(code);
     };
-    fleet.run(signal).await;
+    // With a config file, SIGHUP and edits of the file reload it (src/reload.rs).
+    let reload = plan.file.clone().map(|file| rds_auth_proxy::reload::Reload {
+        file,
+        cli: layer,
+        credentials: Credentials::Chain,
+        log: plan.log.clone(),
+    });
+    rds_auth_proxy::reload::serve(fleet, plan.targets, reload, signal).await;
     tracing::info!("stopped");
     let code = rx.await.unwrap_or(0);
     ExitCode::from(if code == EXIT_SIGTERM && exit_zero_on_sigterm { 0 } else { code })
@@ -223,6 +232,18 @@ const EXIT_SIGINT: u8 = 130;
 const EXIT_SIGTERM: u8 = 143;
 
 /// During the drain, a second Ctrl-C means "now": exit at once, open connections or not.
+#[cfg(not(unix))]
+fn exit_on_second_interrupt() {
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("second Ctrl-C: exiting now without waiting for open connections");
+            std::process::exit(i32::from(EXIT_SIGINT));
+        }
+    });
+}
+
+/// During the drain, a second Ctrl-C means "now": exit at once, open connections or not.
+#[cfg(unix)]
 fn exit_on_second_interrupt() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::interrupt()) {
@@ -321,9 +342,20 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     }
 }
 
+/// Ctrl-C (Ctrl-Break, a console close) where there are no Unix signals: the exit code of SIGINT.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = u8> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received, shutting down (again to exit at once)");
+        EXIT_SIGINT
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM with the conventional exit code (128 + signal number). The
 /// handlers are installed right away, not at the first poll: a signal that arrives between the
 /// ready line and the first poll must still mean a clean shutdown, not the default death.
+#[cfg(unix)]
 fn shutdown_signal() -> impl std::future::Future<Output = u8> {
     use tokio::signal::unix::{signal, SignalKind};
     let int = signal(SignalKind::interrupt());

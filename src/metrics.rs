@@ -95,6 +95,9 @@ pub struct Metrics {
     families: Families,
     /// Tunnels whose open SSM sessions are counted at scrape time, by target name.
     tunnels: Mutex<Vec<(String, Tunnel)>>,
+    /// Config file reloads applied (SIGHUP or the file watcher), and those refused.
+    reloads: Counter,
+    reload_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -193,10 +196,19 @@ impl Metrics {
             f.spares_discarded.clone(),
         );
         registry.register("spares_ready", "Spare connections ready now", f.spares_ready.clone());
+        let (reloads, reload_failures) = (Counter::default(), Counter::default());
+        registry.register("config_reloads", "Config file reloads applied (SIGHUP or a change of the file)", reloads.clone());
+        registry.register(
+            "config_reload_failures",
+            "Config file reloads refused (a mistake in the file, a port in use); the running configuration stayed",
+            reload_failures.clone(),
+        );
         Metrics {
             registry,
             families,
             tunnels: Mutex::new(Vec::new()),
+            reloads,
+            reload_failures,
         }
     }
 
@@ -258,6 +270,23 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((name.to_owned(), tunnel.clone()));
+        }
+    }
+
+    /// Stops counting target `name`'s SSM sessions (removed or replaced by a reload).
+    pub fn unwatch_tunnel(&self, name: &str) {
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| n != name);
+    }
+
+    /// Counts one config reload, applied or refused.
+    pub fn count_reload(&self, applied: bool) {
+        if applied {
+            self.reloads.inc();
+        } else {
+            self.reload_failures.inc();
         }
     }
 

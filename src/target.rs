@@ -66,7 +66,7 @@ impl TcpKeepalive {
     }
 
     /// Turns keepalive on for `socket` with these values.
-    pub fn apply<S: std::os::fd::AsFd>(&self, socket: &S) -> std::io::Result<()> {
+    pub fn apply(&self, socket: &tokio::net::TcpStream) -> std::io::Result<()> {
         let socket = socket2::SockRef::from(socket);
         let params = socket2::TcpKeepalive::new()
             .with_time(self.idle)
@@ -74,8 +74,12 @@ impl TcpKeepalive {
             .with_retries(self.probes);
         socket.set_tcp_keepalive(&params)?;
         // Keepalive only probes an idle connection; with data in flight to a vanished peer,
-        // the user timeout is what ends it (instead of ~15 min of retransmissions).
-        socket.set_tcp_user_timeout(Some(self.give_up_after()))
+        // the user timeout is what ends it (instead of ~15 min of retransmissions). Linux
+        // only: macOS and Windows have no such option, so there unacknowledged data is given
+        // up after the system's retransmission limit.
+        #[cfg(target_os = "linux")]
+        socket.set_tcp_user_timeout(Some(self.give_up_after()))?;
+        Ok(())
     }
 }
 
@@ -134,6 +138,8 @@ impl TargetContext {
 mod tests {
     use super::*;
 
+    // Reading the values back is not possible on Windows (no getsockopt for TCP_KEEPIDLE).
+    #[cfg(unix)]
     #[tokio::test]
     async fn keepalive_values_reach_the_socket() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -160,6 +166,7 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(socket.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 5);
+        #[cfg(target_os = "linux")]
         assert_eq!(
             socket.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
             Some(Duration::from_secs(22))

@@ -156,7 +156,6 @@ impl PasswordProvider {
 
 /// Refuses a password file others could read, like libpq does for `.pgpass`.
 pub fn check_password_file_mode(path: &Path) -> Result<(), PasswordError> {
-    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|source| PasswordError::FileRead {
         path: path.to_owned(),
         source,
@@ -167,7 +166,7 @@ pub fn check_password_file_mode(path: &Path) -> Result<(), PasswordError> {
             source: std::io::Error::other("not a regular file"),
         });
     }
-    let mode = meta.permissions().mode() & 0o7777;
+    let mode = crate::os::mode(&meta);
     if mode & 0o077 != 0 {
         return Err(PasswordError::FilePermissions {
             path: path.to_owned(),
@@ -220,7 +219,8 @@ pub fn password_from_secret(text: &str, key: &str) -> Result<Password, SecretsEr
     }
 }
 
-#[cfg(test)]
+// The file tests set Unix modes.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -63,10 +63,12 @@ impl Access {
 
     /// The rule for a Unix socket peer: only the proxy's own (effective) user. The socket's
     /// 0600 mode already says so; the check holds even if someone widens the mode.
+    #[cfg(unix)]
     pub fn for_unix(stream: &tokio::net::UnixStream) -> Access {
         Access::for_uid(stream.peer_cred().map(|c| c.uid()), nix::unistd::geteuid().as_raw())
     }
 
+    #[cfg_attr(not(unix), allow(dead_code))]
     fn for_uid(peer: std::io::Result<u32>, own: u32) -> Access {
         match peer {
             Ok(uid) if uid == own => Access::Open,

@@ -13,13 +13,19 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
+#[cfg(unix)]
 use nix::sys::signal::{kill, Signal};
+#[cfg(unix)]
 use nix::unistd::{geteuid, Pid, User};
+/// Only root on Unix hands the cluster to the `postgres` user; elsewhere nobody does.
+#[cfg(not(unix))]
+enum User {}
 
 /// Env var naming a directory holding `initdb`, `pg_ctl` (and ideally `psql`); overrides discovery.
 pub const PG_BIN_ENV: &str = "RDS_AUTH_PROXY_PG_BIN";
@@ -118,6 +124,7 @@ pub enum PgClusterError {
     )]
     NoPostgresUser,
     /// Looking up the `postgres` user failed.
+    #[cfg(unix)]
     #[error("could not look up the `postgres` OS user")]
     UserLookup(#[source] nix::Error),
     /// A file-system step failed.
@@ -192,6 +199,7 @@ impl PgCluster {
         let bin_dir = discover_bin_dir(opts.bin_dir.as_deref())?;
         let psql = find_client(&bin_dir, "psql")?;
 
+        #[cfg(unix)]
         let owner = if geteuid().is_root() {
             let user = User::from_name(SUPERUSER)
                 .map_err(PgClusterError::UserLookup)?
@@ -200,12 +208,15 @@ impl PgCluster {
         } else {
             None
         };
+        #[cfg(not(unix))]
+        let owner: Option<User> = None;
 
         let temp = tempfile::Builder::new()
             .prefix("rds-auth-proxy-pg-")
             .tempdir()
             .map_err(io_err("create the temp dir"))?;
         let root = temp.path().to_path_buf();
+        #[cfg(unix)]
         if let Some(user) = &owner {
             // The postgres user must reach into the dir (0755) and create the data dir, socket and
             // log there (owner); root can still remove it all afterwards.
@@ -254,8 +265,10 @@ impl PgCluster {
             for (name, contents) in [("server.crt", &tls.cert_chain_pem), ("server.key", &tls.key_pem)] {
                 let path = data_dir.join(name);
                 write_file(&path, contents)?;
+                #[cfg(unix)]
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                     .map_err(io_err(format!("chmod {}", path.display())))?;
+                #[cfg(unix)]
                 if let Some(user) = &owner {
                     std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
                         .map_err(io_err(format!("hand {} to the postgres user", path.display())))?;
@@ -441,6 +454,7 @@ impl Drop for PgCluster {
         if !self.runner.stop_blocking(&self.bin_dir, &self.data_dir) {
             // pg_ctl itself failed. SIGQUIT is PostgreSQL's immediate shutdown; only send it while
             // the pid file still names our postmaster, so a recycled pid is never signalled.
+            #[cfg(unix)]
             if let Some(pid) = self.postmaster_pid {
                 if read_postmaster_pid(&self.data_dir) == Some(pid) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
@@ -716,11 +730,13 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-#[cfg(test)]
+// A real PostgreSQL run the Unix way (runuser, signals); not on Windows.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
     /// Alive and not a zombie: an orphaned postmaster may wait to be reaped by a PID 1 that never does.
+    #[cfg(target_os = "linux")]
     fn process_running(pid: i32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(stat) => stat
@@ -728,6 +744,12 @@ mod tests {
                 .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
             Err(_) => false,
         }
+    }
+
+    /// Alive (no /proc outside Linux to tell a zombie apart): signal 0 reaches it.
+    #[cfg(all(unix, not(target_os = "linux")))]
+    fn process_running(pid: i32) -> bool {
+        kill(Pid::from_raw(pid), None).is_ok()
     }
 
     #[tokio::test]
