@@ -313,7 +313,11 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
         || e.is::<rds_auth_proxy::http::HttpError>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_) | AppError::LocalTls(_)));
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_) | AppError::LocalTls(_)))
+        || matches!(
+            e.downcast_ref::<AppError>(),
+            Some(AppError::TwoPasswordsForUser(_) | AppError::PasswordUser(rds_auth_proxy::auth::PasswordError::NoUser { .. } | rds_auth_proxy::auth::PasswordError::WrongUser { .. }))
+        );
     if config_error {
         EXIT_CONFIG
     } else {
