@@ -165,7 +165,7 @@ pub async fn build_context_with(
         tls,
         auth: Arc::new(auth),
         passwords,
-        iam_reloads: crate::auth::reload::ReloadGate::default(),
+        iam_reloads: Arc::default(),
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
         dbi_resource_id: config.dbi_resource_id.clone(),

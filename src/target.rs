@@ -103,7 +103,7 @@ pub struct TargetContext {
     /// it. Every other user is an IAM user.
     pub passwords: Passwords,
     /// IAM credential reloads after refused logins: at most one per interval for the target.
-    pub iam_reloads: crate::auth::reload::ReloadGate,
+    pub iam_reloads: Arc<crate::auth::reload::ReloadGate>,
     /// `--db-user`: log in as this user whatever the client asked for.
     pub db_user: Option<String>,
     /// `--local-tls`: answer a client's SSLRequest with `S` and this TLS; `None`: with `N`.
