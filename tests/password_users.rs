@@ -132,10 +132,9 @@ async fn a_hundred_refused_logins_reload_once_per_interval() {
     let proxy = RunningProxy::spawn(bind_proxy_with(&args, Credentials::FixedWith(sim.aws_setup())).await);
     let before = sim.secrets.reads();
     for i in 0..100 {
-        let (code, message, hint) = db_error(&connect(&proxy, SIM_PASSWORD_USER).await.expect_err("stale password"));
+        let (code, message, _) = db_error(&connect(&proxy, SIM_PASSWORD_USER).await.expect_err("stale password"));
         assert_eq!(code, "28P01", "attempt {i}: {message}");
         assert!(message.contains("password authentication failed"), "attempt {i}: {message}");
-        assert!(hint.is_some_and(|h| h.starts_with("The server refused the password from --password-secret")), "attempt {i}");
     }
     assert_eq!(sim.secrets.reads() - before, 1, "one re-read for 100 refused logins");
     proxy.stop().await;
