@@ -35,10 +35,9 @@ Examples:
   rds-auth-proxy --connect-addr 127.0.0.1:15432 \\
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
-  # A password (SCRAM) user whose password RDS keeps in
-  # Secrets Manager:
-  rds-auth-proxy --db-user app \\
-      --password-secret 'rds!db-0123abcd-…' \\
+  # The master user, whose password RDS keeps in Secrets
+  # Manager (its "username" says whose); IAM users as before:
+  rds-auth-proxy --password-secret 'rds!db-0123abcd-…' \\
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
   # No AWS at hand? Simulated SSM and RDS, and a
