@@ -36,7 +36,7 @@ Examples:
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
   # The master user, whose password RDS keeps in Secrets
-  # Manager (its "username" says whose); IAM users as before:
+  # Manager (its username field says whose); IAM users too:
   rds-auth-proxy --password-secret 'rds!db-0123abcd-…' \\
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
