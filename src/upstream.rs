@@ -182,9 +182,10 @@ impl UserFacing for UpstreamError {
             UpstreamError::NoPassword { user, .. }
             | UpstreamError::IamTokenNotPassword { user, .. } => format!(
                 "For a password user, give rds-auth-proxy its password: --password-secret \
-                 ARN_OR_NAME (AWS Secrets Manager) or --password-file FILE. Or enable IAM login \
-                 for it: as an administrator run GRANT rds_iam TO \"{user}\"; and make sure IAM \
-                 database authentication is enabled on the instance."
+                 ARN_OR_NAME (AWS Secrets Manager) or --password-file FILE, for this user \
+                 (--password-user {user}, or a secret whose username is {user}). Or enable IAM \
+                 login for it: as an administrator run GRANT rds_iam TO \"{user}\"; and make sure \
+                 IAM database authentication is enabled on the instance."
             ),
             UpstreamError::UnsupportedAuth(_) | UpstreamError::UnsupportedSasl(_) => {
                 "rds-auth-proxy answers IAM tokens (cleartext), SCRAM-SHA-256(-PLUS) and MD5; \

@@ -80,10 +80,15 @@ async fn an_iam_user_and_a_password_user_through_one_listener() {
     let mut args = direct_args(&sim);
     args.extend(["--password-secret".into(), secret_name(SIM_PASSWORD_USER), "--password-user".into(), "someone".into()]);
     let proxy = RunningProxy::spawn(bind_proxy_with(&args, setup()).await);
-    let (code, message, hint) = db_error(&connect(&proxy, "someone").await.expect_err("refused"));
-    assert_eq!(code, "28000");
-    assert!(message.contains("is the password of database user \"scram_user\", not of \"someone\""), "{message}");
-    assert!(hint.expect("a hint").starts_with("Name the database user the password is for"));
+    let before = sim.secrets.reads();
+    for attempt in 0..5 {
+        let (code, message, hint) = db_error(&connect(&proxy, "someone").await.expect_err("refused"));
+        assert_eq!(code, "28000");
+        assert!(message.contains("is the password of database user \"scram_user\", not of \"someone\""), "{message}");
+        assert_eq!(message.contains("not read again for up to 30 s"), attempt > 0, "{message}");
+        assert!(hint.expect("a hint").starts_with("Name the database user the password is for"));
+    }
+    assert_eq!(sim.secrets.reads() - before, 1, "a secret that failed is not read again at every login");
     assert_eq!(current_user(&proxy, IAM_USER).await.expect("IAM users are untouched"), IAM_USER);
     proxy.stop().await;
     sim.stop().await;

@@ -67,6 +67,9 @@ pub enum PasswordError {
         secret_user: String,
         user: String,
     },
+    /// The last read failed less than an interval ago: its error again, without a new read.
+    #[error("{message} (not read again for up to {} s)", super::reload::RELOAD_INTERVAL.as_secs())]
+    Recent { message: String, hint: String },
 }
 
 impl PasswordError {
@@ -84,6 +87,7 @@ impl PasswordError {
                 format!("Run: chmod 600 {}", path.display())
             }
             PasswordError::Secret { source, .. } => source.hint(),
+            PasswordError::Recent { hint, .. } => hint.clone(),
             PasswordError::NoUser { .. } | PasswordError::WrongUser { .. } => {
                 "Name the database user the password is for: --password-user NAME (config: \
                  password_user, or `user` in [[target.password]]), matching the secret's \
@@ -119,6 +123,9 @@ pub struct PasswordProvider {
     cached: Mutex<Option<(Password, Option<String>)>>,
     /// Re-reads after refused logins.
     reloads: ReloadGate,
+    /// Reads after a failed one (the error as the client got it, and its hint).
+    failed_reads: ReloadGate,
+    last_failure: Mutex<Option<(String, String)>>,
 }
 
 impl PasswordProvider {
@@ -128,6 +135,8 @@ impl PasswordProvider {
             user,
             cached: Mutex::new(None),
             reloads: ReloadGate::default(),
+            failed_reads: ReloadGate::default(),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -162,6 +171,13 @@ impl PasswordProvider {
         {
             return Ok(p);
         }
+        // A broken secret (deleted, access denied) is not asked again on every login.
+        let last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((message, hint)) = last_failure {
+            if !self.failed_reads.may_reload() {
+                return Err(PasswordError::Recent { message, hint });
+            }
+        }
         self.fresh().await
     }
 
@@ -173,6 +189,22 @@ impl PasswordProvider {
 
     /// Reads the source again and replaces the cached password (after a refused login).
     pub async fn fresh(&self) -> Result<Password, PasswordError> {
+        let read = self.read().await;
+        let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &read {
+            Ok(_) => *last_failure = None,
+            Err(e) => {
+                if last_failure.is_none() {
+                    // The interval of failed reads starts with this one.
+                    self.failed_reads.may_reload();
+                }
+                *last_failure = Some((crate::session::display_chain(e), e.hint()));
+            }
+        }
+        read
+    }
+
+    async fn read(&self) -> Result<Password, PasswordError> {
         let (password, secret_user) = match &self.source {
             PasswordSource::File(path) => (read_password_file(path)?, None),
             PasswordSource::Secret {
