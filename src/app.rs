@@ -132,7 +132,7 @@ pub async fn build_context_with(
                     key: key.clone(),
                 },
             };
-            Arc::new(PasswordProvider::new(source, p.user.clone()))
+            Arc::new(PasswordProvider::new(source, p.user.clone()).counting_reads(target_metrics.password_reads.clone()))
         })
         .collect();
     let passwords = password_users(Passwords::new(passwords)).await?;

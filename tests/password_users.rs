@@ -134,7 +134,9 @@ async fn a_hundred_refused_logins_reload_once_per_interval() {
     sim.secrets.put(&secret_name(SIM_PASSWORD_USER), r#"{"username":"scram_user","password":"stale"}"#);
     let mut args = direct_args(&sim);
     args.extend(["--password-secret".into(), secret_name(SIM_PASSWORD_USER)]);
-    let proxy = RunningProxy::spawn(bind_proxy_with(&args, Credentials::FixedWith(sim.aws_setup())).await);
+    let bound = bind_proxy_with(&args, Credentials::FixedWith(sim.aws_setup())).await;
+    let password_reads = bound.ctx.metrics.password_reads.clone();
+    let proxy = RunningProxy::spawn(bound);
     let before = sim.secrets.reads();
     for i in 0..100 {
         let (code, message, _) = db_error(&connect(&proxy, SIM_PASSWORD_USER).await.expect_err("stale password"));
@@ -142,6 +144,7 @@ async fn a_hundred_refused_logins_reload_once_per_interval() {
         assert!(message.contains("password authentication failed"), "attempt {i}: {message}");
     }
     assert_eq!(sim.secrets.reads() - before, 1, "one re-read for 100 refused logins");
+    assert_eq!(password_reads.get(), 2, "/metrics counts the read at start and the one re-read");
     proxy.stop().await;
 
     // Credentials the simulated IAM does not know: every IAM login is refused (28000).

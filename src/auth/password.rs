@@ -126,6 +126,8 @@ pub struct PasswordProvider {
     /// Reads after a failed one (the error as the client got it, and its hint).
     failed_reads: ReloadGate,
     last_failure: Mutex<Option<(String, String)>>,
+    /// Successful reads, for `/metrics`.
+    reads: prometheus_client::metrics::counter::Counter,
 }
 
 impl PasswordProvider {
@@ -137,7 +139,14 @@ impl PasswordProvider {
             reloads: ReloadGate::default(),
             failed_reads: ReloadGate::default(),
             last_failure: Mutex::new(None),
+            reads: Default::default(),
         }
+    }
+
+    /// Counts successful reads into `counter` (`/metrics`).
+    pub fn counting_reads(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.reads = counter;
+        self
     }
 
     /// Which flag the password comes from, for log lines and messages.
@@ -192,7 +201,10 @@ impl PasswordProvider {
         let read = self.read().await;
         let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
         match &read {
-            Ok(_) => *last_failure = None,
+            Ok(_) => {
+                self.reads.inc();
+                *last_failure = None;
+            }
             Err(e) => {
                 if last_failure.is_none() {
                     // The interval of failed reads starts with this one.
