@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::auth::password::{PasswordProvider, PasswordSource};
+use crate::auth::password::{PasswordError, PasswordProvider, PasswordSource, Passwords};
 use crate::auth::secrets::SecretsApi;
 use crate::auth::{CredentialSource, CredentialsError, IamAuth};
 use crate::config::{Config, PasswordConfig, ViaConfig};
@@ -33,6 +33,11 @@ pub enum AppError {
     LocalTls(#[from] LocalTlsError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    /// A secret without a configured user could not be read at start to learn its `username`.
+    #[error("cannot learn which database user the password secret is for (--password-user NAME names it without reading the secret at start)")]
+    PasswordUser(#[source] PasswordError),
+    #[error("two passwords for database user \"{0}\": give each user one password source")]
+    TwoPasswordsForUser(String),
 }
 
 /// Where credentials come from: the AWS chain (the product) or fixed ones (tests, demo).
@@ -110,24 +115,29 @@ pub async fn build_context_with(
         ViaConfig::Direct { connect_addr } => Tunnel::Direct(Direct::new(connect_addr.clone(), config.timeouts.keepalive)),
         ViaConfig::Ssm(ssm) => Tunnel::Ssm(ssm_tunnel(config, ssm, &region, &aws, &target_metrics)?),
     };
-    let password = config.password.as_ref().map(|p| {
-        let source = match p {
-            PasswordConfig::File(path) => PasswordSource::File(path.clone()),
-            PasswordConfig::Secret { secret_id, key } => PasswordSource::Secret {
-                api: match &aws {
-                    AwsSource::Sdk(sdk) => SecretsApi::from_sdk_config(sdk, &region),
-                    AwsSource::Fixed(setup) => SecretsApi::with_credentials(
-                        setup.credentials.clone(),
-                        &region,
-                        setup.secrets_endpoint.as_deref(),
-                    ),
+    let passwords = config
+        .passwords
+        .iter()
+        .map(|p| {
+            let source = match &p.source {
+                PasswordConfig::File(path) => PasswordSource::File(path.clone()),
+                PasswordConfig::Secret { secret_id, key } => PasswordSource::Secret {
+                    api: match &aws {
+                        AwsSource::Sdk(sdk) => SecretsApi::from_sdk_config(sdk, &region),
+                        AwsSource::Fixed(setup) => SecretsApi::with_credentials(
+                            setup.credentials.clone(),
+                            &region,
+                            setup.secrets_endpoint.as_deref(),
+                        ),
+                    },
+                    secret_id: secret_id.clone(),
+                    key: key.clone(),
                 },
-                secret_id: secret_id.clone(),
-                key: key.clone(),
-            },
-        };
-        Arc::new(PasswordProvider::new(source))
-    });
+            };
+            Arc::new(PasswordProvider::new(source, p.user.clone()).counting_reads(target_metrics.password_reads.clone()))
+        })
+        .collect();
+    let passwords = password_users(Passwords::new(passwords)).await?;
     let mut auth = IamAuth::new(source).with_metrics(target_metrics.auth.clone());
     // The principal ARN for audit lines; fixed credentials without an STS endpoint (tests)
     // never ask the real STS.
@@ -156,7 +166,8 @@ pub async fn build_context_with(
         tunnel,
         tls,
         auth: Arc::new(auth),
-        password,
+        passwords,
+        iam_reloads: Arc::default(),
         db_user: config.db_user.clone(),
         timeouts: config.timeouts,
         dbi_resource_id: config.dbi_resource_id.clone(),
@@ -165,6 +176,19 @@ pub async fn build_context_with(
         profile: config.profile.clone(),
         server: crate::upstream::ServerKnowledge::new(config.direct_tls),
     }))
+}
+
+/// Learns the user of each secret configured without one (its `username`, read now, so a secret
+/// that names nobody stops the start), and checks that no user has two password sources.
+async fn password_users(passwords: Passwords) -> Result<Passwords, AppError> {
+    for p in passwords.iter().filter(|p| p.user().is_none()) {
+        p.get().await.map_err(AppError::PasswordUser)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = passwords.iter().filter_map(|p| p.user()).find(|u| !seen.insert(u.clone())) {
+        return Err(AppError::TwoPasswordsForUser(twice));
+    }
+    Ok(passwords)
 }
 
 /// The upstream TLS config, with one line saying which roots verify this endpoint name.

@@ -35,10 +35,9 @@ Examples:
   rds-auth-proxy --connect-addr 127.0.0.1:15432 \\
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
-  # A password (SCRAM) user whose password RDS keeps in
-  # Secrets Manager:
-  rds-auth-proxy --db-user app \\
-      --password-secret 'rds!db-0123abcd-…' \\
+  # The master user, whose password RDS keeps in Secrets
+  # Manager (its username field says whose); IAM users too:
+  rds-auth-proxy --password-secret 'rds!db-0123abcd-…' \\
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
 
   # No AWS at hand? Simulated SSM and RDS, and a
@@ -354,7 +353,8 @@ pub struct ProxyArgs {
 
     /// For a password (SCRAM/MD5) database user: read its password from this AWS Secrets Manager
     /// secret (name or ARN), with your AWS credentials. Kept in memory only, read again when a
-    /// login fails (rotation). Without a password flag, users are IAM users.
+    /// login fails (rotation; at most every 30 s). Only its user gets it (--password-user);
+    /// other users are IAM users.
     #[arg(long, value_name = "ARN_OR_NAME", env = "RDS_AUTH_PROXY_PASSWORD_SECRET")]
     pub password_secret: Option<String>,
 
@@ -368,6 +368,16 @@ pub struct ProxyArgs {
     /// alone on one line; the file must be readable by its owner only, chmod 600).
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+
+    /// The database user whose logins get the password of --password-file or --password-secret;
+    /// every other user keeps IAM tokens. Default: the secret's "username" (RDS's managed
+    /// secret has one), else --db-user.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_PASSWORD_USER")]
+    pub password_user: Option<String>,
+
+    /// The config file's `[[target.password]]` tables: more password users of this target.
+    #[arg(skip)]
+    pub password_tables: Vec<crate::config::PasswordUser>,
 
     /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle, for every
     /// endpoint except RDS Proxy endpoints (see --proxy-ca-bundle). Repeatable.

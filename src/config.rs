@@ -65,6 +65,14 @@ pub enum PasswordConfig {
     Secret { secret_id: String, key: String },
 }
 
+/// One database user's password source: only that user's logins get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordUser {
+    /// The database user; `None`: the secret's `username` says (learned at start).
+    pub user: Option<String>,
+    pub source: PasswordConfig,
+}
+
 /// `--password-secret-key` when not given: the key of RDS's managed master user secret.
 pub const DEFAULT_SECRET_KEY: &str = "password";
 
@@ -94,8 +102,9 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// `--exit-zero-on-sigterm`: exit 0, not 143, after a SIGTERM drain (process-wide).
     pub exit_zero_on_sigterm: bool,
-    /// `None`: IAM users (tokens); otherwise the password of a password user.
-    pub password: Option<PasswordConfig>,
+    /// Password users, each with where its password comes from; every other user is an IAM
+    /// user (tokens).
+    pub passwords: Vec<PasswordUser>,
     /// The instance's DbiResourceId when `--db-instance` looked it up: named in the
     /// `rds-db:connect` ARN of the hint when RDS refuses a token.
     pub dbi_resource_id: Option<String>,
@@ -154,6 +163,14 @@ pub enum ConfigError {
     EmptyPasswordSecret,
     #[error("--password-file: {0}")]
     BadPasswordFile(String),
+    #[error("--password-file: which database user is the password for? Add --password-user NAME (only that user's logins get it; others keep IAM tokens)")]
+    NoPasswordUser,
+    #[error("--password-user only applies with --password-file or --password-secret")]
+    PasswordUserWithoutPassword,
+    #[error("--password-user must not be empty")]
+    EmptyPasswordUser,
+    #[error("two passwords for database user \"{0}\": give each user one password source")]
+    TwoPasswordsForUser(String),
     #[error("--allow-remote needs --client-password-file FILE, or --client-ca-file FILE with --local-tls: without one anyone who can reach the port would log in as your AWS identity. Either put a password alone on one line in a file only you can read (chmod 600), which clients on other hosts give (PGPASSWORD); or give the CA that issues your users' client certificates (CN = their database user name), which they present with sslcert/sslkey. Clients on this host still need neither")]
     RemoteWithoutClientPassword,
     #[error("--client-ca-file needs --local-tls: client certificates are presented in the TLS handshake")]
@@ -223,7 +240,7 @@ impl Config {
         if args.db_user.as_deref() == Some("") {
             return Err(ConfigError::EmptyDbUser);
         }
-        let password = password_config(args)?;
+        let passwords = password_users(args)?;
         let local_tls = local_tls_config(args)?;
         let (client_password_file, client_ca_file) = client_auth_config(args, local_tls.is_some())?;
         let region = args.region.clone().or_else(|| infer_region(&endpoint));
@@ -244,7 +261,7 @@ impl Config {
             proxy_ca_bundles: args.proxy_ca_bundle.clone(),
             timeouts: Timeouts::default(),
             dbi_resource_id: None,
-            password,
+            passwords,
             local_tls,
             http: http_address(args),
             exit_zero_on_sigterm: args.exit_zero_on_sigterm,
@@ -334,6 +351,32 @@ fn password_config(args: &ProxyArgs) -> Result<Option<PasswordConfig>, ConfigErr
         (None, None) if args.password_secret_key.is_some() => Err(ConfigError::SecretKeyWithoutSecret),
         (None, None) => Ok(None),
     }
+}
+
+/// The flags' password source, for `--password-user`, else `--db-user`, else (a secret) the
+/// secret's `username`; then the config file's `[[target.password]]` tables. One source per user.
+fn password_users(args: &ProxyArgs) -> Result<Vec<PasswordUser>, ConfigError> {
+    if args.password_user.as_deref() == Some("") {
+        return Err(ConfigError::EmptyPasswordUser);
+    }
+    let mut users = Vec::new();
+    match password_config(args)? {
+        Some(source) => {
+            let user = args.password_user.clone().or_else(|| args.db_user.clone());
+            if user.is_none() && matches!(source, PasswordConfig::File(_)) {
+                return Err(ConfigError::NoPasswordUser);
+            }
+            users.push(PasswordUser { user, source });
+        }
+        None if args.password_user.is_some() => return Err(ConfigError::PasswordUserWithoutPassword),
+        None => {}
+    }
+    users.extend(args.password_tables.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = users.iter().filter_map(|u| u.user.as_ref()).find(|u| !seen.insert(*u)) {
+        return Err(ConfigError::TwoPasswordsForUser(twice.clone()));
+    }
+    Ok(users)
 }
 
 /// A shared listener (`--allow-remote`) always has a client credential: a client password, or
@@ -608,18 +651,27 @@ mod tests {
         let with = |extra: &[&str]| {
             let mut v = t.to_vec();
             v.extend_from_slice(extra);
-            Config::from_args(&args(&v)).map(|c| c.password)
+            Config::from_args(&args(&v)).map(|c| c.passwords)
         };
-        assert_eq!(with(&[]), Ok(None));
-        assert_eq!(with(&["--password-file", good]), Ok(Some(PasswordConfig::File(good.into()))));
+        let one = |user: Option<&str>, source: PasswordConfig| Ok(vec![PasswordUser { user: user.map(str::to_owned), source }]);
+        let file = || PasswordConfig::File(good.into());
+        assert_eq!(with(&[]), Ok(vec![]));
+        // A file names no user: --password-user, else --db-user; neither is a start error.
+        assert_eq!(with(&["--password-file", good]), Err(ConfigError::NoPasswordUser));
+        assert_eq!(with(&["--password-file", good, "--password-user", "app"]), one(Some("app"), file()));
+        assert_eq!(with(&["--password-file", good, "--db-user", "pinned"]), one(Some("pinned"), file()));
+        assert_eq!(with(&["--password-file", good, "--db-user", "pinned", "--password-user", "app"]), one(Some("app"), file()));
+        // A secret may name its user itself (RDS's managed secret does): learned at start.
         assert_eq!(
             with(&["--password-secret", "rds!db-123"]),
-            Ok(Some(PasswordConfig::Secret { secret_id: "rds!db-123".into(), key: "password".into() }))
+            one(None, PasswordConfig::Secret { secret_id: "rds!db-123".into(), key: "password".into() })
         );
         assert_eq!(
-            with(&["--password-secret", "arn:aws:secretsmanager:eu-west-1:1:secret:x", "--password-secret-key", "pw"]),
-            Ok(Some(PasswordConfig::Secret { secret_id: "arn:aws:secretsmanager:eu-west-1:1:secret:x".into(), key: "pw".into() }))
+            with(&["--password-secret", "arn:aws:secretsmanager:eu-west-1:1:secret:x", "--password-secret-key", "pw", "--password-user", "app"]),
+            one(Some("app"), PasswordConfig::Secret { secret_id: "arn:aws:secretsmanager:eu-west-1:1:secret:x".into(), key: "pw".into() })
         );
+        assert_eq!(with(&["--password-user", "app"]), Err(ConfigError::PasswordUserWithoutPassword));
+        assert_eq!(with(&["--password-file", good, "--password-user", ""]), Err(ConfigError::EmptyPasswordUser));
         assert_eq!(with(&["--password-file", good, "--password-secret", "s"]), Err(ConfigError::TwoPasswordSources));
         assert_eq!(with(&["--password-secret-key", "k"]), Err(ConfigError::SecretKeyWithoutSecret));
         assert_eq!(with(&["--password-file", good, "--password-secret-key", "k"]), Err(ConfigError::SecretKeyWithoutSecret));

@@ -134,7 +134,7 @@ pub fn plan_from_text(path: &Path, text: &str, cli: &CliLayer) -> Result<Plan, C
     let mut log = None;
     for table in selected {
         let resolved = resolve(keys, cli, table, &file.top, flags_win, target_was_name);
-        let parsed = parse_resolved(&resolved.argv).map_err(|e| match table {
+        let mut parsed = parse_resolved(&resolved.argv).map_err(|e| match table {
             Some(t) => ConfigFileError::At {
                 path: path.to_owned(),
                 line: t.line,
@@ -143,6 +143,7 @@ pub fn plan_from_text(path: &Path, text: &str, cli: &CliLayer) -> Result<Plan, C
             None => ConfigFileError::Flags(format!("{}: {e}", path.display())),
         })?;
         log.get_or_insert(parsed.log);
+        parsed.proxy.password_tables = password_tables(table);
         if crate::lookup::needs_lookup(&parsed.proxy) {
             let name = table.and_then(|t| t.name.as_ref()).map(|(n, _)| n.clone());
             pending.push(Pending { name, args: parsed.proxy });
@@ -223,7 +224,9 @@ pub fn one_target(
         },
         None => ConfigFileError::Flags(format!("{}: {e}", path.display())),
     })?;
-    Ok((parsed.proxy, table.and_then(|t| t.name.as_ref()).map(|(n, _)| n.clone())))
+    let mut proxy = parsed.proxy;
+    proxy.password_tables = password_tables(table);
+    Ok((proxy, table.and_then(|t| t.name.as_ref()).map(|(n, _)| n.clone())))
 }
 
 /// How a flag takes values, which decides what a key accepts.
@@ -362,6 +365,8 @@ struct Layer {
     name: Option<(String, usize)>,
     /// The table's first line.
     line: usize,
+    /// `[[target.password]]`: password users of the target, each with its table's line.
+    passwords: Vec<(crate::config::PasswordUser, usize)>,
 }
 
 #[derive(Debug)]
@@ -464,6 +469,28 @@ fn add_value(
 ) -> Result<(), ConfigFileError> {
     let line = line_of(text, key_offset);
     let bad = |message: String| at(key_offset, format!("key {name:?}: {message}"));
+    if name == "password" {
+        if !in_target {
+            return Err(bad("password users belong to a target: [[target.password]] tables after its [[target]]".to_owned()));
+        }
+        let tables = value
+            .get_ref()
+            .as_array()
+            .filter(|a| a.iter().all(|t| t.get_ref().is_table()))
+            .ok_or_else(|| bad("expected [[target.password]] tables with `user` and `secret` or `file`".to_owned()))?;
+        for table in tables.iter() {
+            let Some(t) = table.get_ref().as_table() else { continue };
+            let entry = password_table(t, line_of(text, table.span().start), at)?;
+            if let Some((_, first)) = layer.passwords.iter().find(|(p, _)| p.user.is_some() && p.user == entry.0.user) {
+                return Err(at(
+                    table.span().start,
+                    format!("[[target.password]]: a second password for user {:?} (the first is on line {first})", entry.0.user.as_deref().unwrap_or_default()),
+                ));
+            }
+            layer.passwords.push(entry);
+        }
+        return Ok(());
+    }
     if name == "name" {
         if !in_target {
             return Err(bad("`name` belongs in a [[target]] table".to_owned()));
@@ -522,6 +549,63 @@ fn add_value(
     }
     layer.values.insert(key.id.clone(), (given, line));
     Ok(())
+}
+
+/// A target's `[[target.password]]` users, for its [`ProxyArgs::password_tables`].
+fn password_tables(table: Option<&Layer>) -> Vec<crate::config::PasswordUser> {
+    table.map_or_else(Vec::new, |t| t.passwords.iter().map(|(p, _)| p.clone()).collect())
+}
+
+/// One `[[target.password]]` table: `user`, and `secret` (with `secret_key`) or `file`. A file
+/// is checked now (owner-only, one line), as `--password-file` is; a secret may leave `user` out
+/// when its JSON names it (`username`).
+fn password_table(
+    table: &DeTable<'_>,
+    line: usize,
+    at: &dyn Fn(usize, String) -> ConfigFileError,
+) -> Result<(crate::config::PasswordUser, usize), ConfigFileError> {
+    use crate::config::{PasswordConfig, PasswordUser, DEFAULT_SECRET_KEY};
+    let mut values: BTreeMap<&str, (String, usize)> = BTreeMap::new();
+    let mut first_key = usize::MAX;
+    for (key, value) in table.iter() {
+        let name = key.get_ref().as_ref();
+        let offset = key.span().start;
+        first_key = first_key.min(offset);
+        let bad = |message: String| at(offset, format!("[[target.password]] key {name:?}: {message}"));
+        if !["user", "secret", "secret_key", "file"].contains(&name) {
+            return Err(bad("unknown key; a password table has `user`, and `secret` (with `secret_key`) or `file`".to_owned()));
+        }
+        let Some(v) = value.get_ref().as_str().filter(|v| !v.is_empty()) else {
+            return Err(bad(format!("expected a non-empty string, not {}", value.get_ref().type_str())));
+        };
+        values.insert(name, (v.to_owned(), offset));
+    }
+    let user = values.get("user").map(|(u, _)| u.clone());
+    let source = match (values.get("secret"), values.get("file")) {
+        (Some(_), Some((_, offset))) => {
+            return Err(at(*offset, "[[target.password]]: `secret` and `file` exclude each other: choose where the password comes from".to_owned()))
+        }
+        (Some((secret_id, _)), None) => PasswordConfig::Secret {
+            secret_id: secret_id.clone(),
+            key: values.get("secret_key").map_or_else(|| DEFAULT_SECRET_KEY.to_owned(), |(k, _)| k.clone()),
+        },
+        (None, Some((file, offset))) => {
+            if let Some((_, offset)) = values.get("secret_key") {
+                return Err(at(*offset, "[[target.password]] key \"secret_key\": only applies with `secret`".to_owned()));
+            }
+            if user.is_none() {
+                return Err(at(*offset, "[[target.password]]: which database user is the password of `file` for? Add user = \"NAME\"".to_owned()));
+            }
+            crate::auth::password::read_password_file(Path::new(file))
+                .map_err(|e| at(*offset, format!("[[target.password]] key \"file\": {e}")))?;
+            PasswordConfig::File(PathBuf::from(file))
+        }
+        (None, None) => {
+            let offset = if first_key == usize::MAX { 0 } else { first_key };
+            return Err(at(offset, "[[target.password]]: give `secret` (AWS Secrets Manager) or `file`, and `user`".to_owned()))
+        }
+    };
+    Ok((PasswordUser { user, source }, line))
 }
 
 /// A scalar as the text a flag would be given.
@@ -691,7 +775,8 @@ fn error_key(e: &ConfigError) -> Option<&'static str> {
         ConfigError::BadSsmMaxPayload(_) => "ssm_max_payload",
         ConfigError::TwoPasswordSources | ConfigError::EmptyPasswordSecret => "password_secret",
         ConfigError::SecretKeyWithoutSecret => "password_secret_key",
-        ConfigError::BadPasswordFile(_) => "password_file",
+        ConfigError::BadPasswordFile(_) | ConfigError::NoPasswordUser => "password_file",
+        ConfigError::PasswordUserWithoutPassword | ConfigError::EmptyPasswordUser => "password_user",
         ConfigError::ClientCaWithoutLocalTls | ConfigError::ClientCaWithoutRemote | ConfigError::MissingClientCaFile(_) => {
             "client_ca_file"
         }
@@ -896,6 +981,56 @@ endpoint = "prod.abc.eu-west-1.rds.amazonaws.com"
 port = 7002
 db_user = "prod_user"
 "#;
+
+    #[test]
+    fn password_users_per_target() {
+        use crate::config::{PasswordConfig, PasswordUser};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("app.pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pw = pw.display().to_string();
+        let text = format!(
+            "[[target]]\nname = \"db\"\nendpoint = \"db.abc.eu-west-1.rds.amazonaws.com\"\n\n\
+             [[target.password]]\nsecret = \"rds!db-1\"\n\n\
+             [[target.password]]\nuser = \"app\"\nfile = {pw:?}\n\n\
+             [[target.password]]\nuser = \"report\"\nsecret = \"report-pw\"\nsecret_key = \"pw\"\n"
+        );
+        let plan = plan_of(&text, &CliLayer::default()).expect("valid");
+        assert_eq!(
+            plan.targets[0].passwords,
+            vec![
+                PasswordUser { user: None, source: PasswordConfig::Secret { secret_id: "rds!db-1".into(), key: "password".into() } },
+                PasswordUser { user: Some("app".into()), source: PasswordConfig::File(pw.clone().into()) },
+                PasswordUser { user: Some("report".into()), source: PasswordConfig::Secret { secret_id: "report-pw".into(), key: "pw".into() } },
+            ]
+        );
+        // With a flag's password too: one source per user.
+        let cli = flag(&[("password_secret", Origin::Flag, "other"), ("password_user", Origin::Flag, "app")]);
+        let got = err_line(plan_of(&text, &cli));
+        assert!(got.contains("two passwords for database user \"app\": give each user one password source"), "{got}");
+
+        let head = "[[target]]\nname = \"db\"\nendpoint = \"db.abc.eu-west-1.rds.amazonaws.com\"\n[[target.password]]\n";
+        let cases: [(String, &str); 7] = [
+            (format!("{head}user = \"app\"\n"), "test.toml:5: [[target.password]]: give `secret` (AWS Secrets Manager) or `file`, and `user`"),
+            (format!("{head}file = {pw:?}\n"), "test.toml:5: [[target.password]]: which database user is the password of `file` for? Add user = \"NAME\""),
+            (format!("{head}user = \"app\"\nsecret = \"s\"\nfile = {pw:?}\n"), "test.toml:7: [[target.password]]: `secret` and `file` exclude each other"),
+            (format!("{head}user = \"app\"\npasword = \"x\"\n"), "test.toml:6: [[target.password]] key \"pasword\": unknown key"),
+            (format!("{head}user = 5\nsecret = \"s\"\n"), "test.toml:5: [[target.password]] key \"user\": expected a non-empty string, not integer"),
+            (format!("{head}user = \"app\"\nfile = \"/nonexistent/pw\"\n"), "test.toml:6: [[target.password]] key \"file\": cannot read the password file /nonexistent/pw"),
+            (
+                format!("{head}user = \"app\"\nsecret = \"a\"\n[[target.password]]\nuser = \"app\"\nsecret = \"b\"\n"),
+                "a second password for user \"app\" (the first is on line 4)",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = err_line(plan_of(&text, &CliLayer::default()));
+            assert!(got.contains(want), "{text}\n got: {got}\nwant: {want}");
+        }
+        let top = "[[password]]\nuser = \"app\"\nsecret = \"s\"\n";
+        assert!(err_line(plan_of(top, &CliLayer::default())).contains("password users belong to a target"));
+    }
 
     #[test]
     fn two_targets_with_top_level_defaults() {

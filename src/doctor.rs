@@ -353,7 +353,7 @@ pub async fn run(
                 push(&mut report, &mut failed, names[7], None, None);
             }
             Ok(mut up) => {
-                let how = if ctx.password.is_some() { "with the configured password" } else { "with an IAM token" };
+                let how = if ctx.passwords.known(&user).is_some() { "with the configured password" } else { "with an IAM token" };
                 push(&mut report, &mut failed, names[6], Some(t), Some(Ok(format!("{user}@{database} {how}"))));
                 let t = Instant::now();
                 let result = select_one(&mut up.stream).await;

@@ -23,7 +23,8 @@
 //!   remote clients with the client password (server-side SCRAM-SHA-256), nobody else.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
 //! * [`auth`]: credentials, IAM token minting and reuse; passwords (`--password-file`,
-//!   `--password-secret` via Secrets Manager) and the SCRAM mechanism choice and channel binding.
+//!   `--password-secret` via Secrets Manager), each for one database user, and the SCRAM
+//!   mechanism choice and channel binding; at most one reload per interval after refused logins.
 //! * [`tls`]: the upstream rustls config: the embedded RDS CA bundle, or for RDS Proxy endpoint
 //!   names the embedded Amazon Trust Services roots ([`tls::classify_endpoint`]).
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).

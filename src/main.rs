@@ -329,12 +329,17 @@ fn report(result: Result<u8, Box<dyn std::error::Error + Send + Sync>>) -> ExitC
 /// (a port in use, an invalid value) is a configuration error.
 fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     use rds_auth_proxy::app::AppError;
+    use rds_auth_proxy::auth::PasswordError;
     use rds_auth_proxy::listener::ListenError;
     let config_error = e.is::<ListenError>()
         || e.is::<rds_auth_proxy::config::ConfigError>()
         || e.is::<clap::Error>()
         || e.is::<rds_auth_proxy::http::HttpError>()
-        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_) | AppError::LocalTls(_)));
+        || matches!(e.downcast_ref::<AppError>(), Some(AppError::Listen(_) | AppError::NoRegion | AppError::Http(_) | AppError::LocalTls(_)))
+        || matches!(
+            e.downcast_ref::<AppError>(),
+            Some(AppError::TwoPasswordsForUser(_) | AppError::PasswordUser(PasswordError::NoUser { .. } | PasswordError::WrongUser { .. }))
+        );
     if config_error {
         EXIT_CONFIG
     } else {

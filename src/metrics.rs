@@ -76,6 +76,7 @@ struct Families {
     relayed_bytes: Family<DirectionLabels, Counter>,
     iam_tokens: Family<TokenLabels, Counter>,
     credential_refreshes: Family<TargetLabel, Counter>,
+    password_reads: Family<TargetLabel, Counter>,
     ssm_sessions_open: Family<TargetLabel, Gauge>,
     ssm_sessions_started: Family<TargetLabel, Counter>,
     ssm_sessions_resumed: Family<TargetLabel, Counter>,
@@ -121,6 +122,7 @@ impl Metrics {
             relayed_bytes: Family::default(),
             iam_tokens: Family::default(),
             credential_refreshes: Family::default(),
+            password_reads: Family::default(),
             ssm_sessions_open: Family::default(),
             ssm_sessions_started: Family::default(),
             ssm_sessions_resumed: Family::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             "credential_refreshes",
             "AWS credentials loaded from the provider chain (the first load included)",
             f.credential_refreshes.clone(),
+        );
+        registry.register(
+            "password_reads",
+            "Password user passwords read from their file or AWS Secrets Manager secret (the first read included)",
+            f.password_reads.clone(),
         );
         registry.register("ssm_sessions_open", "SSM sessions open now", f.ssm_sessions_open.clone());
         registry.register("ssm_sessions_started", "SSM sessions opened (StartSession and handshake done)", f.ssm_sessions_started.clone());
@@ -242,6 +249,7 @@ impl Metrics {
                 tokens_reused: f.iam_tokens.get_or_create_owned(&tokens("reused")),
                 credential_refreshes: f.credential_refreshes.get_or_create_owned(&label),
             },
+            password_reads: f.password_reads.get_or_create_owned(&label),
             ssm: SsmCounters {
                 started: f.ssm_sessions_started.get_or_create_owned(&label),
                 resumed: f.ssm_sessions_resumed.get_or_create_owned(&label),
@@ -321,6 +329,8 @@ pub struct TargetMetrics {
     pub bytes_to_client: Counter,
     pub connect_seconds: Histogram,
     pub auth: AuthMetrics,
+    /// Reads of password users' passwords (files, Secrets Manager).
+    pub password_reads: Counter,
     pub ssm: SsmCounters,
     pub spares: SpareMetrics,
 }

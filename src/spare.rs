@@ -386,7 +386,7 @@ impl Drop for Lease<'_> {
 /// taken, ages or dies.
 async fn open_and_hold(ctx: Arc<TargetContext>, startup: StartupMessage, _guard: TaskGuard) {
     let started = Instant::now();
-    let token_request = ctx.password.is_none().then(|| ctx.token_request(&startup.user()));
+    let token_request = ctx.passwords.known(&startup.user()).is_none().then(|| ctx.token_request(&startup.user()));
     let valid_before = token_request.as_ref().and_then(|r| ctx.auth.token_valid_until(r));
     let connected = upstream::connect(&ctx, &startup).await;
     let valid_after = token_request.as_ref().and_then(|r| ctx.auth.token_valid_until(r));

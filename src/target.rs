@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{IamAuth, PasswordProvider, TokenRequest};
+use crate::auth::{IamAuth, Passwords, TokenRequest};
 use crate::tunnel::Tunnel;
 
 /// The RDS endpoint as the outside world names it: TLS verifies this name and tokens are signed
@@ -102,9 +102,12 @@ pub struct TargetContext {
     pub tunnel: Tunnel,
     pub tls: Arc<rustls::ClientConfig>,
     pub auth: Arc<IamAuth>,
-    /// `--password-file` / `--password-secret`: the database user is a password user, and every
-    /// password request (cleartext, MD5, SCRAM) is answered with this password. `None`: IAM user.
-    pub password: Option<Arc<PasswordProvider>>,
+    /// `--password-file` / `--password-secret` / `[[target.password]]`: password users, each
+    /// with its own source; their password requests (cleartext, MD5, SCRAM) are answered with
+    /// it. Every other user is an IAM user.
+    pub passwords: Passwords,
+    /// IAM credential reloads after refused logins: at most one per interval for the target.
+    pub iam_reloads: Arc<crate::auth::reload::ReloadGate>,
     /// `--db-user`: log in as this user whatever the client asked for.
     pub db_user: Option<String>,
     /// `--local-tls`: answer a client's SSLRequest with `S` and this TLS; `None`: with `N`.

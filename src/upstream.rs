@@ -191,9 +191,10 @@ impl UserFacing for UpstreamError {
             UpstreamError::NoPassword { user, .. }
             | UpstreamError::IamTokenNotPassword { user, .. } => format!(
                 "For a password user, give rds-auth-proxy its password: --password-secret \
-                 ARN_OR_NAME (AWS Secrets Manager) or --password-file FILE. Or enable IAM login \
-                 for it: as an administrator run GRANT rds_iam TO \"{user}\"; and make sure IAM \
-                 database authentication is enabled on the instance."
+                 ARN_OR_NAME (AWS Secrets Manager) or --password-file FILE, for this user \
+                 (--password-user {user}, or a secret whose username is {user}). Or enable IAM \
+                 login for it: as an administrator run GRANT rds_iam TO \"{user}\"; and make sure \
+                 IAM database authentication is enabled on the instance."
             ),
             UpstreamError::UnsupportedAuth(_) | UpstreamError::UnsupportedSasl(_) => {
                 "rds-auth-proxy answers IAM tokens (cleartext), SCRAM-SHA-256(-PLUS) and MD5; \
@@ -236,8 +237,9 @@ impl UserFacing for UpstreamError {
                 password_from: Some(flag),
                 ..
             } => format!(
-                "The server refused the password from {flag} (read anew for the retry); check \
-                 that it is this database user's current password."
+                "The server refused the password from {flag} (read anew after a refusal, at most \
+                 every {} s); check that it is this database user's current password.",
+                crate::auth::reload::RELOAD_INTERVAL.as_secs()
             ),
             UpstreamError::Rejected { .. } => {
                 "Check that the IAM identity may rds-db:connect as this database user.".into()
@@ -308,6 +310,17 @@ pub async fn connect(
 ) -> Result<Upstream, UpstreamError> {
     match attempt(ctx, startup, false).await {
         Err(e) if e.is_login_failure() => {
+            // At most one reload per interval, for the target's IAM credentials and for each
+            // password source: a client looping on a refused login must not make one AWS call
+            // per attempt. Within the interval the refusal goes to the client at once.
+            let may_reload = match ctx.passwords.known(&startup.user()) {
+                Some(provider) => provider.may_reload(),
+                None => ctx.iam_reloads.may_reload(),
+            };
+            if !may_reload {
+                tracing::debug!(error = e.to_string(), "login refused; credentials were reloaded less than {} s ago, so not again", crate::auth::reload::RELOAD_INTERVAL.as_secs());
+                return Err(e);
+            }
             tracing::info!(error = e.to_string(), "login refused; retrying once with fresh credentials (a new IAM token, or the password read again)");
             attempt(ctx, startup, true).await
         }
@@ -676,9 +689,9 @@ impl Secret {
     }
 }
 
-/// The configured password (re-read when `fresh`), or an IAM token for the user.
+/// The user's configured password (re-read when `fresh`), or an IAM token for the user.
 async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Result<Secret, UpstreamError> {
-    if let Some(provider) = &ctx.password {
+    if let Some(provider) = ctx.passwords.for_user(user).await.map_err(UpstreamError::Password)? {
         let password = if fresh {
             provider.fresh().await
         } else {
@@ -752,7 +765,8 @@ async fn authenticate(
     let mut buf = BytesMut::with_capacity(1024);
     let mut to_client = BytesMut::new();
     let mut exchange: Option<ScramExchange> = None;
-    let password_from = ctx.password.as_ref().map(|p| p.describe());
+    let provider = ctx.passwords.for_user(user).await.map_err(UpstreamError::Password)?;
+    let password_from = provider.map(|p| p.describe());
     let mut authenticated = false;
     // Believed once the login has succeeded (ReadyForQuery).
     let mut server_version: Option<String> = None;
@@ -807,7 +821,7 @@ async fn authenticate(
                         }
                     }
                     AuthRequest::Md5Password(salt) => {
-                        let Some(provider) = &ctx.password else {
+                        let Some(provider) = provider else {
                             return Err(UpstreamError::NoPassword {
                                 user: user.to_owned(),
                                 method: "MD5 password".into(),

@@ -164,6 +164,17 @@ fn a_password_file_others_can_read_is_a_one_line_config_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // A good file that names no user: one line saying what to add.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "--password-file", file.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+    assert!(err.contains("--password-file: which database user is the password for? Add --password-user NAME"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +232,7 @@ fn help_teaches() {
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "--target", "--via", "--connect-addr", "--unix-socket", "RDS_AUTH_PROXY_TARGET", "Examples:", "demo",
-        "--max-connections <N>", "--password-secret", "--password-secret-key", "--password-file",
+        "--max-connections <N>", "--password-secret", "--password-secret-key", "--password-file", "--password-user",
         "RDS_AUTH_PROXY_PASSWORD_SECRET",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");

@@ -49,7 +49,7 @@ async fn scram_user_with_password_file_and_from_secrets_manager() {
     // --password-file, through the RDS front: PostgreSQL's own SCRAM-SHA-256 server.
     let file = password_file(&password);
     let mut args = direct_args(&sim);
-    args.extend(["--password-file".into(), file.path().display().to_string()]);
+    args.extend(["--password-file".into(), file.path().display().to_string(), "--password-user".into(), SIM_PASSWORD_USER.into()]);
     let proxy = start_with(&sim, &args).await;
     assert_eq!(current_user(&proxy, SIM_PASSWORD_USER).await.expect("SCRAM login"), SIM_PASSWORD_USER);
     proxy.stop().await;
@@ -57,7 +57,7 @@ async fn scram_user_with_password_file_and_from_secrets_manager() {
     // A wrong password in the file: PostgreSQL's 28P01 reaches the client as sent.
     let wrong = password_file("not-the-password");
     let mut args = direct_args(&sim);
-    args.extend(["--password-file".into(), wrong.path().display().to_string()]);
+    args.extend(["--password-file".into(), wrong.path().display().to_string(), "--password-user".into(), SIM_PASSWORD_USER.into()]);
     let proxy = start_with(&sim, &args).await;
     let (code, message, _) = db_error(&current_user(&proxy, SIM_PASSWORD_USER).await.unwrap_err());
     assert_eq!(code, "28P01");
@@ -77,9 +77,10 @@ async fn scram_user_with_password_file_and_from_secrets_manager() {
         proxy.stop().await;
     }
 
-    // A secret that does not exist: a clear 28000 naming it, with a hint.
+    // A secret that does not exist, for a named user (so not read at start): a clear 28000
+    // naming it, with a hint.
     let mut args = direct_args(&sim);
-    args.extend(["--password-secret".into(), "no-such-secret".into()]);
+    args.extend(["--password-secret".into(), "no-such-secret".into(), "--password-user".into(), SIM_PASSWORD_USER.into()]);
     let proxy = start_with(&sim, &args).await;
     let (code, message, hint) = db_error(&current_user(&proxy, SIM_PASSWORD_USER).await.unwrap_err());
     assert_eq!(code, "28000");
@@ -121,7 +122,7 @@ async fn channel_binding_against_postgresql_serving_tls() {
     // offers SCRAM-SHA-256-PLUS: PostgreSQL checks our tls-server-end-point binding itself.
     let mut args = direct_args(&sim);
     replace_arg(&mut args, "--connect-addr", &sim.postgres.addr().to_string());
-    args.extend(["--password-file".into(), file.path().display().to_string()]);
+    args.extend(["--password-file".into(), file.path().display().to_string(), "--password-user".into(), SIM_PASSWORD_USER.into()]);
     let proxy = start_with(&sim, &args).await;
     let client = connect(&proxy, SIM_PASSWORD_USER).await.expect("SCRAM-SHA-256-PLUS login");
     let row = client
@@ -253,7 +254,7 @@ async fn a_server_that_cannot_prove_the_password_is_refused() {
         let (addr, leaf, server) = scripted_server(&sim, script).await;
         let mut args = direct_args(&sim);
         replace_arg(&mut args, "--connect-addr", &addr.to_string());
-        args.extend(["--password-file".into(), file.path().display().to_string()]);
+        args.extend(["--password-file".into(), file.path().display().to_string(), "--password-user".into(), "app".into()]);
         let proxy = start_with(&sim, &args).await;
         let err = connect(&proxy, "app").await.expect_err("refused before AuthenticationOk");
         let (code, message, hint) = db_error(&err);
@@ -309,7 +310,7 @@ async fn md5_is_answered_when_a_password_is_known_and_refused_clearly_otherwise(
     let (addr, server) = md5_server(&sim, salt).await;
     let mut args = direct_args(&sim);
     replace_arg(&mut args, "--connect-addr", &addr.to_string());
-    args.extend(["--password-file".into(), file.path().display().to_string()]);
+    args.extend(["--password-file".into(), file.path().display().to_string(), "--password-user".into(), "app".into()]);
     let proxy = start_with(&sim, &args).await;
     let client = connect(&proxy, "app").await.expect("MD5 login");
     drop(client);

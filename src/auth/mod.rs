@@ -6,6 +6,7 @@ pub mod cache;
 pub mod credentials;
 pub mod identity;
 pub mod password;
+pub mod reload;
 pub mod scram;
 pub mod secrets;
 pub mod token;
@@ -13,7 +14,7 @@ pub mod token;
 use std::time::SystemTime;
 
 pub use credentials::{CredentialSource, CredentialsError};
-pub use password::{Password, PasswordError, PasswordProvider, PasswordSource};
+pub use password::{Password, PasswordError, PasswordProvider, PasswordSource, Passwords};
 pub use token::{Token, TokenError, TokenRequest};
 
 /// Everything needed to answer an upstream password request with an IAM token.

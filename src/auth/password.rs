@@ -1,11 +1,13 @@
 //! Database passwords for password (SCRAM/MD5) users: where they come from (`--password-file`,
-//! `--password-secret` in AWS Secrets Manager), a memory-only cache, and the [`Password`] newtype
-//! that never prints its contents.
+//! `--password-secret` in AWS Secrets Manager, `[[target.password]]`), the one database user each
+//! belongs to ([`Passwords`]), a memory-only cache, and the [`Password`] newtype that never prints
+//! its contents.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::reload::ReloadGate;
 use super::secrets::{SecretsApi, SecretsError};
 
 /// A database password. `Debug`/`Display` print `<redacted>`; only [`Password::expose`] gives
@@ -57,6 +59,17 @@ pub enum PasswordError {
         #[source]
         source: SecretsError,
     },
+    #[error("the secret {secret_id} has no \"username\" field, so it does not say which database user its password is for: add --password-user NAME")]
+    NoUser { secret_id: String },
+    #[error("the secret {secret_id} is the password of database user \"{secret_user}\", not of \"{user}\" (--password-user, --db-user or `user`)")]
+    WrongUser {
+        secret_id: String,
+        secret_user: String,
+        user: String,
+    },
+    /// The last read failed less than an interval ago: its error again, without a new read.
+    #[error("{message} (not read again for up to {} s)", super::reload::RELOAD_INTERVAL.as_secs())]
+    Recent { message: String, hint: String },
 }
 
 impl PasswordError {
@@ -74,6 +87,13 @@ impl PasswordError {
                 format!("Run: chmod 600 {}", path.display())
             }
             PasswordError::Secret { source, .. } => source.hint(),
+            PasswordError::Recent { hint, .. } => hint.clone(),
+            PasswordError::NoUser { .. } | PasswordError::WrongUser { .. } => {
+                "Name the database user the password is for: --password-user NAME (config: \
+                 password_user, or `user` in [[target.password]]), matching the secret's \
+                 \"username\" when it has one."
+                    .into()
+            }
         }
     }
 }
@@ -92,19 +112,41 @@ pub enum PasswordSource {
 }
 
 /// A password source with its in-memory cache: read once, re-read only when a login with it
-/// failed (the password may have been rotated).
+/// failed (the password may have been rotated), and then at most once per interval.
 #[derive(Debug)]
 pub struct PasswordProvider {
     source: PasswordSource,
-    cached: Mutex<Option<Password>>,
+    /// The database user the password is for, as configured (`--password-user`, else
+    /// `--db-user`, or a `[[target.password]]` table's `user`); `None`: the secret's `username`.
+    user: Option<String>,
+    /// The password and the secret's `username`, once read.
+    cached: Mutex<Option<(Password, Option<String>)>>,
+    /// Re-reads after refused logins.
+    reloads: ReloadGate,
+    /// Reads after a failed one (the error as the client got it, and its hint).
+    failed_reads: ReloadGate,
+    last_failure: Mutex<Option<(String, String)>>,
+    /// Successful reads, for `/metrics`.
+    reads: prometheus_client::metrics::counter::Counter,
 }
 
 impl PasswordProvider {
-    pub fn new(source: PasswordSource) -> Self {
+    pub fn new(source: PasswordSource, user: Option<String>) -> Self {
         PasswordProvider {
             source,
+            user,
             cached: Mutex::new(None),
+            reloads: ReloadGate::default(),
+            failed_reads: ReloadGate::default(),
+            last_failure: Mutex::new(None),
+            reads: Default::default(),
         }
+    }
+
+    /// Counts successful reads into `counter` (`/metrics`).
+    pub fn counting_reads(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.reads = counter;
+        self
     }
 
     /// Which flag the password comes from, for log lines and messages.
@@ -115,9 +157,22 @@ impl PasswordProvider {
         }
     }
 
+    /// The database user whose logins get this password: as configured, else the secret's
+    /// `username` once read; `None` before that.
+    pub fn user(&self) -> Option<String> {
+        if let Some(user) = &self.user {
+            return Some(user.clone());
+        }
+        self.cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|(_, user)| user.clone())
+    }
+
     /// The cached password, read from the source the first time.
     pub async fn get(&self) -> Result<Password, PasswordError> {
-        if let Some(p) = self
+        if let Some((p, _)) = self
             .cached
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -125,13 +180,45 @@ impl PasswordProvider {
         {
             return Ok(p);
         }
+        // A broken secret (deleted, access denied) is not asked again on every login.
+        let last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((message, hint)) = last_failure {
+            if !self.failed_reads.may_reload() {
+                return Err(PasswordError::Recent { message, hint });
+            }
+        }
         self.fresh().await
+    }
+
+    /// Whether a refused login may re-read the source now: once per interval, so a client
+    /// looping on a wrong password costs one Secrets Manager call per interval.
+    pub fn may_reload(&self) -> bool {
+        self.reloads.may_reload()
     }
 
     /// Reads the source again and replaces the cached password (after a refused login).
     pub async fn fresh(&self) -> Result<Password, PasswordError> {
-        let password = match &self.source {
-            PasswordSource::File(path) => read_password_file(path)?,
+        let read = self.read().await;
+        let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &read {
+            Ok(_) => {
+                self.reads.inc();
+                *last_failure = None;
+            }
+            Err(e) => {
+                if last_failure.is_none() {
+                    // The interval of failed reads starts with this one.
+                    self.failed_reads.may_reload();
+                }
+                *last_failure = Some((crate::session::display_chain(e), e.hint()));
+            }
+        }
+        read
+    }
+
+    async fn read(&self) -> Result<Password, PasswordError> {
+        let (password, secret_user) = match &self.source {
+            PasswordSource::File(path) => (read_password_file(path)?, None),
             PasswordSource::Secret {
                 api,
                 secret_id,
@@ -143,14 +230,82 @@ impl PasswordProvider {
                         source,
                     }
                 })?;
-                password_from_secret(&text, key).map_err(|source| PasswordError::Secret {
+                let password = password_from_secret(&text, key).map_err(|source| PasswordError::Secret {
                     secret_id: secret_id.clone(),
                     source,
-                })?
+                })?;
+                let secret_user = username_from_secret(&text);
+                match (&self.user, &secret_user) {
+                    (None, None) => {
+                        return Err(PasswordError::NoUser {
+                            secret_id: secret_id.clone(),
+                        })
+                    }
+                    (Some(user), Some(secret_user)) if user != secret_user => {
+                        return Err(PasswordError::WrongUser {
+                            secret_id: secret_id.clone(),
+                            secret_user: secret_user.clone(),
+                            user: user.clone(),
+                        })
+                    }
+                    _ => {}
+                }
+                (password, secret_user)
             }
         };
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(password.clone());
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((password.clone(), secret_user));
         Ok(password)
+    }
+}
+
+/// A target's password sources, each for one database user; every other user is an IAM user.
+#[derive(Debug, Default, Clone)]
+pub struct Passwords(Vec<Arc<PasswordProvider>>);
+
+impl Passwords {
+    pub fn new(providers: Vec<Arc<PasswordProvider>>) -> Self {
+        Passwords(providers)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<PasswordProvider>> {
+        self.0.iter()
+    }
+
+    /// The source of `user`'s password as far as known without reading anything: the
+    /// configured users, and the users of secrets already read.
+    pub fn known(&self, user: &str) -> Option<&Arc<PasswordProvider>> {
+        self.0.iter().find(|p| p.user().as_deref() == Some(user))
+    }
+
+    /// The source of `user`'s password, `None` for an IAM user. A secret whose user is not known
+    /// yet (its read at start failed) is read first: until then nobody can tell.
+    pub async fn for_user(&self, user: &str) -> Result<Option<&Arc<PasswordProvider>>, PasswordError> {
+        if let Some(p) = self.known(user) {
+            return Ok(Some(p));
+        }
+        for p in self.0.iter().filter(|p| p.user().is_none()) {
+            p.get().await?;
+            if p.user().as_deref() == Some(user) {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The `username` of a JSON secret (RDS's managed secret has one): the database user the
+/// password is for.
+pub fn username_from_secret(text: &str) -> Option<String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => match map.get("username") {
+            Some(serde_json::Value::String(u)) if !u.is_empty() => Some(u.clone()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -296,6 +451,10 @@ mod tests {
             password_from_secret(r#"{"password":5}"#, "password"),
             Err(SecretsError::KeyNotAString(_))
         ));
+        assert_eq!(username_from_secret(rds).as_deref(), Some("app"));
+        for no_user in [custom, plain, r#"{"username":"","password":"x"}"#, r#"{"username":7}"#] {
+            assert_eq!(username_from_secret(no_user), None, "{no_user}");
+        }
         assert!(matches!(
             password_from_secret("", "password"),
             Err(SecretsError::Empty)
@@ -305,7 +464,8 @@ mod tests {
     #[tokio::test]
     async fn provider_caches_until_fresh() {
         let f = file_with("one\n", 0o600);
-        let provider = PasswordProvider::new(PasswordSource::File(f.path().to_owned()));
+        let provider = PasswordProvider::new(PasswordSource::File(f.path().to_owned()), Some("app".into()));
+        assert_eq!(provider.user().as_deref(), Some("app"));
         assert_eq!(provider.get().await.unwrap().expose(), "one");
         std::fs::write(f.path(), "two\n").unwrap();
         assert_eq!(provider.get().await.unwrap().expose(), "one", "cached");
