@@ -546,7 +546,7 @@ mod tests {
         };
         assert_eq!(http(&["--http-port", "9100"]).as_deref(), Some("127.0.0.1:9100"));
         assert_eq!(http(&["--http-address", "::1"]).as_deref(), Some("[::1]:9090"));
-        assert_eq!(http(&["--http-address", "0.0.0.0", "--http-port", "0"]).as_deref(), Some("0.0.0.0:0"));
+        assert_eq!(http(&["--http-address", "127.0.0.2", "--http-port", "0"]).as_deref(), Some("127.0.0.2:0"));
     }
 
     #[test]

@@ -206,7 +206,15 @@ async fn http_beyond_loopback_needs_allow_remote_and_readiness_details_stay_loca
         .arg(&file);
     let mut proxy = Running::start(cmd);
 
-    let (status, body) = rds_auth_proxy::http::get(SocketAddr::from(([127, 0, 0, 1], http_port)), "/readiness").await.unwrap();
+    // The ready line comes just before the proxy marks itself started.
+    let started = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = rds_auth_proxy::http::get(SocketAddr::from(([127, 0, 0, 1], http_port)), "/readiness").await.unwrap();
+        if body != "not started\n" || started.elapsed() > Duration::from_secs(30) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("AWS credentials"), "loopback sees the reasons: {body}");
     let out = netns
