@@ -261,6 +261,20 @@ fn allow_remote_without_a_client_password_is_a_one_line_config_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--client-password-file") && err.contains("chmod 600"), "{err}");
+
+    // A good client password, but no TLS for the remote clients: one line saying so.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "-a", "0.0.0.0", "--allow-remote"])
+        .arg("--client-password-file")
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+    assert!(err.contains("--allow-remote needs --local-tls") && err.contains("plaintext"), "{err}");
 }
 
 /// The socket appears at its path with mode 0600 or not at all: a thread stats the path in a
