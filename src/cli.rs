@@ -248,11 +248,17 @@ pub struct ProxyArgs {
     #[arg(short = 'a', long, default_value = "127.0.0.1", env = "RDS_AUTH_PROXY_ADDRESS")]
     pub address: IpAddr,
 
-    /// Accept a non-loopback --address, for clients on other hosts. Needs
-    /// --client-password-file: remote clients log in with that password, as they would log in
-    /// as your IAM identity.
+    /// Accept a non-loopback --address, for clients on other hosts. Needs --local-tls (remote
+    /// clients must use TLS) and --client-password-file or --client-ca-file: remote clients log
+    /// in with that password or a certificate, as they would log in as your IAM identity.
+    /// Makes --max-connections default to 100.
     #[arg(long, env = "RDS_AUTH_PROXY_ALLOW_REMOTE")]
     pub allow_remote: bool,
+
+    /// Let every OS user of this host connect on loopback TCP, as they log in with your AWS
+    /// identity. Without it (Linux) a loopback client must run as the user running the proxy.
+    #[arg(long, env = "RDS_AUTH_PROXY_ALLOW_LOCAL_USERS")]
+    pub allow_local_users: bool,
 
     /// Local TCP port to listen on.
     #[arg(short = 'p', long, default_value_t = 6543, env = "RDS_AUTH_PROXY_PORT")]
@@ -384,9 +390,10 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CA_BUNDLE")]
     pub ca_bundle: Vec<PathBuf>,
 
-    /// Refuse new client connections beyond this many at once (0 = no limit).
-    #[arg(long, value_name = "N", default_value_t = 0, env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
-    pub max_connections: usize,
+    /// Refuse new client connections beyond this many at once (0 = no limit). Default: no limit,
+    /// 100 with --allow-remote.
+    #[arg(long, value_name = "N", env = "RDS_AUTH_PROXY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Keep up to N upstream connections per kind of client opened and logged in ahead of time,
     /// so a new connection of that kind starts at once: no tunnel round trip, no login (worth

@@ -12,6 +12,9 @@ use crate::target::Timeouts;
 /// The default PostgreSQL port of an RDS endpoint.
 pub const DEFAULT_DB_PORT: u16 = 5432;
 
+/// `--max-connections` when not given with `--allow-remote`: a shared listener is bounded.
+pub const DEFAULT_REMOTE_MAX_CONNECTIONS: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
     pub address: SocketAddr,
@@ -23,6 +26,9 @@ pub struct ListenConfig {
     /// `--client-ca-file` (with local TLS): remote clients may log in with a certificate from
     /// this CA whose CN is their user name.
     pub client_ca_file: Option<PathBuf>,
+    /// `--allow-local-users`: loopback TCP clients of any OS user get in, not only the
+    /// proxy's own.
+    pub allow_local_users: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +131,7 @@ pub enum ConfigError {
     MissingTarget,
     #[error("--target {0:?} is not a valid ENDPOINT[:PORT]")]
     BadTarget(String),
-    #[error("--address {0} is not a loopback address; anyone who can reach it would log in as your AWS identity. Add --allow-remote and --client-password-file FILE if that is what you want")]
+    #[error("--address {0} is not a loopback address; anyone who can reach it would log in as your AWS identity. Add --allow-remote, --local-tls and --client-password-file FILE if that is what you want")]
     RemoteAddress(IpAddr),
     #[error("--connect-addr {0:?} must be HOST:PORT")]
     BadConnectAddr(String),
@@ -173,6 +179,10 @@ pub enum ConfigError {
     TwoPasswordsForUser(String),
     #[error("--allow-remote needs --client-password-file FILE, or --client-ca-file FILE with --local-tls: without one anyone who can reach the port would log in as your AWS identity. Either put a password alone on one line in a file only you can read (chmod 600), which clients on other hosts give (PGPASSWORD); or give the CA that issues your users' client certificates (CN = their database user name), which they present with sslcert/sslkey. Clients on this host still need neither")]
     RemoteWithoutClientPassword,
+    #[error("--allow-remote needs --local-tls: clients on other hosts must use TLS, or their session (as your AWS identity) would cross the network in plaintext. Add --local-tls (clients then use sslmode=verify-full with sslrootcert=the local CA, or sslmode=require)")]
+    RemoteWithoutLocalTls,
+    #[error("--http-address {0} is not a loopback address: health checks and metrics would be served to other hosts. Add --allow-remote if that is what you want")]
+    RemoteHttpAddress(IpAddr),
     #[error("--client-ca-file needs --local-tls: client certificates are presented in the TLS handshake")]
     ClientCaWithoutLocalTls,
     #[error("--client-ca-file only applies with --allow-remote (clients on this host never need a certificate)")]
@@ -244,16 +254,23 @@ impl Config {
         let local_tls = local_tls_config(args)?;
         let (client_password_file, client_ca_file) = client_auth_config(args, local_tls.is_some())?;
         let region = args.region.clone().or_else(|| infer_region(&endpoint));
+        let http = http_address(args);
+        if let Some(addr) = http.filter(|a| !a.ip().to_canonical().is_loopback() && !args.allow_remote) {
+            return Err(ConfigError::RemoteHttpAddress(addr.ip()));
+        }
         Ok(Config {
             region,
             profile: args.profile.clone(),
             listen: ListenConfig {
                 address: SocketAddr::new(args.address, args.port),
                 unix_socket_dir: args.unix_socket.clone(),
-                max_connections: args.max_connections,
+                max_connections: args
+                    .max_connections
+                    .unwrap_or(if args.allow_remote { DEFAULT_REMOTE_MAX_CONNECTIONS } else { 0 }),
                 drain_timeout: Duration::from_secs(args.drain_timeout),
                 client_password_file,
                 client_ca_file,
+                allow_local_users: args.allow_local_users,
             },
             via,
             db_user: args.db_user.clone(),
@@ -263,7 +280,7 @@ impl Config {
             dbi_resource_id: None,
             passwords,
             local_tls,
-            http: http_address(args),
+            http,
             exit_zero_on_sigterm: args.exit_zero_on_sigterm,
             direct_tls: args.direct_tls,
             spares: crate::spare::SpareSettings {
@@ -405,6 +422,9 @@ fn client_auth_config(args: &ProxyArgs, local_tls: bool) -> Result<(Option<PathB
         }
         (None, _) => None,
     };
+    if args.allow_remote && !local_tls {
+        return Err(ConfigError::RemoteWithoutLocalTls);
+    }
     Ok((password, args.client_ca_file.clone()))
 }
 
@@ -569,7 +589,7 @@ mod tests {
         };
         assert_eq!(http(&["--http-port", "9100"]).as_deref(), Some("127.0.0.1:9100"));
         assert_eq!(http(&["--http-address", "::1"]).as_deref(), Some("[::1]:9090"));
-        assert_eq!(http(&["--http-address", "0.0.0.0", "--http-port", "0"]).as_deref(), Some("0.0.0.0:0"));
+        assert_eq!(http(&["--http-address", "127.0.0.2", "--http-port", "0"]).as_deref(), Some("127.0.0.2:0"));
     }
 
     #[test]
@@ -700,14 +720,16 @@ mod tests {
             v.extend_from_slice(extra);
             Config::from_args(&args(&v)).map(|c| c.listen.client_password_file)
         };
-        assert_eq!(with(&["--allow-remote", "--client-password-file", good]), Ok(Some(good.into())));
+        let tls = "--local-tls-ca-out=/x/local-ca.pem";
+        assert_eq!(with(&["--allow-remote", "--local-tls", tls, "--client-password-file", good]), Ok(Some(good.into())));
+        assert_eq!(with(&["--allow-remote", "--client-password-file", good]), Err(ConfigError::RemoteWithoutLocalTls));
         assert_eq!(with(&["--allow-remote"]), Err(ConfigError::RemoteWithoutClientPassword));
         assert_eq!(with(&["--client-password-file", good]), Err(ConfigError::RemoteAddress("0.0.0.0".parse().unwrap())));
         assert_eq!(
             Config::from_args(&args(&["--target", "db", "--client-password-file", good])).map(|c| c.listen.client_password_file),
             Err(ConfigError::ClientPasswordWithoutRemote)
         );
-        match with(&["--allow-remote", "--client-password-file", open]) {
+        match with(&["--allow-remote", "--local-tls", tls, "--client-password-file", open]) {
             Err(ConfigError::BadClientPasswordFile(msg)) => assert!(msg.contains("mode 0640") && msg.contains("chmod 600"), "{msg}"),
             other => panic!("{other:?}"),
         }
@@ -782,6 +804,36 @@ mod tests {
             with(&["--local-tls-cert", "/nonexistent.pem", "--local-tls-key", k]),
             Err(ConfigError::MissingLocalTlsFile("/nonexistent.pem".into()))
         );
+    }
+
+    /// Issue 18: a shared listener needs TLS and is bounded by default; the HTTP endpoints go
+    /// beyond loopback only with --allow-remote.
+    #[test]
+    fn remote_rules_table() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "pw\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pw = pw.to_str().unwrap();
+        let remote = ["-a", "0.0.0.0", "--allow-remote", "--local-tls", "--local-tls-ca-out=/x/ca.pem", "--client-password-file", pw];
+        let with = |extra: &[&str]| Config::from_args(&args(&[&["--target", "db"][..], extra].concat()));
+        assert_eq!(with(&remote).unwrap().listen.max_connections, DEFAULT_REMOTE_MAX_CONNECTIONS);
+        assert_eq!(with(&[&remote[..], &["--max-connections", "7"]].concat()).unwrap().listen.max_connections, 7);
+        assert_eq!(with(&[&remote[..], &["--max-connections", "0"]].concat()).unwrap().listen.max_connections, 0, "an explicit 0 is no limit");
+        assert_eq!(with(&[]).unwrap().listen.max_connections, 0, "no limit on loopback");
+        assert!(!with(&[]).unwrap().listen.allow_local_users);
+        assert!(with(&["--allow-local-users"]).unwrap().listen.allow_local_users);
+
+        assert_eq!(
+            with(&["--http-address", "0.0.0.0"]),
+            Err(ConfigError::RemoteHttpAddress("0.0.0.0".parse().unwrap()))
+        );
+        assert!(with(&["--http-address", "::1"]).is_ok());
+        assert_eq!(with(&[&remote[..], &["--http-address", "0.0.0.0"]].concat()).unwrap().http, Some("0.0.0.0:9090".parse().unwrap()));
+        for e in [ConfigError::RemoteWithoutLocalTls, ConfigError::RemoteHttpAddress("0.0.0.0".parse().unwrap())] {
+            assert!(!e.to_string().contains('\n') && e.to_string().contains("--"), "{e}");
+        }
     }
 
     #[test]

@@ -1092,7 +1092,7 @@ db_user = "prod_user"
 
     #[test]
     fn defaults_switches_lists_and_globals() {
-        // A shared listener needs the client password file (owner-only).
+        // A shared listener needs the client password file (owner-only) and local TLS.
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("client.pw");
         std::fs::write(&pw, "secret\n").unwrap();
@@ -1101,8 +1101,9 @@ db_user = "prod_user"
         let text = format!(
             "log_format = \"json\"\nquiet = true\ndrain_timeout = 3\nca_bundle = [\"/\", \"/\"]\n\
              [[target]]\nname = \"a\"\nendpoint = \"db.example:6000\"\naddress = \"0.0.0.0\"\nallow_remote = true\n\
-             client_password_file = {:?}\nport = 0\n",
-            pw.display().to_string()
+             client_password_file = {:?}\nport = 0\nlocal_tls = true\nlocal_tls_ca_out = {:?}\n",
+            pw.display().to_string(),
+            dir.path().join("ca.pem").display().to_string()
         );
         let plan = plan_of(&text, &CliLayer::default()).unwrap();
         let t = &plan.targets[0];

@@ -5,7 +5,7 @@
 //! | path | 200 when | else |
 //! |---|---|---|
 //! | `/startup` | every listener is bound and serving | 503 |
-//! | `/readiness` | started, not draining, every target below `--max-connections`, credentials loadable | 503, with the reasons |
+//! | `/readiness` | started, not draining, every target below `--max-connections`, credentials loadable | 503, with the reasons (to loopback clients only) |
 //! | `/liveness` | the process answers | — |
 //! | `/metrics` | always: OpenMetrics text | — |
 
@@ -127,7 +127,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
 /// Serves health checks and metrics until the task is dropped.
 pub async fn serve(listener: TcpListener, ops: Arc<Ops>) {
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP accept failed");
@@ -142,7 +142,7 @@ pub async fn serve(listener: TcpListener, ops: Arc<Ops>) {
                 let ops = ops.clone();
                 // Only the method and path matter; the request itself is not kept across awaits.
                 let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-                async move { Ok::<_, Infallible>(handle(&method, &path, &ops).await) }
+                async move { Ok::<_, Infallible>(handle(&method, &path, &ops, peer).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -163,7 +163,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
-async fn handle(method: &Method, path: &str, ops: &Ops) -> Response<Full<Bytes>> {
+async fn handle(method: &Method, path: &str, ops: &Ops, peer: SocketAddr) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use GET\n".into());
@@ -176,6 +176,11 @@ async fn handle(method: &Method, path: &str, ops: &Ops) -> Response<Full<Bytes>>
             let problems = ops.readiness_problems().await;
             if problems.is_empty() {
                 text(StatusCode::OK, PLAIN, "ok\n".into())
+            } else if !peer.ip().to_canonical().is_loopback() {
+                // The reasons hold credential error chains (profile names, account ids, file
+                // paths): only for this host. Others learn the status and where to look.
+                tracing::debug!(%peer, problems = problems.join("; "), "readiness: not ready (details only on loopback)");
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready (details on the proxy's own host: curl http://127.0.0.1:PORT/readiness)\n".into())
             } else {
                 let mut body = problems.join("\n");
                 body.push('\n');

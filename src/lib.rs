@@ -19,8 +19,9 @@
 //! * [`session`]: the per-connection pipeline; [`upstream`] is its connect side, [`relay`] the
 //!   byte pump after auth, [`cancel`] routes CancelRequests; [`spare`] keeps logged-in upstream
 //!   connections ready (`--spare-connections`) so a matching client skips the connect side.
-//! * [`client_auth`]: who may use a listener — loopback and the owner's Unix socket freely,
-//!   remote clients with the client password (server-side SCRAM-SHA-256), nobody else.
+//! * [`client_auth`]: who may use a listener — the owner's OS user on loopback (checked on Linux)
+//!   and on its Unix socket freely, remote clients over TLS with the client password (server-side
+//!   SCRAM-SHA-256-PLUS) or a client certificate, nobody else.
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses.
 //! * [`auth`]: credentials, IAM token minting and reuse; passwords (`--password-file`,
 //!   `--password-secret` via Secrets Manager), each for one database user, and the SCRAM

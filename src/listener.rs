@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client_auth::{self, Access, Verifier};
+use crate::client_auth::{self, Access, TcpRules};
 use crate::config::ListenConfig;
 use crate::pg::UserFacing;
 use crate::session;
@@ -46,8 +46,9 @@ pub struct Listeners {
     tcp: TcpListener,
     unix: Option<UnixSocket>,
     config: ListenConfig,
-    /// `--client-password-file`'s verifier: what remote TCP clients must prove they know.
-    client_password: Option<Arc<Verifier>>,
+    /// Who may use the TCP listener from where (the client password, client certificates,
+    /// which local users).
+    rules: TcpRules,
 }
 
 impl Listeners {
@@ -69,11 +70,18 @@ impl Listeners {
             )),
             None => None,
         };
+        let rules = TcpRules {
+            password: client_password,
+            certificates: config.client_ca_file.is_some(),
+            any_local_user: config.allow_local_users,
+            own_uid: nix::unistd::geteuid().as_raw(),
+        };
+        rules.log_local_rule(config.address);
         Ok(Listeners {
             tcp,
             unix,
             config: config.clone(),
-            client_password,
+            rules,
         })
     }
 
@@ -102,7 +110,8 @@ impl Listeners {
                         if let Err(e) = ctx.timeouts.keepalive.apply(&stream) {
                             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive on a client connection");
                         }
-                        let access = Access::for_tcp(peer, self.client_password.as_ref(), self.config.client_ca_file.is_some());
+                        let local = stream.local_addr().unwrap_or(self.config.address);
+                        let access = Access::for_tcp(peer, local, &self.rules);
                         spawn_session(&mut sessions, &ctx, &limit, &drain, stream, peer.to_string(), access);
                     }
                     Err(e) => accept_error(e).await,

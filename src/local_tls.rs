@@ -81,6 +81,9 @@ pub struct LocalTls {
     /// Clients are asked for a certificate, verified against `--client-ca-file` (optional, so
     /// clients without one still get TLS and the password path).
     pub client_certificates: bool,
+    /// tls-server-end-point data of the listener's certificate, for SCRAM-SHA-256-PLUS with
+    /// remote clients (`None`: a signature algorithm that cannot be bound).
+    pub server_end_point: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for LocalTls {
@@ -136,6 +139,10 @@ impl LocalTls {
             Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
             None => builder.with_no_client_auth(),
         };
+        let server_end_point = chain
+            .first()
+            .and_then(|leaf| crate::auth::scram::tls_server_end_point(leaf.as_ref()))
+            .map(Arc::from);
         let mut server = builder.with_single_cert(chain, key)?;
         // libpq offers ALPN "postgresql" and accepts a server that picks it; a client offering
         // only other protocols is refused, as PostgreSQL 17+ does.
@@ -144,6 +151,7 @@ impl LocalTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             ca_cert,
             client_certificates: client_ca.is_some(),
+            server_end_point,
         })
     }
 }

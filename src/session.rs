@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
-use crate::client_auth::{Access, ClientCertificate};
+use crate::client_auth::{Access, ClientCertificate, ClientTls};
 use crate::drain::{self, DrainSignal};
 use crate::local_tls::{ClientStream, LocalTls};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
@@ -194,8 +194,11 @@ where
     };
     // The client's own login to the proxy (remote peers on a shared listener) comes first, while
     // the first-packet slot is held: a client that cannot log in never takes a session slot.
-    let certificate = client.peer_certificate().map(|c| ClientCertificate::from_der(c));
-    if Box::pin(access.admit(&mut client, peer, &startup, ctx.timeouts.client_startup, certificate.as_ref()))
+    let tls = client.is_tls().then(|| ClientTls {
+        certificate: client.peer_certificate().map(|c| ClientCertificate::from_der(c)),
+        server_end_point: ctx.local_tls.as_ref().and_then(|t| t.server_end_point.clone()),
+    });
+    if Box::pin(access.admit(&mut client, peer, &startup, ctx.timeouts.client_startup, tls.as_ref()))
         .await
         .is_err()
     {

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::netns::{require_root, Netns};
 use common::*;
 use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
@@ -105,55 +106,6 @@ async fn keepalive_is_on_for_client_and_direct_upstream_sockets() {
     sim.stop().await;
 }
 
-/// A network namespace joined to the host by a veth pair, removed on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    ns_if: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip is installed (iproute2)");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id();
-        let subnet = 16 + id % 200;
-        let ns = Netns {
-            name: format!("rap-ka-{id}"),
-            host_if: format!("rka{}h", id % 100_000),
-            ns_if: format!("rka{}n", id % 100_000),
-            host_ip: format!("10.251.{subnet}.1"),
-            ns_ip: format!("10.251.{subnet}.2"),
-        };
-        ip(&["netns", "add", &ns.name]);
-        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.ns_if]);
-        ip(&["link", "set", &ns.ns_if, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if]);
-        ip(&["link", "set", &ns.host_if, "up"]);
-        ip(&["netns", "exec", &ns.name, "ip", "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns.ns_if]);
-        ip(&["netns", "exec", &ns.name, "ip", "link", "set", &ns.ns_if, "up"]);
-        ns
-    }
-
-    /// The namespace's side stops answering, like a laptop that went to sleep: no FIN, no RST.
-    fn vanish(&self) {
-        ip(&["netns", "exec", &self.name, "ip", "link", "set", &self.ns_if, "down"]);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its veth end, and with it the host's.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).stderr(Stdio::null()).status();
-    }
-}
-
 /// Counts the database sessions of `application_name`.
 async fn sessions_of(observer: &tokio_postgres::Client, app: &str) -> i64 {
     observer
@@ -174,15 +126,15 @@ async fn wait_for_sessions(observer: &tokio_postgres::Client, app: &str, n: i64,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_client_is_dropped_by_keepalive() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED a_vanished_client_is_dropped_by_keepalive: needs root for a network namespace (CI runs as root)");
+    if !require_root("a_vanished_client_is_dropped_by_keepalive") {
         return;
     }
     let netns = Netns::create();
     let sim = start_sim().await;
     // The proxy listens on the host's end of the veth pair; a second one, on loopback with the
     // default keepalive, lets the test watch the database.
-    // A shared listener: the client in the namespace is remote, so it gives the client password.
+    // A shared listener: the client in the namespace is remote, so it comes over TLS (psql's
+    // default sslmode=prefer) and gives the client password.
     let dir = tempfile::tempdir().expect("temp dir");
     let password_file = dir.path().join("client-password");
     std::fs::write(&password_file, "ka-client-pw\n").expect("write");
@@ -190,14 +142,15 @@ async fn a_vanished_client_is_dropped_by_keepalive() {
     let mut args = direct_args(&sim);
     args.extend(["--address".into(), netns.host_ip.clone(), "--allow-remote".into()]);
     args.extend(["--client-password-file".into(), password_file.display().to_string()]);
+    args.extend(["--local-tls".into(), format!("--local-tls-ca-out={}", dir.path().join("ca.pem").display())]);
     let proxy = start_proxy_with_keepalive(&args, &sim, SHORT).await;
     let observer_proxy = start_proxy_with_keepalive(&direct_args(&sim), &sim, TcpKeepalive::default()).await;
     let observer = connect(&observer_proxy, "db_user").await.expect("observer connects");
 
     // psql inside the namespace, connected and idle (waiting on its stdin).
     let app = "vanishing-client";
-    let mut psql = Command::new("ip")
-        .args(["netns", "exec", &netns.name, "psql"])
+    let mut psql = netns
+        .command("psql")
         .arg(format!(
             "host={} port={} user=db_user dbname=postgres application_name={app} connect_timeout=20",
             netns.host_ip,

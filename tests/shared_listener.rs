@@ -1,11 +1,14 @@
-//! Who can use the listener (issue 7): remote clients of a shared listener log in with the
-//! client password (real psql, SCRAM-SHA-256), loopback stays password-less; the Unix socket is
-//! never reachable with a mode wider than 0600 and refuses other users; and no client-supplied
-//! string can forge a line of the text log.
+//! Who can use the listener (issues 7 and 18): remote clients of a shared listener — psql in a
+//! network namespace, a real remote peer — come over TLS and log in with the client password
+//! (SCRAM-SHA-256-PLUS, bound to the listener's certificate) or a client certificate; loopback
+//! stays password-less for the proxy's own OS user and refuses other users (unless
+//! --allow-local-users); the Unix socket is never reachable with a mode wider than 0600 and
+//! refuses other users; the HTTP endpoints keep their details to this host; and no
+//! client-supplied string can forge a line of the text log.
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::*;
+use common::netns::{require_root, Netns};
 use common::*;
 use rds_auth_proxy::config::ListenConfig;
 use rds_auth_proxy::listener::Listeners;
@@ -28,20 +32,19 @@ fn password_file(dir: &std::path::Path, password: &str) -> std::path::PathBuf {
     file
 }
 
-/// An IPv4 address of this host that is not loopback: connections to it are routed locally,
-/// but the proxy sees a non-loopback peer address.
-fn non_loopback_address() -> Option<IpAddr> {
-    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
-        .filter_map(|cidr| cidr.split('/').next()?.parse::<IpAddr>().ok())
-        .find(|ip| !ip.is_loopback())
+fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> std::process::Output {
+    psql_with(psql_command(&[]), conninfo, password, sql)
 }
 
-fn psql(conninfo: &str, password: Option<&str>, sql: &str) -> std::process::Output {
-    let mut cmd = psql_command(&["-X", "-w", "-tA", "-c", sql, conninfo]);
-    cmd.env("PGPASSFILE", "/nonexistent");
+/// psql run inside `netns`: a client on another host, as the proxy sees it.
+fn psql_in(netns: &Netns, conninfo: &str, password: Option<&str>, sql: &str) -> std::process::Output {
+    let mut cmd = netns.command("psql");
+    cmd.env_remove("PGPASSWORD").env("PGCONNECT_TIMEOUT", "20").stdin(Stdio::null());
+    psql_with(cmd, conninfo, password, sql)
+}
+
+fn psql_with(mut cmd: Command, conninfo: &str, password: Option<&str>, sql: &str) -> std::process::Output {
+    cmd.args(["-X", "-w", "-tA", "-c", sql, conninfo]).env("PGPASSFILE", "/nonexistent");
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
@@ -55,62 +58,178 @@ fn proxy_command(sim: &Simulator) -> Command {
     cmd
 }
 
+/// A shared listener (`--allow-remote --local-tls --client-password-file`) seen from psql in
+/// a network namespace: plaintext is refused (28000) before any password is asked for; over
+/// TLS the client password is needed, and libpq binds the SCRAM exchange to the listener's
+/// certificate (`channel_binding=require` passes only with SCRAM-SHA-256-PLUS); loopback
+/// needs neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_psql_needs_the_client_password_and_loopback_does_not() {
-    let Some(host_ip) = non_loopback_address() else {
-        eprintln!("SKIPPED remote_psql_needs_the_client_password_and_loopback_does_not: this host has no non-loopback IPv4 address");
+async fn remote_psql_needs_tls_and_the_client_password_and_loopback_does_not() {
+    if !require_root("remote_psql_needs_tls_and_the_client_password_and_loopback_does_not") {
         return;
-    };
+    }
+    let netns = Netns::create();
     let sim = start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let file = password_file(dir.path(), CLIENT_PASSWORD);
+    let local_ca = dir.path().join("local-ca.pem");
     let mut cmd = proxy_command(&sim);
-    cmd.args(["--address", "0.0.0.0", "--allow-remote"])
+    cmd.args(["--address", "0.0.0.0", "--allow-remote", "--local-tls"])
+        .arg("--local-tls-ca-out")
+        .arg(&local_ca)
         .env("RDS_AUTH_PROXY_CLIENT_PASSWORD_FILE", &file);
     let mut proxy = Running::start(cmd);
     let port = proxy.port;
-    let remote = format!("host={host_ip} port={port} user=db_user dbname=postgres");
+    let host_ip = &netns.host_ip;
+    let tls = format!("sslmode=verify-ca sslrootcert={}", local_ca.display());
+    let remote = |extra: &str| format!("host={host_ip} port={port} user=db_user dbname=postgres {extra}");
     let local = format!("host=127.0.0.1 port={port} user=db_user dbname=postgres");
 
+    // Plaintext from another host: 28000 and a HINT, even with the right password.
+    let out = psql_in(&netns, &remote("sslmode=disable"), Some(CLIENT_PASSWORD), "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connections from other hosts must use TLS"), "{err}");
+    assert!(err.contains("HINT:") && err.contains("sslmode=require"), "{err}");
+
     // No password: psql is asked for one (AuthenticationSASL) and has none.
-    let out = psql(&remote, None, "SELECT current_user");
+    let out = psql_in(&netns, &remote(&tls), None, "SELECT current_user");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no password supplied"), "{err}");
 
     // A wrong one: 28P01 with the proxy's message and a HINT saying which password.
-    let out = psql(&remote, Some("the database password, perhaps"), "SELECT current_user");
+    let out = psql_in(&netns, &remote(&tls), Some("the database password, perhaps"), "SELECT current_user");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("password authentication failed: wrong client password"), "{err}");
     assert!(err.contains("HINT:") && err.contains("--client-password-file"), "{err}");
 
-    // The right one: SCRAM with the proxy, then the IAM login upstream as usual.
-    let out = psql(&remote, Some(CLIENT_PASSWORD), "SELECT current_user");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+    // The right one, bound to the channel: libpq refuses itself unless the server offered and
+    // completed SCRAM-SHA-256-PLUS. Then the IAM login upstream as usual.
+    for extra in [format!("{tls} channel_binding=require"), "sslmode=require".to_owned()] {
+        let out = psql_in(&netns, &remote(&extra), Some(CLIENT_PASSWORD), "SELECT current_user");
+        assert!(out.status.success(), "{extra}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+    }
 
-    // Loopback: no password, none asked (a PGPASSWORD would go unused).
+    // Loopback: no TLS, no password, none asked (a PGPASSWORD would go unused).
     let out = psql(&local, None, "SELECT 6*7");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 
-    // tokio-postgres (another SCRAM client) from the remote side too.
-    let conn = format!("{remote} password='{CLIENT_PASSWORD}' connect_timeout=20");
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("tokio-postgres logs in");
-    tokio::spawn(connection);
-    let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
-    assert_eq!(user, "db_user");
-    drop(client);
-
     proxy.stop();
     let events = proxy.all_json();
     let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
-    assert_eq!(refused.len(), 1, "the wrong password is logged: {events:?}");
-    assert_eq!(refused[0]["fields"]["sqlstate"], "28P01");
-    assert!(refused[0]["fields"]["peer"].as_str().unwrap().starts_with(&host_ip.to_string()));
+    let states: Vec<&str> = refused.iter().map(|v| v["fields"]["sqlstate"].as_str().unwrap_or("")).collect();
+    assert_eq!(states, ["28000", "28P01"], "plaintext, then the wrong password: {events:?}");
+    assert!(refused.iter().all(|v| v["fields"]["peer"].as_str().unwrap().starts_with(&netns.ns_ip)), "{refused:?}");
     let all = events.iter().map(|v| v.to_string()).collect::<String>();
     assert!(!all.contains(CLIENT_PASSWORD) && !all.contains("the database password"), "no password in the log");
+    sim.stop().await;
+}
+
+/// Loopback TCP is the proxy owner's only (issue 18): psql run as `nobody` over 127.0.0.1 is
+/// refused with 28000 naming both uids and a HINT; the owner gets in; with
+/// --allow-local-users both do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_serves_only_the_proxy_owner_unless_allow_local_users() {
+    if !require_root("loopback_serves_only_the_proxy_owner_unless_allow_local_users") {
+        return;
+    }
+    let sim = start_sim().await;
+    let as_nobody = |port: u16| {
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "psql", "-X", "-w", "-tA", "-c", "SELECT current_user"])
+            .arg(format!("host=127.0.0.1 port={port} user=db_user dbname=postgres"))
+            .env("HOME", "/nonexistent")
+            .env("PGCONNECT_TIMEOUT", "20")
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) is installed")
+    };
+
+    let mut proxy = Running::start(proxy_command(&sim));
+    let port = proxy.port;
+    let out = as_nobody(port);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serves only the OS user running it (uid 0) on loopback"), "{err}");
+    assert!(err.contains("comes from uid 65534") && err.contains("HINT:") && err.contains("--allow-local-users"), "{err}");
+    assert_eq!(psql_select(port, "SELECT current_user"), "db_user", "the owner gets in");
+    proxy.stop();
+    let events = proxy.all_json();
+    let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    assert_eq!(refused[0]["fields"]["sqlstate"], "28000");
+
+    let mut cmd = proxy_command(&sim);
+    cmd.arg("--allow-local-users");
+    let mut proxy = Running::start(cmd);
+    let out = as_nobody(proxy.port);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
+    assert_eq!(psql_select(proxy.port, "SELECT 6*7"), "42");
+    proxy.stop();
+    sim.stop().await;
+}
+
+/// The HTTP endpoints (issue 18): beyond loopback only with --allow-remote (one line at start
+/// otherwise), and /readiness tells its reasons — credential error chains — only to loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_beyond_loopback_needs_allow_remote_and_readiness_details_stay_local() {
+    let out = bare()
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "--http-address", "0.0.0.0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--http-address 0.0.0.0 is not a loopback address") && err.contains("--allow-remote"), "{err}");
+
+    if !require_root("http_beyond_loopback_needs_allow_remote_and_readiness_details_stay_local") {
+        return;
+    }
+    let netns = Netns::create();
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), CLIENT_PASSWORD);
+    let http_port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    // No AWS credentials at all: readiness fails with a credentials chain.
+    let mut cmd = proxy_command(&sim);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["--address", "0.0.0.0", "--allow-remote", "--local-tls", "--http-address", "0.0.0.0"])
+        .arg(format!("--http-port={http_port}"))
+        .arg(format!("--local-tls-ca-out={}", dir.path().join("ca.pem").display()))
+        .arg("--client-password-file")
+        .arg(&file);
+    let mut proxy = Running::start(cmd);
+
+    // The ready line comes just before the proxy marks itself started.
+    let started = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = rds_auth_proxy::http::get(SocketAddr::from(([127, 0, 0, 1], http_port)), "/readiness").await.unwrap();
+        if body != "not started\n" || started.elapsed() > Duration::from_secs(30) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("AWS credentials"), "loopback sees the reasons: {body}");
+    let out = netns
+        .command("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "20"])
+        .arg(format!("http://{}:{http_port}/readiness", netns.host_ip))
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n503"), "{text}");
+    assert!(text.starts_with("not ready") && !text.contains("credentials"), "a remote client sees no reasons: {text}");
+    // /liveness is still there for a remote health check.
+    let out = netns.command("curl").args(["-s", "--max-time", "20"]).arg(format!("http://{}:{http_port}/liveness", netns.host_ip)).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    proxy.stop();
     sim.stop().await;
 }
 
@@ -142,6 +261,20 @@ fn allow_remote_without_a_client_password_is_a_one_line_config_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--client-password-file") && err.contains("chmod 600"), "{err}");
+
+    // A good client password, but no TLS for the remote clients: one line saying so.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--target", "db.x.eu-west-1.rds.amazonaws.com", "-a", "0.0.0.0", "--allow-remote"])
+        .arg("--client-password-file")
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+    assert!(err.contains("--allow-remote needs --local-tls") && err.contains("plaintext"), "{err}");
 }
 
 /// The socket appears at its path with mode 0600 or not at all: a thread stats the path in a
@@ -181,6 +314,7 @@ async fn the_unix_socket_is_never_visible_with_a_wider_mode() {
             drain_timeout: Duration::from_secs(1),
             client_password_file: None,
             client_ca_file: None,
+            allow_local_users: false,
         };
         let Ok(listeners) = Listeners::bind(&config).await else {
             done.store(true, Ordering::Relaxed);
@@ -209,8 +343,7 @@ async fn the_unix_socket_is_never_visible_with_a_wider_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_peer_of_another_user_is_refused() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED a_unix_socket_peer_of_another_user_is_refused: needs root to connect as another user (CI runs as root)");
+    if !require_root("a_unix_socket_peer_of_another_user_is_refused") {
         return;
     }
     let sim = start_sim().await;
@@ -330,14 +463,15 @@ fn client_cert(dir: &std::path::Path, ca: &TestCa, cn: &str, name: &str) -> Stri
 
 /// `--client-ca-file` without a client password: remote psql with a certificate from that CA,
 /// whose CN is the user, is admitted with no password; a certificate of another CA fails the
-/// TLS handshake; the right CA but another CN, or no certificate at all (with or without TLS),
-/// gets 28000 with a HINT; loopback needs nothing, as before.
+/// TLS handshake; the right CA but another CN, no certificate at all, or no TLS, gets 28000 with
+/// a HINT; loopback needs nothing, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_psql_with_a_client_certificate_needs_no_password() {
-    let Some(host_ip) = non_loopback_address() else {
-        eprintln!("SKIPPED remote_psql_with_a_client_certificate_needs_no_password: this host has no non-loopback IPv4 address");
+    if !require_root("remote_psql_with_a_client_certificate_needs_no_password") {
         return;
-    };
+    }
+    let netns = Netns::create();
+    let host_ip = &netns.host_ip;
     let sim = start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = test_ca(dir.path(), "client-ca");
@@ -358,31 +492,34 @@ async fn remote_psql_with_a_client_certificate_needs_no_password() {
     let remote = |extra: &str| format!("host={host_ip} port={port} user=db_user dbname=postgres {extra}");
 
     // The certificate is the credential: no password asked for or given.
-    let out = psql(&remote(&format!("{tls} {good}")), None, "SELECT current_user");
+    let out = psql_in(&netns, &remote(&format!("{tls} {good}")), None, "SELECT current_user");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db_user");
 
     // Another CA's certificate: the proxy's TLS refuses it in the handshake.
-    let out = psql(&remote(&format!("{tls} {foreign}")), None, "SELECT 1");
+    let out = psql_in(&netns, &remote(&format!("{tls} {foreign}")), None, "SELECT 1");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.to_lowercase().contains("ssl") && !err.contains("28000"), "{err}");
 
     // The right CA, another CN: refused as PostgreSQL's clientcert=verify-full would.
-    let out = psql(&remote(&format!("{tls} {someone_else}")), None, "SELECT 1");
+    let out = psql_in(&netns, &remote(&format!("{tls} {someone_else}")), None, "SELECT 1");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(r#"the client certificate's CN "someone_else" is not the user name "db_user""#), "{err}");
     assert!(err.contains("HINT:") && err.contains("clientcert=verify-full"), "{err}");
 
-    // No certificate, over TLS or not, and no password configured: 28000 saying what to do.
-    for extra in [tls.clone(), "sslmode=disable".to_owned()] {
-        let out = psql(&remote(&extra), Some("a password does not help"), "SELECT 1");
-        assert!(!out.status.success(), "{extra}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("need a client certificate issued by this shared rds-auth-proxy's --client-ca-file"), "{extra}: {err}");
-        assert!(err.contains("HINT:") && err.contains("sslcert/sslkey"), "{extra}: {err}");
-    }
+    // No certificate and no password configured: 28000 saying what to do.
+    let out = psql_in(&netns, &remote(&tls), Some("a password does not help"), "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("need a client certificate issued by this shared rds-auth-proxy's --client-ca-file"), "{err}");
+    assert!(err.contains("HINT:") && err.contains("sslcert/sslkey"), "{err}");
+    // Without TLS there is no certificate to give: 28000, use TLS.
+    let out = psql_in(&netns, &remote("sslmode=disable"), Some("a password does not help"), "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connections from other hosts must use TLS") && err.contains("HINT:"), "{err}");
 
     // Loopback: nothing needed, with or without TLS.
     for extra in [format!("sslmode=verify-full sslrootcert={}", local_ca.display()), "sslmode=disable".to_owned()] {
@@ -394,7 +531,7 @@ async fn remote_psql_with_a_client_certificate_needs_no_password() {
     proxy.stop();
     let events = proxy.all_json();
     let refused: Vec<&serde_json::Value> = events.iter().filter(|v| v["fields"]["message"] == "refused a client").collect();
-    assert_eq!(refused.len(), 3, "wrong CN, and no certificate twice: {events:?}");
+    assert_eq!(refused.len(), 3, "wrong CN, no certificate, no TLS: {events:?}");
     assert!(refused.iter().all(|v| v["fields"]["sqlstate"] == "28000"), "{refused:?}");
     assert!(
         events.iter().any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("TLS handshake with a client failed"))),

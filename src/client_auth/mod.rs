@@ -1,13 +1,16 @@
 //! Who may use a listener. Whoever gets through logs in as the proxy's AWS identity, so:
-//! loopback TCP clients and the proxy's own user on the Unix socket need no credential;
-//! remote TCP clients (a shared listener, `--allow-remote`) must first present a client
-//! certificate issued by `--client-ca-file` (over `--local-tls`) whose CN is the user they log
-//! in as, or prove they know the client password (`--client-password-file`) with SCRAM-SHA-256;
-//! a Unix socket peer of another user is refused. The decision ([`Access`]) is made at accept time, from the peer address or
-//! the peer's credentials; it is carried out after the StartupMessage, so the client reads the
-//! refusal as an ordinary ErrorResponse.
+//! the proxy's own OS user needs no credential, on the Unix socket or on loopback TCP (on Linux
+//! the owner of a loopback client's socket is looked up, [`local_user`]; other local users are
+//! refused unless `--allow-local-users`); remote TCP clients (a shared listener, `--allow-remote`)
+//! must come over TLS and first present a client certificate issued by `--client-ca-file` whose
+//! CN is the user they log in as, or prove they know the client password
+//! (`--client-password-file`) with SCRAM-SHA-256(-PLUS, bound to the listener's certificate).
+//! The decision ([`Access`]) is made at accept time, from the peer address or the peer's
+//! credentials; it is carried out after the StartupMessage, so the client reads the refusal as
+//! an ordinary ErrorResponse.
 
 pub mod certificate;
+pub mod local_user;
 pub mod scram;
 
 use std::net::SocketAddr;
@@ -23,7 +26,7 @@ use crate::pg::startup::StartupMessage;
 use crate::pg::{SqlState, UserFacing};
 pub use certificate::ClientCertificate;
 pub use scram::Verifier;
-use scram::ScramError;
+use scram::{Binding, ScramError};
 
 /// Largest SASL message accepted from a client; real SCRAM messages are under 200 bytes.
 const MAX_SASL_MESSAGE: usize = 1024;
@@ -31,7 +34,8 @@ const MAX_SASL_MESSAGE: usize = 1024;
 /// What a connection must do before the proxy logs it in upstream.
 #[derive(Debug)]
 pub enum Access {
-    /// A loopback TCP peer, or the proxy's own user on the Unix socket.
+    /// The proxy's own user on loopback TCP or the Unix socket (any loopback peer with
+    /// `--allow-local-users`, or where the owner cannot be looked up).
     Open,
     /// A remote TCP peer: SCRAM-SHA-256 with the client password first.
     Password(Arc<Verifier>),
@@ -42,22 +46,59 @@ pub enum Access {
     Refused(AccessError),
 }
 
+/// A TCP listener's rules, as [`Access::for_tcp`] applies them to each peer.
+#[derive(Debug, Clone)]
+pub struct TcpRules {
+    /// `--client-password-file`'s verifier: what remote clients may prove they know.
+    pub password: Option<Arc<Verifier>>,
+    /// The listener's TLS verifies client certificates against `--client-ca-file`.
+    pub certificates: bool,
+    /// `--allow-local-users`: every OS user of this host may use loopback, as before issue 18.
+    pub any_local_user: bool,
+    /// The proxy's effective uid: the one local user let in otherwise.
+    pub own_uid: u32,
+}
+
+impl TcpRules {
+    /// Logs, once per listener at start, what loopback clients are held to.
+    pub fn log_local_rule(&self, addr: SocketAddr) {
+        if self.any_local_user {
+            tracing::info!(%addr, "--allow-local-users: every OS user of this host may connect on loopback");
+        } else if !local_user::SUPPORTED {
+            tracing::warn!(%addr, "the OS user of a loopback TCP client cannot be checked on this OS: every local user can connect on loopback (use the Unix socket, --unix-socket, to admit only yours)");
+        } else {
+            tracing::debug!(%addr, uid = self.own_uid, "loopback TCP clients must run as the proxy's own OS user");
+        }
+    }
+}
+
 impl Access {
-    /// The rule for a TCP peer. `certificates`: the listener's TLS verifies client
-    /// certificates against `--client-ca-file`. A non-loopback peer with neither credential
-    /// configured is refused (it can only reach a loopback listener by binding a non-loopback
-    /// source address, but fail closed all the same).
-    pub fn for_tcp(peer: SocketAddr, password: Option<&Arc<Verifier>>, certificates: bool) -> Access {
+    /// The rule for a TCP peer `peer` that reached the listener's address `local`. A
+    /// non-loopback peer with neither credential configured is refused (it can only reach a
+    /// loopback listener by binding a non-loopback source address, but fail closed all the same).
+    pub fn for_tcp(peer: SocketAddr, local: SocketAddr, rules: &TcpRules) -> Access {
         // `::ffff:127.0.0.1` is loopback too when the listener is bound to `::`.
         if peer.ip().to_canonical().is_loopback() {
-            return Access::Open;
+            if rules.any_local_user || !local_user::SUPPORTED {
+                return Access::Open;
+            }
+            return Access::for_local_owner(local_user::owner(peer, local), rules.own_uid);
         }
-        match password {
-            _ if certificates => Access::Certificate {
-                password: password.cloned(),
+        match &rules.password {
+            _ if rules.certificates => Access::Certificate {
+                password: rules.password.clone(),
             },
             Some(verifier) => Access::Password(verifier.clone()),
             None => Access::Refused(AccessError::RemoteWithoutPassword),
+        }
+    }
+
+    /// A loopback TCP peer whose socket is owned by `owner` (as [`local_user::owner`] found it).
+    fn for_local_owner(owner: Result<u32, local_user::LookupError>, own: u32) -> Access {
+        match owner {
+            Ok(uid) if uid == own => Access::Open,
+            Ok(uid) => Access::Refused(AccessError::OtherLocalUser { peer: uid, own }),
+            Err(e) => Access::Refused(AccessError::UnknownLocalUser(e)),
         }
     }
 
@@ -90,28 +131,31 @@ impl Access {
     }
 
     /// Carries the decision out after the client's StartupMessage: `Ok` when the client may
-    /// go on to the upstream login. `certificate`: what the client's TLS handshake proved, if it
-    /// presented a certificate (only ever one that chains to `--client-ca-file`). Refusals are
-    /// logged and sent to the client (ErrorResponse with SQLSTATE and HINT) before `Err` is
-    /// returned; the connection is then done.
+    /// go on to the upstream login. `tls`: what the client's TLS handshake established, `None`
+    /// for a plaintext client (a remote one is then refused). Refusals are logged and sent to
+    /// the client (ErrorResponse with SQLSTATE and HINT) before `Err` is returned; the
+    /// connection is then done.
     pub async fn admit<S>(
         self,
         client: &mut S,
         peer: &str,
         startup: &StartupMessage,
         limit: Duration,
-        certificate: Option<&ClientCertificate>,
+        tls: Option<&ClientTls>,
     ) -> Result<(), AccessError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let result = match self {
-            Access::Open => return Ok(()),
-            Access::Refused(e) => Err(e),
-            Access::Password(verifier) => password_login(client, &verifier, limit).await,
-            Access::Certificate { password: pw } => match (certificate, pw) {
+        let result = match (self, tls) {
+            (Access::Open, _) => return Ok(()),
+            (Access::Refused(e), _) => Err(e),
+            // A remote login over plaintext would run the session, as the proxy's identity, in
+            // the clear across the network.
+            (Access::Password(_) | Access::Certificate { .. }, None) => Err(AccessError::RemoteWithoutTls),
+            (Access::Password(verifier), Some(tls)) => password_login(client, &verifier, limit, tls).await,
+            (Access::Certificate { password: pw }, Some(tls)) => match (&tls.certificate, pw) {
                 (Some(cert), _) => certificate_login(cert, startup),
-                (None, Some(verifier)) => password_login(client, &verifier, limit).await,
+                (None, Some(verifier)) => password_login(client, &verifier, limit, tls).await,
                 (None, None) => Err(AccessError::NoCertificate),
             },
         };
@@ -141,15 +185,27 @@ impl Access {
     }
 }
 
+/// What a client's TLS handshake with the listener established.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// The client's certificate, when it presented one (only ever one that chains to
+    /// `--client-ca-file`: rustls has verified it by then).
+    pub certificate: Option<ClientCertificate>,
+    /// tls-server-end-point data of the listener's certificate: SCRAM-SHA-256-PLUS is offered
+    /// with it. `None` for a certificate whose signature algorithm cannot be bound (Ed25519,
+    /// RSASSA-PSS), as PostgreSQL.
+    pub server_end_point: Option<Arc<[u8]>>,
+}
+
 /// SCRAM with the client password, within `limit`.
-async fn password_login<S>(client: &mut S, verifier: &Verifier, limit: Duration) -> Result<&'static str, AccessError>
+async fn password_login<S>(client: &mut S, verifier: &Verifier, limit: Duration, tls: &ClientTls) -> Result<&'static str, AccessError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(limit, authenticate(client, verifier))
+    tokio::time::timeout(limit, authenticate(client, verifier, tls.server_end_point.as_deref()))
         .await
         .unwrap_or(Err(AccessError::Timeout(limit.as_secs())))
-        .map(|()| "the client password")
+        .map(|bound| if bound { "the client password (SCRAM-SHA-256-PLUS)" } else { "the client password" })
 }
 
 /// PostgreSQL's `clientcert=verify-full`: the certificate's CN must be the user name the client
@@ -172,6 +228,12 @@ pub enum AccessError {
     OtherUser { peer: u32, own: u32 },
     #[error("cannot tell which user connected to the Unix socket")]
     UnknownUser(#[source] std::io::Error),
+    #[error("this rds-auth-proxy serves only the OS user running it (uid {own}) on loopback; the connection comes from uid {peer}")]
+    OtherLocalUser { peer: u32, own: u32 },
+    #[error("cannot tell which OS user opened this loopback connection")]
+    UnknownLocalUser(#[source] local_user::LookupError),
+    #[error("connections from other hosts must use TLS: the client did not ask for it (SSLRequest)")]
+    RemoteWithoutTls,
     #[error("connections from other hosts need the client password, and this proxy has none")]
     RemoteWithoutPassword,
     #[error("connections from other hosts need a client certificate issued by this shared rds-auth-proxy's --client-ca-file")]
@@ -197,6 +259,9 @@ impl UserFacing for AccessError {
         match self {
             AccessError::OtherUser { .. }
             | AccessError::UnknownUser(_)
+            | AccessError::OtherLocalUser { .. }
+            | AccessError::UnknownLocalUser(_)
+            | AccessError::RemoteWithoutTls
             | AccessError::RemoteWithoutPassword
             | AccessError::NoCertificate
             | AccessError::CertificateUser { .. } => SqlState::InvalidAuthorization,
@@ -216,10 +281,22 @@ impl UserFacing for AccessError {
                  connects logs in with its owner's AWS identity."
                     .into()
             }
+            AccessError::OtherLocalUser { .. } | AccessError::UnknownLocalUser(_) => {
+                "Connect as the OS user who started rds-auth-proxy, or start a proxy of your own \
+                 (whoever connects logs in with its owner's AWS identity); to let every user of \
+                 this host in, its owner can start it with --allow-local-users."
+                    .into()
+            }
+            AccessError::RemoteWithoutTls => {
+                "Connect with sslmode=require, or better sslmode=verify-full and sslrootcert set to \
+                 the proxy's local CA (rds-auth-proxy connect-info prints it): clients on other \
+                 hosts must use TLS."
+                    .into()
+            }
             AccessError::RemoteWithoutPassword => {
                 "Connect from the proxy's own host (127.0.0.1 or its Unix socket), or start the proxy \
-                 with --allow-remote and --client-password-file FILE (or --client-ca-file FILE and \
-                 --local-tls)."
+                 with --allow-remote, --local-tls and --client-password-file FILE (or \
+                 --client-ca-file FILE)."
                     .into()
             }
             AccessError::NoCertificate => {
@@ -257,25 +334,33 @@ pub fn load_client_password(path: &Path) -> Result<Verifier, PasswordError> {
 
 /// The SCRAM-SHA-256 exchange, server side: AuthenticationSASL, SASLInitialResponse,
 /// AuthenticationSASLContinue, SASLResponse, AuthenticationSASLFinal. AuthenticationOk is not
-/// ours to send: the upstream's follows once it has logged in.
-async fn authenticate<S>(client: &mut S, verifier: &Verifier) -> Result<(), AccessError>
+/// ours to send: the upstream's follows once it has logged in. `end_point`: the listener's
+/// tls-server-end-point data, when the client is on TLS and the certificate can be bound; then
+/// SCRAM-SHA-256-PLUS is offered first. `Ok(true)`: the client bound the exchange to the TLS
+/// channel.
+async fn authenticate<S>(client: &mut S, verifier: &Verifier, end_point: Option<&[u8]>) -> Result<bool, AccessError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    send(client, &auth_sasl()).await?;
+    send(client, &auth_sasl(end_point.is_some())).await?;
     let body = read_password_message(client).await?;
     let (mechanism, client_first) = parse_initial_response(&body)?;
-    if mechanism != scram::MECHANISM.as_bytes() {
-        return Err(AccessError::Mechanism(String::from_utf8_lossy(mechanism).into_owned()));
-    }
-    let exchange = scram::start(verifier, client_first, &scram::server_nonce()).map_err(AccessError::Scram)?;
+    let binding = match (mechanism, end_point) {
+        (m, Some(data)) if m == scram::MECHANISM_PLUS.as_bytes() => Binding::Selected(data),
+        (m, Some(_)) if m == scram::MECHANISM.as_bytes() => Binding::Offered,
+        (m, None) if m == scram::MECHANISM.as_bytes() => Binding::NotOffered,
+        (m, _) => return Err(AccessError::Mechanism(String::from_utf8_lossy(m).into_owned())),
+    };
+    let bound = matches!(binding, Binding::Selected(_));
+    let exchange = scram::start(verifier, client_first, &scram::server_nonce(), binding).map_err(AccessError::Scram)?;
     send(client, &auth_message(11, exchange.server_first().as_bytes())).await?;
     let client_final = read_password_message(client).await?;
     let server_final = exchange.finish(verifier, &client_final).map_err(|e| match e {
         ScramError::WrongPassword => AccessError::WrongPassword,
         other => AccessError::Scram(other),
     })?;
-    send(client, &auth_message(12, server_final.as_bytes())).await
+    send(client, &auth_message(12, server_final.as_bytes())).await?;
+    Ok(bound)
 }
 
 async fn send<S: AsyncWrite + Unpin>(client: &mut S, message: &[u8]) -> Result<(), AccessError> {
@@ -283,10 +368,14 @@ async fn send<S: AsyncWrite + Unpin>(client: &mut S, message: &[u8]) -> Result<(
     client.flush().await.map_err(AccessError::Gone)
 }
 
-/// AuthenticationSASL offering SCRAM-SHA-256 alone (no -PLUS: channel binding is not implemented, so
-/// a client with `channel_binding=require` is refused by its own library).
-fn auth_sasl() -> BytesMut {
-    let mut list = Vec::with_capacity(scram::MECHANISM.len() + 2);
+/// AuthenticationSASL offering SCRAM-SHA-256, after SCRAM-SHA-256-PLUS when `plus` (a TLS
+/// client and a certificate that can be bound), as PostgreSQL lists them.
+fn auth_sasl(plus: bool) -> BytesMut {
+    let mut list = Vec::with_capacity(scram::MECHANISM_PLUS.len() + scram::MECHANISM.len() + 3);
+    if plus {
+        list.extend_from_slice(scram::MECHANISM_PLUS.as_bytes());
+        list.push(0);
+    }
     list.extend_from_slice(scram::MECHANISM.as_bytes());
     list.extend_from_slice(b"\0\0");
     auth_message(10, &list)
@@ -342,7 +431,11 @@ mod tests {
 
     #[test]
     fn backend_messages_byte_exact() {
-        assert_eq!(&auth_sasl()[..], b"R\x00\x00\x00\x17\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00");
+        assert_eq!(&auth_sasl(false)[..], b"R\x00\x00\x00\x17\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00");
+        assert_eq!(
+            &auth_sasl(true)[..],
+            b"R\x00\x00\x00\x2a\x00\x00\x00\x0aSCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00"
+        );
         assert_eq!(&auth_message(12, b"v=xyz")[..], b"R\x00\x00\x00\x0d\x00\x00\x00\x0cv=xyz");
         assert_eq!(
             parse_initial_response(b"SCRAM-SHA-256\x00\x00\x00\x00\x0bn,,n=,r=abc").unwrap(),
@@ -356,7 +449,14 @@ mod tests {
     #[test]
     fn peer_rules() {
         let v = Arc::new(Verifier::new("pw"));
-        let tcp = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), pw, false);
+        let rules = |password: Option<&Arc<Verifier>>, certificates| TcpRules {
+            password: password.cloned(),
+            certificates,
+            any_local_user: true,
+            own_uid: 0,
+        };
+        let local = "10.0.0.1:6543".parse().unwrap();
+        let tcp = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), local, &rules(pw, false));
         assert!(matches!(tcp("127.0.0.1:5000", Some(&v)), Access::Open));
         assert!(matches!(tcp("127.8.9.1:5000", None), Access::Open));
         assert!(matches!(tcp("[::1]:5000", None), Access::Open));
@@ -366,10 +466,18 @@ mod tests {
         assert!(matches!(tcp("192.0.2.7:5000", None), Access::Refused(AccessError::RemoteWithoutPassword)));
         // With --client-ca-file: loopback stays open; remote peers get the certificate rule,
         // with the password as the other way in when there is one.
-        let certs = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), pw, true);
+        let certs = |a: &str, pw| Access::for_tcp(a.parse().unwrap(), local, &rules(pw, true));
         assert!(matches!(certs("127.0.0.1:5000", None), Access::Open));
         assert!(matches!(certs("192.0.2.7:5000", None), Access::Certificate { password: None }));
         assert!(matches!(certs("192.0.2.7:5000", Some(&v)), Access::Certificate { password: Some(_) }));
+        // Without --allow-local-users, the owner of a loopback client's socket decides.
+        assert!(matches!(Access::for_local_owner(Ok(1000), 1000), Access::Open));
+        assert!(matches!(
+            Access::for_local_owner(Ok(65534), 1000),
+            Access::Refused(AccessError::OtherLocalUser { peer: 65534, own: 1000 })
+        ));
+        let gone = local_user::LookupError::NotFound { peer: "127.0.0.1:1".parse().unwrap(), local };
+        assert!(matches!(Access::for_local_owner(Err(gone), 0), Access::Refused(AccessError::UnknownLocalUser(_))));
         assert!(matches!(Access::for_uid(Ok(1000), 1000), Access::Open));
         assert!(matches!(Access::for_uid(Ok(65534), 1000), Access::Refused(AccessError::OtherUser { peer: 65534, own: 1000 })));
         assert!(matches!(Access::for_uid(Err(std::io::Error::other("x")), 0), Access::Refused(AccessError::UnknownUser(_))));
@@ -421,7 +529,7 @@ mod tests {
             client.read_to_end(&mut seen).await.unwrap();
             seen
         });
-        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), None).await;
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), Some(&ClientTls::default())).await;
         drop(server);
         (result, client_task.await.unwrap())
     }
@@ -438,7 +546,8 @@ mod tests {
     /// What the client reads after [`Access::admit`] with `certificate` and no password exchange.
     async fn admit_with(access: Access, certificate: Option<&ClientCertificate>) -> (Result<(), AccessError>, String) {
         let (mut server, mut client) = tokio::io::duplex(4096);
-        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), certificate).await;
+        let tls = ClientTls { certificate: certificate.cloned(), server_end_point: None };
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), Some(&tls)).await;
         drop(server);
         let mut seen = Vec::new();
         client.read_to_end(&mut seen).await.unwrap();
@@ -494,11 +603,22 @@ mod tests {
         let text = String::from_utf8_lossy(&seen);
         assert!(text.contains("C28000\0") && text.contains("uid 4242"), "{text}");
 
+        // A remote client without TLS: 28000 before any password is asked for.
+        let access = Access::Password(Arc::new(Verifier::new("pw")));
+        let (mut server, mut client) = tokio::io::duplex(4096);
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(5), None).await;
+        assert!(matches!(result, Err(AccessError::RemoteWithoutTls)), "{result:?}");
+        drop(server);
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.starts_with('E') && text.contains("C28000\0") && text.contains("sslmode=require"), "{text}");
+
         // A client that never answers the SASL request is cut off by the limit.
         tokio::time::pause();
         let access = Access::Password(Arc::new(Verifier::new("pw")));
         let (mut server, _silent) = tokio::io::duplex(4096);
-        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(30), None).await;
+        let result = access.admit(&mut server, "test", &startup(), Duration::from_secs(30), Some(&ClientTls::default())).await;
         assert!(matches!(result, Err(AccessError::Timeout(30))), "{result:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! The server side of SCRAM-SHA-256 (RFC 5802, RFC 7677) in PostgreSQL's flavour: the client
 //! sends an empty user name (`n=`; the StartupMessage names the user), no authorization
-//! identity, and a GS2 header of `n,,` or `y,,` — this listener offers no channel binding, as
-//! it has no TLS. Only a [`Verifier`] (salt, StoredKey, ServerKey) is kept, never the password.
+//! identity, and a GS2 header of `n,,`, `y,,` or, over TLS, `p=tls-server-end-point,,`
+//! (SCRAM-SHA-256-PLUS, RFC 5929: the hash of the listener's certificate). Only a [`Verifier`]
+//! (salt, StoredKey, ServerKey) is kept, never the password.
 //!
 //! Written here rather than taken from pgwire: the proxy reads the client's raw startup bytes
 //! itself (`pg::startup`) and relays them, so pgwire's server framework would not fit, and the
@@ -18,8 +19,24 @@ use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The only mechanism offered.
+/// The mechanism every client can use.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// The same, bound to the TLS channel; offered to TLS clients.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The only channel binding type PostgreSQL (and so libpq) knows.
+const CHANNEL_BINDING_TYPE: &str = "tls-server-end-point";
+
+/// What the server offered and the client chose, for the GS2 header rules of RFC 5802 §6.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// No -PLUS offered (no TLS): `n` or `y` are fine.
+    NotOffered,
+    /// -PLUS offered, plain SCRAM-SHA-256 chosen: `n` only; `y` ("I could bind, I think you
+    /// cannot") means someone in between removed -PLUS from the list.
+    Offered,
+    /// -PLUS chosen: `p=tls-server-end-point` with this channel's data.
+    Selected(&'a [u8]),
+}
 /// PostgreSQL's default (`scram_iterations`).
 pub const ITERATIONS: u32 = 4096;
 /// Salt and nonce sizes as PostgreSQL makes them.
@@ -76,6 +93,10 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("the client asked for channel binding (SCRAM-SHA-256-PLUS), which this listener does not offer")]
     ChannelBindingRequested,
+    #[error("the client says it can bind to the channel but saw no SCRAM-SHA-256-PLUS, which was offered: the mechanism list was tampered with")]
+    ChannelBindingDowngrade,
+    #[error("the client chose SCRAM-SHA-256-PLUS without channel binding tls-server-end-point")]
+    ChannelBindingMissing,
     #[error("the client sent an authorization identity, which is not supported")]
     AuthorizationIdentity,
     #[error("the client requires an unsupported SCRAM extension")]
@@ -91,8 +112,9 @@ pub enum ScramError {
 /// An exchange after the server-first message: what the final step needs.
 #[derive(Debug)]
 pub struct Exchange {
-    /// `n,,` or `y,,`, which the client must echo (base64) in `c=`.
-    gs2_header: String,
+    /// `n,,`, `y,,` or `p=tls-server-end-point,,` followed by the channel's data: what the
+    /// client must echo (base64) in `c=`.
+    gs2_header: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     /// Client nonce + server nonce.
@@ -106,18 +128,22 @@ pub fn server_nonce() -> String {
 }
 
 /// Reads the client-first message and answers with the server-first message
-/// ([`Exchange::server_first`]).
-pub fn start(verifier: &Verifier, client_first: &[u8], server_nonce: &str) -> Result<Exchange, ScramError> {
+/// ([`Exchange::server_first`]). `binding`: what was offered and chosen.
+pub fn start(verifier: &Verifier, client_first: &[u8], server_nonce: &str, binding: Binding<'_>) -> Result<Exchange, ScramError> {
     let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
     // gs2-header = gs2-cbind-flag "," [ authzid ] ","
     let (cbind, rest) = text
         .split_once(',')
         .ok_or(ScramError::Malformed("no GS2 header"))?;
-    match cbind {
-        "n" | "y" => {}
-        c if c.starts_with("p=") => return Err(ScramError::ChannelBindingRequested),
+    let channel_data = match (cbind, binding) {
+        ("n", Binding::NotOffered | Binding::Offered) | ("y", Binding::NotOffered) => &[][..],
+        ("y", Binding::Offered) => return Err(ScramError::ChannelBindingDowngrade),
+        ("n" | "y", Binding::Selected(_)) => return Err(ScramError::ChannelBindingMissing),
+        (c, Binding::Selected(data)) if c.strip_prefix("p=") == Some(CHANNEL_BINDING_TYPE) => data,
+        (c, Binding::Selected(_)) if c.starts_with("p=") => return Err(ScramError::ChannelBindingMissing),
+        (c, _) if c.starts_with("p=") => return Err(ScramError::ChannelBindingRequested),
         _ => return Err(ScramError::Malformed("unknown channel binding flag")),
-    }
+    };
     let (authzid, bare) = rest
         .split_once(',')
         .ok_or(ScramError::Malformed("no GS2 header"))?;
@@ -147,8 +173,10 @@ pub fn start(verifier: &Verifier, client_first: &[u8], server_nonce: &str) -> Re
         BASE64.encode(&verifier.salt),
         verifier.iterations
     );
+    let mut gs2_header = format!("{cbind},,").into_bytes();
+    gs2_header.extend_from_slice(channel_data);
     Ok(Exchange {
-        gs2_header: format!("{cbind},,"),
+        gs2_header,
         client_first_bare: bare.to_owned(),
         server_first,
         nonce,
@@ -177,7 +205,7 @@ impl Exchange {
         let binding = BASE64
             .decode(binding)
             .map_err(|_| ScramError::Malformed("channel binding is not base64"))?;
-        if binding != self.gs2_header.as_bytes() {
+        if binding != self.gs2_header {
             return Err(ScramError::ChannelBindingMismatch);
         }
         let nonce = attrs
@@ -247,7 +275,7 @@ mod tests {
     #[test]
     fn rfc7677_vector() {
         let v = rfc_verifier();
-        let x = start(&v, format!("n,,n=user,r={RFC_CLIENT_NONCE}").as_bytes(), RFC_SERVER_NONCE).unwrap();
+        let x = start(&v, format!("n,,n=user,r={RFC_CLIENT_NONCE}").as_bytes(), RFC_SERVER_NONCE, Binding::NotOffered).unwrap();
         assert_eq!(
             x.server_first(),
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
@@ -265,11 +293,29 @@ mod tests {
     /// The client side of postgres-protocol (what tokio-postgres runs) against our server.
     fn run_client(client_password: &str, verifier: &Verifier) -> Result<(), ScramError> {
         let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unrequested());
-        let x = start(verifier, client.message(), &server_nonce())?;
+        let x = start(verifier, client.message(), &server_nonce(), Binding::NotOffered)?;
         client.update(x.server_first().as_bytes()).unwrap();
         let server_final = x.finish(verifier, client.message())?;
         client.finish(server_final.as_bytes()).expect("the client accepts our server signature");
         Ok(())
+    }
+
+    /// postgres-protocol's client with tls-server-end-point: bound to the same data it logs in;
+    /// to other data (another certificate: a TLS-terminating man in the middle) it is refused.
+    #[test]
+    fn plus_binds_to_the_certificate_hash() {
+        let v = Verifier::new("pw");
+        let ours = [1u8; 32];
+        let run = |client_sees: &[u8]| {
+            let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(client_sees.to_vec()));
+            let x = start(&v, client.message(), &server_nonce(), Binding::Selected(&ours))?;
+            client.update(x.server_first().as_bytes()).unwrap();
+            let server_final = x.finish(&v, client.message())?;
+            client.finish(server_final.as_bytes()).expect("the client accepts our signature");
+            Ok::<(), ScramError>(())
+        };
+        assert_eq!(run(&ours), Ok(()));
+        assert_eq!(run(&[2u8; 32]), Err(ScramError::ChannelBindingMismatch));
     }
 
     #[test]
@@ -297,19 +343,35 @@ mod tests {
             ("n", ScramError::Malformed("no GS2 header")),
         ];
         for (input, expected) in cases {
-            assert_eq!(start(&v, input.as_bytes(), "S").unwrap_err(), expected, "{input}");
+            assert_eq!(start(&v, input.as_bytes(), "S", Binding::NotOffered).unwrap_err(), expected, "{input}");
         }
         // `y`: the client could bind but we offered no -PLUS; its final message must say `y`.
-        let x = start(&v, b"y,,n=,r=abc", "S").unwrap();
-        assert_eq!(x.gs2_header, "y,,");
-        assert!(start(&v, b"n,,n=,r=abc,x=ignored", "S").is_ok(), "optional extensions are ignored");
-        assert_eq!(start(&v, b"n,,n=,r=\xff", "S").unwrap_err(), ScramError::Malformed("not UTF-8"));
+        let x = start(&v, b"y,,n=,r=abc", "S", Binding::NotOffered).unwrap();
+        assert_eq!(x.gs2_header, b"y,,");
+        assert!(start(&v, b"n,,n=,r=abc,x=ignored", "S", Binding::NotOffered).is_ok(), "optional extensions are ignored");
+        assert_eq!(start(&v, b"n,,n=,r=\xff", "S", Binding::NotOffered).unwrap_err(), ScramError::Malformed("not UTF-8"));
+        // With -PLUS offered: `y` is a downgrade; `n` is a client that cannot bind; -PLUS chosen
+        // needs `p=tls-server-end-point`, and nothing else.
+        let cb = [7u8; 32];
+        let cases: [(&str, Binding<'_>, ScramError); 5] = [
+            ("y,,n=,r=abc", Binding::Offered, ScramError::ChannelBindingDowngrade),
+            ("p=tls-server-end-point,,n=,r=abc", Binding::Offered, ScramError::ChannelBindingRequested),
+            ("n,,n=,r=abc", Binding::Selected(&cb), ScramError::ChannelBindingMissing),
+            ("y,,n=,r=abc", Binding::Selected(&cb), ScramError::ChannelBindingMissing),
+            ("p=tls-unique,,n=,r=abc", Binding::Selected(&cb), ScramError::ChannelBindingMissing),
+        ];
+        for (input, binding, expected) in cases {
+            assert_eq!(start(&v, input.as_bytes(), "S", binding).unwrap_err(), expected, "{input}");
+        }
+        assert!(start(&v, b"n,,n=,r=abc", "S", Binding::Offered).is_ok());
+        let x = start(&v, b"p=tls-server-end-point,,n=,r=abc", "S", Binding::Selected(&cb)).unwrap();
+        assert_eq!(x.gs2_header, [&b"p=tls-server-end-point,,"[..], &cb].concat());
     }
 
     #[test]
     fn client_final_refusals() {
         let v = rfc_verifier();
-        let x = start(&v, b"n,,n=,r=abc", "SRV").unwrap();
+        let x = start(&v, b"n,,n=,r=abc", "SRV", Binding::NotOffered).unwrap();
         let proof = "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         let cases: [(String, ScramError); 6] = [
             (format!("c=eSws,r=abcSRV,{proof}"), ScramError::ChannelBindingMismatch),
