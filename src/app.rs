@@ -90,8 +90,9 @@ pub async fn build_context_with(
         Credentials::Chain => {
             let region = region_or_configured(config.region.clone(), config.profile.as_deref()).await?;
             let sdk = crate::auth::credentials::load_sdk_config(config.profile.as_deref(), Some(&region)).await;
-            // One credentials cache for the tokens and every AWS client of the target.
-            let (source, sdk) = CredentialSource::shared_with(&sdk)?;
+            // One credentials cache for the tokens and every AWS client of every target with
+            // this profile.
+            let (source, sdk) = CredentialSource::process_shared(config.profile.as_deref(), &sdk)?;
             (region, source, AwsSource::Sdk(Box::new(sdk)))
         }
         Credentials::Fixed(credentials) => (

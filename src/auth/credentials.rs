@@ -39,11 +39,11 @@ pub async fn load_sdk_config(profile: Option<&str>, region: Option<&str>) -> Sdk
     loader.load().await
 }
 
-/// [`load_sdk_config`] with one credentials cache for every client built from it (see
-/// [`CredentialSource::shared_with`]); unchanged when it has no credentials provider at all.
+/// [`load_sdk_config`] with the process's one credentials cache for the profile (see
+/// [`CredentialSource::process_shared`]); unchanged when it has no credentials provider at all.
 pub async fn load_shared_sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfig {
     let sdk = load_sdk_config(profile, region).await;
-    match CredentialSource::shared_with(&sdk) {
+    match CredentialSource::process_shared(profile, &sdk) {
         Ok((_, shared)) => shared,
         Err(_) => sdk,
     }
@@ -163,8 +163,8 @@ pub struct CredentialSource {
 struct Shared {
     provider: SharedCredentialsProvider,
     current: Mutex<Option<Credentials>>,
-    /// Successful loads, for `/metrics`.
-    loads: std::sync::Mutex<prometheus_client::metrics::counter::Counter>,
+    /// Successful loads, for `/metrics`: the counter of each target that uses this source.
+    loads: std::sync::Mutex<Vec<prometheus_client::metrics::counter::Counter>>,
 }
 
 impl std::fmt::Debug for CredentialSource {
@@ -184,9 +184,14 @@ impl CredentialSource {
         }
     }
 
-    /// Counts every successful load into `counter`.
+    /// Counts every successful load into `counter` too (each target that shares the source
+    /// counts the loads of the credentials it uses).
     pub fn count_loads(&mut self, counter: prometheus_client::metrics::counter::Counter) {
-        *self.shared.loads.lock().unwrap_or_else(|p| p.into_inner()) = counter;
+        let mut loads = self.shared.loads.lock().unwrap_or_else(|p| p.into_inner());
+        // A target rebuilt by a reload brings its same counter again.
+        if !loads.iter().any(|c| std::ptr::eq(c.inner(), counter.inner())) {
+            loads.push(counter);
+        }
     }
 
     /// From a loaded SDK config; fails when the config has no provider at all.
@@ -201,13 +206,43 @@ impl CredentialSource {
     /// from it takes its credentials from that source (no cache of its own): one load serves
     /// the IAM tokens and every AWS call, and a reload after a failed login reaches them all.
     pub fn shared_with(config: &SdkConfig) -> Result<(Self, SdkConfig), CredentialsError> {
-        let source = Self::from_sdk_config(config)?;
+        Self::from_sdk_config(config).map(|source| source.serving(config))
+    }
+
+    /// [`CredentialSource::shared_with`] for the AWS configuration's `profile` (`None`: the
+    /// default chain), with one source per profile for the whole process: a config file's
+    /// targets with the same profile, the start-up lookups and every AWS client share one cache
+    /// (one GetRoleCredentials per renewal for an SSO profile, however many targets use it).
+    pub fn process_shared(
+        profile: Option<&str>,
+        config: &SdkConfig,
+    ) -> Result<(Self, SdkConfig), CredentialsError> {
+        type Registry = std::sync::Mutex<std::collections::HashMap<Option<String>, CredentialSource>>;
+        static SOURCES: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+        let mut sources = SOURCES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let source = match sources.get(&profile.map(str::to_owned)) {
+            Some(source) => source.clone(),
+            None => {
+                let source = Self::from_sdk_config(config)?;
+                sources.insert(profile.map(str::to_owned), source.clone());
+                source
+            }
+        };
+        Ok(source.serving(config))
+    }
+
+    /// This source and `config` changed to take its credentials from it, with no cache of its
+    /// own.
+    fn serving(self, config: &SdkConfig) -> (Self, SdkConfig) {
         let config = config
             .to_builder()
-            .credentials_provider(SharedCredentialsProvider::new(source.clone()))
+            .credentials_provider(SharedCredentialsProvider::new(self.clone()))
             .identity_cache(aws_config::identity::IdentityCache::no_cache())
             .build();
-        Ok((source, config))
+        (self, config)
     }
 
     /// Fixed credentials (tests, the simulator's demo).
@@ -251,7 +286,9 @@ impl CredentialSource {
                 return Err(CredentialsError::Expired(humantime_lite::Rfc3339(exp)));
             }
         }
-        self.shared.loads.lock().unwrap_or_else(|p| p.into_inner()).inc();
+        for counter in self.shared.loads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            counter.inc();
+        }
         tracing::debug!(
             access_key_id = %mask_key_id(creds.access_key_id()),
             expires = ?creds.expiry().map(humantime_lite::Rfc3339),
@@ -352,6 +389,35 @@ pub mod humantime_lite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One source per profile for the whole process: the second target (or client) of a
+    /// profile gets the first one's cache, and each counts the loads of the credentials it uses
+    /// (once, however often it is rebuilt by a reload); another profile has its own.
+    #[tokio::test]
+    async fn one_source_per_profile_for_the_process() {
+        let sdk = SdkConfig::builder()
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIAEXAMPLEEXAMPLE",
+                "s",
+                None,
+                None,
+                "test",
+            )))
+            .build();
+        let profile = "unit-test-one-source-per-profile";
+        let (mut a, _) = CredentialSource::process_shared(Some(profile), &sdk).unwrap();
+        let (mut b, _) = CredentialSource::process_shared(Some(profile), &sdk).unwrap();
+        let (other, _) = CredentialSource::process_shared(Some("unit-test-another-profile"), &sdk).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a.shared, &b.shared));
+        assert!(!std::sync::Arc::ptr_eq(&a.shared, &other.shared));
+        let (count_a, count_b) = (prometheus_client::metrics::counter::Counter::<u64>::default(), Default::default());
+        a.count_loads(count_a.clone());
+        a.count_loads(count_a.clone());
+        b.count_loads(count_b.clone());
+        a.get().await.unwrap();
+        b.get().await.unwrap();
+        assert_eq!((count_a.get(), count_b.get()), (1, 1), "one load, counted once for each");
+    }
 
     #[tokio::test]
     async fn expired_credentials_are_refused() {
