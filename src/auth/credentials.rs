@@ -410,7 +410,8 @@ mod tests {
         let (other, _) = CredentialSource::process_shared(Some("unit-test-another-profile"), &sdk).unwrap();
         assert!(std::sync::Arc::ptr_eq(&a.shared, &b.shared));
         assert!(!std::sync::Arc::ptr_eq(&a.shared, &other.shared));
-        let (count_a, count_b) = (prometheus_client::metrics::counter::Counter::<u64>::default(), Default::default());
+        use prometheus_client::metrics::counter::Counter;
+        let (count_a, count_b) = (Counter::<u64>::default(), Counter::<u64>::default());
         a.count_loads(count_a.clone());
         a.count_loads(count_a.clone());
         b.count_loads(count_b.clone());
