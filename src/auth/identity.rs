@@ -98,7 +98,7 @@ impl StsApi {
             };
         }
         let boxed: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-        if super::secrets::has_credentials_error(&*boxed) {
+        if super::credentials::has_credentials_error(&*boxed) {
             return IdentityError::NoCredentials(boxed);
         }
         IdentityError::Unreachable {

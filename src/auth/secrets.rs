@@ -140,7 +140,7 @@ impl SecretsApi {
             };
         }
         let boxed: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-        if has_credentials_error(&*boxed) {
+        if crate::auth::credentials::has_credentials_error(&*boxed) {
             return SecretsError::NoCredentials(boxed);
         }
         SecretsError::Unreachable {
@@ -148,16 +148,4 @@ impl SecretsApi {
             source: boxed,
         }
     }
-}
-
-/// Whether a credentials-provider failure is somewhere in the error's source chain.
-pub(crate) fn has_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }

@@ -232,7 +232,7 @@ impl SsmApi {
             return classify_code(operation, code, message, resources);
         }
         let boxed: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-        if has_credentials_error(&*boxed) {
+        if crate::auth::credentials::has_credentials_error(&*boxed) {
             return ApiError::NoCredentials(boxed);
         }
         ApiError::Unreachable {
@@ -271,18 +271,6 @@ fn classify_code(
             message,
         },
     }
-}
-
-/// Whether a credentials-provider failure is somewhere in the error's source chain.
-fn has_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }
 
 impl ControlPlane for SsmApi {

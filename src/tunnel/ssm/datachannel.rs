@@ -37,6 +37,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
+
+use super::sleep_opt;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
@@ -1268,7 +1270,7 @@ impl Pump {
                     let now = Instant::now();
                     self.last_rx = now;
                     self.last_agent = now;
-                    self.replay(now);
+                    self.replay();
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.config.counters.resumed.inc();
                     tracing::info!(session = %self.session_id, "SSM data channel resumed");
@@ -1302,7 +1304,7 @@ impl Pump {
 
     /// Sends every unacked message again on a new connection: all are due at once, and go out
     /// as fast as the pacer and the writer take them.
-    fn replay(&mut self, _now: Instant) {
+    fn replay(&mut self) {
         self.out.mark_all_lost();
         self.resend();
     }
@@ -1379,13 +1381,6 @@ async fn resume(
         .await
         .map_err(|e| Ok(e.to_string()))?;
     Ok((ws, url))
-}
-
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

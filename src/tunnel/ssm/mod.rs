@@ -84,3 +84,11 @@ impl SsmError {
         err.get_ref().and_then(|e| e.downcast_ref::<SsmError>())
     }
 }
+
+/// Sleeps until `at`, or for ever when there is no deadline (a `select!` branch that is off).
+pub(crate) async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::api::{ControlPlane, StartRequest};
+use super::sleep_opt;
 use super::datachannel::{self, DataChannel, DataChannelError, Opened};
 use super::handshake;
 use super::smux;
@@ -824,13 +825,6 @@ async fn keep_warm(pool: Weak<Pool>) {
         };
         tokio::time::sleep(wait).await;
         retry = (retry * 2).min(PREWARM_RETRY_MAX);
-    }
-}
-
-async fn sleep_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -800,7 +800,7 @@ pub(crate) async fn keepalive_loop(
                     shared.write_ready.notify_one();
                 }
             }
-            () = sleep_until(deadline) => {
+            () = crate::tunnel::ssm::sleep_opt(deadline) => {
                 let (Some(timeout), now) = (timeout, Instant::now()) else { continue };
                 let expired = {
                     let mut st = shared.lock();
@@ -826,13 +826,6 @@ pub(crate) async fn tick(ticker: &mut Option<tokio::time::Interval>) {
         Some(ticker) => {
             ticker.tick().await;
         }
-        None => std::future::pending().await,
-    }
-}
-
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
