@@ -114,11 +114,11 @@ use sha2::{Digest, Sha256};
 use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
-use rds_auth_proxy::sim::postgres::DB_USER;
-use rds_auth_proxy::sim::rds::PgEmulation;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
-use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::postgres::DB_USER;
+use rds_auth_proxy_sim::rds::PgEmulation;
+use rds_auth_proxy_sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy_sim::ssm::{SsmSimOptions, SsmSimStats};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 use rds_auth_proxy::target::TargetContext;
 use rds_auth_proxy::tunnel::ssm::pool::SessionLoad;
 use rds_auth_proxy::tunnel::Tunnel;
@@ -1547,7 +1547,14 @@ impl BenchProxy {
     ) -> Result<BenchProxy> {
         let mut args = ssm_args(sim);
         args.extend_from_slice(extra);
-        let setup = sim.aws_setup();
+        let aws = sim.aws_endpoints();
+        let setup = rds_auth_proxy::app::AwsSetup {
+            credentials: aws.credentials,
+            ssm_endpoint: Some(aws.ssm_endpoint),
+            secrets_endpoint: Some(aws.secrets_endpoint),
+            sts_endpoint: Some(aws.sts_endpoint),
+            rds_endpoint: Some(aws.rds_endpoint),
+        };
         BenchProxy::start(label, &args, Credentials::FixedWith(setup)).await
     }
 

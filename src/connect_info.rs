@@ -108,7 +108,7 @@ impl ClientSettings {
     /// The settings in `format`, ending with a newline.
     pub fn render(&self, format: ConnectInfoFormat) -> String {
         match format {
-            ConnectInfoFormat::Psql => format!("psql {}\n", crate::sim::runner::shell_quote(&self.conninfo())),
+            ConnectInfoFormat::Psql => format!("psql {}\n", rds_auth_proxy_protocol::shell::quote(&self.conninfo())),
             ConnectInfoFormat::Dsn => format!("{}\n", self.uri()),
             ConnectInfoFormat::Jdbc => format!("{}\n", self.jdbc()),
             ConnectInfoFormat::Dbeaver => self.dbeaver(),
@@ -250,7 +250,7 @@ impl ClientSettings {
                 "sslrootcert" => "PGSSLROOTCERT",
                 _ => continue,
             };
-            out.push_str(&format!("export {name}={}\n", crate::sim::runner::shell_quote(&v)));
+            out.push_str(&format!("export {name}={}\n", rds_auth_proxy_protocol::shell::quote(&v)));
         }
         out
     }

@@ -30,7 +30,10 @@
 //!   names the embedded Amazon Trust Services roots ([`tls::classify_endpoint`]).
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM).
 //! * [`logfmt`]: the text log format, escaped so no client- or server-supplied value can forge a line.
-//! * [`sim`]: the local AWS simulator used by `sim`, `demo` and the tests.
+//! * The local AWS simulator used by `sim`, `demo` and the tests is its own crate
+//!   (`rds_auth_proxy_sim`, in `sim/`), and the wire code it shares with the proxy another
+//!   (`rds_auth_proxy_protocol`, in `protocol/`: SSM message, handshake, reliable, smux; pg startup
+//!   and backend), re-exported at their old paths ([`tunnel::ssm`], [`pg`]).
 //! * Operations: [`http`] (health checks, `/metrics`, `wait`), [`metrics`] (the Prometheus
 //!   registry, passed in each target's context), [`audit`] (a line per connection at open and
 //!   close), [`drain`] (the end of the shutdown window: 57P01 to each remaining client).
@@ -67,7 +70,6 @@ pub mod target;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
-pub mod sim;
 pub mod version;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -9,16 +9,21 @@ use rds_auth_proxy::app::Credentials;
 use rds_auth_proxy::cli::{Cli, Command, LogArgs, LogFormat};
 use rds_auth_proxy::config_file::Plan;
 use rds_auth_proxy::fleet::Fleet;
+use rds_auth_proxy_sim::cli::SimCommand;
+
+mod demo;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let matches = rds_auth_proxy::version::command().get_matches();
+    let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sim = SimCommand::from_matches(&matches).unwrap_or_else(|e| e.exit());
     // The configuration (flags, variables, the config file) before anything else: its log
     // settings decide how to log, and a mistake in it is one line and exit code 2.
     let plan = match &cli.command {
+        None if sim.is_some() => None,
         None => match rds_auth_proxy::config_file::plan(&matches, |k| std::env::var_os(k)) {
             Ok(plan) => Some(plan),
             Err(e) => {
@@ -27,12 +32,12 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Completions(args)) => {
-            let mut cmd = rds_auth_proxy::version::command();
+            let mut cmd = command();
             clap_complete::generate(args.shell, &mut cmd, "rds-auth-proxy", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
         Some(Command::Man) => {
-            return match clap_mangen::Man::new(rds_auth_proxy::version::command()).render(&mut std::io::stdout()) {
+            return match clap_mangen::Man::new(command()).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("rds-auth-proxy: cannot write the man page: {e}");
@@ -73,7 +78,12 @@ fn main() -> ExitCode {
     };
     // The flags and variables a reload layers over the file again, as at start.
     let layer = rds_auth_proxy::config_file::CliLayer::from_matches(&matches);
-    runtime.block_on(run(cli, plan, one, layer))
+    runtime.block_on(run(cli, sim, plan, one, layer))
+}
+
+/// The whole command line: the proxy library's, plus the simulator's `sim` and `demo`.
+fn command() -> clap::Command {
+    rds_auth_proxy_sim::cli::with_commands(rds_auth_proxy::version::command())
 }
 
 fn one_target(
@@ -86,12 +96,21 @@ fn one_target(
 /// A subcommand's target: the proxy's arguments and the config file table's name.
 type OneTarget = (rds_auth_proxy::cli::ProxyArgs, Option<String>);
 
-async fn run(cli: Cli, plan: Option<Plan>, one: Option<OneTarget>, layer: rds_auth_proxy::config_file::CliLayer) -> ExitCode {
+async fn run(
+    cli: Cli,
+    sim: Option<SimCommand>,
+    plan: Option<Plan>,
+    one: Option<OneTarget>,
+    layer: rds_auth_proxy::config_file::CliLayer,
+) -> ExitCode {
+    match sim {
+        Some(SimCommand::Sim(args)) => return report(rds_auth_proxy_sim::runner::run_sim(*args, shutdown_signal()).await),
+        Some(SimCommand::Demo(args)) => return report(demo::run_demo(args, shutdown_signal()).await),
+        None => {}
+    }
     match (cli.command, plan) {
         (None, Some(plan)) => run_proxy(plan, cli.file.run_connection_test, layer).await,
         (Some(Command::Token(args)), _) => token(args).await,
-        (Some(Command::Sim(args)), _) => report(rds_auth_proxy::sim::runner::run_sim(*args, shutdown_signal()).await),
-        (Some(Command::Demo(args)), _) => report(rds_auth_proxy::sim::runner::run_demo(args, shutdown_signal()).await),
         (Some(Command::ConnectInfo(args)), _) => connect_info(&args, one).await,
         (Some(Command::Wait(args)), _) => wait(args).await,
         (Some(Command::Doctor(args)), _) => doctor(args, one).await,

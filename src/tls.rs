@@ -230,7 +230,7 @@ fn add_bundle_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsErro
 }
 
 /// PostgreSQL's registered ALPN protocol id.
-pub const POSTGRESQL_ALPN: &[u8] = b"postgresql";
+pub use rds_auth_proxy_protocol::pg::POSTGRESQL_ALPN;
 
 /// The client config for upstream connections to names verified with `trust`.
 pub fn upstream_client_config(trust: &TrustStore) -> Result<Arc<ClientConfig>, TlsError> {
@@ -344,7 +344,7 @@ mod tests {
     /// and the real ATS roots refuse it.
     #[test]
     fn stores_accept_only_their_own_chains() {
-        use crate::sim::certs::SimCa;
+        use rds_auth_proxy_sim::certs::SimCa;
         use rustls::client::danger::ServerCertVerifier;
         use rustls::pki_types::{ServerName, UnixTime};
         let name = "p.proxy-abc.eu-west-1.rds.amazonaws.com";

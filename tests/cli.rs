@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::binary::*;
 use common::*;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
+use rds_auth_proxy_sim::runner::{SIM_DB_PORT, SIM_ENDPOINT, SIM_REGION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_the_binary_with_env_credentials_and_unix_socket() {
@@ -112,13 +112,13 @@ async fn token_subcommand_prints_a_token_the_simulator_accepts() {
     let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim_end();
     assert!(token.starts_with(&format!("{SIM_ENDPOINT}:5432/?Action=connect&DBUser=db_user&")));
-    let expect = rds_auth_proxy::sim::sigv4::RdsTokenExpectation {
+    let expect = rds_auth_proxy_sim::sigv4::RdsTokenExpectation {
         host: SIM_ENDPOINT.into(),
         port: 5432,
         region: SIM_REGION.into(),
         user: "db_user".into(),
     };
-    rds_auth_proxy::sim::sigv4::verify_rds_token(token, &expect, &sim.credentials, SystemTime::now())
+    rds_auth_proxy_sim::sigv4::verify_rds_token(token, &expect, &sim.credentials, SystemTime::now())
         .expect("the simulator accepts the printed token");
     sim.stop().await;
 }
@@ -186,7 +186,7 @@ async fn psql_as_a_scram_user_with_the_secret_and_channel_binding_logs_no_passwo
     // simulated Secrets Manager, found the standard way: AWS_ENDPOINT_URL_SECRETS_MANAGER (set
     // by sim_command).
     cmd.env("RUST_LOG", "trace")
-        .env("RDS_AUTH_PROXY_PASSWORD_SECRET", rds_auth_proxy::sim::runner::secret_name("scram_user"))
+        .env("RDS_AUTH_PROXY_PASSWORD_SECRET", rds_auth_proxy_sim::runner::secret_name("scram_user"))
         .args([
             "--target", &format!("{SIM_ENDPOINT}:{SIM_DB_PORT}"),
             "--connect-addr", &sim.postgres.addr().to_string(),
@@ -276,7 +276,7 @@ fn help_examples_paste_whole_at_any_width() {
         assert_eq!(proxy_commands.len(), 6, "{commands:?}");
         for command in &proxy_commands {
             let argv: Vec<&str> = command.split_whitespace().collect();
-            if let Err(e) = rds_auth_proxy::cli::Cli::try_parse_from(&argv) {
+            if let Err(e) = full_command().try_get_matches_from(&argv) {
                 panic!("example `{command}` does not parse: {e}");
             }
         }
@@ -288,13 +288,17 @@ fn help_examples_paste_whole_at_any_width() {
     }
 }
 
+/// The binary's command line: the proxy's, plus the simulator's `sim` and `demo`.
+fn full_command() -> clap::Command {
+    rds_auth_proxy_sim::cli::with_commands(rds_auth_proxy::version::command())
+}
+
 /// `RDS_AUTH_PROXY_<FLAG>` for the proxy's flags; `RDS_AUTH_PROXY_<SUBCOMMAND>_<FLAG>` for a
 /// subcommand's own flags, unless it is the proxy's flag of the same name and meaning (a demo's
 /// `--port`, a token's `--region`).
 #[test]
 fn environment_variable_names_follow_one_rule() {
-    use clap::CommandFactory;
-    let cli = rds_auth_proxy::cli::Cli::command();
+    let cli = full_command();
     let env_name = |prefix: &str, arg: &clap::Arg| {
         format!("{prefix}{}", arg.get_long().unwrap().replace('-', "_").to_uppercase())
     };
@@ -375,10 +379,10 @@ fn sim_subcommand_prints_its_contract_then_ready_and_cleans_up() {
 
 /// The simulator with AWS's data-channel limits: 1024-byte agent payloads, 1 ms agent pacing,
 /// and a gateway that cuts a client sending more than 1000 data messages a second.
-fn aws_like() -> rds_auth_proxy::sim::SimOptions {
-    rds_auth_proxy::sim::SimOptions {
-        ssm: rds_auth_proxy::sim::ssm::SsmSimOptions::aws_limits(),
-        ..rds_auth_proxy::sim::SimOptions::default()
+fn aws_like() -> rds_auth_proxy_sim::SimOptions {
+    rds_auth_proxy_sim::SimOptions {
+        ssm: rds_auth_proxy_sim::ssm::SsmSimOptions::aws_limits(),
+        ..rds_auth_proxy_sim::SimOptions::default()
     }
 }
 

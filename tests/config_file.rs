@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 
 use common::binary::*;
 use common::*;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy_sim::Simulator;
 
 fn write_file(dir: &Path, text: &str) -> String {
     write_named(dir, "config.toml", text)

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::*;
-use rds_auth_proxy::sim::SimOptions;
+use rds_auth_proxy_sim::SimOptions;
 
 fn replace_arg(args: &mut Vec<String>, flag: &str, value: Option<&str>) {
     let i = args.iter().position(|a| a == flag).expect("flag present");
@@ -290,7 +290,7 @@ async fn cancels_are_forwarded_when_max_connections_are_busy() {
 /// database) is passed through without a pointless retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_login_is_decided_by_the_rds_iam_grant() {
-    use rds_auth_proxy::sim::rds::is_iam_user;
+    use rds_auth_proxy_sim::rds::is_iam_user;
     use std::sync::atomic::Ordering;
 
     let sim = start_sim().await;

@@ -31,7 +31,7 @@ async fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
     )
 }
 
-fn tls_args(sim: &rds_auth_proxy::sim::Simulator, ca_out: &Path) -> Vec<String> {
+fn tls_args(sim: &rds_auth_proxy_sim::Simulator, ca_out: &Path) -> Vec<String> {
     let mut args = direct_args(sim);
     args.extend(["--local-tls".into(), "--local-tls-ca-out".into(), ca_out.display().to_string()]);
     args

@@ -8,14 +8,15 @@ use std::process::{Command, Stdio};
 
 use clap::Parser;
 use common::binary::*;
+use common::SimAwsSetup;
 use rds_auth_proxy::app::{AwsSetup, Credentials};
 use rds_auth_proxy::auth::identity::{IdentityError, StsApi};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::lookup::{check_db, resolve_args, DbRef, LookupError, RdsApi, RdsApiError};
-use rds_auth_proxy::sim::rds_api::{RdsApiOptions, RdsApiSim, SIM_CLUSTER_READER_ENDPOINT, SIM_DBI_RESOURCE_ID};
-use rds_auth_proxy::sim::runner::{SIM_ENDPOINT, SIM_REGION};
-use rds_auth_proxy::sim::sigv4::SimCredentials;
-use rds_auth_proxy::sim::ssm::{SsmSim, SsmSimOptions, SIM_TARGET_ID};
+use rds_auth_proxy_sim::rds_api::{RdsApiOptions, RdsApiSim, SIM_CLUSTER_READER_ENDPOINT, SIM_DBI_RESOURCE_ID};
+use rds_auth_proxy_sim::runner::{SIM_ENDPOINT, SIM_REGION};
+use rds_auth_proxy_sim::sigv4::SimCredentials;
+use rds_auth_proxy_sim::ssm::{SsmSim, SsmSimOptions, SIM_TARGET_ID};
 
 const KEY_ID: &str = "AKIASIMLOOKUPTEST001";
 const SECRET: &str = "lookup-test-secret-access-key-0000000000";
@@ -27,7 +28,7 @@ fn creds(secret: &str) -> aws_credential_types::Credentials {
 #[tokio::test]
 async fn sts_get_caller_identity_names_the_simulated_user() {
     rds_auth_proxy::tls::install_default_provider();
-    let sts = rds_auth_proxy::sim::sts::start(SimCredentials::new(KEY_ID, SECRET)).await.unwrap();
+    let sts = rds_auth_proxy_sim::sts::start(SimCredentials::new(KEY_ID, SECRET)).await.unwrap();
     // Any region's scope is accepted, as every region has an STS endpoint.
     for region in ["eu-central-1", "us-west-2"] {
         let api = StsApi::with_credentials(creds(SECRET), region, Some(&sts.endpoint_url()));
@@ -193,7 +194,7 @@ async fn psql_through_db_instance_and_auto_node_by_name() {
 }
 
 /// Runs doctor in process against `sim` with `flags`; returns the report and its printed lines.
-async fn doctor(sim: &rds_auth_proxy::sim::Simulator, flags: &[&str]) -> (rds_auth_proxy::doctor::Report, String) {
+async fn doctor(sim: &rds_auth_proxy_sim::Simulator, flags: &[&str]) -> (rds_auth_proxy::doctor::Report, String) {
     let args = proxy_args(flags);
     let mut out = String::new();
     let report = rds_auth_proxy::doctor::run(&args, "postgres", Credentials::FixedWith(sim.aws_setup()), |step| {

@@ -12,7 +12,7 @@ use clap::Parser;
 use common::binary::*;
 use common::*;
 use rds_auth_proxy::app::{Credentials, Proxy};
-use rds_auth_proxy::sim::runner::SIM_ENDPOINT;
+use rds_auth_proxy_sim::runner::SIM_ENDPOINT;
 
 /// The documented fields of every audit line (README, "Audit lines").
 const AUDIT_FIELDS: &[&str] = &[

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use rds_auth_proxy::app::{AwsSetup, Credentials};
-use rds_auth_proxy::sim::runner::{secret_name, SIM_PASSWORD_USER};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::runner::{secret_name, SIM_PASSWORD_USER};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 
 /// The IAM user every simulator has (`GRANT rds_iam`).
 const IAM_USER: &str = "db_user";

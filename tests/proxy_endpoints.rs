@@ -13,9 +13,9 @@ mod common;
 use std::process::Stdio;
 
 use common::binary::*;
-use rds_auth_proxy::sim::rds_api::{SIM_CLUSTER_CUSTOM_ENDPOINT, SIM_CLUSTER_ENDPOINT, SIM_CLUSTER_READER_ENDPOINT};
-use rds_auth_proxy::sim::runner::{SIM_ENDPOINT, SIM_PROXY_ENDPOINT};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::rds_api::{SIM_CLUSTER_CUSTOM_ENDPOINT, SIM_CLUSTER_ENDPOINT, SIM_CLUSTER_READER_ENDPOINT};
+use rds_auth_proxy_sim::runner::{SIM_ENDPOINT, SIM_PROXY_ENDPOINT};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 
 /// A proxy process for `sim` with `args`, on a free port, up to its ready line.
 fn start(sim: &Simulator, args: &[&str]) -> Running {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::binary::*;
 use common::*;
 use nix::sys::signal::Signal;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy_sim::Simulator;
 use serde_json::Value;
 
 /// The session the tests keep open across a reload; the text finds it in pg_stat_activity.

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rds_auth_proxy::app::Credentials;
-use rds_auth_proxy::sim::postgres::DB_USER;
-use rds_auth_proxy::sim::rds::PgEmulation;
-use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats, StreamFlights};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::postgres::DB_USER;
+use rds_auth_proxy_sim::rds::PgEmulation;
+use rds_auth_proxy_sim::ssm::{SsmSimOptions, SsmSimStats, StreamFlights};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 use rds_auth_proxy::target::TargetContext;
 
 /// How the front saw connections open: (SSLRequest, ClientHello first, direct TLS taken).

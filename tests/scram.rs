@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 
 use common::*;
 use rds_auth_proxy::app::Credentials;
-use rds_auth_proxy::sim::runner::{secret_name, SIM_ENDPOINT, SIM_PASSWORD_USER};
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::runner::{secret_name, SIM_ENDPOINT, SIM_PASSWORD_USER};
+use rds_auth_proxy_sim::Simulator;
 
 fn replace_arg(args: &mut [String], flag: &str, value: &str) {
     let i = args.iter().position(|a| a == flag).expect("flag present");

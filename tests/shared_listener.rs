@@ -20,7 +20,7 @@ use common::netns::{require_root, Netns};
 use common::*;
 use rds_auth_proxy::config::ListenConfig;
 use rds_auth_proxy::listener::Listeners;
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::Simulator;
 
 const CLIENT_PASSWORD: &str = "correct horse battery staple";
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rds_auth_proxy::app::Credentials;
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::Simulator;
 use rds_auth_proxy::target::TargetContext;
 
 use common::binary::psql_select;
@@ -256,8 +256,8 @@ async fn a_spare_hit_through_ssm() {
 /// was ready, and the client's first query is that stream's next flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_hit_costs_no_tunnel_round_trip() {
-    use rds_auth_proxy::sim::ssm::SsmSimOptions;
-    use rds_auth_proxy::sim::SimOptions;
+    use rds_auth_proxy_sim::ssm::SsmSimOptions;
+    use rds_auth_proxy_sim::SimOptions;
 
     let sim = start_sim_with(SimOptions {
         ssm: SsmSimOptions::real_network(),

@@ -11,8 +11,8 @@ use futures_util::{SinkExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use common::*;
-use rds_auth_proxy::sim::ssm::{SsmSimOptions, SsmSimStats};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::ssm::{SsmSimOptions, SsmSimStats};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 use rds_auth_proxy::tunnel::Tunnel;
 
 fn stat(sim: &Simulator, f: impl Fn(&SsmSimStats) -> &std::sync::atomic::AtomicU64) -> u64 {

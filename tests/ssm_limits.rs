@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{timeout, Instant};
 
-use rds_auth_proxy::sim::sigv4::SimCredentials;
-use rds_auth_proxy::sim::ssm::{SsmSim, SsmSimOptions, SsmSimStats};
+use rds_auth_proxy_sim::sigv4::SimCredentials;
+use rds_auth_proxy_sim::ssm::{SsmSim, SsmSimOptions, SsmSimStats};
 use rds_auth_proxy::tunnel::ssm::api::{ApiError, SsmApi};
 use rds_auth_proxy::tunnel::ssm::websocket::WsConnector;
 use rds_auth_proxy::tunnel::ssm::{SsmError, SsmSettings, SsmStream, SsmTunnel};

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rds_auth_proxy::sim::ssm::{SsmSimOptions, StreamFlights};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::ssm::{SsmSimOptions, StreamFlights};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 
 fn with_ssm(ssm: SsmSimOptions) -> SimOptions {
     SimOptions {
@@ -120,8 +120,8 @@ async fn lost_and_duplicated_messages_add_no_flights() {
         clients.push(client);
     }
     let stats = sim.ssm.stats();
-    let faults = rds_auth_proxy::sim::ssm::SsmSimStats::get(&stats.messages_dropped)
-        + rds_auth_proxy::sim::ssm::SsmSimStats::get(&stats.messages_duplicated);
+    let faults = rds_auth_proxy_sim::ssm::SsmSimStats::get(&stats.messages_dropped)
+        + rds_auth_proxy_sim::ssm::SsmSimStats::get(&stats.messages_duplicated);
     assert!(faults > 0, "the logins met lost and duplicated messages");
     drop(clients);
     proxy.stop().await;
@@ -140,7 +140,7 @@ async fn select_1_works_under_aws_limits_at_loopback_and_on_a_real_network() {
         let n: i32 = client.query_one("SELECT 1", &[]).await.expect("select 1").get(0);
         assert_eq!(n, 1, "{case}");
         let stats = sim.ssm.stats();
-        let get = rds_auth_proxy::sim::ssm::SsmSimStats::get;
+        let get = rds_auth_proxy_sim::ssm::SsmSimStats::get;
         assert_eq!(get(&stats.rate_limit_cuts), 0, "{case}");
         eprintln!(
             "{case}: early input dropped {} time(s); flights {:?}",
@@ -161,7 +161,7 @@ async fn select_1_works_under_aws_limits_at_loopback_and_on_a_real_network() {
 async fn copy_on_a_real_network_with_loss_and_a_killed_websocket_is_byte_exact() {
     use bytes::Bytes;
     use futures_util::{SinkExt, TryStreamExt};
-    use rds_auth_proxy::sim::ssm::SsmSimStats;
+    use rds_auth_proxy_sim::ssm::SsmSimStats;
     use sha2::{Digest, Sha256};
 
     let mut ssm = SsmSimOptions::aws_limits().with_real_network();

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::binary::{sim_command, Running};
 use common::{db_error, direct_args, start_sim};
-use rds_auth_proxy::sim::runner::SIM_REGION;
+use rds_auth_proxy_sim::runner::SIM_REGION;
 use rds_auth_proxy::auth::credentials::humantime_lite::Rfc3339;
-use rds_auth_proxy::sim::sso::{cache_file_stem, SIM_SSO_ROLE, SIM_SSO_START_URL};
-use rds_auth_proxy::sim::sts::SIM_ACCOUNT;
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::sso::{cache_file_stem, SIM_SSO_ROLE, SIM_SSO_START_URL};
+use rds_auth_proxy_sim::sts::SIM_ACCOUNT;
+use rds_auth_proxy_sim::Simulator;
 
 const PROFILE: &str = "sim-sso";
 /// A profile in the `sso_session` format, and its session.
@@ -180,12 +180,12 @@ async fn sso_profile_login_renewal_expired_session_hint_and_relogin_without_rest
 async fn sts_temporary_credentials_are_accepted_by_every_simulated_service() {
     use rds_auth_proxy::auth::identity::{IdentityError, StsApi};
     use rds_auth_proxy::auth::secrets::SecretsApi;
-    use rds_auth_proxy::sim::secrets::SecretsSim;
-    use rds_auth_proxy::sim::sigv4::SimCredentials;
+    use rds_auth_proxy_sim::secrets::SecretsSim;
+    use rds_auth_proxy_sim::sigv4::SimCredentials;
 
     rds_auth_proxy::tls::install_default_provider();
     let sim_creds = SimCredentials::new("AKIASIMSTSTEST000001", "sts-test-secret-access-key-000000000000");
-    let sts = rds_auth_proxy::sim::sts::start(sim_creds.clone()).await.unwrap();
+    let sts = rds_auth_proxy_sim::sts::start(sim_creds.clone()).await.unwrap();
     let secrets = SecretsSim::start(sim_creds.clone(), SIM_REGION).await.unwrap();
     secrets.put("app/db", r#"{"username":"app","password":"s3cret"}"#);
     let long_term = aws_credential_types::Credentials::from_keys(&sim_creds.access_key_id, &sim_creds.secret_access_key, None);

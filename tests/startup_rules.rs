@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use rds_auth_proxy::pg::backend::{self, error_field, parse_error_fields};
-use rds_auth_proxy::sim::SimOptions;
+use rds_auth_proxy_sim::SimOptions;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -121,7 +121,7 @@ async fn attempt(addr: SocketAddr, startup: &[u8]) -> Outcome {
 
 /// A simulator whose PostgreSQL also takes replication connections from `db_user` (so the direct
 /// side shows which packets PostgreSQL turns into walsenders), with a second IAM user.
-async fn replication_capable_sim() -> rds_auth_proxy::sim::Simulator {
+async fn replication_capable_sim() -> rds_auth_proxy_sim::Simulator {
     let sim = start_sim_with(SimOptions {
         pg_extra_hba: vec!["host replication all 127.0.0.1/32 trust".into()],
         ..SimOptions::default()

@@ -5,8 +5,9 @@
 //! by its own length (with a maximum) here, because pgwire's decoders trust the length field and
 //! can read past the end of a malformed message.
 
-pub mod backend;
 pub mod error;
-pub mod startup;
+
+// Shared with the simulator's RDS front.
+pub use rds_auth_proxy_protocol::pg::{backend, startup};
 
 pub use error::{ClientError, SqlState, UserFacing};

@@ -10,8 +10,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rds_auth_proxy::sim::runner::SIM_REGION;
-use rds_auth_proxy::sim::Simulator;
+use rds_auth_proxy_sim::runner::SIM_REGION;
+use rds_auth_proxy_sim::Simulator;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rds-auth-proxy");

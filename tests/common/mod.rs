@@ -7,13 +7,32 @@ pub mod netns;
 
 use std::net::SocketAddr;
 
-use rds_auth_proxy::app::{Credentials, Proxy};
+use rds_auth_proxy::app::{AwsSetup, Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
-use rds_auth_proxy::sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
-use rds_auth_proxy::sim::{SimOptions, Simulator};
+use rds_auth_proxy_sim::runner::{SIM_DB_PORT, SIM_ENDPOINT};
+use rds_auth_proxy_sim::{SimOptions, Simulator};
 
 use clap::Parser;
+
+/// `sim.aws_setup()`: the simulator's credentials and endpoints as the proxy takes them (the
+/// simulator crate does not know the proxy's types).
+pub trait SimAwsSetup {
+    fn aws_setup(&self) -> AwsSetup;
+}
+
+impl SimAwsSetup for Simulator {
+    fn aws_setup(&self) -> AwsSetup {
+        let aws = self.aws_endpoints();
+        AwsSetup {
+            credentials: aws.credentials,
+            ssm_endpoint: Some(aws.ssm_endpoint),
+            secrets_endpoint: Some(aws.secrets_endpoint),
+            sts_endpoint: Some(aws.sts_endpoint),
+            rds_endpoint: Some(aws.rds_endpoint),
+        }
+    }
+}
 
 pub struct RunningProxy {
     pub addr: SocketAddr,

@@ -8,12 +8,11 @@
 
 pub mod api;
 pub mod datachannel;
-pub mod handshake;
-pub mod message;
 pub mod pool;
-pub mod reliable;
-pub mod smux;
 pub mod websocket;
+
+// The codec, handshake, reliability and smux layers are shared with the simulator's agent.
+pub use rds_auth_proxy_protocol::ssm::{handshake, message, reliable, smux};
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -85,10 +84,4 @@ impl SsmError {
     }
 }
 
-/// Sleeps until `at`, or for ever when there is no deadline (a `select!` branch that is off).
-pub(crate) async fn sleep_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+pub(crate) use rds_auth_proxy_protocol::ssm::sleep_opt;

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 use super::*;
-use crate::sim::sigv4::SimCredentials;
-use crate::sim::ssm::{SsmSim, SsmSimOptions, SsmSimStats};
+use rds_auth_proxy_sim::sigv4::SimCredentials;
+use rds_auth_proxy_sim::ssm::{SsmSim, SsmSimOptions, SsmSimStats};
 use crate::tunnel::ssm::api::{ApiError, SsmApi};
 use crate::tunnel::ssm::websocket::WsConnector;
 

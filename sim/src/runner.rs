@@ -20,7 +20,7 @@ use super::secrets::SecretsSim;
 use super::sigv4::SimCredentials;
 use super::sso::SsoPortal;
 use super::ssm::{SsmSim, SsmSimOptions};
-use crate::cli::{DemoArgs, SimArgs};
+use crate::cli::SimArgs;
 
 /// The region every simulated resource lives in.
 pub const SIM_REGION: &str = "eu-central-1";
@@ -234,14 +234,15 @@ impl Simulator {
         Ok(password)
     }
 
-    /// Fixed credentials and the simulated SSM and Secrets Manager endpoints, for an in-process proxy.
-    pub fn aws_setup(&self) -> crate::app::AwsSetup {
-        crate::app::AwsSetup {
+    /// Fixed credentials and the simulated AWS endpoints, for an in-process proxy (which maps
+    /// them to its own `app::AwsSetup`).
+    pub fn aws_endpoints(&self) -> SimAws {
+        SimAws {
             credentials: self.aws_credentials(),
-            ssm_endpoint: Some(self.ssm.endpoint_url()),
-            secrets_endpoint: Some(self.secrets.endpoint_url()),
-            sts_endpoint: Some(self.sts.endpoint_url()),
-            rds_endpoint: Some(self.rds_api.endpoint_url()),
+            ssm_endpoint: self.ssm.endpoint_url(),
+            secrets_endpoint: self.secrets.endpoint_url(),
+            sts_endpoint: self.sts.endpoint_url(),
+            rds_endpoint: self.rds_api.endpoint_url(),
         }
     }
 
@@ -313,6 +314,21 @@ impl Simulator {
     }
 }
 
+/// What an in-process proxy needs to use this simulator instead of AWS: the credentials it
+/// accepts and where each service listens (`http://127.0.0.1:PORT`).
+#[derive(Debug, Clone)]
+pub struct SimAws {
+    pub credentials: aws_credential_types::Credentials,
+    /// The SSM API.
+    pub ssm_endpoint: String,
+    /// Secrets Manager.
+    pub secrets_endpoint: String,
+    /// STS (GetCallerIdentity).
+    pub sts_endpoint: String,
+    /// The RDS API (DescribeDBInstances/Clusters).
+    pub rds_endpoint: String,
+}
+
 /// Every name the RDS front answers to (the first is the instance, [`SIM_ENDPOINT`]); the
 /// simulated SSM node reaches each of them at the front.
 pub const FRONT_NAMES: [&str; 5] = [
@@ -328,7 +344,7 @@ pub const FRONT_NAMES: [&str; 5] = [
 fn front_certificates(ca: &SimCa, proxy_ca: &SimCa, swap: bool) -> Result<SniCerts, BoxError> {
     let ats_intermediate = proxy_ca.intermediate("rds-auth-proxy simulator ATS-like intermediate")?;
     let issuer_for = |name: &str| {
-        let proxy_name = crate::tls::classify_endpoint(name) == crate::tls::EndpointKind::RdsProxy;
+        let proxy_name = name == SIM_PROXY_ENDPOINT;
         if proxy_name != swap {
             &ats_intermediate
         } else {
@@ -430,19 +446,6 @@ fn rds_api_options(args: &SimArgs) -> RdsApiOptions {
     }
 }
 
-/// Single-quotes a value for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
 /// `rds-auth-proxy sim`.
 pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
     let ssm = ssm_options(&args);
@@ -458,7 +461,7 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     .await?;
     let mut out = String::new();
     for (name, value) in sim.exports() {
-        out.push_str(&format!("export {name}={}\n", shell_quote(&value)));
+        out.push_str(&format!("export {name}={}\n", rds_auth_proxy_protocol::shell::quote(&value)));
     }
     out.push_str("ready\n");
     print_flush(&out);
@@ -470,97 +473,30 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     Ok(if code == 143 || code == 130 { 0 } else { code })
 }
 
-fn print_flush(s: &str) {
+/// Writes `s` to stdout at once, so a reader of the pipe sees every line as soon as it is printed.
+pub fn print_flush(s: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(s.as_bytes());
     let _ = stdout.flush();
 }
 
-/// `rds-auth-proxy demo`: simulator + proxy on 127.0.0.1:<port>.
-pub async fn run_demo(args: DemoArgs, shutdown: impl Future<Output = u8>) -> Result<u8, BoxError> {
-    use crate::app::{build_context, Proxy};
-    use crate::cli::Cli;
-    use crate::config::Config;
-    use clap::Parser;
-
-    let port = args.port.to_string();
-    let target = format!("{SIM_ENDPOINT}:{SIM_DB_PORT}");
-    // The port first, exactly as the proxy binds it: a port in use fails in a moment, with the
-    // proxy's message and exit code, before any PostgreSQL is started.
-    let listen = Config::from_args(&Cli::try_parse_from(["rds-auth-proxy", "--target", &target, "--port", &port])?.proxy)?.listen;
-    let listeners = crate::listener::Listeners::bind(&listen).await?;
-
-    eprintln!("Starting the simulated SSM service, RDS (TLS + IAM check) and a throwaway PostgreSQL…");
-    let sim = Simulator::start(SimOptions::default()).await?;
-    let front = sim.front_addr.to_string();
-    let ca = sim.ca_file.display().to_string();
-    let node = sim.ssm.target_id().to_owned();
-    let cli = Cli::try_parse_from([
-        "rds-auth-proxy", "--target", &target, "--via", "ssm", "--ssm-target", &node,
-        "--ca-bundle", &ca, "--port", &port,
-    ])?;
-    let config = Config::from_args(&cli.proxy)?;
-    let setup = sim.aws_setup();
-    let proxy = Proxy::from_parts(listeners, build_context(&config, setup.into()).await?);
-    let addr = proxy.local_addr();
-    print_flush(&format!(
-        "\nrds-auth-proxy demo is running.\n\n\
-         \x20 client ──▶ proxy {addr} ══SSM tunnel via {node} ({ssm})══▶ TLS verify-full ──▶ simulated RDS {SIM_ENDPOINT} ({front}) ──▶ PostgreSQL {pg}\n\n\
-         In another terminal, connect without a password:\n\n\
-         \x20   psql -h {host} -p {p} -U {DB_USER} {SIM_DB_NAME}\n\n\
-         Try: SELECT current_user;   Stop the demo with Ctrl-C.\n\n",
-        pg = sim.postgres.addr(),
-        ssm = sim.ssm.endpoint_url(),
-        host = addr.ip(),
-        p = addr.port(),
-    ));
-    let check = tokio::spawn(demo_self_check(addr));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    proxy
-        .run(async move {
-            let _ = tx.send(shutdown.await);
-        })
-        .await;
-    check.abort();
-    sim.stop().await;
-    let code = rx.await.unwrap_or(0);
-    Ok(if code == 143 || code == 130 { 0 } else { code })
-}
-
-/// Shows the chain working right away: one password-less psql query through the proxy.
-async fn demo_self_check(addr: SocketAddr) {
-    let output = tokio::process::Command::new("psql")
-        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", DB_USER, SIM_DB_NAME])
-        .args(["-c", "SELECT current_user AS logged_in_as, now() - pg_postmaster_start_time() AS server_uptime"])
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await;
-    match output {
-        Ok(out) if out.status.success() => print_flush(&format!(
-            "Self-check — psql through the proxy, no password given:\n\n{}\n",
-            String::from_utf8_lossy(&out.stdout)
-        )),
-        Ok(out) => eprintln!("demo self-check failed:\n{}", String::from_utf8_lossy(&out.stderr)),
-        Err(_) => eprintln!("(psql not found: install postgresql-client to run the self-check)"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
     use clap::Parser;
     use std::time::Duration;
 
+    /// The `sim` command's flags alone.
+    #[derive(Parser)]
+    struct SimCli {
+        #[command(flatten)]
+        args: SimArgs,
+    }
+
     fn sim_options(flags: &[&str]) -> SsmSimOptions {
-        let argv = ["rds-auth-proxy", "sim"].iter().chain(flags);
-        match Cli::try_parse_from(argv).expect("valid flags").command {
-            Some(Command::Sim(args)) => ssm_options(&args),
-            other => panic!("not the sim command: {other:?}"),
-        }
+        let argv = ["sim"].iter().chain(flags);
+        ssm_options(&SimCli::try_parse_from(argv).expect("valid flags").args)
     }
 
     #[test]

@@ -800,7 +800,7 @@ pub(crate) async fn keepalive_loop(
                     shared.write_ready.notify_one();
                 }
             }
-            () = crate::tunnel::ssm::sleep_opt(deadline) => {
+            () = crate::ssm::sleep_opt(deadline) => {
                 let (Some(timeout), now) = (timeout, Instant::now()) else { continue };
                 let expired = {
                     let mut st = shared.lock();

@@ -3,41 +3,32 @@
 //! `reliable` state machines, mode selection from the client's version, the Flag messages,
 //! the idle timeout and the closing `channel_closed`. The state outlives WebSocket
 //! connections, so a client that resumes continues with the same sequence numbers.
+//!
+//! Here: the session task's state and loop, acks, resends and the port plugin's data; the
+//! handshake and mode choice in [`opening`], how a session ends in [`closing`].
 
-use std::cmp::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
-use uuid::Uuid;
 
 use super::flights::SessionFlights;
-use super::port::{self, PortEvent, PortHandle};
+use super::port::{PortEvent, PortHandle};
 use super::{bump, Fault, Inner, SessionInfo};
-use crate::tunnel::ssm::handshake::{
-    self, ActionStatus, HandshakeCompletePayload, HandshakeResponsePayload,
-    AGENT_KEEPALIVE_OFF_AFTER_CLIENT_VERSION, LOCAL_PORT_FORWARDING, MUX_MIN_CLIENT_VERSION,
+use rds_auth_proxy_protocol::ssm::message::{
+    header_flags, message_type, AcknowledgeContent, ClientMessage, FlagPayload, PayloadType,
 };
-use crate::tunnel::ssm::message::{
-    header_flags, message_type, now_millis, AcknowledgeContent, ChannelClosed, ClientMessage,
-    FlagPayload, PayloadType,
-};
-use crate::tunnel::ssm::reliable::{self, Delivery, Incoming, Outgoing};
+use rds_auth_proxy_protocol::ssm::reliable::{self, Delivery, Incoming, Outgoing};
 
-/// First agent release that turns its smux keepalive off for new clients (3.1.1575.0 release
-/// notes); older agents always keep it on.
-const AGENT_KEEPALIVE_GATE_SINCE: &str = "3.1.1575.0";
+mod closing;
+mod opening;
+
+use closing::End;
 
 /// The agent's `handshakeTimeout`: how long it waits for the HandshakeResponse.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// What the agent says when the handshake times out.
-const HANDSHAKE_TIMEOUT_TEXT: &str =
-    "Handshake timed out. Please ensure that you have the latest version of the session manager plugin.";
 
 /// The service's idle-timeout close reason (agent issue #261).
 pub(super) const IDLE_TIMEOUT_TEXT: &str =
@@ -102,33 +93,6 @@ pub(super) enum WsOut {
     Close { code: u16, reason: &'static str },
     /// Reset the TCP connection without a close frame (the kill knob).
     Kill,
-}
-
-/// Why a session ended; decides the `channel_closed` Output.
-#[derive(Debug)]
-enum End {
-    TerminateFlag,
-    TerminateApi,
-    IdleTimeout,
-    HandshakeTimeout,
-    /// The client refused an action or sent an unreadable response.
-    HandshakeFailed(String),
-    /// The port plugin failed (basic-mode dial, smux session death).
-    PortFailed(String),
-    /// Internal limits (sequence space) or the simulator is stopping.
-    Stopped(String),
-}
-
-impl End {
-    fn output(&self) -> String {
-        match self {
-            End::IdleTimeout => IDLE_TIMEOUT_TEXT.to_owned(),
-            End::HandshakeTimeout => HANDSHAKE_TIMEOUT_TEXT.to_owned(),
-            End::HandshakeFailed(text) | End::PortFailed(text) | End::Stopped(text) => text.clone(),
-            // Nothing documents a reason for a requested termination; MGS is assumed to send none.
-            End::TerminateFlag | End::TerminateApi => String::new(),
-        }
-    }
 }
 
 /// The part of a session that the API and connections share with its task.
@@ -326,75 +290,6 @@ impl Agent {
             flights: None,
             extra_action: None,
         }
-    }
-
-    /// Sends the HandshakeRequest now, unless the `hang_handshake` knob holds it back (then
-    /// the run loop sends it once the knob is off).
-    fn send_handshake_request_unless_held(&mut self) -> Result<(), End> {
-        if self.handshake_sent || self.inner.knobs.read(|o| o.hang_handshake) {
-            return Ok(());
-        }
-        self.handshake_sent = true;
-        self.send_handshake_request()
-    }
-
-    fn send_handshake_request(&mut self) -> Result<(), End> {
-        /// Go's struct field order (`SessionType`, then `Properties`), which a `serde_json::Value`
-        /// would sort the other way round.
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct SessionTypeRequest<'a> {
-            session_type: &'a str,
-            properties: &'a serde_json::Value,
-        }
-        /// One requested action; its parameters are a SessionType request or raw JSON.
-        #[derive(Serialize)]
-        #[serde(untagged)]
-        enum Parameters<'a> {
-            SessionType(SessionTypeRequest<'a>),
-            Other(serde_json::Value),
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Action<'a> {
-            action_type: &'a str,
-            action_parameters: Parameters<'a>,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Request<'a> {
-            agent_version: &'a str,
-            requested_client_actions: Vec<Action<'a>>,
-        }
-        self.agent_version = self.inner.knobs.read(|o| o.agent_version.clone());
-        self.extra_action = self.inner.knobs.read(|o| o.extra_handshake_action.clone());
-        let agent_version = self.agent_version.clone();
-        let mut actions = vec![Action {
-            action_type: handshake::ACTION_SESSION_TYPE,
-            action_parameters: Parameters::SessionType(SessionTypeRequest {
-                session_type: handshake::SESSION_TYPE_PORT,
-                properties: &self.properties,
-            }),
-        }];
-        if let Some(extra) = &self.extra_action {
-            actions.push(Action {
-                action_type: extra,
-                action_parameters: Parameters::Other(serde_json::json!({ "Feature": "sim" })),
-            });
-        }
-        let request = Request {
-            agent_version: &agent_version,
-            requested_client_actions: actions,
-        };
-        let payload = serde_json::to_vec(&request)
-            .map_err(|e| End::Stopped(format!("cannot encode HandshakeRequest: {e}")))?;
-        // The agent's handshake timer runs from the session's start, whether or not the
-        // request was held back.
-        self.phase = Phase::AwaitingResponse {
-            sent_at: self.started,
-        };
-        self.push(PayloadType::HandshakeRequest, Bytes::from(payload))
-            .map(drop)
     }
 
     async fn run(&mut self, events: &mut mpsc::Receiver<Event>) -> End {
@@ -690,91 +585,6 @@ impl Agent {
         }
     }
 
-    fn complete_handshake(
-        &mut self,
-        message: &ClientMessage,
-        elapsed: Duration,
-    ) -> Result<(), End> {
-        let response: HandshakeResponsePayload =
-            message.json_payload("HandshakeResponse").map_err(|e| {
-                End::HandshakeFailed(format!("Failed to read the handshake response: {e}"))
-            })?;
-        let mut declined = Vec::new();
-        for action in &response.processed_client_actions {
-            // A newer agent's optional action: what every released client answers for an
-            // action it does not know (the plugin: status 0, result 3) is accepted.
-            let optional = self.extra_action.as_deref() == Some(action.action_type.as_str());
-            let unsupported = action.action_status == ActionStatus::Unsupported
-                || (action.action_status == ActionStatus::Unknown(0)
-                    && action.action_result == serde_json::json!(3));
-            if optional && unsupported {
-                declined.push(action.action_type.clone());
-            }
-        }
-        if let Some(failed) = response.processed_client_actions.iter().find(|a| {
-            a.action_status != ActionStatus::Success && !declined.contains(&a.action_type)
-        }) {
-            return Err(End::HandshakeFailed(format!(
-                "{} failed on client with status {} error: {}",
-                failed.action_type,
-                i64::from(failed.action_status),
-                failed.error
-            )));
-        }
-        let client_version = response.client_version;
-        // The agent's rules (§3.3, §5.1), for the agent version this node pretends to run: an
-        // agent from before mux existed runs basic whatever the client says, and one from
-        // before the version gate keeps its smux keepalive on.
-        let agent_version = &self.agent_version;
-        let local_port_forwarding =
-            self.properties.get("type").and_then(|t| t.as_str()) == Some(LOCAL_PORT_FORWARDING);
-        let mux = local_port_forwarding
-            && handshake::agent_supports_mux(agent_version)
-            && compare_client_version(&client_version, MUX_MIN_CLIENT_VERSION) != Ordering::Less;
-        let keepalive = compare_client_version(agent_version, AGENT_KEEPALIVE_GATE_SINCE)
-            == Ordering::Less
-            || compare_client_version(&client_version, AGENT_KEEPALIVE_OFF_AFTER_CLIENT_VERSION)
-                != Ordering::Greater;
-
-        let complete = HandshakeCompletePayload {
-            handshake_time_to_complete: i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
-            customer_message: String::new(),
-        };
-        let payload = serde_json::to_vec(&complete)
-            .map_err(|e| End::Stopped(format!("cannot encode HandshakeComplete: {e}")))?;
-        self.push(PayloadType::HandshakeComplete, Bytes::from(payload))?;
-        self.complete_sent_at = Some(Instant::now());
-        self.phase = Phase::Complete;
-        bump(&self.inner.stats.handshakes_completed);
-        {
-            let mut info = self.shared.info_mut();
-            info.client_version = Some(client_version);
-            info.mux = Some(mux);
-            info.agent_keepalive = mux.then_some(keepalive);
-            info.declined_actions = declined;
-        }
-        let host = self
-            .properties
-            .get("host")
-            .and_then(|h| h.as_str())
-            .filter(|h| !h.is_empty())
-            .unwrap_or("localhost")
-            .to_owned();
-        let (handle, events) = if mux {
-            port::start_mux(self.inner.clone(), host, keepalive)
-        } else {
-            port::start_basic(self.inner.clone(), host)
-        };
-        self.port = Some(handle);
-        self.port_events = Some(events);
-        self.flights = Some(SessionFlights::new(
-            self.inner.stats.clone(),
-            &self.shared.id,
-            mux,
-        ));
-        Ok(())
-    }
-
     fn on_port_event(&mut self, event: PortEvent, pacing: Option<Duration>) -> Result<(), End> {
         match event {
             PortEvent::Output(data) => {
@@ -931,160 +741,11 @@ impl Agent {
         }
     }
 
-    async fn finish(mut self, end: End) {
-        let output = end.output();
-        tracing::debug!(session = %self.shared.id, reason = ?end, "simulated session ended");
-        let stats = &self.inner.stats;
-        bump(&stats.sessions_ended);
-        stats.session_closed();
-        self.shared.tokens().clear();
-        let client_id = {
-            let mut info = self.shared.info_mut();
-            info.ended = Some(output.clone());
-            info.client_id.clone()
-        };
-        if let Some(flights) = &mut self.flights {
-            flights.finish();
-        }
-        // Close the target side first, as the agent cancels its plugin before closing.
-        self.port = None;
-        self.port_events = None;
-        if let Some((_, tx)) = self.ws.take() {
-            let frame = channel_closed_frame(&self.shared.id, client_id.as_deref(), &output);
-            let send = async {
-                tx.send(WsOut::Binary(frame)).await.ok()?;
-                tx.send(WsOut::Close {
-                    code: 1000,
-                    reason: "",
-                })
-                .await
-                .ok()
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
-        }
-        self.shared.ended.send_replace(true);
-    }
 }
 
 async fn recv_port(rx: &mut Option<mpsc::Receiver<PortEvent>>) -> Option<PortEvent> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The agent's `versionutil.Compare` on what clients send: the numeric dotted prefix decides
-/// ("1.2.0.0-gimlet" is 1.2.0.0), and an unreadable version counts as the lowest, which picks
-/// basic mode and keeps the smux keepalive on.
-fn compare_client_version(client: &str, reference: &str) -> Ordering {
-    let end = client
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(client.len());
-    let numeric = client[..end].trim_end_matches('.');
-    handshake::compare_versions(numeric, reference).unwrap_or(Ordering::Less)
-}
-
-/// `channel_closed` as MGS frames it (§2.2): HeaderLength 112 (no PayloadType field) and the
-/// type NUL-padded, so clients exercise the same lenient parsing they need against AWS.
-fn channel_closed_frame(session_id: &str, client_id: Option<&str>, output: &str) -> Bytes {
-    let message_id = Uuid::new_v4();
-    let body = ChannelClosed {
-        message_id: Some(message_id.hyphenated().to_string()),
-        created_date: Some(iso8601_now()),
-        destination_id: client_id.map(str::to_owned),
-        session_id: Some(session_id.to_owned()),
-        message_type: Some(message_type::CHANNEL_CLOSED.to_owned()),
-        schema_version: Some(1),
-        output: Some(output.to_owned()),
-    };
-    let payload = serde_json::to_vec(&body).unwrap_or_default();
-    let mut buf = BytesMut::with_capacity(116 + payload.len());
-    buf.put_u32(112);
-    let name = message_type::CHANNEL_CLOSED.as_bytes();
-    buf.put_slice(name);
-    buf.put_bytes(0, 32 - name.len());
-    buf.put_u32(1);
-    buf.put_u64(now_millis());
-    buf.put_i64(0);
-    buf.put_u64(0);
-    let (high, low) = message_id.as_bytes().split_at(8);
-    buf.put_slice(low);
-    buf.put_slice(high);
-    buf.put_slice(&Sha256::digest(&payload));
-    buf.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
-    buf.put_slice(&payload);
-    buf.freeze()
-}
-
-/// UTC now as `2006-01-02T15:04:05.000Z`.
-fn iso8601_now() -> String {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil-from-days, for days since 1970-01-01.
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_versions_compare_like_the_agent() {
-        assert_eq!(
-            compare_client_version("1.2.650.0", "1.1.70"),
-            Ordering::Greater
-        );
-        assert_eq!(compare_client_version("1.1.70", "1.1.70"), Ordering::Equal);
-        assert_eq!(compare_client_version("0.0.1", "1.1.70"), Ordering::Less);
-        assert_eq!(
-            compare_client_version("1.2.0.0-gimlet", "1.2.331.0"),
-            Ordering::Less
-        );
-        assert_eq!(
-            compare_client_version("1.2.0.0-gimlet", "1.1.70"),
-            Ordering::Greater
-        );
-        assert_eq!(compare_client_version("", "1.1.70"), Ordering::Less);
-        assert_eq!(
-            compare_client_version("1.3.0.0", "1.2.331.0"),
-            Ordering::Greater
-        );
-    }
-
-    #[test]
-    fn channel_closed_uses_the_mgs_header_quirk_and_decodes() {
-        let frame = channel_closed_frame("sim-1", Some("c"), IDLE_TIMEOUT_TEXT);
-        assert_eq!(&frame[..4], &112u32.to_be_bytes());
-        assert_eq!(frame[4 + "channel_closed".len()], 0);
-        let message = ClientMessage::decode(&frame).expect("decodes");
-        assert_eq!(message.message_type, message_type::CHANNEL_CLOSED);
-        let closed = ChannelClosed::from_payload(&message.payload).expect("json");
-        assert_eq!(closed.reason(), Some(IDLE_TIMEOUT_TEXT));
-        assert_eq!(closed.session_id.as_deref(), Some("sim-1"));
-    }
-
-    #[test]
-    fn iso_dates_look_like_go() {
-        let date = iso8601_now();
-        assert_eq!(date.len(), "2006-01-02T15:04:05.000Z".len());
-        assert!(date.ends_with('Z') && date.as_bytes()[10] == b'T');
     }
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::{bump, Inner};
-use crate::tunnel::ssm::smux::{self, Session, SmuxError};
+use rds_auth_proxy_protocol::ssm::smux::{self, Session, SmuxError};
 
 /// Port plugin output, in the order the agent must send it.
 #[derive(Debug)]

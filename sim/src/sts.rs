@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::query::{xml_escape, Handler, Params, QueryError, QueryServer, QueryService};
 use super::sigv4::{SimCredentials, TemporaryCredentials};
-use crate::auth::credentials::humantime_lite::Rfc3339;
+use rds_auth_proxy_protocol::time::Rfc3339;
 
 /// The account every simulated ARN is in.
 pub const SIM_ACCOUNT: &str = "123456789012";

@@ -25,6 +25,11 @@ pub enum CertError {
 
 type Chain = Vec<CertificateDer<'static>>;
 
+/// ring, as the proxy uses (the simulator builds its own rustls configs).
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// A certificate authority that exists only for this run.
 pub struct SimCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -79,7 +84,7 @@ impl SimCa {
     /// A fresh certificate for `names` with its chain (as sent) and key, for [`SniCerts`].
     pub fn certified_key(&self, names: &[String]) -> Result<Arc<CertifiedKey>, CertError> {
         let (chain, key) = self.leaf_chain(names)?;
-        Ok(Arc::new(CertifiedKey::from_der(chain, key, &crate::tls::crypto_provider())?))
+        Ok(Arc::new(CertifiedKey::from_der(chain, key, &crypto_provider())?))
     }
 
     /// The CA certificate in PEM, for `--ca-bundle` / `sslrootcert`.
@@ -97,7 +102,7 @@ impl SimCa {
     /// A rustls server config presenting a fresh certificate for `names`, issued by this CA.
     pub fn server_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let (chain, key) = self.leaf_chain(names)?;
-        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
@@ -142,7 +147,7 @@ impl SniCerts {
 
     /// A rustls server config (ALPN `postgresql`) that picks among these certificates.
     pub fn server_config(self) -> Result<Arc<rustls::ServerConfig>, CertError> {
-        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(self));

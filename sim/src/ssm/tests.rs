@@ -21,14 +21,14 @@ use uuid::Uuid;
 
 use super::agent::IDLE_TIMEOUT_TEXT;
 use super::{SsmSim, SsmSimOptions, SsmSimStats, SIM_TARGET_ID};
-use crate::sim::sigv4::SimCredentials;
-use crate::tunnel::ssm::handshake::{self, HandshakeRequestPayload};
-use crate::tunnel::ssm::message::{
+use crate::sigv4::SimCredentials;
+use rds_auth_proxy_protocol::ssm::handshake::{self, HandshakeRequestPayload};
+use rds_auth_proxy_protocol::ssm::message::{
     header_flags, message_type, AcknowledgeContent, ChannelClosed, ClientMessage, FlagPayload,
     OpenDataChannelInput, PayloadType,
 };
-use crate::tunnel::ssm::reliable::{self, Delivery, Incoming, Outgoing};
-use crate::tunnel::ssm::smux;
+use rds_auth_proxy_protocol::ssm::reliable::{self, Delivery, Incoming, Outgoing};
+use rds_auth_proxy_protocol::ssm::smux;
 
 /// Turns a hang into a failure; never used to wait for something.
 const GUARD: Duration = Duration::from_secs(20);

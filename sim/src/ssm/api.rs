@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{agent, bump, channel, Inner, SIM_NODES, SIM_TARGET_ID};
-use crate::sim::sigv4::{self, SignatureRejection};
+use crate::sigv4::{self, SignatureRejection};
 
 /// The service name SSM requests are signed for.
 const SIGNING_NAME: &str = "ssm";

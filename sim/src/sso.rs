@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use super::sigv4::SimCredentials;
 use super::sts::{SIM_ACCOUNT, SIM_ROLE_ID};
-use crate::auth::credentials::humantime_lite::Rfc3339;
+use rds_auth_proxy_protocol::time::Rfc3339;
 
 /// The permission set (role) the simulated user is assigned in [`SIM_ACCOUNT`]; the portal
 /// refuses other roles as IAM Identity Center does.

@@ -45,8 +45,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::postgres::{RDS_IAM_ROLE, SUPERUSER};
 use super::sigv4::{self, RdsTokenExpectation, SimCredentials};
-use crate::pg::backend::{self, MAX_PREAUTH_MESSAGE_LEN};
-use crate::pg::startup::{self, FirstPacket, StartupMessage};
+use rds_auth_proxy_protocol::pg::backend::{self, MAX_PREAUTH_MESSAGE_LEN};
+use rds_auth_proxy_protocol::pg::startup::{self, FirstPacket, StartupMessage};
 
 /// How the front behaves.
 pub struct RdsFrontConfig {
@@ -112,7 +112,7 @@ impl PgEmulation {
     pub fn tls_config(self, mut tls: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
         tls.alpn_protocols = match self {
             PgEmulation::Pg15 => Vec::new(),
-            PgEmulation::Pg17 { .. } => vec![crate::tls::POSTGRESQL_ALPN.to_vec()],
+            PgEmulation::Pg17 { .. } => vec![rds_auth_proxy_protocol::pg::POSTGRESQL_ALPN.to_vec()],
         };
         Arc::new(tls)
     }
@@ -215,7 +215,7 @@ async fn serve(
             return Ok(());
         }
         let tls = TlsAcceptor::from(config.tls.clone()).accept(tcp).await?;
-        if tls.get_ref().1.alpn_protocol() != Some(crate::tls::POSTGRESQL_ALPN) {
+        if tls.get_ref().1.alpn_protocol() != Some(rds_auth_proxy_protocol::pg::POSTGRESQL_ALPN) {
             // PostgreSQL 17 logs it (COMMERROR: not sent) and closes.
             tracing::debug!(%peer, "simulated RDS: received direct SSL connection request without ALPN protocol negotiation extension");
             return Ok(());

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::SsmSimStats;
-use crate::tunnel::ssm::smux::{Cmd, HEADER_LEN, VERSION};
+use rds_auth_proxy_protocol::ssm::smux::{Cmd, HEADER_LEN, VERSION};
 
 /// Records kept for [`super::SsmSimStats::stream_flights`]; the oldest go first beyond this, so
 /// a long soak run does not grow without bound.

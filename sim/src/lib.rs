@@ -4,9 +4,16 @@
 //! a CA generated per run ([`certs`]), and the SSM API plus the agent side of the port-forwarding
 //! data channel ([`ssm`]), and Secrets Manager's GetSecretValue ([`secrets`]), STS ([`sts`]) and
 //! the IAM Identity Center portal ([`sso`]), whose temporary credentials every part accepts.
-//! [`runner`] starts them together.
+//! [`runner`] starts them together; [`cli`] holds the flags of the binary's `sim` and `demo`
+//! commands.
+//!
+//! Its own crate, not a module of the proxy: the product library ships no simulator code. It
+//! speaks the proxy's wire code from `rds_auth_proxy_protocol` and never depends on the proxy.
+
+#![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod cli;
 pub mod postgres;
 pub mod query;
 pub mod rds;
