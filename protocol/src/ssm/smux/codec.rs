@@ -29,7 +29,7 @@ pub enum Cmd {
 }
 
 impl Cmd {
-    pub(crate) fn from_byte(byte: u8) -> Option<Cmd> {
+    pub fn from_byte(byte: u8) -> Option<Cmd> {
         match byte {
             0 => Some(Cmd::Syn),
             1 => Some(Cmd::Fin),
