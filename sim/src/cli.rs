@@ -4,7 +4,8 @@
 
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 
-/// The simulator's subcommands, in the order `--help` lists them (right after `token`).
+// The simulator's subcommands, in the order `--help` lists them (right after `token`). No doc
+// comment: clap would make it the `about` of the command these are added to.
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Run the local AWS simulator (RDS front + throwaway PostgreSQL) and print its settings as
