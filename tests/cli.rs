@@ -243,7 +243,6 @@ fn help_teaches() {
 /// whole (one line, or lines joined by trailing backslashes) and parses with today's flags.
 #[test]
 fn help_examples_paste_whole_at_any_width() {
-    use clap::Parser;
     let mut seen = None;
     for columns in ["60", "80", "100", "200"] {
         // stdout is a pipe here, so clap takes the width from COLUMNS.
