@@ -2,11 +2,15 @@
 
 use std::sync::Arc;
 
+use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
-use crate::tunnel::ssm::message::FlagPayload;
+use crate::tunnel::ssm::message::{
+    message_type, AcknowledgeContent, ClientMessage, FlagPayload, PayloadType,
+};
 use crate::tunnel::ssm::testing::{FakeAgent, FakeConnector, FakeControl, HANDSHAKE_REQUEST};
 
 struct Setup {
