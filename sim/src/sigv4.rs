@@ -1,23 +1,29 @@
-//! The simulator's own SigV4 verifier: RDS IAM tokens (query-presigned) and header-signed API requests.
+//! The simulator's SigV4 verifier: RDS IAM tokens (query-presigned) and header-signed API requests.
 //!
-//! Written from the SigV4 specification with `hmac`/`sha2` only, deliberately *not* with `aws-sigv4`:
-//! the proxy signs with `aws-sigv4`, and a verifier built on the same code would accept whatever that
-//! code gets wrong. The checks mirror what AWS does, so a token or request the simulator accepts is one
-//! AWS would accept too (vectors from the AWS SDK and the AWS signing test suite pin this down).
+//! Checked the way AWS checks: what the request claims (credential scope, signed headers, time,
+//! expiry, session token) is parsed and held against the simulator's keys and AWS's limits, then the
+//! request is signed again with `aws-sigv4` at the claimed time, over exactly what the claim says was
+//! signed, and the two signatures are compared in constant time. The proxy signs with the same crate,
+//! so what proves that this computes what AWS computes are the fixed vectors in the tests (the AWS
+//! SDK's RDS token, the AWS SigV4 test suite), not the proxy's own tokens.
 //!
 //! Nothing here ever formats a token, a signature, a session token or a secret: rejections name the
-//! reason only, and [`SimCredentials`]'s `Debug` redacts the secret parts.
+//! reason only, and [`SimCredentials`]'s `Debug` redacts the secret parts. A session token goes to
+//! `aws-sigv4` inside the identity, never as a header, so its request traces do not carry it either.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{
+    sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+};
+use aws_sigv4::sign::v4;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
-
-type HmacSha256 = Hmac<Sha256>;
+use subtle::ConstantTimeEq;
 
 /// The only algorithm AWS accepts for SigV4 (SigV4a is not used by RDS or SSM clients).
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -31,18 +37,26 @@ const MAX_TOKEN_EXPIRES_SECS: u64 = 900;
 const MAX_TOKEN_FUTURE_SECS: i64 = 300;
 /// AWS rejects header-signed requests whose `x-amz-date` is more than 15 minutes off ("Signature expired").
 const MAX_REQUEST_SKEW_SECS: u64 = 900;
-/// SHA-256 of the empty string: the payload hash of every presigned RDS token.
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// SigV4 `UriEncode`: everything except the unreserved characters `A-Za-z0-9-_.~` is percent-encoded
-/// (uppercase hex), including `/`, `+`, `=` and space.
-const SIGV4_QUERY: &AsciiSet = &NON_ALPHANUMERIC
+/// The query parameters `aws-sigv4` writes itself when presigning (from the signing parameters,
+/// which are the claimed ones), and the signature: the rest of a token's query is what was signed.
+const PRESIGN_PARAMS: [&str; 7] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Security-Token",
+    "X-Amz-Signature",
+];
+
+/// SigV4 `UriEncode`: everything but `A-Za-z0-9-_.~` percent-encoded (`+` and `=` included), so the
+/// URL handed to `aws-sigv4` decodes back to exactly the parameters the token carried.
+const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-/// Same as [`SIGV4_QUERY`] but keeps `/`, for canonical URI paths.
-const SIGV4_PATH: &AsciiSet = &SIGV4_QUERY.remove(b'/');
 
 /// The simulator's own AWS credentials, and the temporary credentials issued from them: the only
 /// ones its RDS front and its APIs accept.
@@ -412,8 +426,9 @@ pub fn verify_rds_token(
     let signed_headers =
         param("X-Amz-SignedHeaders").ok_or(R::Malformed("missing X-Amz-SignedHeaders"))?;
     let signature = param("X-Amz-Signature").ok_or(R::Malformed("missing X-Amz-Signature"))?;
-    let signature =
-        decode_signature(signature).ok_or(R::Malformed("X-Amz-Signature is not hex"))?;
+    if !is_signature_hex(signature) {
+        return Err(R::Malformed("X-Amz-Signature is not hex"));
+    }
     let scope = CredentialScope::parse(credential).ok_or(R::Malformed("bad X-Amz-Credential"))?;
     let signed_at = parse_amz_date(amz_date).ok_or(R::Malformed("bad X-Amz-Date"))?;
     let (host, port) = split_authority(authority).ok_or(R::Malformed("bad host:port"))?;
@@ -474,15 +489,13 @@ pub fn verify_rds_token(
             seconds_ahead: signed_at.abs_diff(now),
         });
     }
-    match (
-        param("X-Amz-Security-Token"),
-        key.session_token.as_deref(),
-    ) {
+    let session_token = param("X-Amz-Security-Token");
+    match (session_token, key.session_token.as_deref()) {
         (None, None) => {}
         (None, Some(_)) => return Err(R::MissingSessionToken),
         (Some(_), None) => return Err(R::InvalidSessionToken),
         (Some(got), Some(want)) => {
-            if !constant_time_eq(got.as_bytes(), want.as_bytes()) {
+            if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
                 return Err(R::InvalidSessionToken);
             }
         }
@@ -496,27 +509,29 @@ pub fn verify_rds_token(
         }
     }
 
-    // Both SDKs leave the default https port out of the signed host header (RFC 9110), so do we.
-    let host_header = if port == 443 {
-        host.to_owned()
-    } else {
-        format!("{host}:{port}")
+    // What was presigned: `GET https://host:port/?<the other parameters>`. aws-sigv4 signs the host
+    // header from the URL (leaving out the default port 443, as both SDKs do) and adds the X-Amz-
+    // parameters from the signing parameters, which the checks above tied to the claimed ones.
+    let query: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| !PRESIGN_PARAMS.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let k = utf8_percent_encode(k, QUERY_COMPONENT);
+            format!("{k}={}", utf8_percent_encode(v, QUERY_COMPONENT))
+        })
+        .collect();
+    let url = format!("https://{authority}/?{}", query.join("&"));
+    let request = SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[]))
+        .map_err(|_| R::Malformed("bad host:port"))?;
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(Duration::from_secs(expires));
+    let claim = Claim {
+        scope,
+        signed_at,
+        signature,
     };
-    let canonical_query = canonical_query(
-        params
-            .iter()
-            .filter(|(k, _)| k != "X-Amz-Signature")
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    let canonical_request =
-        format!("GET\n/\n{canonical_query}\nhost:{host_header}\n\nhost\n{EMPTY_SHA256}");
-    if signature_matches(
-        &key.secret,
-        &scope,
-        amz_date,
-        &canonical_request,
-        &signature,
-    ) {
+    if claim.matches(request, settings, &key.secret, session_token) {
         Ok(())
     } else {
         Err(R::BadSignature)
@@ -526,9 +541,10 @@ pub fn verify_rds_token(
 /// Verifies a SigV4 header-signed request (the SSM JSON 1.1 API) signed for `service` by `creds`.
 ///
 /// Takes the request head and the collected body rather than method/path/query/headers separately:
-/// that is what an HTTP server has in hand, and it keeps the signature short. The canonical URI is the
-/// received path URI-encoded once more (SigV4's double encoding for every service but S3); dot segments
-/// are not normalised, which only matters for paths the SSM API never uses.
+/// that is what an HTTP server has in hand, and it keeps the signature short. The request is signed
+/// again as the SDKs sign these services: the path normalised (RFC 3986 dot segments) and
+/// URI-encoded once more (SigV4's double encoding for every service but S3), over exactly the
+/// headers the request lists as signed.
 pub fn verify_header_signed_request(
     head: &http::request::Parts,
     body: &[u8],
@@ -568,15 +584,17 @@ pub fn verify_header_signed_request(
     if skew > MAX_REQUEST_SKEW_SECS {
         return Err(R::ClockSkew { skew_secs: skew });
     }
-    match (
-        head.headers.get("x-amz-security-token"),
-        key.session_token.as_deref(),
-    ) {
+    let mut tokens = head.headers.get_all("x-amz-security-token").iter();
+    let session_token = tokens.next();
+    if tokens.next().is_some() {
+        return Err(R::InvalidSessionToken);
+    }
+    match (session_token, key.session_token.as_deref()) {
         (None, None) => {}
         (None, Some(_)) => return Err(R::MissingSessionToken),
         (Some(_), None) => return Err(R::InvalidSessionToken),
         (Some(got), Some(want)) => {
-            if !constant_time_eq(got.as_bytes(), want.as_bytes()) {
+            if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
                 return Err(R::InvalidSessionToken);
             }
         }
@@ -598,23 +616,27 @@ pub fn verify_header_signed_request(
     if !signed_names.contains(&"host") {
         return Err(R::HostNotSigned);
     }
-    let mut canonical_headers = String::new();
+    // The signed headers as received, all values of each. aws-sigv4 adds `x-amz-date` itself (from
+    // the claimed time, which is the header's value) and `x-amz-security-token` from the identity.
+    let mut headers = Vec::new();
+    let mut signed_token = None;
     for name in &signed_names {
-        let mut values = Vec::new();
+        let mut present = false;
         for value in head.headers.get_all(*name) {
             let value = std::str::from_utf8(value.as_bytes())
                 .map_err(|_| R::MalformedAuthorization("signed header value is not UTF-8"))?;
-            values.push(trim_all(value));
+            present = true;
+            match *name {
+                "x-amz-date" => {}
+                "x-amz-security-token" => signed_token = Some(value),
+                _ => headers.push((*name, value)),
+            }
         }
-        if values.is_empty() {
+        if !present {
             return Err(R::MissingSignedHeader {
                 name: (*name).to_owned(),
             });
         }
-        canonical_headers.push_str(name);
-        canonical_headers.push(':');
-        canonical_headers.push_str(&values.join(","));
-        canonical_headers.push('\n');
     }
 
     // The signature always covers the body actually received; a client-declared hash is only
@@ -625,32 +647,89 @@ pub fn verify_header_signed_request(
             return Err(R::PayloadHashMismatch);
         }
     }
-
-    let path = head.uri.path();
-    let path = if path.is_empty() { "/" } else { path };
-    let canonical_uri = utf8_percent_encode(path, SIGV4_PATH).to_string();
-    let query_params = parse_query(head.uri.query().unwrap_or(""))
+    // Refused rather than signed: a repeated parameter, or one that is not UTF-8 once decoded.
+    parse_query(head.uri.query().unwrap_or(""))
         .map_err(|_| R::MalformedAuthorization("query string does not decode"))?;
-    let canonical_query =
-        canonical_query(query_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let canonical_request = format!(
-        "{method}\n{canonical_uri}\n{canonical_query}\n{canonical_headers}\n{signed}\n{payload_hash}",
-        method = head.method.as_str(),
-        signed = auth.signed_headers,
-    );
-    if signature_matches(
-        &key.secret,
-        &scope,
-        amz_date,
-        &canonical_request,
-        &auth.signature,
-    ) {
+
+    let path_and_query = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let Ok(request) = SignableRequest::new(
+        head.method.as_str(),
+        path_and_query,
+        headers.into_iter(),
+        SignableBody::Bytes(body),
+    ) else {
+        return Err(R::BadSignature);
+    };
+    let mut settings = SigningSettings::default();
+    // Exactly the listed headers: none of aws-sigv4's default exclusions (user-agent, …) applies,
+    // and `x-amz-date`, which it always adds, is left out unless listed.
+    settings.excluded_headers = Some(if signed_names.contains(&"x-amz-date") {
+        Vec::new()
+    } else {
+        vec!["x-amz-date".into()]
+    });
+    let region = scope.region;
+    let access_key_id = scope.access_key_id;
+    let claim = Claim {
+        scope,
+        signed_at,
+        signature: auth.signature,
+    };
+    if claim.matches(request, settings, &key.secret, signed_token) {
         Ok(VerifiedRequest {
-            region: scope.region.to_owned(),
-            access_key_id: scope.access_key_id.to_owned(),
+            region: region.to_owned(),
+            access_key_id: access_key_id.to_owned(),
         })
     } else {
         Err(R::BadSignature)
+    }
+}
+
+/// What a signature says about itself: who signed, for which scope, when, and the signature.
+struct Claim<'a> {
+    scope: CredentialScope<'a>,
+    /// `X-Amz-Date` as Unix seconds.
+    signed_at: i64,
+    /// 64 lowercase hex digits.
+    signature: &'a str,
+}
+
+impl Claim<'_> {
+    /// Signs `request` again as the claimed signer would have (with `secret` and the signed
+    /// `session_token`, at the claimed time, for the claimed scope) and compares in constant time.
+    /// A request `aws-sigv4` cannot sign cannot carry a valid signature either.
+    fn matches(
+        &self,
+        request: SignableRequest<'_>,
+        settings: SigningSettings,
+        secret: &str,
+        session_token: Option<&str>,
+    ) -> bool {
+        let Ok(secs) = u64::try_from(self.signed_at) else {
+            return false;
+        };
+        let identity = Credentials::new(
+            self.scope.access_key_id,
+            secret,
+            session_token.map(str::to_owned),
+            None,
+            "simulator",
+        )
+        .into();
+        let Ok(params) = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(self.scope.region)
+            .name(self.scope.service)
+            .time(UNIX_EPOCH + Duration::from_secs(secs))
+            .settings(settings)
+            .build()
+        else {
+            return false;
+        };
+        match sign(request, &params.into()) {
+            Ok(output) => output.signature().as_bytes().ct_eq(self.signature.as_bytes()).into(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -680,21 +759,13 @@ impl<'a> CredentialScope<'a> {
             && scope.date.bytes().all(|b| b.is_ascii_digit());
         well_formed.then_some(scope)
     }
-
-    /// The scope as it appears in the string to sign (without the access key id).
-    fn string_to_sign_scope(&self) -> String {
-        format!(
-            "{}/{}/{}/{SCOPE_TERMINATOR}",
-            self.date, self.region, self.service
-        )
-    }
 }
 
 /// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`.
 struct Authorization<'a> {
     credential: &'a str,
     signed_headers: &'a str,
-    signature: [u8; 32],
+    signature: &'a str,
 }
 
 impl<'a> Authorization<'a> {
@@ -725,59 +796,23 @@ impl<'a> Authorization<'a> {
             }
         }
         let signature = signature.ok_or(R::MalformedAuthorization("missing Signature"))?;
+        if !is_signature_hex(signature) {
+            return Err(R::MalformedAuthorization(
+                "Signature is not 64 lowercase hex digits",
+            ));
+        }
         Ok(Self {
             credential: credential.ok_or(R::MalformedAuthorization("missing Credential"))?,
             signed_headers: signed_headers
                 .ok_or(R::MalformedAuthorization("missing SignedHeaders"))?,
-            signature: decode_signature(signature).ok_or(R::MalformedAuthorization(
-                "Signature is not 64 lowercase hex digits",
-            ))?,
+            signature,
         })
     }
 }
 
-/// Recomputes the signature over `canonical_request` and compares it in constant time.
-fn signature_matches(
-    secret: &str,
-    scope: &CredentialScope<'_>,
-    amz_date: &str,
-    canonical_request: &str,
-    provided: &[u8; 32],
-) -> bool {
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{}\n{}",
-        scope.string_to_sign_scope(),
-        hex::encode(Sha256::digest(canonical_request.as_bytes())),
-    );
-    let k_date = hmac_sha256(format!("AWS4{secret}").as_bytes(), scope.date.as_bytes());
-    let k_region = hmac_sha256(&k_date, scope.region.as_bytes());
-    let k_service = hmac_sha256(&k_region, scope.service.as_bytes());
-    let k_signing = hmac_sha256(&k_service, SCOPE_TERMINATOR.as_bytes());
-    let mut mac = new_hmac(&k_signing);
-    mac.update(string_to_sign.as_bytes());
-    // `verify_slice` compares in constant time.
-    mac.verify_slice(provided).is_ok()
-}
-
-fn new_hmac(key: &[u8]) -> HmacSha256 {
-    // HMAC is defined for keys of any length; `new_from_slice` cannot fail for it.
-    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length")
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = new_hmac(key);
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
 /// Signatures are 64 lowercase hex digits; AWS compares the string, so uppercase hex does not verify.
-fn decode_signature(hex_sig: &str) -> Option<[u8; 32]> {
-    if hex_sig.len() != 64 || hex_sig.bytes().any(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_sig, &mut out).ok()?;
-    Some(out)
+fn is_signature_hex(signature: &str) -> bool {
+    signature.len() == 64 && signature.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Decodes `k=v&k=v` the way AWS and `aws-sigv4` do (form-urlencoded: `+` is a space). Empty pieces
@@ -804,24 +839,6 @@ fn form_decode(raw: &str) -> Result<String, &'static str> {
         .map_err(|_| "query parameter is not UTF-8")
 }
 
-/// SigV4 canonical query string: keys and values `UriEncode`d, sorted by encoded key then value.
-fn canonical_query<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    let mut encoded: Vec<(String, String)> = params
-        .map(|(k, v)| {
-            (
-                utf8_percent_encode(k, SIGV4_QUERY).to_string(),
-                utf8_percent_encode(v, SIGV4_QUERY).to_string(),
-            )
-        })
-        .collect();
-    encoded.sort();
-    encoded
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// Splits `host:port`; a bare host means the https default 443 (how `url` prints such a token).
 fn split_authority(authority: &str) -> Option<(&str, u16)> {
     match authority.rsplit_once(':') {
@@ -846,23 +863,6 @@ fn single_header<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str
     std::str::from_utf8(value.as_bytes()).ok()
 }
 
-/// SigV4 header value normalisation: trim spaces and collapse runs of spaces (spaces only, as AWS).
-fn trim_all(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for word in value.split(' ').filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Only the length may leak, which says nothing useful about a session token.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn unix_secs(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -870,7 +870,8 @@ fn unix_secs(t: SystemTime) -> i64 {
     }
 }
 
-/// Parses `yyyymmddThhmmssZ` (UTC) into Unix seconds, validating every field.
+/// Parses `yyyymmddThhmmssZ` (UTC) into Unix seconds, validating every field: `aws-sigv4` signs
+/// with the time written back in that form, which is then the very string the request carried.
 fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
@@ -908,6 +909,75 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+
+/// One AWS JSON 1.1 call as a simulated service receives it: the body, read up to a limit, with
+/// its header signature checked for `service` and `region`.
+#[derive(Debug)]
+pub struct SignedCall {
+    /// The `X-Amz-Target` header, e.g. `AmazonSSM.StartSession` (empty when absent).
+    pub target: String,
+    pub body: bytes::Bytes,
+    /// The region of the signature's credential scope.
+    pub region: String,
+    /// The access key id that signed the call.
+    pub access_key_id: String,
+}
+
+/// Why [`read_signed_call`] refused a request; each simulated API maps it to its own error.
+#[derive(Debug)]
+pub enum SignedCallError {
+    /// The body could not be read, or is larger than the limit.
+    Body,
+    Signature(SignatureRejection),
+    /// Signed correctly, but for another region than the service's.
+    WrongRegion,
+}
+
+/// Reads and authenticates one signed JSON 1.1 request (the part every simulated API shares).
+pub async fn read_signed_call(
+    request: http::Request<hyper::body::Incoming>,
+    max_body: usize,
+    service: &str,
+    creds: &SimCredentials,
+    region: &str,
+) -> Result<SignedCall, SignedCallError> {
+    let call = read_signed_call_any_region(request, max_body, service, creds).await?;
+    if call.region != region {
+        return Err(SignedCallError::WrongRegion);
+    }
+    Ok(call)
+}
+
+/// [`read_signed_call`] for a service that accepts any region's scope (STS) or checks it itself.
+pub async fn read_signed_call_any_region(
+    request: http::Request<hyper::body::Incoming>,
+    max_body: usize,
+    service: &str,
+    creds: &SimCredentials,
+) -> Result<SignedCall, SignedCallError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = http_body_util::Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|_| SignedCallError::Body)?
+        .to_bytes();
+    let verified = verify_header_signed_request(&parts, &body, service, creds, SystemTime::now())
+        .map_err(SignedCallError::Signature)?;
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(SignedCall {
+        target,
+        body,
+        region: verified.region,
+        access_key_id: verified.access_key_id,
+    })
 }
 
 #[cfg(test)]
@@ -1103,6 +1173,11 @@ mod tests {
             .with_session_token("IQoJb3JpZ2luX2VjEXAMPLE/+token=");
         let now = at("20260101T000100Z");
         assert_eq!(verify_rds_token(token, &expect, &creds, now), Ok(()));
+        let flipped = token.replace("=7834a6ea", "=7834a6eb");
+        assert_eq!(
+            verify_rds_token(&flipped, &expect, &creds, now),
+            Err(TokenRejection::BadSignature)
+        );
         assert_eq!(
             verify_rds_token(token, &expect, &long_term, now),
             Err(TokenRejection::InvalidSessionToken)
@@ -1121,63 +1196,6 @@ mod tests {
         );
     }
 
-    // LEAD: moves to tests/ (it signs with the proxy's own presign, which this crate cannot use).
-    // /// Temporary credentials the simulator issued are good for IAM tokens (signed by the proxy's
-    // /// own signer, with the session token's `+`, `/` and `=` encoded) until they expire, and any
-    // /// clone of the issuing credentials knows them.
-    // #[test]
-    // fn issued_temporary_credentials_sign_rds_tokens_until_they_expire() {
-    //     let issuer = SimCredentials::new("AKIASIMISSUER0000000", "issuer-secret");
-    //     let front = issuer.clone();
-    //     let temp = issuer.issue_temporary(Duration::from_secs(3600));
-    //     assert!(temp.access_key_id.starts_with("ASIA"));
-    //     assert!(temp.session_token.ends_with('='));
-    //     let request = crate::auth::TokenRequest {
-    //         endpoint: "mydb.abc123xyz.eu-west-1.rds.amazonaws.com".into(),
-    //         port: 5432,
-    //         region: "eu-west-1".into(),
-    //         db_user: "iam_user".into(),
-    //     };
-    //     let expect = RdsTokenExpectation {
-    //         host: request.endpoint.clone(),
-    //         port: 5432,
-    //         region: "eu-west-1".into(),
-    //         user: "iam_user".into(),
-    //     };
-    //     let signed_at = SystemTime::now();
-    //     let sdk = |t: &TemporaryCredentials| {
-    //         aws_credential_types::Credentials::new(
-    //             &t.access_key_id,
-    //             &t.secret_access_key,
-    //             Some(t.session_token.clone()),
-    //             Some(t.expiration),
-    //             "test",
-    //         )
-    //     };
-    //     let token = crate::auth::token::presign(&request, &sdk(&temp), signed_at).unwrap();
-    //     assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Ok(()));
-    //     // Without the session token the same keys are refused; a wrong one is refused.
-    //     let no_session = aws_credential_types::Credentials::from_keys(&temp.access_key_id, &temp.secret_access_key, None);
-    //     let token = crate::auth::token::presign(&request, &no_session, signed_at).unwrap();
-    //     assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::MissingSessionToken));
-    //     let mut forged = temp.clone();
-    //     forged.session_token.insert(0, 'x');
-    //     let token = crate::auth::token::presign(&request, &sdk(&forged), signed_at).unwrap();
-    //     assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::InvalidSessionToken));
-    //     // Credentials that expire in a second: a token signed before is refused after.
-    //     let short = issuer.issue_temporary(Duration::from_secs(1));
-    //     let token = crate::auth::token::presign(&request, &sdk(&short), signed_at).unwrap();
-    //     assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Ok(()));
-    //     assert!(matches!(
-    //         verify_rds_token(token.expose(), &expect, &front, signed_at + Duration::from_secs(5)),
-    //         Err(TokenRejection::ExpiredSessionToken { .. })
-    //     ));
-    //     // Credentials issued by another simulator are unknown here.
-    //     let stranger = SimCredentials::new("AKIASIMOTHER00000000", "x").issue_temporary(Duration::from_secs(3600));
-    //     let token = crate::auth::token::presign(&request, &sdk(&stranger), signed_at).unwrap();
-    //     assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::UnknownAccessKey));
-    //     assert_eq!(issuer.issued_count(), 2);
-    // }
 
     /// Header-signed requests with issued credentials: the session token is required and checked,
     /// and expired credentials get AWS's ExpiredTokenException.
@@ -1251,12 +1269,13 @@ mod tests {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
     }
-
     // ---- Header-signed requests ----
 
     const SUITE_AKID: &str = "AKIDEXAMPLE";
     const SUITE_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
     const SUITE_TIME: &str = "20150830T123600Z";
+    /// The session token of the suite's `post-sts-header-*` vectors.
+    const SUITE_STS_TOKEN: &str = "AQoDYXdzEPT//////////wEXAMPLEtc764bNrC9SAPBSM22wDOk4x4HIZ8j4FZTwdQWLWsKWHGBuFqwAeMicRXmxfpSPfIeoIYRqTflfKD8YUuwthAx7mSEI/qkPpKPi/kMcGdQrmGdeehM4IC1NtBmUpp2wUE8phUZampKsburEDy0KPkyQDYwT7WZ0wq5VSXDvp75YU9HFvlRd8Tx6q6fE8YQcHNVXAkiY9q6d+xo0rKwT38xVqr7ZD0u0iPPkUL64lIZbqBAz+scqKmlzm8FDrypNC9Yjc8fPOLn9FX9KSYvKTr4rvx3iSIlTJabIQwj2ICCR/oLxBA==";
 
     fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
         let mut b = http::Request::builder().method(method).uri(uri);
@@ -1266,106 +1285,239 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
-    /// Vectors from the AWS SigV4 test suite (as vendored by aws-sigv4 in `aws-signing-test-suite/v4`).
-    #[test]
-    fn aws_signing_test_suite_vectors() {
-        let creds = SimCredentials::new(SUITE_AKID, SUITE_SECRET);
-        let now = at(SUITE_TIME);
-        let auth = |signed: &str, sig: &str| {
-            format!("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders={signed}, Signature={sig}")
-        };
-        // get-vanilla-query-order-key-case
-        let a = auth(
-            "host;x-amz-date",
-            "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
-        );
-        let h = head(
-            "GET",
-            "/?Param2=value2&Param1=value1",
-            &[
-                ("host", "example.amazonaws.com"),
-                ("x-amz-date", SUITE_TIME),
-                ("authorization", &a),
-            ],
-        );
-        let ok = verify_header_signed_request(&h, b"", "service", &creds, now).unwrap();
-        assert_eq!(
-            ok,
-            VerifiedRequest {
-                region: "us-east-1".into(),
-                access_key_id: SUITE_AKID.into()
+    /// One request of the AWS SigV4 test suite as sent (without `X-Amz-Date` and `Authorization`),
+    /// with the signature AWS computed for it and the session token of its credentials.
+    struct SuiteVector {
+        name: &'static str,
+        method: &'static str,
+        uri: &'static str,
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static [u8],
+        signed_headers: &'static str,
+        signature: &'static str,
+        session_token: Option<&'static str>,
+    }
+
+    impl SuiteVector {
+        fn request(&self, signature: &str) -> http::request::Parts {
+            let auth = format!(
+                "AWS4-HMAC-SHA256 Credential={SUITE_AKID}/20150830/us-east-1/service/aws4_request, \
+                 SignedHeaders={}, Signature={signature}",
+                self.signed_headers
+            );
+            let mut headers = self.headers.to_vec();
+            headers.push(("X-Amz-Date", SUITE_TIME));
+            headers.push(("Authorization", &auth));
+            head(self.method, self.uri, &headers)
+        }
+
+        fn creds(&self) -> SimCredentials {
+            let creds = SimCredentials::new(SUITE_AKID, SUITE_SECRET);
+            match self.session_token {
+                Some(token) => creds.with_session_token(token),
+                None => creds,
             }
-        );
-        // post-x-www-form-urlencoded-parameters (signed body, x-amz-content-sha256 present)
-        let a = auth(
-            "content-length;content-type;host;x-amz-content-sha256;x-amz-date",
-            "328d1b9eaadca9f5818ef05e8392801e091653bafec24fcab71e7344e7f51422",
-        );
-        let h = head(
-            "POST",
-            "/",
-            &[
-                (
-                    "content-type",
-                    "application/x-www-form-urlencoded; charset=utf-8",
-                ),
-                ("host", "example.amazonaws.com"),
-                ("content-length", "13"),
-                ("x-amz-date", SUITE_TIME),
+        }
+    }
+
+    const HOST: (&str, &str) = ("Host", "example.amazonaws.com");
+
+    /// Vectors from the AWS SigV4 test suite (as vendored by aws-sigv4 in `aws-signing-test-suite/v4`),
+    /// the ones that apply to services other than S3 (normalised, double-encoded paths).
+    const SUITE: &[SuiteVector] = &[
+        SuiteVector {
+            name: "get-vanilla-query-order-key-case",
+            method: "GET",
+            uri: "/?Param2=value2&Param1=value1",
+            headers: &[HOST],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-vanilla-query-unreserved",
+            method: "GET",
+            uri: "/?-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\
+                  =-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+            headers: &[HOST],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "9c3e54bfcdf0b19771a7f523ee5669cdf59bc7cc0884027167c21bb143a40197",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-vanilla-utf8-query",
+            method: "GET",
+            uri: "/?%E1%88%B4=bar",
+            headers: &[HOST],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "2cdec8eed098649ff3a119c94853b13c643bcf08f8b0a1d91e12c9027818dd04",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "post-vanilla-query",
+            method: "POST",
+            uri: "/?Param1=value1",
+            headers: &[HOST],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "28038455d6de14eafc1f9222cf5aa6f1a96197d7deb8263271d420d138af7f11",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-relative-relative-normalized",
+            method: "GET",
+            uri: "/example1/example2/../..",
+            headers: &[HOST],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-slashes-normalized",
+            method: "GET",
+            uri: "//example//",
+            headers: &[HOST],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "9a624bd73a37c9a373b5312afbebe7a714a789de108f0bdfe846570885f57e84",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "post-x-www-form-urlencoded-parameters",
+            method: "POST",
+            uri: "/",
+            headers: &[
+                ("Content-Type", "application/x-www-form-urlencoded; charset=utf-8"),
+                HOST,
+                ("Content-Length", "13"),
                 (
                     "x-amz-content-sha256",
                     "9095672bbd1f56dfc5b65f3e153adc8731a4a654192329106275f4c7b24d0b6e",
                 ),
-                ("authorization", &a),
             ],
-        );
-        assert!(verify_header_signed_request(&h, b"Param1=value1", "service", &creds, now).is_ok());
+            body: b"Param1=value1",
+            signed_headers: "content-length;content-type;host;x-amz-content-sha256;x-amz-date",
+            signature: "328d1b9eaadca9f5818ef05e8392801e091653bafec24fcab71e7344e7f51422",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-header-value-trim",
+            method: "GET",
+            uri: "/",
+            headers: &[HOST, ("My-Header1", " value1"), ("My-Header2", " \"a   b   c\"")],
+            body: b"",
+            signed_headers: "host;my-header1;my-header2;x-amz-date",
+            signature: "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-header-key-duplicate",
+            method: "GET",
+            uri: "/",
+            headers: &[
+                HOST,
+                ("My-Header1", "value2"),
+                ("My-Header1", "value2"),
+                ("My-Header1", "value1"),
+            ],
+            body: b"",
+            signed_headers: "host;my-header1;x-amz-date",
+            signature: "c9d5ea9f3f72853aea855b47ea873832890dbdd183b4468f858259531a5138ea",
+            session_token: None,
+        },
+        SuiteVector {
+            name: "get-vanilla-with-session-token",
+            method: "GET",
+            uri: "/",
+            headers: &[
+                HOST,
+                (
+                    "X-Amz-Security-Token",
+                    "6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267",
+                ),
+            ],
+            body: b"",
+            signed_headers: "host;x-amz-date;x-amz-security-token",
+            signature: "07ec1639c89043aa0e3e2de82b96708f198cceab042d4a97044c66dd9f74e7f8",
+            session_token: Some("6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267"),
+        },
+        SuiteVector {
+            name: "post-sts-header-before",
+            method: "POST",
+            uri: "/",
+            headers: &[HOST, ("X-Amz-Security-Token", SUITE_STS_TOKEN)],
+            body: b"",
+            signed_headers: "host;x-amz-date;x-amz-security-token",
+            signature: "85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead",
+            session_token: Some(SUITE_STS_TOKEN),
+        },
+        // The session token sent but not signed (added after signing).
+        SuiteVector {
+            name: "post-sts-header-after",
+            method: "POST",
+            uri: "/",
+            headers: &[HOST, ("X-Amz-Security-Token", SUITE_STS_TOKEN)],
+            body: b"",
+            signed_headers: "host;x-amz-date",
+            signature: "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
+            session_token: Some(SUITE_STS_TOKEN),
+        },
+    ];
+
+    /// Each vector's signature verifies; the same signature with one hex digit changed does not.
+    #[test]
+    fn aws_signing_test_suite_vectors() {
+        let now = at(SUITE_TIME);
+        for v in SUITE {
+            let ok = verify_header_signed_request(&v.request(v.signature), v.body, "service", &v.creds(), now);
+            assert_eq!(
+                ok,
+                Ok(VerifiedRequest {
+                    region: "us-east-1".into(),
+                    access_key_id: SUITE_AKID.into()
+                }),
+                "{}",
+                v.name
+            );
+            let mut flipped = v.signature.to_owned();
+            let first = flipped.remove(0);
+            flipped.insert(0, if first == '0' { '1' } else { '0' });
+            assert_eq!(
+                verify_header_signed_request(&v.request(&flipped), v.body, "service", &v.creds(), now),
+                Err(SignatureRejection::BadSignature),
+                "{}",
+                v.name
+            );
+        }
+        let by_name = |name: &str| SUITE.iter().find(|v| v.name == name).unwrap();
+        // A body other than the one hashed in x-amz-content-sha256.
+        let form = by_name("post-x-www-form-urlencoded-parameters");
         assert_eq!(
-            verify_header_signed_request(&h, b"Param1=value2", "service", &creds, now),
+            verify_header_signed_request(&form.request(form.signature), b"Param1=value2", "service", &form.creds(), now),
             Err(SignatureRejection::PayloadHashMismatch)
         );
-        // get-header-value-trim
-        let a = auth(
-            "host;my-header1;my-header2;x-amz-date",
-            "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736",
-        );
-        let h = head(
-            "GET",
-            "/",
-            &[
-                ("host", "example.amazonaws.com"),
-                ("my-header1", " value1"),
-                ("my-header2", " \"a   b   c\""),
-                ("x-amz-date", SUITE_TIME),
-                ("authorization", &a),
-            ],
-        );
-        assert!(verify_header_signed_request(&h, b"", "service", &creds, now).is_ok());
-        // get-vanilla-with-session-token
-        let token = "6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267";
-        let a = auth(
-            "host;x-amz-date;x-amz-security-token",
-            "07ec1639c89043aa0e3e2de82b96708f198cceab042d4a97044c66dd9f74e7f8",
-        );
-        let h = head(
-            "GET",
-            "/",
-            &[
-                ("host", "example.amazonaws.com"),
-                ("x-amz-security-token", token),
-                ("x-amz-date", SUITE_TIME),
-                ("authorization", &a),
-            ],
-        );
-        let temp = creds.clone().with_session_token(token);
-        assert!(verify_header_signed_request(&h, b"", "service", &temp, now).is_ok());
+        // A session token the long-term credentials never issued.
+        let sts = by_name("get-vanilla-with-session-token");
+        let long_term = SimCredentials::new(SUITE_AKID, SUITE_SECRET);
         assert_eq!(
-            verify_header_signed_request(&h, b"", "service", &creds, now),
+            verify_header_signed_request(&sts.request(sts.signature), b"", "service", &long_term, now),
             Err(SignatureRejection::InvalidSessionToken)
+        );
+        // The path is normalised as the SDKs sign it: the suite's unnormalised signature is refused.
+        let relative = by_name("get-relative-relative-normalized");
+        let unnormalized = "dc33e0856fd4baca4d7aa2146c38958283844764f38c74252a333df5e613003b";
+        assert_eq!(
+            verify_header_signed_request(&relative.request(unnormalized), b"", "service", &relative.creds(), now),
+            Err(SignatureRejection::BadSignature)
         );
     }
 
-    /// A minimal independent SigV4 header signer, the way an SSM SDK client signs (every header signed).
+    /// Signs a request the way an SDK client does, with `aws-sigv4` (every header given is signed,
+    /// and `Host` only if given).
     fn sign(
         method: &str,
         uri: &str,
@@ -1375,48 +1527,39 @@ mod tests {
         creds: &SimCredentials,
         amz_date: &str,
     ) -> http::request::Parts {
-        let mut all: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), trim_all(v)))
-            .collect();
-        all.push(("x-amz-date".into(), amz_date.into()));
-        all.sort();
-        let signed = all
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>()
-            .join(";");
-        let canonical_headers: String = all.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-        let q = parse_query(query).unwrap();
-        let cq = canonical_query(q.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let cr = format!(
-            "{method}\n{path}\n{cq}\n{canonical_headers}\n{signed}\n{}",
-            hex::encode(Sha256::digest(body))
-        );
-        let date = &amz_date[..8];
-        let scope = format!("{date}/us-east-1/{service}/aws4_request");
-        let sts = format!(
-            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(cr.as_bytes()))
-        );
-        let mut key = hmac_sha256(
-            format!("AWS4{}", creds.secret_access_key).as_bytes(),
-            date.as_bytes(),
-        );
-        for part in ["us-east-1", service, "aws4_request"] {
-            key = hmac_sha256(&key, part.as_bytes());
+        let identity = Credentials::new(
+            &creds.access_key_id,
+            &creds.secret_access_key,
+            None,
+            None,
+            "test",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            settings.excluded_headers = Some(vec!["host".into()]);
         }
-        let sig = hex::encode(hmac_sha256(&key, sts.as_bytes()));
-        let authz = format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={sig}",
-            creds.access_key_id
-        );
-        let mut with_auth: Vec<(&str, &str)> = headers.to_vec();
-        with_auth.push(("x-amz-date", amz_date));
-        with_auth.push(("authorization", &authz));
-        head(method, uri, &with_auth)
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name(service)
+            .time(at(amz_date))
+            .settings(settings)
+            .build()
+            .unwrap()
+            .into();
+        let url = format!("http://sim.invalid{uri}");
+        let signable =
+            SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body))
+                .unwrap();
+        let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
+            .unwrap()
+            .into_parts();
+        let mut signed: Vec<(&str, &str)> = headers.to_vec();
+        signed.extend(instructions.headers());
+        head(method, uri, &signed)
     }
+
 
     const SSM_BODY: &[u8] = br#"{"Target":"i-0123456789abcdef0","DocumentName":"AWS-StartPortForwardingSessionToRemoteHost"}"#;
 
@@ -1585,72 +1728,4 @@ mod tests {
         assert_eq!(err, SignatureRejection::BadSignature);
         assert!(!format!("{err} {err:?}").contains(&sig[8..]));
     }
-}
-
-/// One AWS JSON 1.1 call as a simulated service receives it: the body, read up to a limit, with
-/// its header signature checked for `service` and `region`.
-#[derive(Debug)]
-pub struct SignedCall {
-    /// The `X-Amz-Target` header, e.g. `AmazonSSM.StartSession` (empty when absent).
-    pub target: String,
-    pub body: bytes::Bytes,
-    /// The region of the signature's credential scope.
-    pub region: String,
-    /// The access key id that signed the call.
-    pub access_key_id: String,
-}
-
-/// Why [`read_signed_call`] refused a request; each simulated API maps it to its own error.
-#[derive(Debug)]
-pub enum SignedCallError {
-    /// The body could not be read, or is larger than the limit.
-    Body,
-    Signature(SignatureRejection),
-    /// Signed correctly, but for another region than the service's.
-    WrongRegion,
-}
-
-/// Reads and authenticates one signed JSON 1.1 request (the part every simulated API shares).
-pub async fn read_signed_call(
-    request: http::Request<hyper::body::Incoming>,
-    max_body: usize,
-    service: &str,
-    creds: &SimCredentials,
-    region: &str,
-) -> Result<SignedCall, SignedCallError> {
-    let call = read_signed_call_any_region(request, max_body, service, creds).await?;
-    if call.region != region {
-        return Err(SignedCallError::WrongRegion);
-    }
-    Ok(call)
-}
-
-/// [`read_signed_call`] for a service that accepts any region's scope (STS) or checks it itself.
-pub async fn read_signed_call_any_region(
-    request: http::Request<hyper::body::Incoming>,
-    max_body: usize,
-    service: &str,
-    creds: &SimCredentials,
-) -> Result<SignedCall, SignedCallError> {
-    use http_body_util::BodyExt;
-    let (parts, body) = request.into_parts();
-    let body = http_body_util::Limited::new(body, max_body)
-        .collect()
-        .await
-        .map_err(|_| SignedCallError::Body)?
-        .to_bytes();
-    let verified = verify_header_signed_request(&parts, &body, service, creds, SystemTime::now())
-        .map_err(SignedCallError::Signature)?;
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|t| t.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Ok(SignedCall {
-        target,
-        body,
-        region: verified.region,
-        access_key_id: verified.access_key_id,
-    })
 }

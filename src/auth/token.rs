@@ -168,3 +168,69 @@ mod tests {
         assert!(token.expose().contains("DBUser=a%20b%26c&"));
     }
 }
+
+/// The simulator's SigV4 check against this module's tokens: temporary credentials it issued
+/// sign good tokens until they expire.
+#[cfg(test)]
+mod sim_verifies {
+    use std::time::{Duration, SystemTime};
+
+    use rds_auth_proxy_sim::sigv4::{verify_rds_token, RdsTokenExpectation, SimCredentials, TemporaryCredentials, TokenRejection};
+
+    /// Temporary credentials the simulator issued are good for IAM tokens (signed by the proxy's
+    /// own signer, with the session token's `+`, `/` and `=` encoded) until they expire, and any
+    /// clone of the issuing credentials knows them.
+    #[test]
+    fn issued_temporary_credentials_sign_rds_tokens_until_they_expire() {
+        let issuer = SimCredentials::new("AKIASIMISSUER0000000", "issuer-secret");
+        let front = issuer.clone();
+        let temp = issuer.issue_temporary(Duration::from_secs(3600));
+        assert!(temp.access_key_id.starts_with("ASIA"));
+        assert!(temp.session_token.ends_with('='));
+        let request = crate::auth::TokenRequest {
+            endpoint: "mydb.abc123xyz.eu-west-1.rds.amazonaws.com".into(),
+            port: 5432,
+            region: "eu-west-1".into(),
+            db_user: "iam_user".into(),
+        };
+        let expect = RdsTokenExpectation {
+            host: request.endpoint.clone(),
+            port: 5432,
+            region: "eu-west-1".into(),
+            user: "iam_user".into(),
+        };
+        let signed_at = SystemTime::now();
+        let sdk = |t: &TemporaryCredentials| {
+            aws_credential_types::Credentials::new(
+                &t.access_key_id,
+                &t.secret_access_key,
+                Some(t.session_token.clone()),
+                Some(t.expiration),
+                "test",
+            )
+        };
+        let token = crate::auth::token::presign(&request, &sdk(&temp), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Ok(()));
+        // Without the session token the same keys are refused; a wrong one is refused.
+        let no_session = aws_credential_types::Credentials::from_keys(&temp.access_key_id, &temp.secret_access_key, None);
+        let token = crate::auth::token::presign(&request, &no_session, signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::MissingSessionToken));
+        let mut forged = temp.clone();
+        forged.session_token.insert(0, 'x');
+        let token = crate::auth::token::presign(&request, &sdk(&forged), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::InvalidSessionToken));
+        // Credentials that expire in a second: a token signed before is refused after.
+        let short = issuer.issue_temporary(Duration::from_secs(1));
+        let token = crate::auth::token::presign(&request, &sdk(&short), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Ok(()));
+        assert!(matches!(
+            verify_rds_token(token.expose(), &expect, &front, signed_at + Duration::from_secs(5)),
+            Err(TokenRejection::ExpiredSessionToken { .. })
+        ));
+        // Credentials issued by another simulator are unknown here.
+        let stranger = SimCredentials::new("AKIASIMOTHER00000000", "x").issue_temporary(Duration::from_secs(3600));
+        let token = crate::auth::token::presign(&request, &sdk(&stranger), signed_at).unwrap();
+        assert_eq!(verify_rds_token(token.expose(), &expect, &front, signed_at), Err(TokenRejection::UnknownAccessKey));
+        assert_eq!(issuer.issued_count(), 2);
+    }
+}
