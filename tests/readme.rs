@@ -168,10 +168,10 @@ async fn the_simulator_recipe_works_as_written() {
 #[test]
 fn the_config_file_example_lists_as_shown() {
     let marker = "<!-- tests/readme.rs: config file -->";
-    let readme = page_with(marker);
+    let doc = page_with(marker);
     // The file has blank lines, which end code_block_after's blocks: take every indented or
     // blank line up to the next paragraph.
-    let file: Vec<String> = readme
+    let file: Vec<String> = doc
         .lines()
         .skip_while(|l| !l.contains(marker))
         .skip(2)
@@ -179,7 +179,7 @@ fn the_config_file_example_lists_as_shown() {
         .map(|l| l.strip_prefix("    ").unwrap_or(l).to_owned())
         .collect();
     assert!(file.iter().filter(|l| l.as_str() == "[[target]]").count() >= 2, "{file:?}");
-    let expected = code_block_after(&readme, "`--list-targets` prints one line per target");
+    let expected = code_block_after(&doc, "`--list-targets` prints one line per target");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, file.join("\n") + "\n").unwrap();
