@@ -1,6 +1,6 @@
 //! One audit line when a connection is logged in and one when it closes, under the tracing
 //! target `audit` (kept at `--quiet`). With `--log-format json` the field names are stable and
-//! documented in the README; every field is present on every line (empty when not known).
+//! documented in docs/operations.md; every field is present on every line (empty when not known).
 //!
 //! Strings a client chose (user, database) are escaped (`\n`, `\"`, `\u{…}`), so a crafted name
 //! cannot forge a log line or a field in a text log.

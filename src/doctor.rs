@@ -72,7 +72,7 @@ impl Report {
 type StepResult = Result<String, (String, String)>;
 
 // doctor's own fixes (the other steps report the proxy's HINTs). Named `FIX_*` and `*_fix` so
-// tests/readme.rs finds them and checks that the README's troubleshooting table lists each.
+// tests/readme.rs finds them and checks that docs/troubleshooting.md lists each.
 const FIX_NO_REGION: &str = "Pass --region, or set AWS_REGION or a region in your AWS profile.";
 const FIX_FLAG: &str = "Fix the flag and run doctor again.";
 const FIX_CONFIG: &str = "Fix the configuration and run doctor again.";

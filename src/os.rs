@@ -1,6 +1,6 @@
 //! What differs per operating system, where it is not a `cfg` at its one call site: file modes
-//! and where the config directory is. Every place that differs per OS is listed in the README
-//! ("Portability").
+//! and where the config directory is. Every place that differs per OS is listed in
+//! docs/development.md ("Portability").
 
 use std::ffi::OsString;
 use std::fs::{Metadata, OpenOptions};

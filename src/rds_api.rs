@@ -1,8 +1,8 @@
 //! The two RDS API calls name lookups need — DescribeDBInstances and DescribeDBClusters — spoken
 //! directly: the Query protocol (a form-encoded POST, `Version=2014-10-31`), SigV4-signed with
 //! aws-sigv4, the XML answer read with xmlparser. Both are already part of the build (the AWS
-//! SDK uses them); `aws-sdk-rds` would add minutes of compile time for two calls (see README,
-//! "Development and tests"). `AWS_ENDPOINT_URL_RDS` (then `AWS_ENDPOINT_URL`) overrides the
+//! SDK uses them); `aws-sdk-rds` would add minutes of compile time for two calls (see
+//! docs/development.md, "Build"). `AWS_ENDPOINT_URL_RDS` (then `AWS_ENDPOINT_URL`) overrides the
 //! endpoint, as for the SDK clients.
 
 use std::collections::HashMap;

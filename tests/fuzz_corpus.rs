@@ -1,6 +1,6 @@
 //! Replays every committed fuzz input (`fuzz/corpus/<target>/` and the crash repros in
 //! `fuzz/regressions/<target>/`) through the function its fuzz target calls, on stable Rust, so
-//! what the fuzzer found stays fixed. The fuzzers themselves: README, Development.
+//! what the fuzzer found stays fixed. The fuzzers themselves: docs/development.md, Fuzzing.
 
 use std::path::Path;
 

@@ -14,7 +14,7 @@ use common::*;
 use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy_sim::runner::SIM_ENDPOINT;
 
-/// The documented fields of every audit line (README, "Audit lines").
+/// The documented fields of every audit line (docs/operations.md, "Audit lines").
 const AUDIT_FIELDS: &[&str] = &[
     "audit", "client", "target", "db_user", "database", "principal_arn", "ssm_session",
 ];
@@ -171,6 +171,24 @@ async fn readiness_reports_max_connections_and_failures_count_by_sqlstate_direct
 }
 
 // ---- the binary ----
+
+/// The fields these tests check are the ones docs/operations.md's "Audit lines" table lists.
+#[test]
+fn the_audit_fields_checked_here_are_the_documented_ones() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).expect("docs/operations.md");
+    let section = page.split("\n## Audit lines\n").nth(1).and_then(|s| s.split("\n## ").next()).expect("an Audit lines section");
+    let mut documented: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| cell.split(','))
+        .filter_map(|name| name.trim().strip_prefix('`')?.strip_suffix('`'))
+        .collect();
+    documented.sort_unstable();
+    let mut checked: Vec<&str> = AUDIT_FIELDS.iter().chain(AUDIT_CLOSE_FIELDS).copied().collect();
+    checked.sort_unstable();
+    assert_eq!(documented, checked);
+}
 
 fn is_audit(v: &serde_json::Value, kind: &str) -> bool {
     v["fields"]["audit"] == kind

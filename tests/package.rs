@@ -1,7 +1,8 @@
 //! The Debian package as `scripts/package` builds it, from the binary under test: its contents
-//! (binary, man page, shell completions, the systemd user unit, the example config) and control
-//! fields. It is built with dpkg-deb from Cargo.toml's asset list (no cargo-deb needed, which
-//! takes minutes to install); where cargo-deb is installed, its package must hold the same files.
+//! (binary, man page, shell completions, the systemd user unit, the example config, the README and
+//! docs/) and control fields. It is built with dpkg-deb from Cargo.toml's asset list (no cargo-deb
+//! needed, which takes minutes to install); where cargo-deb is installed, its package must hold
+//! the same files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,6 +59,16 @@ fn the_package_holds_the_binary_man_page_completions_user_unit_and_example_confi
         "./usr/share/doc/rds-auth-proxy/copyright",
     ] {
         assert!(files.iter().any(|f| f == expected), "{expected} in the package: {files:#?}");
+    }
+    // The README and every page of docs/ it links to, in the same layout, so the links work.
+    let mut docs = vec!["./usr/share/doc/rds-auth-proxy/README.md".to_owned()];
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/docs")).expect("docs/") {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        docs.push(format!("./usr/share/doc/rds-auth-proxy/docs/{name}"));
+    }
+    assert!(docs.len() > 5, "{docs:?}");
+    for expected in &docs {
+        assert!(files.contains(expected), "{expected} in the package (Cargo.toml's assets): {files:#?}");
     }
     let fields = control(&deb);
     for expected in ["Package: rds-auth-proxy", "Depends: libc6", "Section: database"] {

@@ -1,9 +1,13 @@
-//! The README's commands, run as written: a recipe that does not work is worse than none.
+//! The README's and `docs/`'s commands, run as written: a recipe that does not work is worse than
+//! none. Also: every HINT has a row in docs/troubleshooting.md, every config key a row in
+//! docs/config-file.md, and every relative link in those pages leads somewhere.
 //!
 //! The only substitution: `cargo run -q --` is a shell function that runs the binary this test
 //! build made (the same code; a nested `cargo` would fight the running one for the build lock).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,12 +24,40 @@ fn code_block_after(markdown: &str, marker: &str) -> Vec<String> {
             break;
         }
     }
-    assert!(!block.is_empty(), "README has no code block after {marker:?}");
+    assert!(!block.is_empty(), "no code block after {marker:?}");
     block
 }
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md")
+/// The documentation: README.md and docs/*.md, as (path from the repository root, text).
+fn pages() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = vec![PathBuf::from("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).expect("a docs/ directory") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            paths.push(path.strip_prefix(root).unwrap().to_owned());
+        }
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(root.join(&p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, text)
+        })
+        .collect()
+}
+
+fn page(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The one page holding `marker`, wherever the recipe has moved.
+fn page_with(marker: &str) -> String {
+    let mut found: Vec<(PathBuf, String)> = pages().into_iter().filter(|(_, text)| text.contains(marker)).collect();
+    let names: Vec<String> = found.iter().map(|(p, _)| p.display().to_string()).collect();
+    assert_eq!(found.len(), 1, "{marker:?} must be in exactly one page, is in {names:?}");
+    found.remove(0).1
 }
 
 /// `cargo run -q -- ARGS` → this build's binary, exec'd so `$!` is the program itself.
@@ -60,14 +92,15 @@ fn cmdline(pid: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_recipe_works_as_written() {
-    let recipe = code_block_after(&readme(), "<!-- tests/readme.rs: sim recipe -->");
+    let marker = "<!-- tests/readme.rs: sim recipe -->";
+    let recipe = code_block_after(&page_with(marker), marker);
     assert!(recipe.iter().any(|l| l.contains("cargo run -q -- sim")), "{recipe:?}");
     let script = cargo_shim() + &recipe.join("\n") + "\n";
     let port = free_port();
     let mut child = Command::new("bash")
         .args(["-c", &script])
         // Only what a fresh shell has, minus the developer's AWS setup; the port is the one
-        // thing we move, through the variable the README documents.
+        // thing we move, through the variable the documentation gives.
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
@@ -131,21 +164,22 @@ async fn the_simulator_recipe_works_as_written() {
     assert!(!ca_bundle.exists(), "the simulator was stopped and removed its files");
 }
 
-/// The README's config file is valid, and `--list-targets` prints for it what the README shows.
+/// The documented config file is valid, and `--list-targets` prints for it what the page shows.
 #[test]
 fn the_config_file_example_lists_as_shown() {
-    let readme = readme();
+    let marker = "<!-- tests/readme.rs: config file -->";
+    let doc = page_with(marker);
     // The file has blank lines, which end code_block_after's blocks: take every indented or
     // blank line up to the next paragraph.
-    let file: Vec<String> = readme
+    let file: Vec<String> = doc
         .lines()
-        .skip_while(|l| !l.contains("<!-- tests/readme.rs: config file -->"))
+        .skip_while(|l| !l.contains(marker))
         .skip(2)
         .take_while(|l| l.is_empty() || l.starts_with("    "))
         .map(|l| l.strip_prefix("    ").unwrap_or(l).to_owned())
         .collect();
     assert!(file.iter().filter(|l| l.as_str() == "[[target]]").count() >= 2, "{file:?}");
-    let expected = code_block_after(&readme, "`--list-targets` prints one line per target");
+    let expected = code_block_after(&doc, "`--list-targets` prints one line per target");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, file.join("\n") + "\n").unwrap();
@@ -258,7 +292,7 @@ fn is_hint_text(toks: &[Tok], at: usize) -> bool {
     !compared && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && s.contains(' ')
 }
 
-/// The opening words of a HINT literal as the README's troubleshooting table quotes them: its
+/// The opening words of a HINT literal as docs/troubleshooting.md's table quotes them: its
 /// first six words, up to a line continuation or code span, with `…` for each placeholder.
 fn opening(s: &str) -> String {
     let end = s.find(['\\', '`']).unwrap_or(s.len());
@@ -379,17 +413,17 @@ fn hint_finder_reads_rust_as_written() {
     assert_eq!(opening("run `aws sso login` now"), "run");
 }
 
-/// Every HINT the code can emit has a row in the README's troubleshooting section, quoted by its
-/// opening words. A new HINT (in a `fn hint`, `*_hint`, `fix_for`, `*_fix`, a `const HINT_*`/
-/// `FIX_*`, or a `hint: Some(…)`) fails here until the README explains it.
+/// Every HINT the code can emit has a row in docs/troubleshooting.md's "Errors by HINT", quoted
+/// by its opening words. A new HINT (in a `fn hint`, `*_hint`, `fix_for`, `*_fix`, a `const
+/// HINT_*`/`FIX_*`, or a `hint: Some(…)`) fails here until that page explains it.
 #[test]
 fn every_hint_in_the_code_has_a_troubleshooting_row() {
-    let readme = readme();
-    let section = readme
-        .split("\n## Troubleshooting by HINT")
+    let page = page("docs/troubleshooting.md");
+    let section = page
+        .split("\n## Errors by HINT")
         .nth(1)
         .and_then(|s| s.split("\n## ").next())
-        .expect("a Troubleshooting by HINT section");
+        .expect("an Errors by HINT section in docs/troubleshooting.md");
     let rows: Vec<&str> = section.lines().filter(|l| l.starts_with('|')).collect();
     let hints = hints_in_code();
     assert!(hints.len() > 50, "the finder found only {}: {hints:#?}", hints.len());
@@ -401,5 +435,161 @@ fn every_hint_in_the_code_has_a_troubleshooting_row() {
         .filter(|(_, h)| !rows.iter().any(|r| r.contains(h.as_str())))
         .map(|(f, h)| format!("{f}: {h}"))
         .collect();
-    assert!(missing.is_empty(), "HINTs with no row in the README's troubleshooting table:\n{}", missing.join("\n"));
+    assert!(missing.is_empty(), "HINTs with no row in docs/troubleshooting.md:\n{}", missing.join("\n"));
+}
+
+/// The first column's names of the table rows in `section`: `` `key` `` cells, split at commas.
+fn first_column_names(section: &str) -> Vec<String> {
+    section
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|---"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| cell.split(','))
+        .filter_map(|name| name.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
+        .collect()
+}
+
+/// The text between the heading line `heading` and the next heading of its level or above.
+fn section<'a>(page: &'a str, heading: &str) -> &'a str {
+    let level = heading.chars().take_while(|&c| c == '#').count();
+    let start = page.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("no heading {heading:?}")) + heading.len() + 2;
+    let rest = &page[start..];
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| {
+            let hashes = rest[i..].chars().take_while(|&c| c == '#').count();
+            (1..=level).contains(&hashes) && rest[i + hashes..].starts_with(' ')
+        })
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// docs/config-file.md's "Every key" table has exactly the keys a config file takes: every long
+/// flag of the proxy with `_` for `-` (`--target` is `endpoint`), but those saying where the file
+/// is and what to do with it, plus a target's `name` (src/config_file.rs builds them the same way).
+#[test]
+fn every_config_key_has_a_row() {
+    use clap::CommandFactory;
+    let not_keys = ["config", "list_targets", "run_connection_test", "help", "version"];
+    let mut keys: Vec<String> = rds_auth_proxy::cli::Cli::command()
+        .get_arguments()
+        .filter(|arg| !arg.is_positional() && !not_keys.contains(&arg.get_id().as_str()))
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            Some(if arg.get_id() == "target" { "endpoint".to_owned() } else { long.replace('-', "_") })
+        })
+        .chain(["name".to_owned()])
+        .collect();
+    keys.sort();
+    assert!(keys.len() > 40 && keys.contains(&"ssm_target".to_owned()), "{keys:?}");
+    let page = page("docs/config-file.md");
+    let mut rows = first_column_names(section(&page, "## Every key"));
+    rows.sort();
+    let missing: Vec<&String> = keys.iter().filter(|k| !rows.contains(k)).collect();
+    let stale: Vec<&String> = rows.iter().filter(|r| !keys.contains(r)).collect();
+    assert!(missing.is_empty() && stale.is_empty(), "docs/config-file.md, Every key: no row for {missing:?}; rows for no key {stale:?}");
+}
+
+/// GitHub's anchor for a heading: lower case, only letters, digits, `-`, `_` and spaces kept,
+/// spaces turned into `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|&c| c.is_alphanumeric() || c == '-' || c == '_' || c == ' ')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The lines of a page outside code blocks (indented or fenced), with inline code removed.
+fn prose_lines(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced || line.starts_with("    ") || line.starts_with('\t') {
+            continue;
+        }
+        out.push(line.split('`').step_by(2).collect::<Vec<_>>().join(""));
+    }
+    out
+}
+
+/// The anchors of a page's headings; a repeated heading gets `-1`, `-2`, … as on GitHub.
+fn anchors(text: &str) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if fenced || hashes == 0 || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let base = anchor(&line[hashes..]);
+        let mut name = base.clone();
+        let mut n = 0;
+        while seen.contains(&name) {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        seen.insert(name);
+    }
+    seen
+}
+
+/// Every `[text](target)` of README.md and docs/*.md that is not a URL names a file that exists,
+/// and a `#anchor` in it (or alone, for the same page) names a heading of that page.
+#[test]
+fn every_relative_link_leads_to_a_file_and_heading() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pages = pages();
+    assert!(pages.len() >= 5, "README.md and the docs/ pages: {:?}", pages.iter().map(|p| &p.0).collect::<Vec<_>>());
+    let mut bad = Vec::new();
+    let mut links = 0;
+    for (path, text) in &pages {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for line in prose_lines(text) {
+            for (at, _) in line.match_indices("](") {
+                let Some(end) = line[at + 2..].find(')') else { continue };
+                let target = &line[at + 2..at + 2 + end];
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                links += 1;
+                let (file, fragment) = target.split_once('#').map_or((target, None), |(f, a)| (f, Some(a)));
+                let linked = if file.is_empty() { root.join(path) } else { root.join(dir).join(file) };
+                if !linked.exists() {
+                    bad.push(format!("{}: {target}: no such file", path.display()));
+                    continue;
+                }
+                if let Some(fragment) = fragment {
+                    let heading_ok = linked.extension().is_some_and(|e| e == "md")
+                        && anchors(&std::fs::read_to_string(&linked).unwrap()).contains(fragment);
+                    if !heading_ok {
+                        bad.push(format!("{}: {target}: no such heading", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(links > 50, "only {links} links found");
+    assert!(bad.is_empty(), "broken links:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn anchors_are_githubs() {
+    let page = "# The SSM tunnel (`--via ssm`)\n## doctor: check the whole chain\n    # not a heading\n## Notes\n## Notes\n";
+    let found = anchors(page);
+    for expected in ["the-ssm-tunnel---via-ssm", "doctor-check-the-whole-chain", "notes", "notes-1"] {
+        assert!(found.contains(expected), "{expected} in {found:?}");
+    }
+    assert_eq!(found.len(), 4);
+    assert_eq!(prose_lines("a `[x](y)` b [c](d)\n    [e](f)\n"), ["a  b [c](d)"]);
 }
