@@ -15,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::auth::scram;
-use crate::cli::DirectTls;
+use crate::tls::DirectTls;
 use crate::auth::{AuthError, PasswordError};
 use crate::pg::backend::{self, AuthRequest, FrameError, MAX_PREAUTH_MESSAGE_LEN};
 use crate::pg::startup::{StartupMessage, SSL_REQUEST};
@@ -387,7 +387,7 @@ async fn attempt_once(
             tracing::info!(
                 target = %ctx.target.name,
                 server_version = ctx.server.major_version().unwrap_or(0),
-                error = crate::session::display_chain(&e),
+                error = crate::errors::display_chain(&e),
                 "the server reported PostgreSQL 17 or later but did not take direct TLS; connecting with SSLRequest, now and from now on"
             );
             let opened = open().await?;

@@ -15,7 +15,7 @@ use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
 use rds_auth_proxy::sim::Simulator;
-use rds_auth_proxy::target::TcpKeepalive;
+use rds_auth_proxy::net::TcpKeepalive;
 
 /// Short enough for a test: a silent client is given up after 2 + 2 × 1 = 4 s.
 const SHORT: TcpKeepalive = TcpKeepalive {
