@@ -24,15 +24,13 @@ fn lower_layers_never_use_upper_ones_and_no_modules_use_each_other() {
     let mut sources = Vec::new();
     collect(&root.join("src"), &root.join("src"), &mut sources);
     let report = check(&lib, &sources);
-    let pinned: BTreeSet<String> = PINNED_CYCLE.iter().map(|m| m.to_string()).collect();
     let mut problems = report.problems.clone();
-    for cycle in &report.cycles {
-        let members: BTreeSet<String> = cycle.iter().cloned().collect();
-        if members != pinned {
-            problems.push(format!("import cycle: {}", cycle.join(" → ")));
+    for (members, path) in &report.cycles {
+        if members != PINNED_CYCLE {
+            problems.push(format!("import cycle: {} (modules that use each other: {})", path.join(" → "), members.join(", ")));
         }
     }
-    if !pinned.is_empty() && !report.cycles.iter().any(|c| c.iter().cloned().collect::<BTreeSet<_>>() == pinned) {
+    if !PINNED_CYCLE.is_empty() && !report.cycles.iter().any(|(members, _)| members == PINNED_CYCLE) {
         problems.push(format!(
             "the pinned cycle {PINNED_CYCLE:?} is gone: empty PINNED_CYCLE in tests/layers.rs and drop its note in src/lib.rs"
         ));
@@ -45,7 +43,7 @@ fn lower_layers_never_use_upper_ones_and_no_modules_use_each_other() {
 /// and what is not the product (test modules, comments, strings) is not counted.
 #[test]
 fn the_check_finds_a_cycle_and_an_upward_use() {
-    let lib = "//! ### Layer 1 — top\n//! * [`app`], [`b`]: things\n//! ### Layer 0 — bottom\n//! * [`a`]: a\n//! * `c`: hidden\n\
+    let lib = "//! ### Layer 1 — top\n//! * [`app`], [`b`]: things\n//! ### Layer 0 — bottom\n//! * [`a`]: a\n//! * `c` (hidden): c\n\
                pub mod a;\npub mod app;\npub mod b;\n#[doc(hidden)]\npub mod c;\n";
     let sources = vec![
         file("a.rs", "use crate::{b::Thing, c};\n"),
@@ -55,7 +53,8 @@ fn the_check_finds_a_cycle_and_an_upward_use() {
         file("b/tests.rs", "use crate::a;\n"),
     ];
     let report = check(lib, &sources);
-    assert_eq!(report.cycles, vec![vec!["app".to_owned(), "b".to_owned(), "app".to_owned()]]);
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(report.cycles, vec![(names(&["app", "b"]), names(&["app", "b", "app"]))]);
     assert_eq!(report.problems, vec!["a (layer 0) uses b (layer 1) in a.rs".to_owned()]);
     assert_eq!(report.edges, 4, "a→b, a→c, b→app, app→b");
 
@@ -72,8 +71,9 @@ fn file(path: &str, text: &str) -> (PathBuf, String) {
 
 #[derive(Debug, Default)]
 struct Report {
-    /// One cycle per strongly connected set of modules, as a path back to its start.
-    cycles: Vec<Vec<String>>,
+    /// Each set of modules that reach each other (sorted), with one cycle through it as a path
+    /// back to its start.
+    cycles: Vec<(Vec<String>, Vec<String>)>,
     /// Upward uses and modules the map does not place.
     problems: Vec<String>,
     /// Module references found (distinct `from → to` pairs).
@@ -100,8 +100,8 @@ fn collect(src: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) {
 }
 
 /// The layer of each module, from lib.rs's doc comment: a line `### Layer N …` opens layer N,
-/// and each bullet under it starts with the modules it describes (`` [`name`] `` or `` `name` ``,
-/// comma-separated, up to the first `:`).
+/// and each bullet under it names the modules it describes in backticks before its first `:`
+/// (`` [`name`] ``, or `` `name` `` for a hidden one).
 fn layer_map(lib: &str) -> BTreeMap<String, usize> {
     let mut layers = BTreeMap::new();
     let mut current = None;
@@ -111,7 +111,7 @@ fn layer_map(lib: &str) -> BTreeMap<String, usize> {
             current = n.parse::<usize>().ok();
         } else if let (Some(layer), Some(item)) = (current, line.strip_prefix("* ")) {
             let head = item.split(':').next().unwrap_or_default();
-            for name in head.split(',').map(|n| n.trim().trim_start_matches('[').trim_end_matches(']').trim_matches('`')) {
+            for name in head.split('`').skip(1).step_by(2) {
                 if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     layers.insert(name.to_owned(), layer);
                 }
@@ -319,8 +319,9 @@ fn ident_at(s: &str) -> String {
     s.chars().take_while(|&c| c.is_ascii_alphanumeric() || c == '_').collect()
 }
 
-/// One cycle (as a path back to its first module) for each set of modules that reach each other.
-fn cycles(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<Vec<String>> {
+/// Each set of modules that reach each other, with one cycle through it (a path back to its
+/// first module).
+fn cycles(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<(Vec<String>, Vec<String>)> {
     let nodes: BTreeSet<&String> = graph.keys().chain(graph.values().flat_map(|t| t.keys())).collect();
     let reach = |from: &String| -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
@@ -344,7 +345,8 @@ fn cycles(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<Vec<String
         // Its strongly connected set: the modules it reaches that reach it back.
         let set: BTreeSet<String> = reachable[n].iter().filter(|m| reachable[m].contains(n)).cloned().collect();
         done.extend(set.iter().cloned());
-        out.push(path_back(graph, n, &set));
+        let path = path_back(graph, n, &set);
+        out.push((set.into_iter().collect(), path));
     }
     out
 }
@@ -365,8 +367,8 @@ fn path_back(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>, start: &String
                 path.push(start.clone());
                 return path;
             }
-            if !prev.contains_key(to) {
-                prev.insert(to.clone(), n.clone());
+            if let std::collections::btree_map::Entry::Vacant(e) = prev.entry(to.clone()) {
+                e.insert(n.clone());
                 queue.push_back(to.clone());
             }
         }
