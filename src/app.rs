@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::auth::password::{PasswordError, PasswordProvider, PasswordSource, Passwords};
 use crate::auth::secrets::SecretsApi;
 use crate::auth::{CredentialSource, CredentialsError, IamAuth};
+pub use crate::aws::{AwsSetup, Credentials};
 use crate::config::{Config, PasswordConfig, ViaConfig};
 use crate::listener::{ListenError, Listeners};
 use crate::local_tls::{LocalTls, LocalTlsError};
@@ -40,36 +41,6 @@ pub enum AppError {
     TwoPasswordsForUser(String),
 }
 
-/// Where credentials come from: the AWS chain (the product) or fixed ones (tests, demo).
-#[derive(Clone)]
-pub enum Credentials {
-    /// aws-config's chain; `AWS_ENDPOINT_URL_SSM` and profiles apply.
-    Chain,
-    Fixed(aws_credential_types::Credentials),
-    /// Fixed credentials and explicit endpoints (the simulator), no environment involved.
-    FixedWith(AwsSetup),
-}
-
-/// Fixed credentials plus where the AWS services are (in-process tests, `demo`).
-#[derive(Debug, Clone)]
-pub struct AwsSetup {
-    pub credentials: aws_credential_types::Credentials,
-    /// The SSM API endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
-    pub ssm_endpoint: Option<String>,
-    /// The Secrets Manager endpoint, e.g. the simulator's `http://127.0.0.1:PORT`.
-    pub secrets_endpoint: Option<String>,
-    /// The STS endpoint (GetCallerIdentity), e.g. the simulator's `http://127.0.0.1:PORT`.
-    pub sts_endpoint: Option<String>,
-    /// The RDS API endpoint (DescribeDBInstances/Clusters), e.g. the simulator's.
-    pub rds_endpoint: Option<String>,
-}
-
-impl From<AwsSetup> for Credentials {
-    fn from(setup: AwsSetup) -> Self {
-        Credentials::FixedWith(setup)
-    }
-}
-
 /// Builds the shared context of the target from the config, with metrics counted nowhere.
 pub async fn build_context(
     config: &Config,
@@ -89,7 +60,7 @@ pub async fn build_context_with(
     let (region, source, aws) = match credentials {
         Credentials::Chain => {
             let region = region_or_configured(config.region.clone(), config.profile.as_deref()).await?;
-            let sdk = crate::auth::credentials::load_sdk_config(config.profile.as_deref(), Some(&region)).await;
+            let sdk = crate::aws::load_sdk_config(config.profile.as_deref(), Some(&region)).await;
             // One credentials cache for the tokens and every AWS client of every target with
             // this profile.
             let (source, sdk) = CredentialSource::process_shared(config.profile.as_deref(), &sdk)?;
@@ -223,7 +194,7 @@ fn local_tls(config: &Config) -> Result<Option<LocalTls>, AppError> {
 async fn region_or_configured(explicit: Option<String>, profile: Option<&str>) -> Result<String, AppError> {
     match explicit {
         Some(region) => Ok(region),
-        None => crate::auth::credentials::configured_region(profile)
+        None => crate::aws::configured_region(profile)
             .await
             .ok_or(AppError::NoRegion),
     }
@@ -250,7 +221,7 @@ pub async fn report_credentials(ctx: &TargetContext, profile: Option<&str>) {
             let fix = crate::auth::credentials::fix_for(&e, named);
             tracing::warn!(
                 %profile,
-                error = crate::session::display_chain(&e),
+                error = crate::errors::display_chain(&e),
                 %fix,
                 "no AWS credentials found yet, so logins will fail until there are; no restart needed once there are"
             );
@@ -442,7 +413,7 @@ pub async fn print_token(
         .clone()
         .or_else(|| crate::config::infer_region(&endpoint));
     let region = region_or_configured(region_arg, args.profile.as_deref()).await?;
-    let sdk = crate::auth::credentials::load_sdk_config(args.profile.as_deref(), Some(&region)).await;
+    let sdk = crate::aws::load_sdk_config(args.profile.as_deref(), Some(&region)).await;
     let auth = IamAuth::new(CredentialSource::from_sdk_config(&sdk)?);
     let request = crate::auth::TokenRequest {
         endpoint,

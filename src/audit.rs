@@ -131,16 +131,16 @@ impl Audit {
 /// The audit line of one config reload: what asked for it (`sighup`, `file`), the file, whether
 /// it was applied, the targets it added, removed and changed (comma-separated names), and why it
 /// was refused (empty when applied). Every field is present on every reload line.
-pub fn reload(trigger: &str, file: &std::path::Path, applied: bool, changes: &crate::reload::Changes, error: &str) {
+pub fn reload(trigger: &str, file: &std::path::Path, applied: bool, added: &[String], removed: &[String], changed: &[String], error: &str) {
     tracing::info!(
         target: TARGET,
         audit = "reload",
         trigger,
         file = %file.display(),
         outcome = if applied { "applied" } else { "refused" },
-        added = changes.added.join(",").as_str(),
-        removed = changes.removed.join(",").as_str(),
-        changed = changes.changed.join(",").as_str(),
+        added = added.join(",").as_str(),
+        removed = removed.join(",").as_str(),
+        changed = changed.join(",").as_str(),
         error,
         "configuration reload"
     );

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::tls::DirectTls;
+
 const ABOUT: &str = "A password-less local PostgreSQL endpoint for Amazon RDS: IAM tokens, \
 verify-full TLS and a built-in SSM Session Manager tunnel, in one process.";
 
@@ -204,19 +206,6 @@ pub enum Via {
     Ssm,
 }
 
-/// `--direct-tls`: whether to open TLS to the server without an SSLRequest first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum DirectTls {
-    /// Direct once the server has shown PostgreSQL 17 or later in a login, else SSLRequest;
-    /// a server that refuses it is remembered and gets SSLRequest from then on.
-    #[default]
-    Auto,
-    /// Always direct (PostgreSQL 17 or later only); a refusal is an error.
-    Always,
-    /// Always SSLRequest first, as every PostgreSQL before 17 needs.
-    Never,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -379,7 +368,7 @@ pub struct ProxyArgs {
 
     /// The config file's `[[target.password]]` tables: more password users of this target.
     #[arg(skip)]
-    pub password_tables: Vec<crate::config::PasswordUser>,
+    pub password_tables: Vec<crate::auth::password::PasswordUser>,
 
     /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle, for every
     /// endpoint except RDS Proxy endpoints (see --proxy-ca-bundle). Repeatable.

@@ -5,9 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{DirectTls, ProxyArgs, Via};
+use crate::cli::{ProxyArgs, Via};
 use crate::local_tls::LocalTlsConfig;
 use crate::target::Timeouts;
+use crate::tls::DirectTls;
 
 /// The default PostgreSQL port of an RDS endpoint.
 pub const DEFAULT_DB_PORT: u16 = 5432;
@@ -62,22 +63,7 @@ pub struct SsmConfig {
     pub stall_timeout: Duration,
 }
 
-/// Where a password user's password comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordConfig {
-    /// `--password-file`.
-    File(PathBuf),
-    /// `--password-secret` and `--password-secret-key`.
-    Secret { secret_id: String, key: String },
-}
-
-/// One database user's password source: only that user's logins get it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordUser {
-    /// The database user; `None`: the secret's `username` says (learned at start).
-    pub user: Option<String>,
-    pub source: PasswordConfig,
-}
+pub use crate::auth::password::{PasswordConfig, PasswordUser};
 
 /// `--password-secret-key` when not given: the key of RDS's managed master user secret.
 pub const DEFAULT_SECRET_KEY: &str = "password";

@@ -12,7 +12,7 @@ use bytes::{BufMut, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::app::{AwsSetup, Credentials};
+use crate::aws::{AwsSetup, Credentials};
 use crate::cli::{ProxyArgs, Via};
 use crate::config::Config;
 use crate::lookup::{self, ApiSource};
@@ -229,7 +229,7 @@ pub async fn run(
                 match crate::app::build_context(&config, creds).await {
                     Ok(ctx) => Some((ctx, config)),
                     Err(e) => {
-                        push(&mut report, &mut failed, names[3], Some(Instant::now()), Some(Err((crate::session::display_chain(&e), FIX_CONFIG.into()))));
+                        push(&mut report, &mut failed, names[3], Some(Instant::now()), Some(Err((crate::errors::display_chain(&e), FIX_CONFIG.into()))));
                         None
                     }
                 }
@@ -267,7 +267,7 @@ pub async fn run(
             Err(e) => Err(e),
             Ok(()) => ctx.tunnel.open().await.map_err(|e| {
                 let e = upstream::tunnel_error(&ctx, e);
-                (crate::session::display_chain(&e), e.hint().unwrap_or_default())
+                (crate::errors::display_chain(&e), e.hint().unwrap_or_default())
             }),
         };
         match opened {
@@ -291,7 +291,7 @@ pub async fn run(
             None => ctx.tunnel.open().await.map_err(|e| upstream::tunnel_error(&ctx, e)),
         };
         Some(match stream {
-            Err(e) => Err((crate::session::display_chain(&e), e.hint().unwrap_or_default())),
+            Err(e) => Err((crate::errors::display_chain(&e), e.hint().unwrap_or_default())),
             Ok(mut s) => match ssl_request(&mut s).await {
                 Ok(b'S') => Ok(s),
                 Ok(_) => {
@@ -303,7 +303,7 @@ pub async fn run(
                         Some(t) => upstream::tunnel_error(&ctx, t),
                         None => UpstreamError::Io(e),
                     };
-                    Err((crate::session::display_chain(&e), e.hint().unwrap_or_default()))
+                    Err((crate::errors::display_chain(&e), e.hint().unwrap_or_default()))
                 }
             },
         })
@@ -331,7 +331,7 @@ pub async fn run(
             let t = Instant::now();
             let result = match tls_handshake(&ctx, s).await {
                 Ok(version) => Ok(format!("certificate valid for {} ({version})", ctx.target.endpoint)),
-                Err(e) => Err((crate::session::display_chain(&e), e.hint().unwrap_or_default())),
+                Err(e) => Err((crate::errors::display_chain(&e), e.hint().unwrap_or_default())),
             };
             push(&mut report, &mut failed, names[5], Some(t), Some(result));
         }
@@ -402,7 +402,7 @@ async fn credentials_step(
         (Some(sdk), _) => match crate::auth::CredentialSource::from_sdk_config(sdk) {
             Ok(source) => match source.get().await {
                 Ok(c) => crate::auth::credentials::provider_name(&c),
-                Err(e) => return Err((crate::session::display_chain(&e), crate::auth::credentials::fix_for(&e, profile))),
+                Err(e) => return Err((crate::errors::display_chain(&e), crate::auth::credentials::fix_for(&e, profile))),
             },
             Err(e) => return Err((e.to_string(), crate::auth::credentials::fix_for(&e, profile))),
         },
@@ -411,7 +411,7 @@ async fn credentials_step(
     };
     match source.sts(region).caller_identity().await {
         Ok(who) => Ok(format!("{provider}: {} (account {})", who.arn, who.account)),
-        Err(e) => Err((format!("sts:GetCallerIdentity: {}", crate::session::display_chain(&e)), e.hint())),
+        Err(e) => Err((format!("sts:GetCallerIdentity: {}", crate::errors::display_chain(&e)), e.hint())),
     }
 }
 

@@ -54,7 +54,7 @@ impl Ops {
 
     /// A target the readiness check covers, with its `--max-connections` (0: no limit).
     pub fn add_target(&self, ctx: Arc<TargetContext>, max_connections: usize) {
-        self.metrics.watch_tunnel(&ctx.target.name, &ctx.tunnel);
+        ctx.tunnel.report_sessions(&self.metrics, &ctx.target.name);
         self.targets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -104,7 +104,7 @@ impl Ops {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => problems.push(format!(
                     "{name}: AWS credentials: {}",
-                    crate::session::display_chain(&e)
+                    crate::errors::display_chain(&e)
                 )),
                 Err(_) => problems.push(format!(
                     "{name}: AWS credentials did not load within {} s",

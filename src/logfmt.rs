@@ -51,7 +51,7 @@ impl Visit for EscapingVisitor<'_> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.record_debug(field, &format_args!("{}", crate::session::display_chain(value)));
+        self.record_debug(field, &format_args!("{}", crate::errors::display_chain(value)));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

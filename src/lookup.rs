@@ -6,8 +6,8 @@
 //! logins (IAM authentication off, not PostgreSQL, not available) is refused here, with a HINT,
 //! before any client waits on it.
 
-use crate::app::{AwsSetup, Credentials};
 use crate::auth::identity::StsApi;
+use crate::aws::{AwsSetup, Credentials};
 use crate::cli::{ProxyArgs, Via};
 use crate::tunnel::ssm::api::{ApiError, NodeInfo, SsmApi};
 
@@ -322,7 +322,7 @@ pub async fn lookup_region(args: &ProxyArgs, credentials: &Credentials) -> Resul
         return Ok(region.clone());
     }
     match credentials {
-        Credentials::Chain => crate::auth::credentials::configured_region(args.profile.as_deref())
+        Credentials::Chain => crate::aws::configured_region(args.profile.as_deref())
             .await
             .ok_or(LookupError::NoRegion),
         _ => Err(LookupError::NoRegion),

@@ -196,11 +196,11 @@ async fn run_proxy(mut plan: Plan, run_test: bool, layer: rds_auth_proxy::config
     let fleet = match Fleet::bind(&plan.targets, Credentials::Chain).await {
         Ok(f) => f,
         Err(e) if plan.targets.len() == 1 => {
-            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&e.source));
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::errors::display_chain(&e.source));
             return ExitCode::from(EXIT_CONFIG);
         }
         Err(e) => {
-            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&e));
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::errors::display_chain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -323,7 +323,7 @@ async fn token(args: rds_auth_proxy::cli::TokenArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::errors::display_chain(&*e));
             let credentials = e.is::<rds_auth_proxy::auth::CredentialsError>()
                 || matches!(e.downcast_ref::<rds_auth_proxy::auth::AuthError>(), Some(rds_auth_proxy::auth::AuthError::Credentials(_)));
             if credentials {
@@ -338,7 +338,7 @@ fn report(result: Result<u8, Box<dyn std::error::Error + Send + Sync>>) -> ExitC
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::session::display_chain(&*e));
+            eprintln!("rds-auth-proxy: {}", rds_auth_proxy::errors::display_chain(&*e));
             ExitCode::from(exit_code(&*e))
         }
     }

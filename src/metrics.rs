@@ -7,7 +7,7 @@
 //! knowledge of the registry. Values that are state rather than events (SSM sessions open) are
 //! read from the tunnels at scrape time.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,10 +16,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-pub use crate::auth::AuthMetrics;
-pub use crate::spare::SpareMetrics;
-pub use crate::tunnel::ssm::SsmCounters;
-use crate::tunnel::Tunnel;
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -90,12 +86,18 @@ struct Families {
     spares_ready: Family<TargetLabel, Gauge>,
 }
 
+/// A tunnel whose open sessions are a gauge read at every scrape (an SSM tunnel), so metrics
+/// need not know the tunnel's type.
+pub trait OpenSessions: Send + Sync {
+    fn open_sessions(&self) -> usize;
+}
+
 /// The process's metrics registry.
 pub struct Metrics {
     registry: Registry,
     families: Families,
     /// Tunnels whose open SSM sessions are counted at scrape time, by target name.
-    tunnels: Mutex<Vec<(String, Tunnel)>>,
+    tunnels: Mutex<Vec<(String, Arc<dyn OpenSessions>)>>,
     /// Config file reloads applied (SIGHUP or the file watcher), and those refused.
     reloads: Counter,
     reload_failures: Counter,
@@ -268,17 +270,16 @@ impl Metrics {
         }
     }
 
-    /// Counts `tunnel`'s open SSM sessions under `name` at every scrape (direct tunnels: none).
-    pub fn watch_tunnel(&self, name: &str, tunnel: &Tunnel) {
-        if let Tunnel::Ssm(_) = tunnel {
-            self.families
-                .ssm_sessions_open
-                .get_or_create_owned(&TargetLabel { target: name.to_owned() });
-            self.tunnels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((name.to_owned(), tunnel.clone()));
-        }
+    /// Counts `tunnel`'s open SSM sessions under `name` at every scrape (the tunnel reports
+    /// itself: [`crate::tunnel::Tunnel::report_sessions`]; direct tunnels have none).
+    pub fn watch_tunnel(&self, name: &str, tunnel: Arc<dyn OpenSessions>) {
+        self.families
+            .ssm_sessions_open
+            .get_or_create_owned(&TargetLabel { target: name.to_owned() });
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_owned(), tunnel));
     }
 
     /// Stops counting target `name`'s SSM sessions (removed or replaced by a reload).
@@ -301,13 +302,11 @@ impl Metrics {
     /// The scrape: OpenMetrics text ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         for (name, tunnel) in self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Tunnel::Ssm(t) = tunnel {
-                let open = i64::try_from(t.session_ids().len()).unwrap_or(i64::MAX);
-                self.families
-                    .ssm_sessions_open
-                    .get_or_create(&TargetLabel { target: name.clone() })
-                    .set(open);
-            }
+            let open = i64::try_from(tunnel.open_sessions()).unwrap_or(i64::MAX);
+            self.families
+                .ssm_sessions_open
+                .get_or_create(&TargetLabel { target: name.clone() })
+                .set(open);
         }
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug in a metric's name.
@@ -316,6 +315,49 @@ impl Metrics {
         }
         out
     }
+}
+
+/// What [`crate::auth::IamAuth`] counts for `/metrics` (clones of the registry's counters; `Default`:
+/// counted nowhere).
+#[derive(Debug, Clone, Default)]
+pub struct AuthMetrics {
+    pub tokens_minted: Counter,
+    pub tokens_reused: Counter,
+    /// Credential loads from the provider chain, the first included.
+    pub credential_refreshes: Counter,
+}
+
+/// What the SSM tunnel counts for `/metrics` (clones of the registry's counters, carried in
+/// [`crate::tunnel::ssm::datachannel::Config`]; `Default`: counted nowhere).
+#[derive(Debug, Clone, Default)]
+pub struct SsmCounters {
+    /// Sessions opened (StartSession, WebSocket and handshake done).
+    pub started: Counter,
+    /// Data channels resumed after a WebSocket drop.
+    pub resumed: Counter,
+    /// Sessions that failed to open, or were lost after opening.
+    pub failed: Counter,
+    /// Data-channel messages sent again.
+    pub resent: Counter,
+}
+
+/// What spares ([`crate::spare`]) count for `/metrics` (clones of the registry's series; `Default`: counted nowhere).
+#[derive(Debug, Clone, Default)]
+pub struct SpareMetrics {
+    /// Logins served by a spare.
+    pub hits: Counter,
+    /// Logins with spares on that found none for their key (a normal login followed).
+    pub misses: Counter,
+    /// Spares opened (logged in) in the background.
+    pub opened: Counter,
+    /// Spares closed at `--spare-max-age` (or the token's end) without being used.
+    pub aged: Counter,
+    /// Spares whose upstream closed or spoke while idle: dropped, never handed out.
+    pub dead: Counter,
+    /// Spares closed because their key gave way to a newer one.
+    pub evicted: Counter,
+    /// Spares ready now.
+    pub ready: Gauge,
 }
 
 /// One target's series. Cheap to clone (shared atomics).

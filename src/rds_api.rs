@@ -243,7 +243,7 @@ impl RdsApi {
         let creds = provider
             .provide_credentials()
             .await
-            .map_err(|e| RdsApiError::NoCredentials(crate::session::display_chain(&e)))?;
+            .map_err(|e| RdsApiError::NoCredentials(crate::errors::display_chain(&e)))?;
         let uri: http::Uri = format!("{}/", self.endpoint)
             .parse()
             .map_err(|_| self.unreachable("not a valid URL".into()))?;

@@ -210,18 +210,18 @@ impl Supervisor {
                     unchanged = changes.unchanged.join(",").as_str(),
                     "configuration reloaded"
                 );
-                crate::audit::reload(trigger, &file, true, &changes, "");
+                crate::audit::reload(trigger, &file, true, &changes.added, &changes.removed, &changes.changed, "");
             }
             Err(e) => {
                 self.ops.metrics.count_reload(false);
-                let error = crate::session::display_chain(&e);
+                let error = crate::errors::display_chain(&e);
                 tracing::error!(
                     trigger,
                     file = %file.display(),
                     error = error.as_str(),
                     "configuration not reloaded: the running configuration stays"
                 );
-                crate::audit::reload(trigger, &file, false, &Changes::default(), &error);
+                crate::audit::reload(trigger, &file, false, &[], &[], &[], &error);
             }
         }
     }
@@ -324,7 +324,7 @@ impl Supervisor {
                     Err(e) => {
                         tracing::error!(
                             name = config.name.as_str(),
-                            error = crate::session::display_chain(&e).as_str(),
+                            error = crate::errors::display_chain(&e).as_str(),
                             "cannot listen again after the reload: the target is not served until the next reload"
                         );
                         continue;

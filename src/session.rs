@@ -12,47 +12,13 @@ use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
 use crate::client_auth::{Access, ClientCertificate, ClientTls};
 use crate::drain::{self, DrainSignal};
+use crate::errors::display_chain;
 use crate::local_tls::{ClientStream, LocalTls};
 use crate::pg::startup::{self, FirstPacket, StartupError, StartupMessage};
 use crate::pg::{ClientError, SqlState, UserFacing};
 use crate::relay;
 use crate::target::TargetContext;
 use crate::upstream::{self, UpstreamError};
-
-impl UserFacing for StartupError {
-    fn sqlstate(&self) -> SqlState {
-        match self {
-            StartupError::UnsupportedVersion(..) | StartupError::DirectTls => {
-                SqlState::FeatureNotSupported
-            }
-            // PostgreSQL's own SQLSTATEs for these, so a client sees what the server would say.
-            StartupError::MissingUser => SqlState::InvalidAuthorization,
-            StartupError::InvalidReplication(_) => SqlState::InvalidParameterValue,
-            _ => SqlState::ProtocolViolation,
-        }
-    }
-
-    fn hint(&self) -> Option<String> {
-        Some(match self {
-            StartupError::DirectTls => {
-                "Connect without sslnegotiation=direct: the local listener answers SSLRequest with N."
-                    .into()
-            }
-            StartupError::UnsupportedVersion(..) => {
-                "Use a PostgreSQL client that speaks protocol 3 (every client since PostgreSQL 7.4)."
-                    .into()
-            }
-            StartupError::MissingUser => "Give the database user name (psql -U NAME, or user= in the connection string).".into(),
-            StartupError::InvalidReplication(_) => {
-                "Valid values are: \"false\", 0, \"true\", 1, \"database\".".into()
-            }
-            StartupError::TooLong(_) => {
-                "Send fewer or shorter startup parameters (options, application_name, …).".into()
-            }
-            _ => "This port expects the PostgreSQL wire protocol; check the client and port.".into(),
-        })
-    }
-}
 
 /// Errors of the client side of a session that are ours, not the upstream's.
 #[derive(Debug, thiserror::Error)]
@@ -484,65 +450,9 @@ async fn fail<S: AsyncWrite + Unpin>(client: &mut S, peer: &str, err: &ClientErr
     let _ = client.shutdown().await;
 }
 
-/// An error with its whole source chain, for one log line.
-pub fn display_chain(err: &dyn std::error::Error) -> String {
-    with_sources(err.to_string(), err.source())
-}
-
-/// `head`, then `source` and each of its sources after ": ".
-pub fn with_sources(head: String, source: Option<&dyn std::error::Error>) -> String {
-    let mut s = head;
-    let mut cur = source;
-    while let Some(e) = cur {
-        // Many errors (the AWS SDK's among them) repeat their source in their own text, or wrap
-        // an error of the same words once more: a link already said adds nothing.
-        let text = e.to_string();
-        if !text.is_empty() && !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = e.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug)]
-    struct Link(&'static str, Option<Box<Link>>);
-    impl std::fmt::Display for Link {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-    impl std::error::Error for Link {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1.as_deref().map(|l| l as _)
-        }
-    }
-
-    /// The AWS SDK's SSO failure as it comes: the provider error wrapped twice, the exception
-    /// once more inside its operation error. Each thing is said once.
-    #[test]
-    fn a_chain_says_each_link_once() {
-        let chain = Link("could not load AWS credentials", Some(Box::new(Link(
-            "an error occurred while loading credentials",
-            Some(Box::new(Link("an error occurred while loading credentials", Some(Box::new(Link(
-                "service error",
-                Some(Box::new(Link(
-                    "UnauthorizedException: Session token not found or invalid",
-                    Some(Box::new(Link("Session token not found or invalid", None))),
-                ))),
-            )))))),
-        ))));
-        assert_eq!(
-            display_chain(&chain),
-            "could not load AWS credentials: an error occurred while loading credentials: service error: \
-             UnauthorizedException: Session token not found or invalid"
-        );
-    }
 
     /// The size of the future an async fn returns, without calling it.
     fn future_size<A, B, C, D, E, F, R>(_: fn(A, B, C, D, E, F) -> R) -> usize {

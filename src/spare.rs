@@ -32,8 +32,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -73,24 +71,7 @@ impl Default for SpareSettings {
     }
 }
 
-/// What spares count for `/metrics` (clones of the registry's series; `Default`: counted nowhere).
-#[derive(Debug, Clone, Default)]
-pub struct SpareMetrics {
-    /// Logins served by a spare.
-    pub hits: Counter,
-    /// Logins with spares on that found none for their key (a normal login followed).
-    pub misses: Counter,
-    /// Spares opened (logged in) in the background.
-    pub opened: Counter,
-    /// Spares closed at `--spare-max-age` (or the token's end) without being used.
-    pub aged: Counter,
-    /// Spares whose upstream closed or spoke while idle: dropped, never handed out.
-    pub dead: Counter,
-    /// Spares closed because their key gave way to a newer one.
-    pub evicted: Counter,
-    /// Spares ready now.
-    pub ready: Gauge,
-}
+pub use crate::metrics::SpareMetrics;
 
 /// The spares of one target. Lives in its [`TargetContext`]; the tasks that open and hold spares
 /// reach it again through `ctx`, weakly, so a dropped context closes every spare.
@@ -393,7 +374,7 @@ async fn open_and_hold(ctx: Arc<TargetContext>, startup: StartupMessage, _guard:
     let upstream = match connected {
         Ok(upstream) => upstream,
         Err(e) => {
-            tracing::debug!(db_user = %startup.user(), database = %startup.database(), error = crate::session::display_chain(&e), "could not open a spare connection; none for these parameters until a client logs in with them again");
+            tracing::debug!(db_user = %startup.user(), database = %startup.database(), error = crate::errors::display_chain(&e), "could not open a spare connection; none for these parameters until a client logs in with them again");
             ctx.spares.opened(&startup, false);
             return;
         }

@@ -13,6 +13,19 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
+/// `--direct-tls`: whether to open TLS to the server without an SSLRequest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectTls {
+    /// Direct once the server has shown PostgreSQL 17 or later in a login, else SSLRequest;
+    /// a server that refuses it is remembered and gets SSLRequest from then on.
+    #[default]
+    Auto,
+    /// Always direct (PostgreSQL 17 or later only); a refusal is an error.
+    Always,
+    /// Always SSLRequest first, as every PostgreSQL before 17 needs.
+    Never,
+}
+
 /// The RDS global CA bundle (see `certs/README.md` for its provenance).
 pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../certs/rds-ca-bundle.pem");
 

@@ -14,8 +14,8 @@ use common::*;
 use rds_auth_proxy::app::{Credentials, Proxy};
 use rds_auth_proxy::cli::Cli;
 use rds_auth_proxy::config::Config;
+use rds_auth_proxy::net::TcpKeepalive;
 use rds_auth_proxy_sim::Simulator;
-use rds_auth_proxy::target::TcpKeepalive;
 
 /// Short enough for a test: a silent client is given up after 2 + 2 × 1 = 4 s.
 const SHORT: TcpKeepalive = TcpKeepalive {

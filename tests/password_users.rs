@@ -73,7 +73,7 @@ async fn an_iam_user_and_a_password_user_through_one_listener() {
     args.extend(["--password-secret".into(), "plain-password".into()]);
     let config = rds_auth_proxy::config::Config::from_args(&proxy_args(&args)).expect("valid flags");
     let err = rds_auth_proxy::app::Proxy::bind(&config, setup()).await.err().expect("refused at start");
-    let line = rds_auth_proxy::session::display_chain(&err);
+    let line = rds_auth_proxy::errors::display_chain(&err);
     assert!(line.contains("plain-password") && line.contains("add --password-user NAME"), "{line}");
     // A secret whose username contradicts --password-user: its user's logins are refused,
     // naming both (the secret is read at the first login of that user, not at start).

@@ -194,7 +194,7 @@ async fn sts_temporary_credentials_are_accepted_by_every_simulated_service() {
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
             .region(aws_sdk_sts::config::Region::new(SIM_REGION))
             .credentials_provider(long_term)
-            .http_client(rds_auth_proxy::auth::credentials::http_client())
+            .http_client(rds_auth_proxy::aws::http_client())
             .endpoint_url(sts.endpoint_url())
             .build(),
     );

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::SdkConfig;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use tokio::sync::Mutex;
@@ -16,92 +16,13 @@ use tokio::sync::Mutex;
 /// credentials that die while it is in flight.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
-/// The HTTP client for every AWS call (SSO, STS, IMDS, SSM): rustls on ring, the one crypto
-/// provider this binary uses.
-pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    use aws_smithy_http_client::{tls, Builder};
-    Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
-/// Whether a credentials-provider failure (no credentials, an expired SSO session) is somewhere in the error's source chain.
-pub fn has_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// Loads the SDK configuration the normal way, honouring `--profile` and `--region`.
-pub async fn load_sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
-    if let Some(profile) = profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(region) = region {
-        loader = loader.region(aws_config::Region::new(region.to_owned()));
-    }
-    loader.load().await
-}
-
-/// [`load_sdk_config`] with the process's one credentials cache for the profile (see
+/// [`crate::aws::load_sdk_config`] with the process's one credentials cache for the profile (see
 /// [`CredentialSource::process_shared`]); unchanged when it has no credentials provider at all.
 pub async fn load_shared_sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfig {
-    let sdk = load_sdk_config(profile, region).await;
+    let sdk = crate::aws::load_sdk_config(profile, region).await;
     match CredentialSource::process_shared(profile, &sdk) {
         Ok((_, shared)) => shared,
         Err(_) => sdk,
-    }
-}
-
-/// The region from the AWS configuration, asked quietly: `AWS_REGION`/`AWS_DEFAULT_REGION`, the
-/// profile, then — only on a machine that might be an EC2 instance — the instance metadata service
-/// with one short attempt. A missing region is the caller's one clear message; the IMDS miss is a
-/// debug line, not a warning (aws-config's own chain logs three and retries for seconds).
-pub async fn configured_region(profile: Option<&str>) -> Option<String> {
-    use aws_config::meta::region::ProvideRegion;
-    use aws_config::provider_config::ProviderConfig;
-
-    let conf = ProviderConfig::without_region().with_http_client(http_client());
-    if let Some(region) = aws_config::environment::region::EnvironmentVariableRegionProvider::new()
-        .region()
-        .await
-    {
-        return Some(region.to_string());
-    }
-    let mut from_profile = aws_config::profile::region::Builder::default().configure(&conf);
-    if let Some(profile) = profile {
-        from_profile = from_profile.profile_name(profile);
-    }
-    if let Some(region) = from_profile.build().region().await {
-        return Some(region.to_string());
-    }
-    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-        tracing::debug!("no region from the environment or profile; IMDS is disabled");
-        return None;
-    }
-    let imds = aws_config::imds::Client::builder()
-        .configure(&conf)
-        .max_attempts(1)
-        .connect_timeout(Duration::from_millis(500))
-        .read_timeout(Duration::from_secs(1))
-        .build();
-    match imds.get("/latest/meta-data/placement/region").await {
-        Ok(region) => {
-            tracing::debug!(region = region.as_ref(), "region from the instance metadata service");
-            Some(region.as_ref().to_owned())
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "no region from the instance metadata service (not on EC2?)");
-            None
-        }
     }
 }
 
@@ -127,7 +48,7 @@ pub fn fix_for(err: &(dyn std::error::Error + 'static), profile: Option<&str>) -
         Some(profile) => format!("`aws sso login --profile {profile}`"),
         None => "`aws sso login` (with --profile NAME for a named profile)".to_owned(),
     };
-    let chain = crate::session::display_chain(err).to_ascii_lowercase();
+    let chain = crate::errors::display_chain(err).to_ascii_lowercase();
     if sso_session_expired(err) || chain.contains("sso") {
         format!("Your IAM Identity Center (SSO) session has expired or was never started: run {login}, then retry (no restart needed).")
     } else {

@@ -58,17 +58,10 @@ impl StsApi {
         region: &str,
         endpoint: Option<&str>,
     ) -> Self {
-        let mut builder = aws_sdk_sts::config::Builder::new()
-            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
-            .region(aws_sdk_sts::config::Region::new(region.to_owned()))
-            .credentials_provider(credentials)
-            .http_client(super::credentials::http_client());
-        if let Some(url) = endpoint {
-            builder = builder.endpoint_url(url);
-        }
+        let sdk = crate::aws::fixed_sdk_config(credentials, region, endpoint);
         StsApi {
-            client: aws_sdk_sts::Client::from_conf(builder.build()),
             endpoint: endpoint.map(str::to_owned),
+            ..Self::from_sdk_config(&sdk, region)
         }
     }
 
@@ -98,7 +91,7 @@ impl StsApi {
             };
         }
         let boxed: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-        if super::credentials::has_credentials_error(&*boxed) {
+        if crate::aws::has_credentials_error(&*boxed) {
             return IdentityError::NoCredentials(boxed);
         }
         IdentityError::Unreachable {

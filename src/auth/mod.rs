@@ -33,15 +33,7 @@ pub struct IamAuth {
 /// How long a login may wait for STS GetCallerIdentity (once per credential refresh).
 const IDENTITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// What [`IamAuth`] counts for `/metrics` (clones of the registry's counters; `Default`:
-/// counted nowhere).
-#[derive(Debug, Clone, Default)]
-pub struct AuthMetrics {
-    pub tokens_minted: prometheus_client::metrics::counter::Counter,
-    pub tokens_reused: prometheus_client::metrics::counter::Counter,
-    /// Credential loads from the provider chain, the first included.
-    pub credential_refreshes: prometheus_client::metrics::counter::Counter,
-}
+pub use crate::metrics::AuthMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -10,6 +10,23 @@ use std::sync::{Arc, Mutex};
 use super::reload::ReloadGate;
 use super::secrets::{SecretsApi, SecretsError};
 
+/// Where a password user's password comes from (configured: [`crate::config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordConfig {
+    /// `--password-file`.
+    File(PathBuf),
+    /// `--password-secret` and `--password-secret-key`.
+    Secret { secret_id: String, key: String },
+}
+
+/// One database user's password source: only that user's logins get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordUser {
+    /// The database user; `None`: the secret's `username` says (learned at start).
+    pub user: Option<String>,
+    pub source: PasswordConfig,
+}
+
 /// A database password. `Debug`/`Display` print `<redacted>`; only [`Password::expose`] gives
 /// the bytes, for the wire.
 #[derive(Clone, PartialEq, Eq)]
@@ -210,7 +227,7 @@ impl PasswordProvider {
                     // The interval of failed reads starts with this one.
                     self.failed_reads.may_reload();
                 }
-                *last_failure = Some((crate::session::display_chain(e), e.hint()));
+                *last_failure = Some((crate::errors::display_chain(e), e.hint()));
             }
         }
         read

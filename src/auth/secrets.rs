@@ -94,19 +94,10 @@ impl SecretsApi {
         region: &str,
         endpoint: Option<&str>,
     ) -> Self {
-        let mut builder = aws_sdk_secretsmanager::config::Builder::new()
-            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(aws_sdk_secretsmanager::config::Region::new(
-                region.to_owned(),
-            ))
-            .credentials_provider(credentials)
-            .http_client(super::credentials::http_client());
-        if let Some(url) = endpoint {
-            builder = builder.endpoint_url(url);
-        }
+        let sdk = crate::aws::fixed_sdk_config(credentials, region, endpoint);
         SecretsApi {
-            client: aws_sdk_secretsmanager::Client::from_conf(builder.build()),
             endpoint: endpoint.map(str::to_owned),
+            ..Self::from_sdk_config(&sdk, region)
         }
     }
 
@@ -140,7 +131,7 @@ impl SecretsApi {
             };
         }
         let boxed: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-        if crate::auth::credentials::has_credentials_error(&*boxed) {
+        if crate::aws::has_credentials_error(&*boxed) {
             return SecretsError::NoCredentials(boxed);
         }
         SecretsError::Unreachable {

@@ -6,6 +6,8 @@ use bytes::BytesMut;
 use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::Message;
 
+use super::startup::StartupError;
+
 /// The SQLSTATEs the proxy itself uses (PostgreSQL's errcodes.txt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqlState {
@@ -50,7 +52,7 @@ pub trait UserFacing: std::error::Error {
     fn sqlstate(&self) -> SqlState;
     /// The primary message; defaults to the error's Display, which must therefore hold no secret.
     fn client_message(&self) -> String {
-        crate::session::with_sources(format!("rds-auth-proxy: {self}"), self.source())
+        crate::errors::with_sources(format!("rds-auth-proxy: {self}"), self.source())
     }
     fn hint(&self) -> Option<String>;
     fn to_client_error(&self) -> ClientError {
@@ -88,6 +90,43 @@ impl ClientError {
             buf.clear();
         }
         buf
+    }
+}
+
+/// A client's first packet refused ([`super::startup`] parses it; what the client is told is
+/// decided here, beside the trait, whichever crate the parser lives in).
+impl UserFacing for StartupError {
+    fn sqlstate(&self) -> SqlState {
+        match self {
+            StartupError::UnsupportedVersion(..) | StartupError::DirectTls => {
+                SqlState::FeatureNotSupported
+            }
+            // PostgreSQL's own SQLSTATEs for these, so a client sees what the server would say.
+            StartupError::MissingUser => SqlState::InvalidAuthorization,
+            StartupError::InvalidReplication(_) => SqlState::InvalidParameterValue,
+            _ => SqlState::ProtocolViolation,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            StartupError::DirectTls => {
+                "Connect without sslnegotiation=direct: the local listener answers SSLRequest with N."
+                    .into()
+            }
+            StartupError::UnsupportedVersion(..) => {
+                "Use a PostgreSQL client that speaks protocol 3 (every client since PostgreSQL 7.4)."
+                    .into()
+            }
+            StartupError::MissingUser => "Give the database user name (psql -U NAME, or user= in the connection string).".into(),
+            StartupError::InvalidReplication(_) => {
+                "Valid values are: \"false\", 0, \"true\", 1, \"database\".".into()
+            }
+            StartupError::TooLong(_) => {
+                "Send fewer or shorter startup parameters (options, application_name, …).".into()
+            }
+            _ => "This port expects the PostgreSQL wire protocol; check the client and port.".into(),
+        })
     }
 }
 

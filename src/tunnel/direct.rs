@@ -4,7 +4,7 @@
 use tokio::net::TcpStream;
 
 use super::TunnelError;
-use crate::target::TcpKeepalive;
+use crate::net::TcpKeepalive;
 
 #[derive(Debug, Clone)]
 pub struct Direct {

@@ -31,6 +31,12 @@ pub enum Tunnel {
     Ssm(ssm::SsmTunnel),
 }
 
+impl crate::metrics::OpenSessions for ssm::SsmTunnel {
+    fn open_sessions(&self) -> usize {
+        self.session_ids().len()
+    }
+}
+
 /// Why the upstream's port could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -145,6 +151,14 @@ impl Tunnel {
         match self {
             Tunnel::Direct(_) => {}
             Tunnel::Ssm(t) => t.shutdown().await,
+        }
+    }
+
+    /// Has `metrics` count this tunnel's open SSM sessions under `name` at every scrape
+    /// (direct tunnels: none).
+    pub fn report_sessions(&self, metrics: &crate::metrics::Metrics, name: &str) {
+        if let Tunnel::Ssm(t) = self {
+            metrics.watch_tunnel(name, std::sync::Arc::new(t.clone()));
         }
     }
 }

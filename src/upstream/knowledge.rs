@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use crate::cli::DirectTls;
+use crate::tls::DirectTls;
 
 /// What this process has learnt about one target's server, in memory: its PostgreSQL major
 /// version (from the `server_version` of the last successful login) and whether it refused

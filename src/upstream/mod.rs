@@ -22,7 +22,7 @@ pub use self::knowledge::{ServerKnowledge, DIRECT_TLS_MIN_VERSION};
 pub use self::tls::{start_direct_tls, start_tls};
 
 use self::login::{authenticate, password_message, secret, Secret};
-use crate::cli::DirectTls;
+use crate::tls::DirectTls;
 use crate::pg::startup::StartupMessage;
 use crate::target::TargetContext;
 use crate::tunnel::TunnelStream;
@@ -124,7 +124,7 @@ async fn attempt_once(
             tracing::info!(
                 target = %ctx.target.name,
                 server_version = ctx.server.major_version().unwrap_or(0),
-                error = crate::session::display_chain(&e),
+                error = crate::errors::display_chain(&e),
                 "the server reported PostgreSQL 17 or later but did not take direct TLS; connecting with SSLRequest, now and from now on"
             );
             let opened = open().await?;

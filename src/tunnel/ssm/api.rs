@@ -194,19 +194,7 @@ impl SsmApi {
         region: &str,
         endpoint: Option<&str>,
     ) -> Self {
-        let mut builder = aws_sdk_ssm::config::Builder::new()
-            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-            .region(aws_sdk_ssm::config::Region::new(region.to_owned()))
-            .credentials_provider(credentials)
-            .http_client(crate::auth::credentials::http_client());
-        if let Some(url) = endpoint {
-            builder = builder.endpoint_url(url);
-        }
-        SsmApi {
-            client: aws_sdk_ssm::Client::from_conf(builder.build()),
-            region: region.to_owned(),
-            endpoint: endpoint.map(str::to_owned),
-        }
+        Self::from_sdk_config(&crate::aws::fixed_sdk_config(credentials, region, None), region, endpoint)
     }
 
     pub fn region(&self) -> &str {
@@ -232,7 +220,7 @@ impl SsmApi {
             return classify_code(operation, code, message, resources);
         }
         let boxed: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-        if crate::auth::credentials::has_credentials_error(&*boxed) {
+        if crate::aws::has_credentials_error(&*boxed) {
             return ApiError::NoCredentials(boxed);
         }
         ApiError::Unreachable {

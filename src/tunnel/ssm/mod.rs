@@ -19,19 +19,7 @@ pub(crate) mod testing;
 
 pub use pool::{SsmSettings, SsmStream, SsmTunnel};
 
-/// What the SSM tunnel counts for `/metrics` (clones of the registry's counters, carried in
-/// [`datachannel::Config`]; `Default`: counted nowhere).
-#[derive(Debug, Clone, Default)]
-pub struct SsmCounters {
-    /// Sessions opened (StartSession, WebSocket and handshake done).
-    pub started: prometheus_client::metrics::counter::Counter,
-    /// Data channels resumed after a WebSocket drop.
-    pub resumed: prometheus_client::metrics::counter::Counter,
-    /// Sessions that failed to open, or were lost after opening.
-    pub failed: prometheus_client::metrics::counter::Counter,
-    /// Data-channel messages sent again.
-    pub resent: prometheus_client::metrics::counter::Counter,
-}
+pub use crate::metrics::SsmCounters;
 
 /// Why an SSM tunnel connection failed, as the user should hear it.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -186,9 +186,9 @@ pub(super) async fn keep_warm(pool: Weak<Pool>) {
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(%target, error = %crate::session::display_chain(&e), hint = %e.hint(), retry_s = retry.as_secs(), "--ssm-prewarm could not open an SSM session; trying again in the background (connections open one as usual meanwhile)");
+                    tracing::warn!(%target, error = %crate::errors::display_chain(&e), hint = %e.hint(), retry_s = retry.as_secs(), "--ssm-prewarm could not open an SSM session; trying again in the background (connections open one as usual meanwhile)");
                 } else {
-                    tracing::debug!(%target, error = %crate::session::display_chain(&e), retry_s = retry.as_secs(), "--ssm-prewarm: still no SSM session");
+                    tracing::debug!(%target, error = %crate::errors::display_chain(&e), retry_s = retry.as_secs(), "--ssm-prewarm: still no SSM session");
                 }
                 retry
             }
