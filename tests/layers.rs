@@ -65,6 +65,18 @@ fn the_check_finds_a_cycle_and_an_upward_use() {
     );
 }
 
+/// The simulator crate is the binary's: library code that uses it outside `#[cfg(test)]` is found.
+#[test]
+fn the_check_finds_the_simulator_in_library_code() {
+    let lib = "//! ### Layer 0 — x\n//! * [`a`], [`b`]: a\npub mod a;\npub mod b;\n";
+    let sources = vec![
+        file("a.rs", "#[cfg(test)]\nmod tests {\n    use rds_auth_proxy_sim::Simulator;\n}\n"),
+        file("b.rs", "pub fn f() { rds_auth_proxy_sim::runner::run() }\n"),
+    ];
+    let report = check(lib, &sources);
+    assert_eq!(report.problems, vec!["b.rs uses the simulator crate outside #[cfg(test)]: only the binary may".to_owned()]);
+}
+
 fn file(path: &str, text: &str) -> (PathBuf, String) {
     (PathBuf::from(path), text.to_owned())
 }
@@ -152,7 +164,11 @@ fn check(lib: &str, sources: &[(PathBuf, String)]) -> Report {
         if !declared.contains(&from) {
             continue; // lib.rs, main.rs
         }
-        for to in crate_references(&product_code(text)) {
+        let code = product_code(text);
+        if code.contains("rds_auth_proxy_sim") {
+            report.problems.push(format!("{} uses the simulator crate outside #[cfg(test)]: only the binary may", path.display()));
+        }
+        for to in crate_references(&code) {
             if to != from && !NOT_SCANNED.contains(&to.as_str()) && to != "self" {
                 graph.entry(from.clone()).or_default().entry(to).or_insert_with(|| path.clone());
             }
