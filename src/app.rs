@@ -2,7 +2,7 @@
 //! TLS, the tunnel, the listeners — and run it until shutdown.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::auth::password::{PasswordError, PasswordProvider, PasswordSource, Passwords};
 use crate::auth::secrets::SecretsApi;
@@ -128,7 +128,7 @@ pub async fn build_context_with(
     let local_tls = local_tls(config)?;
     // Spares open connections in background tasks, which reach the context they belong to weakly.
     Ok(Arc::new_cyclic(|ctx| TargetContext {
-        spares: crate::spare::Spares::new(spares, ctx.clone(), spare_metrics),
+        spares: crate::spare::Spares::new(spares, Some(ctx.clone() as Weak<dyn crate::spare::SpareHost>), spare_metrics),
         target: Target {
             name: config.name.clone(),
             endpoint: config.endpoint.clone(),

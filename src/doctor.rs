@@ -266,7 +266,7 @@ pub async fn run(
         let opened = match online {
             Err(e) => Err(e),
             Ok(()) => ctx.tunnel.open().await.map_err(|e| {
-                let e = upstream::tunnel_error(&ctx, e);
+                let e = upstream::tunnel_error(&*ctx, e);
                 (crate::errors::display_chain(&e), e.hint().unwrap_or_default())
             }),
         };
@@ -288,7 +288,7 @@ pub async fn run(
     } else {
         let stream = match raw {
             Some(s) => Ok(s),
-            None => ctx.tunnel.open().await.map_err(|e| upstream::tunnel_error(&ctx, e)),
+            None => ctx.tunnel.open().await.map_err(|e| upstream::tunnel_error(&*ctx, e)),
         };
         Some(match stream {
             Err(e) => Err((crate::errors::display_chain(&e), e.hint().unwrap_or_default())),
@@ -300,7 +300,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     let e = match crate::tunnel::TunnelError::from_stream_error(&e) {
-                        Some(t) => upstream::tunnel_error(&ctx, t),
+                        Some(t) => upstream::tunnel_error(&*ctx, t),
                         None => UpstreamError::Io(e),
                     };
                     Err((crate::errors::display_chain(&e), e.hint().unwrap_or_default()))
@@ -345,7 +345,7 @@ pub async fn run(
     } else {
         let t = Instant::now();
         let startup = startup_message(&user, database);
-        match upstream::connect(&ctx, &startup).await {
+        match upstream::connect(&*ctx, &startup).await {
             Err(e) => {
                 let client = e.to_client_error();
                 let fix = login_fix(&e, &ctx, &user, resource_id.as_deref()).or(client.hint).unwrap_or_default();

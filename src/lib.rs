@@ -13,9 +13,9 @@
 //!
 //! Find a behaviour in its layer below, then in the module's own map. Each module uses only
 //! modules of its own layer or lower ones, and no two modules use each other —
-//! `tests/layers.rs` reads this list and checks every `crate::` path against it. One knot is
-//! left: [`target`]'s context holds the spares and the server knowledge while [`spare`] and
-//! [`upstream`] take that context (pinned in the test so nothing joins it).
+//! `tests/layers.rs` reads this list and checks every `crate::` path against it. The per-target
+//! context ([`target`]) sits above the two modules it owns: [`spare`] and [`upstream`] reach it
+//! only through traits of their own ([`spare::SpareHost`], [`upstream::UpstreamContext`]).
 //!
 //! ### Layer 5 — the process: commands, serving, operations
 //! * [`app`]: builds the shared [`target::TargetContext`] of a target and runs its listeners.

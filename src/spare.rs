@@ -37,8 +37,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::pg::startup::StartupMessage;
-use crate::target::TargetContext;
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, Upstream, UpstreamContext};
 
 /// The most keys spares are kept for (see the module docs).
 pub const MAX_KEYS: usize = 4;
@@ -73,12 +72,19 @@ impl Default for SpareSettings {
 
 pub use crate::metrics::SpareMetrics;
 
+/// The target whose spares these are, as the background logins reach it: to log in (the connect
+/// side's [`UpstreamContext`]) and to hand a spare back to its [`Spares`]
+/// ([`crate::target::TargetContext`] implements it).
+pub trait SpareHost: UpstreamContext {
+    fn spares(&self) -> &Spares;
+}
+
 /// The spares of one target. Lives in its [`TargetContext`]; the tasks that open and hold spares
 /// reach it again through `ctx`, weakly, so a dropped context closes every spare.
 #[derive(Debug)]
 pub struct Spares {
     settings: SpareSettings,
-    ctx: Weak<TargetContext>,
+    ctx: Option<Weak<dyn SpareHost>>,
     metrics: SpareMetrics,
     state: Mutex<State>,
     /// How many tasks own an upstream connection (opening or holding a spare): [`Spares::closed`]
@@ -91,7 +97,7 @@ pub struct Spares {
 /// opens no spares in the background).
 impl Clone for Spares {
     fn clone(&self) -> Self {
-        Spares::new(self.settings, Weak::new(), self.metrics.clone())
+        Spares::new(self.settings, None, self.metrics.clone())
     }
 }
 
@@ -166,7 +172,7 @@ impl Drop for TaskGuard {
 
 impl Spares {
     /// Spares for the context `ctx` (built with [`Arc::new_cyclic`]).
-    pub fn new(settings: SpareSettings, ctx: Weak<TargetContext>, metrics: SpareMetrics) -> Self {
+    pub fn new(settings: SpareSettings, ctx: Option<Weak<dyn SpareHost>>, metrics: SpareMetrics) -> Self {
         Spares {
             settings,
             ctx,
@@ -279,7 +285,7 @@ impl Spares {
         if state.closed {
             return;
         }
-        let Some(ctx) = self.ctx.upgrade() else { return };
+        let Some(ctx) = self.ctx.as_ref().and_then(Weak::upgrade) else { return };
         let key = &mut state.keys[i];
         if key.open_failed || !key.in_use(self.settings.max_age) {
             return;
@@ -365,28 +371,28 @@ impl Drop for Lease<'_> {
 
 /// One background login, then (if it worked and is still wanted) holding the spare until it is
 /// taken, ages or dies.
-async fn open_and_hold(ctx: Arc<TargetContext>, startup: StartupMessage, _guard: TaskGuard) {
+async fn open_and_hold(ctx: Arc<dyn SpareHost>, startup: StartupMessage, _guard: TaskGuard) {
     let started = Instant::now();
-    let token_request = ctx.passwords.known(&startup.user()).is_none().then(|| ctx.token_request(&startup.user()));
-    let valid_before = token_request.as_ref().and_then(|r| ctx.auth.token_valid_until(r));
-    let connected = upstream::connect(&ctx, &startup).await;
-    let valid_after = token_request.as_ref().and_then(|r| ctx.auth.token_valid_until(r));
+    let token_request = ctx.passwords().known(&startup.user()).is_none().then(|| ctx.token_request(&startup.user()));
+    let valid_before = token_request.as_ref().and_then(|r| ctx.auth().token_valid_until(r));
+    let connected = upstream::connect(&*ctx, &startup).await;
+    let valid_after = token_request.as_ref().and_then(|r| ctx.auth().token_valid_until(r));
     let upstream = match connected {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::debug!(db_user = %startup.user(), database = %startup.database(), error = crate::errors::display_chain(&e), "could not open a spare connection; none for these parameters until a client logs in with them again");
-            ctx.spares.opened(&startup, false);
+            ctx.spares().opened(&startup, false);
             return;
         }
     };
     // The token this login used is the one cached before it (if it was still reusable) or one
     // minted during it; the earlier of the two ends is never later than the real one.
-    let mut deadline = started + ctx.spares.settings.max_age;
+    let mut deadline = started + ctx.spares().settings.max_age;
     if let Some(until) = [valid_before, valid_after].into_iter().flatten().min() {
         let left = until.duration_since(SystemTime::now()).unwrap_or_default();
         deadline = deadline.min(Instant::now() + left);
     }
-    let Some((id, requests)) = ctx.spares.opened(&startup, true) else {
+    let Some((id, requests)) = ctx.spares().opened(&startup, true) else {
         terminate(upstream).await;
         return;
     };
@@ -397,7 +403,7 @@ async fn open_and_hold(ctx: Arc<TargetContext>, startup: StartupMessage, _guard:
 
 /// Holds one spare (see the module docs), without keeping the target's context alive.
 async fn hold(
-    ctx: Weak<TargetContext>,
+    ctx: Weak<dyn SpareHost>,
     startup: StartupMessage,
     id: u64,
     mut upstream: Upstream,
@@ -435,7 +441,7 @@ async fn hold(
         terminate(upstream).await;
         return;
     };
-    let spares = &ctx.spares;
+    let spares = ctx.spares();
     let counter = if aged { &spares.metrics.aged } else { &spares.metrics.dead };
     counter.inc();
     tracing::debug!(db_user = %startup.user(), database = %startup.database(), reason, "spare connection discarded");
@@ -469,7 +475,7 @@ mod tests {
     /// Spares with no context to open anything with: the bookkeeping alone.
     fn spares(per_key: usize) -> Spares {
         let settings = SpareSettings { per_key, max_age: DEFAULT_MAX_AGE };
-        Spares::new(settings, Weak::new(), SpareMetrics::default())
+        Spares::new(settings, None, SpareMetrics::default())
     }
 
     fn keys(s: &Spares) -> Vec<(String, usize)> {

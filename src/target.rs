@@ -2,49 +2,13 @@
 //! needs to serve it, shared by all its connections through one `Arc`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::auth::{IamAuth, Passwords, TokenRequest};
-use crate::net::TcpKeepalive;
+use crate::spare::{SpareHost, Spares};
 use crate::tunnel::Tunnel;
+use crate::upstream::{ServerKnowledge, UpstreamContext};
 
-/// The RDS endpoint as the outside world names it: TLS verifies this name and tokens are signed
-/// for `endpoint:port`, wherever the bytes actually go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The target's name in logs, audit lines and metric labels ([`crate::config::Config::name`]).
-    pub name: String,
-    pub endpoint: String,
-    pub port: u16,
-    pub region: String,
-}
-
-/// Per-phase limits, so no connection can hang in a phase before relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Client: from accept to a complete StartupMessage.
-    pub client_startup: Duration,
-    /// Opening the tunnel (TCP connect, or an SSM stream).
-    pub connect: Duration,
-    /// SSLRequest and the TLS handshake upstream.
-    pub tls: Duration,
-    /// From sending the startup to AuthenticationOk.
-    pub auth: Duration,
-    /// Liveness of the client's TCP connection and of a direct upstream connection.
-    pub keepalive: TcpKeepalive,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            client_startup: Duration::from_secs(30),
-            connect: Duration::from_secs(30),
-            tls: Duration::from_secs(15),
-            auth: Duration::from_secs(30),
-            keepalive: TcpKeepalive::default(),
-        }
-    }
-}
+pub use crate::upstream::{Target, Timeouts};
 
 /// What every session of one target shares.
 #[derive(Debug, Clone)]
@@ -72,18 +36,52 @@ pub struct TargetContext {
     pub profile: Option<String>,
     /// What logins have shown about the server (its version, whether it takes direct TLS),
     /// and `--direct-tls`.
-    pub server: crate::upstream::ServerKnowledge,
+    pub server: ServerKnowledge,
     /// `--spare-connections`: logged-in upstream connections kept ready for known clients.
-    pub spares: crate::spare::Spares,
+    pub spares: Spares,
 }
 
 impl TargetContext {
     pub fn token_request(&self, db_user: &str) -> TokenRequest {
-        TokenRequest {
-            endpoint: self.target.endpoint.clone(),
-            port: self.target.port,
-            region: self.target.region.clone(),
-            db_user: db_user.to_owned(),
-        }
+        UpstreamContext::token_request(self, db_user)
+    }
+}
+
+impl UpstreamContext for TargetContext {
+    fn target(&self) -> &Target {
+        &self.target
+    }
+    fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+    fn tunnel(&self) -> &Tunnel {
+        &self.tunnel
+    }
+    fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
+    }
+    fn auth(&self) -> &IamAuth {
+        &self.auth
+    }
+    fn passwords(&self) -> &Passwords {
+        &self.passwords
+    }
+    fn iam_reloads(&self) -> &crate::auth::reload::ReloadGate {
+        &self.iam_reloads
+    }
+    fn dbi_resource_id(&self) -> Option<&str> {
+        self.dbi_resource_id.as_deref()
+    }
+    fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
+    }
+    fn server(&self) -> &ServerKnowledge {
+        &self.server
+    }
+}
+
+impl SpareHost for TargetContext {
+    fn spares(&self) -> &Spares {
+        &self.spares
     }
 }

@@ -3,10 +3,10 @@
 
 use bytes::BytesMut;
 
+use super::UpstreamContext;
 use crate::auth::{AuthError, PasswordError};
 use crate::pg::backend::FrameError;
 use crate::pg::{SqlState, UserFacing};
-use crate::target::TargetContext;
 use crate::tunnel::TunnelError;
 
 #[derive(Debug, thiserror::Error)]
@@ -276,12 +276,12 @@ pub fn rds_db_connect_hint(region: &str, user: &str, resource_id: Option<&str>) 
 }
 
 /// A tunnel failure with the tunnel's own hint when it has one.
-pub fn tunnel_error(ctx: &TargetContext, source: TunnelError) -> UpstreamError {
+pub fn tunnel_error(ctx: &dyn UpstreamContext, source: TunnelError) -> UpstreamError {
     UpstreamError::Tunnel {
-        how: ctx.tunnel.describe(),
+        how: ctx.tunnel().describe(),
         hint: source
             .hint()
-            .unwrap_or_else(|| ctx.tunnel.unreachable_hint()),
+            .unwrap_or_else(|| ctx.tunnel().unreachable_hint()),
         source,
     }
 }

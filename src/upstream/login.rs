@@ -7,11 +7,11 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::client::TlsStream;
 
 use super::{rds_db_connect_hint, UpstreamError};
+use super::UpstreamContext;
 use crate::auth::scram;
 use crate::pg::backend::{self, AuthRequest, MAX_PREAUTH_MESSAGE_LEN};
 use crate::pg::startup::StartupMessage;
 use crate::pg::SqlState;
-use crate::target::TargetContext;
 use crate::tunnel::TunnelStream;
 
 /// A ParameterStatus body: name `\0` value `\0`.
@@ -38,8 +38,8 @@ impl Secret {
 }
 
 /// The user's configured password (re-read when `fresh`), or an IAM token for the user.
-pub(super) async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Result<Secret, UpstreamError> {
-    if let Some(provider) = ctx.passwords.for_user(user).await.map_err(UpstreamError::Password)? {
+pub(super) async fn secret(ctx: &dyn UpstreamContext, user: &str, fresh: bool) -> Result<Secret, UpstreamError> {
+    if let Some(provider) = ctx.passwords().for_user(user).await.map_err(UpstreamError::Password)? {
         let password = if fresh {
             provider.fresh().await
         } else {
@@ -49,11 +49,11 @@ pub(super) async fn secret(ctx: &TargetContext, user: &str, fresh: bool) -> Resu
     }
     let request = ctx.token_request(user);
     let token = if fresh {
-        ctx.auth.fresh_token(&request).await
+        ctx.auth().fresh_token(&request).await
     } else {
-        ctx.auth.token(&request).await
+        ctx.auth().token(&request).await
     }
-    .map_err(|source| UpstreamError::Auth { source, profile: ctx.profile.clone() })?;
+    .map_err(|source| UpstreamError::Auth { source, profile: ctx.profile().map(str::to_owned) })?;
     Ok(Secret::Token(token))
 }
 
@@ -102,7 +102,7 @@ pub(super) fn password_message(secret: &[u8]) -> BytesMut {
 /// `sent_ahead`: an IAM token already followed the startup message, for the cleartext password
 /// request this login got last time; any other first request is [`UpstreamError::SentAhead`].
 pub(super) async fn authenticate(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     stream: &mut TlsStream<TunnelStream>,
     startup: &StartupMessage,
     fresh: bool,
@@ -113,7 +113,7 @@ pub(super) async fn authenticate(
     let mut buf = BytesMut::with_capacity(1024);
     let mut to_client = BytesMut::new();
     let mut exchange: Option<ScramExchange> = None;
-    let provider = ctx.passwords.for_user(user).await.map_err(UpstreamError::Password)?;
+    let provider = ctx.passwords().for_user(user).await.map_err(UpstreamError::Password)?;
     let password_from = provider.map(|p| p.describe());
     let mut authenticated = false;
     // Believed once the login has succeeded (ReadyForQuery).
@@ -129,7 +129,7 @@ pub(super) async fn authenticate(
                 if sent_ahead && !matches!(request, AuthRequest::CleartextPassword) {
                     // The token ahead would be read as the answer to this request (a SCRAM
                     // message, an MD5 hash) or as a query after AuthenticationOk.
-                    ctx.server.forget_cleartext_request(user, database);
+                    ctx.server().forget_cleartext_request(user, database);
                     return Err(UpstreamError::SentAhead {
                         asked: request.describe(),
                     });
@@ -160,7 +160,7 @@ pub(super) async fn authenticate(
                     AuthRequest::CleartextPassword => {
                         let secret = secret(ctx, user, fresh).await?;
                         if matches!(secret, Secret::Token(_)) {
-                            ctx.server.saw_cleartext_request(user, database);
+                            ctx.server().saw_cleartext_request(user, database);
                         }
                         send(stream, &password_message(secret.expose().as_bytes())).await?;
                         match &secret {
@@ -249,7 +249,7 @@ pub(super) async fn authenticate(
                 // RDS's answer to a refused IAM token names no cause; the client gets the same
                 // error with the fix: the rds-db:connect ARN to allow.
                 if password_from.is_none() && !authenticated && sqlstate == "28000" && message.contains("PAM authentication failed") {
-                    let hint = rds_db_connect_hint(&ctx.target.region, user, ctx.dbi_resource_id.as_deref());
+                    let hint = rds_db_connect_hint(&ctx.target().region, user, ctx.dbi_resource_id());
                     let with_hint = crate::pg::error::ClientError {
                         sqlstate: SqlState::InvalidAuthorization,
                         message: message.clone(),
@@ -269,7 +269,7 @@ pub(super) async fn authenticate(
             }
             b'Z' if authenticated => {
                 if let Some(version) = &server_version {
-                    ctx.server.saw_server_version(version);
+                    ctx.server().saw_server_version(version);
                 }
                 to_client.extend_from_slice(msg.as_bytes());
                 // Anything already read past ReadyForQuery belongs to the client.

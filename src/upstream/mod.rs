@@ -8,6 +8,7 @@
 //! wrong and what the client is told), [`knowledge`] (what we learnt about the server),
 //! [`tls`] (SSLRequest or direct TLS, verify-full) and [`login`] (the password request and
 //! SCRAM, up to ReadyForQuery).
+mod context;
 mod error;
 mod knowledge;
 mod login;
@@ -17,6 +18,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::client::TlsStream;
 
+pub use self::context::{Target, Timeouts, UpstreamContext};
 pub use self::error::{rds_db_connect_hint, tunnel_error, UpstreamError};
 pub use self::knowledge::{ServerKnowledge, DIRECT_TLS_MIN_VERSION};
 pub use self::tls::{start_direct_tls, start_tls};
@@ -24,7 +26,6 @@ pub use self::tls::{start_direct_tls, start_tls};
 use self::login::{authenticate, password_message, secret, Secret};
 use crate::tls::DirectTls;
 use crate::pg::startup::StartupMessage;
-use crate::target::TargetContext;
 use crate::tunnel::TunnelStream;
 
 /// An authenticated upstream connection, ready for relay.
@@ -42,7 +43,7 @@ pub struct Upstream {
 /// Connects and authenticates `startup` upstream; retries once with freshly loaded credentials
 /// when the login itself is refused.
 pub async fn connect(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     startup: &StartupMessage,
 ) -> Result<Upstream, UpstreamError> {
     match attempt(ctx, startup, false).await {
@@ -50,9 +51,9 @@ pub async fn connect(
             // At most one reload per interval, for the target's IAM credentials and for each
             // password source: a client looping on a refused login must not make one AWS call
             // per attempt. Within the interval the refusal goes to the client at once.
-            let may_reload = match ctx.passwords.known(&startup.user()) {
+            let may_reload = match ctx.passwords().known(&startup.user()) {
                 Some(provider) => provider.may_reload(),
-                None => ctx.iam_reloads.may_reload(),
+                None => ctx.iam_reloads().may_reload(),
             };
             if !may_reload {
                 tracing::debug!(error = e.to_string(), "login refused; credentials were reloaded less than {} s ago, so not again", crate::auth::reload::RELOAD_INTERVAL.as_secs());
@@ -81,15 +82,15 @@ async fn timed<T>(
 /// One login, sending the IAM token ahead when this login was asked a cleartext password
 /// before; when the server now asks otherwise, once more without.
 async fn attempt(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     startup: &StartupMessage,
     fresh: bool,
 ) -> Result<Upstream, UpstreamError> {
-    let ahead = ctx.server.asks_cleartext(&startup.user(), &startup.database());
+    let ahead = ctx.server().asks_cleartext(&startup.user(), &startup.database());
     match attempt_once(ctx, startup, fresh, ahead).await {
         Err(e @ UpstreamError::SentAhead { .. }) => {
             tracing::info!(
-                target = %ctx.target.name,
+                target = %ctx.target().name,
                 db_user = %startup.user(),
                 database = %startup.database(),
                 error = %e,
@@ -102,28 +103,28 @@ async fn attempt(
 }
 
 async fn attempt_once(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     startup: &StartupMessage,
     fresh: bool,
     ahead: bool,
 ) -> Result<Upstream, UpstreamError> {
-    let t = ctx.timeouts;
+    let t = ctx.timeouts();
     let open = || {
         timed("opening the tunnel", t.connect, async {
-            ctx.tunnel.open_watched().await.map_err(|e| tunnel_error(ctx, e))
+            ctx.tunnel().open_watched().await.map_err(|e| tunnel_error(ctx, e))
         })
     };
     let opened = open().await?;
     let (raw, mut ssm_session, mut stall) = (opened.stream, opened.ssm_session, opened.stall);
-    let direct = ctx.server.use_direct_tls();
+    let direct = ctx.server().use_direct_tls();
     let mut stream = match timed("negotiating TLS", t.tls, negotiate_tls(ctx, raw, direct)).await {
-        Err(e @ UpstreamError::DirectTlsRefused { .. }) if ctx.server.mode() == DirectTls::Auto => {
+        Err(e @ UpstreamError::DirectTlsRefused { .. }) if ctx.server().mode() == DirectTls::Auto => {
             // Something answers for this name that is not PostgreSQL 17 (or lets no direct TLS
             // through); it keeps SSLRequest from now on, and this connection starts over.
-            ctx.server.direct_tls_refused();
+            ctx.server().direct_tls_refused();
             tracing::info!(
-                target = %ctx.target.name,
-                server_version = ctx.server.major_version().unwrap_or(0),
+                target = %ctx.target().name,
+                server_version = ctx.server().major_version().unwrap_or(0),
                 error = crate::errors::display_chain(&e),
                 "the server reported PostgreSQL 17 or later but did not take direct TLS; connecting with SSLRequest, now and from now on"
             );
@@ -170,7 +171,7 @@ async fn attempt_once(
 
 /// TLS either way: direct (PostgreSQL 17+) or after SSLRequest.
 async fn negotiate_tls(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     raw: TunnelStream,
     direct: bool,
 ) -> Result<TlsStream<TunnelStream>, UpstreamError> {

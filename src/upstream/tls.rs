@@ -1,23 +1,25 @@
 //! TLS to the upstream, always verify-full against the endpoint name: after SSLRequest, or
 //! PostgreSQL 17's direct TLS with ALPN `postgresql`.
 
+use std::sync::Arc;
+
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::{tunnel_error, UpstreamError};
+use super::UpstreamContext;
 use crate::pg::startup::SSL_REQUEST;
-use crate::target::TargetContext;
 use crate::tunnel::{TunnelError, TunnelStream};
 
 /// SSLRequest, exactly one byte of answer, then the TLS handshake with SNI and verify-full
 /// against the endpoint name (never the address we dialled).
 pub async fn start_tls(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     mut raw: TunnelStream,
 ) -> Result<TlsStream<TunnelStream>, UpstreamError> {
-    let endpoint = &ctx.target.endpoint;
+    let endpoint = &ctx.target().endpoint;
     // The first bytes through a tunnel are where a tunnel-level failure shows up (SSM: the node
     // could not reach the database), so I/O errors here are explained as tunnel errors.
     let stream_error = |e: std::io::Error| match TunnelError::from_stream_error(&e) {
@@ -42,7 +44,7 @@ pub async fn start_tls(
         source,
     };
     let name = server_name(endpoint).map_err(tls_error)?;
-    TlsConnector::from(ctx.tls.clone())
+    TlsConnector::from(Arc::clone(ctx.tls()))
         .connect(name, raw)
         .await
         .map_err(tls_error)
@@ -53,15 +55,15 @@ pub async fn start_tls(
 /// failure before TLS completes that is not about the certificate (closed, not TLS, no ALPN)
 /// is [`UpstreamError::DirectTlsRefused`]: the caller may start over with SSLRequest.
 pub async fn start_direct_tls(
-    ctx: &TargetContext,
+    ctx: &dyn UpstreamContext,
     raw: TunnelStream,
 ) -> Result<TlsStream<TunnelStream>, UpstreamError> {
-    let endpoint = &ctx.target.endpoint;
+    let endpoint = &ctx.target().endpoint;
     let name = server_name(endpoint).map_err(|source| UpstreamError::Tls {
         endpoint: endpoint.clone(),
         source,
     })?;
-    let stream = match TlsConnector::from(ctx.tls.clone()).connect(name, raw).await {
+    let stream = match TlsConnector::from(Arc::clone(ctx.tls())).connect(name, raw).await {
         Ok(stream) => stream,
         Err(source) => {
             // The tunnel's own failure (SSM: the node could not reach the database).
