@@ -1554,6 +1554,9 @@ impl BenchProxy {
             secrets_endpoint: Some(aws.secrets_endpoint),
             sts_endpoint: Some(aws.sts_endpoint),
             rds_endpoint: Some(aws.rds_endpoint),
+            redshift_endpoint: None,
+            redshift_serverless_endpoint: None,
+            dsql_endpoint: None,
         };
         BenchProxy::start(label, &args, Credentials::FixedWith(setup)).await
     }

@@ -75,6 +75,9 @@ pub async fn build_context_with(
                 secrets_endpoint: None,
                 sts_endpoint: None,
                 rds_endpoint: None,
+                redshift_endpoint: None,
+                redshift_serverless_endpoint: None,
+                dsql_endpoint: None,
             }),
         ),
         Credentials::FixedWith(setup) => (
@@ -122,6 +125,9 @@ pub async fn build_context_with(
     if let Some(sts) = sts {
         auth = auth.with_identity(sts);
     }
+    if let Some(api) = temporary_api(config.engine.engine, &region, &aws) {
+        auth = auth.with_temporary(api);
+    }
     let spares = config.spares;
     let spare_metrics = target_metrics.spares.clone();
     let tls = upstream_tls(config)?;
@@ -134,6 +140,7 @@ pub async fn build_context_with(
             endpoint: config.endpoint.clone(),
             port: config.port,
             region,
+            engine: config.engine.clone(),
         },
         tunnel,
         tls,
@@ -148,6 +155,29 @@ pub async fn build_context_with(
         profile: config.profile.clone(),
         server: crate::upstream::ServerKnowledge::new(config.direct_tls),
     }))
+}
+
+/// Where a Redshift or Redshift Serverless target asks for temporary credentials.
+fn temporary_api(engine: crate::engine::Engine, region: &str, aws: &AwsSource) -> Option<crate::auth::temporary::TemporaryApi> {
+    use crate::auth::temporary::TemporaryApi;
+    use crate::engine::Engine;
+    use crate::redshift_api::RedshiftApi;
+    use crate::redshift_serverless_api::RedshiftServerlessApi;
+    Some(match (engine, aws) {
+        (Engine::Redshift, AwsSource::Sdk(sdk)) => TemporaryApi::Redshift(RedshiftApi::from_sdk_config(sdk, region)),
+        (Engine::Redshift, AwsSource::Fixed(setup)) => TemporaryApi::Redshift(RedshiftApi::with_credentials(
+            setup.credentials.clone(),
+            region,
+            setup.redshift_endpoint.as_deref(),
+        )),
+        (Engine::RedshiftServerless, AwsSource::Sdk(sdk)) => {
+            TemporaryApi::Serverless(RedshiftServerlessApi::from_sdk_config(sdk, region))
+        }
+        (Engine::RedshiftServerless, AwsSource::Fixed(setup)) => TemporaryApi::Serverless(
+            RedshiftServerlessApi::with_credentials(setup.credentials.clone(), region, setup.redshift_serverless_endpoint.as_deref()),
+        ),
+        (Engine::Rds | Engine::Dsql, _) => return None,
+    })
 }
 
 /// Learns the user of each secret configured without one (its `username`, read now, so a secret
@@ -165,11 +195,15 @@ async fn password_users(passwords: Passwords) -> Result<Passwords, AppError> {
 
 /// The upstream TLS config, with one line saying which roots verify this endpoint name.
 fn upstream_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, AppError> {
-    let trust = tls::TrustStore::for_endpoint(&config.endpoint, &config.ca_bundles, &config.proxy_ca_bundles);
+    let engine = config.engine.engine;
+    let trust = tls::TrustStore::for_target(engine, &config.endpoint, &config.ca_bundles, &config.proxy_ca_bundles);
     let kind = tls::classify_endpoint(&config.endpoint);
-    tracing::info!(target = %config.name, endpoint_kind = kind.as_str(), trust = %trust.describe(), "upstream TLS verifies the endpoint name with these roots");
-    if kind != tls::EndpointKind::RdsProxy && !config.proxy_ca_bundles.is_empty() {
-        tracing::warn!(endpoint = %config.endpoint, "--proxy-ca-bundle has no effect: the endpoint is not an RDS Proxy endpoint name (NAME.proxy-ID.REGION.rds.amazonaws.com)");
+    tracing::info!(target = %config.name, engine = engine.as_str(), endpoint_kind = kind.as_str(), trust = %trust.describe(), "upstream TLS verifies the endpoint name with these roots");
+    if !tls::uses_amazon_trust_services(engine, &config.endpoint) && !config.proxy_ca_bundles.is_empty() {
+        tracing::warn!(endpoint = %config.endpoint, "--proxy-ca-bundle has no effect: the endpoint is neither an RDS Proxy endpoint name (NAME.proxy-ID.REGION.rds.amazonaws.com) nor an Aurora DSQL or Redshift endpoint");
+    }
+    if engine.uses_amazon_trust_services() && !config.ca_bundles.is_empty() {
+        tracing::warn!(endpoint = %config.endpoint, engine = engine.as_str(), "--ca-bundle has no effect: {} endpoints present Amazon Trust Services certificates (use --proxy-ca-bundle for other roots)", engine.product());
     }
     Ok(tls::upstream_client_config(&trust)?)
 }
@@ -420,6 +454,7 @@ pub async fn print_token(
         port: args.port,
         region,
         db_user: args.username.clone(),
+        kind: crate::auth::token::TokenKind::Rds,
     };
     Ok(auth.token(&request).await?)
 }

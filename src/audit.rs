@@ -65,6 +65,10 @@ pub struct Audit {
     pub database: String,
     pub principal_arn: String,
     pub ssm_session: String,
+    /// The target's engine (`rds`, `dsql`, `redshift`, `redshift-serverless`).
+    pub engine: &'static str,
+    /// The user the server logged in, when not the client's: Redshift's `IAM:alice`.
+    pub upstream_user: String,
 }
 
 /// How a connection ended, for [`Audit::closed`].
@@ -90,6 +94,8 @@ impl Audit {
             database: bounded(database),
             principal_arn: String::new(),
             ssm_session: String::new(),
+            engine: "",
+            upstream_user: String::new(),
         }
     }
 
@@ -99,7 +105,9 @@ impl Audit {
             audit = "open",
             client = %self.client,
             target = %self.target,
+            engine = self.engine,
             db_user = self.db_user.as_str(),
+            upstream_user = self.upstream_user.as_str(),
             database = self.database.as_str(),
             principal_arn = %self.principal_arn,
             ssm_session = %self.ssm_session,
@@ -113,7 +121,9 @@ impl Audit {
             audit = "close",
             client = %self.client,
             target = %self.target,
+            engine = self.engine,
             db_user = self.db_user.as_str(),
+            upstream_user = self.upstream_user.as_str(),
             database = self.database.as_str(),
             principal_arn = %self.principal_arn,
             ssm_session = %self.ssm_session,

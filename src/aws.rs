@@ -29,6 +29,12 @@ pub struct AwsSetup {
     pub sts_endpoint: Option<String>,
     /// The RDS API endpoint (DescribeDBInstances/Clusters), e.g. the simulator's.
     pub rds_endpoint: Option<String>,
+    /// The Redshift API endpoint (GetClusterCredentials, DescribeClusters), e.g. the simulator's.
+    pub redshift_endpoint: Option<String>,
+    /// The Redshift Serverless API endpoint (GetCredentials, GetWorkgroup).
+    pub redshift_serverless_endpoint: Option<String>,
+    /// The Aurora DSQL control-plane endpoint (GetCluster).
+    pub dsql_endpoint: Option<String>,
 }
 
 impl From<AwsSetup> for Credentials {

@@ -124,9 +124,10 @@ pub struct ConnectInfoArgs {
     #[arg(long, value_enum, default_value = "psql", env = "RDS_AUTH_PROXY_CONNECT_INFO_FORMAT")]
     pub format: ConnectInfoFormat,
 
-    /// The database the settings name (an RDS PostgreSQL instance has postgres).
-    #[arg(long, value_name = "NAME", default_value = "postgres", env = "RDS_AUTH_PROXY_CONNECT_INFO_DBNAME")]
-    pub dbname: String,
+    /// The database the settings name. Default: postgres (every RDS PostgreSQL instance and
+    /// Aurora DSQL cluster has it), dev on Redshift.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_CONNECT_INFO_DBNAME")]
+    pub dbname: Option<String>,
 
     /// The proxy's own flags: the settings point where a proxy started with them listens.
     #[command(flatten)]
@@ -140,9 +141,9 @@ pub struct ConnectInfoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DoctorArgs {
-    /// The database to log in to for the check.
-    #[arg(long, value_name = "NAME", default_value = "postgres", env = "RDS_AUTH_PROXY_DOCTOR_DBNAME")]
-    pub dbname: String,
+    /// The database to log in to for the check. Default: postgres, dev on Redshift.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_DOCTOR_DBNAME")]
+    pub dbname: Option<String>,
     /// The proxy's flags (--target or --db-instance, --via, --db-user …); --db-user is required.
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -439,6 +440,49 @@ pub struct ProxyArgs {
     #[arg(long, requires = "db_cluster", env = "RDS_AUTH_PROXY_READER")]
     pub reader: bool,
 
+    /// The database service behind the endpoint: rds (RDS and Aurora PostgreSQL, RDS Proxy),
+    /// dsql (Aurora DSQL), redshift (a provisioned cluster) or redshift-serverless. Each logs in
+    /// its own way (an RDS IAM token; a DSQL token; Redshift temporary credentials, with the
+    /// user they name). Default: told from the endpoint name (ID.dsql.REGION.on.aws,
+    /// CLUSTER.HASH.REGION.redshift.amazonaws.com, WORKGROUP.ACCOUNT.REGION.redshift-serverless
+    /// .amazonaws.com), else rds; give it for a custom domain name or a load balancer's.
+    #[arg(long, value_enum, value_name = "ENGINE", env = "RDS_AUTH_PROXY_ENGINE")]
+    pub engine: Option<crate::engine::Engine>,
+
+    /// Aurora DSQL: the cluster id (dsql:GetCluster finds its endpoint when --target is not
+    /// given). Implies --engine dsql.
+    #[arg(long, value_name = "ID", env = "RDS_AUTH_PROXY_DSQL_CLUSTER", conflicts_with_all = ["db_instance", "db_cluster", "redshift_cluster", "redshift_workgroup"])]
+    pub dsql_cluster: Option<String>,
+
+    /// Amazon Redshift: the cluster identifier credentials are asked for (redshift
+    /// :DescribeClusters finds its endpoint when --target is not given). Default: the first
+    /// label of a Redshift endpoint name. Implies --engine redshift.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_REDSHIFT_CLUSTER", conflicts_with_all = ["db_instance", "db_cluster", "redshift_workgroup"])]
+    pub redshift_cluster: Option<String>,
+
+    /// Amazon Redshift Serverless: the workgroup credentials are asked for (redshift-serverless
+    /// :GetWorkgroup finds its endpoint when --target is not given). Default: the first label
+    /// of a Serverless endpoint name. Implies --engine redshift-serverless.
+    #[arg(long, value_name = "NAME", env = "RDS_AUTH_PROXY_REDSHIFT_WORKGROUP", conflicts_with_all = ["db_instance", "db_cluster"])]
+    pub redshift_workgroup: Option<String>,
+
+    /// Amazon Redshift (provisioned): how the database user is chosen. db-user: the client's
+    /// user (redshift:GetClusterCredentials, logged in as IAM:USER); iam: the user follows your
+    /// IAM identity whatever the client names (redshift:GetClusterCredentialsWithIAM, IAM:NAME
+    /// or IAMR:ROLE). Serverless always follows the IAM identity.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "db-user", env = "RDS_AUTH_PROXY_REDSHIFT_AUTH")]
+    pub redshift_auth: crate::engine::RedshiftAuth,
+
+    /// Amazon Redshift with --redshift-auth db-user: create the database user at its first
+    /// login if it does not exist (AutoCreate; needs redshift:CreateClusterUser).
+    #[arg(long, env = "RDS_AUTH_PROXY_REDSHIFT_AUTO_CREATE")]
+    pub redshift_auto_create: bool,
+
+    /// Amazon Redshift with --redshift-auth db-user: database groups the user joins for the
+    /// session (DbGroups; needs redshift:JoinGroup on each). Comma-separated or repeated.
+    #[arg(long, value_name = "GROUP", value_delimiter = ',', env = "RDS_AUTH_PROXY_REDSHIFT_DB_GROUPS")]
+    pub redshift_db_groups: Vec<String>,
+
     /// SSM mode with --ssm-target auto: only nodes with this tag (repeatable; all must match).
     /// auto picks the online node (SSM DescribeInstanceInformation) with the smallest id.
     #[arg(long, value_name = "KEY=VALUE", env = "RDS_AUTH_PROXY_SSM_TAG", value_delimiter = ',')]
@@ -469,8 +513,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
 
-    /// For an RDS Proxy endpoint (NAME.proxy-ID.REGION.rds.amazonaws.com) only: trust exactly the
-    /// CA certificates in this PEM file instead of the built-in Amazon Trust Services roots.
+    /// For endpoints with Amazon Trust Services (ACM) certificates — RDS Proxy
+    /// (NAME.proxy-ID.REGION.rds.amazonaws.com), Aurora DSQL and Redshift — only: trust exactly
+    /// the CA certificates in this PEM file instead of the built-in Amazon Trust Services roots.
     /// Repeatable. Other endpoints ignore it.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_PROXY_CA_BUNDLE")]
     pub proxy_ca_bundle: Vec<PathBuf>,

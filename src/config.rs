@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{ProxyArgs, Via};
+use crate::engine::{Engine, EngineSettings, RedshiftAuth};
 use crate::local_tls::LocalTlsConfig;
 use crate::target::Timeouts;
 use crate::tls::DirectTls;
@@ -109,7 +110,10 @@ pub struct Config {
     pub direct_tls: DirectTls,
     /// `--spare-connections`, `--spare-max-age`.
     pub spares: crate::spare::SpareSettings,
+    /// `--engine` and what each engine's login needs.
+    pub engine: EngineSettings,
 }
+
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -189,12 +193,35 @@ pub enum ConfigError {
     NoLocalCaDir,
     #[error("--local-tls-cert/--local-tls-key {0} does not exist")]
     MissingLocalTlsFile(PathBuf),
+    #[error("--engine {given} does not fit the endpoint name {endpoint}, which is an {says} name: leave --engine out, or give the endpoint of a {given} database")]
+    EngineMismatch {
+        given: Engine,
+        endpoint: String,
+        says: &'static str,
+    },
+    #[error("--{flag} is for {engine} targets, and this target is {actual} (--engine, or the endpoint name)")]
+    EngineFlagMismatch {
+        flag: &'static str,
+        engine: &'static str,
+        actual: Engine,
+    },
+    #[error("{engine} needs the {what} its credentials are asked for, and the endpoint name {endpoint} does not carry it: add --{flag} NAME")]
+    MissingEngineResource {
+        engine: &'static str,
+        what: &'static str,
+        endpoint: String,
+        flag: &'static str,
+    },
 }
 
 impl Config {
     pub fn from_args(args: &ProxyArgs) -> Result<Config, ConfigError> {
         let target = args.target.as_deref().ok_or(ConfigError::MissingTarget)?;
-        let (endpoint, port) = parse_target(target)?;
+        let (endpoint, mut port) = parse_target(target)?;
+        let engine = engine_config(args, &endpoint)?;
+        if !target.contains(':') {
+            port = engine.engine.default_port();
+        }
         if !args.address.is_loopback() && !args.allow_remote {
             return Err(ConfigError::RemoteAddress(args.address));
         }
@@ -273,11 +300,110 @@ impl Config {
                 per_key: args.spare_connections,
                 max_age: Duration::from_secs(args.spare_max_age),
             },
+            engine,
             name: endpoint.clone(),
             endpoint,
             port,
         })
     }
+}
+
+/// The engine (`--engine`, implied by `--dsql-cluster`/`--redshift-cluster`/
+/// `--redshift-workgroup`, else told by the endpoint name, else RDS) and what its login needs.
+fn engine_config(args: &ProxyArgs, endpoint: &str) -> Result<EngineSettings, ConfigError> {
+    let parts = crate::engine::parse_endpoint(endpoint);
+    let implied = if args.dsql_cluster.is_some() {
+        Some(Engine::Dsql)
+    } else if args.redshift_workgroup.is_some() {
+        Some(Engine::RedshiftServerless)
+    } else if args.redshift_cluster.is_some() {
+        Some(Engine::Redshift)
+    } else {
+        None
+    };
+    let engine = match (args.engine, implied) {
+        (Some(given), Some(implied)) if given != implied => {
+            let flag = match implied {
+                Engine::Dsql => "dsql-cluster",
+                Engine::RedshiftServerless => "redshift-workgroup",
+                _ => "redshift-cluster",
+            };
+            return Err(ConfigError::EngineFlagMismatch {
+                flag,
+                engine: implied.as_str(),
+                actual: given,
+            });
+        }
+        (Some(engine), _) | (None, Some(engine)) => engine,
+        (None, None) => parts.as_ref().map_or(Engine::Rds, |p| p.engine),
+    };
+    // A name of one engine forced to another is a mistake (an RDS name stays RDS); a name that
+    // tells nothing (a custom domain, a load balancer, an IP) takes any engine.
+    let kind = crate::tls::classify_endpoint(endpoint);
+    let named = match &parts {
+        Some(p) => Some(p.engine),
+        None if kind == crate::tls::EndpointKind::Other => None,
+        None => Some(Engine::Rds),
+    };
+    if named.is_some_and(|named| named != engine) {
+        let says = kind.as_str();
+        return Err(ConfigError::EngineMismatch {
+            given: engine,
+            endpoint: endpoint.to_owned(),
+            says,
+        });
+    }
+    let from_name = parts.and_then(|p| p.resource);
+    let resource = match engine {
+        Engine::Rds => None,
+        Engine::Dsql => args.dsql_cluster.clone().or(from_name),
+        Engine::Redshift => Some(args.redshift_cluster.clone().or(from_name).ok_or_else(|| {
+            ConfigError::MissingEngineResource {
+                engine: "Amazon Redshift",
+                what: "cluster identifier",
+                endpoint: endpoint.to_owned(),
+                flag: "redshift-cluster",
+            }
+        })?),
+        Engine::RedshiftServerless => Some(args.redshift_workgroup.clone().or(from_name).ok_or_else(|| {
+            ConfigError::MissingEngineResource {
+                engine: "Amazon Redshift Serverless",
+                what: "workgroup name",
+                endpoint: endpoint.to_owned(),
+                flag: "redshift-workgroup",
+            }
+        })?),
+    };
+    let redshift_only = [
+        ("redshift-auth", args.redshift_auth != RedshiftAuth::DbUser),
+        ("redshift-auto-create", args.redshift_auto_create),
+        ("redshift-db-groups", !args.redshift_db_groups.is_empty()),
+    ];
+    if let Some((flag, _)) = redshift_only.iter().find(|(_, set)| *set).filter(|_| engine != Engine::Redshift) {
+        return Err(ConfigError::EngineFlagMismatch {
+            flag,
+            engine: Engine::Redshift.as_str(),
+            actual: engine,
+        });
+    }
+    if args.redshift_auth == RedshiftAuth::Iam {
+        for (flag, set) in &redshift_only[1..] {
+            if *set {
+                return Err(ConfigError::EngineFlagMismatch {
+                    flag,
+                    engine: "redshift --redshift-auth db-user",
+                    actual: engine,
+                });
+            }
+        }
+    }
+    Ok(EngineSettings {
+        engine,
+        resource,
+        redshift_auth: args.redshift_auth,
+        redshift_auto_create: args.redshift_auto_create,
+        redshift_db_groups: args.redshift_db_groups.clone(),
+    })
 }
 
 fn local_tls_config(args: &ProxyArgs) -> Result<Option<LocalTlsConfig>, ConfigError> {
@@ -483,15 +609,20 @@ fn validate_host_port(s: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// The region of an `*.rds.amazonaws.com` (or `.com.cn`) endpoint: the label before `rds`.
+/// The region of an `*.rds.amazonaws.com` (or `.com.cn`) endpoint: the label before `rds` (in
+/// China also after it); of a DSQL or Redshift endpoint: its region label.
 pub fn infer_region(endpoint: &str) -> Option<String> {
+    if let Some(parts) = crate::engine::parse_endpoint(endpoint) {
+        return Some(parts.region);
+    }
     let labels: Vec<&str> = endpoint.split('.').collect();
     let rds = labels.iter().rposition(|l| *l == "rds")?;
     let rest = &labels[rds + 1..];
-    if rds < 1 || !(rest == ["amazonaws", "com"] || rest == ["amazonaws", "com", "cn"]) {
-        return None;
-    }
-    let region = labels[rds - 1];
+    let region = match rest {
+        ["amazonaws", "com"] | ["amazonaws", "com", "cn"] if rds >= 1 => labels[rds - 1],
+        [region, "amazonaws", "com", "cn"] => region,
+        _ => return None,
+    };
     (region.split('-').count() >= 3).then(|| region.to_owned())
 }
 

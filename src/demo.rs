@@ -25,6 +25,9 @@ fn aws_setup(sim: &Simulator) -> AwsSetup {
         secrets_endpoint: Some(aws.secrets_endpoint),
         sts_endpoint: Some(aws.sts_endpoint),
         rds_endpoint: Some(aws.rds_endpoint),
+        redshift_endpoint: None,
+        redshift_serverless_endpoint: None,
+        dsql_endpoint: None,
     }
 }
 

@@ -91,7 +91,7 @@ fn region_fix(named: &str) -> String {
 /// Runs the steps in order, printing each line as it completes (`print`).
 pub async fn run(
     args: &ProxyArgs,
-    database: &str,
+    database: Option<&str>,
     credentials: Credentials,
     mut print: impl FnMut(&Step),
 ) -> Report {
@@ -339,6 +339,8 @@ pub async fn run(
 
     // 7. The IAM login, and 8. a query.
     let user = config.db_user.clone().unwrap_or_default();
+    let engine = config.engine.engine;
+    let database = database.unwrap_or(engine.default_database());
     if failed {
         push(&mut report, &mut failed, names[6], None, None);
         push(&mut report, &mut failed, names[7], None, None);
@@ -353,8 +355,16 @@ pub async fn run(
                 push(&mut report, &mut failed, names[7], None, None);
             }
             Ok(mut up) => {
-                let how = if ctx.passwords.known(&user).is_some() { "with the configured password" } else { "with an IAM token" };
-                push(&mut report, &mut failed, names[6], Some(t), Some(Ok(format!("{user}@{database} {how}"))));
+                let how = match (ctx.passwords.known(&user).is_some(), engine) {
+                    (true, _) => "with the configured password".to_owned(),
+                    (false, crate::engine::Engine::Rds) => "with an IAM token".to_owned(),
+                    (false, crate::engine::Engine::Dsql) => "with an Aurora DSQL token".to_owned(),
+                    (false, _) => format!(
+                        "with temporary credentials, as {}",
+                        up.login_user.as_deref().unwrap_or(&user)
+                    ),
+                };
+                push(&mut report, &mut failed, names[6], Some(t), Some(Ok(format!("{user}@{database} ({}) {how}", engine.product()))));
                 let t = Instant::now();
                 let result = select_one(&mut up.stream).await;
                 push(&mut report, &mut failed, names[7], Some(t), Some(result));
@@ -374,6 +384,9 @@ fn unreachable_source() -> ApiSource<'static> {
         secrets_endpoint: None,
         sts_endpoint: None,
         rds_endpoint: None,
+        redshift_endpoint: None,
+        redshift_serverless_endpoint: None,
+        dsql_endpoint: None,
     }))
 }
 
@@ -386,6 +399,9 @@ fn fixed_setup(credentials: &Credentials) -> Option<AwsSetup> {
             secrets_endpoint: None,
             sts_endpoint: None,
             rds_endpoint: None,
+            redshift_endpoint: None,
+            redshift_serverless_endpoint: None,
+            dsql_endpoint: None,
         }),
         Credentials::FixedWith(s) => Some(s.clone()),
     }

@@ -56,6 +56,8 @@
 //!
 //! ### Layer 1 — protocols and shared services
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses ([`pg::UserFacing`]).
+//! * [`engine`]: which AWS database a target is (RDS, Aurora DSQL, Redshift, Redshift
+//!   Serverless), from the endpoint name or `--engine`.
 //! * [`tls`]: the upstream rustls config: the embedded RDS CA bundle, or for RDS Proxy endpoint
 //!   names the embedded Amazon Trust Services roots ([`tls::classify_endpoint`]).
 //! * [`metrics`]: the Prometheus registry, passed in each target's context; the counting
@@ -78,6 +80,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod aws_api;
 pub mod auth;
 pub mod aws;
 pub mod cancel;
@@ -88,6 +91,7 @@ pub mod doctor;
 pub mod config_file;
 pub mod connect_info;
 pub mod der;
+pub mod engine;
 pub mod conntest;
 pub mod drain;
 pub mod errors;
@@ -102,6 +106,8 @@ pub mod net;
 pub mod os;
 pub mod pg;
 pub mod rds_api;
+pub mod redshift_api;
+pub mod redshift_serverless_api;
 pub mod relay;
 pub mod reload;
 pub mod session;

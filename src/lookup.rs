@@ -347,6 +347,9 @@ pub async fn resolve_args(args: &mut ProxyArgs, credentials: &Credentials) -> Re
                 secrets_endpoint: None,
                 sts_endpoint: None,
                 rds_endpoint: None,
+                redshift_endpoint: None,
+                redshift_serverless_endpoint: None,
+                dsql_endpoint: None,
             };
             resolve_names(args, &ApiSource::Fixed(&setup), &region).await
         }

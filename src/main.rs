@@ -137,7 +137,10 @@ async fn connect_info(args: &rds_auth_proxy::cli::ConnectInfoArgs, one: Option<O
             }
             c
         })
-        .and_then(|c| ClientSettings::from_config(&c, &args.dbname).map_err(|e| e.to_string()));
+        .and_then(|c| {
+            let dbname = args.dbname.as_deref().unwrap_or(c.engine.engine.default_database());
+            ClientSettings::from_config(&c, dbname).map_err(|e| e.to_string())
+        });
     match settings {
         Ok(s) => {
             print!("{}", s.render(args.format));
@@ -302,7 +305,7 @@ async fn doctor(args: Box<rds_auth_proxy::cli::DoctorArgs>, one: Option<OneTarge
         eprintln!("rds-auth-proxy doctor: --db-user is required: the database user to log in as, e.g. --db-user db_user");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let report = rds_auth_proxy::doctor::run(&proxy, &args.dbname, Credentials::Chain, |step| {
+    let report = rds_auth_proxy::doctor::run(&proxy, args.dbname.as_deref(), Credentials::Chain, |step| {
         println!("{step}");
     })
     .await;

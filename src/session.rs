@@ -182,6 +182,7 @@ where
     drop(admission.first_packet);
 
     let mut audit = Audit::new(peer, &ctx.target.name, &startup.user(), &startup.database());
+    audit.engine = ctx.target.engine.engine.as_str();
     let refused = |audit: &Audit, err: &ClientError| {
         ctx.metrics.login_failed(err.sqlstate.code());
         audit.closed(&Ending {
@@ -270,6 +271,9 @@ where
     // Logged in: keep spares ready for this kind of client while it is in use.
     let _spares = ctx.spares.lease(&startup);
     audit.ssm_session = upstream.ssm_session.clone().unwrap_or_default();
+    if let Some(login_user) = &upstream.login_user {
+        audit.upstream_user = crate::audit::bounded(login_user);
+    }
     if let Err(e) = client.write_all(&upstream.to_client).await {
         tracing::debug!(%peer, error = e.to_string(), "client went away right after login");
         return;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
+use crate::engine::Engine;
+
 /// `--direct-tls`: whether to open TLS to the server without an SSLRequest first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DirectTls {
@@ -49,6 +51,12 @@ pub enum EndpointKind {
     /// `NAME.proxy-ID.REGION.rds.amazonaws.com`, or an additional proxy endpoint
     /// `NAME.endpoint.proxy-ID.REGION.rds.amazonaws.com`
     RdsProxy,
+    /// `ID.dsql.REGION.on.aws` (Aurora DSQL; [`crate::engine::parse_endpoint`])
+    Dsql,
+    /// `CLUSTER.HASH.REGION.redshift.amazonaws.com` (Amazon Redshift, provisioned)
+    Redshift,
+    /// `WORKGROUP.ACCOUNT.REGION.redshift-serverless.amazonaws.com`
+    RedshiftServerless,
     /// Anything else: a CNAME, an IP, a private name. Verified like an instance.
     Other,
 }
@@ -61,15 +69,33 @@ impl EndpointKind {
             EndpointKind::AuroraReader => "Aurora reader endpoint",
             EndpointKind::AuroraCustom => "Aurora custom endpoint",
             EndpointKind::RdsProxy => "RDS Proxy endpoint",
-            EndpointKind::Other => "not an RDS endpoint name",
+            EndpointKind::Dsql => "Aurora DSQL cluster endpoint",
+            EndpointKind::Redshift => "Amazon Redshift cluster endpoint",
+            EndpointKind::RedshiftServerless => "Amazon Redshift Serverless endpoint",
+            EndpointKind::Other => "not an AWS database endpoint name",
         }
     }
 }
 
 /// Classifies an endpoint name (case-insensitive, a trailing dot ignored).
 pub fn classify_endpoint(name: &str) -> EndpointKind {
+    if let Some(parts) = crate::engine::parse_endpoint(name) {
+        return match parts.engine {
+            Engine::Dsql => EndpointKind::Dsql,
+            Engine::Redshift => EndpointKind::Redshift,
+            Engine::RedshiftServerless => EndpointKind::RedshiftServerless,
+            Engine::Rds => EndpointKind::Other,
+        };
+    }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let labels: Vec<&str> = name.split('.').collect();
+    let mut labels: Vec<&str> = name.split('.').collect();
+    // China's names also come as `NAME.ID.rds.REGION.amazonaws.com.cn` (service before region):
+    // read them in the usual order.
+    if let [.., "rds", region, "amazonaws", "com", "cn"] = labels.as_slice() {
+        let (region, at) = (*region, labels.len() - 4);
+        labels[at - 1] = region;
+        labels[at] = "rds";
+    }
     let suffix_len = if labels.ends_with(&["rds", "amazonaws", "com"]) {
         3
     } else if labels.ends_with(&["rds", "amazonaws", "com", "cn"]) {
@@ -107,21 +133,30 @@ pub fn classify_endpoint(name: &str) -> EndpointKind {
 pub enum TrustStore {
     /// The embedded RDS CA bundle plus `--ca-bundle` files.
     Rds { extra: Vec<PathBuf> },
-    /// The embedded Amazon Trust Services roots (RDS Proxy endpoints).
+    /// The embedded Amazon Trust Services roots (RDS Proxy, Aurora DSQL and Redshift endpoints).
     AmazonTrustServices,
-    /// Exactly these `--proxy-ca-bundle` files (RDS Proxy endpoints).
+    /// Exactly these `--proxy-ca-bundle` files (in place of the Amazon Trust Services roots).
     ProxyCaBundle(Vec<PathBuf>),
 }
 
 impl TrustStore {
-    /// The store for `endpoint`: the proxy roots for RDS Proxy names, the RDS bundle otherwise.
+    /// The store for `endpoint`: the Amazon Trust Services roots (or `--proxy-ca-bundle`) for
+    /// RDS Proxy, DSQL and Redshift names, the RDS bundle otherwise.
     pub fn for_endpoint(endpoint: &str, ca_bundles: &[PathBuf], proxy_ca_bundles: &[PathBuf]) -> TrustStore {
-        match classify_endpoint(endpoint) {
-            EndpointKind::RdsProxy if proxy_ca_bundles.is_empty() => TrustStore::AmazonTrustServices,
-            EndpointKind::RdsProxy => TrustStore::ProxyCaBundle(proxy_ca_bundles.to_vec()),
-            _ => TrustStore::Rds {
-                extra: ca_bundles.to_vec(),
-            },
+        Self::for_target(Engine::Rds, endpoint, ca_bundles, proxy_ca_bundles)
+    }
+
+    /// [`TrustStore::for_endpoint`] for a target of `engine` (`--engine`): DSQL and Redshift
+    /// always present ACM certificates, whatever the name (a custom domain, a load balancer's).
+    pub fn for_target(engine: Engine, endpoint: &str, ca_bundles: &[PathBuf], proxy_ca_bundles: &[PathBuf]) -> TrustStore {
+        if uses_amazon_trust_services(engine, endpoint) {
+            if proxy_ca_bundles.is_empty() {
+                return TrustStore::AmazonTrustServices;
+            }
+            return TrustStore::ProxyCaBundle(proxy_ca_bundles.to_vec());
+        }
+        TrustStore::Rds {
+            extra: ca_bundles.to_vec(),
         }
     }
 
@@ -131,10 +166,8 @@ impl TrustStore {
         match self {
             TrustStore::Rds { extra } if extra.is_empty() => "the built-in RDS CA bundle".into(),
             TrustStore::Rds { extra } => format!("the built-in RDS CA bundle and --ca-bundle {}", files(extra)),
-            TrustStore::AmazonTrustServices => {
-                "the built-in Amazon Trust Services roots (RDS Proxy endpoint)".into()
-            }
-            TrustStore::ProxyCaBundle(paths) => format!("--proxy-ca-bundle {} (RDS Proxy endpoint)", files(paths)),
+            TrustStore::AmazonTrustServices => "the built-in Amazon Trust Services roots".into(),
+            TrustStore::ProxyCaBundle(paths) => format!("--proxy-ca-bundle {}", files(paths)),
         }
     }
 
@@ -161,6 +194,16 @@ impl TrustStore {
             }
         }
     }
+}
+
+/// Whether `endpoint` of `engine` presents an ACM certificate (Amazon Trust Services roots):
+/// every DSQL and Redshift endpoint, and RDS Proxy endpoints; other RDS names chain to the RDS CA.
+pub fn uses_amazon_trust_services(engine: Engine, endpoint: &str) -> bool {
+    engine.uses_amazon_trust_services()
+        || matches!(
+            classify_endpoint(endpoint),
+            EndpointKind::RdsProxy | EndpointKind::Dsql | EndpointKind::Redshift | EndpointKind::RedshiftServerless
+        )
 }
 
 /// The one crypto provider of this binary. Every rustls config is built with it explicitly, so
@@ -287,6 +330,14 @@ mod tests {
             ("app-proxy.proxy-c9akciq32.cn-north-1.rds.amazonaws.com.cn", RdsProxy),
             ("APP.PROXY-C9AKCIQ32.US-EAST-1.RDS.AMAZONAWS.COM", RdsProxy),
             ("reads.endpoint.proxy-c9akciq32.us-east-1.rds.amazonaws.com", RdsProxy),
+            // China's other order (service before region), as real configurations show it.
+            ("my-db.c9akciq32.rds.cn-north-1.amazonaws.com.cn", Instance),
+            ("aur.cluster-c9akciq32.rds.cn-northwest-1.amazonaws.com.cn", AuroraCluster),
+            ("app.proxy-c9akciq32.rds.cn-north-1.amazonaws.com.cn", RdsProxy),
+            // The other engines (their table: crate::engine's tests).
+            ("abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", Dsql),
+            ("examplecluster.abc123xyz789.us-west-2.redshift.amazonaws.com", Redshift),
+            ("wg.123456789012.eu-west-1.redshift-serverless.amazonaws.com", RedshiftServerless),
             // Look-alikes: only AWS's own shapes count.
             ("proxy-c9akciq32.us-east-1.rds.amazonaws.com", Other),
             ("a.b.proxy-c9akciq32.us-east-1.rds.amazonaws.com", Other),
@@ -348,7 +399,16 @@ mod tests {
         assert_eq!(TrustStore::for_endpoint(proxy, &ca, &proxy_ca), TrustStore::ProxyCaBundle(proxy_ca.clone()));
         assert_eq!(TrustStore::for_endpoint(reader, &ca, &proxy_ca), TrustStore::Rds { extra: ca.clone() });
         assert_eq!(TrustStore::for_endpoint("db.example.com", &[], &proxy_ca), TrustStore::Rds { extra: vec![] });
-        assert_eq!(TrustStore::AmazonTrustServices.describe(), "the built-in Amazon Trust Services roots (RDS Proxy endpoint)");
+        assert_eq!(TrustStore::AmazonTrustServices.describe(), "the built-in Amazon Trust Services roots");
+        // DSQL and Redshift: ACM certificates, by name or by --engine (a custom domain name).
+        for name in ["abc.dsql.us-east-1.on.aws", "c.h.eu-west-1.redshift.amazonaws.com", "w.123456789012.eu-west-1.redshift-serverless.amazonaws.com"] {
+            assert_eq!(TrustStore::for_endpoint(name, &ca, &[]), TrustStore::AmazonTrustServices, "{name}");
+            assert_eq!(TrustStore::for_endpoint(name, &ca, &proxy_ca), TrustStore::ProxyCaBundle(proxy_ca.clone()), "{name}");
+        }
+        for engine in [Engine::Dsql, Engine::Redshift, Engine::RedshiftServerless] {
+            assert_eq!(TrustStore::for_target(engine, "warehouse.example.com", &ca, &[]), TrustStore::AmazonTrustServices);
+        }
+        assert_eq!(TrustStore::for_target(Engine::Rds, "db.example.com", &ca, &[]), TrustStore::Rds { extra: ca.clone() });
         assert_eq!(TrustStore::Rds { extra: ca }.describe(), "the built-in RDS CA bundle and --ca-bundle /ca.pem");
     }
 

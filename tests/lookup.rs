@@ -126,6 +126,9 @@ async fn ssm_target_auto_picks_an_online_node_deterministically() {
         secrets_endpoint: None,
         sts_endpoint: None,
         rds_endpoint: None,
+        redshift_endpoint: None,
+        redshift_serverless_endpoint: None,
+        dsql_endpoint: None,
     };
     let credentials = Credentials::FixedWith(setup);
     let pick = |tags: &'static [&'static str]| {
@@ -197,7 +200,7 @@ async fn psql_through_db_instance_and_auto_node_by_name() {
 async fn doctor(sim: &rds_auth_proxy_sim::Simulator, flags: &[&str]) -> (rds_auth_proxy::doctor::Report, String) {
     let args = proxy_args(flags);
     let mut out = String::new();
-    let report = rds_auth_proxy::doctor::run(&args, "postgres", Credentials::FixedWith(sim.aws_setup()), |step| {
+    let report = rds_auth_proxy::doctor::run(&args, Some("postgres"), Credentials::FixedWith(sim.aws_setup()), |step| {
         out.push_str(&format!("{step}\n"));
     })
     .await;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use tokio::time::Instant;
 
-use super::token::{presign, Token, TokenError, TokenRequest, TOKEN_LIFETIME};
+use super::token::{presign, presign_dsql, Token, TokenError, TokenKind, TokenRequest, TOKEN_LIFETIME};
 
 /// How long a minted token is reused.
 pub const MAX_TOKEN_REUSE: Duration = Duration::from_secs(14 * 60);
@@ -102,7 +102,17 @@ impl TokenCache {
                 return Ok((entry.token.clone(), false));
             }
         }
-        let token = presign(request, credentials, now)?;
+        let token = match request.kind {
+            TokenKind::Rds => presign(request, credentials, now)?,
+            TokenKind::Dsql => presign_dsql(
+                &request.endpoint,
+                &request.region,
+                request.db_user == "admin",
+                credentials,
+                now,
+                TOKEN_LIFETIME,
+            )?,
+        };
         let mut usable_until = now + MAX_TOKEN_REUSE;
         let mut valid_until = now + TOKEN_LIFETIME;
         if let Some(expiry) = credentials.expiry() {
@@ -163,6 +173,7 @@ mod tests {
             port: 5432,
             region: "eu-central-1".into(),
             db_user: user.into(),
+            kind: TokenKind::Rds,
         }
     }
 

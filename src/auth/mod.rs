@@ -9,6 +9,7 @@ pub mod password;
 pub mod reload;
 pub mod scram;
 pub mod secrets;
+pub mod temporary;
 pub mod token;
 
 use std::time::SystemTime;
@@ -28,6 +29,11 @@ pub struct IamAuth {
     /// (access key id, principal ARN) of the credentials last asked about; the ARN is empty
     /// when STS could not say.
     principal: std::sync::Mutex<Option<(String, String)>>,
+    /// Redshift and Redshift Serverless targets: temporary credentials from their API.
+    temporary: Option<temporary::TemporaryCredentials>,
+    /// One API call at a time for temporary credentials: logins that arrive together while
+    /// none is cached wait for the first answer instead of each asking.
+    temporary_calls: tokio::sync::Mutex<()>,
 }
 
 /// How long a login may wait for STS GetCallerIdentity (once per credential refresh).
@@ -41,6 +47,11 @@ pub enum AuthError {
     Credentials(#[from] CredentialsError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The Redshift / Redshift Serverless API did not give temporary credentials.
+    #[error(transparent)]
+    Api(#[from] crate::aws_api::EngineApiError),
+    #[error("no API is configured for temporary credentials (the target is not Redshift)")]
+    NoTemporaryApi,
 }
 
 impl IamAuth {
@@ -51,7 +62,55 @@ impl IamAuth {
             metrics: AuthMetrics::default(),
             identity: None,
             principal: std::sync::Mutex::new(None),
+            temporary: None,
+            temporary_calls: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Answers logins with temporary credentials from `api` (Redshift, Redshift Serverless).
+    pub fn with_temporary(mut self, api: temporary::TemporaryApi) -> Self {
+        self.temporary = Some(temporary::TemporaryCredentials::new(api));
+        self
+    }
+
+    /// The AWS account of the credentials, when STS has said (for ARNs in hints).
+    pub fn account(&self) -> Option<String> {
+        let arn = self.principal_arn();
+        let account = arn.split(':').nth(4).filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))?;
+        Some(account.to_owned())
+    }
+
+    /// Temporary credentials for `request`, reused while good; `fresh`: asked anew with AWS
+    /// credentials loaded anew (the one retry after a refused login).
+    pub async fn temporary_credentials(
+        &self,
+        request: &temporary::TemporaryRequest,
+        fresh: bool,
+    ) -> Result<crate::aws_api::DbCredentials, AuthError> {
+        let Some(temporary) = &self.temporary else {
+            return Err(AuthError::NoTemporaryApi);
+        };
+        let creds = if fresh {
+            temporary.invalidate(request);
+            self.credentials.reload().await?
+        } else {
+            self.credentials.get().await?
+        };
+        self.learn_principal(&creds).await;
+        let key = creds.access_key_id();
+        if let Some(cached) = temporary.cached(request, key, SystemTime::now()) {
+            self.metrics.tokens_reused.inc();
+            return Ok(cached);
+        }
+        let _one_call = self.temporary_calls.lock().await;
+        if let Some(cached) = temporary.cached(request, key, SystemTime::now()) {
+            self.metrics.tokens_reused.inc();
+            return Ok(cached);
+        }
+        let account = self.account();
+        let fetched = temporary.fetch(request, key, account.as_deref()).await?;
+        self.metrics.tokens_minted.inc();
+        Ok(fetched)
     }
 
     /// Learns the IAM principal ARN of each new set of credentials from `sts`.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::token::TokenKind;
 use crate::auth::{IamAuth, Passwords, TokenRequest};
 use crate::net::TcpKeepalive;
 use crate::tunnel::Tunnel;
@@ -20,6 +21,8 @@ pub struct Target {
     pub endpoint: String,
     pub port: u16,
     pub region: String,
+    /// Which database service it is, and what its login needs.
+    pub engine: crate::engine::EngineSettings,
 }
 
 /// Per-phase limits, so no connection can hang in a phase before relay.
@@ -75,6 +78,10 @@ pub trait UpstreamContext: Send + Sync {
             port: target.port,
             region: target.region.clone(),
             db_user: db_user.to_owned(),
+            kind: match target.engine.engine {
+                crate::engine::Engine::Dsql => TokenKind::Dsql,
+                _ => TokenKind::Rds,
+            },
         }
     }
 }

@@ -66,6 +66,14 @@ pub enum UpstreamError {
         source: AuthError,
         profile: Option<String>,
     },
+    /// Redshift: the API did not give temporary credentials (`action`: the permission asked).
+    #[error("could not get temporary database credentials ({action})")]
+    TemporaryCredentials {
+        action: &'static str,
+        #[source]
+        source: AuthError,
+        profile: Option<String>,
+    },
     #[error("no password for the database user")]
     Password(#[source] PasswordError),
     /// The IAM token went out with the startup message, as the server had asked a cleartext
@@ -119,6 +127,7 @@ impl UserFacing for UpstreamError {
             | UpstreamError::ServerSignature { .. }
             | UpstreamError::ServerUnverified
             | UpstreamError::Auth { .. }
+            | UpstreamError::TemporaryCredentials { .. }
             | UpstreamError::Password(_)
             | UpstreamError::Rejected { .. } => SqlState::InvalidAuthorization,
             UpstreamError::IamTokenNotPassword { .. } => SqlState::InvalidPassword,
@@ -190,6 +199,13 @@ impl UserFacing for UpstreamError {
                 crate::auth::credentials::fix_for(e, profile.as_deref())
             }
             UpstreamError::Auth { .. } => "Check --region and the AWS credentials.".into(),
+            UpstreamError::TemporaryCredentials { source: AuthError::Api(e), .. } => e.hint(),
+            UpstreamError::TemporaryCredentials { source: AuthError::Credentials(e), profile, .. } => {
+                crate::auth::credentials::fix_for(e, profile.as_deref())
+            }
+            UpstreamError::TemporaryCredentials { action, .. } => {
+                format!("Check --region, the AWS credentials and that your IAM identity may call {action}.")
+            }
             UpstreamError::Closed
             | UpstreamError::Io(_)
             | UpstreamError::Protocol(_)

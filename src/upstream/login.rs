@@ -9,6 +9,8 @@ use tokio_rustls::client::TlsStream;
 use super::{rds_db_connect_hint, UpstreamError};
 use super::UpstreamContext;
 use crate::auth::scram;
+use crate::auth::temporary::TemporaryRequest;
+use crate::engine::{Engine, RedshiftAuth};
 use crate::pg::backend::{self, AuthRequest, MAX_PREAUTH_MESSAGE_LEN};
 use crate::pg::startup::StartupMessage;
 use crate::pg::SqlState;
@@ -24,8 +26,11 @@ fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
 
 /// The credential a password request is answered with.
 pub(super) enum Secret {
+    /// An RDS IAM token or an Aurora DSQL token.
     Token(crate::auth::Token),
     Password(crate::auth::Password),
+    /// Redshift temporary credentials: the startup's user was rewritten to theirs.
+    Temporary(crate::aws_api::DbCredentials),
 }
 
 impl Secret {
@@ -33,12 +38,57 @@ impl Secret {
         match self {
             Secret::Token(t) => t.expose(),
             Secret::Password(p) => p.expose(),
+            Secret::Temporary(c) => c.password.expose(),
+        }
+    }
+
+    /// How log lines name it.
+    fn describe(&self) -> &'static str {
+        match self {
+            Secret::Token(_) => "a token",
+            Secret::Password(_) => "the configured password",
+            Secret::Temporary(_) => "the temporary password",
         }
     }
 }
 
-/// The user's configured password (re-read when `fresh`), or an IAM token for the user.
-pub(super) async fn secret(ctx: &dyn UpstreamContext, user: &str, fresh: bool) -> Result<Secret, UpstreamError> {
+/// What a Redshift login asks its API for: the client's user and database as it sent them.
+pub(super) fn temporary_request(ctx: &dyn UpstreamContext, user: &str, database: &str) -> TemporaryRequest {
+    let engine = &ctx.target().engine;
+    let follows_identity = engine.engine == Engine::RedshiftServerless || engine.redshift_auth == RedshiftAuth::Iam;
+    TemporaryRequest {
+        engine: engine.engine,
+        resource: engine.resource.clone().unwrap_or_default(),
+        db_user: if follows_identity { String::new() } else { user.to_owned() },
+        db_name: database.to_owned(),
+        auth: if engine.engine == Engine::RedshiftServerless { RedshiftAuth::Iam } else { engine.redshift_auth },
+        auto_create: engine.redshift_auto_create,
+        db_groups: engine.redshift_db_groups.clone(),
+    }
+}
+
+/// Redshift's temporary credentials for the client's `user` and `database` (asked anew when
+/// `fresh`).
+pub(super) async fn temporary(
+    ctx: &dyn UpstreamContext,
+    user: &str,
+    database: &str,
+    fresh: bool,
+) -> Result<crate::aws_api::DbCredentials, UpstreamError> {
+    let request = temporary_request(ctx, user, database);
+    ctx.auth()
+        .temporary_credentials(&request, fresh)
+        .await
+        .map_err(|source| UpstreamError::TemporaryCredentials {
+            action: request.action(),
+            source,
+            profile: ctx.profile().map(str::to_owned),
+        })
+}
+
+/// The user's configured password (re-read when `fresh`); for Redshift, temporary credentials
+/// for the client's `user` and `database`; else an IAM (or DSQL) token for the user.
+pub(super) async fn secret(ctx: &dyn UpstreamContext, user: &str, database: &str, fresh: bool) -> Result<Secret, UpstreamError> {
     if let Some(provider) = ctx.passwords().for_user(user).await.map_err(UpstreamError::Password)? {
         let password = if fresh {
             provider.fresh().await
@@ -46,6 +96,9 @@ pub(super) async fn secret(ctx: &dyn UpstreamContext, user: &str, fresh: bool) -
             provider.get().await
         };
         return password.map(Secret::Password).map_err(UpstreamError::Password);
+    }
+    if ctx.target().engine.engine.rewrites_user() {
+        return temporary(ctx, user, database, fresh).await.map(Secret::Temporary);
     }
     let request = ctx.token_request(user);
     let token = if fresh {
@@ -101,15 +154,20 @@ pub(super) fn password_message(secret: &[u8]) -> BytesMut {
 
 /// `sent_ahead`: an IAM token already followed the startup message, for the cleartext password
 /// request this login got last time; any other first request is [`UpstreamError::SentAhead`].
+/// `prefetched`: the credential fetched before the startup was sent (Redshift's temporary
+/// credentials, whose user `startup` already names); `client_database`: the database the
+/// client asked for (the same as the startup's).
 pub(super) async fn authenticate(
     ctx: &dyn UpstreamContext,
     stream: &mut TlsStream<TunnelStream>,
     startup: &StartupMessage,
     fresh: bool,
     mut sent_ahead: bool,
+    mut prefetched: Option<Secret>,
 ) -> Result<BytesMut, UpstreamError> {
     let (user, database) = (startup.user(), startup.database());
     let (user, database) = (&*user, &*database);
+    let with_temporary = matches!(prefetched, Some(Secret::Temporary(_)));
     let mut buf = BytesMut::with_capacity(1024);
     let mut to_client = BytesMut::new();
     let mut exchange: Option<ScramExchange> = None;
@@ -158,26 +216,36 @@ pub(super) async fn authenticate(
                         tracing::debug!(db_user = user, "the IAM token for the password request went with the startup message");
                     }
                     AuthRequest::CleartextPassword => {
-                        let secret = secret(ctx, user, fresh).await?;
+                        let secret = match prefetched.take() {
+                            Some(secret) => secret,
+                            None => secret(ctx, user, database, fresh).await?,
+                        };
                         if matches!(secret, Secret::Token(_)) {
                             ctx.server().saw_cleartext_request(user, database);
                         }
                         send(stream, &password_message(secret.expose().as_bytes())).await?;
                         match &secret {
-                            Secret::Token(_) => tracing::debug!(db_user = user, "answered the password request with an IAM token"),
                             Secret::Password(_) => tracing::debug!(db_user = user, from = password_from, "answered the cleartext password request with the configured password"),
+                            other => tracing::debug!(db_user = user, with = other.describe(), "answered the cleartext password request"),
                         }
                     }
                     AuthRequest::Md5Password(salt) => {
-                        let Some(provider) = provider else {
-                            return Err(UpstreamError::NoPassword {
-                                user: user.to_owned(),
-                                method: "MD5 password".into(),
-                            });
+                        let password = match (provider, prefetched.take()) {
+                            (Some(provider), _) => if fresh { provider.fresh().await } else { provider.get().await }
+                                .map_err(UpstreamError::Password)?,
+                            (None, Some(Secret::Temporary(c))) => c.password,
+                            (None, _) => {
+                                return Err(UpstreamError::NoPassword {
+                                    user: user.to_owned(),
+                                    method: "MD5 password".into(),
+                                })
+                            }
                         };
-                        let password = if fresh { provider.fresh().await } else { provider.get().await }
-                            .map_err(UpstreamError::Password)?;
-                        tracing::warn!(db_user = user, "the server asked MD5 password authentication, which is weak: move this user to SCRAM-SHA-256 (password_encryption = scram-sha-256, then set the password again)");
+                        if with_temporary {
+                            tracing::warn!(db_user = user, "the server asked MD5 password authentication, which is weak; answered with the temporary password (valid for minutes only)");
+                        } else {
+                            tracing::warn!(db_user = user, "the server asked MD5 password authentication, which is weak: move this user to SCRAM-SHA-256 (password_encryption = scram-sha-256, then set the password again)");
+                        }
                         let hash = postgres_protocol::authentication::md5_hash(
                             user.as_bytes(),
                             password.expose().as_bytes(),
@@ -190,7 +258,10 @@ pub(super) async fn authenticate(
                         if exchange.is_some() {
                             return Err(UpstreamError::Scram(std::io::Error::other("a second AuthenticationSASL")));
                         }
-                        let secret = secret(ctx, user, fresh).await?;
+                        let secret = match prefetched.take() {
+                            Some(secret) => secret,
+                            None => secret(ctx, user, database, fresh).await?,
+                        };
                         let choice = scram::choose(&mechanisms, secret.expose(), channel_binding(stream))
                             .ok_or_else(|| UpstreamError::UnsupportedSasl(mechanisms.join(", ")))?;
                         send(stream, &scram::initial_response(choice.mechanism, choice.scram.message())).await?;
@@ -198,7 +269,7 @@ pub(super) async fn authenticate(
                             db_user = user,
                             mechanism = choice.mechanism,
                             channel_binding = choice.bound,
-                            with = if matches!(secret, Secret::Token(_)) { "an IAM token" } else { password_from.unwrap_or("the password") },
+                            with = match &secret { Secret::Password(_) => password_from.unwrap_or("the password"), other => other.describe() },
                             "started SCRAM with the server"
                         );
                         exchange = Some(ScramExchange {
@@ -246,12 +317,12 @@ pub(super) async fn authenticate(
                         message,
                     });
                 }
-                // RDS's answer to a refused IAM token names no cause; the client gets the same
-                // error with the fix: the rds-db:connect ARN to allow.
-                if password_from.is_none() && !authenticated && sqlstate == "28000" && message.contains("PAM authentication failed") {
-                    let hint = rds_db_connect_hint(&ctx.target().region, user, ctx.dbi_resource_id());
+                // A refused token or temporary password comes back without a cause; the client
+                // gets the same error with the fix: the permission and ARN to allow.
+                let refused = password_from.is_none() && !authenticated && (sqlstate == "28000" || sqlstate == "28P01");
+                if let Some(hint) = refused.then(|| refused_credential_hint(ctx, user, &message, with_temporary)).flatten() {
                     let with_hint = crate::pg::error::ClientError {
-                        sqlstate: SqlState::InvalidAuthorization,
+                        sqlstate: if sqlstate == "28P01" { SqlState::InvalidPassword } else { SqlState::InvalidAuthorization },
                         message: message.clone(),
                         hint: Some(hint),
                     };
@@ -293,6 +364,26 @@ pub(super) async fn authenticate(
                 ))
             }
         }
+    }
+}
+
+/// The HINT for a login refused with the proxy's own credential, by engine: RDS's PAM failure
+/// (rds-db:connect), DSQL's (dsql:DbConnect / DbConnectAdmin), Redshift's refused temporary
+/// password. `None`: the server's error goes to the client as it is.
+fn refused_credential_hint(ctx: &dyn UpstreamContext, user: &str, message: &str, with_temporary: bool) -> Option<String> {
+    let target = ctx.target();
+    let account = ctx.auth().account();
+    match target.engine.engine {
+        Engine::Rds => message
+            .contains("PAM authentication failed")
+            .then(|| rds_db_connect_hint(&target.region, user, ctx.dbi_resource_id())),
+        Engine::Dsql => Some(crate::aws_api::dsql_connect_hint(
+            &target.region,
+            account.as_deref(),
+            target.engine.resource.as_deref().unwrap_or("CLUSTER-ID"),
+            user == "admin",
+        )),
+        Engine::Redshift | Engine::RedshiftServerless => with_temporary.then(crate::aws_api::redshift_login_hint),
     }
 }
 

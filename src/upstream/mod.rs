@@ -23,7 +23,7 @@ pub use self::error::{rds_db_connect_hint, tunnel_error, UpstreamError};
 pub use self::knowledge::{ServerKnowledge, DIRECT_TLS_MIN_VERSION};
 pub use self::tls::{start_direct_tls, start_tls};
 
-use self::login::{authenticate, password_message, secret, Secret};
+use self::login::{authenticate, password_message, secret, temporary, Secret};
 use crate::tls::DirectTls;
 use crate::pg::startup::StartupMessage;
 use crate::tunnel::TunnelStream;
@@ -39,6 +39,12 @@ pub struct Upstream {
     pub ssm_session: Option<String>,
     /// Resolves when the tunnel reset this connection because its client stopped reading.
     pub stall: Option<crate::tunnel::ssm::pool::StallWatch>,
+    /// The user the server logged in when it is not the client's: Redshift's temporary
+    /// credentials name their own (`IAM:alice`).
+    pub login_user: Option<String>,
+    /// When the upstream connection was opened (its age is what a server's connection limit
+    /// counts; a spare is older than its client).
+    pub opened_at: tokio::time::Instant,
 }
 /// Connects and authenticates `startup` upstream; retries once with freshly loaded credentials
 /// when the login itself is refused.
@@ -109,6 +115,25 @@ async fn attempt_once(
     ahead: bool,
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts();
+    let opened_at = tokio::time::Instant::now();
+    let client_user = startup.user().into_owned();
+    // Redshift: the temporary credentials name the user to log in as, so they are fetched
+    // before anything is opened and the startup goes out with that user.
+    let mut prefetched = None;
+    let rewritten;
+    let startup = if ctx.target().engine.engine.rewrites_user()
+        && ctx.passwords().for_user(&startup.user()).await.map_err(UpstreamError::Password)?.is_none()
+    {
+        let credentials = temporary(ctx, &startup.user(), &startup.database(), fresh).await?;
+        if credentials.db_user != *startup.user() {
+            tracing::debug!(target = %ctx.target().name, client_user = %startup.user(), db_user = %credentials.db_user, "logging in as the user the temporary credentials name");
+        }
+        rewritten = startup.with_user(&credentials.db_user);
+        prefetched = Some(Secret::Temporary(credentials));
+        &rewritten
+    } else {
+        startup
+    };
     let open = || {
         timed("opening the tunnel", t.connect, async {
             ctx.tunnel().open_watched().await.map_err(|e| tunnel_error(ctx, e))
@@ -139,9 +164,9 @@ async fn attempt_once(
         // The server asked this login a cleartext password last time: the token goes in the
         // same flight as the startup message, and the password request finds it waiting.
         let sent_ahead = match ahead {
-            true => match secret(ctx, &startup.user(), fresh).await? {
+            true => match secret(ctx, &startup.user(), &startup.database(), fresh).await? {
                 token @ Secret::Token(_) => Some(token),
-                Secret::Password(_) => None,
+                Secret::Password(_) | Secret::Temporary(_) => None,
             },
             false => None,
         };
@@ -158,12 +183,15 @@ async fn attempt_once(
                 .map_err(UpstreamError::Io)?;
         }
         stream.flush().await.map_err(UpstreamError::Io)?;
-        let to_client = authenticate(ctx, &mut stream, startup, fresh, sent_ahead.is_some()).await?;
+        let to_client = authenticate(ctx, &mut stream, startup, fresh, sent_ahead.is_some(), prefetched).await?;
+        let user = startup.user();
         Ok(Upstream {
             stream,
             to_client,
             ssm_session,
             stall,
+            login_user: (*user != *client_user).then(|| user.into_owned()),
+            opened_at,
         })
     })
     .await
