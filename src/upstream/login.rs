@@ -231,6 +231,8 @@ pub(super) async fn authenticate(
                         tracing::debug!(db_user = user, mechanism = x.mechanism, channel_binding = x.bound, "the server's SCRAM signature verified");
                     }
                     AuthRequest::Other(code) => return Err(UpstreamError::UnsupportedAuth(code)),
+                    AuthRequest::RedshiftDigest { .. } => return Err(UpstreamError::UnsupportedAuth(13)),
+                    AuthRequest::RedshiftIdp => return Err(UpstreamError::UnsupportedAuth(14)),
                 }
             }
             b'E' => {
