@@ -56,6 +56,7 @@ pub async fn build_context_with(
     metrics: &crate::metrics::Metrics,
 ) -> Result<Arc<TargetContext>, AppError> {
     let target_metrics = metrics.target(&config.name);
+    metrics.describe_target(&config.name, config.engine.engine, &config.endpoint);
     // Where an SSM client would come from; it is only built for --via ssm.
     let (region, source, aws) = match credentials {
         Credentials::Chain => {

@@ -192,17 +192,6 @@ pub fn parse_endpoint(name: &str) -> Option<EndpointParts> {
     }
 }
 
-/// The AWS partition of a region, for ARNs.
-pub fn partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,8 +254,5 @@ mod tests {
         assert_eq!(Engine::Redshift.connection_limit(), None);
         assert!(Engine::Redshift.rewrites_user() && Engine::RedshiftServerless.rewrites_user());
         assert!(!Engine::Rds.rewrites_user() && !Engine::Dsql.rewrites_user());
-        assert_eq!(partition("cn-north-1"), "aws-cn");
-        assert_eq!(partition("us-gov-west-1"), "aws-us-gov");
-        assert_eq!(partition("eu-central-1"), "aws");
     }
 }

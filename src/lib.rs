@@ -53,6 +53,10 @@
 //! * [`local_tls`]: `--local-tls`, TLS towards clients from a local CA kept on disk.
 //! * [`tunnel`]: how bytes reach the upstream port (direct TCP; SSM, spoken natively).
 //! * [`rds_api`]: the RDS API calls the name lookups need.
+//! * [`aws_api`]: one signed AWS API call (endpoint, SigV4, HTTP, XML/JSON answers and errors)
+//!   for the hand-written clients; temporary database credentials and their errors' HINTs.
+//! * [`redshift_api`], [`redshift_serverless_api`], [`dsql_api`]: the Redshift, Redshift
+//!   Serverless and Aurora DSQL API calls (temporary credentials, lookups by name).
 //!
 //! ### Layer 1 — protocols and shared services
 //! * [`pg`]: startup packets, backend framing, client-facing ErrorResponses ([`pg::UserFacing`]).
@@ -80,9 +84,9 @@
 
 pub mod app;
 pub mod audit;
-pub mod aws_api;
 pub mod auth;
 pub mod aws;
+pub mod aws_api;
 pub mod cancel;
 pub mod cli;
 pub mod client_auth;
@@ -94,6 +98,7 @@ pub mod der;
 pub mod engine;
 pub mod conntest;
 pub mod drain;
+pub mod dsql_api;
 pub mod errors;
 pub mod fleet;
 pub mod http;

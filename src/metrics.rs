@@ -55,6 +55,14 @@ struct TokenLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    target: String,
+    /// `rds`, `dsql`, `redshift` or `redshift-serverless`.
+    engine: String,
+    endpoint: String,
+}
+
 type HistogramFamily = Family<TargetLabel, Histogram, fn() -> Histogram>;
 
 /// Connect latency buckets: 5 ms doubling to ~20 s (an SSM session open takes about a second,
@@ -84,6 +92,7 @@ struct Families {
     spares_opened: Family<TargetLabel, Counter>,
     spares_discarded: Family<DiscardLabels, Counter>,
     spares_ready: Family<TargetLabel, Gauge>,
+    target_info: Family<InfoLabels, Gauge>,
 }
 
 /// A tunnel whose open sessions are a gauge read at every scrape (an SSM tunnel), so metrics
@@ -98,6 +107,8 @@ pub struct Metrics {
     families: Families,
     /// Tunnels whose open SSM sessions are counted at scrape time, by target name.
     tunnels: Mutex<Vec<(String, Arc<dyn OpenSessions>)>>,
+    /// What `target_info` says for each target now.
+    described: Mutex<std::collections::HashMap<String, InfoLabels>>,
     /// Config file reloads applied (SIGHUP or the file watcher), and those refused.
     reloads: Counter,
     reload_failures: Counter,
@@ -136,6 +147,7 @@ impl Metrics {
             spares_opened: Family::default(),
             spares_discarded: Family::default(),
             spares_ready: Family::default(),
+            target_info: Family::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         let f = &families;
@@ -205,6 +217,11 @@ impl Metrics {
             f.spares_discarded.clone(),
         );
         registry.register("spares_ready", "Spare connections ready now", f.spares_ready.clone());
+        registry.register(
+            "target_info",
+            "1 per target served, labelled with its engine (rds, dsql, redshift, redshift-serverless) and endpoint",
+            f.target_info.clone(),
+        );
         let (reloads, reload_failures) = (Counter::default(), Counter::default());
         registry.register("config_reloads", "Config file reloads applied (SIGHUP or a change of the file)", reloads.clone());
         registry.register(
@@ -216,6 +233,7 @@ impl Metrics {
             registry,
             families,
             tunnels: Mutex::new(Vec::new()),
+            described: Mutex::default(),
             reloads,
             reload_failures,
         }
@@ -288,6 +306,21 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(n, _)| n != name);
+    }
+
+    /// Says what target `name` is (`rds_auth_proxy_target_info`); a later call for the same
+    /// name (a reload) replaces what it said before.
+    pub fn describe_target(&self, name: &str, engine: crate::engine::Engine, endpoint: &str) {
+        let labels = InfoLabels {
+            target: name.to_owned(),
+            engine: engine.as_str().to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        let mut described = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = described.insert(name.to_owned(), labels.clone()) {
+            self.families.target_info.remove(&old);
+        }
+        self.families.target_info.get_or_create(&labels).set(1);
     }
 
     /// Counts one config reload, applied or refused.

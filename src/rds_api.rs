@@ -1,26 +1,13 @@
 //! The two RDS API calls name lookups need — DescribeDBInstances and DescribeDBClusters — spoken
-//! directly: the Query protocol (a form-encoded POST, `Version=2014-10-31`), SigV4-signed with
-//! aws-sigv4, the XML answer read with xmlparser. Both are already part of the build (the AWS
-//! SDK uses them); `aws-sdk-rds` would add minutes of compile time for two calls (see
-//! docs/development.md, "Build"). `AWS_ENDPOINT_URL_RDS` (then `AWS_ENDPOINT_URL`) overrides the
-//! endpoint, as for the SDK clients.
+//! directly: the Query protocol (a form-encoded POST, `Version=2014-10-31`), signed and sent by
+//! [`crate::aws_api`], the XML answer read there too. `aws-sdk-rds` would add minutes of compile
+//! time for two calls (see docs/development.md, "Build"). `AWS_ENDPOINT_URL_RDS` (then
+//! `AWS_ENDPOINT_URL`) overrides the endpoint, as for the SDK clients.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use crate::aws_api::{self, field, records, AwsApi, CallError};
 
 /// The RDS API version every request names.
 const API_VERSION: &str = "2014-10-31";
-/// Longest wait for one call (connect, TLS, answer).
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// Largest answer read: one instance or cluster is a few KiB.
-const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
 /// What RDS says about one instance or cluster, as far as a connection needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,47 +91,24 @@ impl RdsApiError {
 }
 
 /// An RDS API client for the two Describe calls.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RdsApi {
-    credentials: Option<SharedCredentialsProvider>,
-    region: String,
-    endpoint: String,
-}
-
-impl std::fmt::Debug for RdsApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RdsApi")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
+    api: AwsApi,
 }
 
 impl RdsApi {
     /// From the loaded AWS configuration: its credentials, and `AWS_ENDPOINT_URL_RDS`,
     /// `AWS_ENDPOINT_URL` or the configuration's endpoint URL when set.
     pub fn from_sdk_config(sdk: &aws_config::SdkConfig, region: &str) -> Self {
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_RDS")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .or_else(|| sdk.endpoint_url().map(str::to_owned));
-        Self::new(sdk.credentials_provider(), region, endpoint.as_deref())
+        RdsApi {
+            api: AwsApi::from_sdk_config(&aws_api::RDS, sdk, region),
+        }
     }
 
     /// With fixed credentials and no environment lookups at all (tests, the demo).
     pub fn with_credentials(credentials: aws_credential_types::Credentials, region: &str, endpoint: Option<&str>) -> Self {
-        Self::new(Some(SharedCredentialsProvider::new(credentials)), region, endpoint)
-    }
-
-    fn new(credentials: Option<SharedCredentialsProvider>, region: &str, endpoint: Option<&str>) -> Self {
-        let endpoint = endpoint.map(|e| e.trim_end_matches('/').to_owned()).unwrap_or_else(|| {
-            let suffix = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
-            format!("https://rds.{region}.{suffix}")
-        });
         RdsApi {
-            credentials,
-            region: region.to_owned(),
-            endpoint,
+            api: AwsApi::with_credentials(&aws_api::RDS, credentials, region, endpoint),
         }
     }
 
@@ -153,7 +117,8 @@ impl RdsApi {
         let xml = self
             .call("DescribeDBInstances", &[("DBInstanceIdentifier", id)], "DB instance", id)
             .await?;
-        let record = records(&xml, "DBInstance")?
+        let record = records(&xml, "DBInstance")
+            .map_err(RdsApiError::BadResponse)?
             .into_iter()
             .next()
             .ok_or_else(|| RdsApiError::BadResponse("no DBInstance in the answer".into()))?;
@@ -175,7 +140,8 @@ impl RdsApi {
         let xml = self
             .call("DescribeDBClusters", &[("DBClusterIdentifier", id)], "DB cluster", id)
             .await?;
-        let record = records(&xml, "DBCluster")?
+        let record = records(&xml, "DBCluster")
+            .map_err(RdsApiError::BadResponse)?
             .into_iter()
             .next()
             .ok_or_else(|| RdsApiError::BadResponse("no DBCluster in the answer".into()))?;
@@ -200,283 +166,34 @@ impl RdsApi {
         kind: &'static str,
         id: &str,
     ) -> Result<String, RdsApiError> {
-        let mut body = format!("Action={action}&Version={API_VERSION}");
-        for (k, v) in params {
-            body.push('&');
-            body.push_str(k);
-            body.push('=');
-            body.push_str(&percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string());
-        }
-        let request = self.signed_request(&body).await?;
-        let (status, text) = tokio::time::timeout(CALL_TIMEOUT, self.send(request))
+        let answer = self
+            .api
+            .query(action, API_VERSION, params)
             .await
-            .map_err(|_| self.unreachable(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))??;
-        if status.is_success() {
-            return Ok(text);
+            .map_err(|e| match e {
+                CallError::NoCredentials(reason) => RdsApiError::NoCredentials(reason),
+                CallError::Unreachable(reason) => RdsApiError::Unreachable {
+                    endpoint: self.api.endpoint().to_owned(),
+                    reason,
+                },
+                CallError::BadResponse(reason) => RdsApiError::BadResponse(reason),
+            })?;
+        if answer.status.is_success() {
+            return Ok(answer.body);
         }
-        let (code, message) = error_code(&text).unwrap_or_else(|| (format!("HTTP {status}"), String::new()));
+        let (code, message) = answer.error();
         Err(match code.as_str() {
             "DBInstanceNotFound" | "DBInstanceNotFoundFault" | "DBClusterNotFoundFault" | "DBClusterNotFound" => {
                 RdsApiError::NotFound {
                     kind,
                     id: id.to_owned(),
-                    region: self.region.clone(),
+                    region: self.api.region().to_owned(),
                     code,
                 }
             }
-            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
-                RdsApiError::AccessDenied { action, code, message }
-            }
-            "ExpiredToken" | "ExpiredTokenException" | "InvalidClientTokenId" | "SignatureDoesNotMatch"
-            | "IncompleteSignature" | "MissingAuthenticationToken" | "UnrecognizedClientException" => {
-                RdsApiError::CredentialsRefused { code, message }
-            }
+            c if aws_api::is_access_denied(c) => RdsApiError::AccessDenied { action, code, message },
+            c if aws_api::is_credentials_refused(c) => RdsApiError::CredentialsRefused { code, message },
             _ => RdsApiError::Service { action, code, message },
         })
-    }
-
-    async fn signed_request(&self, body: &str) -> Result<http::Request<Full<bytes::Bytes>>, RdsApiError> {
-        let provider = self
-            .credentials
-            .as_ref()
-            .ok_or_else(|| RdsApiError::NoCredentials("no AWS credentials provider is configured".into()))?;
-        let creds = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| RdsApiError::NoCredentials(crate::errors::display_chain(&e)))?;
-        let uri: http::Uri = format!("{}/", self.endpoint)
-            .parse()
-            .map_err(|_| self.unreachable("not a valid URL".into()))?;
-        let host = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let mut request = http::Request::builder()
-            .method("POST")
-            .uri(uri.clone())
-            .header("host", &host)
-            .header("content-type", content_type)
-            .body(Full::new(bytes::Bytes::from(body.to_owned())))
-            .map_err(|e| RdsApiError::BadResponse(e.to_string()))?;
-        let identity = creds.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("rds")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| RdsApiError::NoCredentials(e.to_string()))?
-            .into();
-        let url = uri.to_string();
-        let signable = SignableRequest::new(
-            "POST",
-            &url,
-            [("host", host.as_str()), ("content-type", content_type)].into_iter(),
-            SignableBody::Bytes(body.as_bytes()),
-        )
-        .map_err(|e| RdsApiError::NoCredentials(e.to_string()))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| RdsApiError::NoCredentials(e.to_string()))?
-            .into_parts();
-        instructions.apply_to_request_http1x(&mut request);
-        Ok(request)
-    }
-
-    fn unreachable(&self, reason: String) -> RdsApiError {
-        RdsApiError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            reason,
-        }
-    }
-
-    /// HTTP/1.1 over TCP (`http://`, loopback only: the simulator) or rustls (`https://`).
-    async fn send(&self, request: http::Request<Full<bytes::Bytes>>) -> Result<(http::StatusCode, String), RdsApiError> {
-        let uri = request.uri().clone();
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(self.unreachable("the endpoint must be an http:// or https:// URL".into())),
-        };
-        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
-        if !tls && !is_loopback(&host) {
-            return Err(self.unreachable("plain http:// is only allowed to a loopback address".into()));
-        }
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        let io: crate::tunnel::TunnelStream = if tls {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| self.unreachable("not a valid host name".into()))?;
-            Box::new(
-                tokio_rustls::TlsConnector::from(public_tls_config().map_err(|e| self.unreachable(e))?)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| self.unreachable(format!("TLS: {e}")))?,
-            )
-        } else {
-            Box::new(tcp)
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| self.unreachable(e.to_string()))?;
-            let status = response.status();
-            let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(e.to_string()))?
-                .to_bytes();
-            let text = String::from_utf8(body.to_vec())
-                .map_err(|_| RdsApiError::BadResponse("the answer is not UTF-8".into()))?;
-            Ok((status, text))
-        }
-        .await;
-        driver.abort();
-        result
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The system's roots (the RDS API has a public certificate).
-fn public_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// One `<record>` element's leaves, keyed by their path below it (`Endpoint/Address`).
-type Record = HashMap<String, String>;
-
-fn field<'a>(record: &'a Record, path: &str) -> Option<&'a str> {
-    record.get(path).map(String::as_str)
-}
-
-/// Every `<name>` element's leaves, in document order.
-fn records(xml: &str, name: &str) -> Result<Vec<Record>, RdsApiError> {
-    let mut out = Vec::new();
-    let mut stack: Vec<String> = Vec::new();
-    // Depth of the open record element, if inside one.
-    let mut open: Option<usize> = None;
-    for token in xmlparser::Tokenizer::from(xml) {
-        let token = token.map_err(|e| RdsApiError::BadResponse(e.to_string()))?;
-        match token {
-            xmlparser::Token::ElementStart { local, .. } => {
-                stack.push(local.as_str().to_owned());
-                if open.is_none() && local.as_str() == name {
-                    open = Some(stack.len());
-                    out.push(Record::new());
-                }
-            }
-            xmlparser::Token::ElementEnd { end, .. } => match end {
-                xmlparser::ElementEnd::Open => {}
-                xmlparser::ElementEnd::Close(..) | xmlparser::ElementEnd::Empty => {
-                    if open == Some(stack.len()) {
-                        open = None;
-                    }
-                    stack.pop();
-                }
-            },
-            xmlparser::Token::Text { text } => {
-                if let (Some(depth), Some(record)) = (open, out.last_mut()) {
-                    if stack.len() > depth {
-                        let path = stack[depth..].join("/");
-                        record.entry(path).or_default().push_str(&unescape(text.as_str()));
-                    }
-                }
-            }
-            xmlparser::Token::Cdata { text, .. } => {
-                if let (Some(depth), Some(record)) = (open, out.last_mut()) {
-                    if stack.len() > depth {
-                        record.entry(stack[depth..].join("/")).or_default().push_str(text.as_str());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-/// `<ErrorResponse><Error><Code>…</Code><Message>…</Message></Error>` → (code, message).
-fn error_code(xml: &str) -> Option<(String, String)> {
-    let error = records(xml, "Error").ok()?.into_iter().next()?;
-    let code = error.get("Code")?.trim().to_owned();
-    Some((code, error.get("Message").map(|m| m.trim().to_owned()).unwrap_or_default()))
-}
-
-/// XML's predefined entities and character references.
-fn unescape(text: &str) -> String {
-    if !text.contains('&') {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let Some(end) = rest.find(';') else { break };
-        let entity = &rest[1..end];
-        let ch = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32),
-            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match ch {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[end + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_instances_and_errors() {
-        let xml = r#"<DescribeDBInstancesResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/">
-  <DescribeDBInstancesResult><DBInstances><DBInstance>
-    <DBInstanceIdentifier>db1</DBInstanceIdentifier><Engine>postgres</Engine>
-    <Endpoint><Address>db1.abc.eu-west-1.rds.amazonaws.com</Address><Port>5432</Port></Endpoint>
-    <VpcSecurityGroups><VpcSecurityGroupMembership><Status>active</Status></VpcSecurityGroupMembership></VpcSecurityGroups>
-    <DBInstanceStatus>available</DBInstanceStatus>
-  </DBInstance></DBInstances></DescribeDBInstancesResult></DescribeDBInstancesResponse>"#;
-        let r = records(xml, "DBInstance").unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!(field(&r[0], "Endpoint/Address"), Some("db1.abc.eu-west-1.rds.amazonaws.com"));
-        assert_eq!(field(&r[0], "Endpoint/Port"), Some("5432"));
-        assert_eq!(field(&r[0], "DBInstanceStatus"), Some("available"), "a nested Status does not shadow it");
-        let err = "<ErrorResponse><Error><Type>Sender</Type><Code>DBInstanceNotFound</Code>\
-                   <Message>DBInstance x &amp; &#121; not found.</Message></Error></ErrorResponse>";
-        assert_eq!(error_code(err), Some(("DBInstanceNotFound".into(), "DBInstance x & y not found.".into())));
-        assert_eq!(error_code("not xml <"), None);
     }
 }

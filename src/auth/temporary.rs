@@ -98,12 +98,18 @@ impl TemporaryCredentials {
         account: Option<&str>,
     ) -> Result<DbCredentials, EngineApiError> {
         let db_name = Some(request.db_name.as_str()).filter(|d| !d.is_empty());
+        let account = account.map(str::to_owned);
         let credentials = match (&self.api, request.auth) {
             (TemporaryApi::Serverless(api), _) => {
-                api.get_credentials(&request.resource, db_name, CREDENTIALS_LIFE, account).await?
+                api.clone()
+                    .with_account(account)
+                    .get_credentials(&request.resource, db_name, CREDENTIALS_LIFE)
+                    .await?
             }
             (TemporaryApi::Redshift(api), RedshiftAuth::Iam) => {
-                api.get_cluster_credentials_with_iam(&request.resource, db_name, CREDENTIALS_LIFE, account)
+                api.clone()
+                    .with_account(account)
+                    .get_cluster_credentials_with_iam(&request.resource, db_name, CREDENTIALS_LIFE)
                     .await?
             }
             (TemporaryApi::Redshift(api), RedshiftAuth::DbUser) => {
@@ -115,7 +121,7 @@ impl TemporaryCredentials {
                     auto_create: request.auto_create,
                     db_groups: request.db_groups.clone(),
                 };
-                api.get_cluster_credentials(&call, account).await?
+                api.clone().with_account(account).get_cluster_credentials(&call).await?
             }
         };
         let now = SystemTime::now();

@@ -1,5 +1,6 @@
-//! RDS IAM authentication tokens: a SigV4 query-presigned `GET https://host:port/?Action=connect
-//! &DBUser=…` for service `rds-db`, valid 900 s, with the scheme stripped. The token is a
+//! IAM authentication tokens: for RDS a SigV4 query-presigned `GET https://host:port/?Action=connect
+//! &DBUser=…` for service `rds-db`, valid 900 s; for Aurora DSQL `GET https://host/?Action=DbConnect`
+//! (`DbConnectAdmin`) for service `dsql`; each with the scheme stripped. The token is a
 //! credential, so [`Token`] never prints its value.
 
 use std::borrow::Cow;
@@ -71,7 +72,7 @@ pub enum TokenKind {
 pub enum TokenError {
     #[error("could not build SigV4 signing parameters")]
     Params(#[source] v4::signing_params::BuildError),
-    #[error("could not presign the RDS connect request")]
+    #[error("could not presign the connect request")]
     Sign(#[source] aws_sigv4::http_request::SigningError),
 }
 
@@ -81,25 +82,58 @@ pub fn presign(
     credentials: &Credentials,
     time: SystemTime,
 ) -> Result<Token, TokenError> {
+    let host = format!("{}:{}", request.endpoint, request.port);
+    let query = format!(
+        "Action=connect&DBUser={}",
+        utf8_percent_encode(&request.db_user, QUERY_VALUE)
+    );
+    presign_get(&host, query, "rds-db", &request.region, credentials, time, TOKEN_LIFETIME)
+}
+
+/// How long an Aurora DSQL token is good for by default, as the AWS SDKs mint it.
+pub const DSQL_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+
+/// Presigns an Aurora DSQL auth token: `GET https://HOST/?Action=DbConnect` (`DbConnectAdmin`
+/// for the `admin` user), service `dsql`, the host without a port, valid `expires` (up to a
+/// week). As the AWS SDKs: the URL without `https://`.
+pub fn presign_dsql(
+    host: &str,
+    region: &str,
+    admin: bool,
+    credentials: &Credentials,
+    time: SystemTime,
+    expires: Duration,
+) -> Result<Token, TokenError> {
+    let action = if admin { "DbConnectAdmin" } else { "DbConnect" };
+    presign_get(host, format!("Action={action}"), "dsql", region, credentials, time, expires)
+}
+
+/// The SigV4 query presign both tokens are: `GET https://HOST/?QUERY` for `service`, only
+/// `host` signed, the payload hash of the empty body; the signing parameters appended to
+/// `query` in the signer's order; the scheme left off.
+fn presign_get(
+    host: &str,
+    mut query: String,
+    service: &str,
+    region: &str,
+    credentials: &Credentials,
+    time: SystemTime,
+    expires: Duration,
+) -> Result<Token, TokenError> {
     let identity = credentials.clone().into();
     let mut settings = SigningSettings::default();
-    settings.expires_in = Some(TOKEN_LIFETIME);
+    settings.expires_in = Some(expires);
     settings.signature_location = SignatureLocation::QueryParams;
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(&request.region)
-        .name("rds-db")
+        .region(region)
+        .name(service)
         .time(time)
         .settings(settings)
         .build()
         .map_err(TokenError::Params)?
         .into();
 
-    let host = format!("{}:{}", request.endpoint, request.port);
-    let mut query = format!(
-        "Action=connect&DBUser={}",
-        utf8_percent_encode(&request.db_user, QUERY_VALUE)
-    );
     let url = format!("https://{host}/?{query}");
     let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
         .map_err(TokenError::Sign)?;
@@ -115,18 +149,6 @@ pub fn presign(
         query.extend(utf8_percent_encode(&value, QUERY_VALUE));
     }
     Ok(Token(format!("{host}/?{query}")))
-}
-
-/// STUB: replaced by the api20 branch at merge.
-pub fn presign_dsql(
-    _host: &str,
-    _region: &str,
-    _admin: bool,
-    _credentials: &Credentials,
-    _time: SystemTime,
-    _expires: Duration,
-) -> Result<Token, TokenError> {
-    Ok(Token(String::new()))
 }
 
 #[cfg(test)]
@@ -178,6 +200,70 @@ mod tests {
         assert!(t.contains(
             "X-Amz-Signature=7834a6ea78e67ea300229f868b1df60cf5ff0721f1cc138a4d6e5fb480b9101a"
         ));
+    }
+
+    /// The AWS SDK for Rust's DSQL vectors (`sdk/dsql/src/auth_token.rs`), byte for byte.
+    #[test]
+    fn aws_sdk_dsql_vectors_byte_for_byte() {
+        let creds = Credentials::from_keys("akid", "secret", None);
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_724_716_800); // 2024-08-27T00:00:00Z
+        let host = "peccy.dsql.us-east-1.on.aws";
+        let expires = Duration::from_secs(450);
+        let token = presign_dsql(host, "us-east-1", false, &creds, time, expires).unwrap();
+        assert_eq!(
+            token.expose(),
+            "peccy.dsql.us-east-1.on.aws/?Action=DbConnect&X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=akid%2F20240827%2Fus-east-1%2Fdsql%2Faws4_request&X-Amz-Date=20240827T000000Z\
+             &X-Amz-Expires=450&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=f5f2ad764ca5df44045d4ab6ccecba0eef941b0007e5765885a0b6ed3702a3f8"
+        );
+        let admin = presign_dsql(host, "us-east-1", true, &creds, time, expires).unwrap();
+        assert_eq!(
+            admin.expose(),
+            "peccy.dsql.us-east-1.on.aws/?Action=DbConnectAdmin&X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=akid%2F20240827%2Fus-east-1%2Fdsql%2Faws4_request&X-Amz-Date=20240827T000000Z\
+             &X-Amz-Expires=450&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=267cf8d04d84444f7a62d5bdb40c44bfc6cb13dd6c64fa7f772df6bbaa90fff1"
+        );
+    }
+
+    /// With temporary credentials the session token is in the query and signed: the signature,
+    /// computed here from SigV4's definition (not by aws-sigv4), covers it.
+    #[test]
+    fn dsql_token_signs_the_session_token() {
+        use hmac::{Hmac, Mac};
+        use sha2::{Digest, Sha256};
+        let session = "IQoJb3JpZ2luX2VjEXAMPLE/+token=";
+        let creds = Credentials::from_keys("ASIAEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some(session.into()));
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600); // 2026-01-01T00:00:00Z
+        let host = "abcdefghijklmnopqrstuvwxyz.dsql.eu-west-1.on.aws";
+        let token = presign_dsql(host, "eu-west-1", false, &creds, time, DSQL_TOKEN_LIFETIME).unwrap();
+        let t = token.expose();
+        let (prefix, query) = t.split_once("/?").unwrap();
+        assert_eq!(prefix, host, "no scheme, no port");
+        let mut pairs: Vec<&str> = query.split('&').collect();
+        assert_eq!(pairs[0], "Action=DbConnect");
+        assert!(pairs.contains(&"X-Amz-Security-Token=IQoJb3JpZ2luX2VjEXAMPLE%2F%2Btoken%3D"), "{t}");
+        assert!(pairs.contains(&"X-Amz-Expires=900") && pairs.contains(&"X-Amz-SignedHeaders=host"), "{t}");
+        let signature = pairs.pop().unwrap().strip_prefix("X-Amz-Signature=").expect("the signature last").to_owned();
+        pairs.sort();
+        let canonical = format!(
+            "GET\n/\n{}\nhost:{host}\n\nhost\n{}",
+            pairs.join("&"),
+            hex::encode(Sha256::digest(b""))
+        );
+        let scope = "20260101/eu-west-1/dsql/aws4_request";
+        let to_sign = format!("AWS4-HMAC-SHA256\n20260101T000000Z\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
+        let mac = |key: &[u8], data: &str| {
+            let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+            m.update(data.as_bytes());
+            m.finalize().into_bytes().to_vec()
+        };
+        let mut key = b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_vec();
+        for part in ["20260101", "eu-west-1", "dsql", "aws4_request"] {
+            key = mac(&key, part);
+        }
+        assert_eq!(signature, hex::encode(mac(&key, &to_sign)));
     }
 
     #[test]

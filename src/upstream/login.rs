@@ -110,6 +110,25 @@ pub(super) async fn secret(ctx: &dyn UpstreamContext, user: &str, database: &str
     Ok(Secret::Token(token))
 }
 
+/// The password a hashed answer (MD5, Redshift's digest) is computed from: the user's configured
+/// one, or Redshift's temporary password; none for an IAM user (a token cannot be hashed).
+async fn hashed_password(
+    provider: Option<&std::sync::Arc<crate::auth::PasswordProvider>>,
+    prefetched: Option<Secret>,
+    fresh: bool,
+    user: &str,
+    method: &str,
+) -> Result<crate::auth::Password, UpstreamError> {
+    match (provider, prefetched) {
+        (Some(provider), _) => if fresh { provider.fresh().await } else { provider.get().await }.map_err(UpstreamError::Password),
+        (None, Some(Secret::Temporary(c))) => Ok(c.password),
+        (None, _) => Err(UpstreamError::NoPassword {
+            user: user.to_owned(),
+            method: method.into(),
+        }),
+    }
+}
+
 /// A SCRAM exchange in progress on the upstream leg.
 struct ScramExchange {
     scram: postgres_protocol::authentication::sasl::ScramSha256,
@@ -230,17 +249,7 @@ pub(super) async fn authenticate(
                         }
                     }
                     AuthRequest::Md5Password(salt) => {
-                        let password = match (provider, prefetched.take()) {
-                            (Some(provider), _) => if fresh { provider.fresh().await } else { provider.get().await }
-                                .map_err(UpstreamError::Password)?,
-                            (None, Some(Secret::Temporary(c))) => c.password,
-                            (None, _) => {
-                                return Err(UpstreamError::NoPassword {
-                                    user: user.to_owned(),
-                                    method: "MD5 password".into(),
-                                })
-                            }
-                        };
+                        let password = hashed_password(provider, prefetched.take(), fresh, user, "MD5 password").await?;
                         if with_temporary {
                             tracing::warn!(db_user = user, "the server asked MD5 password authentication, which is weak; answered with the temporary password (valid for minutes only)");
                         } else {
@@ -302,6 +311,28 @@ pub(super) async fn authenticate(
                         tracing::debug!(db_user = user, mechanism = x.mechanism, channel_binding = x.bound, "the server's SCRAM signature verified");
                     }
                     AuthRequest::Other(code) => return Err(UpstreamError::UnsupportedAuth(code)),
+                    AuthRequest::RedshiftDigest { algorithm, salt, server_nonce } => {
+                        // Only SHA-256 (0) is defined (AWS's Redshift drivers).
+                        if algorithm != 0 {
+                            return Err(UpstreamError::UnsupportedAuth(13));
+                        }
+                        let password = hashed_password(provider, prefetched.take(), fresh, user, "Redshift SHA-256 digest").await?;
+                        // The client nonce AWS's drivers send: the time in milliseconds, as text.
+                        let client_nonce = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis()
+                            .to_string();
+                        let answer = backend::redshift_digest_message(
+                            password.expose().as_bytes(),
+                            &salt,
+                            &server_nonce,
+                            client_nonce.as_bytes(),
+                        );
+                        send(stream, &answer).await?;
+                        tracing::debug!(db_user = user, "answered Redshift's SHA-256 digest request");
+                    }
+                    AuthRequest::RedshiftIdp => return Err(UpstreamError::UnsupportedAuth(14)),
                 }
             }
             b'E' => {
@@ -383,7 +414,13 @@ fn refused_credential_hint(ctx: &dyn UpstreamContext, user: &str, message: &str,
             target.engine.resource.as_deref().unwrap_or("CLUSTER-ID"),
             user == "admin",
         )),
-        Engine::Redshift | Engine::RedshiftServerless => with_temporary.then(crate::aws_api::redshift_login_hint),
+        Engine::Redshift | Engine::RedshiftServerless => with_temporary.then(|| {
+            crate::aws_api::redshift_login_hint(
+                target.engine.resource.as_deref().unwrap_or_default(),
+                user,
+                target.engine.engine == Engine::RedshiftServerless,
+            )
+        }),
     }
 }
 
