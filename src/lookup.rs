@@ -89,6 +89,20 @@ pub enum LookupError {
     NotAvailable { flag: String, status: String },
     #[error("{flag}: RDS reports no {which} endpoint for it yet")]
     NoEndpoint { flag: String, which: &'static str },
+    #[error("{what} lookup failed: {source}")]
+    Engine {
+        what: String,
+        #[source]
+        source: crate::aws_api::EngineApiError,
+    },
+    #[error("{flag}: its status is {status}, not {wanted}")]
+    EngineNotAvailable {
+        flag: String,
+        status: String,
+        wanted: &'static str,
+        /// The AWS CLI command that shows the status.
+        check: String,
+    },
     #[error("--ssm-target auto: DescribeInstanceInformation failed: {0}")]
     Ssm(#[source] ApiError),
     #[error("--ssm-target auto: no online managed node matches {filter}")]
@@ -104,6 +118,7 @@ impl LookupError {
     pub fn is_input_error(&self) -> bool {
         match self {
             LookupError::Rds { source, .. } => matches!(source, RdsApiError::NotFound { .. }),
+            LookupError::Engine { source, .. } => matches!(source, crate::aws_api::EngineApiError::NotFound { .. }),
             LookupError::Ssm(_) => false,
             _ => true,
         }
@@ -113,6 +128,11 @@ impl LookupError {
     pub fn hint(&self) -> String {
         match self {
             LookupError::Rds { source, .. } => source.hint(),
+            LookupError::Engine { source, .. } => source.hint(),
+            LookupError::EngineNotAvailable { flag, check, .. } => format!(
+                "Wait until it is available (`{check}` shows the status), or resume it if it is \
+                 paused; then run the same command ({flag}) again."
+            ),
             LookupError::IamAuthDisabled { command, .. } => format!(
                 "rds-auth-proxy logs in with IAM tokens, which RDS accepts only with IAM database \
                  authentication enabled: {command}"
@@ -236,6 +256,34 @@ impl ApiSource<'_> {
         }
     }
 
+    pub fn dsql(&self, region: &str) -> crate::dsql_api::DsqlApi {
+        use crate::dsql_api::DsqlApi;
+        match self {
+            ApiSource::Sdk(sdk) => DsqlApi::from_sdk_config(sdk, region),
+            ApiSource::Fixed(setup) => DsqlApi::with_credentials(setup.credentials.clone(), region, setup.dsql_endpoint.as_deref()),
+        }
+    }
+
+    pub fn redshift(&self, region: &str) -> crate::redshift_api::RedshiftApi {
+        use crate::redshift_api::RedshiftApi;
+        match self {
+            ApiSource::Sdk(sdk) => RedshiftApi::from_sdk_config(sdk, region),
+            ApiSource::Fixed(setup) => RedshiftApi::with_credentials(setup.credentials.clone(), region, setup.redshift_endpoint.as_deref()),
+        }
+    }
+
+    pub fn redshift_serverless(&self, region: &str) -> crate::redshift_serverless_api::RedshiftServerlessApi {
+        use crate::redshift_serverless_api::RedshiftServerlessApi;
+        match self {
+            ApiSource::Sdk(sdk) => RedshiftServerlessApi::from_sdk_config(sdk, region),
+            ApiSource::Fixed(setup) => RedshiftServerlessApi::with_credentials(
+                setup.credentials.clone(),
+                region,
+                setup.redshift_serverless_endpoint.as_deref(),
+            ),
+        }
+    }
+
     pub fn sts(&self, region: &str) -> StsApi {
         match self {
             ApiSource::Sdk(sdk) => StsApi::from_sdk_config(sdk, region),
@@ -252,9 +300,137 @@ pub struct Resolved {
     pub node: Option<String>,
 }
 
+/// A DSQL cluster, Redshift cluster or Serverless workgroup to find by name: only without
+/// `--target` (with it, the flag just names the resource the credentials are for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EngineRef {
+    Dsql(String),
+    Redshift(String),
+    Workgroup(String),
+}
+
+impl EngineRef {
+    fn from_args(args: &ProxyArgs) -> Option<EngineRef> {
+        if args.target.is_some() {
+            return None;
+        }
+        if let Some(id) = &args.dsql_cluster {
+            return Some(EngineRef::Dsql(id.clone()));
+        }
+        if let Some(name) = &args.redshift_workgroup {
+            return Some(EngineRef::Workgroup(name.clone()));
+        }
+        args.redshift_cluster.clone().map(EngineRef::Redshift)
+    }
+
+    fn flag(&self) -> String {
+        match self {
+            EngineRef::Dsql(id) => format!("--dsql-cluster {id}"),
+            EngineRef::Redshift(name) => format!("--redshift-cluster {name}"),
+            EngineRef::Workgroup(name) => format!("--redshift-workgroup {name}"),
+        }
+    }
+}
+
+/// Finds a DSQL cluster (dsql:GetCluster), Redshift cluster (redshift:DescribeClusters) or
+/// Serverless workgroup (redshift-serverless:GetWorkgroup) and checks it takes connections.
+async fn find_engine(found: &EngineRef, source: &ApiSource<'_>, region: &str) -> Result<FoundDb, LookupError> {
+    let flag = found.flag();
+    let failed = |source| LookupError::Engine { what: flag.clone(), source };
+    let not_available = |status: String, wanted: &'static str, check: String| LookupError::EngineNotAvailable {
+        flag: flag.clone(),
+        status,
+        wanted,
+        check,
+    };
+    let (description, engine) = match found {
+        EngineRef::Dsql(id) => {
+            let cluster = source.dsql(region).get_cluster(id).await.map_err(failed)?;
+            // An idle cluster wakes on the first connection.
+            if !matches!(cluster.status.as_str(), "ACTIVE" | "IDLE") {
+                return Err(not_available(cluster.status, "ACTIVE", format!("aws dsql get-cluster --identifier {id}")));
+            }
+            let endpoint = cluster.endpoint_name(region);
+            (
+                DbDescription {
+                    id: cluster.id,
+                    engine: "aurora-dsql".into(),
+                    status: cluster.status,
+                    iam_auth: true,
+                    endpoint: Some(endpoint),
+                    reader_endpoint: None,
+                    port: Some(crate::engine::Engine::Dsql.default_port()),
+                    resource_id: None,
+                    arn: Some(cluster.arn),
+                },
+                "aurora-dsql",
+            )
+        }
+        EngineRef::Redshift(name) => {
+            let cluster = source.redshift(region).describe_cluster(name).await.map_err(failed)?;
+            if cluster.status != "available" {
+                return Err(not_available(
+                    cluster.status,
+                    "available",
+                    format!("aws redshift describe-clusters --cluster-identifier {name}"),
+                ));
+            }
+            (
+                DbDescription {
+                    id: cluster.id,
+                    engine: "redshift".into(),
+                    status: cluster.status,
+                    iam_auth: true,
+                    endpoint: cluster.endpoint,
+                    reader_endpoint: None,
+                    port: cluster.port,
+                    resource_id: None,
+                    arn: cluster.namespace_arn,
+                },
+                "redshift",
+            )
+        }
+        EngineRef::Workgroup(name) => {
+            let workgroup = source.redshift_serverless(region).get_workgroup(name).await.map_err(failed)?;
+            if workgroup.status != "AVAILABLE" {
+                return Err(not_available(
+                    workgroup.status,
+                    "AVAILABLE",
+                    format!("aws redshift-serverless get-workgroup --workgroup-name {name}"),
+                ));
+            }
+            (
+                DbDescription {
+                    id: workgroup.name,
+                    engine: "redshift-serverless".into(),
+                    status: workgroup.status,
+                    iam_auth: true,
+                    endpoint: workgroup.endpoint,
+                    reader_endpoint: None,
+                    port: workgroup.port,
+                    resource_id: None,
+                    arn: Some(workgroup.arn),
+                },
+                "redshift-serverless",
+            )
+        }
+    };
+    match (description.endpoint.clone(), description.port) {
+        (Some(endpoint), Some(port)) if !endpoint.is_empty() => {
+            tracing::info!(lookup = %flag, endpoint = %endpoint, port, engine, "found the database by name");
+            Ok(FoundDb {
+                endpoint: endpoint.to_ascii_lowercase(),
+                port,
+                description,
+            })
+        }
+        _ => Err(LookupError::NoEndpoint { flag, which: "connection" }),
+    }
+}
+
 /// Whether `args` need an AWS lookup before they can be validated.
 pub fn needs_lookup(args: &ProxyArgs) -> bool {
-    DbRef::from_args(args).is_some() || (args.via == Via::Ssm && args.ssm_target.as_deref() == Some(AUTO_NODE))
+    DbRef::from_args(args).is_some() || EngineRef::from_args(args).is_some() || (args.via == Via::Ssm && args.ssm_target.as_deref() == Some(AUTO_NODE))
 }
 
 /// Replaces `--db-instance`/`--db-cluster` by `--target ENDPOINT:PORT` and `--ssm-target auto`
@@ -284,6 +460,12 @@ pub async fn resolve_names(args: &mut ProxyArgs, source: &ApiSource<'_>, region:
         args.db_instance = None;
         args.db_cluster = None;
         args.reader = false;
+        resolved.db = Some(found);
+    }
+    if let Some(engine) = EngineRef::from_args(args) {
+        let found = find_engine(&engine, source, region).await?;
+        // The flag stays: it names the resource the credentials are asked for.
+        args.target = Some(format!("{}:{}", found.endpoint, found.port));
         resolved.db = Some(found);
     }
     if args.via == Via::Ssm && args.ssm_target.as_deref() == Some(AUTO_NODE) {

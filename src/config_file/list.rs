@@ -16,7 +16,12 @@ pub fn describe(plan: &Plan) -> String {
             (_, Some(c), _) if a.reader => format!("(reader of DB cluster {c})"),
             (_, Some(c), _) => format!("(DB cluster {c})"),
             (_, _, Some(t)) => t.clone(),
-            _ => String::new(),
+            _ => match (&a.dsql_cluster, &a.redshift_cluster, &a.redshift_workgroup) {
+                (Some(id), _, _) => format!("(Aurora DSQL cluster {id})"),
+                (_, _, Some(w)) => format!("(Redshift Serverless workgroup {w})"),
+                (_, Some(c), _) => format!("(Redshift cluster {c})"),
+                _ => String::new(),
+            },
         };
         let via = match a.via {
             crate::cli::Via::Direct => "direct".to_owned(),
