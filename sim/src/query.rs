@@ -249,6 +249,51 @@ pub fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// What tests see and steer of a simulated API while it runs: calls by action, and actions
+/// answered with AccessDenied (as if the caller's IAM policy lacked them). Shared by the Query,
+/// JSON and REST simulated APIs of the Redshift and DSQL services.
+#[derive(Debug, Default)]
+pub struct ApiControl {
+    calls: std::sync::Mutex<HashMap<String, u64>>,
+    denied: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl ApiControl {
+    /// Counts a signed call of `action`; true when the action is denied.
+    pub fn record(&self, action: &str) -> bool {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(action.to_owned())
+            .or_default() += 1;
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(action)
+    }
+
+    /// Signed calls of `action` so far (denied ones included).
+    pub fn calls(&self, action: &str) -> u64 {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answers `action` with AccessDenied from now on (`deny == false` allows it again).
+    pub fn deny(&self, action: &str, deny: bool) {
+        let mut denied = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        if deny {
+            denied.insert(action.to_owned());
+        } else {
+            denied.remove(action);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

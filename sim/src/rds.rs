@@ -365,11 +365,23 @@ where
 /// Relays a logged-in (or logging-in) client and PostgreSQL until either ends. Emulating another
 /// version, PostgreSQL's messages up to the first ReadyForQuery go one by one, with
 /// `server_version` rewritten; then bytes as they come.
-async fn relay<S>(emulation: PgEmulation, mut client: S, mut pg: TcpStream) -> Result<(), BoxError>
+async fn relay<S>(emulation: PgEmulation, client: S, pg: TcpStream) -> Result<(), BoxError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(version) = emulation.server_version() else {
+    relay_as_version(emulation.server_version(), client, pg).await
+}
+
+/// [`relay`] reporting `server_version` as `version`, if given (the Redshift front's 8.0.2 too).
+pub(crate) async fn relay_as_version<S>(
+    version: Option<&str>,
+    mut client: S,
+    mut pg: TcpStream,
+) -> Result<(), BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(version) = version else {
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pg, 64 * 1024, 64 * 1024).await?;
         return Ok(());
     };
@@ -405,7 +417,7 @@ where
 }
 
 /// A ParameterStatus message.
-fn parameter_status(name: &str, value: &str) -> BytesMut {
+pub(crate) fn parameter_status(name: &str, value: &str) -> BytesMut {
     use bytes::BufMut;
     let mut m = BytesMut::new();
     m.put_u8(b'S');
@@ -439,7 +451,7 @@ fn quote_literal(s: &str) -> String {
 
 /// The first column of the first row of `sql`, run as the superuser over the simple query
 /// protocol: a dozen lines instead of a client library in the simulator.
-async fn simple_query_one(postgres: SocketAddr, sql: &str) -> Result<String, BoxError> {
+pub(crate) async fn simple_query_one(postgres: SocketAddr, sql: &str) -> Result<String, BoxError> {
     use bytes::{Buf, BufMut};
     let mut pg = TcpStream::connect(postgres).await?;
     let params = [("user", SUPERUSER), ("database", "postgres")]
@@ -483,13 +495,12 @@ async fn simple_query_one(postgres: SocketAddr, sql: &str) -> Result<String, Box
     }
 }
 
-async fn relay_cancel(
-    config: &RdsFrontConfig,
-    state: &RdsFrontState,
+/// Hands a CancelRequest to PostgreSQL and waits until it has acted on it.
+pub(crate) async fn relay_cancel_to(
+    postgres: SocketAddr,
     packet: &[u8],
 ) -> Result<(), BoxError> {
-    state.cancels.fetch_add(1, Ordering::Relaxed);
-    let mut pg = TcpStream::connect(config.postgres).await?;
+    let mut pg = TcpStream::connect(postgres).await?;
     pg.write_all(packet).await?;
     // PostgreSQL closes after acting on it; wait so the cancel is done when we return.
     let mut sink = [0u8; 16];
@@ -497,8 +508,17 @@ async fn relay_cancel(
     Ok(())
 }
 
+async fn relay_cancel(
+    config: &RdsFrontConfig,
+    state: &RdsFrontState,
+    packet: &[u8],
+) -> Result<(), BoxError> {
+    state.cancels.fetch_add(1, Ordering::Relaxed);
+    relay_cancel_to(config.postgres, packet).await
+}
+
 /// Writes a FATAL ErrorResponse the way PostgreSQL does during startup.
-async fn send_fatal<S: AsyncWrite + Unpin>(client: &mut S, code: &str, message: &str) {
+pub(crate) async fn send_fatal<S: AsyncWrite + Unpin>(client: &mut S, code: &str, message: &str) {
     let mut buf = BytesMut::new();
     let fields = vec![
         (b'S', "FATAL".to_owned()),

@@ -10,6 +10,10 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::certs::{SimCa, SniCerts};
+use super::dsql::{DsqlFront, DsqlFrontConfig, DsqlFrontState, DSQL_READER};
+use super::dsql_api::DsqlApiSim;
+use super::redshift::{RedshiftAuthMethod, RedshiftFront, RedshiftFrontConfig, RedshiftFrontState, RedshiftLogins, RedshiftTarget};
+use super::redshift_api::{RedshiftApiSim, RedshiftServerlessApiSim};
 use super::postgres::{PgCluster, PgClusterOptions, PgTls, DB_USER};
 use super::rds::{PgEmulation, RdsFront, RdsFrontConfig, RdsFrontState};
 use super::query::QueryServer;
@@ -35,6 +39,25 @@ pub const SIM_DB_PORT: u16 = 5432;
 pub const SIM_DB_NAME: &str = "postgres";
 /// The password (SCRAM) user every simulator has, besides [`SimOptions::password_users`].
 pub const SIM_PASSWORD_USER: &str = "scram_user";
+
+/// The simulated Aurora DSQL cluster: its identifier, endpoint name and port.
+pub const SIM_DSQL_CLUSTER: &str = "sim0dsql0000000000000000aa";
+pub const SIM_DSQL_ENDPOINT: &str = "sim0dsql0000000000000000aa.dsql.eu-central-1.on.aws";
+pub const SIM_DSQL_PORT: u16 = 5432;
+/// The simulated provisioned Redshift cluster: its identifier, endpoint name and port.
+pub const SIM_REDSHIFT_CLUSTER: &str = "simrs";
+pub const SIM_REDSHIFT_ENDPOINT: &str = "simrs.c0sim0000000.eu-central-1.redshift.amazonaws.com";
+pub const SIM_REDSHIFT_PORT: u16 = 5439;
+/// The simulated Redshift Serverless workgroup (port [`SIM_REDSHIFT_PORT`] too); IAM policies
+/// name it by its id.
+pub const SIM_REDSHIFT_WORKGROUP: &str = "simwg";
+pub const SIM_REDSHIFT_WORKGROUP_ID: &str = "5e1d0f5a-51a0-4d1e-9c6b-3a7e0c0ffee0";
+pub const SIM_REDSHIFT_SERVERLESS_ENDPOINT: &str = "simwg.123456789012.eu-central-1.redshift-serverless.amazonaws.com";
+/// Redshift's default database, created in the throwaway PostgreSQL.
+pub const SIM_REDSHIFT_DB: &str = "dev";
+/// A database user that exists on the simulated Redshift (a PostgreSQL login role): what
+/// GetClusterCredentials with `DbUser=alice` and no AutoCreate logs in as (`IAM:alice`).
+pub const SIM_REDSHIFT_USER: &str = "alice";
 
 /// The Secrets Manager secret holding `user`'s password, shaped like RDS's managed secret.
 pub fn secret_name(user: &str) -> String {
@@ -67,6 +90,11 @@ pub struct SimOptions {
     /// The PostgreSQL version the RDS front acts as where versions differ (direct TLS,
     /// `server_version`); default 15, the version behind it.
     pub rds_pg: PgEmulation,
+    /// How the Redshift front asks for passwords (default MD5); changeable while it runs
+    /// ([`RedshiftFrontState::set_auth_method`]).
+    pub redshift_auth: RedshiftAuthMethod,
+    /// When the DSQL front cuts a connection (default 60 minutes); changeable while it runs.
+    pub dsql_connection_age_limit: std::time::Duration,
 }
 
 impl Default for SimOptions {
@@ -80,6 +108,8 @@ impl Default for SimOptions {
             rds_api: RdsApiOptions::default(),
             swap_tls_chains: false,
             rds_pg: PgEmulation::default(),
+            redshift_auth: RedshiftAuthMethod::default(),
+            dsql_connection_age_limit: super::dsql::DSQL_CONNECTION_AGE_LIMIT,
         }
     }
 }
@@ -107,9 +137,26 @@ pub struct Simulator {
     /// The IAM Identity Center portal (GetRoleCredentials), for `AWS_ENDPOINT_URL_SSO` and an
     /// SSO profile; its role credentials are good at every simulated service.
     pub sso: SsoPortal,
+    /// The Aurora DSQL front ([`SIM_DSQL_ENDPOINT`]) and its counters and age-limit switch.
+    pub dsql_addr: SocketAddr,
+    pub dsql_state: Arc<DsqlFrontState>,
+    /// The Redshift front, serving [`SIM_REDSHIFT_ENDPOINT`] and [`SIM_REDSHIFT_SERVERLESS_ENDPOINT`],
+    /// and its counters and password-method switch.
+    pub redshift_addr: SocketAddr,
+    pub redshift_state: Arc<RedshiftFrontState>,
+    /// The temporary Redshift passwords issued so far ([`Simulator::expire_issued`], a life cap).
+    pub redshift_logins: Arc<RedshiftLogins>,
+    /// The Redshift API (GetClusterCredentials[WithIAM], DescribeClusters): `.control()` counts
+    /// calls by action and denies actions.
+    pub redshift_api: RedshiftApiSim,
+    /// The Redshift Serverless API (GetCredentials, GetWorkgroup).
+    pub redshift_serverless_api: RedshiftServerlessApiSim,
+    /// The Aurora DSQL control plane (GetCluster).
+    pub dsql_api: DsqlApiSim,
     /// Current password of each password user (changed by [`Simulator::rotate_password`]).
     passwords: std::sync::Mutex<HashMap<String, String>>,
     front_task: tokio::task::JoinHandle<()>,
+    engine_tasks: [tokio::task::JoinHandle<()>; 2],
     _dir: tempfile::TempDir,
 }
 
@@ -127,7 +174,9 @@ impl Simulator {
         let (cert_chain_pem, key_pem) = ca.issue_pem(&[SIM_ENDPOINT.to_owned()])?;
         let postgres = PgCluster::start(PgClusterOptions {
             extra_conf: options.pg_extra_conf.clone(),
-            login_roles: std::iter::once(DB_USER.to_owned())
+            login_roles: [DB_USER, "admin", DSQL_READER, SIM_REDSHIFT_USER]
+                .into_iter()
+                .map(str::to_owned)
                 .chain(password_users.iter().cloned())
                 .collect(),
             hba: options
@@ -145,6 +194,9 @@ impl Simulator {
             ..PgClusterOptions::default()
         })
         .await?;
+        postgres
+            .psql(postgres.superuser(), &format!("CREATE DATABASE {SIM_REDSHIFT_DB}"))
+            .await?;
         // Fresh keys per run, shaped like AWS's, so nobody mistakes them for real ones.
         let mut rng = rand::rng();
         let credentials = SimCredentials::new(
@@ -187,13 +239,12 @@ impl Simulator {
         let front_addr = front.local_addr()?;
         let front_state = front.state();
         let front_task = tokio::spawn(front.run());
-        let ssm = SsmSim::start(
-            options.ssm.clone(),
-            credentials.clone(),
-            SIM_REGION,
-            FRONT_NAMES.iter().map(|n| (n.to_string(), front_addr)).collect(),
-        )
-        .await?;
+        let engines = EngineFronts::start(&options, &engine_tls(&proxy_ca)?, &credentials, &postgres).await?;
+        let mut ssm_names: HashMap<String, SocketAddr> = FRONT_NAMES.iter().map(|n| (n.to_string(), front_addr)).collect();
+        ssm_names.insert(SIM_DSQL_ENDPOINT.to_owned(), engines.dsql_addr);
+        ssm_names.insert(SIM_REDSHIFT_ENDPOINT.to_owned(), engines.redshift_addr);
+        ssm_names.insert(SIM_REDSHIFT_SERVERLESS_ENDPOINT.to_owned(), engines.redshift_addr);
+        let ssm = SsmSim::start(options.ssm.clone(), credentials.clone(), SIM_REGION, ssm_names).await?;
         Ok(Simulator {
             postgres,
             credentials,
@@ -208,10 +259,25 @@ impl Simulator {
             sts,
             rds_api,
             sso,
+            dsql_addr: engines.dsql_addr,
+            dsql_state: engines.dsql_state,
+            redshift_addr: engines.redshift_addr,
+            redshift_state: engines.redshift_state,
+            redshift_logins: engines.redshift_logins,
+            redshift_api: engines.redshift_api,
+            redshift_serverless_api: engines.redshift_serverless_api,
+            dsql_api: engines.dsql_api,
             passwords: std::sync::Mutex::new(passwords),
             front_task,
+            engine_tasks: engines.tasks,
             _dir: dir,
         })
+    }
+
+    /// Every Redshift and Redshift Serverless password issued so far stops working now: the
+    /// next login with one is refused as an expired one is (the proxy must mint a new one).
+    pub fn expire_issued(&self) {
+        self.redshift_logins.expire_all();
     }
 
     /// The current password of a password user.
@@ -243,6 +309,9 @@ impl Simulator {
             secrets_endpoint: self.secrets.endpoint_url(),
             sts_endpoint: self.sts.endpoint_url(),
             rds_endpoint: self.rds_api.endpoint_url(),
+            redshift_endpoint: self.redshift_api.endpoint_url(),
+            redshift_serverless_endpoint: self.redshift_serverless_api.endpoint_url(),
+            dsql_endpoint: self.dsql_api.endpoint_url(),
         }
     }
 
@@ -298,6 +367,21 @@ impl Simulator {
             ("AWS_ENDPOINT_URL_RDS", self.rds_api.endpoint_url()),
             ("SIM_PROXY_ENDPOINT", SIM_PROXY_ENDPOINT.to_owned()),
             ("SIM_PROXY_CA_FILE", self.proxy_ca_file.display().to_string()),
+            ("SIM_DSQL_ENDPOINT", SIM_DSQL_ENDPOINT.to_owned()),
+            ("SIM_DSQL_PORT", SIM_DSQL_PORT.to_string()),
+            ("SIM_DSQL_ADDR", self.dsql_addr.to_string()),
+            ("SIM_DSQL_CLUSTER", SIM_DSQL_CLUSTER.to_owned()),
+            ("SIM_REDSHIFT_ENDPOINT", SIM_REDSHIFT_ENDPOINT.to_owned()),
+            ("SIM_REDSHIFT_PORT", SIM_REDSHIFT_PORT.to_string()),
+            ("SIM_REDSHIFT_ADDR", self.redshift_addr.to_string()),
+            ("SIM_REDSHIFT_CLUSTER", SIM_REDSHIFT_CLUSTER.to_owned()),
+            ("SIM_REDSHIFT_DB", SIM_REDSHIFT_DB.to_owned()),
+            ("SIM_REDSHIFT_SERVERLESS_ENDPOINT", SIM_REDSHIFT_SERVERLESS_ENDPOINT.to_owned()),
+            ("SIM_REDSHIFT_SERVERLESS_ADDR", self.redshift_addr.to_string()),
+            ("SIM_REDSHIFT_WORKGROUP", SIM_REDSHIFT_WORKGROUP.to_owned()),
+            ("AWS_ENDPOINT_URL_REDSHIFT", self.redshift_api.endpoint_url()),
+            ("AWS_ENDPOINT_URL_REDSHIFT_SERVERLESS", self.redshift_serverless_api.endpoint_url()),
+            ("AWS_ENDPOINT_URL_DSQL", self.dsql_api.endpoint_url()),
         ]
     }
 
@@ -307,7 +391,13 @@ impl Simulator {
         self.sts.stop();
         self.sso.stop();
         self.rds_api.stop();
+        self.redshift_api.stop();
+        self.redshift_serverless_api.stop();
+        self.dsql_api.stop();
         self.front_task.abort();
+        for task in &self.engine_tasks {
+            task.abort();
+        }
         if let Err(e) = self.postgres.stop().await {
             tracing::warn!(error = %e, "stopping the simulator's PostgreSQL failed");
         }
@@ -327,6 +417,10 @@ pub struct SimAws {
     pub sts_endpoint: String,
     /// The RDS API (DescribeDBInstances/Clusters).
     pub rds_endpoint: String,
+    /// The Redshift API, the Redshift Serverless API and the DSQL control plane.
+    pub redshift_endpoint: String,
+    pub redshift_serverless_endpoint: String,
+    pub dsql_endpoint: String,
 }
 
 /// Every name the RDS front answers to (the first is the instance, [`SIM_ENDPOINT`]); the
@@ -356,6 +450,97 @@ fn front_certificates(ca: &SimCa, proxy_ca: &SimCa, swap: bool) -> Result<SniCer
         certs.add(name, issuer_for(name).certified_key(&[name.to_owned()])?);
     }
     Ok(certs)
+}
+
+/// The DSQL and Redshift fronts and the APIs that issue their credentials, started together.
+struct EngineFronts {
+    dsql_addr: SocketAddr,
+    dsql_state: Arc<DsqlFrontState>,
+    redshift_addr: SocketAddr,
+    redshift_state: Arc<RedshiftFrontState>,
+    redshift_logins: Arc<RedshiftLogins>,
+    redshift_api: RedshiftApiSim,
+    redshift_serverless_api: RedshiftServerlessApiSim,
+    dsql_api: DsqlApiSim,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl EngineFronts {
+    async fn start(
+        options: &SimOptions,
+        certs: &EngineCerts,
+        credentials: &SimCredentials,
+        postgres: &PgCluster,
+    ) -> Result<EngineFronts, BoxError> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let dsql = DsqlFront::bind(
+            loopback,
+            DsqlFrontConfig {
+                endpoint: SIM_DSQL_ENDPOINT.to_owned(),
+                region: SIM_REGION.to_owned(),
+                credentials: credentials.clone(),
+                tls: certs.dsql.clone(),
+                postgres: postgres.addr(),
+            },
+        )
+        .await?;
+        let dsql_state = dsql.state();
+        dsql_state.set_connection_age_limit(options.dsql_connection_age_limit);
+        let redshift_logins = Arc::new(RedshiftLogins::default());
+        let redshift = RedshiftFront::bind(
+            loopback,
+            RedshiftFrontConfig {
+                names: vec![
+                    (SIM_REDSHIFT_ENDPOINT.to_owned(), RedshiftTarget::Cluster(SIM_REDSHIFT_CLUSTER.to_owned())),
+                    (
+                        SIM_REDSHIFT_SERVERLESS_ENDPOINT.to_owned(),
+                        RedshiftTarget::Workgroup(SIM_REDSHIFT_WORKGROUP.to_owned()),
+                    ),
+                ],
+                tls: certs.redshift.clone(),
+                postgres: postgres.addr(),
+                logins: redshift_logins.clone(),
+            },
+        )
+        .await?;
+        let redshift_state = redshift.state();
+        redshift_state.set_auth_method(options.redshift_auth);
+        Ok(EngineFronts {
+            dsql_addr: dsql.local_addr()?,
+            dsql_state,
+            redshift_addr: redshift.local_addr()?,
+            redshift_state,
+            redshift_api: RedshiftApiSim::start(credentials.clone(), redshift_logins.clone()).await?,
+            redshift_serverless_api: RedshiftServerlessApiSim::start(credentials.clone(), redshift_logins.clone()).await?,
+            dsql_api: DsqlApiSim::start(credentials.clone()).await?,
+            redshift_logins,
+            tasks: [tokio::spawn(dsql.run()), tokio::spawn(redshift.run())],
+        })
+    }
+}
+
+/// The DSQL and Redshift fronts' TLS: leaves under an intermediate of the "ATS-like" root, as
+/// both serve ACM certificates chaining to Amazon Trust Services. DSQL offers ALPN `postgresql`
+/// (direct TLS); Redshift, a PostgreSQL 8.0.2 on the wire, none.
+struct EngineCerts {
+    dsql: Arc<rustls::ServerConfig>,
+    redshift: Arc<rustls::ServerConfig>,
+}
+
+fn engine_tls(proxy_ca: &SimCa) -> Result<EngineCerts, BoxError> {
+    let intermediate = proxy_ca.intermediate("rds-auth-proxy simulator ATS-like intermediate (engines)")?;
+    let dsql = SniCerts::new(intermediate.certified_key(&[SIM_DSQL_ENDPOINT.to_owned()])?).server_config()?;
+    let mut redshift = SniCerts::new(intermediate.certified_key(&[SIM_REDSHIFT_ENDPOINT.to_owned()])?);
+    redshift.add(
+        SIM_REDSHIFT_SERVERLESS_ENDPOINT,
+        intermediate.certified_key(&[SIM_REDSHIFT_SERVERLESS_ENDPOINT.to_owned()])?,
+    );
+    let mut redshift = rustls::ServerConfig::clone(&*redshift.server_config()?);
+    redshift.alpn_protocols = Vec::new();
+    Ok(EngineCerts {
+        dsql,
+        redshift: Arc::new(redshift),
+    })
 }
 
 /// 24 random letters and digits: no quoting needed in SQL or JSON.

@@ -27,10 +27,12 @@ use subtle::ConstantTimeEq;
 
 mod call;
 mod claim;
+mod dsql;
 mod keys;
 
 pub use call::{read_signed_call, read_signed_call_any_region, SignedCall, SignedCallError};
 use claim::*;
+pub use dsql::{verify_dsql_token, DsqlTokenExpectation};
 pub use keys::{SimCredentials, TemporaryCredentials};
 
 /// The only algorithm AWS accepts for SigV4 (SigV4a is not used by RDS or SSM clients).
@@ -39,6 +41,10 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const SCOPE_TERMINATOR: &str = "aws4_request";
 /// Service name RDS IAM tokens are signed for.
 const RDS_SERVICE: &str = "rds-db";
+/// Service name Aurora DSQL auth tokens are signed for.
+const DSQL_SERVICE: &str = "dsql";
+/// DSQL accepts tokens that live up to a week.
+const MAX_DSQL_TOKEN_EXPIRES_SECS: u64 = 604_800;
 /// RDS caps token lifetime at 15 minutes, whatever the signer asks for.
 const MAX_TOKEN_EXPIRES_SECS: u64 = 900;
 /// How far in the future a token's `X-Amz-Date` may lie (clock skew between signer and RDS).
@@ -96,8 +102,9 @@ pub enum TokenRejection {
         /// `host:port` found in the token.
         got: String,
     },
-    /// `Action` is not `connect`.
-    #[error("IAM token is not for the rds-db connect action")]
+    /// `Action` is not the one the connection needs (`connect`; DSQL: `DbConnect`, or
+    /// `DbConnectAdmin` for `admin`).
+    #[error("IAM token is not for the action this connection needs")]
     WrongAction,
     /// `DBUser` differs from the user in the startup message.
     #[error("IAM token was signed for database user \"{got}\", connecting as \"{expected}\"")]
@@ -110,9 +117,11 @@ pub enum TokenRejection {
     /// The access key id in the credential scope is not the simulator's.
     #[error("IAM token was signed with an access key the simulator does not know")]
     UnknownAccessKey,
-    /// The credential scope names another service than `rds-db`.
-    #[error("IAM token is scoped to service \"{got}\", expected \"rds-db\"")]
+    /// The credential scope names another service than the endpoint's (`rds-db`, `dsql`).
+    #[error("IAM token is scoped to service \"{got}\", expected \"{expected}\"")]
     WrongService {
+        /// The service the endpoint's tokens are signed for.
+        expected: &'static str,
         /// Service found in the credential scope.
         got: String,
     },
@@ -127,8 +136,9 @@ pub enum TokenRejection {
     /// The credential scope's date is not the date part of `X-Amz-Date`.
     #[error("IAM token credential scope date does not match X-Amz-Date")]
     ScopeDateMismatch,
-    /// `X-Amz-Expires` is missing, zero, not a number or above 900.
-    #[error("IAM token X-Amz-Expires must be between 1 and 900 seconds")]
+    /// `X-Amz-Expires` is missing, zero, not a number or above the service's limit (RDS: 900,
+    /// DSQL: 604800).
+    #[error("IAM token X-Amz-Expires is not between 1 second and the service's limit")]
     InvalidExpires,
     /// `X-Amz-Date` + `X-Amz-Expires` lies in the past.
     #[error("IAM token expired {seconds_ago} s ago")]
@@ -275,34 +285,11 @@ pub fn verify_rds_token(
 
     // Structure first, so that nothing of a string that is not a presigned URL at all (a password
     // typed by mistake, say) ever ends up in a rejection message.
-    let (authority, query) = token
-        .split_once("/?")
-        .ok_or(R::Malformed("expected host:port/?query"))?;
-    if authority.is_empty() || authority.contains('/') {
-        return Err(R::Malformed("expected host:port/?query"));
-    }
-    let params = parse_query(query).map_err(R::Malformed)?;
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let algorithm = param("X-Amz-Algorithm").ok_or(R::Malformed("missing X-Amz-Algorithm"))?;
-    let credential = param("X-Amz-Credential").ok_or(R::Malformed("missing X-Amz-Credential"))?;
-    let amz_date = param("X-Amz-Date").ok_or(R::Malformed("missing X-Amz-Date"))?;
-    let expires = param("X-Amz-Expires").ok_or(R::Malformed("missing X-Amz-Expires"))?;
-    let signed_headers =
-        param("X-Amz-SignedHeaders").ok_or(R::Malformed("missing X-Amz-SignedHeaders"))?;
-    let signature = param("X-Amz-Signature").ok_or(R::Malformed("missing X-Amz-Signature"))?;
-    if !is_signature_hex(signature) {
-        return Err(R::Malformed("X-Amz-Signature is not hex"));
-    }
-    let scope = CredentialScope::parse(credential).ok_or(R::Malformed("bad X-Amz-Credential"))?;
-    let signed_at = parse_amz_date(amz_date).ok_or(R::Malformed("bad X-Amz-Date"))?;
+    let (authority, params) = split_token(token)?;
+    let claim = PresignedClaim::parse(&params)?;
     let (host, port) = split_authority(authority).ok_or(R::Malformed("bad host:port"))?;
 
-    if algorithm != ALGORITHM {
+    if claim.algorithm != ALGORITHM {
         return Err(R::UnsupportedAlgorithm);
     }
     // DNS names are case-insensitive; the signature below still covers the exact bytes signed.
@@ -312,98 +299,188 @@ pub fn verify_rds_token(
             got: format!("{host}:{port}"),
         });
     }
-    if param("Action") != Some("connect") {
+    if query_param(&params, "Action") != Some("connect") {
         return Err(R::WrongAction);
     }
-    let user = param("DBUser").ok_or(R::Malformed("missing DBUser"))?;
+    let user = query_param(&params, "DBUser").ok_or(R::Malformed("missing DBUser"))?;
     if user != expect.user {
         return Err(R::WrongUser {
             expected: expect.user.clone(),
             got: user.to_owned(),
         });
     }
-    let key = creds
-        .key_for(scope.access_key_id)
-        .ok_or(R::UnknownAccessKey)?;
-    if scope.service != RDS_SERVICE {
-        return Err(R::WrongService {
-            got: scope.service.to_owned(),
-        });
+    let signed_for = PresignedFor {
+        service: RDS_SERVICE,
+        region: &expect.region,
+        max_expires: MAX_TOKEN_EXPIRES_SECS,
+    };
+    claim.verify(authority, &params, &signed_for, creds, now)
+}
+
+/// A presigned token split into its `host[:port]` and its decoded query parameters.
+fn split_token(token: &str) -> Result<(&str, Vec<(String, String)>), TokenRejection> {
+    use TokenRejection as R;
+    let (authority, query) = token
+        .split_once("/?")
+        .ok_or(R::Malformed("expected host:port/?query"))?;
+    if authority.is_empty() || authority.contains('/') {
+        return Err(R::Malformed("expected host:port/?query"));
     }
-    if scope.region != expect.region {
-        return Err(R::WrongRegion {
-            expected: expect.region.clone(),
-            got: scope.region.to_owned(),
-        });
-    }
-    if !amz_date.starts_with(scope.date) {
-        return Err(R::ScopeDateMismatch);
-    }
-    if signed_headers != "host" {
-        return Err(R::WrongSignedHeaders);
-    }
-    let expires: u64 = expires.parse().map_err(|_| R::InvalidExpires)?;
-    if !(1..=MAX_TOKEN_EXPIRES_SECS).contains(&expires) {
-        return Err(R::InvalidExpires);
-    }
-    let now = unix_secs(now);
-    let valid_until = signed_at.saturating_add(expires as i64);
-    if now > valid_until {
-        return Err(R::Expired {
-            seconds_ago: now.abs_diff(valid_until),
-        });
-    }
-    if signed_at > now.saturating_add(MAX_TOKEN_FUTURE_SECS) {
-        return Err(R::NotYetValid {
-            seconds_ahead: signed_at.abs_diff(now),
-        });
-    }
-    let session_token = param("X-Amz-Security-Token");
-    match (session_token, key.session_token.as_deref()) {
-        (None, None) => {}
-        (None, Some(_)) => return Err(R::MissingSessionToken),
-        (Some(_), None) => return Err(R::InvalidSessionToken),
-        (Some(got), Some(want)) => {
-            if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
-                return Err(R::InvalidSessionToken);
-            }
+    let params = parse_query(query).map_err(R::Malformed)?;
+    Ok((authority, params))
+}
+
+/// The value of query parameter `name`, if present.
+fn query_param<'p>(params: &'p [(String, String)], name: &str) -> Option<&'p str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// What a presigned auth token must have been signed for, besides what its own service checks
+/// (host, action, user).
+struct PresignedFor<'a> {
+    /// The signing name (`rds-db`, `dsql`).
+    service: &'static str,
+    region: &'a str,
+    /// The longest `X-Amz-Expires` the service accepts.
+    max_expires: u64,
+}
+
+/// The SigV4 parameters of a presigned token, parsed (each one required) but not yet checked.
+struct PresignedClaim<'p> {
+    algorithm: &'p str,
+    scope: CredentialScope<'p>,
+    amz_date: &'p str,
+    signed_at: i64,
+    expires: &'p str,
+    signed_headers: &'p str,
+    signature: &'p str,
+}
+
+impl<'p> PresignedClaim<'p> {
+    fn parse(params: &'p [(String, String)]) -> Result<Self, TokenRejection> {
+        use TokenRejection as R;
+        let param = |name| query_param(params, name);
+        let algorithm = param("X-Amz-Algorithm").ok_or(R::Malformed("missing X-Amz-Algorithm"))?;
+        let credential = param("X-Amz-Credential").ok_or(R::Malformed("missing X-Amz-Credential"))?;
+        let amz_date = param("X-Amz-Date").ok_or(R::Malformed("missing X-Amz-Date"))?;
+        let expires = param("X-Amz-Expires").ok_or(R::Malformed("missing X-Amz-Expires"))?;
+        let signed_headers =
+            param("X-Amz-SignedHeaders").ok_or(R::Malformed("missing X-Amz-SignedHeaders"))?;
+        let signature = param("X-Amz-Signature").ok_or(R::Malformed("missing X-Amz-Signature"))?;
+        if !is_signature_hex(signature) {
+            return Err(R::Malformed("X-Amz-Signature is not hex"));
         }
-    }
-    if let Some(expiration) = key.expiration {
-        let expiration = unix_secs(expiration);
-        if now >= expiration {
-            return Err(R::ExpiredSessionToken {
-                seconds_ago: now.abs_diff(expiration),
-            });
-        }
+        let scope = CredentialScope::parse(credential).ok_or(R::Malformed("bad X-Amz-Credential"))?;
+        let signed_at = parse_amz_date(amz_date).ok_or(R::Malformed("bad X-Amz-Date"))?;
+        Ok(PresignedClaim {
+            algorithm,
+            scope,
+            amz_date,
+            signed_at,
+            expires,
+            signed_headers,
+            signature,
+        })
     }
 
-    // What was presigned: `GET https://host:port/?<the other parameters>`. aws-sigv4 signs the host
-    // header from the URL (leaving out the default port 443, as both SDKs do) and adds the X-Amz-
-    // parameters from the signing parameters, which the checks above tied to the claimed ones.
-    let query: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| !PRESIGN_PARAMS.contains(&k.as_str()))
-        .map(|(k, v)| {
-            let k = utf8_percent_encode(k, QUERY_COMPONENT);
-            format!("{k}={}", utf8_percent_encode(v, QUERY_COMPONENT))
-        })
-        .collect();
-    let url = format!("https://{authority}/?{}", query.join("&"));
-    let request = SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[]))
-        .map_err(|_| R::Malformed("bad host:port"))?;
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(expires));
-    let claim = Claim {
-        scope,
-        signed_at,
-        signature,
-    };
-    if claim.matches(request, settings, &key.secret, session_token) {
-        Ok(())
-    } else {
-        Err(R::BadSignature)
+    /// The checks every presigned auth token shares once its service has checked its own
+    /// parameters: known key, service, region, scope date, signed headers, lifetime, session
+    /// token, and the signature over `GET https://AUTHORITY/?<the other parameters>`.
+    fn verify(
+        self,
+        authority: &str,
+        params: &[(String, String)],
+        signed_for: &PresignedFor<'_>,
+        creds: &SimCredentials,
+        now: SystemTime,
+    ) -> Result<(), TokenRejection> {
+        use TokenRejection as R;
+        let scope = self.scope;
+        let key = creds
+            .key_for(scope.access_key_id)
+            .ok_or(R::UnknownAccessKey)?;
+        if scope.service != signed_for.service {
+            return Err(R::WrongService {
+                expected: signed_for.service,
+                got: scope.service.to_owned(),
+            });
+        }
+        if scope.region != signed_for.region {
+            return Err(R::WrongRegion {
+                expected: signed_for.region.to_owned(),
+                got: scope.region.to_owned(),
+            });
+        }
+        if !self.amz_date.starts_with(scope.date) {
+            return Err(R::ScopeDateMismatch);
+        }
+        if self.signed_headers != "host" {
+            return Err(R::WrongSignedHeaders);
+        }
+        let expires: u64 = self.expires.parse().map_err(|_| R::InvalidExpires)?;
+        if !(1..=signed_for.max_expires).contains(&expires) {
+            return Err(R::InvalidExpires);
+        }
+        let now = unix_secs(now);
+        let valid_until = self.signed_at.saturating_add(expires as i64);
+        if now > valid_until {
+            return Err(R::Expired {
+                seconds_ago: now.abs_diff(valid_until),
+            });
+        }
+        if self.signed_at > now.saturating_add(MAX_TOKEN_FUTURE_SECS) {
+            return Err(R::NotYetValid {
+                seconds_ahead: self.signed_at.abs_diff(now),
+            });
+        }
+        let session_token = query_param(params, "X-Amz-Security-Token");
+        match (session_token, key.session_token.as_deref()) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(R::MissingSessionToken),
+            (Some(_), None) => return Err(R::InvalidSessionToken),
+            (Some(got), Some(want)) => {
+                if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
+                    return Err(R::InvalidSessionToken);
+                }
+            }
+        }
+        if let Some(expiration) = key.expiration {
+            let expiration = unix_secs(expiration);
+            if now >= expiration {
+                return Err(R::ExpiredSessionToken {
+                    seconds_ago: now.abs_diff(expiration),
+                });
+            }
+        }
+
+        // What was presigned: `GET https://authority/?<the other parameters>`. aws-sigv4 signs
+        // the host header from the URL (leaving out the default port 443, as both SDKs do), the
+        // payload hash of the empty body, and adds the X-Amz- parameters from the signing
+        // parameters, which the checks above tied to the claimed ones.
+        let query: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| !PRESIGN_PARAMS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                let k = utf8_percent_encode(k, QUERY_COMPONENT);
+                format!("{k}={}", utf8_percent_encode(v, QUERY_COMPONENT))
+            })
+            .collect();
+        let url = format!("https://{authority}/?{}", query.join("&"));
+        let request = SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[]))
+            .map_err(|_| R::Malformed("bad host:port"))?;
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(Duration::from_secs(expires));
+        let claim = Claim {
+            scope,
+            signed_at: self.signed_at,
+            signature: self.signature,
+        };
+        if claim.matches(request, settings, &key.secret, session_token) {
+            Ok(())
+        } else {
+            Err(R::BadSignature)
+        }
     }
 }
 
