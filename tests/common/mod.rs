@@ -30,9 +30,9 @@ impl SimAwsSetup for Simulator {
             secrets_endpoint: Some(aws.secrets_endpoint),
             sts_endpoint: Some(aws.sts_endpoint),
             rds_endpoint: Some(aws.rds_endpoint),
-            redshift_endpoint: None,
-            redshift_serverless_endpoint: None,
-            dsql_endpoint: None,
+            redshift_endpoint: Some(aws.redshift_endpoint),
+            redshift_serverless_endpoint: Some(aws.redshift_serverless_endpoint),
+            dsql_endpoint: Some(aws.dsql_endpoint),
         }
     }
 }
