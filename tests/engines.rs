@@ -185,7 +185,7 @@ async fn every_refusal_has_a_hint_with_the_permission_and_the_arn() {
     let e = client(&p, "nobody", SIM_REDSHIFT_DB).await.err().expect("refused");
     let (code, message, hint) = db_error(&e);
     assert_eq!(code, "28000", "{message}");
-    assert!(hint.as_deref().unwrap_or_default().contains("Redshift refused the temporary password it had just issued for IAM:nobody"), "{hint:?}");
+    assert!(hint.as_deref().unwrap_or_default().contains("Redshift refused the temporary password it had just issued for IAM:nobody"), "{message} {hint:?}");
     p.stop().await;
 
     // Serverless: GetCredentials denied, the workgroup's ARN named.

@@ -445,7 +445,7 @@ pub async fn is_iam_user(postgres: SocketAddr, user: &str) -> Result<bool, BoxEr
 }
 
 /// A single-quoted SQL literal (standard_conforming_strings is on in every supported PostgreSQL).
-fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

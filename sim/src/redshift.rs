@@ -342,6 +342,15 @@ where
         },
         _ => false,
     });
+    // Redshift issues credentials for a user that does not exist (without AutoCreate) and
+    // then refuses the login with them, as a wrong password.
+    let matched = match matched {
+        Some((_, role, false)) if !role_exists(config.postgres, &role).await? => {
+            tracing::info!(%user, %role, "simulated Redshift: no such database user");
+            None
+        }
+        other => other,
+    };
     let Some((_, role, create_role)) = matched else {
         tracing::info!(%user, ?method, "simulated Redshift: password refused");
         state.rejected.fetch_add(1, Ordering::Relaxed);
@@ -371,6 +380,15 @@ fn password_message_is(body: &[u8], want: &[u8]) -> bool {
         Some((0, got)) => bool::from(got.ct_eq(want)),
         _ => false,
     }
+}
+
+/// Whether PostgreSQL has a role named `role`.
+async fn role_exists(postgres: SocketAddr, role: &str) -> Result<bool, BoxError> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {})",
+        super::rds::quote_literal(role)
+    );
+    Ok(super::rds::simple_query_one(postgres, &sql).await? == "t")
 }
 
 /// Creates login role `role` if it does not exist (AutoCreate; the IAM identities' roles).
