@@ -380,19 +380,19 @@ async fn dsql_front(sim: &Simulator) {
 
     // Only database postgres.
     let tls = open_tls(sim.dsql_addr, SIM_DSQL_ENDPOINT, client_tls(sim, true, false), Negotiation::SslRequest).await.expect("tls");
-    let refused = login(tls, "admin", "dev", &admin).await.err().expect("refused");
+    let refused = login(tls, "admin", "dev", &admin).await.expect_err("refused");
     assert_eq!(refused, Refused { code: "3D000".into(), message: "database \"dev\" does not exist".into() });
 
     // No SNI: DSQL cannot tell the cluster.
     let tls = open_tls(sim.dsql_addr, SIM_DSQL_ENDPOINT, client_tls(sim, false, false), Negotiation::SslRequest).await.expect("tls");
-    let refused = login(tls, "admin", "postgres", &admin).await.err().expect("refused");
+    let refused = login(tls, "admin", "postgres", &admin).await.expect_err("refused");
     assert_eq!(refused.code, "08P01");
     assert!(refused.message.contains("sni was not received"), "{refused:?}");
     assert_eq!(state.no_sni.load(Ordering::Relaxed), 1);
 
     // No TLS at all.
     let tcp = TcpStream::connect(sim.dsql_addr).await.expect("tcp");
-    let refused = login(tcp, "admin", "postgres", &admin).await.err().expect("refused");
+    let refused = login(tcp, "admin", "postgres", &admin).await.expect_err("refused");
     assert_eq!(refused.code, "28000");
 
     // The connection-age cut: closed without a message.
@@ -522,7 +522,7 @@ async fn redshift_logins(sim: &Simulator) {
     assert!(read.is_err() || sink.is_empty(), "closed without an answer");
     assert_eq!(state.direct_tls_attempts.load(Ordering::Relaxed), 1);
     let tcp = TcpStream::connect(sim.redshift_addr).await.expect("tcp");
-    let refused = login(tcp, "IAM:alice", "dev", "x").await.err().expect("refused");
+    let refused = login(tcp, "IAM:alice", "dev", "x").await.expect_err("refused");
     assert_eq!(refused.code, "28000");
     assert!(refused.message.contains("SSL off"), "{refused:?}");
 }
