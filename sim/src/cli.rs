@@ -172,6 +172,25 @@ pub struct SimArgs {
     /// presents an RDS-CA certificate, every other name an ATS-like one. The proxy must refuse both.
     #[arg(long, env = "RDS_AUTH_PROXY_SIM_SWAP_TLS_CHAINS")]
     pub swap_tls_chains: bool,
+
+    /// Simulated Redshift: how the front asks an IAM login for its password: md5, cleartext, or
+    /// sha256 (Redshift's own AuthenticationRequest 13).
+    #[arg(long, value_name = "METHOD", default_value = "md5", value_parser = parse_redshift_auth, env = "RDS_AUTH_PROXY_SIM_REDSHIFT_AUTH")]
+    pub redshift_auth: crate::redshift::RedshiftAuthMethod,
+    /// Simulated Aurora DSQL: close a connection without a message when it is this old (DSQL: 60m).
+    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = crate::ssm::parse_duration, env = "RDS_AUTH_PROXY_SIM_DSQL_CONNECTION_AGE_LIMIT")]
+    pub dsql_connection_age_limit: std::time::Duration,
+}
+
+/// `sim --redshift-auth`.
+fn parse_redshift_auth(s: &str) -> Result<crate::redshift::RedshiftAuthMethod, String> {
+    use crate::redshift::RedshiftAuthMethod as M;
+    match s {
+        "md5" => Ok(M::Md5),
+        "cleartext" => Ok(M::Cleartext),
+        "sha256" => Ok(M::Sha256Digest),
+        _ => Err("the simulated Redshift asks for md5, cleartext or sha256".into()),
+    }
 }
 
 /// `sim --rds-pg-version`: the versions the front can act as.

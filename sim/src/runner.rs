@@ -641,6 +641,8 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
         rds_api: rds_api_options(&args),
         swap_tls_chains: args.swap_tls_chains,
         rds_pg: PgEmulation::from_flags(args.rds_pg_version, args.rds_refuse_direct_tls),
+        redshift_auth: args.redshift_auth,
+        dsql_connection_age_limit: args.dsql_connection_age_limit,
         ..SimOptions::default()
     })
     .await?;
@@ -650,7 +652,7 @@ pub async fn run_sim(args: SimArgs, shutdown: impl Future<Output = u8>) -> Resul
     }
     out.push_str("ready\n");
     print_flush(&out);
-    tracing::info!(rds_front = %sim.front_addr, ssm = %sim.ssm.endpoint_url(), postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
+    tracing::info!(rds_front = %sim.front_addr, dsql_front = %sim.dsql_addr, redshift_front = %sim.redshift_addr, ssm = %sim.ssm.endpoint_url(), postgres = %sim.postgres.addr(), "simulator running; Ctrl-C to stop");
     // The caller installed the signal handlers before this (see shutdown_signal in main.rs), so
     // a SIGTERM right after `ready` is a clean shutdown.
     let code = shutdown.await;

@@ -317,8 +317,11 @@ pub fn verify_rds_token(
     claim.verify(authority, &params, &signed_for, creds, now)
 }
 
+/// A token's decoded query parameters, in the order it carried them.
+type QueryParams = Vec<(String, String)>;
+
 /// A presigned token split into its `host[:port]` and its decoded query parameters.
-fn split_token(token: &str) -> Result<(&str, Vec<(String, String)>), TokenRejection> {
+fn split_token(token: &str) -> Result<(&str, QueryParams), TokenRejection> {
     use TokenRejection as R;
     let (authority, query) = token
         .split_once("/?")
