@@ -109,6 +109,9 @@ pub struct Config {
     pub direct_tls: DirectTls,
     /// `--spare-connections`, `--spare-max-age`.
     pub spares: crate::spare::SpareSettings,
+    /// `--max-connection-age`: how long one client connection may last upstream (`None`: no
+    /// limit). See [`max_connection_age`].
+    pub max_connection_age: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -273,11 +276,19 @@ impl Config {
                 per_key: args.spare_connections,
                 max_age: Duration::from_secs(args.spare_max_age),
             },
+            max_connection_age: max_connection_age(args),
             name: endpoint.clone(),
             endpoint,
             port,
         })
     }
+}
+
+/// `--max-connection-age`: an explicit 0 is no limit. Absent is no limit too — the place for the
+/// default of an engine that ends connections itself: Aurora DSQL's is
+/// [`crate::connection_age::DSQL_MAX_AGE`] (`None` given → that, for a DSQL target).
+fn max_connection_age(args: &ProxyArgs) -> Option<Duration> {
+    args.max_connection_age.filter(|age| !age.is_zero())
 }
 
 fn local_tls_config(args: &ProxyArgs) -> Result<Option<LocalTlsConfig>, ConfigError> {
