@@ -155,6 +155,7 @@ pub async fn build_context_with(
         metrics: target_metrics,
         profile: config.profile.clone(),
         server: crate::upstream::ServerKnowledge::new(config.direct_tls),
+        max_connection_age: config.max_connection_age,
     }))
 }
 

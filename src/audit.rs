@@ -19,6 +19,8 @@ pub enum Closer {
     Upstream,
     /// The proxy's drain timeout ran out (shutdown): the client got 57P01.
     Drain,
+    /// `--max-connection-age`: the client got 57P01.
+    MaxAge,
     /// The proxy refused or failed the connection before or during login.
     Error,
 }
@@ -29,6 +31,7 @@ impl Closer {
             Closer::Client => "client",
             Closer::Upstream => "upstream",
             Closer::Drain => "drain",
+            Closer::MaxAge => "max_age",
             Closer::Error => "error",
         }
     }
@@ -40,6 +43,7 @@ impl From<ClosedBy> for Closer {
             ClosedBy::Client => Closer::Client,
             ClosedBy::Upstream => Closer::Upstream,
             ClosedBy::Drain => Closer::Drain,
+            ClosedBy::MaxAge => Closer::MaxAge,
         }
     }
 }

@@ -403,6 +403,16 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, env = "RDS_AUTH_PROXY_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
 
+    /// End each client connection DURATION after its upstream login (seconds, or e.g. 55m, 1h;
+    /// 0 = no limit, the default), telling the client in PostgreSQL's own terms instead of
+    /// leaving it a broken connection: a NOTICE 55/60 of the way, then FATAL 57P01
+    /// "terminating connection" (which pools and drivers take as "reconnect") at the first
+    /// idle moment after 59/60 of it, or at the limit itself between two server messages.
+    /// Aurora DSQL ends every connection after 60 minutes without a word; any target can use
+    /// it, e.g. to move long-lived connections to new servers behind a load balancer.
+    #[arg(long, value_name = "DURATION", value_parser = crate::connection_age::parse, env = "RDS_AUTH_PROXY_MAX_CONNECTION_AGE")]
+    pub max_connection_age: Option<std::time::Duration>,
+
     /// Offer TLS to clients (answer SSLRequest with S), for clients and copied connection
     /// strings that insist on sslmode=require or verify-full. The certificate (localhost,
     /// 127.0.0.1, ::1) is issued at start by a local CA kept in --local-tls-ca-out, which clients

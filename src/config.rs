@@ -112,6 +112,9 @@ pub struct Config {
     pub spares: crate::spare::SpareSettings,
     /// `--engine` and what each engine's login needs.
     pub engine: EngineSettings,
+    /// `--max-connection-age`: how long one client connection may last upstream (`None`: no
+    /// limit). See [`max_connection_age`].
+    pub max_connection_age: Option<Duration>,
 }
 
 
@@ -300,6 +303,7 @@ impl Config {
                 per_key: args.spare_connections,
                 max_age: Duration::from_secs(args.spare_max_age),
             },
+            max_connection_age: max_connection_age(args, engine.engine),
             engine,
             name: endpoint.clone(),
             endpoint,
@@ -404,6 +408,16 @@ fn engine_config(args: &ProxyArgs, endpoint: &str) -> Result<EngineSettings, Con
         redshift_auto_create: args.redshift_auto_create,
         redshift_db_groups: args.redshift_db_groups.clone(),
     })
+}
+
+/// `--max-connection-age`: an explicit 0 is no limit; absent, the limit of an engine that ends
+/// connections itself (Aurora DSQL's 60 minutes, [`Engine::connection_limit`]), else none.
+fn max_connection_age(args: &ProxyArgs, engine: Engine) -> Option<Duration> {
+    match args.max_connection_age {
+        Some(age) if age.is_zero() => None,
+        Some(age) => Some(age),
+        None => engine.connection_limit(),
+    }
 }
 
 fn local_tls_config(args: &ProxyArgs) -> Result<Option<LocalTlsConfig>, ConfigError> {

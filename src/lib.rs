@@ -43,6 +43,7 @@
 //! * [`relay`]: the byte pump after auth, saying which side closed.
 //! * [`cancel`]: CancelRequests routed to the right server.
 //! * [`drain`]: the end of the shutdown window: 57P01 to each remaining client.
+//! * [`connection_age`]: `--max-connection-age`, a NOTICE then 57P01 before the limit (Aurora DSQL's 60 minutes).
 //! * [`audit`]: a line per connection at open and close, and per config reload.
 //!
 //! ### Layer 2 — credentials, clients and the ways to the database
@@ -94,6 +95,7 @@ pub mod config;
 pub mod doctor;
 pub mod config_file;
 pub mod connect_info;
+pub mod connection_age;
 pub mod der;
 pub mod engine;
 pub mod conntest;

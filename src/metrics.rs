@@ -93,6 +93,7 @@ struct Families {
     spares_discarded: Family<DiscardLabels, Counter>,
     spares_ready: Family<TargetLabel, Gauge>,
     target_info: Family<InfoLabels, Gauge>,
+    connections_aged_out: Family<TargetLabel, Counter>,
 }
 
 /// A tunnel whose open sessions are a gauge read at every scrape (an SSM tunnel), so metrics
@@ -148,6 +149,7 @@ impl Metrics {
             spares_discarded: Family::default(),
             spares_ready: Family::default(),
             target_info: Family::default(),
+            connections_aged_out: Family::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         let f = &families;
@@ -222,6 +224,11 @@ impl Metrics {
             "1 per target served, labelled with its engine (rds, dsql, redshift, redshift-serverless) and endpoint",
             f.target_info.clone(),
         );
+        registry.register(
+            "connections_aged_out",
+            "Client connections ended by the proxy at --max-connection-age (57P01), or by the server once that end was due",
+            f.connections_aged_out.clone(),
+        );
         let (reloads, reload_failures) = (Counter::default(), Counter::default());
         registry.register("config_reloads", "Config file reloads applied (SIGHUP or a change of the file)", reloads.clone());
         registry.register(
@@ -285,6 +292,7 @@ impl Metrics {
                 evicted: f.spares_discarded.get_or_create_owned(&discarded("evicted")),
                 ready: f.spares_ready.get_or_create_owned(&label),
             },
+            aged_out: f.connections_aged_out.get_or_create_owned(&label),
         }
     }
 
@@ -408,6 +416,8 @@ pub struct TargetMetrics {
     pub password_reads: Counter,
     pub ssm: SsmCounters,
     pub spares: SpareMetrics,
+    /// Connections ended at `--max-connection-age`.
+    pub aged_out: Counter,
 }
 
 impl TargetMetrics {
@@ -475,6 +485,7 @@ mod tests {
             "rds_auth_proxy_spare_hits_total{target=\"dev\"} 0",
             "rds_auth_proxy_spares_discarded_total{target=\"dev\",reason=\"aged\"} 0",
             "rds_auth_proxy_spares_ready{target=\"dev\"} 0",
+            "rds_auth_proxy_connections_aged_out_total{target=\"prod\"} 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

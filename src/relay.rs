@@ -8,6 +8,11 @@
 //! A drain ([`relay_until`]) stops it between two server messages: the server → client direction
 //! follows PostgreSQL's framing (type byte, length) so that the proxy's own ErrorResponse
 //! (57P01) can follow without cutting a message in half.
+//!
+//! An age limit ([`relay_with`], `--max-connection-age`) uses the same framing: the proxy's
+//! NoticeResponse goes between two server messages, and the end comes at the first idle moment
+//! — the server has answered every request with ReadyForQuery and the client has started
+//! nothing since, which the client → server direction is framed for — or at the limit itself.
 
 use std::future::poll_fn;
 use std::io;
@@ -17,6 +22,8 @@ use std::task::{ready, Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::connection_age::AgeLimit;
 
 /// 64 KiB per direction: COPY moves large chunks and 8 KiB would cost syscalls.
 const BUF_SIZE: usize = 64 * 1024;
@@ -28,6 +35,9 @@ pub enum ClosedBy {
     Upstream,
     /// The proxy, at the end of a drain (shutdown).
     Drain,
+    /// The proxy, at `--max-connection-age` (or the upstream, at a message boundary, once the
+    /// end was due).
+    MaxAge,
 }
 
 impl std::fmt::Display for ClosedBy {
@@ -36,6 +46,7 @@ impl std::fmt::Display for ClosedBy {
             ClosedBy::Client => "client",
             ClosedBy::Upstream => "upstream",
             ClosedBy::Drain => "drain",
+            ClosedBy::MaxAge => "max_age",
         })
     }
 }
@@ -59,6 +70,9 @@ pub struct RelayStats {
     pub client_error: Option<io::Error>,
     /// The first error on the upstream side, if any.
     pub upstream_error: Option<io::Error>,
+    /// With an age limit: the client → upstream direction stopped between two messages with
+    /// nothing held, so a Terminate may follow.
+    pub upstream_at_boundary: bool,
 }
 
 /// Where a byte stream of PostgreSQL messages (type byte, then a length that counts itself) is
@@ -70,6 +84,12 @@ struct Framer {
     header_len: usize,
     /// Body bytes of the current message still to come.
     body_left: u64,
+    /// Whose messages these are: what `syncs` counts.
+    client: bool,
+    /// Messages seen that close a request/response cycle: from the server ReadyForQuery; from
+    /// the client Query, Sync and FunctionCall, which the server answers with one ReadyForQuery
+    /// each.
+    syncs: u64,
 }
 
 impl Framer {
@@ -92,13 +112,27 @@ impl Framer {
                 // empty body so a bad stream cannot wedge the framer.
                 self.body_left = u64::from(len.saturating_sub(4));
                 self.header_len = 0;
+                let closes = if self.client { matches!(self.header[0], b'Q' | b'S' | b'F') } else { self.header[0] == b'Z' };
+                self.syncs += u64::from(closes);
             }
         }
     }
 
-    #[cfg(test)]
+    /// The client's side of the stream.
+    fn client() -> Self {
+        Framer {
+            client: true,
+            ..Framer::default()
+        }
+    }
+
     fn at_boundary(&self) -> bool {
         self.header_len == 0 && self.body_left == 0
+    }
+
+    /// The type of the last message, at a boundary after one.
+    fn last_type(&self) -> Option<u8> {
+        (self.at_boundary() && self.header[0] != 0).then_some(self.header[0])
     }
 
     /// Most bytes to read without passing the end of the current message (`None` at a boundary).
@@ -139,6 +173,15 @@ struct Half {
     /// `framer` as it was before the chunk now in `buf` was read, so a cut can find the
     /// message boundaries inside it.
     chunk_start: Option<Framer>,
+    /// A message of the proxy's own to write at the next message boundary of what is read
+    /// (then it is held like read bytes, in a buffer of its own size).
+    inject: Option<Box<[u8]>>,
+    /// An end of the reader at a message boundary (EOF, or an error: a TLS peer gone without
+    /// close_notify) leaves the writer open ([`HalfEnd::EofAtBoundary`]), for the caller's last
+    /// words.
+    keep_writer_at_eof: bool,
+    /// The read error that ended the reader then.
+    eof_error: Option<io::Error>,
 }
 
 enum HalfEnd {
@@ -148,6 +191,9 @@ enum HalfEnd {
     WriteError(io::Error),
     /// Drained: everything read was written and flushed, and it ended on a message boundary.
     Drained,
+    /// The reader ended (EOF, or the read error kept here) at a message boundary; everything
+    /// was written and flushed, and the writer is still open (`keep_writer_at_eof`).
+    EofAtBoundary(Option<io::Error>),
 }
 
 impl Half {
@@ -164,6 +210,9 @@ impl Half {
             framer: None,
             draining: false,
             chunk_start: None,
+            inject: None,
+            keep_writer_at_eof: false,
+            eof_error: None,
         }
     }
 
@@ -183,10 +232,12 @@ impl Half {
         self.need_flush = true;
     }
 
-    /// Most bytes the next read may take (draining: never past the end of the current message).
+    /// Most bytes the next read may take (draining, or a message to inject: never past the end
+    /// of the current message).
     fn room(&self) -> usize {
-        match (&self.framer, self.draining) {
-            (Some(f), true) => f.until_boundary().unwrap_or(0).min(BUF_SIZE),
+        match &self.framer {
+            Some(f) if self.draining => f.until_boundary().unwrap_or(0).min(BUF_SIZE),
+            Some(f) if self.inject.is_some() => f.until_boundary().unwrap_or(BUF_SIZE).min(BUF_SIZE),
             _ => BUF_SIZE,
         }
     }
@@ -217,6 +268,16 @@ impl Half {
                 }
                 continue;
             }
+            if self.inject.is_some() && self.framer.as_ref().is_some_and(|f| f.until_boundary().is_none()) {
+                // Between two messages: the proxy's own goes out first, as if it had been read.
+                if let Some(message) = self.inject.take() {
+                    self.chunk_start = self.framer.clone();
+                    self.pos = 0;
+                    self.cap = message.len();
+                    self.held = Some(message);
+                    continue;
+                }
+            }
             if self.draining && !self.read_done {
                 let limit = match &self.framer {
                     Some(f) => f.until_boundary(),
@@ -234,7 +295,8 @@ impl Half {
             }
             if !self.read_done {
                 let room = self.room();
-                let read = match self.held.take() {
+                // (A buffer of another size held an injected message: reads use a full one.)
+                let read = match self.held.take().filter(|held| held.len() == BUF_SIZE) {
                     // Busy (the writer pushed back before): read straight into the held buffer.
                     Some(mut held) => {
                         let mut rb = ReadBuf::new(&mut held[..room]);
@@ -301,6 +363,11 @@ impl Half {
                         self.read_done = true;
                         continue;
                     }
+                    Poll::Ready(Err(e)) if self.keeps_writer_at_eof() => {
+                        self.read_done = true;
+                        self.eof_error = Some(e);
+                        continue;
+                    }
                     Poll::Ready(Err(e)) => {
                         // Still tell the other side we are done writing to it.
                         let _ = writer.as_mut().poll_shutdown(cx);
@@ -318,6 +385,15 @@ impl Half {
                     }
                 }
             }
+            if self.keeps_writer_at_eof() {
+                if self.need_flush {
+                    if let Err(e) = ready!(writer.as_mut().poll_flush(cx)) {
+                        return Poll::Ready(HalfEnd::WriteError(e));
+                    }
+                    self.need_flush = false;
+                }
+                return Poll::Ready(HalfEnd::EofAtBoundary(self.eof_error.take()));
+            }
             return match ready!(writer.as_mut().poll_shutdown(cx)) {
                 Ok(()) => Poll::Ready(HalfEnd::Eof),
                 Err(e) => Poll::Ready(HalfEnd::WriteError(e)),
@@ -327,6 +403,12 @@ impl Half {
 }
 
 impl Half {
+    /// Whether an end of the reader now leaves the writer open: asked for, at a message
+    /// boundary, and the last message not an ErrorResponse (the server said why itself).
+    fn keeps_writer_at_eof(&self) -> bool {
+        self.keep_writer_at_eof && self.framer.as_ref().is_some_and(|f| f.at_boundary() && f.last_type() != Some(b'E'))
+    }
+
     /// Stops reading: what is left to write is shortened to end on the first message boundary
     /// at or after what the client already got, so the caller's ErrorResponse can follow.
     /// False when the current message does not end inside what was read (it cannot be
@@ -408,8 +490,84 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    let stops = Stops {
+        drain,
+        cut,
+        age: None,
+        noticed: || {},
+    };
+    relay_with(client, upstream, already_sent, stops, meters).await
+}
+
+/// What may end a relay besides its two sides.
+pub struct Stops<D, X, N> {
+    /// Resolves when the drain window is over (see [`relay_until`]).
+    pub drain: D,
+    /// Resolves when the tunnel gave the upstream up (see [`relay_until_or_cut`]).
+    pub cut: X,
+    /// `--max-connection-age`: at [`AgeLimit::notice_at`] the client gets [`AgeLimit::notice`]
+    /// between two server messages (and `noticed` is called); from [`AgeLimit::cut_at`] the
+    /// relay stops at the first idle moment — every request answered by a ReadyForQuery the
+    /// client has, nothing started since — and at [`AgeLimit::end_at`] at the next server
+    /// message boundary, like a drain; an upstream EOF at a boundary once the stop is due ends
+    /// it too. Then it returns with [`ClosedBy::MaxAge`] and the client's side still open.
+    pub age: Option<AgeLimit>,
+    pub noticed: N,
+}
+
+/// Where a connection is in its age limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum AgePhase {
+    Young,
+    /// The notice is sent (or waits for a boundary).
+    Noticed,
+    /// Stops at the first idle moment.
+    Cutting,
+    /// Stopping at the next boundary.
+    Ending,
+}
+
+/// Whether nothing is under way: the server answered every request with a ReadyForQuery the
+/// client has, and the client has started nothing since (no Parse, Bind, Describe, Execute,
+/// Close or Flush waiting for a Sync, no half message).
+fn idle(c2u: &Half, u2c: &Half) -> bool {
+    let (Some(to_upstream), Some(to_client)) = (&c2u.framer, &u2c.framer) else {
+        return false;
+    };
+    c2u.pos >= c2u.cap
+        && u2c.pos >= u2c.cap
+        && u2c.inject.is_none()
+        && to_client.last_type() == Some(b'Z')
+        && to_upstream.at_boundary()
+        && !matches!(to_upstream.last_type(), Some(b'P' | b'B' | b'D' | b'E' | b'C' | b'H'))
+        && to_upstream.syncs == to_client.syncs
+}
+
+/// The relay with every way it can stop ([`Stops`]).
+pub async fn relay_with<C, U, D, X, N>(
+    client: &mut C,
+    upstream: &mut U,
+    already_sent: &[u8],
+    stops: Stops<D, X, N>,
+    meters: Meters,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: std::future::Future<Output = ()>,
+    X: std::future::Future<Output = ()>,
+    N: FnMut(),
+{
+    let Stops {
+        drain,
+        cut,
+        age,
+        mut noticed,
+    } = stops;
     let mut c2u = Half {
         meter: meters.to_upstream,
+        // Framed only to tell when the connection is idle.
+        framer: age.map(|_| Framer::client()),
         ..Half::new()
     };
     let mut u2c = Half {
@@ -418,16 +576,54 @@ where
     };
     if let Some(f) = &mut u2c.framer {
         f.advance(already_sent);
+        // The login's ReadyForQuery answered no request of the relay's.
+        f.syncs = 0;
     }
     let mut stats = RelayStats::default();
     let mut drain = std::pin::pin!(drain);
     let mut draining = false;
     let mut cut = std::pin::pin!(cut);
     let mut cutting = false;
+    let mut phase = AgePhase::Young;
+    let mut timer = std::pin::pin!(age.map(|a| tokio::time::sleep_until(a.notice_at())));
+    // Why the proxy stopped the relay, if it did.
+    let mut stop: Option<ClosedBy> = None;
     poll_fn(|cx| {
+        if let (Some(limit), Some(mut t)) = (&age, timer.as_mut().as_pin_mut()) {
+            while phase < AgePhase::Ending && std::future::Future::poll(t.as_mut(), cx).is_ready() {
+                match phase {
+                    AgePhase::Young => {
+                        phase = AgePhase::Noticed;
+                        t.as_mut().reset(limit.cut_at());
+                        if stop.is_none() && !u2c.done {
+                            u2c.inject = Some(limit.notice().to_vec().into_boxed_slice());
+                            noticed();
+                        }
+                    }
+                    AgePhase::Noticed => {
+                        phase = AgePhase::Cutting;
+                        t.as_mut().reset(limit.end_at());
+                        u2c.keep_writer_at_eof = stop.is_none();
+                    }
+                    AgePhase::Cutting | AgePhase::Ending => {
+                        phase = AgePhase::Ending;
+                        if stop.is_none() {
+                            stop = Some(ClosedBy::MaxAge);
+                            draining = true;
+                            c2u.done = true;
+                            u2c.draining = true;
+                            if !u2c.done {
+                                stats.closed_by.get_or_insert(ClosedBy::MaxAge);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if !cutting && cut.as_mut().poll(cx).is_ready() {
             cutting = true;
             draining = true;
+            stop.get_or_insert(ClosedBy::Drain);
             c2u.done = true;
             if !u2c.done && !u2c.cut_at_boundary() {
                 // The message goes on past what was read: read up to its end, if the upstream
@@ -438,6 +634,7 @@ where
         }
         if !draining && drain.as_mut().poll(cx).is_ready() {
             draining = true;
+            stop.get_or_insert(ClosedBy::Drain);
             c2u.done = true;
             u2c.draining = true;
             if !u2c.done {
@@ -449,7 +646,7 @@ where
                 c2u.done = true;
                 let by = match end {
                     HalfEnd::Eof => ClosedBy::Client,
-                    HalfEnd::Drained => ClosedBy::Drain,
+                    HalfEnd::Drained | HalfEnd::EofAtBoundary(_) => ClosedBy::Drain,
                     HalfEnd::ReadError(e) => {
                         stats.client_error.get_or_insert(e);
                         ClosedBy::Client
@@ -462,23 +659,43 @@ where
                 stats.closed_by.get_or_insert(by);
             }
         }
-        if !u2c.done {
-            if let Poll::Ready(end) = u2c.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client)) {
-                u2c.done = true;
-                let by = match end {
-                    HalfEnd::Eof => ClosedBy::Upstream,
-                    HalfEnd::Drained => ClosedBy::Drain,
-                    HalfEnd::ReadError(e) => {
-                        stats.upstream_error.get_or_insert(e);
-                        ClosedBy::Upstream
-                    }
-                    HalfEnd::WriteError(e) => {
-                        stats.client_error.get_or_insert(e);
-                        ClosedBy::Client
-                    }
-                };
-                stats.closed_by.get_or_insert(by);
+        // Twice at most: once more when the connection turns out idle after a stop was due.
+        loop {
+            if !u2c.done {
+                if let Poll::Ready(end) = u2c.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client)) {
+                    u2c.done = true;
+                    let by = match end {
+                        HalfEnd::Eof => ClosedBy::Upstream,
+                        HalfEnd::Drained => stop.unwrap_or(ClosedBy::Drain),
+                        HalfEnd::EofAtBoundary(error) => {
+                            // The upstream ended it (Aurora DSQL does, without a word) once the
+                            // proxy would have: the client is told as if the proxy had.
+                            if let Some(e) = error {
+                                stats.upstream_error.get_or_insert(e);
+                            }
+                            c2u.done = true;
+                            *stop.get_or_insert(ClosedBy::MaxAge)
+                        }
+                        HalfEnd::ReadError(e) => {
+                            stats.upstream_error.get_or_insert(e);
+                            ClosedBy::Upstream
+                        }
+                        HalfEnd::WriteError(e) => {
+                            stats.client_error.get_or_insert(e);
+                            ClosedBy::Client
+                        }
+                    };
+                    stats.closed_by.get_or_insert(by);
+                }
             }
+            if phase >= AgePhase::Cutting && stop.is_none() && !c2u.done && !u2c.done && idle(&c2u, &u2c) {
+                stop = Some(ClosedBy::MaxAge);
+                draining = true;
+                c2u.done = true;
+                u2c.draining = true;
+                continue;
+            }
+            break;
         }
         if c2u.done && u2c.done {
             Poll::Ready(())
@@ -489,6 +706,7 @@ where
     .await;
     stats.client_to_upstream = c2u.bytes;
     stats.upstream_to_client = u2c.bytes;
+    stats.upstream_at_boundary = c2u.pos >= c2u.cap && c2u.framer.as_ref().is_some_and(Framer::at_boundary);
     stats
 }
 

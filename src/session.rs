@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::audit::{Audit, Closer, Ending};
 use crate::cancel;
 use crate::client_auth::{Access, ClientCertificate, ClientTls};
+use crate::connection_age::AgeLimit;
 use crate::drain::{self, DrainSignal};
 use crate::errors::display_chain;
 use crate::local_tls::{ClientStream, LocalTls};
@@ -216,16 +217,18 @@ where
     audit.db_user = crate::audit::bounded(&user);
 
     // A spare logged in with these exact startup parameters costs no upstream round trip.
+    // The connection's age (`--max-connection-age`) counts from the start of its login.
+    let login_began = tokio::time::Instant::now();
     let connected = match Box::pin(ctx.spares.take(&startup)).await {
         Some(spare) => Some(Ok(spare)),
         None => tokio::select! {
             biased;
             () = drain.expired() => None,
-            connected = Box::pin(upstream::connect(ctx, &startup)) => Some(connected),
+            connected = Box::pin(upstream::connect(ctx, &startup)) => Some(connected.map(|u| (u, login_began))),
         },
     };
     audit.principal_arn = ctx.auth.principal_arn();
-    let mut upstream = match connected {
+    let (mut upstream, login_began) = match connected {
         None => {
             let err = drain::shutdown_error();
             audit.closed(&Ending {
@@ -291,12 +294,21 @@ where
             None => std::future::pending().await,
         }
     };
-    let relay = relay::relay_until_or_cut(
+    let age = ctx.max_connection_age.map(|age| AgeLimit { since: login_began, age });
+    let noticed = || {
+        tracing::info!(%peer, target = ctx.target.name.as_str(), user = user.as_str(), database = database.as_str(), age_s = login_began.elapsed().as_secs(), max_age_s = ctx.max_connection_age.unwrap_or_default().as_secs(), "the client was told its connection ends soon at --max-connection-age (NOTICE)");
+    };
+    let stops = relay::Stops {
+        drain: drain.expired(),
+        cut: stalled,
+        age,
+        noticed,
+    };
+    let relay = relay::relay_with(
         &mut client,
         &mut upstream.stream,
         &upstream.to_client,
-        drain.expired(),
-        stalled,
+        stops,
         relay::Meters {
             to_upstream: Some(ctx.metrics.bytes_to_upstream.clone()),
             to_client: Some(ctx.metrics.bytes_to_client.clone()),
@@ -331,6 +343,7 @@ where
         stats.upstream_error = None;
     }
     let drained = stats.closed_by == Some(relay::ClosedBy::Drain);
+    let aged_out = age.filter(|_| stats.closed_by == Some(relay::ClosedBy::MaxAge));
     if let Some(err) = &stall_error {
         tracing::warn!(%peer, user = user.as_str(), database = database.as_str(), sqlstate = err.sqlstate.code(), "the client stopped reading its results; the tunnel gave its connection up");
         if drained {
@@ -339,6 +352,20 @@ where
         }
     } else if drained {
         fail(&mut client, peer, &drain::shutdown_error()).await;
+    } else if let Some(limit) = &aged_out {
+        ctx.metrics.aged_out.inc();
+        tracing::info!(%peer, target = ctx.target.name.as_str(), user = user.as_str(), database = database.as_str(), age_s = login_began.elapsed().as_secs(), max_age_s = limit.age.as_secs(), "connection ended at --max-connection-age; the client got 57P01");
+        // The client first, then the server: a Terminate when the client's side stopped
+        // between two messages, else just the close. Both bounded: neither may hold the session.
+        let _ = tokio::time::timeout(LAST_WORDS, fail(&mut client, peer, &limit.error())).await;
+        let at_boundary = stats.upstream_at_boundary;
+        let _ = tokio::time::timeout(LAST_WORDS, async {
+            if at_boundary {
+                upstream.stream.write_all(&crate::spare::TERMINATE).await?;
+            }
+            upstream.stream.shutdown().await
+        })
+        .await;
     }
     let error = stats
         .client_error
@@ -358,25 +385,31 @@ where
     let closed_by = match (&error, stats.closed_by) {
         _ if stall_error.is_some() => Some(Closer::Error),
         (_, Some(relay::ClosedBy::Drain)) => Some(Closer::Drain),
+        (_, Some(relay::ClosedBy::MaxAge)) => Some(Closer::MaxAge),
         (Some(_), _) => Some(Closer::Error),
         (None, by) => by.map(Closer::from),
     };
     audit.closed(&Ending {
         closed_by,
-        reason: match &stall_error {
-            Some(err) => err.message.clone(),
-            None => error.unwrap_or_default(),
+        reason: match (&stall_error, &aged_out) {
+            (Some(err), _) => err.message.clone(),
+            (None, Some(limit)) => limit.reason(),
+            (None, None) => error.unwrap_or_default(),
         },
-        sqlstate: match &stall_error {
-            Some(err) => err.sqlstate.code().to_owned(),
-            None if drained => drain::shutdown_error().sqlstate.code().to_owned(),
-            None => String::new(),
+        sqlstate: match (&stall_error, &aged_out) {
+            (Some(err), _) => err.sqlstate.code().to_owned(),
+            (None, Some(limit)) => limit.error().sqlstate.code().to_owned(),
+            (None, None) if drained => drain::shutdown_error().sqlstate.code().to_owned(),
+            (None, None) => String::new(),
         },
         bytes_to_upstream: stats.client_to_upstream,
         bytes_to_client: stats.upstream_to_client,
         duration: started.elapsed(),
     });
 }
+
+/// How long the proxy's last words to either side may take at `--max-connection-age`.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Accepted {
     Cancel(startup::CancelRequest),

@@ -50,7 +50,7 @@ pub const MAX_MAX_AGE: Duration = crate::auth::token::TOKEN_LIFETIME;
 /// How long closing one spare (Terminate, TLS close_notify) may take.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 /// PostgreSQL's Terminate message.
-const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+pub const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// `--spare-connections` and `--spare-max-age`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +131,15 @@ impl KeyState {
     }
 }
 
+/// A spare handed to a client, and when its login began (its age counts from there:
+/// `--max-connection-age`).
+pub type Handed = (Upstream, Instant);
+
 /// A spare held by its task; dropping this closes it.
 struct Ready {
     id: u64,
     /// Send a reply channel here and the task answers with the connection.
-    handoff: oneshot::Sender<oneshot::Sender<Upstream>>,
+    handoff: oneshot::Sender<oneshot::Sender<Handed>>,
 }
 
 impl std::fmt::Debug for Ready {
@@ -149,7 +153,7 @@ enum Exit {
     /// Data, EOF or an error on an idle upstream.
     Readable(std::io::Result<usize>),
     Aged,
-    Take(oneshot::Sender<Upstream>),
+    Take(oneshot::Sender<Handed>),
     /// The pool forgot it: its key gave way, or the proxy is closing.
     Dropped,
 }
@@ -196,8 +200,8 @@ impl Spares {
     }
 
     /// A spare logged in with exactly `startup`, taken for good, or `None` (a miss: log in as
-    /// usual). Costs no upstream round trip.
-    pub async fn take(&self, startup: &StartupMessage) -> Option<Upstream> {
+    /// usual), with when its login began. Costs no upstream round trip.
+    pub async fn take(&self, startup: &StartupMessage) -> Option<Handed> {
         if !self.enabled() {
             return None;
         }
@@ -215,9 +219,9 @@ impl Spares {
             if handoff.send(reply).is_err() {
                 continue; // its task just ended (closed, aged): try the next one
             }
-            if let Ok(upstream) = answer.await {
+            if let Ok(handed) = answer.await {
                 self.metrics.hits.inc();
-                return Some(upstream);
+                return Some(handed);
             }
         }
         self.metrics.misses.inc();
@@ -300,7 +304,7 @@ impl Spares {
 
     /// A background login ended: `Some` spare to keep (its id and hand-over channel), or `None`
     /// when it failed or is no longer wanted.
-    fn opened(&self, startup: &StartupMessage, ok: bool) -> Option<(u64, oneshot::Receiver<oneshot::Sender<Upstream>>)> {
+    fn opened(&self, startup: &StartupMessage, ok: bool) -> Option<(u64, oneshot::Receiver<oneshot::Sender<Handed>>)> {
         let mut state = self.state();
         let closed = state.closed;
         let id = state.next_id;
@@ -398,7 +402,7 @@ async fn open_and_hold(ctx: Arc<dyn SpareHost>, startup: StartupMessage, _guard:
     };
     tracing::debug!(db_user = %startup.user(), database = %startup.database(), login_ms = started.elapsed().as_millis() as u64, keep_s = deadline.saturating_duration_since(Instant::now()).as_secs(), "spare connection ready");
     let ctx = Arc::downgrade(&ctx);
-    hold(ctx, startup, id, upstream, deadline, requests).await;
+    hold(ctx, startup, id, (upstream, started), deadline, requests).await;
 }
 
 /// Holds one spare (see the module docs), without keeping the target's context alive.
@@ -406,9 +410,9 @@ async fn hold(
     ctx: Weak<dyn SpareHost>,
     startup: StartupMessage,
     id: u64,
-    mut upstream: Upstream,
+    (mut upstream, started): Handed,
     deadline: Instant,
-    mut requests: oneshot::Receiver<oneshot::Sender<Upstream>>,
+    mut requests: oneshot::Receiver<oneshot::Sender<Handed>>,
 ) {
     let exit = {
         let mut probe = [0u8; 1];
@@ -422,7 +426,7 @@ async fn hold(
     let reason = match exit {
         Exit::Take(reply) => {
             tracing::debug!(db_user = %startup.user(), database = %startup.database(), "spare connection handed to a client");
-            if let Err(upstream) = reply.send(upstream) {
+            if let Err((upstream, _)) = reply.send((upstream, started)) {
                 terminate(upstream).await; // the client left while asking
             }
             return;

@@ -39,6 +39,8 @@ pub struct TargetContext {
     pub server: ServerKnowledge,
     /// `--spare-connections`: logged-in upstream connections kept ready for known clients.
     pub spares: Spares,
+    /// `--max-connection-age` (`None`: no limit), see [`crate::connection_age`].
+    pub max_connection_age: Option<std::time::Duration>,
 }
 
 impl TargetContext {

@@ -42,9 +42,6 @@ pub struct Upstream {
     /// The user the server logged in when it is not the client's: Redshift's temporary
     /// credentials name their own (`IAM:alice`).
     pub login_user: Option<String>,
-    /// When the upstream connection was opened (its age is what a server's connection limit
-    /// counts; a spare is older than its client).
-    pub opened_at: tokio::time::Instant,
 }
 /// Connects and authenticates `startup` upstream; retries once with freshly loaded credentials
 /// when the login itself is refused.
@@ -115,7 +112,6 @@ async fn attempt_once(
     ahead: bool,
 ) -> Result<Upstream, UpstreamError> {
     let t = ctx.timeouts();
-    let opened_at = tokio::time::Instant::now();
     let client_user = startup.user().into_owned();
     // Redshift: the temporary credentials name the user to log in as, so they are fetched
     // before anything is opened and the startup goes out with that user.
@@ -191,7 +187,6 @@ async fn attempt_once(
             ssm_session,
             stall,
             login_user: (*user != *client_user).then(|| user.into_owned()),
-            opened_at,
         })
     })
     .await
