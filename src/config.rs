@@ -691,6 +691,44 @@ mod tests {
     }
 
     #[test]
+    fn engine_from_the_name_or_the_flags() {
+        let dsql = "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws";
+        let c = Config::from_args(&args(&["--target", dsql])).unwrap();
+        assert_eq!((c.engine.engine, c.port, c.region.as_deref()), (Engine::Dsql, 5432, Some("us-east-1")));
+        assert_eq!(c.engine.resource.as_deref(), Some("abcdefghijklmnopqrstuvwxyz"));
+        assert_eq!(c.max_connection_age, Some(Duration::from_secs(3600)), "DSQL's own limit by default");
+        let c = Config::from_args(&args(&["--target", dsql, "--max-connection-age", "0"])).unwrap();
+        assert_eq!(c.max_connection_age, None, "0 turns it off");
+        let rs = "dw.abc123.eu-west-1.redshift.amazonaws.com";
+        let c = Config::from_args(&args(&["--target", rs])).unwrap();
+        assert_eq!((c.engine.engine, c.port, c.engine.resource.as_deref()), (Engine::Redshift, 5439, Some("dw")));
+        assert_eq!(c.max_connection_age, None);
+        let c = Config::from_args(&args(&["--target", &format!("{rs}:5440")])).unwrap();
+        assert_eq!(c.port, 5440, "an explicit port wins");
+        let wg = "wg.123456789012.eu-west-1.redshift-serverless.amazonaws.com";
+        let c = Config::from_args(&args(&["--target", wg])).unwrap();
+        assert_eq!((c.engine.engine, c.engine.resource.as_deref()), (Engine::RedshiftServerless, Some("wg")));
+        // A name that says nothing takes --engine, with what the engine needs.
+        let c = Config::from_args(&args(&["--target", "warehouse.example.com", "--redshift-cluster", "dw", "--redshift-auth", "iam"])).unwrap();
+        assert_eq!((c.engine.engine, c.engine.resource.as_deref(), c.engine.redshift_auth), (Engine::Redshift, Some("dw"), RedshiftAuth::Iam));
+        let c = Config::from_args(&args(&["--target", "db.example.com"])).unwrap();
+        assert_eq!(c.engine.engine, Engine::Rds);
+        // Mistakes, each one line.
+        let e = Config::from_args(&args(&["--target", "warehouse.example.com", "--engine", "redshift"])).unwrap_err();
+        assert!(e.to_string().contains("add --redshift-cluster NAME"), "{e}");
+        let e = Config::from_args(&args(&["--target", "db.x.eu-west-1.rds.amazonaws.com", "--engine", "dsql"])).unwrap_err();
+        assert_eq!(e.to_string(), "--engine dsql does not fit the endpoint name db.x.eu-west-1.rds.amazonaws.com, which is an RDS DB instance name: leave --engine out, or give the endpoint of a dsql database");
+        let e = Config::from_args(&args(&["--target", dsql, "--engine", "redshift"])).unwrap_err();
+        assert!(matches!(e, ConfigError::EngineMismatch { .. }), "{e}");
+        let e = Config::from_args(&args(&["--target", "db.example.com", "--redshift-auto-create"])).unwrap_err();
+        assert_eq!(e.to_string(), "--redshift-auto-create is for redshift targets, and this target is rds (--engine, or the endpoint name)");
+        let e = Config::from_args(&args(&["--target", rs, "--redshift-auth", "iam", "--redshift-db-groups", "g"])).unwrap_err();
+        assert!(matches!(e, ConfigError::EngineFlagMismatch { flag: "redshift-db-groups", .. }), "{e}");
+        let e = Config::from_args(&args(&["--target", rs, "--engine", "redshift", "--dsql-cluster", "x"])).unwrap_err();
+        assert!(matches!(e, ConfigError::EngineFlagMismatch { flag: "dsql-cluster", .. }), "{e}");
+    }
+
+    #[test]
     fn flags_map_into_config() {
         let c = Config::from_args(&args(&["--target", "db.x.eu-west-1.rds.amazonaws.com"])).unwrap();
         assert_eq!(c.listen.address.to_string(), "127.0.0.1:6543");
