@@ -8,15 +8,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::tls::DirectTls;
 
-const ABOUT: &str = "A password-less local PostgreSQL endpoint for Amazon RDS: IAM tokens, \
-verify-full TLS and a built-in SSM Session Manager tunnel, in one process.";
+const ABOUT: &str = "A password-less local PostgreSQL endpoint for Amazon RDS, Aurora DSQL and \
+Redshift: IAM tokens, verify-full TLS and a built-in SSM Session Manager tunnel, in one process.";
 
 const LONG_ABOUT: &str = "\
 rds-auth-proxy listens on 127.0.0.1:6543 and accepts PostgreSQL connections without a password. \
 For each one it connects to your RDS endpoint, verifies the server certificate against the RDS CA \
 bundle for the endpoint's own name (verify-full), answers the password request with a freshly \
 signed RDS IAM token from your normal AWS credentials (profiles, SSO, env, roles), and then relays \
-the connection unchanged.";
+the connection unchanged. Aurora DSQL (a DSQL auth token) and Amazon Redshift, provisioned or \
+Serverless (temporary credentials, logged in as the user they name), work the same way.";
 
 // Every line stays under 60 columns, commands continued with backslashes, so that neither clap's
 // wrapping nor a narrow terminal ever splits one where a paste would break it (tests/cli.rs).
@@ -41,6 +42,12 @@ Examples:
   # Manager (its username field says whose); IAM users too:
   rds-auth-proxy --password-secret 'rds!db-0123abcd-…' \\
       --target mydb.abc123.eu-central-1.rds.amazonaws.com
+
+  # Aurora DSQL, and a Redshift cluster (port 5439):
+  rds-auth-proxy \\
+      --target abc123xyz.dsql.us-east-1.on.aws
+  rds-auth-proxy --redshift-cluster examplecluster \\
+      --region us-west-2
 
   # No AWS at hand? Simulated SSM and RDS, and a
   # throwaway local PostgreSQL:
@@ -225,8 +232,9 @@ pub struct LogArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
-    /// The RDS endpoint name, as RDS shows it, with an optional port (default 5432). TLS verifies
-    /// this name and IAM tokens are signed for it.
+    /// The database endpoint name, as AWS shows it, with an optional port (default 5432; 5439
+    /// for Redshift): an RDS or Aurora endpoint, an Aurora DSQL cluster endpoint or a Redshift
+    /// (Serverless) endpoint (see --engine). TLS verifies this name and tokens are signed for it.
     #[arg(long, value_name = "ENDPOINT[:PORT]", env = "RDS_AUTH_PROXY_TARGET")]
     pub target: Option<String>,
 
@@ -330,8 +338,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "RDS_AUTH_PROXY_SSM_SIGN_WEBSOCKET")]
     pub ssm_sign_websocket: bool,
 
-    /// AWS region for tokens. Default: taken from an *.rds.amazonaws.com endpoint name, else
-    /// from the AWS configuration (AWS_REGION, profile).
+    /// AWS region for tokens. Default: taken from the endpoint name (RDS, DSQL and Redshift names
+    /// carry it), else from the AWS configuration (AWS_REGION, profile).
     #[arg(long, env = "RDS_AUTH_PROXY_REGION")]
     pub region: Option<String>,
 
@@ -372,7 +380,8 @@ pub struct ProxyArgs {
     pub password_tables: Vec<crate::auth::password::PasswordUser>,
 
     /// A PEM file of extra CA certificates to trust besides the built-in RDS bundle, for every
-    /// endpoint except RDS Proxy endpoints (see --proxy-ca-bundle). Repeatable.
+    /// endpoint except RDS Proxy, Aurora DSQL and Redshift endpoints (see --proxy-ca-bundle).
+    /// Repeatable.
     #[arg(long, value_name = "FILE", env = "RDS_AUTH_PROXY_CA_BUNDLE")]
     pub ca_bundle: Vec<PathBuf>,
 
