@@ -272,7 +272,7 @@ fn help_examples_paste_whole_at_any_width() {
         }
         assert!(current.is_empty(), "{current}");
         let proxy_commands: Vec<&String> = commands.iter().filter(|c| c.starts_with("rds-auth-proxy")).collect();
-        assert_eq!(proxy_commands.len(), 6, "{commands:?}");
+        assert_eq!(proxy_commands.len(), 8, "{commands:?}");
         for command in &proxy_commands {
             let argv: Vec<&str> = command.split_whitespace().collect();
             if let Err(e) = full_command().try_get_matches_from(&argv) {

@@ -45,7 +45,7 @@ impl Secret {
     /// How log lines name it.
     fn describe(&self) -> &'static str {
         match self {
-            Secret::Token(_) => "a token",
+            Secret::Token(_) => "an IAM token",
             Secret::Password(_) => "the configured password",
             Secret::Temporary(_) => "the temporary password",
         }
@@ -244,8 +244,10 @@ pub(super) async fn authenticate(
                         }
                         send(stream, &password_message(secret.expose().as_bytes())).await?;
                         match &secret {
+                            Secret::Token(_) if ctx.target().engine.engine == Engine::Dsql => tracing::debug!(db_user = user, "answered the password request with an Aurora DSQL token"),
+                            Secret::Token(_) => tracing::debug!(db_user = user, "answered the password request with an IAM token"),
                             Secret::Password(_) => tracing::debug!(db_user = user, from = password_from, "answered the cleartext password request with the configured password"),
-                            other => tracing::debug!(db_user = user, with = other.describe(), "answered the cleartext password request"),
+                            Secret::Temporary(_) => tracing::debug!(db_user = user, "answered the cleartext password request with the temporary password"),
                         }
                     }
                     AuthRequest::Md5Password(salt) => {
