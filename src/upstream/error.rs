@@ -178,9 +178,16 @@ impl UserFacing for UpstreamError {
                  login for it: as an administrator run GRANT rds_iam TO \"{user}\"; and make sure \
                  IAM database authentication is enabled on the instance."
             ),
+            UpstreamError::UnsupportedAuth(14) => {
+                "rds-auth-proxy answers IAM tokens (cleartext), SCRAM-SHA-256(-PLUS), MD5 and \
+                 Redshift's SHA-256 digest, but not Redshift's identity-provider token (code 14), \
+                 which only a client holding that token can give: log in with IAM (drop the \
+                 client's plugin_name/idp_type settings) or connect to Redshift directly."
+                    .into()
+            }
             UpstreamError::UnsupportedAuth(_) | UpstreamError::UnsupportedSasl(_) => {
-                "rds-auth-proxy answers IAM tokens (cleartext), SCRAM-SHA-256(-PLUS) and MD5; \
-                 check the server's pg_hba.conf method for this user."
+                "rds-auth-proxy answers IAM tokens (cleartext), SCRAM-SHA-256(-PLUS), MD5 and \
+                 Redshift's SHA-256 digest; check the server's pg_hba.conf method for this user."
                     .into()
             }
             UpstreamError::Scram(_) => {

@@ -43,6 +43,18 @@ pub struct Upstream {
     /// credentials name their own (`IAM:alice`).
     pub login_user: Option<String>,
 }
+/// Startup parameters of the Redshift drivers that choose their own login (an identity
+/// provider's token) or compress the stream; left out of a Redshift login by the proxy.
+const REDSHIFT_CLIENT_ONLY: &[&str] = &[
+    "plugin_name",
+    "idp_type",
+    "token_type",
+    "provider_name",
+    "identity_namespace",
+    "idc_client_display_name",
+    "_pq_.compression",
+];
+
 /// Connects and authenticates `startup` upstream; retries once with freshly loaded credentials
 /// when the login itself is refused.
 pub async fn connect(
@@ -124,7 +136,14 @@ async fn attempt_once(
         if credentials.db_user != *startup.user() {
             tracing::debug!(target = %ctx.target().name, client_user = %startup.user(), db_user = %credentials.db_user, "logging in as the user the temporary credentials name");
         }
-        rewritten = startup.with_user(&credentials.db_user);
+        // The Redshift drivers' own login plugin settings would make Redshift ask for an
+        // identity-provider token (code 14) the proxy does not have, and `_pq_.compression`
+        // would compress what the proxy must read after login (its drain): both stay out.
+        let dropped: Vec<&str> = REDSHIFT_CLIENT_ONLY.iter().copied().filter(|p| startup.param(p).is_some()).collect();
+        if !dropped.is_empty() {
+            tracing::debug!(target = %ctx.target().name, params = dropped.join(","), "left out the Redshift driver's own login settings: the proxy logs in with temporary credentials");
+        }
+        rewritten = startup.with_user(&credentials.db_user).without(REDSHIFT_CLIENT_ONLY);
         prefetched = Some(Secret::Temporary(credentials));
         &rewritten
     } else {

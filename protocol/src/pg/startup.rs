@@ -166,6 +166,25 @@ impl StartupMessage {
     }
 }
 
+impl StartupMessage {
+    /// The same startup without the parameters named in `drop`; everything else byte for byte.
+    pub fn without(&self, drop: &[&str]) -> StartupMessage {
+        let params: Vec<(Bytes, Bytes)> = self
+            .params
+            .iter()
+            .filter(|(k, _)| !drop.iter().any(|d| k.as_ref() == d.as_bytes()))
+            .cloned()
+            .collect();
+        StartupMessage {
+            raw: encode_startup(self.major, self.minor, &params),
+            major: self.major,
+            minor: self.minor,
+            params,
+            replication: self.replication,
+        }
+    }
+}
+
 /// Encodes a StartupMessage; used by `with_user` and by tests and the simulator.
 pub fn encode_startup<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     major: u16,
@@ -395,6 +414,26 @@ mod tests {
         assert_eq!(m.database(), "bob");
         assert_eq!(m.replication(), Replication::Off);
         assert_eq!(m.as_bytes(), &raw[..]);
+    }
+
+    #[test]
+    fn without_drops_only_the_named_parameters() {
+        let raw = startup_bytes(&[
+            ("user", "u"),
+            ("plugin_name", "com.amazon.redshift.plugin.BrowserIdcAuthPlugin"),
+            ("database", "dev"),
+            ("_pq_.compression", "lz4"),
+            ("application_name", "DBeaver"),
+        ]);
+        let FirstPacket::Startup(m) = parse_first_packet(raw).unwrap() else {
+            panic!()
+        };
+        let kept = m.with_user("IAM:u").without(&["plugin_name", "_pq_.compression", "idp_type"]);
+        assert_eq!(
+            kept.as_bytes(),
+            &startup_bytes(&[("user", "IAM:u"), ("database", "dev"), ("application_name", "DBeaver")])[..]
+        );
+        assert_eq!(kept.user(), "IAM:u");
     }
 
     #[test]
