@@ -459,6 +459,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn target_info_names_the_engine_and_follows_a_reload() {
+        let metrics = Metrics::new();
+        metrics.describe_target("dw", crate::engine::Engine::Redshift, "dw.abc.eu-west-1.redshift.amazonaws.com");
+        metrics.describe_target("dev", crate::engine::Engine::Rds, "dev.abc.eu-west-1.rds.amazonaws.com");
+        let text = metrics.encode();
+        assert!(text.contains(r#"rds_auth_proxy_target_info{target="dw",engine="redshift",endpoint="dw.abc.eu-west-1.redshift.amazonaws.com"} 1"#), "{text}");
+        assert!(text.contains(r#"rds_auth_proxy_target_info{target="dev",engine="rds",endpoint="dev.abc.eu-west-1.rds.amazonaws.com"} 1"#), "{text}");
+        // A reload that points the target elsewhere replaces its line.
+        metrics.describe_target("dw", crate::engine::Engine::RedshiftServerless, "wg.123456789012.eu-west-1.redshift-serverless.amazonaws.com");
+        let text = metrics.encode();
+        assert!(!text.contains(r#"engine="redshift","#), "{text}");
+        assert!(text.contains(r#"rds_auth_proxy_target_info{target="dw",engine="redshift-serverless","#), "{text}");
+    }
+
+    #[test]
     fn a_scrape_names_every_target_series_and_counts() {
         let metrics = Metrics::new();
         let a = metrics.target("dev");

@@ -254,3 +254,37 @@ async fn lookups_by_name() {
     assert!(e.hint().contains("aws redshift describe-clusters"), "{}", e.hint());
     sim.stop().await;
 }
+
+/// `doctor` runs the whole chain for each engine and says how it logged in; `connect-info`
+/// names the engine's default database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_and_connect_info_know_the_engine() {
+    use clap::Parser;
+    let sim = start_sim().await;
+    let node = sim.ssm.target_id().to_owned();
+    let ca = sim.proxy_ca_file.display().to_string();
+    for (flags, expect) in [
+        (vec!["--dsql-cluster", SIM_DSQL_CLUSTER, "--db-user", "admin"], "admin@postgres (Aurora DSQL) with an Aurora DSQL token"),
+        (vec!["--redshift-cluster", SIM_REDSHIFT_CLUSTER, "--db-user", SIM_REDSHIFT_USER], "alice@dev (Amazon Redshift) with temporary credentials, as IAM:alice"),
+        (vec!["--redshift-workgroup", SIM_REDSHIFT_WORKGROUP, "--db-user", "x"], "x@dev (Amazon Redshift Serverless) with temporary credentials, as IAM:sim-user"),
+    ] {
+        let mut argv = vec!["rds-auth-proxy", "--region", SIM_REGION, "--via", "ssm", "--ssm-target", &node, "--proxy-ca-bundle", &ca];
+        argv.extend(flags.iter().copied());
+        let args = rds_auth_proxy::cli::Cli::try_parse_from(argv).unwrap().proxy;
+        let mut out = String::new();
+        let report = rds_auth_proxy::doctor::run(&args, None, Credentials::FixedWith(sim.aws_setup()), |step| {
+            out.push_str(&format!("{step}\n"));
+        })
+        .await;
+        assert!(report.passed(), "{flags:?}:\n{out}");
+        assert!(out.contains(expect), "{flags:?}:\n{out}");
+    }
+
+    for (endpoint, dbname) in [(SIM_REDSHIFT_ENDPOINT, "dbname=dev"), (SIM_DSQL_ENDPOINT, "dbname=postgres")] {
+        let out = common::binary::bare().args(["connect-info", "--target", endpoint]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(dbname) && text.contains("port=6543"), "{endpoint}: {text}");
+    }
+    sim.stop().await;
+}
