@@ -695,7 +695,7 @@ impl EngineApiError {
     ) -> EngineApiError {
         let (code, message) = answer.error();
         let service = api.service().label;
-        if is_access_denied(&code) || answer.status == http::StatusCode::FORBIDDEN && !is_credentials_refused(&code) {
+        if is_access_denied(&code) || (answer.status == http::StatusCode::FORBIDDEN && !is_credentials_refused(&code)) {
             let account = api.account.clone().or_else(|| account_in_message(&message));
             let (resource_arn, also) = denied(account.as_deref().unwrap_or("ACCOUNT"));
             return EngineApiError::AccessDenied {
