@@ -51,6 +51,12 @@ write("backend", "negotiate-notice", msg(b"v", struct.pack(">II", 0, 1) + b"_pq_
       + msg(b"N", b"SWARNING\0C01000\0Mhello\0\0") + auth(3))
 write("backend", "gss", auth(7))
 write("backend", "bad-length", b"R\x00\x00\x00\x02")
+# Redshift's code 13 (dev-notes/engines-research.md §1.2's vector), one with a length past the
+# end, and code 14.
+write("backend", "redshift-digest", auth(13, struct.pack(">ii", 0, 8) + bytes(range(1, 9)) + struct.pack(">i", 16)
+      + b"0123456789abcdef") + after_ok)
+write("backend", "redshift-digest-cut", auth(13, struct.pack(">iii", 0, 8, 0x7fffffff) + b"\1\2"))
+write("backend", "redshift-idp", auth(14))
 
 # --- ssm_message: one data channel frame -------------------------------------------------------
 def frame(mtype, seq, flags, ptype, payload, hl=116, digest=None, declared=None):

@@ -280,7 +280,9 @@ impl AwsApi {
         if let Some(target) = request.target {
             headers.push(("x-amz-target", target));
         }
-        let mut builder = http::Request::builder().method(request.method).uri(uri.clone());
+        // Origin-form on the wire (`POST / HTTP/1.1`, the host in its header), as SDKs send it.
+        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+        let mut builder = http::Request::builder().method(request.method).uri(target);
         for (name, value) in &headers {
             builder = builder.header(*name, *value);
         }
@@ -315,7 +317,10 @@ impl AwsApi {
     /// HTTP/1.1 over TCP (`http://`, loopback only: the simulator) or rustls (`https://`).
     async fn send(&self, request: http::Request<Full<bytes::Bytes>>) -> Result<ApiResponse, CallError> {
         let unreachable = CallError::Unreachable;
-        let uri = request.uri().clone();
+        let uri: http::Uri = self
+            .endpoint
+            .parse()
+            .map_err(|_| unreachable("not a valid URL".into()))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -462,11 +467,12 @@ pub fn xml_error(xml: &str) -> Option<(String, String)> {
 }
 
 /// `{"__type": "com.amazonaws…#AccessDeniedException", "message": "…"}` (or `code`/`Code`,
-/// `Message`) → (code, message), the code without its namespace.
+/// `Message`) → (code, message), the code without its namespace; the code is empty when only
+/// the `x-amzn-ErrorType` header names it (rest-json).
 pub fn json_error(json: &str) -> Option<(String, String)> {
     let value: serde_json::Value = serde_json::from_str(json).ok()?;
     let text = |keys: &[&str]| keys.iter().find_map(|k| value.get(*k)?.as_str()).map(str::to_owned);
-    let code = text(&["__type", "code", "Code"])?;
+    let code = text(&["__type", "code", "Code"]).unwrap_or_default();
     let code = error_type_name(&code).to_owned();
     Some((code, text(&["message", "Message"]).unwrap_or_default()))
 }
@@ -629,17 +635,11 @@ impl EngineApiError {
     /// What the user should do about it; for AccessDenied the permission and the resource ARN.
     pub fn hint(&self) -> String {
         match self {
-            EngineApiError::NotFound { what, region, .. } => {
-                let list = match *what {
-                    "Redshift cluster" => "aws redshift describe-clusters",
-                    "Redshift Serverless workgroup" => "aws redshift-serverless list-workgroups",
-                    _ => "aws dsql list-clusters",
-                };
-                format!(
-                    "Check the name and the region ({region}): each {what} lives in one region; \
-                     `{list} --region {region}` lists them. Or give the endpoint with --target."
-                )
-            }
+            EngineApiError::NotFound { what, region, .. } => format!(
+                "Check the name and the region ({region}): each {what} lives in one region; \
+                 `{} --region {region}` lists them. Or give the endpoint with --target.",
+                list_command(what)
+            ),
             EngineApiError::AccessDenied {
                 action,
                 resource_arn,
@@ -695,7 +695,7 @@ impl EngineApiError {
     ) -> EngineApiError {
         let (code, message) = answer.error();
         let service = api.service().label;
-        if is_access_denied(&code) || answer.status == http::StatusCode::FORBIDDEN && !is_credentials_refused(&code) {
+        if is_access_denied(&code) || (answer.status == http::StatusCode::FORBIDDEN && !is_credentials_refused(&code)) {
             let account = api.account.clone().or_else(|| account_in_message(&message));
             let (resource_arn, also) = denied(account.as_deref().unwrap_or("ACCOUNT"));
             return EngineApiError::AccessDenied {
@@ -745,6 +745,15 @@ impl EngineApiError {
             service: api.service().label,
             reason: reason.into(),
         }
+    }
+}
+
+/// The AWS CLI command that lists the resources of a [`EngineApiError::NotFound`].
+fn list_command(what: &str) -> &'static str {
+    match what {
+        "Redshift cluster" => "aws redshift describe-clusters",
+        "Redshift Serverless workgroup" => "aws redshift-serverless list-workgroups",
+        _ => "aws dsql list-clusters",
     }
 }
 

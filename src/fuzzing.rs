@@ -116,6 +116,9 @@ pub fn backend_preauth(data: &[u8]) {
                         let _ = s.finish(&data);
                     }
                 }
+                Ok(AuthRequest::RedshiftDigest { salt, server_nonce, .. }) => {
+                    let _ = backend::redshift_digest_message(b"password", &salt, &server_nonce, b"1733600000000");
+                }
                 Ok(_) => {}
                 Err(e) => {
                     let _ = e.to_string();
