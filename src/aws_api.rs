@@ -560,8 +560,35 @@ pub fn epoch_seconds(value: &serde_json::Value) -> Option<SystemTime> {
 pub struct DbCredentials {
     /// The user to log in as, verbatim (`IAM:alice`, `IAMA:bob`, `IAMR:role`).
     pub db_user: String,
-    pub password: crate::auth::Password,
+    pub password: TemporaryPassword,
     pub expiration: SystemTime,
+}
+
+/// A temporary database password. `Debug` and `Display` print `<redacted>`; use
+/// [`TemporaryPassword::expose`] only where it is written into a login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TemporaryPassword(String);
+
+impl TemporaryPassword {
+    pub fn new(value: impl Into<String>) -> Self {
+        TemporaryPassword(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TemporaryPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TemporaryPassword(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for TemporaryPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// One IAM permission: an action on a resource ARN.
@@ -883,7 +910,7 @@ mod tests {
     fn credentials_print_redacted() {
         let c = DbCredentials {
             db_user: "IAM:alice".into(),
-            password: crate::auth::Password::new("EXAMPLEpassword123"),
+            password: TemporaryPassword::new("EXAMPLEpassword123"),
             expiration: SystemTime::UNIX_EPOCH,
         };
         let printed = format!("{c:?}");

@@ -1,7 +1,7 @@
 //! The Aurora DSQL API call a lookup by name needs: GetCluster (`GET /cluster/{identifier}`,
 //! rest-json, signing name `dsql`), sent by [`crate::aws_api`]; `AWS_ENDPOINT_URL_DSQL`
 //! overrides the endpoint. Logins need no API call: their token is signed locally
-//! ([`crate::auth::token::presign_dsql`]).
+//! (`auth::token::presign_dsql`).
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 

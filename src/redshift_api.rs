@@ -173,7 +173,7 @@ impl RedshiftApi {
         let missing = |what: &str| EngineApiError::bad(&self.api, format!("{result} without {what}"));
         Ok(DbCredentials {
             db_user: field(&record, "DbUser").ok_or_else(|| missing("DbUser"))?.trim().to_owned(),
-            password: crate::auth::Password::new(field(&record, "DbPassword").ok_or_else(|| missing("DbPassword"))?),
+            password: crate::aws_api::TemporaryPassword::new(field(&record, "DbPassword").ok_or_else(|| missing("DbPassword"))?),
             expiration: field(&record, "Expiration")
                 .and_then(aws_api::parse_timestamp)
                 .ok_or_else(|| missing("a readable Expiration"))?,

@@ -92,7 +92,7 @@ impl RedshiftServerlessApi {
         let missing = |what: &str| EngineApiError::bad(&self.api, format!("GetCredentials answered without {what}"));
         Ok(DbCredentials {
             db_user: text("dbUser").ok_or_else(|| missing("dbUser"))?.to_owned(),
-            password: crate::auth::Password::new(text("dbPassword").ok_or_else(|| missing("dbPassword"))?),
+            password: crate::aws_api::TemporaryPassword::new(text("dbPassword").ok_or_else(|| missing("dbPassword"))?),
             expiration: answer
                 .get("expiration")
                 .and_then(aws_api::epoch_seconds)

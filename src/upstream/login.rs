@@ -121,7 +121,7 @@ async fn hashed_password(
 ) -> Result<crate::auth::Password, UpstreamError> {
     match (provider, prefetched) {
         (Some(provider), _) => if fresh { provider.fresh().await } else { provider.get().await }.map_err(UpstreamError::Password),
-        (None, Some(Secret::Temporary(c))) => Ok(c.password),
+        (None, Some(Secret::Temporary(c))) => Ok(crate::auth::Password::new(c.password.expose())),
         (None, _) => Err(UpstreamError::NoPassword {
             user: user.to_owned(),
             method: method.into(),
