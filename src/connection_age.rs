@@ -108,7 +108,7 @@ impl AgeLimit {
 /// `d` as people say it: whole minutes when it is some, else seconds (rounded up, at least 1).
 pub fn human(d: Duration) -> String {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let (n, unit) = if secs >= 60 && secs % 60 == 0 { (secs / 60, "minute") } else { (secs.max(1), "second") };
+    let (n, unit) = if secs >= 60 && secs.is_multiple_of(60) { (secs / 60, "minute") } else { (secs.max(1), "second") };
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 

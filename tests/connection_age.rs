@@ -16,7 +16,7 @@ use tokio_postgres::AsyncMessage;
 /// What one tokio-postgres connection received outside its queries, with when.
 #[derive(Debug)]
 enum Seen {
-    Notice(tokio_postgres::error::DbError, Duration),
+    Notice(Box<tokio_postgres::error::DbError>, Duration),
     Error(tokio_postgres::Error, Duration),
 }
 
@@ -47,7 +47,7 @@ async fn a_notice_then_57p01_for_an_idle_and_a_busy_connection_logged_and_counte
         let mut seen = Vec::new();
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notice(n))) => seen.push(Seen::Notice(n, started.elapsed())),
+                Some(Ok(AsyncMessage::Notice(n))) => seen.push(Seen::Notice(Box::new(n), started.elapsed())),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     seen.push(Seen::Error(e, started.elapsed()));
