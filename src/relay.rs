@@ -1161,4 +1161,63 @@ mod tests {
         drop(a.upstream);
         assert_eq!(a.relay.await.unwrap().closed_by, Some(ClosedBy::Client));
     }
+
+    /// A stream whose EOF reads as an error, as a TLS peer gone without close_notify does.
+    struct NoCloseNotify(DuplexStream);
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for NoCloseNotify {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_gone_without_close_notify_once_the_end_is_due_is_an_end_at_the_age_limit_too() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1 << 16);
+        let (proxy_upstream, mut upstream) = tokio::io::duplex(1 << 16);
+        let mut proxy_upstream = NoCloseNotify(proxy_upstream);
+        let t0 = Instant::now();
+        let limit = AgeLimit { since: t0, age: HOUR };
+        let relay = tokio::spawn(async move {
+            let stops = Stops {
+                drain: std::future::pending(),
+                cut: std::future::pending(),
+                age: Some(limit),
+                noticed: || {},
+            };
+            let stats = relay_with(&mut proxy_client, &mut proxy_upstream, READY, stops, Meters::default()).await;
+            proxy_client.write_all(b"LAST").await.unwrap();
+            stats
+        });
+        sleep_until(t0 + Duration::from_secs(58 * 60)).await;
+        client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        upstream.read_exact(&mut q).await.unwrap();
+        sleep_until(t0 + Duration::from_secs(59 * 60 + 30)).await;
+        upstream.write_all(ROW).await.unwrap();
+        drop(upstream);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [&limit.notice()[..], ROW, b"LAST"].concat());
+        let stats = relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::MaxAge));
+        assert_eq!(stats.upstream_error.map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof), "kept for the log line");
+    }
 }

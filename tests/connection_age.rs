@@ -103,3 +103,55 @@ async fn a_notice_then_57p01_for_an_idle_and_a_busy_connection_logged_and_counte
     assert_eq!(count("connection ended at --max-connection-age"), 2, "{logs:#?}");
     sim.stop().await;
 }
+
+/// A spare connection's age began at its own login, before its client came: the client is told
+/// and cut that much earlier (the server counts from the login too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_connection_counts_its_age_from_its_own_login() {
+    let sim = start_sim().await;
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    let mut cmd = sim_command(&sim);
+    cmd.args(direct_args(&sim))
+        .args(["--max-connection-age", "6s", "--spare-connections", "1", "--http-port", &http_port.to_string()]);
+    let proxy = Running::start(cmd);
+    let conn = format!("host=127.0.0.1 port={} user=db_user dbname=postgres application_name=aged", proxy.port);
+    // A first client makes the proxy keep a spare for its kind of connection (logged in after it).
+    let first_started = Instant::now();
+    let (first, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("login");
+    let first_task = tokio::spawn(connection);
+    drop(first);
+    let _ = first_task.await;
+    let scrape = |name: &'static str| async move {
+        let (_, body) = rds_auth_proxy::http::get(http, "/metrics").await.expect("scrape");
+        let prefix = format!("rds_auth_proxy_{name}{{target=\"{SIM_ENDPOINT}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse::<f64>().ok()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape("spares_ready").await < 1.0 {
+        assert!(Instant::now() < deadline, "no spare connection was opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The scenario, not a synchronisation: the spare ages 3 s before its client comes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let (client, mut connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("login on the spare");
+    assert_eq!(scrape("spare_hits_total").await, 1.0, "the second client got the spare");
+    let ended = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    });
+    client.query_one("SELECT 1", &[]).await.expect("a query on the spare");
+    let error = tokio::time::timeout(Duration::from_secs(30), ended).await.expect("the connection ended").unwrap().expect("an error");
+    let took = started.elapsed();
+    assert_eq!(db_error(&error).0, "57P01");
+    assert!(first_started.elapsed() >= Duration::from_millis(5900), "not before the spare's own 59/60");
+    assert!(took < Duration::from_millis(5000), "counted from the client's login it would have taken 5.9 s or more: {took:?}");
+    drop(proxy);
+    sim.stop().await;
+}
