@@ -180,8 +180,6 @@ struct Half {
     /// close_notify) leaves the writer open ([`HalfEnd::EofAtBoundary`]), for the caller's last
     /// words.
     keep_writer_at_eof: bool,
-    /// The read error that ended the reader then.
-    eof_error: Option<io::Error>,
 }
 
 enum HalfEnd {
@@ -191,8 +189,9 @@ enum HalfEnd {
     WriteError(io::Error),
     /// Drained: everything read was written and flushed, and it ended on a message boundary.
     Drained,
-    /// The reader ended (EOF, or the read error kept here) at a message boundary; everything
-    /// was written and flushed, and the writer is still open (`keep_writer_at_eof`).
+    /// The reader ended (EOF, or the read error here) at a message boundary; everything was
+    /// written (and after an EOF flushed; after an error the caller's last words flush it), and
+    /// the writer is still open (`keep_writer_at_eof`).
     EofAtBoundary(Option<io::Error>),
 }
 
@@ -212,7 +211,6 @@ impl Half {
             chunk_start: None,
             inject: None,
             keep_writer_at_eof: false,
-            eof_error: None,
         }
     }
 
@@ -364,9 +362,7 @@ impl Half {
                         continue;
                     }
                     Poll::Ready(Err(e)) if self.keeps_writer_at_eof() => {
-                        self.read_done = true;
-                        self.eof_error = Some(e);
-                        continue;
+                        return Poll::Ready(HalfEnd::EofAtBoundary(Some(e)));
                     }
                     Poll::Ready(Err(e)) => {
                         // Still tell the other side we are done writing to it.
@@ -392,7 +388,7 @@ impl Half {
                     }
                     self.need_flush = false;
                 }
-                return Poll::Ready(HalfEnd::EofAtBoundary(self.eof_error.take()));
+                return Poll::Ready(HalfEnd::EofAtBoundary(None));
             }
             return match ready!(writer.as_mut().poll_shutdown(cx)) {
                 Ok(()) => Poll::Ready(HalfEnd::Eof),
@@ -585,11 +581,12 @@ where
     let mut cut = std::pin::pin!(cut);
     let mut cutting = false;
     let mut phase = AgePhase::Young;
-    let mut timer = std::pin::pin!(age.map(|a| tokio::time::sleep_until(a.notice_at())));
+    // Boxed: a connection without a limit carries no timer.
+    let mut timer = age.map(|a| Box::pin(tokio::time::sleep_until(a.notice_at())));
     // Why the proxy stopped the relay, if it did.
     let mut stop: Option<ClosedBy> = None;
     poll_fn(|cx| {
-        if let (Some(limit), Some(mut t)) = (&age, timer.as_mut().as_pin_mut()) {
+        if let (Some(limit), Some(t)) = (&age, timer.as_mut()) {
             while phase < AgePhase::Ending && std::future::Future::poll(t.as_mut(), cx).is_ready() {
                 match phase {
                     AgePhase::Young => {
