@@ -150,6 +150,21 @@ mod tests {
     }
 
     #[test]
+    fn the_config_file_key_takes_seconds_or_a_duration_per_target() {
+        use crate::config_file::{plan_from_text, CliLayer};
+        let text = "max_connection_age = \"1h\"\n\
+                    [[target]]\nname = \"a\"\nendpoint = \"a.example\"\n\
+                    [[target]]\nname = \"b\"\nendpoint = \"b.example\"\nport = 6544\nmax_connection_age = 90\n\
+                    [[target]]\nname = \"c\"\nendpoint = \"c.example\"\nport = 6545\nmax_connection_age = 0\n";
+        let plan = plan_from_text(std::path::Path::new("t.toml"), text, &CliLayer::default()).unwrap();
+        let ages: Vec<_> = plan.targets.iter().map(|t| t.max_connection_age).collect();
+        assert_eq!(ages, [Some(Duration::from_secs(3600)), Some(Duration::from_secs(90)), None]);
+        let bad = plan_from_text(std::path::Path::new("t.toml"), "endpoint = \"a.example\"\nmax_connection_age = \"1d\"\n", &CliLayer::default());
+        let err = bad.err().map(|e| crate::errors::display_chain(&e)).unwrap_or_default();
+        assert!(err.contains("max_connection_age") && err.contains("is not a duration"), "{err}");
+    }
+
+    #[test]
     fn moments_and_words_for_dsql_and_for_a_short_limit() {
         let since = Instant::now();
         let hour = AgeLimit { since, age: DSQL_MAX_AGE };
