@@ -653,6 +653,18 @@ mod tests {
     }
 
     #[test]
+    fn max_connection_age_table() {
+        let with = |extra: &[&str]| Config::from_args(&args(&[&["--target", "db"][..], extra].concat())).map(|c| c.max_connection_age);
+        assert_eq!(with(&[]), Ok(None), "no limit unless asked");
+        assert_eq!(with(&["--max-connection-age", "0"]), Ok(None), "0 is no limit");
+        assert_eq!(with(&["--max-connection-age", "3600"]), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(with(&["--max-connection-age", "55m"]), Ok(Some(Duration::from_secs(3300))));
+        assert_eq!(with(&["--max-connection-age=1h"]), Ok(Some(Duration::from_secs(3600))));
+        let err = Cli::try_parse_from(["rds-auth-proxy", "--target", "db", "--max-connection-age", "1 hour"]).unwrap_err().to_string();
+        assert!(err.contains("\"1 hour\" is not a duration: give seconds, or a number with s, m or h"), "{err}");
+    }
+
+    #[test]
     fn spares_are_off_by_default_and_bounded() {
         let t = ["--target", "db.example"];
         let off = Config::from_args(&args(&t)).unwrap();

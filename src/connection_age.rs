@@ -108,7 +108,7 @@ impl AgeLimit {
 /// `d` as people say it: whole minutes when it is some, else seconds (rounded up, at least 1).
 pub fn human(d: Duration) -> String {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let (n, unit) = if secs >= 60 && secs % 60 == 0 { (secs / 60, "minute") } else { (secs.max(1), "second") };
+    let (n, unit) = if secs >= 60 && secs.is_multiple_of(60) { (secs / 60, "minute") } else { (secs.max(1), "second") };
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
@@ -147,6 +147,21 @@ mod tests {
             let err = parse(bad).expect_err(bad);
             assert!(!err.contains('\n') && err.contains(&format!("{:?}", bad.trim())), "{err}");
         }
+    }
+
+    #[test]
+    fn the_config_file_key_takes_seconds_or_a_duration_per_target() {
+        use crate::config_file::{plan_from_text, CliLayer};
+        let text = "max_connection_age = \"1h\"\n\
+                    [[target]]\nname = \"a\"\nendpoint = \"a.example\"\n\
+                    [[target]]\nname = \"b\"\nendpoint = \"b.example\"\nport = 6544\nmax_connection_age = 90\n\
+                    [[target]]\nname = \"c\"\nendpoint = \"c.example\"\nport = 6545\nmax_connection_age = 0\n";
+        let plan = plan_from_text(std::path::Path::new("t.toml"), text, &CliLayer::default()).unwrap();
+        let ages: Vec<_> = plan.targets.iter().map(|t| t.max_connection_age).collect();
+        assert_eq!(ages, [Some(Duration::from_secs(3600)), Some(Duration::from_secs(90)), None]);
+        let bad = plan_from_text(std::path::Path::new("t.toml"), "endpoint = \"a.example\"\nmax_connection_age = \"1d\"\n", &CliLayer::default());
+        let err = bad.err().map(|e| crate::errors::display_chain(&e)).unwrap_or_default();
+        assert!(err.contains("max_connection_age") && err.contains("is not a duration"), "{err}");
     }
 
     #[test]

@@ -180,8 +180,6 @@ struct Half {
     /// close_notify) leaves the writer open ([`HalfEnd::EofAtBoundary`]), for the caller's last
     /// words.
     keep_writer_at_eof: bool,
-    /// The read error that ended the reader then.
-    eof_error: Option<io::Error>,
 }
 
 enum HalfEnd {
@@ -191,8 +189,9 @@ enum HalfEnd {
     WriteError(io::Error),
     /// Drained: everything read was written and flushed, and it ended on a message boundary.
     Drained,
-    /// The reader ended (EOF, or the read error kept here) at a message boundary; everything
-    /// was written and flushed, and the writer is still open (`keep_writer_at_eof`).
+    /// The reader ended (EOF, or the read error here) at a message boundary; everything was
+    /// written (and after an EOF flushed; after an error the caller's last words flush it), and
+    /// the writer is still open (`keep_writer_at_eof`).
     EofAtBoundary(Option<io::Error>),
 }
 
@@ -212,7 +211,6 @@ impl Half {
             chunk_start: None,
             inject: None,
             keep_writer_at_eof: false,
-            eof_error: None,
         }
     }
 
@@ -364,9 +362,7 @@ impl Half {
                         continue;
                     }
                     Poll::Ready(Err(e)) if self.keeps_writer_at_eof() => {
-                        self.read_done = true;
-                        self.eof_error = Some(e);
-                        continue;
+                        return Poll::Ready(HalfEnd::EofAtBoundary(Some(e)));
                     }
                     Poll::Ready(Err(e)) => {
                         // Still tell the other side we are done writing to it.
@@ -392,7 +388,7 @@ impl Half {
                     }
                     self.need_flush = false;
                 }
-                return Poll::Ready(HalfEnd::EofAtBoundary(self.eof_error.take()));
+                return Poll::Ready(HalfEnd::EofAtBoundary(None));
             }
             return match ready!(writer.as_mut().poll_shutdown(cx)) {
                 Ok(()) => Poll::Ready(HalfEnd::Eof),
@@ -585,11 +581,12 @@ where
     let mut cut = std::pin::pin!(cut);
     let mut cutting = false;
     let mut phase = AgePhase::Young;
-    let mut timer = std::pin::pin!(age.map(|a| tokio::time::sleep_until(a.notice_at())));
+    // Boxed: a connection without a limit carries no timer.
+    let mut timer = age.map(|a| Box::pin(tokio::time::sleep_until(a.notice_at())));
     // Why the proxy stopped the relay, if it did.
     let mut stop: Option<ClosedBy> = None;
     poll_fn(|cx| {
-        if let (Some(limit), Some(mut t)) = (&age, timer.as_mut().as_pin_mut()) {
+        if let (Some(limit), Some(t)) = (&age, timer.as_mut()) {
             while phase < AgePhase::Ending && std::future::Future::poll(t.as_mut(), cx).is_ready() {
                 match phase {
                     AgePhase::Young => {
@@ -931,5 +928,293 @@ mod tests {
         assert!(half.cut_at_boundary());
         let mut half = half_with(&[], &chunk, chunk.len());
         assert!(!half.cut_at_boundary(), "the client has half a message");
+    }
+
+    // ---- --max-connection-age, on a paused clock ----
+
+    const READY: &[u8] = b"Z\x00\x00\x00\x05I";
+    const ROW: &[u8] = b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x01x";
+    const QUERY: &[u8] = b"Q\x00\x00\x00\x0dselect 1\x00";
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::DuplexStream;
+    use tokio::time::{sleep_until, Instant};
+
+    /// A relay logged in at `t0` (the login's ReadyForQuery already sent) with an age limit of
+    /// an hour (or none), in a task that writes `LAST` to the client after an age stop — the
+    /// session's 57P01 — and then closes it.
+    struct Aged {
+        client: DuplexStream,
+        upstream: DuplexStream,
+        relay: tokio::task::JoinHandle<RelayStats>,
+        noticed: Arc<AtomicUsize>,
+        t0: Instant,
+        notice: Vec<u8>,
+    }
+
+    fn aged(limit: bool) -> Aged {
+        let (client, mut proxy_client) = tokio::io::duplex(1 << 16);
+        let (mut proxy_upstream, upstream) = tokio::io::duplex(1 << 16);
+        let t0 = Instant::now();
+        let age = limit.then_some(AgeLimit { since: t0, age: HOUR });
+        let noticed = Arc::new(AtomicUsize::new(0));
+        let count = noticed.clone();
+        let relay = tokio::spawn(async move {
+            let stops = Stops {
+                drain: std::future::pending(),
+                cut: std::future::pending(),
+                age,
+                noticed: move || {
+                    count.fetch_add(1, SeqCst);
+                },
+            };
+            let stats = relay_with(&mut proxy_client, &mut proxy_upstream, READY, stops, Meters::default()).await;
+            if stats.closed_by == Some(ClosedBy::MaxAge) {
+                proxy_client.write_all(b"LAST").await.unwrap();
+            }
+            stats
+        });
+        let notice = AgeLimit { since: t0, age: HOUR }.notice().to_vec();
+        Aged { client, upstream, relay, noticed, t0, notice }
+    }
+
+    impl Aged {
+        fn at(&self, minutes: u64, seconds: u64) -> Instant {
+            self.t0 + Duration::from_secs(minutes * 60 + seconds)
+        }
+
+        async fn read(&mut self, n: usize) -> Vec<u8> {
+            let mut got = vec![0; n];
+            self.client.read_exact(&mut got).await.unwrap();
+            got
+        }
+
+        /// Nothing reaches the client for a second (of paused time, with no timer of the relay's
+        /// due in it).
+        async fn quiet(&mut self) {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(1), self.client.read(&mut byte)).await;
+            assert!(read.is_err(), "the client got {read:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_notice_comes_at_55_minutes_between_two_server_messages() {
+        let mut a = aged(true);
+        // Idle at 55 minutes: the notice comes at once, at exactly 55 minutes.
+        let notice = a.notice.clone();
+        assert_eq!(a.read(notice.len()).await, notice);
+        assert_eq!(Instant::now() - a.t0, Duration::from_secs(55 * 60));
+        assert_eq!(a.noticed.load(SeqCst), 1);
+
+        // Mid-message when it is due: it waits for the end of that message, written in pieces.
+        let mut a = aged(true);
+        sleep_until(a.at(54, 0)).await;
+        a.client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        a.upstream.read_exact(&mut q).await.unwrap();
+        a.upstream.write_all(&ROW[..7]).await.unwrap();
+        assert_eq!(a.read(7).await, &ROW[..7]);
+        sleep_until(a.at(56, 0)).await;
+        assert_eq!(a.noticed.load(SeqCst), 1, "due, and waiting for the end of the DataRow");
+        a.quiet().await;
+        a.upstream.write_all(&ROW[7..9]).await.unwrap();
+        assert_eq!(a.read(2).await, &ROW[7..9]);
+        a.quiet().await;
+        a.upstream.write_all(&[&ROW[9..], ROW, READY].concat()).await.unwrap();
+        let expected = [&ROW[9..], &a.notice[..], ROW, READY].concat();
+        assert_eq!(a.read(expected.len()).await, expected, "the rest of the row, the notice, then the next messages");
+        assert!(!a.relay.is_finished());
+        a.client.shutdown().await.unwrap();
+        drop(a.upstream);
+        let stats = a.relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::Client), "a client that leaves before the end is an ordinary close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_ends_at_59_minutes_and_the_client_gets_the_last_word() {
+        let mut a = aged(true);
+        let notice = a.notice.clone();
+        assert_eq!(a.read(notice.len()).await, notice);
+        assert_eq!(a.read(4).await, b"LAST");
+        assert_eq!(Instant::now() - a.t0, Duration::from_secs(59 * 60));
+        let stats = a.relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::MaxAge));
+        assert!(stats.upstream_at_boundary, "nothing was sent upstream: a Terminate may follow");
+        // The client's bytes after the end are not forwarded (the relay is gone).
+        let _ = a.client.write_all(QUERY).await;
+        let mut rest = Vec::new();
+        a.upstream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_running_at_59_minutes_finishes_and_then_the_connection_ends() {
+        let mut a = aged(true);
+        // Two pipelined queries at 58 minutes: the first ReadyForQuery is not yet idle.
+        sleep_until(a.at(58, 0)).await;
+        a.client.write_all(&[QUERY, QUERY].concat()).await.unwrap();
+        let mut q = vec![0; 2 * QUERY.len()];
+        a.upstream.read_exact(&mut q).await.unwrap();
+        let notice = a.notice.clone();
+        assert_eq!(a.read(notice.len()).await, notice, "sent at 55 minutes");
+        sleep_until(a.at(59, 10)).await;
+        a.upstream.write_all(&[ROW, READY].concat()).await.unwrap();
+        assert_eq!(a.read(ROW.len() + READY.len()).await, [ROW, READY].concat());
+        a.quiet().await;
+        sleep_until(a.at(59, 20)).await;
+        a.upstream.write_all(&[ROW, READY].concat()).await.unwrap();
+        assert_eq!(a.read(ROW.len() + READY.len() + 4).await, [ROW, READY, b"LAST"].concat());
+        assert_eq!(Instant::now() - a.t0, Duration::from_secs(59 * 60 + 20), "right after the second answer");
+        let stats = a.relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::MaxAge));
+        assert!(stats.upstream_at_boundary);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_still_busy_at_60_minutes_ends_at_the_next_server_message_boundary() {
+        let mut a = aged(true);
+        let notice = a.notice.clone();
+        assert_eq!(a.read(notice.len()).await, notice);
+        // At 58:30 the client sends a Parse and a Flush, no Sync: not idle once answered.
+        sleep_until(a.at(58, 30)).await;
+        let parse = b"P\x00\x00\x00\x08\x00\x00\x00\x00";
+        let flush = b"H\x00\x00\x00\x04";
+        a.client.write_all(&[&parse[..], flush].concat()).await.unwrap();
+        let mut got = vec![0; parse.len() + flush.len()];
+        a.upstream.read_exact(&mut got).await.unwrap();
+        a.upstream.write_all(b"1\x00\x00\x00\x04").await.unwrap();
+        assert_eq!(a.read(5).await, b"1\x00\x00\x00\x04");
+        sleep_until(a.at(59, 30)).await;
+        // Then a query, and half a message more from the client just before the limit.
+        a.client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        a.upstream.read_exact(&mut q).await.unwrap();
+        sleep_until(a.at(59, 59)).await;
+        a.client.write_all(&QUERY[..6]).await.unwrap();
+        let mut half = [0u8; 6];
+        a.upstream.read_exact(&mut half).await.unwrap();
+        a.upstream.write_all(&ROW[..3]).await.unwrap();
+        assert_eq!(a.read(3).await, &ROW[..3]);
+        // Past the limit: the rest of that row goes to the client, nothing after it.
+        sleep_until(a.at(60, 10)).await;
+        a.client.write_all(&QUERY[6..]).await.unwrap();
+        a.upstream.write_all(&[&ROW[3..], ROW, READY].concat()).await.unwrap();
+        let mut rest = Vec::new();
+        a.client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, [&ROW[3..], b"LAST"].concat());
+        let stats = a.relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::MaxAge));
+        assert!(!stats.upstream_at_boundary, "the client's message was cut in half: no Terminate");
+        let mut after = Vec::new();
+        a.upstream.read_to_end(&mut after).await.unwrap();
+        assert!(after.is_empty(), "the client's bytes after the end were forwarded: {after:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_closes_once_the_end_is_due_still_gives_the_client_the_last_word() {
+        // Busy past 59 minutes, then the server closes without a word (as Aurora DSQL does).
+        let mut a = aged(true);
+        sleep_until(a.at(58, 0)).await;
+        a.client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        a.upstream.read_exact(&mut q).await.unwrap();
+        sleep_until(a.at(59, 30)).await;
+        drop(a.upstream);
+        let mut got = Vec::new();
+        a.client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [&a.notice[..], b"LAST"].concat());
+        assert_eq!(a.relay.await.unwrap().closed_by, Some(ClosedBy::MaxAge));
+
+        // Before 59 minutes an upstream close is the upstream's: the client gets the EOF.
+        let mut a = aged(true);
+        sleep_until(a.at(58, 0)).await;
+        a.client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        a.upstream.read_exact(&mut q).await.unwrap();
+        drop(a.upstream);
+        let mut got = Vec::new();
+        a.client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, a.notice);
+        drop(a.client);
+        assert_eq!(a.relay.await.unwrap().closed_by, Some(ClosedBy::Upstream));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_limit_a_connection_lives_on() {
+        let mut a = aged(false);
+        sleep_until(a.at(120, 0)).await;
+        a.quiet().await;
+        a.client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        a.upstream.read_exact(&mut q).await.unwrap();
+        a.upstream.write_all(&[ROW, READY].concat()).await.unwrap();
+        assert_eq!(a.read(ROW.len() + READY.len()).await, [ROW, READY].concat());
+        assert_eq!(a.noticed.load(SeqCst), 0);
+        a.client.shutdown().await.unwrap();
+        drop(a.upstream);
+        assert_eq!(a.relay.await.unwrap().closed_by, Some(ClosedBy::Client));
+    }
+
+    /// A stream whose EOF reads as an error, as a TLS peer gone without close_notify does.
+    struct NoCloseNotify(DuplexStream);
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for NoCloseNotify {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_gone_without_close_notify_once_the_end_is_due_is_an_end_at_the_age_limit_too() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1 << 16);
+        let (proxy_upstream, mut upstream) = tokio::io::duplex(1 << 16);
+        let mut proxy_upstream = NoCloseNotify(proxy_upstream);
+        let t0 = Instant::now();
+        let limit = AgeLimit { since: t0, age: HOUR };
+        let relay = tokio::spawn(async move {
+            let stops = Stops {
+                drain: std::future::pending(),
+                cut: std::future::pending(),
+                age: Some(limit),
+                noticed: || {},
+            };
+            let stats = relay_with(&mut proxy_client, &mut proxy_upstream, READY, stops, Meters::default()).await;
+            proxy_client.write_all(b"LAST").await.unwrap();
+            stats
+        });
+        sleep_until(t0 + Duration::from_secs(58 * 60)).await;
+        client.write_all(QUERY).await.unwrap();
+        let mut q = vec![0; QUERY.len()];
+        upstream.read_exact(&mut q).await.unwrap();
+        sleep_until(t0 + Duration::from_secs(59 * 60 + 30)).await;
+        upstream.write_all(ROW).await.unwrap();
+        drop(upstream);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [&limit.notice()[..], ROW, b"LAST"].concat());
+        let stats = relay.await.unwrap();
+        assert_eq!(stats.closed_by, Some(ClosedBy::MaxAge));
+        assert_eq!(stats.upstream_error.map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof), "kept for the log line");
     }
 }

@@ -355,17 +355,8 @@ where
     } else if let Some(limit) = &aged_out {
         ctx.metrics.aged_out.inc();
         tracing::info!(%peer, target = ctx.target.name.as_str(), user = user.as_str(), database = database.as_str(), age_s = login_began.elapsed().as_secs(), max_age_s = limit.age.as_secs(), "connection ended at --max-connection-age; the client got 57P01");
-        // The client first, then the server: a Terminate when the client's side stopped
-        // between two messages, else just the close. Both bounded: neither may hold the session.
-        let _ = tokio::time::timeout(LAST_WORDS, fail(&mut client, peer, &limit.error())).await;
-        let at_boundary = stats.upstream_at_boundary;
-        let _ = tokio::time::timeout(LAST_WORDS, async {
-            if at_boundary {
-                upstream.stream.write_all(&crate::spare::TERMINATE).await?;
-            }
-            upstream.stream.shutdown().await
-        })
-        .await;
+        // Boxed, like the login phases: its timers would otherwise stay in the task all along.
+        Box::pin(last_words_at_age(&mut client, &mut upstream.stream, peer, limit, stats.upstream_at_boundary)).await;
     }
     let error = stats
         .client_error
@@ -410,6 +401,24 @@ where
 
 /// How long the proxy's last words to either side may take at `--max-connection-age`.
 const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The end at `--max-connection-age`: 57P01 to the client first, then to the server a Terminate
+/// when the client's side stopped between two messages (`at_boundary`), else just the close.
+/// Each bounded: neither side may hold the session.
+async fn last_words_at_age<C, U>(client: &mut C, upstream: &mut U, peer: &str, limit: &AgeLimit, at_boundary: bool)
+where
+    C: AsyncWrite + Unpin,
+    U: AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(LAST_WORDS, fail(client, peer, &limit.error())).await;
+    let _ = tokio::time::timeout(LAST_WORDS, async {
+        if at_boundary {
+            upstream.write_all(&crate::spare::TERMINATE).await?;
+        }
+        upstream.shutdown().await
+    })
+    .await;
+}
 
 enum Accepted {
     Cancel(startup::CancelRequest),
