@@ -288,3 +288,41 @@ async fn doctor_and_connect_info_know_the_engine() {
     }
     sim.stop().await;
 }
+
+/// Aurora DSQL ends a connection at its age limit without a word; the proxy, whose limit comes
+/// first, tells the client (NOTICE, then 57P01 while idle) before the service's cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsql_connections_end_with_57p01_before_the_service_cuts_them() {
+    use tokio_postgres::AsyncMessage;
+    let sim = start_sim().await;
+    sim.dsql_state.set_connection_age_limit(Duration::from_secs(8));
+    let p = proxy(&sim, &engine_args(&sim, SIM_DSQL_ENDPOINT, sim.dsql_addr, Via::Direct, &["--max-connection-age", "4s"])).await;
+    let conn = format!("host={} port={} user=admin dbname=postgres", p.addr.ip(), p.addr.port());
+    let started = std::time::Instant::now();
+    let (client, mut connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("login");
+    let seen = tokio::spawn(async move {
+        let (mut notices, mut error) = (Vec::new(), None);
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notice(n))) => notices.push(n),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    error = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        (notices, error, started.elapsed())
+    });
+    assert_eq!(client.query_one("select current_user::text", &[]).await.unwrap().get::<_, String>(0), "admin");
+    let (notices, error, ended) = tokio::time::timeout(Duration::from_secs(60), seen).await.expect("the connection ended").unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].message().starts_with("this connection will be closed"), "{:?}", notices[0]);
+    let (code, message, _) = db_error(&error.expect("an error ends it"));
+    assert_eq!(code, "57P01", "{message}");
+    assert!(ended < Duration::from_secs(8), "before the service's own cut: {ended:?}");
+    assert_eq!(sim.dsql_state.age_cuts.load(Ordering::Relaxed), 0, "the proxy ended it first");
+    p.stop().await;
+    sim.stop().await;
+}
