@@ -70,7 +70,7 @@ pub async fn build_context_with(
         Credentials::Fixed(credentials) => (
             config.region.clone().ok_or(AppError::NoRegion)?,
             CredentialSource::fixed(credentials.clone()),
-            AwsSource::Fixed(AwsSetup {
+            AwsSource::Fixed(Box::new(AwsSetup {
                 credentials,
                 ssm_endpoint: None,
                 secrets_endpoint: None,
@@ -79,12 +79,12 @@ pub async fn build_context_with(
                 redshift_endpoint: None,
                 redshift_serverless_endpoint: None,
                 dsql_endpoint: None,
-            }),
+            })),
         ),
         Credentials::FixedWith(setup) => (
             config.region.clone().ok_or(AppError::NoRegion)?,
             CredentialSource::fixed(setup.credentials.clone()),
-            AwsSource::Fixed(setup),
+            AwsSource::Fixed(Box::new(setup)),
         ),
     };
     let tunnel = match &config.via {
@@ -268,7 +268,7 @@ pub async fn report_credentials(ctx: &TargetContext, profile: Option<&str>) {
 /// What AWS clients are built from.
 enum AwsSource {
     Sdk(Box<aws_config::SdkConfig>),
-    Fixed(AwsSetup),
+    Fixed(Box<AwsSetup>),
 }
 
 /// The `--via ssm` tunnel: SSM API client, WebSocket connector (optionally signing), pool.

@@ -201,7 +201,8 @@ mod tests {
     fn endpoint_names() {
         use Engine::*;
         let some = |engine, region: &str, resource: Option<&str>| Some((engine, region.to_owned(), resource.map(str::to_owned)));
-        let cases: &[(&str, Option<(Engine, String, Option<String>)>)] = &[
+        type Parsed = Option<(Engine, String, Option<String>)>;
+        let cases: &[(&str, Parsed)] = &[
             ("abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", some(Dsql, "us-east-1", Some("abcdefghijklmnopqrstuvwxyz"))),
             ("ABCDEFGHIJKLMNOPQRSTUVWXYZ.DSQL.US-EAST-1.ON.AWS.", some(Dsql, "us-east-1", Some("abcdefghijklmnopqrstuvwxyz"))),
             ("sim0dsql0000000000000000aa.dsql-fnh4.eu-central-1.on.aws", some(Dsql, "eu-central-1", Some("sim0dsql0000000000000000aa"))),

@@ -93,7 +93,7 @@ pub enum LookupError {
     Engine {
         what: String,
         #[source]
-        source: crate::aws_api::EngineApiError,
+        source: Box<crate::aws_api::EngineApiError>,
     },
     #[error("{flag}: its status is {status}, not {wanted}")]
     EngineNotAvailable {
@@ -118,7 +118,7 @@ impl LookupError {
     pub fn is_input_error(&self) -> bool {
         match self {
             LookupError::Rds { source, .. } => matches!(source, RdsApiError::NotFound { .. }),
-            LookupError::Engine { source, .. } => matches!(source, crate::aws_api::EngineApiError::NotFound { .. }),
+            LookupError::Engine { source, .. } => matches!(**source, crate::aws_api::EngineApiError::NotFound { .. }),
             LookupError::Ssm(_) => false,
             _ => true,
         }
@@ -336,7 +336,10 @@ impl EngineRef {
 /// Serverless workgroup (redshift-serverless:GetWorkgroup) and checks it takes connections.
 async fn find_engine(found: &EngineRef, source: &ApiSource<'_>, region: &str) -> Result<FoundDb, LookupError> {
     let flag = found.flag();
-    let failed = |source| LookupError::Engine { what: flag.clone(), source };
+    let failed = |source| LookupError::Engine {
+        what: flag.clone(),
+        source: Box::new(source),
+    };
     let not_available = |status: String, wanted: &'static str, check: String| LookupError::EngineNotAvailable {
         flag: flag.clone(),
         status,

@@ -173,7 +173,7 @@ async fn every_refusal_has_a_hint_with_the_permission_and_the_arn() {
     // Redshift: GetClusterCredentials denied.
     sim.redshift_api.control().deny("GetClusterCredentials", true);
     let p = proxy(&sim, &engine_args(&sim, SIM_REDSHIFT_ENDPOINT, sim.redshift_addr, Via::Direct, &[])).await;
-    let e = client(&p, SIM_REDSHIFT_USER, SIM_REDSHIFT_DB).await.err().expect("refused");
+    let e = client(&p, SIM_REDSHIFT_USER, SIM_REDSHIFT_DB).await.expect_err("refused");
     let (code, message, hint) = db_error(&e);
     let hint = hint.unwrap_or_default();
     assert_eq!(code, "28000", "{message}");
@@ -182,7 +182,7 @@ async fn every_refusal_has_a_hint_with_the_permission_and_the_arn() {
     sim.redshift_api.control().deny("GetClusterCredentials", false);
 
     // A user that does not exist (no AutoCreate): Redshift refuses the password it just issued.
-    let e = client(&p, "nobody", SIM_REDSHIFT_DB).await.err().expect("refused");
+    let e = client(&p, "nobody", SIM_REDSHIFT_DB).await.expect_err("refused");
     let (code, message, hint) = db_error(&e);
     assert_eq!(code, "28000", "{message}");
     assert!(hint.as_deref().unwrap_or_default().contains("Redshift refused the temporary password it had just issued for IAM:nobody"), "{message} {hint:?}");
@@ -191,7 +191,7 @@ async fn every_refusal_has_a_hint_with_the_permission_and_the_arn() {
     // Serverless: GetCredentials denied, the workgroup's ARN named.
     sim.redshift_serverless_api.control().deny("GetCredentials", true);
     let p = proxy(&sim, &engine_args(&sim, SIM_REDSHIFT_SERVERLESS_ENDPOINT, sim.redshift_addr, Via::Direct, &[])).await;
-    let e = client(&p, "whoever", SIM_REDSHIFT_DB).await.err().expect("refused");
+    let e = client(&p, "whoever", SIM_REDSHIFT_DB).await.expect_err("refused");
     let (_, message, hint) = db_error(&e);
     let hint = hint.unwrap_or_default();
     assert!(message.contains("redshift-serverless:GetCredentials"), "{message}");
@@ -204,7 +204,7 @@ async fn every_refusal_has_a_hint_with_the_permission_and_the_arn() {
     let args = engine_args(&sim, SIM_DSQL_ENDPOINT, sim.dsql_addr, Via::Direct, &["--region", SIM_REGION]);
     let p = start_proxy_with(&args, Credentials::Fixed(stranger)).await;
     for (user, action) in [("admin", "dsql:DbConnectAdmin"), ("dsql_reader", "dsql:DbConnect ")] {
-        let e = client(&p, user, "postgres").await.err().expect("refused");
+        let e = client(&p, user, "postgres").await.expect_err("refused");
         let (code, message, hint) = db_error(&e);
         let hint = hint.unwrap_or_default();
         assert_eq!(code, "28000", "{message}");
