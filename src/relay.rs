@@ -86,6 +86,9 @@ struct Framer {
     body_left: u64,
     /// Whose messages these are: what `syncs` counts.
     client: bool,
+    /// The type of the last message that answers something: on the server's side NOTICE,
+    /// NOTIFY and ParameterStatus, which may come at any time, do not count.
+    answer: u8,
     /// Messages seen that close a request/response cycle: from the server ReadyForQuery; from
     /// the client Query, Sync and FunctionCall, which the server answers with one ReadyForQuery
     /// each.
@@ -114,6 +117,9 @@ impl Framer {
                 self.header_len = 0;
                 let closes = if self.client { matches!(self.header[0], b'Q' | b'S' | b'F') } else { self.header[0] == b'Z' };
                 self.syncs += u64::from(closes);
+                if self.client || !matches!(self.header[0], b'N' | b'A' | b'S') {
+                    self.answer = self.header[0];
+                }
             }
         }
     }
@@ -133,6 +139,11 @@ impl Framer {
     /// The type of the last message, at a boundary after one.
     fn last_type(&self) -> Option<u8> {
         (self.at_boundary() && self.header[0] != 0).then_some(self.header[0])
+    }
+
+    /// The type of the last message that answers something (see `answer`), at a boundary.
+    fn last_answer(&self) -> Option<u8> {
+        (self.at_boundary() && self.answer != 0).then_some(self.answer)
     }
 
     /// Most bytes to read without passing the end of the current message (`None` at a boundary).
@@ -524,7 +535,7 @@ enum AgePhase {
 }
 
 /// Whether nothing is under way: the server answered every request with a ReadyForQuery the
-/// client has, and the client has started nothing since (no Parse, Bind, Describe, Execute,
+/// client has (a NOTIFY or NOTICE since changes nothing), and the client has started nothing since (no Parse, Bind, Describe, Execute,
 /// Close or Flush waiting for a Sync, no half message).
 fn idle(c2u: &Half, u2c: &Half) -> bool {
     let (Some(to_upstream), Some(to_client)) = (&c2u.framer, &u2c.framer) else {
@@ -533,7 +544,7 @@ fn idle(c2u: &Half, u2c: &Half) -> bool {
     c2u.pos >= c2u.cap
         && u2c.pos >= u2c.cap
         && u2c.inject.is_none()
-        && to_client.last_type() == Some(b'Z')
+        && to_client.last_answer() == Some(b'Z')
         && to_upstream.at_boundary()
         && !matches!(to_upstream.last_type(), Some(b'P' | b'B' | b'D' | b'E' | b'C' | b'H'))
         && to_upstream.syncs == to_client.syncs
@@ -1039,6 +1050,12 @@ mod tests {
         let mut a = aged(true);
         let notice = a.notice.clone();
         assert_eq!(a.read(notice.len()).await, notice);
+        // A NOTIFY and a ParameterStatus while idle: still idle.
+        sleep_until(a.at(58, 0)).await;
+        let notify = b"A\x00\x00\x00\x0e\x00\x00\x00\x01ch\x00pl\x00";
+        let status = b"S\x00\x00\x00\x08a\x00b\x00";
+        a.upstream.write_all(&[&notify[..], &status[..]].concat()).await.unwrap();
+        assert_eq!(a.read(notify.len() + status.len()).await, [&notify[..], &status[..]].concat());
         assert_eq!(a.read(4).await, b"LAST");
         assert_eq!(Instant::now() - a.t0, Duration::from_secs(59 * 60));
         let stats = a.relay.await.unwrap();
