@@ -326,3 +326,28 @@ async fn dsql_connections_end_with_57p01_before_the_service_cuts_them() {
     p.stop().await;
     sim.stop().await;
 }
+
+/// The real binary, its AWS setup from the environment (`AWS_ENDPOINT_URL_REDSHIFT` as `sim`
+/// exports it): psql logs in, and the audit lines name the engine and the user Redshift logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_audits_the_engine_and_the_rewritten_user() {
+    use common::binary::{sim_command, Running};
+    let sim = start_sim().await;
+    let mut cmd = sim_command(&sim);
+    cmd.args(["--target", SIM_REDSHIFT_ENDPOINT, "--via", "direct", "--connect-addr", &sim.redshift_addr.to_string()])
+        .args(["--proxy-ca-bundle", &sim.proxy_ca_file.display().to_string(), "--port", "0"]);
+    let mut proxy = Running::start(cmd);
+    let port = proxy.port;
+    let out = tokio::task::spawn_blocking(move || psql_at(port, SIM_REDSHIFT_USER, SIM_REDSHIFT_DB, "select current_user"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SIM_REDSHIFT_USER);
+    let open = proxy.wait_log("audit open", |v| v["fields"]["audit"] == "open");
+    assert_eq!(open["fields"]["engine"], "redshift", "{open}");
+    assert_eq!(open["fields"]["db_user"], SIM_REDSHIFT_USER, "{open}");
+    assert_eq!(open["fields"]["upstream_user"], "IAM:alice", "{open}");
+    assert_eq!(sim.redshift_api.control().calls("GetClusterCredentials"), 1);
+    proxy.stop();
+    sim.stop().await;
+}
