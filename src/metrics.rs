@@ -331,6 +331,14 @@ impl Metrics {
         self.families.target_info.get_or_create(&labels).set(1);
     }
 
+    /// Drops target `name`'s `target_info` line (removed by a reload).
+    pub fn forget_target(&self, name: &str) {
+        let mut described = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = described.remove(name) {
+            self.families.target_info.remove(&old);
+        }
+    }
+
     /// Counts one config reload, applied or refused.
     pub fn count_reload(&self, applied: bool) {
         if applied {
@@ -471,6 +479,11 @@ mod tests {
         let text = metrics.encode();
         assert!(!text.contains(r#"engine="redshift","#), "{text}");
         assert!(text.contains(r#"rds_auth_proxy_target_info{target="dw",engine="redshift-serverless","#), "{text}");
+        // A reload that removes it removes its line.
+        metrics.forget_target("dw");
+        let text = metrics.encode();
+        assert!(!text.contains(r#"target="dw""#), "{text}");
+        assert!(text.contains(r#"target_info{target="dev""#), "{text}");
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Supervisor {
             self.served.remove(name);
             self.ops.remove_target(name);
             if changes.removed.contains(name) {
+                self.ops.metrics.forget_target(name);
                 tracing::info!(name = name.as_str(), "target removed: its listener is closed and its open connections drain");
             }
         }

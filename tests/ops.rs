@@ -16,7 +16,7 @@ use rds_auth_proxy_sim::runner::SIM_ENDPOINT;
 
 /// The documented fields of every audit line (docs/operations.md, "Audit lines").
 const AUDIT_FIELDS: &[&str] = &[
-    "audit", "client", "target", "db_user", "database", "principal_arn", "ssm_session",
+    "audit", "client", "target", "engine", "db_user", "upstream_user", "database", "principal_arn", "ssm_session",
 ];
 /// And of close lines in addition.
 const AUDIT_CLOSE_FIELDS: &[&str] = &[
@@ -239,6 +239,8 @@ async fn json_audit_lines_carry_the_documented_fields_and_no_secret() {
             assert!(!line["fields"][field].is_null(), "{field} missing in {line}");
         }
         assert_eq!(line["fields"]["target"], SIM_ENDPOINT);
+        assert_eq!(line["fields"]["engine"], "rds");
+        assert_eq!(line["fields"]["upstream_user"], "", "RDS logs in the client's user");
         assert_eq!(line["fields"]["db_user"], "db_user");
         assert_eq!(line["fields"]["database"], "postgres");
         assert!(line["fields"]["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
