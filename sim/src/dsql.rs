@@ -113,27 +113,15 @@ impl DsqlFront {
         self.state.clone()
     }
 
-    /// Serves connections until the task is dropped.
+    /// Serves connections until the task is dropped. A connection's age counts from its accept.
     pub async fn run(self) {
-        loop {
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let config = self.config.clone();
-                    let state = self.state.clone();
-                    let cut_at = Instant::now() + state.connection_age_limit();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(&config, &state, tcp, cut_at).await {
-                            tracing::debug!(%peer, error = %e, "simulated DSQL: connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "simulated DSQL: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let (config, state) = (self.config, self.state);
+        super::rds::accept_loop(self.listener, "DSQL", move |tcp, _peer| {
+            let (config, state) = (config.clone(), state.clone());
+            let cut_at = Instant::now() + state.connection_age_limit();
+            async move { serve(&config, &state, tcp, cut_at).await }
+        })
+        .await
     }
 }
 

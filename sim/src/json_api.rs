@@ -3,19 +3,15 @@
 //! status and a JSON body out; a refused signature answered as those protocols answer it
 //! (`{"__type", "message"}`, the code in `x-amzn-ErrorType` too).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
+use super::query::LoopbackServer;
 use super::sigv4::{self, SimCredentials};
 
 /// These APIs' requests are a few hundred bytes.
@@ -58,10 +54,7 @@ pub struct JsonService {
 }
 
 /// A running simulated JSON API.
-pub struct JsonServer {
-    addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
+pub struct JsonServer(LoopbackServer);
 
 impl JsonServer {
     pub async fn start(
@@ -69,53 +62,24 @@ impl JsonServer {
         credentials: SimCredentials,
         handler: JsonHandler,
     ) -> std::io::Result<JsonServer> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new((service, credentials, handler));
-        let server = tokio::spawn(async move {
-            loop {
-                let (tcp, _) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "simulated JSON API: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let shared = shared.clone();
-                        async move {
-                            let (service, credentials, handler) = &*shared;
-                            Ok::<_, Infallible>(handle(request, service, credentials, handler).await)
-                        }
-                    });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "simulated JSON API: connection ended");
-                    }
-                });
+        let server = LoopbackServer::start("JSON", move |request| {
+            let shared = shared.clone();
+            async move {
+                let (service, credentials, handler) = &*shared;
+                handle(request, service, credentials, handler).await
             }
-        });
-        Ok(JsonServer { addr, server })
-    }
-
-    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL_<SERVICE>`.
-    pub fn endpoint_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn stop(&self) {
-        self.server.abort();
+        })
+        .await?;
+        Ok(JsonServer(server))
     }
 }
 
-impl Drop for JsonServer {
-    fn drop(&mut self) {
-        self.server.abort();
+impl std::ops::Deref for JsonServer {
+    type Target = LoopbackServer;
+
+    fn deref(&self) -> &LoopbackServer {
+        &self.0
     }
 }
 

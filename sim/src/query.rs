@@ -76,50 +76,49 @@ pub struct QueryService {
     pub region: Option<String>,
 }
 
-/// A running simulated Query API on loopback.
-pub struct QueryServer {
+/// A loopback HTTP/1.1 server of the simulator (the Query and JSON APIs): every connection is
+/// served by `handle` in a task of its own, until the server is stopped or dropped.
+pub struct LoopbackServer {
     addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
 
-impl QueryServer {
-    pub async fn start(
-        service: QueryService,
-        credentials: SimCredentials,
-        handler: Handler,
-    ) -> std::io::Result<QueryServer> {
+impl LoopbackServer {
+    /// Binds 127.0.0.1 on a free port; `label` names the API in log lines.
+    pub(crate) async fn start<F, Fut>(label: &'static str, handle: F) -> std::io::Result<LoopbackServer>
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new((service, credentials, handler));
+        let handle = Arc::new(handle);
         let server = tokio::spawn(async move {
             loop {
                 let (tcp, _) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::warn!(error = %e, "simulated Query API: accept failed");
+                        tracing::warn!(error = %e, "simulated {label} API: accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                let shared = shared.clone();
+                let handle = handle.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
-                        let shared = shared.clone();
-                        async move {
-                            let (service, credentials, handler) = &*shared;
-                            Ok::<_, Infallible>(handle(request, service, credentials, handler).await)
-                        }
+                        let answer = handle(request);
+                        async move { Ok::<_, Infallible>(answer.await) }
                     });
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), service)
                         .await
                     {
-                        tracing::debug!(error = %e, "simulated Query API: connection ended");
+                        tracing::debug!(error = %e, "simulated {label} API: connection ended");
                     }
                 });
             }
         });
-        Ok(QueryServer { addr, server })
+        Ok(LoopbackServer { addr, server })
     }
 
     /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL_<SERVICE>`.
@@ -132,9 +131,39 @@ impl QueryServer {
     }
 }
 
-impl Drop for QueryServer {
+impl Drop for LoopbackServer {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// A running simulated Query API on loopback.
+pub struct QueryServer(LoopbackServer);
+
+impl QueryServer {
+    pub async fn start(
+        service: QueryService,
+        credentials: SimCredentials,
+        handler: Handler,
+    ) -> std::io::Result<QueryServer> {
+        let shared = Arc::new((service, credentials, handler));
+        let server = LoopbackServer::start("Query", move |request| {
+            let shared = shared.clone();
+            async move {
+                let (service, credentials, handler) = &*shared;
+                handle(request, service, credentials, handler).await
+            }
+        })
+        .await?;
+        Ok(QueryServer(server))
+    }
+}
+
+impl std::ops::Deref for QueryServer {
+    type Target = LoopbackServer;
+
+    fn deref(&self) -> &LoopbackServer {
+        &self.0
     }
 }
 

@@ -175,22 +175,36 @@ impl RdsFront {
 
     /// Serves connections until the task is dropped.
     pub async fn run(self) {
-        loop {
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let config = self.config.clone();
-                    let state = self.state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(&config, &state, tcp, peer).await {
-                            tracing::debug!(%peer, error = %e, "simulated RDS: connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "simulated RDS: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+        let (config, state) = (self.config, self.state);
+        accept_loop(self.listener, "RDS", move |tcp, peer| {
+            let (config, state) = (config.clone(), state.clone());
+            async move { serve(&config, &state, tcp, peer).await }
+        })
+        .await
+    }
+}
+
+/// A front's accept loop: each connection (TCP_NODELAY on) is served by `serve` in a task of its
+/// own, forever; `name` says which front in log lines.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, name: &'static str, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                let served = serve(tcp, peer);
+                tokio::spawn(async move {
+                    if let Err(e) = served.await {
+                        tracing::debug!(%peer, error = %e, "simulated {name}: connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "simulated {name}: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }

@@ -222,24 +222,12 @@ impl RedshiftFront {
 
     /// Serves connections until the task is dropped.
     pub async fn run(self) {
-        loop {
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let config = self.config.clone();
-                    let state = self.state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(&config, &state, tcp, peer).await {
-                            tracing::debug!(%peer, error = %e, "simulated Redshift: connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "simulated Redshift: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let (config, state) = (self.config, self.state);
+        super::rds::accept_loop(self.listener, "Redshift", move |tcp, peer| {
+            let (config, state) = (config.clone(), state.clone());
+            async move { serve(&config, &state, tcp, peer).await }
+        })
+        .await
     }
 }
 

@@ -156,6 +156,11 @@ impl StartupMessage {
                 (k.clone(), v)
             })
             .collect();
+        self.with_params(params)
+    }
+
+    /// This startup's protocol version and replication mode with `params` instead of its own.
+    fn with_params(&self, params: Vec<(Bytes, Bytes)>) -> StartupMessage {
         StartupMessage {
             raw: encode_startup(self.major, self.minor, &params),
             major: self.major,
@@ -175,13 +180,7 @@ impl StartupMessage {
             .filter(|(k, _)| !drop.iter().any(|d| k.as_ref() == d.as_bytes()))
             .cloned()
             .collect();
-        StartupMessage {
-            raw: encode_startup(self.major, self.minor, &params),
-            major: self.major,
-            minor: self.minor,
-            params,
-            replication: self.replication,
-        }
+        self.with_params(params)
     }
 }
 
